@@ -1,0 +1,1 @@
+"""Story pipeline: step logic as plain functions, providers, storage, the canvas."""

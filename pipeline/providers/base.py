@@ -1,0 +1,107 @@
+"""The small, typed interfaces every provider implements (offline and real).
+
+Images cross these interfaces as encoded bytes (PNG/JPEG), never as library objects, so an
+adapter that talks HTTP and one that draws with Pillow are interchangeable.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+
+@dataclass(frozen=True)
+class BoundingBox:
+    """Ratios of the image size (0..1), like Rekognition's BoundingBox."""
+
+    left: float
+    top: float
+    width: float
+    height: float
+
+    def to_json(self) -> dict[str, float]:
+        return {"left": self.left, "top": self.top, "width": self.width, "height": self.height}
+
+
+@dataclass(frozen=True)
+class Landmark:
+    type: str  # e.g. "eyeLeft", "eyeRight", "mouth", "nose" (Rekognition's names)
+    x: float  # ratio of image width
+    y: float  # ratio of image height
+
+
+@dataclass(frozen=True)
+class Face:
+    box: BoundingBox
+    confidence: float  # 0..100
+    landmarks: tuple[Landmark, ...] = ()
+    attributes: dict[str, Any] = field(default_factory=dict)  # e.g. {"smile": {"value": true}}
+
+
+@dataclass(frozen=True)
+class Label:
+    name: str
+    confidence: float  # 0..100
+    instances: tuple[BoundingBox, ...] = ()  # labelled objects with boxes -> detected_objects
+    parents: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class PhotoAnalysis:
+    image_width: int
+    image_height: int
+    faces: tuple[Face, ...]
+    labels: tuple[Label, ...]
+    detector: str  # which implementation produced it, e.g. "opencv-haar" or "aws-rekognition"
+
+    @property
+    def primary_face(self) -> Face | None:
+        """The protagonist: the largest face (a parent's photo of a child, maybe with others)."""
+        if not self.faces:
+            return None
+        return max(self.faces, key=lambda f: f.box.width * f.box.height)
+
+
+@dataclass(frozen=True)
+class StoryRequest:
+    child_name: str
+    child_age: int
+    theme: str
+    page_count: int
+    seed: int  # stable per story, so a re-run writes the same story
+
+
+@dataclass(frozen=True)
+class Outline:
+    title: str
+    beats: tuple[str, ...]  # one short plan line per page, len == page_count
+    style: str = ""  # a visual style note shared by all pages (consistent look)
+
+
+@dataclass(frozen=True)
+class PageRequest:
+    story: StoryRequest
+    outline: Outline
+    page_number: int  # 1-based
+
+
+class PhotoAnalyzer(Protocol):
+    def analyze_photo(self, image: bytes) -> PhotoAnalysis:
+        """Raise PermanentStepError for an unreadable image; an image with no face returns
+        an analysis with no faces (the caller decides the policy)."""
+        ...
+
+
+class StoryWriter(Protocol):
+    def write_outline(self, req: StoryRequest) -> Outline: ...
+
+    def write_page(self, req: PageRequest) -> str: ...
+
+
+class Illustrator(Protocol):
+    def draw_base(self, req: PageRequest) -> bytes:
+        """A PNG of the page's illustration with a place for the child's face."""
+        ...
+
+    def personalize(self, base: bytes, photo: bytes, face: Face, req: PageRequest) -> bytes:
+        """The base illustration with the child's likeness from ``photo`` put in (PNG)."""
+        ...
