@@ -1,0 +1,54 @@
+"""Celery settings only (the app is built in workers/app.py). Values come from the environment
+through pipeline.config, so the worker, the tests and the demo agree on them."""
+from __future__ import annotations
+
+from kombu import Queue
+
+from pipeline.config import settings
+
+_s = settings()
+
+broker_url = _s.broker_url
+broker_connection_retry_on_startup = True
+# Redis: an unacked message (its worker died) is delivered again after this long. It must exceed
+# the longest step including any countdown/ETA, or healthy tasks get delivered twice. Stuck-work
+# detection (the claim's lease) lets the redelivered copy take over a dead worker's step.
+broker_transport_options = {
+    "visibility_timeout": _s.visibility_timeout,
+    "socket_timeout": 30,
+    "socket_connect_timeout": 10,
+    "health_check_interval": 25,
+}
+
+# The external API publishes by name to the default queue: keep Celery's default name.
+task_default_queue = "celery"
+task_queues = [Queue(q) for q in ("celery", "photos", "stories", "text", "images", "personalize")]
+task_routes = {
+    "photos.analyze": {"queue": "photos"},
+    "stories.generate": {"queue": "stories"},
+    "stories.finish": {"queue": "stories"},
+    "pages.write_text": {"queue": "text"},
+    "pages.draw_base": {"queue": "images"},
+    "pages.personalize": {"queue": "personalize"},
+}
+
+# At-least-once: ack after the task ran, redeliver when the worker is lost, fetch one at a time.
+task_acks_late = True
+task_reject_on_worker_lost = True
+worker_prefetch_multiplier = 1
+task_acks_on_failure_or_timeout = True  # an error is recorded in Postgres; don't redeliver it
+
+# JSON only: ids cross the broker, never objects or image bytes.
+task_serializer = "json"
+accept_content = ["json"]
+result_serializer = "json"
+task_ignore_result = True  # status lives in Postgres; nobody reads Celery results
+result_backend = None
+
+# Flower / operators.
+worker_send_task_events = True
+task_send_sent_event = True
+task_track_started = True
+
+worker_hijack_root_logger = False
+worker_cancel_long_running_tasks_on_connection_loss = False

@@ -1,0 +1,1 @@
+"""Postgres access: typed models, one engine per process, guarded status transitions."""

@@ -1,0 +1,111 @@
+"""One engine per process, built lazily after fork and disposed at shutdown; a session per task.
+
+A pool shared across fork() hands the same socket to two processes, so the engine is keyed by
+pid: a forked child that inherits the parent's engine drops it (without closing the parent's
+connections) and builds its own.
+"""
+from __future__ import annotations
+
+import os
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+from sqlalchemy import Engine, create_engine, text
+from sqlalchemy.engine import Connection, make_url
+from sqlalchemy.orm import Session, sessionmaker
+
+from pipeline.config import PROJECT_ROOT, settings
+
+_lock = threading.Lock()
+_engine: Engine | None = None
+_engine_pid: int | None = None
+_sessions: sessionmaker[Session] | None = None
+
+
+def get_engine() -> Engine:
+    global _engine, _engine_pid, _sessions
+    pid = os.getpid()
+    if _engine is not None and _engine_pid == pid:
+        return _engine
+    with _lock:
+        if _engine is not None and _engine_pid != pid:
+            _engine.dispose(close=False)  # the parent's connections stay the parent's
+            _engine = None
+        if _engine is None:
+            # Threads pool: one connection per worker thread plus a little headroom; prefork: 2.
+            size = int(os.environ.get("DB_POOL_SIZE", "0")) or 8
+            _engine = create_engine(
+                settings().database_url,
+                pool_size=size,
+                max_overflow=size,
+                pool_pre_ping=True,  # survive a PostgreSQL restart without failing a step
+                pool_recycle=1800,
+                connect_args={"application_name": f"storycreator-{pid}", "connect_timeout": 10},
+            )
+            _engine_pid = pid
+            _sessions = sessionmaker(_engine, expire_on_commit=False)
+        return _engine
+
+
+def dispose_engine() -> None:
+    global _engine, _sessions
+    with _lock:
+        if _engine is not None and _engine_pid == os.getpid():
+            _engine.dispose()
+        _engine = None
+        _sessions = None
+
+
+@contextmanager
+def session_scope() -> Iterator[Session]:
+    """A session that commits on success and rolls back on any error."""
+    get_engine()
+    assert _sessions is not None
+    session = _sessions()
+    try:
+        yield session
+        session.commit()
+    except BaseException:
+        session.rollback()
+        raise
+    finally:
+        session.close()
+
+
+@contextmanager
+def transaction() -> Iterator[Connection]:
+    """A Core connection in one transaction: the guarded transitions use this."""
+    with get_engine().begin() as conn:
+        yield conn
+
+
+SCHEMA_PATH = PROJECT_ROOT / "schema.sql"
+
+
+def apply_schema(conn: Connection, path: Path = SCHEMA_PATH) -> None:
+    """Apply schema.sql in the caller's transaction; serialized so two starters don't race."""
+    conn.execute(text("SELECT pg_advisory_xact_lock(727274)"))
+    conn.exec_driver_sql(path.read_text())
+
+
+def ensure_database(url: str | None = None) -> None:
+    """Create the database named in the URL if missing, then apply the schema (idempotent)."""
+    target = make_url(url or settings().database_url)
+    admin = create_engine(target.set(database="postgres"), isolation_level="AUTOCOMMIT")
+    try:
+        with admin.connect() as conn:
+            exists = conn.execute(
+                text("SELECT 1 FROM pg_database WHERE datname = :n"), {"n": target.database}
+            ).scalar()
+            if not exists:
+                conn.exec_driver_sql(f'CREATE DATABASE "{target.database}"')
+    finally:
+        admin.dispose()
+    eng = create_engine(target)
+    try:
+        with eng.begin() as conn:
+            apply_schema(conn)
+    finally:
+        eng.dispose()

@@ -1,0 +1,217 @@
+"""SQLAlchemy 2.0 typed models matching schema.sql (tests/test_schema.py proves they agree).
+
+schema.sql is the source of truth and is what gets applied; these models exist for typed reads
+and for operators' tools. Status moves go through db/transitions.py, never through the ORM.
+"""
+from __future__ import annotations
+
+import uuid
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import (
+    BigInteger,
+    Boolean,
+    CheckConstraint,
+    ForeignKey,
+    Identity,
+    Integer,
+    MetaData,
+    String,
+    Text,
+    UniqueConstraint,
+    func,
+    text,
+)
+from sqlalchemy.dialects.postgresql import JSONB, TIMESTAMP, UUID
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+NAMING = {
+    "ix": "ix_%(table_name)s_%(column_0_N_name)s",
+    "uq": "uq_%(table_name)s_%(column_0_N_name)s",
+    "ck": "ck_%(table_name)s_%(constraint_name)s",
+    "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+    "pk": "pk_%(table_name)s",
+}
+
+STEP_STATUSES = ("pending", "processing", "completed", "failed")
+
+
+class Base(DeclarativeBase):
+    metadata = MetaData(naming_convention=NAMING)
+
+
+def _pk() -> Mapped[uuid.UUID]:
+    return mapped_column(UUID(as_uuid=True), primary_key=True, server_default=text("gen_random_uuid()"))
+
+
+def _ts() -> Mapped[datetime]:
+    return mapped_column(TIMESTAMP(timezone=True), nullable=False, server_default=func.now())
+
+
+def _status(default: str, nullable: bool = False) -> Mapped[Any]:
+    return mapped_column(String, nullable=nullable, server_default=text(f"'{default}'"), index=True)
+
+
+class User(Base):
+    __tablename__ = "users"
+
+    id: Mapped[uuid.UUID] = _pk()
+    email: Mapped[str] = mapped_column(String, nullable=False, unique=True)
+    created_at: Mapped[datetime] = _ts()
+    updated_at: Mapped[datetime] = _ts()
+
+
+class Photo(Base):
+    __tablename__ = "photos"
+    __table_args__ = (
+        CheckConstraint("status IN ('pending_upload', 'uploaded', 'failed', 'deleted')", name="status"),
+        CheckConstraint(
+            "ai_processing_status IN ('pending', 'processing', 'completed', 'failed')",
+            name="ai_processing_status",
+        ),
+    )
+
+    id: Mapped[uuid.UUID] = _pk()
+    user_id: Mapped[uuid.UUID] = mapped_column(
+        UUID(as_uuid=True), ForeignKey("users.id", ondelete="CASCADE"), nullable=False, index=True
+    )
+    storage_provider: Mapped[str] = mapped_column(String, nullable=False)
+    bucket: Mapped[str | None] = mapped_column(String)
+    object_key: Mapped[str] = mapped_column(String, nullable=False, unique=True)
+    filename: Mapped[str] = mapped_column(String, nullable=False)
+    content_type: Mapped[str] = mapped_column(String, nullable=False)
+    status: Mapped[str] = _status("pending_upload")
+    ai_processing_status: Mapped[str | None] = _status("pending", nullable=True)
+    ai_error_message: Mapped[str | None] = mapped_column(Text)
+    detected_objects: Mapped[Any | None] = mapped_column(JSONB)
+    detected_labels: Mapped[Any | None] = mapped_column(JSONB)
+    face_details: Mapped[Any | None] = mapped_column(JSONB)
+    created_at: Mapped[datetime] = _ts()
+    updated_at: Mapped[datetime] = _ts()
+
+
+class Story(Base):
+    __tablename__ = "stories"
+    __table_args__ = (
+        CheckConstraint("status IN ('pending', 'processing', 'completed', 'failed')", name="status"),
+    )
+
+    id: Mapped[uuid.UUID] = _pk()
+    user_id: Mapped[uuid.UUID] = mapped_column(
+        UUID(as_uuid=True), ForeignKey("users.id", ondelete="CASCADE"), nullable=False, index=True
+    )
+    child_name: Mapped[str] = mapped_column(String, nullable=False)
+    child_age: Mapped[int] = mapped_column(Integer, nullable=False)
+    story_theme: Mapped[str] = mapped_column(String, nullable=False, index=True)
+    protagonist_photo_id: Mapped[uuid.UUID] = mapped_column(
+        UUID(as_uuid=True), ForeignKey("photos.id", ondelete="CASCADE"), nullable=False, index=True
+    )
+    title: Mapped[str | None] = mapped_column(String)
+    status: Mapped[str] = _status("pending")
+    error_message: Mapped[str | None] = mapped_column(Text)
+    created_at: Mapped[datetime] = _ts()
+    updated_at: Mapped[datetime] = _ts()
+
+
+class StoryPage(Base):
+    __tablename__ = "story_pages"
+    __table_args__ = (
+        UniqueConstraint("story_id", "page_number"),
+        CheckConstraint("page_number >= 1", name="page_number"),
+        *(
+            CheckConstraint(f"{c} IN ('pending', 'processing', 'completed', 'failed')", name=c)
+            for c in ("text_generation_status", "image_generation_status", "personalization_status")
+        ),
+    )
+
+    id: Mapped[uuid.UUID] = _pk()
+    story_id: Mapped[uuid.UUID] = mapped_column(
+        UUID(as_uuid=True), ForeignKey("stories.id", ondelete="CASCADE"), nullable=False, index=True
+    )
+    page_number: Mapped[int] = mapped_column(Integer, nullable=False, index=True)
+    text: Mapped[str | None] = mapped_column(Text)
+    base_image_key: Mapped[str | None] = mapped_column(String)
+    personalized_image_key: Mapped[str | None] = mapped_column(String)
+    text_generation_status: Mapped[str | None] = _status("pending", nullable=True)
+    image_generation_status: Mapped[str | None] = _status("pending", nullable=True)
+    personalization_status: Mapped[str | None] = _status("pending", nullable=True)
+    created_at: Mapped[datetime] = _ts()
+    updated_at: Mapped[datetime] = _ts()
+
+
+class Order(Base):
+    __tablename__ = "orders"
+    __table_args__ = (
+        CheckConstraint(
+            "status IN ('pending_payment', 'paid', 'fulfilled', 'shipped', 'failed')", name="status"
+        ),
+        CheckConstraint("amount >= 0", name="amount"),
+        CheckConstraint("currency ~ '^[A-Za-z]{3}$'", name="currency"),
+    )
+
+    id: Mapped[uuid.UUID] = _pk()
+    user_id: Mapped[uuid.UUID] = mapped_column(
+        UUID(as_uuid=True), ForeignKey("users.id", ondelete="RESTRICT"), nullable=False, index=True
+    )
+    story_id: Mapped[uuid.UUID] = mapped_column(
+        UUID(as_uuid=True), ForeignKey("stories.id", ondelete="RESTRICT"), nullable=False, index=True
+    )
+    product_type: Mapped[str] = mapped_column(String, nullable=False, index=True)
+    status: Mapped[str] = _status("pending_payment")
+    amount: Mapped[int] = mapped_column(Integer, nullable=False)
+    currency: Mapped[str] = mapped_column(String(3), nullable=False)
+    shipping_address: Mapped[Any | None] = mapped_column(JSONB)
+    payment_provider: Mapped[str | None] = mapped_column(String)
+    payment_intent_id: Mapped[str | None] = mapped_column(String, unique=True)
+    pod_provider: Mapped[str | None] = mapped_column(String)
+    pod_order_id: Mapped[str | None] = mapped_column(String, index=True)
+    tracking_number: Mapped[str | None] = mapped_column(String)
+    paid_at: Mapped[datetime | None] = mapped_column(TIMESTAMP(timezone=True))
+    fulfilled_at: Mapped[datetime | None] = mapped_column(TIMESTAMP(timezone=True))
+    shipped_at: Mapped[datetime | None] = mapped_column(TIMESTAMP(timezone=True))
+    created_at: Mapped[datetime] = _ts()
+    updated_at: Mapped[datetime] = _ts()
+
+
+class StoryOutline(Base):
+    __tablename__ = "story_outlines"
+    __table_args__ = (CheckConstraint("jsonb_typeof(beats) = 'array'", name="beats"),)
+
+    story_id: Mapped[uuid.UUID] = mapped_column(
+        UUID(as_uuid=True), ForeignKey("stories.id", ondelete="CASCADE"), primary_key=True
+    )
+    title: Mapped[str] = mapped_column(String, nullable=False)
+    style: Mapped[str] = mapped_column(String, nullable=False, server_default=text("''"))
+    beats: Mapped[Any] = mapped_column(JSONB, nullable=False)
+    created_at: Mapped[datetime] = _ts()
+    updated_at: Mapped[datetime] = _ts()
+
+
+class StepError(Base):
+    __tablename__ = "step_errors"
+    __table_args__ = (
+        CheckConstraint(
+            "stage IN ('analysis', 'outline', 'text', 'image', 'personalization', 'finish')",
+            name="stage",
+        ),
+    )
+
+    id: Mapped[int] = mapped_column(BigInteger, Identity(always=True), primary_key=True)
+    story_id: Mapped[uuid.UUID | None] = mapped_column(
+        UUID(as_uuid=True), ForeignKey("stories.id", ondelete="CASCADE"), index=True
+    )
+    page_id: Mapped[uuid.UUID | None] = mapped_column(
+        UUID(as_uuid=True), ForeignKey("story_pages.id", ondelete="CASCADE"), index=True
+    )
+    photo_id: Mapped[uuid.UUID | None] = mapped_column(
+        UUID(as_uuid=True), ForeignKey("photos.id", ondelete="CASCADE"), index=True
+    )
+    stage: Mapped[str] = mapped_column(String, nullable=False)
+    permanent: Mapped[bool] = mapped_column(Boolean, nullable=False)
+    message: Mapped[str] = mapped_column(Text, nullable=False)
+    attempt: Mapped[int] = mapped_column(Integer, nullable=False, server_default=text("0"))
+    task_id: Mapped[str | None] = mapped_column(String)
+    created_at: Mapped[datetime] = mapped_column(
+        TIMESTAMP(timezone=True), nullable=False, server_default=func.now(), index=True
+    )

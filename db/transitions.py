@@ -1,0 +1,432 @@
+"""Guarded status transitions: each is one conditional UPDATE, so two copies of a step cannot
+both win, and a lost race is a no-op (no row returned), not an error.
+
+A claim takes a column from pending (NULL counts as pending: rows from before the column had a
+default) to processing, or takes over a processing claim whose row has not moved for longer
+than the lease: that copy's worker died (SIGKILL, OOM, lost node) and its message came back.
+A healthy copy keeps its row fresh for less than the lease, so it is never taken over.
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from sqlalchemy import text
+from sqlalchemy.engine import Connection, RowMapping
+
+PageColumn = Literal["text_generation_status", "image_generation_status", "personalization_status"]
+Stage = Literal["analysis", "outline", "text", "image", "personalization", "finish"]
+
+PAGE_STAGES: dict[Stage, PageColumn] = {
+    "text": "text_generation_status",
+    "image": "image_generation_status",
+    "personalization": "personalization_status",
+}
+# The column a page step needs completed before it may start (text -> image -> personalization).
+PREREQUISITE: dict[PageColumn, PageColumn | None] = {
+    "text_generation_status": None,
+    "image_generation_status": "text_generation_status",
+    "personalization_status": "image_generation_status",
+}
+
+
+def _claimable(col: str, updated_at: str = "updated_at") -> str:
+    return (
+        f"(COALESCE({col}, 'pending') = 'pending' OR "
+        f"({col} = 'processing' AND {updated_at} < now() - make_interval(secs => :lease)))"
+    )
+
+
+# --- photos -----------------------------------------------------------------------------------
+
+def claim_photo(conn: Connection, photo_id: str, lease: float) -> RowMapping | None:
+    return conn.execute(
+        text(
+            f"""
+            UPDATE photos SET ai_processing_status = 'processing', ai_error_message = NULL
+             WHERE id = :id AND status = 'uploaded' AND {_claimable('ai_processing_status')}
+            RETURNING id, storage_provider, bucket, object_key, content_type
+            """
+        ),
+        {"id": photo_id, "lease": lease},
+    ).mappings().first()
+
+
+def photo_state(conn: Connection, photo_id: str) -> RowMapping | None:
+    return conn.execute(
+        text(
+            """
+            SELECT status, COALESCE(ai_processing_status, 'pending') AS ai_status, ai_error_message,
+                   face_details, storage_provider, bucket, object_key,
+                   now() - updated_at AS age
+              FROM photos WHERE id = :id
+            """
+        ),
+        {"id": photo_id},
+    ).mappings().first()
+
+
+def complete_photo(
+    conn: Connection, photo_id: str, face_details: Any, labels: Any, objects: Any
+) -> bool:
+    row = conn.execute(
+        text(
+            """
+            UPDATE photos
+               SET ai_processing_status = 'completed', ai_error_message = NULL,
+                   face_details = CAST(:faces AS jsonb), detected_labels = CAST(:labels AS jsonb),
+                   detected_objects = CAST(:objects AS jsonb)
+             WHERE id = :id AND ai_processing_status = 'processing'
+            RETURNING id
+            """
+        ),
+        {
+            "id": photo_id,
+            "faces": json.dumps(face_details),
+            "labels": json.dumps(labels),
+            "objects": json.dumps(objects),
+        },
+    ).first()
+    return row is not None
+
+
+def fail_photo(
+    conn: Connection, photo_id: str, message: str, *, from_statuses: tuple[str, ...] = ("processing",),
+    attempt: int = 0, task_id: str | None = None,
+) -> bool:
+    """processing -> failed (or pending -> failed for a photo that can't be analysed at all)."""
+    row = conn.execute(
+        text(
+            """
+            WITH p AS (
+                UPDATE photos SET ai_processing_status = 'failed', ai_error_message = :msg
+                 WHERE id = :id AND COALESCE(ai_processing_status, 'pending') = ANY(:from)
+                RETURNING id
+            )
+            INSERT INTO step_errors (photo_id, stage, permanent, message, attempt, task_id)
+            SELECT id, 'analysis', true, :msg, :attempt, :task FROM p
+            RETURNING photo_id
+            """
+        ),
+        {"id": photo_id, "msg": message, "from": list(from_statuses), "attempt": attempt, "task": task_id},
+    ).first()
+    return row is not None
+
+
+def release_photo(conn: Connection, photo_id: str, message: str, attempt: int, task_id: str | None) -> None:
+    """processing -> pending after a transient error: the retried message claims it again."""
+    conn.execute(
+        text(
+            """
+            WITH p AS (
+                UPDATE photos SET ai_processing_status = 'pending'
+                 WHERE id = :id AND ai_processing_status = 'processing' RETURNING id
+            )
+            INSERT INTO step_errors (photo_id, stage, permanent, message, attempt, task_id)
+            SELECT id, 'analysis', false, :msg, :attempt, :task FROM p
+            """
+        ),
+        {"id": photo_id, "msg": message, "attempt": attempt, "task": task_id},
+    )
+
+
+# --- stories ----------------------------------------------------------------------------------
+
+def claim_story(conn: Connection, story_id: str, lease: float) -> RowMapping | None:
+    return conn.execute(
+        text(
+            f"""
+            UPDATE stories SET status = 'processing', error_message = NULL
+             WHERE id = :id AND (status = 'pending' OR
+                   (status = 'processing' AND updated_at < now() - make_interval(secs => :lease)))
+            RETURNING id, user_id, child_name, child_age, story_theme, protagonist_photo_id
+            """
+        ),
+        {"id": story_id, "lease": lease},
+    ).mappings().first()
+
+
+def story_state(conn: Connection, story_id: str) -> RowMapping | None:
+    return conn.execute(
+        text("SELECT status, error_message, now() - updated_at AS age FROM stories WHERE id = :id"),
+        {"id": story_id},
+    ).mappings().first()
+
+
+def release_story(conn: Connection, story_id: str) -> bool:
+    """processing -> pending: the story waits (for its photo's analysis) and will be claimed again."""
+    return conn.execute(
+        text("UPDATE stories SET status = 'pending' WHERE id = :id AND status = 'processing' RETURNING id"),
+        {"id": story_id},
+    ).first() is not None
+
+
+def fail_story(
+    conn: Connection, story_id: str, message: str, stage: Stage, *, page_id: str | None = None,
+    attempt: int = 0, task_id: str | None = None,
+) -> bool:
+    """pending|processing -> failed with the reason. A completed story stays completed."""
+    row = conn.execute(
+        text(
+            """
+            WITH s AS (
+                UPDATE stories SET status = 'failed', error_message = :msg
+                 WHERE id = :id AND status IN ('pending', 'processing') RETURNING id
+            )
+            INSERT INTO step_errors (story_id, page_id, stage, permanent, message, attempt, task_id)
+            SELECT id, :page, :stage, true, :msg, :attempt, :task FROM s
+            RETURNING story_id
+            """
+        ),
+        {"id": story_id, "msg": message, "stage": stage, "page": page_id, "attempt": attempt, "task": task_id},
+    ).first()
+    return row is not None
+
+
+def load_outline(conn: Connection, story_id: str) -> RowMapping | None:
+    return conn.execute(
+        text("SELECT title, style, beats FROM story_outlines WHERE story_id = :id"), {"id": story_id}
+    ).mappings().first()
+
+
+def save_outline_and_pages(
+    conn: Connection, story_id: str, title: str, style: str, beats: list[str]
+) -> bool:
+    """Outline, title and one page row per beat, in one transaction, only while we hold the
+    story. Re-runs keep the first outline (ON CONFLICT DO NOTHING), so pages already written
+    stay consistent with it."""
+    held = conn.execute(
+        text(
+            """
+            UPDATE stories SET title = COALESCE(title, :title)
+             WHERE id = :id AND status = 'processing' RETURNING id
+            """
+        ),
+        {"id": story_id, "title": title},
+    ).first()
+    if held is None:
+        return False
+    conn.execute(
+        text(
+            """
+            INSERT INTO story_outlines (story_id, title, style, beats)
+            VALUES (:id, :title, :style, CAST(:beats AS jsonb))
+            ON CONFLICT (story_id) DO NOTHING
+            """
+        ),
+        {"id": story_id, "title": title, "style": style, "beats": json.dumps(beats)},
+    )
+    conn.execute(
+        text(
+            """
+            INSERT INTO story_pages (story_id, page_number)
+            SELECT :id, n FROM generate_series(1, :count) AS n
+            ON CONFLICT (story_id, page_number) DO NOTHING
+            """
+        ),
+        {"id": story_id, "count": len(beats)},
+    )
+    return True
+
+
+def unfinished_pages(conn: Connection, story_id: str) -> list[str]:
+    return [
+        str(r[0])
+        for r in conn.execute(
+            text(
+                """
+                SELECT id FROM story_pages
+                 WHERE story_id = :id AND personalization_status IS DISTINCT FROM 'completed'
+                 ORDER BY page_number
+                """
+            ),
+            {"id": story_id},
+        )
+    ]
+
+
+def complete_story(conn: Connection, story_id: str) -> bool:
+    """processing -> completed, only when every page is personalized. One statement: the
+    barrier lives in Postgres, not in a Redis chord counter. Each page's finish runs after its
+    own page committed, so the last one to run sees every page done."""
+    return conn.execute(
+        text(
+            """
+            UPDATE stories SET status = 'completed', error_message = NULL
+             WHERE id = :id AND status = 'processing'
+               AND EXISTS (SELECT 1 FROM story_pages WHERE story_id = :id)
+               AND NOT EXISTS (SELECT 1 FROM story_pages WHERE story_id = :id
+                                AND personalization_status IS DISTINCT FROM 'completed')
+            RETURNING id
+            """
+        ),
+        {"id": story_id},
+    ).first() is not None
+
+
+def lock_story_if_done(conn: Connection, story_id: str) -> RowMapping | None:
+    """Lock a processing story whose pages are all personalized; None if it is not ready, not
+    processing, or another finisher holds it (SKIP LOCKED: that one will complete it)."""
+    return conn.execute(
+        text(
+            """
+            SELECT s.id, s.title, s.child_name, s.story_theme
+              FROM stories s
+             WHERE s.id = :id AND s.status = 'processing'
+               AND EXISTS (SELECT 1 FROM story_pages WHERE story_id = s.id)
+               AND NOT EXISTS (SELECT 1 FROM story_pages WHERE story_id = s.id
+                                AND personalization_status IS DISTINCT FROM 'completed')
+             FOR UPDATE OF s SKIP LOCKED
+            """
+        ),
+        {"id": story_id},
+    ).mappings().first()
+
+
+def book_pages(conn: Connection, story_id: str) -> list[RowMapping]:
+    return list(
+        conn.execute(
+            text(
+                """
+                SELECT page_number, text, personalized_image_key FROM story_pages
+                 WHERE story_id = :id ORDER BY page_number
+                """
+            ),
+            {"id": story_id},
+        ).mappings()
+    )
+
+
+# --- pages ------------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class PageClaim:
+    page_id: str
+    story_id: str
+    page_number: int
+    child_name: str
+    child_age: int
+    story_theme: str
+    title: str
+    style: str
+    beats: list[str]
+    text: str | None
+    base_image_key: str | None
+    photo: dict[str, Any] | None  # personalization only: the protagonist photo's location + faces
+
+
+def claim_page(conn: Connection, page_id: str, col: PageColumn, lease: float) -> PageClaim | None:
+    """Claim one page step, in one round trip that also returns all the step needs."""
+    prereq = PREREQUISITE[col]
+    prereq_sql = f"AND p.{prereq} = 'completed'" if prereq else ""
+    want_photo = col == "personalization_status"
+    photo_join = "JOIN photos ph ON ph.id = s.protagonist_photo_id" if want_photo else ""
+    photo_cols = (
+        ", ph.storage_provider, ph.bucket, ph.object_key, ph.face_details" if want_photo else ""
+    )
+    claimable = _claimable(f"p.{col}", "p.updated_at")
+    row = conn.execute(
+        text(
+            f"""
+            UPDATE story_pages p SET {col} = 'processing'
+              FROM stories s JOIN story_outlines o ON o.story_id = s.id {photo_join}
+             WHERE p.id = :id AND s.id = p.story_id AND s.status = 'processing'
+               {prereq_sql} AND {claimable}
+            RETURNING p.id, p.story_id, p.page_number, p.text, p.base_image_key,
+                      s.child_name, s.child_age, s.story_theme, o.title, o.style, o.beats{photo_cols}
+            """
+        ),
+        {"id": page_id, "lease": lease},
+    ).mappings().first()
+    if row is None:
+        return None
+    photo = (
+        {k: row[k] for k in ("storage_provider", "bucket", "object_key", "face_details")}
+        if want_photo
+        else None
+    )
+    return PageClaim(
+        page_id=str(row["id"]), story_id=str(row["story_id"]), page_number=row["page_number"],
+        child_name=row["child_name"], child_age=row["child_age"], story_theme=row["story_theme"],
+        title=row["title"], style=row["style"], beats=list(row["beats"]), text=row["text"],
+        base_image_key=row["base_image_key"], photo=photo,
+    )
+
+
+def page_state(conn: Connection, page_id: str, col: PageColumn) -> RowMapping | None:
+    prereq = PREREQUISITE[col]
+    return conn.execute(
+        text(
+            f"""
+            SELECT p.story_id, p.page_number, COALESCE(p.{col}, 'pending') AS status,
+                   {f"COALESCE(p.{prereq}, 'pending')" if prereq else "'completed'"} AS prereq_status,
+                   s.status AS story_status, now() - p.updated_at AS age
+              FROM story_pages p JOIN stories s ON s.id = p.story_id
+             WHERE p.id = :id
+            """
+        ),
+        {"id": page_id},
+    ).mappings().first()
+
+
+def complete_page(conn: Connection, page_id: str, col: PageColumn, values: dict[str, Any]) -> bool:
+    """processing -> completed with the step's result columns (text or an image key)."""
+    allowed = {"text", "base_image_key", "personalized_image_key"}
+    assert set(values) <= allowed, values
+    sets = ", ".join(f"{k} = :{k}" for k in values)
+    return conn.execute(
+        text(
+            f"""
+            UPDATE story_pages SET {sets}, {col} = 'completed'
+             WHERE id = :id AND {col} = 'processing' RETURNING id
+            """
+        ),
+        {"id": page_id, **values},
+    ).first() is not None
+
+
+def fail_page(
+    conn: Connection, page_id: str, col: PageColumn, stage: Stage, message: str,
+    story_message: str, attempt: int, task_id: str | None,
+) -> bool:
+    """processing -> failed, and the story failed with the page's reason, in one statement."""
+    return conn.execute(
+        text(
+            f"""
+            WITH p AS (
+                UPDATE story_pages SET {col} = 'failed'
+                 WHERE id = :id AND {col} = 'processing' RETURNING id, story_id, page_number
+            ), s AS (
+                UPDATE stories SET status = 'failed', error_message = :story_msg
+                 WHERE id = (SELECT story_id FROM p) AND status IN ('pending', 'processing')
+                RETURNING id
+            )
+            INSERT INTO step_errors (story_id, page_id, stage, permanent, message, attempt, task_id)
+            SELECT story_id, id, :stage, true, :msg, :attempt, :task FROM p
+            RETURNING page_id
+            """
+        ),
+        {"id": page_id, "msg": message, "story_msg": story_message, "stage": stage,
+         "attempt": attempt, "task": task_id},
+    ).first() is not None
+
+
+def release_page(
+    conn: Connection, page_id: str, col: PageColumn, stage: Stage, message: str,
+    attempt: int, task_id: str | None,
+) -> None:
+    """processing -> pending after a transient error, recording the attempt."""
+    conn.execute(
+        text(
+            f"""
+            WITH p AS (
+                UPDATE story_pages SET {col} = 'pending'
+                 WHERE id = :id AND {col} = 'processing' RETURNING id, story_id
+            )
+            INSERT INTO step_errors (story_id, page_id, stage, permanent, message, attempt, task_id)
+            SELECT story_id, id, :stage, false, :msg, :attempt, :task FROM p
+            """
+        ),
+        {"id": page_id, "msg": message, "stage": stage, "attempt": attempt, "task": task_id},
+    )

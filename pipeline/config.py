@@ -1,0 +1,99 @@
+"""Configuration from the environment. Defaults work on a machine of this kind (local services).
+
+Read once per process through ``settings()``; tests and the demo set variables before workers
+start, so nothing here is cached across processes.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
+
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+
+
+def _int(name: str, default: int, lo: int, hi: int) -> int:
+    raw = os.environ.get(name)
+    if raw is None or raw.strip() == "":
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        raise SystemExit(f"configuration error: {name}={raw!r} is not a whole number") from None
+    if not lo <= value <= hi:
+        raise SystemExit(f"configuration error: {name}={value} must be between {lo} and {hi}")
+    return value
+
+
+def _float(name: str, default: float, lo: float, hi: float) -> float:
+    raw = os.environ.get(name)
+    if raw is None or raw.strip() == "":
+        return default
+    try:
+        value = float(raw)
+    except ValueError:
+        raise SystemExit(f"configuration error: {name}={raw!r} is not a number") from None
+    if not lo <= value <= hi:
+        raise SystemExit(f"configuration error: {name}={value} must be between {lo} and {hi}")
+    return value
+
+
+def _choice(name: str, default: str, choices: tuple[str, ...]) -> str:
+    value = os.environ.get(name, "").strip().lower() or default
+    if value not in choices:
+        raise SystemExit(f"configuration error: {name}={value!r}; choose one of {', '.join(choices)}")
+    return value
+
+
+@dataclass(frozen=True)
+class Settings:
+    database_url: str
+    broker_url: str
+    redis_url: str  # for what only Redis does here (quotas, locks), whatever the broker is
+    local_storage_root: Path
+    page_count: int
+    # Provider choice per role. "local" draws/writes/detects offline; "instant" does the least
+    # possible work (orchestration benchmarks); the real SDK adapters come with their own names.
+    vision_provider: str
+    text_provider: str
+    image_provider: str
+    storage_backend: str
+    simulated_latency: float  # seconds added to each offline provider call (benchmarks, tests)
+    # A claimed step whose row has not moved for this long is presumed dead and may be taken
+    # over by a redelivered copy. Must exceed the longest healthy step (provider timeouts bound it).
+    step_lease_seconds: float
+    visibility_timeout: int  # Redis broker: an unacked message comes back after this long
+    max_retries: int  # transient provider errors, per step
+    retry_backoff_cap: float
+    min_child_age: int
+    max_child_age: int
+
+
+@lru_cache(maxsize=1)
+def settings() -> Settings:
+    broker = os.environ.get("CELERY_BROKER_URL", "redis://127.0.0.1:6379/0")
+    return Settings(
+        database_url=os.environ.get(
+            "DATABASE_URL", "postgresql+psycopg2://postgres@127.0.0.1:5432/storycreator"
+        ),
+        broker_url=broker,
+        redis_url=os.environ.get(
+            "REDIS_URL", broker if broker.startswith(("redis://", "rediss://", "unix://")) else "redis://127.0.0.1:6379/0"
+        ),
+        local_storage_root=Path(
+            os.environ.get("LOCAL_STORAGE_ROOT", str(PROJECT_ROOT / "var" / "storage"))
+        ).resolve(),
+        page_count=_int("STORY_PAGE_COUNT", 12, 1, 24),
+        vision_provider=_choice("VISION_PROVIDER", "local", ("local", "instant", "rekognition")),
+        text_provider=_choice("TEXT_PROVIDER", "local", ("local", "instant", "openai")),
+        image_provider=_choice("IMAGE_PROVIDER", "local", ("local", "instant", "replicate")),
+        storage_backend=_choice("STORAGE_BACKEND", "local", ("local", "s3")),
+        simulated_latency=_float("SIMULATED_PROVIDER_LATENCY", 0.0, 0.0, 600.0),
+        step_lease_seconds=_float("STEP_LEASE_SECONDS", 300.0, 0.5, 86400.0),
+        visibility_timeout=_int("BROKER_VISIBILITY_TIMEOUT", 900, 1, 86400),
+        max_retries=_int("STEP_MAX_RETRIES", 5, 0, 50),
+        retry_backoff_cap=_float("STEP_RETRY_BACKOFF_CAP", 120.0, 0.1, 3600.0),
+        min_child_age=0,
+        max_child_age=14,
+    )

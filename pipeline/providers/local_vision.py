@@ -1,0 +1,588 @@
+"""Offline photo analysis with OpenCV Haar cascades (no network, no model downloads).
+
+What this detector can honestly tell, and nothing more:
+
+* Frontal faces (``haarcascade_frontalface_default.xml``). Profiles, strongly tilted heads and
+  faces smaller than ~6% of the photo's shorter side are not found.
+* Eyes (``haarcascade_eye.xml``, falling back to ``haarcascade_eye_tree_eyeglasses.xml``) in the
+  upper part of each face, and a smiling mouth (``haarcascade_smile.xml``) in the lower part.
+  Landmarks are only reported when a cascade found them; nothing is estimated or invented.
+* Labels "Person" and "Face" when a face was found, "Smile" when a smile was found.
+  ``haarcascade_upperbody.xml`` was evaluated and dropped: on the scikit-image samples it missed
+  the astronaut's upper body and fired on a coffee cup, a microscope slide and a galaxy field.
+
+Landmark naming follows what Amazon Rekognition actually returns: ``eyeLeft`` is the eye on the
+left side of the image (the subject's right eye) and ``eyeRight`` the one on the image's right;
+real DetectFaces responses have ``eyeLeft.X < eyeRight.X`` for upright faces. ``mouth`` (centre
+of the detected smile) is not a Rekognition type (it has mouthLeft/Right/Up/Down) but is the
+closest honest thing a smile box gives.
+
+Confidence (0..100) is an uncalibrated, monotone score built from the two things the cascade
+itself measures, NOT a probability:
+
+* support: how many overlapping detection windows agreed (OpenCV's own accept criterion,
+  "neighbors"), as ``1 - exp(-neighbors / (2 * min_neighbors))``;
+* margin: how far the best window in the group got past the last stage's threshold
+  (``levelWeights`` from ``detectMultiScale3(..., outputRejectLevels=True)`` minus the last
+  ``stageThreshold`` of the cascade XML), as ``1 - exp(-margin / 4)``.
+
+``confidence = 100 * support * margin``. The astronaut sample scores ~92 for its face; groups
+that barely pass the neighbours threshold score ~20-40.
+"""
+from __future__ import annotations
+
+import copy
+import io
+import math
+import re
+import struct
+import threading
+from dataclasses import dataclass
+from typing import Any
+
+import cv2
+import numpy as np
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+from pipeline.errors import PermanentStepError
+from pipeline.providers.base import BoundingBox, Face, Label, Landmark, PhotoAnalysis
+
+DETECTOR_NAME = "opencv-haar"
+
+# Pillow's own bomb guard only trips at ~179 MP; a decoded 64 MP RGB image is already ~190 MB.
+MAX_PIXELS = 64_000_000
+# Faces in a parent's photo are large; 1024 px keeps detection ~0.1-0.3 s on one core.
+DETECT_LONG_SIDE = 1024
+# Eye/smile search runs on each face resized to this width, so small faces still exceed the
+# cascades' 20x20 / 36x18 windows and huge faces do not cost more.
+FACE_ROI_WIDTH = 200
+MAX_FACES = 20
+
+FACE_SCALE_FACTOR = 1.1
+FACE_MIN_NEIGHBORS = 5
+FACE_MIN_SIZE_RATIO = 0.06  # of the shorter side of the (downscaled) photo
+EYE_MIN_NEIGHBORS = 4
+# The smile cascade is notoriously trigger-happy on lips and chins; only strong groups count.
+SMILE_MIN_NEIGHBORS = 20
+GROUP_EPS = 0.2  # OpenCV's GROUP_EPS in detectMultiScale
+
+# Only formats a phone or browser produces; fewer decoders means less attack surface.
+_ALLOWED_FORMATS = ("JPEG", "PNG", "WEBP", "GIF", "BMP", "TIFF")  # JPEG covers MPO
+
+UNREADABLE_MESSAGE = (
+    "The photo could not be read as an image (it may be damaged or not a photo). "
+    "Please upload a JPEG or PNG."
+)
+EMPTY_MESSAGE = "The uploaded photo is empty (0 bytes). Please upload a JPEG or PNG."
+HEIC_MESSAGE = (
+    "The photo is in HEIC/HEIF format (common on iPhones), which we cannot read yet. "
+    "Please upload a JPEG or PNG."
+)
+
+
+@dataclass(frozen=True)
+class DecodedPhoto:
+    """An upright RGB photo, possibly reduced, with the size of the full upright original."""
+
+    image: Image.Image  # mode "RGB", EXIF orientation applied
+    width: int  # of the original after EXIF transpose
+    height: int
+
+
+def _too_large_message(width: int, height: int, max_pixels: int) -> str:
+    return (
+        f"The photo is too large ({width}x{height} pixels). Please upload a photo of at most "
+        f"{max_pixels // 1_000_000} megapixels."
+    )
+
+
+def _looks_like_heif(data: bytes) -> bool:
+    # ISO-BMFF: size(4) 'ftyp' brand(4); HEIC/HEIF/AVIF brands.
+    return data[4:8] == b"ftyp" and data[8:12] in (
+        b"heic", b"heix", b"hevc", b"hevx", b"heim", b"heis", b"mif1", b"msf1", b"avif",
+    )
+
+
+def _to_rgb(im: Image.Image) -> Image.Image:
+    """Any Pillow mode -> 8-bit RGB; transparency goes onto white, 16/32-bit is rescaled."""
+    if im.mode in ("I", "I;16", "I;16L", "I;16B", "I;16N", "F"):
+        # convert("L") would clip 16-bit values at 255 (a white photo), so rescale instead.
+        arr = np.asarray(im, dtype=np.float64)
+        hi = float(arr.max()) if arr.size else 0.0
+        lo = float(arr.min()) if arr.size else 0.0
+        if im.mode == "F" and hi <= 1.0 and lo >= 0.0:
+            arr = arr * 255.0
+        elif hi > 65535.0 or lo < 0.0:
+            arr = (arr - lo) * (255.0 / max(hi - lo, 1e-9))
+        elif hi > 255.0:
+            arr = arr / 257.0
+        gray = np.clip(np.rint(arr), 0, 255).astype(np.uint8)
+        return Image.fromarray(gray).convert("RGB")
+    if im.mode == "RGB":
+        return im
+    has_alpha = im.mode in ("RGBA", "LA", "PA", "RGBa", "La") or (
+        im.mode == "P" and "transparency" in im.info
+    )
+    if has_alpha:
+        rgba = im.convert("RGBA")
+        white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        return Image.alpha_composite(white, rgba).convert("RGB")
+    return im.convert("RGB")
+
+
+def decode_photo(
+    data: bytes, *, max_pixels: int = MAX_PIXELS, target_long_side: int | None = None
+) -> DecodedPhoto:
+    """Decode uploaded photo bytes into an upright RGB image.
+
+    With ``target_long_side`` the result is reduced so its longer side is at most that (JPEGs
+    are decoded at reduced scale, which is much faster and lighter than decoding in full).
+    Raises PermanentStepError with a parent-readable message for anything unreadable.
+    """
+    if not data:
+        raise PermanentStepError(EMPTY_MESSAGE)
+    if _looks_like_heif(data):
+        raise PermanentStepError(HEIC_MESSAGE)
+    try:
+        im = Image.open(io.BytesIO(data), formats=_ALLOWED_FORMATS)
+        raw_w, raw_h = im.size
+        if raw_w <= 0 or raw_h <= 0:
+            raise PermanentStepError(UNREADABLE_MESSAGE)
+        if raw_w * raw_h > max_pixels:
+            raise PermanentStepError(_too_large_message(raw_w, raw_h, max_pixels))
+        orientation = im.getexif().get(0x0112, 1)
+        if target_long_side is not None and max(raw_w, raw_h) > target_long_side:
+            s = target_long_side / max(raw_w, raw_h)
+            # draft keeps both sides >= the request, so the reduced image is never too small.
+            im.draft("RGB", (max(1, math.ceil(raw_w * s)), max(1, math.ceil(raw_h * s))))
+        im.load()
+        im = ImageOps.exif_transpose(im)
+        rgb = _to_rgb(im)
+    except PermanentStepError:
+        raise
+    except Image.DecompressionBombError as exc:
+        raise PermanentStepError(
+            "The photo is too large to process. Please upload a smaller JPEG or PNG."
+        ) from exc
+    except MemoryError:
+        raise
+    # Pillow's decoders report bad bytes with these; anything else is our bug and propagates.
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError, EOFError, struct.error, IndexError) as exc:
+        raise PermanentStepError(UNREADABLE_MESSAGE) from exc
+
+    # Size of the upright original: orientations 5-8 swap width and height.
+    width, height = (raw_h, raw_w) if orientation in (5, 6, 7, 8) else (raw_w, raw_h)
+    if target_long_side is not None and max(rgb.size) > target_long_side:
+        s = target_long_side / max(rgb.size)
+        size = (max(1, round(rgb.width * s)), max(1, round(rgb.height * s)))
+        rgb = rgb.resize(size, Image.Resampling.LANCZOS, reducing_gap=3.0)
+    return DecodedPhoto(image=rgb, width=width, height=height)
+
+
+# --- cascades -------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class _CascadeSpec:
+    path: str
+    last_stage_threshold: float
+
+
+_CASCADE_FILES = {
+    "face": "haarcascade_frontalface_default.xml",
+    "eye": "haarcascade_eye.xml",
+    "eye_glasses": "haarcascade_eye_tree_eyeglasses.xml",
+    "smile": "haarcascade_smile.xml",
+}
+_specs_lock = threading.Lock()
+_specs: dict[str, _CascadeSpec] | None = None
+# CascadeClassifier keeps per-call scratch state, so instances are not shared between
+# threads; each thread (one per prefork process in Celery) loads its own set once.
+_thread_local = threading.local()
+
+
+def _cascade_specs() -> dict[str, _CascadeSpec]:
+    """Paths and last-stage thresholds, read once per process."""
+    global _specs
+    with _specs_lock:
+        if _specs is None:
+            specs: dict[str, _CascadeSpec] = {}
+            for key, name in _CASCADE_FILES.items():
+                path = cv2.data.haarcascades + name
+                with open(path, encoding="utf-8") as fh:
+                    thresholds = re.findall(r"<stageThreshold>([^<]+)</stageThreshold>", fh.read())
+                if not thresholds:
+                    raise RuntimeError(f"cannot read stage thresholds from {path}")
+                specs[key] = _CascadeSpec(path=path, last_stage_threshold=float(thresholds[-1]))
+            _specs = specs
+        return _specs
+
+
+def _classifiers() -> dict[str, cv2.CascadeClassifier]:
+    cached: dict[str, cv2.CascadeClassifier] | None = getattr(_thread_local, "classifiers", None)
+    if cached is None:
+        cached = {}
+        for key, spec in _cascade_specs().items():
+            clf = cv2.CascadeClassifier(spec.path)
+            if clf.empty():
+                raise RuntimeError(f"OpenCV could not load cascade {spec.path}")
+            cached[key] = clf
+        _thread_local.classifiers = cached
+    return cached
+
+
+# --- detection ------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class _Hit:
+    x: int
+    y: int
+    w: int
+    h: int
+    neighbors: int  # raw windows merged into this detection
+    weight: float  # best last-stage sum among them (OpenCV levelWeights)
+
+
+def _similar(a: np.ndarray, b: np.ndarray, eps: float) -> np.ndarray:
+    """cv::SimilarRects for all pairs (rows are x, y, w, h)."""
+    ax, ay, aw, ah = (a[:, i : i + 1] for i in range(4))
+    bx, by, bw, bh = (b[:, i][None, :] for i in range(4))
+    delta = eps * (np.minimum(aw, bw) + np.minimum(ah, bh)) * 0.5
+    return (
+        (np.abs(ax - bx) <= delta)
+        & (np.abs(ay - by) <= delta)
+        & (np.abs(ax + aw - bx - bw) <= delta)
+        & (np.abs(ay + ah - by - bh) <= delta)
+    )
+
+
+def _group(rects: np.ndarray, weights: np.ndarray, min_neighbors: int, eps: float) -> list[_Hit]:
+    """cv::groupRectangles, but keeping both the neighbour count and the best levelWeight.
+
+    OpenCV returns only one of the two per call; re-implementing the grouping lets one
+    detection pass give both (checked against cv2.groupRectangles in the tests).
+    """
+    n = len(rects)
+    if n == 0:
+        return []
+    parent = list(range(n))
+
+    def find(i: int) -> int:
+        while parent[i] != i:
+            parent[i] = parent[parent[i]]
+            i = parent[i]
+        return i
+
+    rs = rects.astype(np.float64)
+    ii, jj = np.nonzero(np.triu(_similar(rs, rs, eps), k=1))
+    for i, j in zip(ii.tolist(), jj.tolist()):
+        ri, rj = find(i), find(j)
+        if ri != rj:
+            parent[max(ri, rj)] = min(ri, rj)
+    # Classes numbered by first member, as cv::partition does, so output order matches.
+    label_of_root: dict[int, int] = {}
+    labels = [label_of_root.setdefault(find(i), len(label_of_root)) for i in range(n)]
+    k = len(label_of_root)
+    sums = np.zeros((k, 4), dtype=np.float64)
+    counts = np.zeros(k, dtype=np.int64)
+    best = np.full(k, -np.inf)
+    for idx, lab in enumerate(labels):
+        sums[lab] += rs[idx]
+        counts[lab] += 1
+        best[lab] = max(best[lab], float(weights[idx]))
+    avg = [[int(round(float(v) / counts[c])) for v in sums[c]] for c in range(k)]
+
+    hits: list[_Hit] = []
+    for i in range(k):
+        n1 = int(counts[i])
+        if n1 <= min_neighbors:
+            continue
+        x1, y1, w1, h1 = avg[i]
+        swallowed = False
+        for j in range(k):
+            n2 = int(counts[j])
+            if j == i or n2 <= min_neighbors:
+                continue
+            x2, y2, w2, h2 = avg[j]
+            dx, dy = int(round(w2 * eps)), int(round(h2 * eps))
+            # Drop a small rectangle inside a better-supported large one (OpenCV's rule).
+            if (
+                x1 >= x2 - dx
+                and y1 >= y2 - dy
+                and x1 + w1 <= x2 + w2 + dx
+                and y1 + h1 <= y2 + h2 + dy
+                and (n2 > max(3, n1) or n1 < 3)
+            ):
+                swallowed = True
+                break
+        if not swallowed:
+            hits.append(_Hit(x1, y1, w1, h1, n1, float(best[i])))
+    return hits
+
+
+def _detect(
+    clf: cv2.CascadeClassifier,
+    gray: np.ndarray,
+    *,
+    min_neighbors: int,
+    min_size: tuple[int, int],
+    max_size: tuple[int, int] = (0, 0),
+    scale_factor: float = FACE_SCALE_FACTOR,
+) -> list[_Hit]:
+    if gray.shape[0] < min_size[1] or gray.shape[1] < min_size[0]:
+        return []
+    # minNeighbors=0 returns the raw windows with their levelWeights; we group them ourselves.
+    rects, _levels, weights = clf.detectMultiScale3(
+        gray,
+        scaleFactor=scale_factor,
+        minNeighbors=0,
+        minSize=min_size,
+        maxSize=max_size,
+        outputRejectLevels=True,
+    )
+    if len(rects) == 0:
+        return []
+    return _group(np.asarray(rects).reshape(-1, 4), np.ravel(weights), min_neighbors, GROUP_EPS)
+
+
+def _confidence(hit: _Hit, min_neighbors: int, last_stage_threshold: float) -> float:
+    """Uncalibrated 0..100 score from neighbour support and last-stage margin (module doc)."""
+    support = 1.0 - math.exp(-hit.neighbors / (2.0 * max(min_neighbors, 1)))
+    margin = max(hit.weight - last_stage_threshold, 0.0)
+    strength = 1.0 - math.exp(-margin / 4.0)
+    return round(100.0 * support * strength, 2)
+
+
+def _ratio(v: float) -> float:
+    return round(min(max(v, 0.0), 1.0), 6)
+
+
+class LocalPhotoAnalyzer:
+    """PhotoAnalyzer backed by OpenCV Haar cascades; works offline, deterministic."""
+
+    def __init__(self, *, max_pixels: int = MAX_PIXELS, detect_long_side: int = DETECT_LONG_SIDE) -> None:
+        self.max_pixels = max_pixels
+        self.detect_long_side = detect_long_side
+
+    def analyze_photo(self, image: bytes) -> PhotoAnalysis:
+        """Faces, eye/mouth landmarks and simple labels; PermanentStepError if unreadable."""
+        decoded = decode_photo(image, max_pixels=self.max_pixels, target_long_side=self.detect_long_side)
+        gray = np.asarray(decoded.image.convert("L"))
+        clfs = _classifiers()
+        specs = _cascade_specs()
+        work_h, work_w = gray.shape
+
+        side = max(24, int(round(min(work_w, work_h) * FACE_MIN_SIZE_RATIO)))
+        hits = _detect(
+            clfs["face"], cv2.equalizeHist(gray), min_neighbors=FACE_MIN_NEIGHBORS, min_size=(side, side)
+        )
+        # Largest first (ties by position) so output order is stable and the protagonist leads.
+        hits = sorted(hits, key=lambda h: (-h.w * h.h, h.y, h.x))[:MAX_FACES]
+
+        faces: list[Face] = []
+        for hit in hits:
+            conf = _confidence(hit, FACE_MIN_NEIGHBORS, specs["face"].last_stage_threshold)
+            landmarks, attributes = self._face_parts(gray, hit, work_w, work_h, clfs)
+            box = BoundingBox(
+                left=_ratio(hit.x / work_w),
+                top=_ratio(hit.y / work_h),
+                width=_ratio(hit.w / work_w),
+                height=_ratio(hit.h / work_h),
+            )
+            faces.append(Face(box=box, confidence=conf, landmarks=landmarks, attributes=attributes))
+
+        return PhotoAnalysis(
+            image_width=decoded.width,
+            image_height=decoded.height,
+            faces=tuple(faces),
+            labels=_labels(faces),
+            detector=DETECTOR_NAME,
+        )
+
+    def _face_parts(
+        self,
+        gray: np.ndarray,
+        hit: _Hit,
+        work_w: int,
+        work_h: int,
+        clfs: dict[str, cv2.CascadeClassifier],
+    ) -> tuple[tuple[Landmark, ...], dict[str, Any]]:
+        """Eyes and smile inside one face; only what the cascades actually found."""
+        roi = gray[hit.y : hit.y + hit.h, hit.x : hit.x + hit.w]
+        if roi.size == 0:
+            return (), {}
+        scale = FACE_ROI_WIDTH / hit.w
+        interp = cv2.INTER_AREA if scale < 1 else cv2.INTER_LINEAR
+        roi = cv2.resize(roi, (FACE_ROI_WIDTH, max(1, round(hit.h * scale))), interpolation=interp)
+        # Equalise per face: lighting across a face differs from the photo's overall histogram.
+        roi = cv2.equalizeHist(roi)
+        rh, rw = roi.shape
+        specs = _cascade_specs()
+
+        def to_image(px: float, py: float) -> tuple[float, float]:
+            return _ratio((hit.x + px / scale) / work_w), _ratio((hit.y + py / scale) / work_h)
+
+        landmarks: list[Landmark] = []
+        # Eyes sit in the band 15%..60% of a Haar face box's height.
+        top, bottom = int(rh * 0.15), int(rh * 0.60)
+        band = roi[top:bottom, :]
+        eye_min = (int(rw * 0.12),) * 2
+        eye_max = (int(rw * 0.40),) * 2
+        eyes = _detect(clfs["eye"], band, min_neighbors=EYE_MIN_NEIGHBORS, min_size=eye_min, max_size=eye_max)
+        if len(eyes) < 2:
+            # Glasses defeat the plain eye cascade; its sibling is trained with them.
+            eyes = eyes + _detect(
+                clfs["eye_glasses"], band, min_neighbors=EYE_MIN_NEIGHBORS, min_size=eye_min, max_size=eye_max
+            )
+        left_side = [e for e in eyes if e.x + e.w / 2 < rw / 2]
+        right_side = [e for e in eyes if e.x + e.w / 2 >= rw / 2]
+        for name, group in (("eyeLeft", left_side), ("eyeRight", right_side)):
+            if group:
+                e = max(group, key=lambda h: (h.neighbors, h.weight))
+                x, y = to_image(e.x + e.w / 2, top + e.y + e.h / 2)
+                landmarks.append(Landmark(type=name, x=x, y=y))
+
+        attributes: dict[str, Any] = {}
+        # The mouth lies in the lower half of a Haar face box (the box ends near the chin).
+        mtop = int(rh * 0.50)
+        mouth_band = roi[mtop:, :]
+        smiles = _detect(
+            clfs["smile"],
+            mouth_band,
+            min_neighbors=SMILE_MIN_NEIGHBORS,
+            min_size=(int(rw * 0.25), int(rw * 0.12)),
+            max_size=(int(rw * 0.80), int(rw * 0.45)),
+        )
+        # A smile must be roughly centred; off-centre groups are cheeks or jaw lines.
+        smiles = [s for s in smiles if abs((s.x + s.w / 2) - rw / 2) < rw * 0.2]
+        if smiles:
+            s = max(smiles, key=lambda h: (h.neighbors, h.weight))
+            x, y = to_image(s.x + s.w / 2, mtop + s.y + s.h / 2)
+            landmarks.append(Landmark(type="mouth", x=x, y=y))
+            attributes["smile"] = {
+                "value": True,
+                "confidence": _confidence(s, SMILE_MIN_NEIGHBORS, specs["smile"].last_stage_threshold),
+            }
+        # No smile found is weak evidence (the cascade misses closed-mouth smiles), so the
+        # attribute is left out rather than reported as {"value": false}.
+        return tuple(landmarks), attributes
+
+
+def _labels(faces: list[Face]) -> tuple[Label, ...]:
+    if not faces:
+        return ()
+    best = max(f.confidence for f in faces)
+    labels = [
+        # Person has no instances: we only know where the face is, not the body's extent.
+        Label(name="Person", confidence=best),
+        Label(name="Face", confidence=best, instances=tuple(f.box for f in faces), parents=("Person",)),
+    ]
+    smiles = [f.attributes["smile"]["confidence"] for f in faces if f.attributes.get("smile", {}).get("value")]
+    if smiles:
+        labels.append(Label(name="Smile", confidence=max(smiles), parents=("Face", "Person")))
+    return tuple(labels)
+
+
+# --- JSON for the Postgres JSONB columns ------------------------------------------------------
+
+
+def _primary_index(faces: tuple[Face, ...]) -> int | None:
+    if not faces:
+        return None
+    # Same rule as PhotoAnalysis.primary_face (first of the largest).
+    areas = [f.box.width * f.box.height for f in faces]
+    return areas.index(max(areas))
+
+
+def _face_to_json(face: Face) -> dict[str, Any]:
+    return {
+        "bounding_box": face.box.to_json(),
+        "confidence": face.confidence,
+        "landmarks": [{"type": lm.type, "x": lm.x, "y": lm.y} for lm in face.landmarks],
+        "attributes": copy.deepcopy(face.attributes),
+    }
+
+
+def _box_from_json(d: dict[str, Any]) -> BoundingBox:
+    return BoundingBox(
+        left=float(d["left"]), top=float(d["top"]), width=float(d["width"]), height=float(d["height"])
+    )
+
+
+def _face_from_dict(d: dict[str, Any]) -> Face:
+    return Face(
+        box=_box_from_json(d["bounding_box"]),
+        confidence=float(d["confidence"]),
+        landmarks=tuple(
+            Landmark(type=str(lm["type"]), x=float(lm["x"]), y=float(lm["y"])) for lm in d.get("landmarks", [])
+        ),
+        attributes=copy.deepcopy(dict(d.get("attributes", {}))),
+    )
+
+
+def analysis_to_json(a: PhotoAnalysis) -> tuple[dict[str, Any], list[dict[str, Any]], list[dict[str, Any]]]:
+    """(face_details, detected_labels, detected_objects), JSON-serialisable, for JSONB columns."""
+    face_details: dict[str, Any] = {
+        "detector": a.detector,
+        "image": {"width": a.image_width, "height": a.image_height},
+        "primary_face_index": _primary_index(a.faces),
+        "faces": [_face_to_json(f) for f in a.faces],
+    }
+    labels = [
+        {"name": lb.name, "confidence": lb.confidence, "parents": list(lb.parents)} for lb in a.labels
+    ]
+    objects = [
+        {"name": lb.name, "confidence": lb.confidence, "bounding_box": box.to_json()}
+        for lb in a.labels
+        for box in lb.instances
+    ]
+    return face_details, labels, objects
+
+
+def analysis_from_json(
+    face_details: dict[str, Any], detected_labels: list[dict[str, Any]], detected_objects: list[dict[str, Any]]
+) -> PhotoAnalysis:
+    """Inverse of analysis_to_json (instances come back from detected_objects by name)."""
+    instances: dict[str, list[BoundingBox]] = {}
+    for obj in detected_objects:
+        instances.setdefault(str(obj["name"]), []).append(_box_from_json(obj["bounding_box"]))
+    labels = tuple(
+        Label(
+            name=str(lb["name"]),
+            confidence=float(lb["confidence"]),
+            instances=tuple(instances.get(str(lb["name"]), ())),
+            parents=tuple(str(p) for p in lb.get("parents", [])),
+        )
+        for lb in detected_labels
+    )
+    return PhotoAnalysis(
+        image_width=int(face_details["image"]["width"]),
+        image_height=int(face_details["image"]["height"]),
+        faces=tuple(_face_from_dict(f) for f in face_details.get("faces", [])),
+        labels=labels,
+        detector=str(face_details["detector"]),
+    )
+
+
+def face_from_json(face_details: dict[str, Any] | None) -> Face | None:
+    """The primary face stored by analysis_to_json, or None when the photo had no face.
+
+    Raises ValueError if the stored structure is malformed (a data bug, not the parent's).
+    """
+    if not face_details:
+        return None
+    try:
+        faces = face_details.get("faces") or []
+        if not faces:
+            return None
+        if "primary_face_index" in face_details:
+            index = face_details["primary_face_index"]
+            if index is None:
+                return None
+        else:
+            # Older rows without the index: same rule as PhotoAnalysis.primary_face.
+            index = _primary_index(tuple(_face_from_dict(f) for f in faces))
+        return _face_from_dict(faces[int(index)])
+    except (KeyError, IndexError, TypeError, ValueError, AttributeError) as exc:
+        raise ValueError(f"malformed face_details: {exc!r}") from exc

@@ -1,0 +1,488 @@
+"""The pipeline's steps as plain functions of ids: claim -> provider -> store -> record.
+
+Celery-free on purpose: the task layer (workers/tasks.py) maps a StepResult to "go on with the
+chain" / "stop the chain" and RetryLater to a delayed retry; tests and tools can call these
+directly. Every step is idempotent: a completed column returns at once, a column another live
+copy holds is left alone, and results go to deterministic keys before the column completes.
+No database connection is held while a provider works.
+"""
+from __future__ import annotations
+
+import logging
+import random
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from enum import Enum
+from typing import Any, TypeVar
+
+from db import transitions as tx
+from db.engine import transaction
+from pipeline.config import settings
+from pipeline.errors import PermanentStepError, TransientStepError
+from pipeline.providers.base import Outline, PageRequest, StoryRequest
+from pipeline.providers.registry import providers, read_photo
+from pipeline.storage import ObjectMissing, book_key, page_image_key
+from pipeline.themes import THEMES, resolve_theme
+
+log = logging.getLogger("pipeline.steps")
+T = TypeVar("T")
+
+MAX_NAME_LENGTH = 40
+
+STAGE_LABEL: dict[str, str] = {
+    "analysis": "photo analysis",
+    "outline": "story outline",
+    "text": "story text",
+    "image": "illustration",
+    "personalization": "personalization",
+    "finish": "book assembly",
+}
+
+
+class Outcome(str, Enum):
+    DONE = "done"  # did the work; the chain goes on
+    ALREADY_DONE = "already_done"  # idempotent no-op; the chain goes on
+    STOPPED = "stopped"  # nothing to do now (failed, held by another copy, not ready)
+    FAILED = "failed"  # recorded a permanent failure; the chain stops
+
+
+@dataclass
+class StepResult:
+    outcome: Outcome
+    detail: str = ""
+    timings: dict[str, float] = field(default_factory=dict)  # phase -> ms
+    fanout: list[str] = field(default_factory=list)  # stories.generate: pages to run
+
+    @property
+    def chain_goes_on(self) -> bool:
+        return self.outcome in (Outcome.DONE, Outcome.ALREADY_DONE)
+
+
+@dataclass(frozen=True)
+class Attempt:
+    """Which try of a step this is (0 = first), as the task layer knows it."""
+
+    number: int = 0
+    max_retries: int = 5
+    task_id: str | None = None
+
+    @property
+    def last(self) -> bool:
+        return self.number >= self.max_retries
+
+
+class RetryLater(Exception):
+    """The step released its claim after a transient error; run it again after ``countdown``."""
+
+    def __init__(self, countdown: float, reason: str, *, waiting: bool = False) -> None:
+        super().__init__(reason)
+        self.countdown = countdown
+        self.reason = reason
+        self.waiting = waiting  # waiting on another step, not an error: not counted as a failure
+
+
+class _Timer:
+    def __init__(self) -> None:
+        self.timings: dict[str, float] = {}
+
+    def phase(self, name: str) -> _Phase:
+        return _Phase(self, name)
+
+
+class _Phase:
+    def __init__(self, timer: _Timer, name: str) -> None:
+        self.timer, self.name = timer, name
+
+    def __enter__(self) -> None:
+        self.t0 = time.perf_counter()
+
+    def __exit__(self, *exc: object) -> None:
+        ms = (time.perf_counter() - self.t0) * 1000
+        self.timer.timings[self.name] = round(self.timer.timings.get(self.name, 0.0) + ms, 1)
+
+
+def backoff(attempt: int, retry_after: float | None) -> float:
+    """Exponential backoff with full jitter, capped; a provider's Retry-After is a floor."""
+    cap = settings().retry_backoff_cap
+    delay = random.uniform(0.5, 1.0) * min(cap, 1.0 * 2**attempt)
+    if retry_after is not None and retry_after > 0:
+        # Honour the provider's hint, plus a little jitter so released workers don't stampede.
+        delay = max(delay, retry_after + random.uniform(0, min(1.0, retry_after * 0.1)))
+    return round(delay, 3)
+
+
+def valid_uuid(value: object) -> str | None:
+    try:
+        return str(uuid.UUID(str(value)))
+    except (ValueError, TypeError, AttributeError):
+        return None
+
+
+def _guarded(
+    fn: Callable[[], T],
+    *,
+    attempt: Attempt,
+    fail: Callable[[str], None],
+    release: Callable[[str], None],
+    what: str,
+) -> T:
+    """Run a provider call under the error policy: permanent -> recorded failure; transient ->
+    release and retry with backoff until the tries run out; anything else is a bug or an
+    unexpected reply: recorded as a failure (an operator can retry), never a crash loop."""
+    try:
+        return fn()
+    except PermanentStepError as e:
+        fail(str(e))
+        raise _Failed(str(e)) from None
+    except TransientStepError as e:
+        if attempt.last:
+            msg = f"{what} kept failing after {attempt.number + 1} tries: {e}"
+            fail(msg)
+            raise _Failed(msg) from None
+        release(str(e))
+        raise RetryLater(backoff(attempt.number, e.retry_after), str(e)) from None
+    except Exception as e:  # noqa: BLE001 - the policy above is the point of this function
+        log.exception("unexpected error in %s", what)
+        msg = f"{what} failed with an internal error ({type(e).__name__}); an operator can retry it."
+        fail(msg)
+        raise _Failed(msg) from None
+
+
+class _Failed(Exception):
+    pass
+
+
+# --- photo analysis ---------------------------------------------------------------------------
+
+NO_FACE = (
+    "We could not find a face in this photo. Please upload a clear, well-lit photo of your "
+    "child looking towards the camera."
+)
+
+
+def analyze_photo(photo_id: str, attempt: Attempt = Attempt()) -> StepResult:
+    """photos.ai_processing_status: pending -> processing -> completed | failed."""
+    s = settings()
+    timer = _Timer()
+    with timer.phase("claim"), transaction() as c:
+        claim = tx.claim_photo(c, photo_id, s.step_lease_seconds)
+        state = None if claim else tx.photo_state(c, photo_id)
+    if claim is None:
+        if state is None:
+            return StepResult(Outcome.STOPPED, "photo not found", timer.timings)
+        if state["ai_status"] == "completed":
+            return StepResult(Outcome.ALREADY_DONE, "already analysed", timer.timings)
+        if state["ai_status"] == "failed":
+            return StepResult(Outcome.STOPPED, "analysis failed earlier", timer.timings)
+        if state["status"] != "uploaded":
+            msg = (
+                f"The photo is not ready to analyse: its upload status is '{state['status']}', "
+                "not 'uploaded'. Finish the upload, then retry."
+            )
+            with transaction() as c:
+                tx.fail_photo(c, photo_id, msg, from_statuses=("pending", "processing"),
+                              attempt=attempt.number, task_id=attempt.task_id)
+            return StepResult(Outcome.FAILED, msg, timer.timings)
+        return StepResult(Outcome.STOPPED, "another worker is analysing this photo", timer.timings)
+
+    def fail(msg: str) -> None:
+        with transaction() as c:
+            tx.fail_photo(c, photo_id, msg, attempt=attempt.number, task_id=attempt.task_id)
+
+    def release(msg: str) -> None:
+        with transaction() as c:
+            tx.release_photo(c, photo_id, msg, attempt.number, attempt.task_id)
+
+    def work() -> tuple[Any, Any, Any]:
+        with timer.phase("read"):
+            try:
+                image = read_photo(claim["storage_provider"], claim["bucket"], claim["object_key"])
+            except ObjectMissing:
+                raise PermanentStepError(
+                    "The photo file is missing from storage (the upload may not have finished)."
+                ) from None
+        with timer.phase("provider"):
+            analysis = providers().vision.analyze_photo(image)
+        if analysis.primary_face is None:
+            raise PermanentStepError(NO_FACE)
+        from pipeline.providers.local_vision import analysis_to_json
+
+        return analysis_to_json(analysis)
+
+    try:
+        faces, labels, objects = _guarded(work, attempt=attempt, fail=fail, release=release,
+                                          what="Photo analysis")
+    except _Failed as e:
+        return StepResult(Outcome.FAILED, str(e), timer.timings)
+    with timer.phase("record"), transaction() as c:
+        done = tx.complete_photo(c, photo_id, faces, labels, objects)
+    return StepResult(Outcome.DONE if done else Outcome.ALREADY_DONE, "", timer.timings)
+
+
+# --- story start ------------------------------------------------------------------------------
+
+def _validate_story(name: str, age: int, theme_raw: str) -> tuple[str, str]:
+    """(clean name, theme id) or PermanentStepError with what to fix."""
+    clean = " ".join((name or "").split())
+    if not clean:
+        raise PermanentStepError("The child's name is empty. Please enter the child's first name.")
+    if len(clean) > MAX_NAME_LENGTH:
+        raise PermanentStepError(
+            f"The child's name is too long ({len(clean)} characters; at most {MAX_NAME_LENGTH})."
+        )
+    if any(not ch.isprintable() for ch in clean):
+        raise PermanentStepError("The child's name contains control characters.")
+    s = settings()
+    if not s.min_child_age <= age <= s.max_child_age:
+        raise PermanentStepError(
+            f"The child's age must be between {s.min_child_age} and {s.max_child_age} "
+            f"(got {age}). Our stories are written for young children."
+        )
+    theme = resolve_theme(theme_raw or "")
+    if theme is None:
+        raise PermanentStepError(
+            f"Unknown story theme {theme_raw[:60]!r}. Choose one of: {', '.join(sorted(THEMES))}."
+        )
+    return clean, theme.id
+
+
+def story_seed(story_id: str) -> int:
+    return uuid.UUID(story_id).int % (2**31)
+
+
+def generate_story(story_id: str, attempt: Attempt = Attempt()) -> StepResult:
+    """stories.status pending -> processing; the photo analysed (inline if nobody has); the
+    outline, title and page rows written once; returns the pages to run (fan-out)."""
+    s = settings()
+    timer = _Timer()
+    with timer.phase("claim"), transaction() as c:
+        claim = tx.claim_story(c, story_id, s.step_lease_seconds)
+        state = None if claim else tx.story_state(c, story_id)
+    if claim is None:
+        if state is None:
+            return StepResult(Outcome.STOPPED, "story not found", timer.timings)
+        if state["status"] == "completed":
+            return StepResult(Outcome.ALREADY_DONE, "story already completed", timer.timings)
+        if state["status"] == "failed":
+            return StepResult(Outcome.STOPPED, "story failed earlier; use retry", timer.timings)
+        return StepResult(Outcome.STOPPED, "another worker is starting this story", timer.timings)
+
+    def fail(msg: str, stage: tx.Stage = "outline") -> StepResult:
+        with transaction() as c:
+            tx.fail_story(c, story_id, msg, stage, attempt=attempt.number, task_id=attempt.task_id)
+        return StepResult(Outcome.FAILED, msg, timer.timings)
+
+    try:
+        name, theme_id = _validate_story(claim["child_name"], claim["child_age"], claim["story_theme"])
+    except PermanentStepError as e:
+        return fail(str(e))
+
+    # The photo: analysed already, or analysed here (same claim as photos.analyze, so the two
+    # never both run it), or being analysed by another worker right now (then wait for it).
+    photo_id = str(claim["protagonist_photo_id"])
+    with transaction() as c:
+        photo = tx.photo_state(c, photo_id)
+    if photo is None:  # the FK makes this impossible unless the row is deleted meanwhile
+        return fail("The story's photo no longer exists.", "analysis")
+    if photo["ai_status"] in ("pending", "processing"):
+        with timer.phase("analysis"):
+            try:
+                result = analyze_photo(photo_id, attempt)
+            except RetryLater:
+                with transaction() as c:  # the photo was released; release the story with it
+                    tx.release_story(c, story_id)
+                raise
+        with transaction() as c:
+            photo = tx.photo_state(c, photo_id)
+        assert photo is not None
+        if photo["ai_status"] in ("pending", "processing"):
+            # Held by another worker, or released for a transient retry: wait, not fail.
+            with transaction() as c:
+                tx.release_story(c, story_id)
+            raise RetryLater(2.0, f"waiting for photo analysis ({result.detail})", waiting=True)
+    if photo["ai_status"] == "failed":
+        return fail(f"The photo could not be used: {photo['ai_error_message']}", "analysis")
+
+    with transaction() as c:
+        existing = tx.load_outline(c, story_id)
+    if existing is None:
+        req = StoryRequest(name, claim["child_age"], theme_id, s.page_count, story_seed(story_id))
+
+        def release(msg: str) -> None:
+            with transaction() as c:
+                tx.release_story(c, story_id)
+
+        def write() -> Outline:
+            with timer.phase("provider"):
+                outline = providers().writer.write_outline(req)
+            if not outline.title.strip() or len(outline.beats) != req.page_count:
+                raise PermanentStepError(
+                    f"The story writer returned an unusable outline ({len(outline.beats)} pages "
+                    f"for {req.page_count})."
+                )
+            return outline
+
+        def record_failure(msg: str) -> None:
+            fail(msg)
+
+        try:
+            outline = _guarded(write, attempt=attempt, fail=record_failure, release=release,
+                               what="Story outline")
+        except _Failed as e:
+            return StepResult(Outcome.FAILED, str(e), timer.timings)
+        with timer.phase("record"), transaction() as c:
+            held = tx.save_outline_and_pages(c, story_id, outline.title, outline.style, list(outline.beats))
+        if not held:
+            return StepResult(Outcome.STOPPED, "story changed while writing the outline", timer.timings)
+    with transaction() as c:
+        pages = tx.unfinished_pages(c, story_id)
+    return StepResult(Outcome.DONE, f"{len(pages)} pages to run", timer.timings, fanout=pages)
+
+
+# --- page steps -------------------------------------------------------------------------------
+
+def _page_request(claim: tx.PageClaim) -> PageRequest:
+    story = StoryRequest(
+        " ".join(claim.child_name.split()), claim.child_age,
+        (resolve_theme(claim.story_theme) or THEMES["space_adventure"]).id,
+        len(claim.beats), story_seed(claim.story_id),
+    )
+    return PageRequest(story, Outline(claim.title, tuple(claim.beats), claim.style), claim.page_number)
+
+
+def _page_step(
+    page_id: str, stage: tx.Stage, attempt: Attempt, work: Callable[[tx.PageClaim, _Timer], dict[str, Any]]
+) -> StepResult:
+    s = settings()
+    col = tx.PAGE_STAGES[stage]
+    timer = _Timer()
+    with timer.phase("claim"), transaction() as c:
+        claim = tx.claim_page(c, page_id, col, s.step_lease_seconds)
+        state = None if claim else tx.page_state(c, page_id, col)
+    if claim is None:
+        if state is None:
+            return StepResult(Outcome.STOPPED, "page not found", timer.timings)
+        if state["status"] == "completed":
+            return StepResult(Outcome.ALREADY_DONE, "already done", timer.timings)
+        if state["story_status"] != "processing":
+            return StepResult(Outcome.STOPPED, f"story is {state['story_status']}", timer.timings)
+        if state["prereq_status"] != "completed":
+            return StepResult(Outcome.STOPPED, f"previous step is {state['prereq_status']}", timer.timings)
+        return StepResult(Outcome.STOPPED, f"step is {state['status']} (held elsewhere)", timer.timings)
+
+    label = STAGE_LABEL[stage]
+
+    def fail(msg: str) -> None:
+        with transaction() as c:
+            tx.fail_page(c, page_id, col, stage, msg, f"Page {claim.page_number} ({label}): {msg}",
+                         attempt.number, attempt.task_id)
+
+    def release(msg: str) -> None:
+        with transaction() as c:
+            tx.release_page(c, page_id, col, stage, msg, attempt.number, attempt.task_id)
+
+    try:
+        values = _guarded(lambda: work(claim, timer), attempt=attempt, fail=fail, release=release,
+                          what=label.capitalize())
+    except _Failed as e:
+        return StepResult(Outcome.FAILED, str(e), timer.timings)
+    with timer.phase("record"), transaction() as c:
+        done = tx.complete_page(c, page_id, col, values)
+    return StepResult(Outcome.DONE if done else Outcome.ALREADY_DONE, f"page {claim.page_number}", timer.timings)
+
+
+def write_text(page_id: str, attempt: Attempt = Attempt()) -> StepResult:
+    def work(claim: tx.PageClaim, timer: _Timer) -> dict[str, Any]:
+        with timer.phase("provider"):
+            page_text = providers().writer.write_page(_page_request(claim))
+        if not page_text or not page_text.strip():
+            raise PermanentStepError("The story writer returned an empty page.")
+        return {"text": page_text.strip()}
+
+    return _page_step(page_id, "text", attempt, work)
+
+
+def draw_base(page_id: str, attempt: Attempt = Attempt()) -> StepResult:
+    def work(claim: tx.PageClaim, timer: _Timer) -> dict[str, Any]:
+        p = providers()
+        with timer.phase("provider"):
+            png = p.illustrator.draw_base(_page_request(claim))
+        key = page_image_key(claim.story_id, claim.page_number, "base")
+        with timer.phase("store"):
+            p.storage.put(key, png, "image/png")
+        return {"base_image_key": key}
+
+    return _page_step(page_id, "image", attempt, work)
+
+
+def personalize(page_id: str, attempt: Attempt = Attempt()) -> StepResult:
+    def work(claim: tx.PageClaim, timer: _Timer) -> dict[str, Any]:
+        from pipeline.providers.local_vision import face_from_json
+
+        p = providers()
+        assert claim.photo is not None and claim.base_image_key
+        face = face_from_json(claim.photo["face_details"] or {})
+        if face is None:
+            raise PermanentStepError("The photo has no analysed face; re-run the photo analysis.")
+        with timer.phase("read"):
+            base = p.storage.get(claim.base_image_key)
+            photo = read_photo(claim.photo["storage_provider"], claim.photo["bucket"], claim.photo["object_key"])
+        with timer.phase("provider"):
+            png = p.illustrator.personalize(base, photo, face, _page_request(claim))
+        key = page_image_key(claim.story_id, claim.page_number, "personalized")
+        with timer.phase("store"):
+            p.storage.put(key, png, "image/png")
+        return {"personalized_image_key": key}
+
+    return _page_step(page_id, "personalization", attempt, work)
+
+
+# --- story completion -------------------------------------------------------------------------
+
+def finish_story(story_id: str, attempt: Attempt = Attempt()) -> StepResult:
+    """processing -> completed once every page is personalized, after writing the book.
+
+    Runs at the end of every page's chain; only the one that finds all pages done (and wins
+    the row lock) assembles the book and completes the story, the others return at once."""
+    timer = _Timer()
+    try:
+        with timer.phase("book"), transaction() as c:
+            story = tx.lock_story_if_done(c, story_id)
+            if story is None:
+                state = tx.story_state(c, story_id)
+                if state is not None and state["status"] == "completed":
+                    return StepResult(Outcome.ALREADY_DONE, "story already completed", timer.timings)
+                return StepResult(Outcome.STOPPED, "pages still running or story not processing",
+                                  timer.timings)
+            write_book(story_id, story["title"] or "", story["child_name"], story["story_theme"],
+                       tx.book_pages(c, story_id))
+            tx.complete_story(c, story_id)
+    except Exception as e:  # noqa: BLE001 - record, don't loop: an operator can retry
+        log.exception("book assembly failed for story %s", story_id)
+        msg = f"The book could not be assembled ({type(e).__name__}); an operator can retry it."
+        with transaction() as c:
+            tx.fail_story(c, story_id, msg, "finish", attempt=attempt.number, task_id=attempt.task_id)
+        return StepResult(Outcome.FAILED, msg, timer.timings)
+    return StepResult(Outcome.DONE, "story completed", timer.timings)
+
+
+def write_book(story_id: str, title: str, child_name: str, theme_raw: str, pages: list[Any]) -> None:
+    """The book as PDF and HTML at deterministic keys beside the page images."""
+    from pipeline.book import Book, BookPage, render_html, render_pdf
+
+    storage = providers().storage
+    theme = resolve_theme(theme_raw)
+    images = [storage.get(p["personalized_image_key"]) for p in pages]
+    book = Book(
+        title=title, child_name=" ".join(child_name.split()),
+        theme_title=theme.title if theme else theme_raw,
+        pages=[BookPage(p["page_number"], p["text"] or "", img) for p, img in zip(pages, images)],
+        cover_image=images[0] if images else None,
+    )
+    prefix = f"stories/{story_id}/"
+    urls = [p["personalized_image_key"].removeprefix(prefix) for p in pages]
+    storage.put(book_key(story_id, "pdf"), render_pdf(book), "application/pdf")
+    storage.put(book_key(story_id, "html"), render_html(book, urls, urls[0] if urls else None).encode(),
+                "text/html; charset=utf-8")

@@ -1,0 +1,185 @@
+-- Schema of the AI Story Creator worker backend (spec: shared/spec/database-schema.md).
+-- Idempotent: applying it twice is harmless. Core PostgreSQL 13+ only (gen_random_uuid() is core).
+-- The four spec tables are exactly as specified; `users` is the minimal table the spec refers to;
+-- `story_outlines` and `step_errors` are the pipeline's own bookkeeping.
+
+-- One trigger function keeps updated_at current for every writer (ORM, raw SQL, scripts).
+-- A writer that sets updated_at itself (a migration, a test simulating a stale row) is respected.
+CREATE OR REPLACE FUNCTION set_updated_at() RETURNS trigger
+LANGUAGE plpgsql AS $$
+BEGIN
+    IF NEW.updated_at IS NOT DISTINCT FROM OLD.updated_at THEN
+        NEW.updated_at := now();
+    END IF;
+    RETURN NEW;
+END;
+$$;
+
+CREATE TABLE IF NOT EXISTS users (
+    id          UUID PRIMARY KEY DEFAULT gen_random_uuid(),
+    email       VARCHAR NOT NULL,
+    created_at  TIMESTAMP WITH TIME ZONE NOT NULL DEFAULT now(),
+    updated_at  TIMESTAMP WITH TIME ZONE NOT NULL DEFAULT now(),
+    CONSTRAINT uq_users_email UNIQUE (email)
+);
+
+CREATE TABLE IF NOT EXISTS photos (
+    id                    UUID PRIMARY KEY DEFAULT gen_random_uuid(),
+    user_id               UUID NOT NULL REFERENCES users (id) ON DELETE CASCADE,
+    storage_provider      VARCHAR NOT NULL,
+    bucket                VARCHAR,
+    object_key            VARCHAR NOT NULL,
+    filename              VARCHAR NOT NULL,
+    content_type          VARCHAR NOT NULL,
+    status                VARCHAR NOT NULL DEFAULT 'pending_upload',
+    ai_processing_status  VARCHAR DEFAULT 'pending',
+    ai_error_message      TEXT,
+    detected_objects      JSONB,
+    detected_labels       JSONB,
+    face_details          JSONB,
+    created_at            TIMESTAMP WITH TIME ZONE NOT NULL DEFAULT now(),
+    updated_at            TIMESTAMP WITH TIME ZONE NOT NULL DEFAULT now(),
+    CONSTRAINT uq_photos_object_key UNIQUE (object_key),
+    CONSTRAINT ck_photos_status CHECK (status IN ('pending_upload', 'uploaded', 'failed', 'deleted')),
+    CONSTRAINT ck_photos_ai_processing_status
+        CHECK (ai_processing_status IN ('pending', 'processing', 'completed', 'failed'))
+);
+
+CREATE TABLE IF NOT EXISTS stories (
+    id                    UUID PRIMARY KEY DEFAULT gen_random_uuid(),
+    user_id               UUID NOT NULL REFERENCES users (id) ON DELETE CASCADE,
+    child_name            VARCHAR NOT NULL,
+    -- No CHECK on child_age: the external API inserts what the parent typed, and the worker
+    -- fails the story with a readable message (the row is where the parent sees why).
+    child_age             INTEGER NOT NULL,
+    story_theme           VARCHAR NOT NULL,
+    protagonist_photo_id  UUID NOT NULL REFERENCES photos (id) ON DELETE CASCADE,
+    title                 VARCHAR,
+    status                VARCHAR NOT NULL DEFAULT 'pending',
+    error_message         TEXT,
+    created_at            TIMESTAMP WITH TIME ZONE NOT NULL DEFAULT now(),
+    updated_at            TIMESTAMP WITH TIME ZONE NOT NULL DEFAULT now(),
+    CONSTRAINT ck_stories_status CHECK (status IN ('pending', 'processing', 'completed', 'failed'))
+);
+
+CREATE TABLE IF NOT EXISTS story_pages (
+    id                       UUID PRIMARY KEY DEFAULT gen_random_uuid(),
+    story_id                 UUID NOT NULL REFERENCES stories (id) ON DELETE CASCADE,
+    page_number              INTEGER NOT NULL,
+    text                     TEXT,
+    base_image_key           VARCHAR,
+    personalized_image_key   VARCHAR,
+    text_generation_status   VARCHAR DEFAULT 'pending',
+    image_generation_status  VARCHAR DEFAULT 'pending',
+    personalization_status   VARCHAR DEFAULT 'pending',
+    created_at               TIMESTAMP WITH TIME ZONE NOT NULL DEFAULT now(),
+    updated_at               TIMESTAMP WITH TIME ZONE NOT NULL DEFAULT now(),
+    CONSTRAINT uq_story_pages_story_id_page_number UNIQUE (story_id, page_number),
+    CONSTRAINT ck_story_pages_page_number CHECK (page_number >= 1),
+    CONSTRAINT ck_story_pages_text_generation_status
+        CHECK (text_generation_status IN ('pending', 'processing', 'completed', 'failed')),
+    CONSTRAINT ck_story_pages_image_generation_status
+        CHECK (image_generation_status IN ('pending', 'processing', 'completed', 'failed')),
+    CONSTRAINT ck_story_pages_personalization_status
+        CHECK (personalization_status IN ('pending', 'processing', 'completed', 'failed'))
+);
+
+CREATE TABLE IF NOT EXISTS orders (
+    id                 UUID PRIMARY KEY DEFAULT gen_random_uuid(),
+    -- RESTRICT: an order is a financial record and must not vanish with a user or a story.
+    user_id            UUID NOT NULL REFERENCES users (id) ON DELETE RESTRICT,
+    story_id           UUID NOT NULL REFERENCES stories (id) ON DELETE RESTRICT,
+    product_type       VARCHAR NOT NULL,
+    status             VARCHAR NOT NULL DEFAULT 'pending_payment',
+    amount             INTEGER NOT NULL,
+    currency           VARCHAR(3) NOT NULL,
+    shipping_address   JSONB,
+    payment_provider   VARCHAR,
+    payment_intent_id  VARCHAR,
+    pod_provider       VARCHAR,
+    pod_order_id       VARCHAR,
+    tracking_number    VARCHAR,
+    paid_at            TIMESTAMP WITH TIME ZONE,
+    fulfilled_at       TIMESTAMP WITH TIME ZONE,
+    shipped_at         TIMESTAMP WITH TIME ZONE,
+    created_at         TIMESTAMP WITH TIME ZONE NOT NULL DEFAULT now(),
+    updated_at         TIMESTAMP WITH TIME ZONE NOT NULL DEFAULT now(),
+    CONSTRAINT uq_orders_payment_intent_id UNIQUE (payment_intent_id),
+    CONSTRAINT ck_orders_status
+        CHECK (status IN ('pending_payment', 'paid', 'fulfilled', 'shipped', 'failed')),
+    CONSTRAINT ck_orders_amount CHECK (amount >= 0),
+    CONSTRAINT ck_orders_currency CHECK (currency ~ '^[A-Za-z]{3}$')
+);
+
+-- The outline written by stories.generate: one plan line per page, read by every page's
+-- text step (pages are written in parallel on different workers).
+CREATE TABLE IF NOT EXISTS story_outlines (
+    story_id    UUID PRIMARY KEY REFERENCES stories (id) ON DELETE CASCADE,
+    title       VARCHAR NOT NULL,
+    style       VARCHAR NOT NULL DEFAULT '',
+    beats       JSONB NOT NULL,
+    created_at  TIMESTAMP WITH TIME ZONE NOT NULL DEFAULT now(),
+    updated_at  TIMESTAMP WITH TIME ZONE NOT NULL DEFAULT now(),
+    CONSTRAINT ck_story_outlines_beats CHECK (jsonb_typeof(beats) = 'array')
+);
+
+-- One row per failed attempt of a step: the history operators read (`status`, `retry`).
+-- The spec's page rows have no error column; the story's error_message holds the latest reason.
+CREATE TABLE IF NOT EXISTS step_errors (
+    id          BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    story_id    UUID REFERENCES stories (id) ON DELETE CASCADE,
+    page_id     UUID REFERENCES story_pages (id) ON DELETE CASCADE,
+    photo_id    UUID REFERENCES photos (id) ON DELETE CASCADE,
+    stage       VARCHAR NOT NULL,
+    permanent   BOOLEAN NOT NULL,
+    message     TEXT NOT NULL,
+    attempt     INTEGER NOT NULL DEFAULT 0,
+    task_id     VARCHAR,
+    created_at  TIMESTAMP WITH TIME ZONE NOT NULL DEFAULT now(),
+    CONSTRAINT ck_step_errors_stage
+        CHECK (stage IN ('analysis', 'outline', 'text', 'image', 'personalization', 'finish'))
+);
+
+-- Indexes: every FK and status column (spec), GIN where JSONB is searched.
+CREATE INDEX IF NOT EXISTS ix_photos_user_id ON photos (user_id);
+CREATE INDEX IF NOT EXISTS ix_photos_status ON photos (status);
+CREATE INDEX IF NOT EXISTS ix_photos_ai_processing_status ON photos (ai_processing_status);
+-- "photos showing X": detected_labels @> '[{"name": "Smile"}]'. face_details is read by id only.
+CREATE INDEX IF NOT EXISTS ix_photos_detected_labels ON photos USING gin (detected_labels jsonb_path_ops);
+CREATE INDEX IF NOT EXISTS ix_photos_detected_objects ON photos USING gin (detected_objects jsonb_path_ops);
+
+CREATE INDEX IF NOT EXISTS ix_stories_user_id ON stories (user_id);
+CREATE INDEX IF NOT EXISTS ix_stories_story_theme ON stories (story_theme);
+CREATE INDEX IF NOT EXISTS ix_stories_protagonist_photo_id ON stories (protagonist_photo_id);
+CREATE INDEX IF NOT EXISTS ix_stories_status ON stories (status);
+
+CREATE INDEX IF NOT EXISTS ix_story_pages_story_id ON story_pages (story_id);
+CREATE INDEX IF NOT EXISTS ix_story_pages_page_number ON story_pages (page_number);
+CREATE INDEX IF NOT EXISTS ix_story_pages_text_generation_status ON story_pages (text_generation_status);
+CREATE INDEX IF NOT EXISTS ix_story_pages_image_generation_status ON story_pages (image_generation_status);
+CREATE INDEX IF NOT EXISTS ix_story_pages_personalization_status ON story_pages (personalization_status);
+
+CREATE INDEX IF NOT EXISTS ix_orders_user_id ON orders (user_id);
+CREATE INDEX IF NOT EXISTS ix_orders_story_id ON orders (story_id);
+CREATE INDEX IF NOT EXISTS ix_orders_product_type ON orders (product_type);
+CREATE INDEX IF NOT EXISTS ix_orders_status ON orders (status);
+CREATE INDEX IF NOT EXISTS ix_orders_pod_order_id ON orders (pod_order_id);
+-- Operators query a delivery address by country/postcode when a carrier reports a problem.
+CREATE INDEX IF NOT EXISTS ix_orders_shipping_address ON orders USING gin (shipping_address jsonb_path_ops);
+
+CREATE INDEX IF NOT EXISTS ix_step_errors_story_id ON step_errors (story_id);
+CREATE INDEX IF NOT EXISTS ix_step_errors_page_id ON step_errors (page_id);
+CREATE INDEX IF NOT EXISTS ix_step_errors_photo_id ON step_errors (photo_id);
+CREATE INDEX IF NOT EXISTS ix_step_errors_created_at ON step_errors (created_at);
+
+DO $$
+DECLARE t text;
+BEGIN
+    FOREACH t IN ARRAY ARRAY['users', 'photos', 'stories', 'story_pages', 'orders', 'story_outlines']
+    LOOP
+        EXECUTE format('DROP TRIGGER IF EXISTS trg_%1$s_updated_at ON %1$I', t);
+        EXECUTE format('CREATE TRIGGER trg_%1$s_updated_at BEFORE UPDATE ON %1$I '
+                       'FOR EACH ROW EXECUTE FUNCTION set_updated_at()', t);
+    END LOOP;
+END;
+$$;

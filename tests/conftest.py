@@ -1,0 +1,64 @@
+"""Test fixtures on the machine's real PostgreSQL and Redis, with real Celery worker processes.
+
+Each run creates its own database (dropped at the end) and uses its own Redis database
+numbers, so it neither sees nor disturbs a demo or another run's queues.
+"""
+from __future__ import annotations
+
+import os
+import tempfile
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+_RUN = uuid.uuid4().hex[:8]
+TEST_DB = f"storycreator_test_{_RUN}"
+PG = os.environ.get("TEST_PG_URL", "postgresql+psycopg2://postgres@127.0.0.1:5432")
+REDIS = os.environ.get("TEST_REDIS_URL", "redis://127.0.0.1:6379")
+REDIS_DB = int(os.environ.get("TEST_REDIS_DB", "11"))
+STORAGE = Path(tempfile.mkdtemp(prefix="storycreator-test-storage-"))
+
+# Before anything reads pipeline.config.settings() (cached per process).
+os.environ.update(
+    DATABASE_URL=f"{PG}/{TEST_DB}",
+    CELERY_BROKER_URL=f"{REDIS}/{REDIS_DB}",
+    REDIS_URL=f"{REDIS}/{REDIS_DB}",
+    LOCAL_STORAGE_ROOT=str(STORAGE),
+    STORY_PAGE_COUNT="4",
+    LOG_LEVEL="INFO",
+)
+for var in ("VISION_PROVIDER", "TEXT_PROVIDER", "IMAGE_PROVIDER", "STORAGE_BACKEND",
+            "SIMULATED_PROVIDER_LATENCY", "STEP_LEASE_SECONDS", "BROKER_VISIBILITY_TIMEOUT"):
+    os.environ.pop(var, None)
+
+from tests.support import Db, WorkerProcess, flush_redis  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def db() -> Iterator[Db]:
+    from db.engine import dispose_engine, ensure_database
+
+    ensure_database(os.environ["DATABASE_URL"])
+    database = Db(os.environ["DATABASE_URL"], STORAGE)
+    yield database
+    database.close()
+    dispose_engine()
+    database.drop()
+
+
+@pytest.fixture(scope="session")
+def worker(db: Db, tmp_path_factory: pytest.TempPathFactory) -> Iterator[WorkerProcess]:
+    """One real worker process (threads pool, all queues) shared by the tests that need one."""
+    flush_redis(os.environ["CELERY_BROKER_URL"])
+    w = WorkerProcess(tmp_path_factory.mktemp("worker") / "worker.log")
+    w.start()
+    yield w
+    w.stop()
+
+
+@pytest.fixture()
+def clean_db(db: Db) -> Db:
+    db.truncate()
+    return db

@@ -1,0 +1,197 @@
+"""Test helpers: rows inserted as the external API would, real worker processes, sample photos."""
+from __future__ import annotations
+
+import io
+import os
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+import redis
+from sqlalchemy import create_engine, text
+from sqlalchemy.engine import make_url
+
+ROOT = Path(__file__).resolve().parent.parent
+CELERY = str(Path(sys.executable).parent / "celery")
+ALL_QUEUES = "celery,photos,stories,text,images,personalize"
+
+
+def flush_redis(url: str) -> None:
+    r = redis.Redis.from_url(url)
+    r.flushdb()
+    r.close()
+
+
+def astronaut_png() -> bytes:
+    from PIL import Image
+    from skimage import data
+
+    buf = io.BytesIO()
+    Image.fromarray(data.astronaut()).save(buf, "PNG")
+    return buf.getvalue()
+
+
+def faceless_png() -> bytes:
+    from PIL import Image
+    from skimage import data
+
+    buf = io.BytesIO()
+    Image.fromarray(data.coffee()).save(buf, "PNG")
+    return buf.getvalue()
+
+
+class Db:
+    """The database as the external API and an operator see it: plain SQL, no project code."""
+
+    def __init__(self, url: str, storage: Path) -> None:
+        self.url = url
+        self.storage = storage
+        self.engine = create_engine(url, pool_size=2)
+
+    def close(self) -> None:
+        self.engine.dispose()
+
+    def drop(self) -> None:
+        u = make_url(self.url)
+        admin = create_engine(u.set(database="postgres"), isolation_level="AUTOCOMMIT")
+        with admin.connect() as c:
+            c.execute(text(f'DROP DATABASE IF EXISTS "{u.database}" WITH (FORCE)'))
+        admin.dispose()
+
+    def truncate(self) -> None:
+        with self.engine.begin() as c:
+            c.execute(text("TRUNCATE users, photos, stories, story_pages, orders, story_outlines, "
+                           "step_errors CASCADE"))
+
+    def one(self, sql: str, **params: Any) -> Any:
+        with self.engine.begin() as c:
+            return c.execute(text(sql), params).mappings().first()
+
+    def all(self, sql: str, **params: Any) -> list[Any]:
+        with self.engine.begin() as c:
+            return list(c.execute(text(sql), params).mappings())
+
+    def exec(self, sql: str, **params: Any) -> None:
+        with self.engine.begin() as c:
+            c.execute(text(sql), params)
+
+    # -- rows as the external API inserts them ---------------------------------------------
+    def user(self) -> str:
+        row = self.one("INSERT INTO users (email) VALUES (:e) RETURNING id", e=f"{uuid.uuid4()}@example.com")
+        return str(row["id"])
+
+    def photo(self, image: bytes | None, *, status: str = "uploaded", user_id: str | None = None,
+              storage_provider: str = "local", bucket: str | None = None,
+              object_key: str | None = None, content_type: str = "image/png") -> str:
+        user_id = user_id or self.user()
+        key = object_key or f"uploads/{uuid.uuid4()}.png"
+        if image is not None:
+            path = self.storage / (bucket or "") / key
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_bytes(image)
+        row = self.one(
+            """INSERT INTO photos (user_id, storage_provider, bucket, object_key, filename,
+                                   content_type, status)
+               VALUES (:u, :sp, :b, :k, 'child.png', :ct, :st) RETURNING id""",
+            u=user_id, sp=storage_provider, b=bucket, k=key, ct=content_type, st=status,
+        )
+        return str(row["id"])
+
+    def story(self, photo_id: str, *, name: str = "Mia", age: int = 6,
+              theme: str = "space_adventure") -> str:
+        user = self.one("SELECT user_id FROM photos WHERE id = :p", p=photo_id)["user_id"]
+        row = self.one(
+            """INSERT INTO stories (user_id, child_name, child_age, story_theme, protagonist_photo_id)
+               VALUES (:u, :n, :a, :t, :p) RETURNING id""",
+            u=user, n=name, a=age, t=theme, p=photo_id,
+        )
+        return str(row["id"])
+
+    # -- observing ----------------------------------------------------------------------------
+    def story_row(self, story_id: str) -> Any:
+        return self.one("SELECT * FROM stories WHERE id = :s", s=story_id)
+
+    def pages(self, story_id: str) -> list[Any]:
+        return self.all("SELECT * FROM story_pages WHERE story_id = :s ORDER BY page_number", s=story_id)
+
+    def wait_story(self, story_id: str, timeout: float = 90, statuses: tuple[str, ...] = ("completed", "failed")) -> Any:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            row = self.story_row(story_id)
+            if row is not None and row["status"] in statuses:
+                return row
+            time.sleep(0.1)
+        raise AssertionError(f"story {story_id} still {self.story_row(story_id)['status']} after {timeout}s")
+
+    def wait_photo(self, photo_id: str, timeout: float = 60) -> Any:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            row = self.one("SELECT * FROM photos WHERE id = :p", p=photo_id)
+            if row["ai_processing_status"] in ("completed", "failed"):
+                return row
+            time.sleep(0.1)
+        raise AssertionError(f"photo {photo_id} not analysed after {timeout}s")
+
+
+class WorkerProcess:
+    """A real `celery worker` process, as the Procfile runs it."""
+
+    def __init__(self, log: Path, *, env: dict[str, str] | None = None, pool: str = "threads",
+                 concurrency: int = 8, queues: str = ALL_QUEUES) -> None:
+        self.log = log
+        self.env = {**os.environ, **(env or {})}
+        self.pool, self.concurrency, self.queues = pool, concurrency, queues
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.name = f"test-{uuid.uuid4().hex[:6]}@localhost"
+
+    def start(self, timeout: float = 60) -> None:
+        self.log.parent.mkdir(parents=True, exist_ok=True)
+        self._fh = open(self.log, "ab")
+        self.proc = subprocess.Popen(
+            [CELERY, "-A", "workers.app", "worker", "--pool", self.pool,
+             "--concurrency", str(self.concurrency), "-Q", self.queues, "-n", self.name,
+             "--without-gossip", "--without-mingle", "--loglevel", "INFO", "-E"],
+            cwd=ROOT, env=self.env, stdout=self._fh, stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"worker exited with {self.proc.returncode}:\n{self.tail()}")
+            if b" ready." in self.log.read_bytes():
+                return
+            time.sleep(0.1)
+        raise RuntimeError(f"worker not ready after {timeout}s:\n{self.tail()}")
+
+    def tail(self, n: int = 60) -> str:
+        return "\n".join(self.log.read_text(errors="replace").splitlines()[-n:])
+
+    def kill(self) -> None:
+        """SIGKILL the whole worker (no warm shutdown, no acks: as an OOM kill would)."""
+        assert self.proc is not None
+        os.killpg(self.proc.pid, signal.SIGKILL)
+        self.proc.wait(10)
+
+    def stop(self) -> None:
+        if self.proc is None or self.proc.poll() is not None:
+            return
+        os.killpg(self.proc.pid, signal.SIGTERM)
+        try:
+            self.proc.wait(30)
+        except subprocess.TimeoutExpired:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+            self.proc.wait(10)
+        self._fh.close()
+
+
+def external_send(broker_url: str, name: str, kwargs: dict[str, Any]) -> None:
+    """Publish as the external API does: a separate process that imports only celery."""
+    script = ROOT / "tests" / "external_client.py"
+    subprocess.run(
+        [sys.executable, str(script), broker_url, name, __import__("json").dumps(kwargs)],
+        cwd="/", check=True, timeout=60, env={k: v for k, v in os.environ.items() if k != "PYTHONPATH"},
+    )

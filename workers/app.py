@@ -1,0 +1,36 @@
+"""Builds the Celery app. Imports no models: settings come from celeryconfig, tasks from
+workers.tasks, and the database engine is built lazily in each worker process."""
+from __future__ import annotations
+
+import logging
+import os
+from typing import Any
+
+from celery import Celery, signals
+
+app = Celery("storycreator", include=["workers.tasks"])
+app.config_from_object("celeryconfig")
+
+
+@signals.setup_logging.connect
+def _setup_logging(**_: Any) -> None:
+    # Our own format; one line per step comes from workers.tasks (no names, no image bytes).
+    logging.basicConfig(
+        level=os.environ.get("LOG_LEVEL", "INFO"),
+        format="%(asctime)s %(levelname)s %(processName)s %(name)s: %(message)s",
+    )
+
+
+@signals.worker_process_init.connect
+def _fresh_engine_after_fork(**_: Any) -> None:
+    from db.engine import get_engine
+
+    get_engine()  # a forked child never reuses the parent's pool (see db/engine.py)
+
+
+@signals.worker_process_shutdown.connect
+@signals.worker_shutdown.connect
+def _dispose_engine(**_: Any) -> None:
+    from db.engine import dispose_engine
+
+    dispose_engine()

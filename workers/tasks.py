@@ -1,0 +1,163 @@
+"""The Celery tasks: thin wrappers around pipeline.steps. Each one moves only its own status
+column, is safe to run twice, and logs one line per run.
+
+Names are the contract with the external API: ``photos.analyze(photo_id)`` and
+``stories.generate(story_id)`` are published by name to the default queue; the rest are
+internal and routed to per-stage queues (celeryconfig.task_routes).
+"""
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections.abc import Callable
+from enum import Enum
+from typing import Any
+
+from celery import Task, chain
+from sqlalchemy.exc import InterfaceError, OperationalError
+
+from pipeline import steps
+from pipeline.config import settings
+from workers.app import app
+
+log = logging.getLogger("storycreator.step")
+
+
+class Queue(str, Enum):
+    """Kept in sync with celeryconfig.task_queues and the Procfile's -Q list."""
+
+    DEFAULT = "celery"
+    PHOTOS = "photos"
+    STORIES = "stories"
+    TEXT = "text"
+    IMAGES = "images"
+    PERSONALIZE = "personalize"
+
+
+# Errors that may pass on the next try at the task level (PostgreSQL restarting, a dropped
+# connection). Provider errors are classified inside pipeline.steps, not here.
+RETRY_DB_ERRORS = (OperationalError, InterfaceError)
+
+
+class StepTask(Task):  # type: ignore[misc]
+    acks_late = True
+    reject_on_worker_lost = True
+    ignore_result = True
+    autoretry_for = RETRY_DB_ERRORS
+    retry_backoff = 2
+    retry_backoff_max = 60
+    retry_jitter = True
+    max_retries = 10
+    # Enforced by the prefork pool only; provider calls carry their own timeouts for threads.
+    soft_time_limit = 240
+    time_limit = 300
+
+
+def _log_line(stage: str, ids: dict[str, Any], attempt: int, result: steps.StepResult | None,
+              outcome: str, total_ms: float) -> None:
+    fields = {"stage": stage, **ids, "attempt": attempt, "outcome": outcome,
+              "ms": round(total_ms, 1)}
+    if result is not None:
+        fields["phases"] = result.timings
+        if result.detail:
+            fields["detail"] = result.detail[:300]
+    level = logging.WARNING if outcome in ("failed", "retry") else logging.INFO
+    log.log(level, "step %s", json.dumps(fields, ensure_ascii=False, default=str))
+
+
+def _run(task: Task, stage: str, ids: dict[str, Any],
+         body: Callable[[steps.Attempt], steps.StepResult],
+         after: Callable[[steps.StepResult], None] | None = None) -> str:
+    """Run one step: map its result to the chain (go on / stop) and RetryLater to a retry."""
+    req = task.request
+    attempt = steps.Attempt(req.retries, settings().max_retries, req.id)
+    t0 = time.perf_counter()
+    try:
+        result = body(attempt)
+    except steps.RetryLater as r:
+        _log_line(stage, ids, attempt.number, None, "waiting" if r.waiting else "retry",
+                  (time.perf_counter() - t0) * 1000)
+        # Waiting for another step is bounded by that step's lease, not by our error budget.
+        raise task.retry(countdown=r.countdown, max_retries=None if r.waiting else attempt.max_retries,
+                         exc=None)
+    if after is not None:
+        after(result)
+    _log_line(stage, ids, attempt.number, result, result.outcome.value, (time.perf_counter() - t0) * 1000)
+    if not result.chain_goes_on:
+        # Stop this page's chain: the step failed (recorded) or another copy owns it.
+        req.chain = None
+        req.callbacks = None
+    return f"{result.outcome.value}: {result.detail}" if result.detail else result.outcome.value
+
+
+def _bad_args(stage: str, name: str, key: str, value: Any, extra: dict[str, Any]) -> str | None:
+    """A readable complaint for a malformed external call (nothing in Postgres to mark)."""
+    if extra:
+        log.error("%s: ignoring unexpected arguments %s", name, sorted(extra))
+    if steps.valid_uuid(value) is None:
+        log.error("%s needs kwargs {'%s': '<uuid>'}; got %s=%r", name, key, key, str(value)[:80])
+        return f"rejected: {key} must be a UUID"
+    return None
+
+
+# --- the external contract ---------------------------------------------------------------------
+
+@app.task(base=StepTask, bind=True, name="photos.analyze")
+def analyze_photo(self: Task, photo_id: str | None = None, **extra: Any) -> str:
+    if (bad := _bad_args("analysis", "photos.analyze", "photo_id", photo_id, extra)):
+        return bad
+    pid = steps.valid_uuid(photo_id)
+    assert pid is not None
+    return _run(self, "analysis", {"photo": pid}, lambda a: steps.analyze_photo(pid, a))
+
+
+@app.task(base=StepTask, bind=True, name="stories.generate")
+def generate_story(self: Task, story_id: str | None = None, **extra: Any) -> str:
+    if (bad := _bad_args("outline", "stories.generate", "story_id", story_id, extra)):
+        return bad
+    sid = steps.valid_uuid(story_id)
+    assert sid is not None
+
+    def fan_out(result: steps.StepResult) -> None:
+        # Only now: every row the pages need is committed. One chain per page, all pages in
+        # parallel; each chain ends with stories.finish, whose Postgres barrier completes the
+        # story when the last page is done (no Redis chord counter to lose or double).
+        for page_id in result.fanout:
+            page_chain(page_id, sid).apply_async()
+        if result.outcome is steps.Outcome.DONE and not result.fanout:
+            finish_story.apply_async(kwargs={"story_id": sid})
+
+    return _run(self, "outline", {"story": sid}, lambda a: steps.generate_story(sid, a), fan_out)
+
+
+# --- internal steps ------------------------------------------------------------------------------
+
+@app.task(base=StepTask, bind=True, name="pages.write_text")
+def write_text(self: Task, page_id: str) -> str:
+    return _run(self, "text", {"page": page_id}, lambda a: steps.write_text(page_id, a))
+
+
+@app.task(base=StepTask, bind=True, name="pages.draw_base")
+def draw_base(self: Task, page_id: str) -> str:
+    return _run(self, "image", {"page": page_id}, lambda a: steps.draw_base(page_id, a))
+
+
+@app.task(base=StepTask, bind=True, name="pages.personalize")
+def personalize(self: Task, page_id: str) -> str:
+    return _run(self, "personalization", {"page": page_id}, lambda a: steps.personalize(page_id, a))
+
+
+@app.task(base=StepTask, bind=True, name="stories.finish")
+def finish_story(self: Task, story_id: str) -> str:
+    return _run(self, "finish", {"story": story_id}, lambda a: steps.finish_story(story_id, a))
+
+
+def page_chain(page_id: str, story_id: str) -> Any:
+    """text -> base image -> personalization -> story barrier, for one page."""
+    return chain(
+        write_text.si(page_id=page_id),
+        draw_base.si(page_id=page_id),
+        personalize.si(page_id=page_id),
+        finish_story.si(story_id=story_id),
+    )
