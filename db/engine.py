@@ -87,7 +87,10 @@ SCHEMA_PATH = PROJECT_ROOT / "schema.sql"
 def apply_schema(conn: Connection, path: Path = SCHEMA_PATH) -> None:
     """Apply schema.sql in the caller's transaction; serialized so two starters don't race."""
     conn.execute(text("SELECT pg_advisory_xact_lock(727274)"))
-    conn.exec_driver_sql(path.read_text())
+    # Through the DBAPI cursor without parameters: the script's format('%1$s') must not be
+    # taken for a parameter placeholder.
+    with conn.connection.dbapi_connection.cursor() as cur:  # type: ignore[union-attr]
+        cur.execute(path.read_text())
 
 
 def ensure_database(url: str | None = None) -> None:

@@ -26,8 +26,14 @@ def test_models_match_schema_column_by_column(db: Db) -> None:
         for c in table.columns:
             live = cols[c.name]
             assert live["nullable"] == c.nullable, f"{table.name}.{c.name} nullable"
-            assert (live["default"] is not None) == (c.server_default is not None or c.identity is not None), \
-                f"{table.name}.{c.name} default"
+            assert ("identity" in live) == (c.identity is not None), f"{table.name}.{c.name} identity"
+            if c.identity is None:
+                assert (live["default"] is not None) == (c.server_default is not None), \
+                    f"{table.name}.{c.name} default"
+                if c.server_default is not None:
+                    model_default = str(c.server_default.arg).strip("'").lower()
+                    assert model_default.split("(")[0] in live["default"].lower(), \
+                        f"{table.name}.{c.name}: default {live['default']} vs {model_default}"
             model_type = c.type.compile(dialect=db.engine.dialect)
             live_type = live["type"].compile(dialect=db.engine.dialect)
             assert model_type.split("(")[0] == live_type.split("(")[0] or (
