@@ -1,0 +1,90 @@
+"""storycreator: operator commands. `storycreator COMMAND --help` for each.
+
+Exit codes: 0 done, 1 nothing done / not found, 2 usage error.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from typing import Any
+
+from sqlalchemy import text
+
+CELL = {"completed": "done", "processing": "working", "pending": "waiting", "failed": "FAILED", None: "waiting"}
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    from db.engine import transaction
+    from pipeline.steps import valid_uuid
+
+    sid = valid_uuid(args.story)
+    if sid is None:
+        print(f"error: {args.story!r} is not a story id (UUID)", file=sys.stderr)
+        return 2
+    with transaction() as c:
+        story = c.execute(text("SELECT id, status, title, error_message, child_age, story_theme, updated_at "
+                               "FROM stories WHERE id = :s"), {"s": sid}).mappings().first()
+        if story is None:
+            print(f"no story {sid}", file=sys.stderr)
+            return 1
+        pages = c.execute(text(
+            "SELECT page_number, text_generation_status AS text, image_generation_status AS image, "
+            "personalization_status AS personalization, updated_at FROM story_pages "
+            "WHERE story_id = :s ORDER BY page_number"), {"s": sid}).mappings().all()
+        errors = c.execute(text(
+            "SELECT e.stage, p.page_number, e.permanent, e.message, e.created_at FROM step_errors e "
+            "LEFT JOIN story_pages p ON p.id = e.page_id WHERE e.story_id = :s OR e.photo_id = "
+            "(SELECT protagonist_photo_id FROM stories WHERE id = :s) ORDER BY e.created_at"), {"s": sid}).mappings().all()
+    if args.json:
+        print(json.dumps({"story": dict(story), "pages": [dict(p) for p in pages],
+                          "errors": [dict(e) for e in errors]}, default=str, indent=2))
+        return 0
+    print(f"story {story['id']}  {story['status']}  “{story['title'] or ''}”")
+    if story["error_message"]:
+        print(f"  error: {story['error_message']}")
+    print(f"  {'page':>4}  {'text':<8} {'image':<8} {'personal.':<9}")
+    for p in pages:
+        print(f"  {p['page_number']:>4}  {CELL[p['text']]:<8} {CELL[p['image']]:<8} {CELL[p['personalization']]:<9}")
+    for e in errors:
+        where = f"page {e['page_number']}" if e["page_number"] else "story"
+        kind = "failed" if e["permanent"] else "retried"
+        print(f"  {e['created_at']:%H:%M:%S} {e['stage']} ({where}) {kind}: {e['message']}")
+    return 0
+
+
+def cmd_retry(args: argparse.Namespace) -> int:
+    from pipeline.ops import retry_story
+    from pipeline.steps import valid_uuid
+
+    sid = valid_uuid(args.story)
+    if sid is None:
+        print(f"error: {args.story!r} is not a story id (UUID)", file=sys.stderr)
+        return 2
+    plan = retry_story(sid, force=args.force, dry_run=args.dry_run)
+    out: dict[str, Any] = {"story": sid, "ok": plan.ok, "message": plan.message,
+                           "pages_reset": plan.reset_pages, "photo_reset": plan.reset_photo}
+    print(json.dumps(out) if args.json else f"{sid}: {plan.message} "
+          f"({plan.reset_pages} page(s) with failed steps, photo reset: {plan.reset_photo})")
+    return 0 if plan.ok else 1
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="storycreator", description="Operate the story pipeline.")
+    sub = ap.add_subparsers(dest="cmd", required=True)
+    st = sub.add_parser("status", help="a story's pages x stages, with errors")
+    st.add_argument("story")
+    st.add_argument("--json", action="store_true")
+    st.set_defaults(fn=cmd_status)
+    rt = sub.add_parser("retry", help="re-run a failed story's failed steps (completed work is kept)")
+    rt.add_argument("--story", required=True)
+    rt.add_argument("--force", action="store_true", help="retry even a photo that had no face")
+    rt.add_argument("--dry-run", action="store_true")
+    rt.add_argument("--json", action="store_true")
+    rt.set_defaults(fn=cmd_retry)
+    args = ap.parse_args(argv)
+    return int(args.fn(args))
+
+
+if __name__ == "__main__":
+    sys.exit(main())
