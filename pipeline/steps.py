@@ -54,6 +54,7 @@ class StepResult:
     detail: str = ""
     timings: dict[str, float] = field(default_factory=dict)  # phase -> ms
     fanout: list[str] = field(default_factory=list)  # stories.generate: pages to run
+    context: dict[str, Any] = field(default_factory=dict)  # ids for the log line (story, page number)
 
     @property
     def chain_goes_on(self) -> bool:
@@ -373,6 +374,7 @@ def _page_step(
         return StepResult(Outcome.STOPPED, f"step is {state['status']} (held elsewhere)", timer.timings)
 
     label = STAGE_LABEL[stage]
+    ctx = {"story": claim.story_id, "page_number": claim.page_number}
 
     def fail(msg: str) -> None:
         with transaction() as c:
@@ -387,10 +389,10 @@ def _page_step(
         values = _guarded(lambda: work(claim, timer), attempt=attempt, fail=fail, release=release,
                           what=label.capitalize())
     except _Failed as e:
-        return StepResult(Outcome.FAILED, str(e), timer.timings)
+        return StepResult(Outcome.FAILED, str(e), timer.timings, context=ctx)
     with timer.phase("record"), transaction() as c:
         done = tx.complete_page(c, page_id, col, values)
-    return StepResult(Outcome.DONE if done else Outcome.ALREADY_DONE, f"page {claim.page_number}", timer.timings)
+    return StepResult(Outcome.DONE if done else Outcome.ALREADY_DONE, "", timer.timings, context=ctx)
 
 
 def write_text(page_id: str, attempt: Attempt = Attempt()) -> StepResult:

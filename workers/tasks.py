@@ -59,6 +59,7 @@ def _log_line(stage: str, ids: dict[str, Any], attempt: int, result: steps.StepR
     fields = {"stage": stage, **ids, "attempt": attempt, "outcome": outcome,
               "ms": round(total_ms, 1)}
     if result is not None:
+        fields.update(result.context)
         fields["phases"] = result.timings
         if result.detail:
             fields["detail"] = result.detail[:300]
