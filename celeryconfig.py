@@ -2,7 +2,7 @@
 through pipeline.config, so the worker, the tests and the demo agree on them."""
 from __future__ import annotations
 
-from kombu import Queue
+from kombu import Exchange, Queue
 
 from pipeline.config import settings
 
@@ -22,7 +22,12 @@ broker_transport_options = {
 
 # The external API publishes by name to the default queue: keep Celery's default name.
 task_default_queue = "celery"
-task_queues = [Queue(q) for q in ("celery", "photos", "stories", "text", "images", "personalize")]
+# Each queue with its own direct exchange and routing key. (A bare Queue(name) gets Celery's
+# default routing key "celery" on the default exchange: every queue would receive every message.)
+task_queues = [
+    Queue(q, Exchange(q, type="direct"), routing_key=q)
+    for q in ("celery", "photos", "stories", "text", "images", "personalize")
+]
 task_routes = {
     "photos.analyze": {"queue": "photos"},
     "stories.generate": {"queue": "stories"},

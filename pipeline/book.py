@@ -28,7 +28,7 @@ from functools import lru_cache
 from pathlib import Path
 
 from fpdf import FPDF
-from fpdf.enums import Align, MethodReturnValue
+from fpdf.enums import Align
 from PIL import Image, UnidentifiedImageError
 
 log = logging.getLogger(__name__)
@@ -117,6 +117,19 @@ def find_fonts() -> FontSet:
     return FontSet(regular=regular, bold=bold, fallbacks=tuple(fallbacks))
 
 
+@lru_cache(maxsize=16)
+def _cmap(path: Path) -> frozenset[int]:
+    """The code points a font file can draw (read once per process; only the cmap table)."""
+    from fontTools.ttLib import TTFont  # fpdf2's own dependency
+
+    try:
+        with TTFont(path, lazy=True, fontNumber=0) as font:
+            return frozenset(font.getBestCmap() or {})
+    except Exception:
+        log.warning("cannot read font %s", path, exc_info=True)
+        return frozenset()
+
+
 _ASCII_PUNCT = str.maketrans({"’": "'", "‘": "'", "“": '"', "”": '"', "–": "-", "—": "-",
                               "…": "...", "\u00a0": " "})
 # Characters without a glyph: symbols and invisible marks are dropped, anything else is "?".
@@ -124,11 +137,14 @@ _DROP_CATEGORIES = {"So", "Sk", "Mn", "Me", "Cf", "Co", "Cs", "Cn"}
 
 
 class _Fonts:
-    """The fonts added to one FPDF document, and what they can draw."""
+    """The fonts added to one FPDF document: what they can draw, and how wide it is."""
 
     def __init__(self, pdf: FPDF, fonts: FontSet, text: str) -> None:
+        self.pdf = pdf
         self.family = "helvetica"
         self.covered: set[int] | None = None  # None: the core font, Latin-1
+        self._fallbacks: list[str] = []
+        self._widths: dict[tuple[str, str], float] = {}
         if fonts.regular is not None:
             try:
                 pdf.add_font("body", fname=fonts.regular)
@@ -139,12 +155,15 @@ class _Fonts:
                 log.exception("font %s unusable; using the core font", fonts.regular)
         if self.covered is None:
             return
-        # Fallback fonts are parsed only when the book needs them (each costs ~50 ms).
+        # Fallback fonts are loaded only when they draw something the book needs: fpdf2
+        # parses a whole font per document (DejaVu Sans ~0.1 s, a CJK font ~0.5 s).
         missing = {ord(c) for c in set(text)} - self.covered - {10, 13}
         used: list[str] = []
         for i, path in enumerate(fonts.fallbacks):
             if not missing:
                 break
+            if not missing & _cmap(path):
+                continue
             name = f"fallback{i}"
             try:
                 pdf.add_font(name, fname=path)
@@ -158,6 +177,73 @@ class _Fonts:
                 missing -= cmap
         if used:
             pdf.set_fallback_fonts(used, exact_match=False)
+        self._fallbacks = used
+
+    def width(self, text: str, size: float, style: str = "") -> float:
+        """Width in mm of ``text`` at ``size`` pt (no kerning, as fpdf2 draws it).
+
+        Glyph widths are read once per character from the font tables, so wrapping a page
+        is linear; fpdf2's own multi_cell re-measures every fragment (most of the render time).
+        """
+        total = 0.0
+        for ch in text:
+            key = (ch, style)
+            w = self._widths.get(key)
+            if w is None:
+                w = self._widths[key] = self._glyph_width(ch, style)
+            total += w
+        return total * size
+
+    def _glyph_width(self, ch: str, style: str) -> float:
+        """mm per pt of font size for one character, from whichever font will draw it."""
+        if self.covered is None:
+            self.pdf.set_font(self.family, style=style, size=100)
+            return self.pdf.get_string_width(ch) / 100
+        code = ord(ch)
+        names = [f"{self.family}{style.upper()}", *self._fallbacks]  # fpdf2 keys: "bodyB"
+        for name in names:
+            font = self.pdf.fonts.get(name)
+            if font is not None and code in font.cmap:
+                return font.cw.get(code, 0) * 0.001 * PT
+        return 0.5 * PT  # never drawn (clean() removed it); a neutral guess
+
+    def wrap(self, text: str, width: float, size: float, style: str = "") -> list[str]:
+        """Greedy line breaks at spaces; a word wider than a line is split by characters."""
+        space = self.width(" ", size, style)
+        lines: list[str] = []
+        line, line_w = "", 0.0
+        for word in text.split():
+            word_w = self.width(word, size, style)
+            if line and line_w + space + word_w <= width:
+                line, line_w = f"{line} {word}", line_w + space + word_w
+                continue
+            if line:
+                lines.append(line)
+            while word_w > width and len(word) > 1:  # e.g. a very long name without spaces
+                cut = len(word) - 1
+                while cut > 1 and self.width(word[:cut], size, style) > width:
+                    cut -= 1
+                lines.append(word[:cut])
+                word = word[cut:]
+                word_w = self.width(word, size, style)
+            line, line_w = word, word_w
+        if line:
+            lines.append(line)
+        return lines
+
+    def balanced(self, text: str, width: float, size: float, style: str = "") -> list[str]:
+        """Lines as even as possible (no lonely last word), for titles."""
+        lines = self.wrap(text, width, size, style)
+        if len(lines) < 2:
+            return lines
+        lo, hi = width / 2, width
+        for _ in range(12):  # binary search the narrowest width giving as few lines
+            mid = (lo + hi) / 2
+            if len(self.wrap(text, mid, size, style)) <= len(lines):
+                hi = mid
+            else:
+                lo = mid
+        return self.wrap(text, hi, size, style)
 
     def clean(self, text: str) -> str:
         """Text every character of which a font can draw (see the module doc)."""
@@ -247,11 +333,22 @@ def _line_h(size: float) -> float:
     return size * PT * 1.45
 
 
-def _text_lines(pdf: FPDF, text: str, width: float, size: float) -> int:
-    pdf.set_font(size=size)
-    lines = pdf.multi_cell(width, _line_h(size), text, dry_run=True,
-                           output=MethodReturnValue.LINES)
-    return len(lines)
+Rgb = tuple[int, int, int]
+
+
+def _draw_lines(pdf: FPDF, lines: list[str], x: float, y: float, width: float,
+                line_h: float, align: Align, color: Rgb) -> float:
+    """Draw pre-wrapped lines from (x, y) in ``color``; returns the y below the last line."""
+    pdf.set_text_color(*color)
+    # Same fill colour as text: otherwise fpdf2 (2.8) wraps each cell in q/Q, and a font
+    # switch for fallback glyphs (CJK) inside it is undone by Q while fpdf2 still believes it
+    # is current, so the next line comes out in the wrong size.
+    pdf.set_fill_color(*color)
+    for line in lines:
+        pdf.set_xy(x, y)
+        pdf.cell(width, line_h, line, align=align)
+        y += line_h
+    return y
 
 
 def _cover(pdf: FPDF, fonts: _Fonts, book: Book, pic: _Picture | None) -> None:
@@ -260,21 +357,20 @@ def _cover(pdf: FPDF, fonts: _Fonts, book: Book, pic: _Picture | None) -> None:
     pdf.set_fill_color(*tint)
     pdf.rect(0, 0, PAGE_MM, PAGE_MM, style="F")
     y = MARGIN + 2
-    pdf.set_text_color(*shade)
     pdf.set_font(fonts.family, style="B", size=11)
     pdf.set_char_spacing(2.2)  # small spaced capitals, like a series name on a real cover
-    pdf.set_xy(MARGIN, y)
-    pdf.cell(PAGE_MM - 2 * MARGIN, 6, fonts.clean(book.theme_title.upper()), align=Align.C)
+    _draw_lines(pdf, [fonts.clean(book.theme_title.upper())], MARGIN, y, PAGE_MM - 2 * MARGIN,
+                6, Align.C, shade)
     pdf.set_char_spacing(0)
     y += 12
-    # The title's size: the largest that fits in three lines.
+    # The title's size: the largest that fits in three lines, with even line lengths.
     width = PAGE_MM - 2 * MARGIN - 10
     title = fonts.clean(book.title)
-    pdf.set_font(fonts.family, style="B")
     size = 30.0
-    while size > 16 and _text_lines(pdf, title, width, size) > 3:
+    while size > 16 and len(fonts.wrap(title, width, size, "B")) > 3:
         size -= 2
-    title_h = _text_lines(pdf, title, width, size) * _line_h(size) * 0.92
+    title_lines = fonts.balanced(title, width, size, "B")
+    title_h = len(title_lines) * _line_h(size) * 0.92
     sub_size = 15.0
     below = GAP + title_h + 4 + _line_h(sub_size)
     if pic:
@@ -285,18 +381,16 @@ def _cover(pdf: FPDF, fonts: _Fonts, book: Book, pic: _Picture | None) -> None:
         _framed_image(pdf, pic, x, y, img_w, img_h)
         y += img_h
     y += GAP
-    pdf.set_text_color(*shade)
-    pdf.set_xy((PAGE_MM - width) / 2, y)
     pdf.set_font(fonts.family, style="B", size=size)
-    pdf.multi_cell(width, _line_h(size) * 0.92, title, align=Align.C)
+    y = _draw_lines(pdf, title_lines, (PAGE_MM - width) / 2, y, width, _line_h(size) * 0.92,
+                    Align.C, shade)
     pdf.set_font(fonts.family, size=sub_size)
-    pdf.set_text_color(*_mix(shade, tint, 0.25))
-    pdf.set_xy(MARGIN, pdf.get_y() + 4)
-    pdf.cell(PAGE_MM - 2 * MARGIN, _line_h(sub_size),
-             fonts.clean(f"A story for {book.child_name.strip()}"), align=Align.C)
+    dedication = fonts.clean(f"A story for {' '.join(book.child_name.split())}")
+    _draw_lines(pdf, fonts.wrap(dedication, PAGE_MM - 2 * MARGIN, sub_size), MARGIN, y + 4,
+                PAGE_MM - 2 * MARGIN, _line_h(sub_size), Align.C, _mix(shade, tint, 0.25))
 
 
-def _mix(a: tuple[int, int, int], b: tuple[int, int, int], t: float) -> tuple[int, int, int]:
+def _mix(a: Rgb, b: Rgb, t: float) -> Rgb:
     return tuple(round(x + (y - x) * t) for x, y in zip(a, b))  # type: ignore[return-value]
 
 
@@ -316,14 +410,14 @@ def _story_page(pdf: FPDF, fonts: _Fonts, page: BookPage, pic: _Picture) -> None
     pdf.rect(0, 0, PAGE_MM, PAGE_MM, style="F")
     text = fonts.clean(" ".join(page.text.split()))
     width = PAGE_MM - 2 * MARGIN - 8
-    pdf.set_font(fonts.family)
     n_words = len(text.split())
     size = next(s for limit, s in _TEXT_SIZES if n_words <= limit)
     max_img_w = PAGE_MM - 2 * MARGIN
     full_h = max_img_w * pic.height / pic.width
     # Long text shrinks the picture first (down to _MIN_IMAGE_H), then the type.
     while True:
-        text_h = _text_lines(pdf, text, width, size) * _line_h(size)
+        lines = fonts.wrap(text, width, size)
+        text_h = len(lines) * _line_h(size)
         img_h = min(full_h, PAGE_MM - MARGIN - GAP - text_h - FOOTER - 4)
         if img_h >= _MIN_IMAGE_H or size <= 10:
             break
@@ -334,16 +428,14 @@ def _story_page(pdf: FPDF, fonts: _Fonts, page: BookPage, pic: _Picture) -> None
     # The text sits in the middle of the space between picture and page number.
     top = MARGIN + img_h + GAP
     room = PAGE_MM - FOOTER - top
-    pdf.set_text_color(*pic.shade)
-    pdf.set_font(size=size)
-    pdf.set_xy((PAGE_MM - width) / 2, top + max(0.0, (room - text_h) / 2))
+    pdf.set_font(fonts.family, size=size)
     # Short text centred, like a picture book; long text left-aligned, easier to read.
     align = Align.C if n_words <= 65 else Align.L
-    pdf.multi_cell(width, _line_h(size), text, align=align)
+    _draw_lines(pdf, lines, (PAGE_MM - width) / 2, top + max(0.0, (room - text_h) / 2), width,
+                _line_h(size), align, pic.shade)
     pdf.set_font(size=10)
-    pdf.set_text_color(*_mix(pic.shade, pic.tint, 0.45))
-    pdf.set_xy(0, PAGE_MM - FOOTER + 3)
-    pdf.cell(PAGE_MM, 6, str(page.number), align=Align.C)
+    _draw_lines(pdf, [str(page.number)], 0, PAGE_MM - FOOTER + 3, PAGE_MM, 6, Align.C,
+                _mix(pic.shade, pic.tint, 0.45))
 
 
 def render_pdf(book: Book, *, fonts: FontSet | None = None) -> bytes:

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import io
+import json
 import os
 import signal
 import subprocess
@@ -188,10 +189,14 @@ class WorkerProcess:
         self._fh.close()
 
 
-def external_send(broker_url: str, name: str, kwargs: dict[str, Any]) -> None:
-    """Publish as the external API does: a separate process that imports only celery."""
+def external_send(broker_url: str, name: str, kwargs: dict[str, Any], times: int = 1) -> None:
+    """Publish as the external API does: a separate process that imports only celery and knows
+    only the broker URL (none of our environment: Celery itself would let CELERY_BROKER_URL
+    override the URL it is given)."""
     script = ROOT / "tests" / "external_client.py"
+    env = {k: v for k, v in os.environ.items()
+           if k in ("PATH", "HOME", "LANG", "LC_ALL", "TMPDIR", "SYSTEMROOT")}
     subprocess.run(
-        [sys.executable, str(script), broker_url, name, __import__("json").dumps(kwargs)],
-        cwd="/", check=True, timeout=60, env={k: v for k, v in os.environ.items() if k != "PYTHONPATH"},
+        [sys.executable, str(script), broker_url, name, *[json.dumps(kwargs)] * times],
+        cwd="/", check=True, timeout=60, env=env,
     )

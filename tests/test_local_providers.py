@@ -243,6 +243,16 @@ def test_exif_rotated_jpeg_is_turned_upright(analyzer: LocalPhotoAnalyzer) -> No
     assert ASTRONAUT_FACE_Y[0] <= cy <= ASTRONAUT_FACE_Y[1]
 
 
+@pytest.mark.filterwarnings("ignore:Corrupt EXIF data")
+def test_corrupt_exif_block_does_not_make_a_photo_unreadable(analyzer: LocalPhotoAnalyzer) -> None:
+    # given a good JPEG carrying a damaged EXIF segment (as some editing apps write)
+    jpeg = _encode(skdata.astronaut(), "JPEG", quality=90)
+    seg = b"Exif\x00\x00MM\x00\x2a\x00\x00\x00\x08\x00\x05" + b"\xff" * 40
+    damaged = jpeg[:2] + b"\xff\xe1" + (len(seg) + 2).to_bytes(2, "big") + seg + jpeg[2:]
+    # when analysed, then it is read as an upright photo and the face is found
+    assert len(analyzer.analyze_photo(damaged).faces) == 1
+
+
 def _png16_gray() -> bytes:
     gray = cv2.cvtColor(skdata.astronaut(), cv2.COLOR_RGB2GRAY).astype(np.uint16) * 257
     ok, buf = cv2.imencode(".png", gray)
@@ -283,6 +293,26 @@ def test_large_photo_is_downscaled_but_reported_in_original_ratios(analyzer: Loc
     cx, cy = _centre_px(result.faces[0].box, 512, 512)
     assert ASTRONAUT_FACE_X[0] <= cx <= ASTRONAUT_FACE_X[1]
     assert ASTRONAUT_FACE_Y[0] <= cy <= ASTRONAUT_FACE_Y[1]
+
+
+@pytest.fixture(scope="module")
+def phone_photo() -> bytes:
+    """A 4000x3000 JPEG, mostly flat grey wall, with the astronaut (1500 px) at (1200, 600)."""
+    canvas = Image.new("RGB", (4000, 3000), (120, 140, 160))
+    canvas.paste(Image.fromarray(skdata.astronaut()).resize((1500, 1500), Image.Resampling.BICUBIC), (1200, 600))
+    return _encode(canvas, "JPEG", quality=90)
+
+
+def test_face_on_a_large_flat_background_is_found(analyzer: LocalPhotoAnalyzer, phone_photo: bytes) -> None:
+    # given a phone-sized photo dominated by a flat wall (global histogram equalisation used to
+    # wash out the face here)
+    # when analysed
+    result = analyzer.analyze_photo(phone_photo)
+    # then the face is found where the astronaut's face was pasted (centre ~ (1855, 932))
+    assert (result.image_width, result.image_height) == (4000, 3000)
+    assert len(result.faces) == 1
+    cx, cy = _centre_px(result.faces[0].box, 4000, 3000)
+    assert abs(cx - 1855) < 100 and abs(cy - 932) < 100
 
 
 def test_two_people_primary_face_is_the_largest(analyzer: LocalPhotoAnalyzer) -> None:
@@ -578,6 +608,25 @@ def test_personalize_without_anchor_uses_the_default_position(
     outside = ~_disc_mask((720, 960), anchor.cx, anchor.cy, anchor.r * 1.25)
     assert np.abs(after - base_img.astype(np.int16))[head].mean() > 30
     assert np.array_equal(after[outside], base_img.astype(np.int16)[outside])
+
+
+def test_personalize_from_a_large_jpeg_matches_the_small_photo(
+    illustrator: LocalIllustrator, analyzer: LocalPhotoAnalyzer, phone_photo: bytes,
+    astronaut_jpeg: bytes, astronaut_face: Face,
+) -> None:
+    # given the same face in a 4000x3000 JPEG (decoded at reduced scale) and in the 512 px photo
+    req = _page("underwater", 3)
+    base = illustrator.draw_base(req)
+    anchor = read_anchor(base)
+    assert anchor is not None
+    big_face = analyzer.analyze_photo(phone_photo).primary_face
+    assert big_face is not None
+    # when both are personalised
+    from_big = _rgb(illustrator.personalize(base, phone_photo, big_face, req))
+    from_small = _rgb(illustrator.personalize(base, astronaut_jpeg, astronaut_face, req))
+    # then the faces on the head look alike (same person, same framing)
+    head = _disc_mask((720, 960), anchor.cx, anchor.cy, anchor.r * 0.6)
+    assert np.abs(from_big - from_small)[head].mean() < 25
 
 
 def test_personalize_rejects_unreadable_photos(illustrator: LocalIllustrator, astronaut_face: Face) -> None:

@@ -199,12 +199,7 @@ def _wait_for_log(worker: WorkerProcess, pred, timeout: float = 30) -> None:
 def test_one_story_enqueued_five_times_at_once(clean_db: Db, worker: WorkerProcess) -> None:
     # given a story published five times in one burst (a client retrying its POST)
     story = clean_db.story(clean_db.photo(astronaut_png()))
-    from tests.support import ROOT
-    import subprocess
-    import sys
-
-    subprocess.run([sys.executable, str(ROOT / "tests" / "external_client.py"), BROKER, "stories.generate",
-                    *[json.dumps({"story_id": story})] * 5], cwd="/", check=True, timeout=60)
+    external_send(BROKER, "stories.generate", {"story_id": story}, times=5)
     # then it completes once: one outline, each page's step done exactly once
     assert clean_db.wait_story(story)["status"] == "completed"
     page_ids = {str(p["id"]) for p in clean_db.pages(story)}

@@ -1171,11 +1171,12 @@ def _read_character(info: dict[str, object]) -> dict[str, Any]:
 def _face_disc(photo: bytes, face: Face, radius: float) -> tuple[Image.Image, RGB]:
     """Square RGB crop (side 2*radius px) around the face with margin, and a skin tone."""
     side_px = max(2, int(round(2 * radius)))
-    # Decode only as much resolution as the crop needs (JPEG draft), with room to spare.
+    # Decode only the resolution the crop needs (JPEG draft scaling, no full-image resize):
+    # the crop must still cover side_px pixels, with 25% to spare for the LANCZOS downscale.
     box = face.box
     frac = max(min(max(box.width, box.height), 1.0), 1e-3) * (1 + 2 * FACE_MARGIN)
-    target = int(min(4096, max(256, math.ceil(side_px * 2 / frac))))
-    decoded = decode_photo(photo, target_long_side=target)
+    target = int(min(8192, max(256, math.ceil(side_px * 1.25 / frac))))
+    decoded = decode_photo(photo, target_long_side=target, exact=False)
     img = decoded.image
     w, h = img.size
 
