@@ -26,12 +26,16 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
+from typing import cast
 
 from fpdf import FPDF
 from fpdf.enums import Align
+from fpdf.fonts import TTFFont
 from PIL import Image, UnidentifiedImageError
 
 log = logging.getLogger(__name__)
+
+Rgb = tuple[int, int, int]
 
 
 @dataclass
@@ -145,12 +149,14 @@ class _Fonts:
         self.covered: set[int] | None = None  # None: the core font, Latin-1
         self._fallbacks: list[str] = []
         self._widths: dict[tuple[str, str], float] = {}
+        self.lost: set[str] = set()  # characters no font could draw, logged once per book
         if fonts.regular is not None:
             try:
                 pdf.add_font("body", fname=fonts.regular)
                 pdf.add_font("body", style="B", fname=fonts.bold or fonts.regular)
                 self.family = "body"
-                self.covered = set(pdf.fonts["body"].cmap)
+                body = pdf.fonts["body"]
+                self.covered = set(body.cmap) if isinstance(body, TTFFont) else None
             except Exception:  # a broken font file must not fail the book
                 log.exception("font %s unusable; using the core font", fonts.regular)
         if self.covered is None:
@@ -170,7 +176,8 @@ class _Fonts:
             except Exception:
                 log.warning("fallback font %s unusable", path, exc_info=True)
                 continue
-            cmap = set(pdf.fonts[name].cmap)
+            added = pdf.fonts[name]
+            cmap = set(added.cmap) if isinstance(added, TTFFont) else set()
             if missing & cmap:
                 used.append(name)
                 self.covered |= cmap
@@ -196,15 +203,21 @@ class _Fonts:
 
     def _glyph_width(self, ch: str, style: str) -> float:
         """mm per pt of font size for one character, from whichever font will draw it."""
-        if self.covered is None:
-            self.pdf.set_font(self.family, style=style, size=100)
-            return self.pdf.get_string_width(ch) / 100
+        if self.covered is None:  # core font: ask fpdf2, then put the caller's font back
+            pdf = self.pdf
+            current = (pdf.font_family, pdf.font_style, pdf.font_size_pt)
+            pdf.set_font(self.family, style=style, size=100)
+            width = pdf.get_string_width(ch) / 100
+            if current[0]:
+                pdf.set_font(*current)
+            return width
         code = ord(ch)
         names = [f"{self.family}{style.upper()}", *self._fallbacks]  # fpdf2 keys: "bodyB"
         for name in names:
             font = self.pdf.fonts.get(name)
-            if font is not None and code in font.cmap:
-                return font.cw.get(code, 0) * 0.001 * PT
+            if isinstance(font, TTFFont) and code in font.cmap:
+                widths = cast(dict[int, int], font.cw)  # 1/1000 em, keyed by code point
+                return widths.get(code, 0) * 0.001 * PT
         return 0.5 * PT  # never drawn (clean() removed it); a neutral guess
 
     def wrap(self, text: str, width: float, size: float, style: str = "") -> list[str]:
@@ -255,17 +268,13 @@ class _Fonts:
             covered = self.covered
             ok = (lambda ch: ord(ch) in covered or ch in "\n")  # noqa: E731
         out: list[str] = []
-        lost: set[str] = set()
         for ch in text:
             if ok(ch):
                 out.append(ch)
                 continue
-            lost.add(ch)
+            self.lost.add(ch)
             if unicodedata.category(ch) not in _DROP_CATEGORIES:
                 out.append("?")
-        if lost:
-            log.warning("no font can draw %s; replaced or dropped",
-                        ", ".join(f"U+{ord(c):04X}" for c in sorted(lost)))
         return "".join(out)
 
 
@@ -279,8 +288,8 @@ class _Picture:
     jpeg: bytes
     width: int
     height: int
-    tint: tuple[int, int, int]  # pale page background drawn from the picture
-    shade: tuple[int, int, int]  # deep accent colour drawn from the picture
+    tint: Rgb  # pale page background drawn from the picture
+    shade: Rgb  # deep text colour drawn from the picture
 
 
 _MAX_PIXELS_WIDE = 1600  # 8.5 in at ~190 dpi: sharper than needed, bigger files for nothing
@@ -289,7 +298,7 @@ _MAX_PIXELS_WIDE = 1600  # 8.5 in at ~190 dpi: sharper than needed, bigger files
 def _picture(data: bytes, what: str) -> _Picture:
     """JPEG bytes (quality 88) and colours for one illustration; ValueError if unreadable."""
     try:
-        img = Image.open(io.BytesIO(data))
+        img: Image.Image = Image.open(io.BytesIO(data))
         img.load()
     except (UnidentifiedImageError, OSError, ValueError) as exc:
         raise ValueError(f"{what}: the illustration is not a readable image") from exc
@@ -309,11 +318,11 @@ def _picture(data: bytes, what: str) -> _Picture:
         out = io.BytesIO()
         img.save(out, "JPEG", quality=88)
         jpeg = out.getvalue()
-    r, g, b = img.resize((1, 1), Image.Resampling.BOX).getpixel((0, 0))[:3]
-    tint = tuple(round(c + (255 - c) * 0.88) for c in (r, g, b))
-    # A deep, slightly saturated shade of the picture's colour, dark enough for text.
-    shade = tuple(round(c * 0.35 + 10) for c in (r, g, b))
-    return _Picture(jpeg, img.width, img.height, tint, shade)  # type: ignore[arg-type]
+    average = cast(tuple[int, int, int], img.resize((1, 1), Image.Resampling.BOX).getpixel((0, 0)))
+    tint = _mix(average, (255, 255, 255), 0.88)
+    # A deep shade of the picture's own colour: dark enough for text on the tint.
+    shade = cast(Rgb, tuple(round(c * 0.35 + 10) for c in average))
+    return _Picture(jpeg, img.width, img.height, tint, shade)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -331,9 +340,6 @@ _MIN_IMAGE_H = 95.0  # below this, shrink the text instead of the picture
 
 def _line_h(size: float) -> float:
     return size * PT * 1.45
-
-
-Rgb = tuple[int, int, int]
 
 
 def _draw_lines(pdf: FPDF, lines: list[str], x: float, y: float, width: float,
@@ -391,7 +397,8 @@ def _cover(pdf: FPDF, fonts: _Fonts, book: Book, pic: _Picture | None) -> None:
 
 
 def _mix(a: Rgb, b: Rgb, t: float) -> Rgb:
-    return tuple(round(x + (y - x) * t) for x, y in zip(a, b))  # type: ignore[return-value]
+    """The colour ``t`` of the way from ``a`` to ``b``."""
+    return cast(Rgb, tuple(round(x + (y - x) * t) for x, y in zip(a, b, strict=True)))
 
 
 def _framed_image(pdf: FPDF, pic: _Picture, x: float, y: float, w: float, h: float) -> None:
@@ -451,7 +458,7 @@ def render_pdf(book: Book, *, fonts: FontSet | None = None) -> bytes:
     text = "".join([book.title, book.child_name, book.theme_title.upper(), "A story for ",
                     *(p.text for p in book.pages), "0123456789?"])
     font = _Fonts(pdf, fonts or find_fonts(), text)
-    pdf.set_title(font.clean(book.title))
+    pdf.set_title(" ".join(book.title.split()))  # metadata: any Unicode, no glyphs needed
     pdf.set_font(font.family, size=12)
 
     cache: dict[bytes, _Picture] = {}  # the cover is usually page 1's picture: convert once
@@ -466,6 +473,9 @@ def render_pdf(book: Book, *, fonts: FontSet | None = None) -> bytes:
     _cover(pdf, font, book, picture(cover_data, "cover") if cover_data else None)
     for page, pic in pages:
         _story_page(pdf, font, page, pic)
+    if font.lost:
+        log.warning("book %r: no installed font can draw %s; replaced by '?' or dropped",
+                    book.title, ", ".join(f"U+{ord(c):04X}" for c in sorted(font.lost)))
     return bytes(pdf.output())
 
 
@@ -552,7 +562,7 @@ def render_html(book: Book, image_urls: list[str], cover_url: str | None) -> str
         f'<p class="dedication">A story for {name}</p>',
         "</header>",
     ]
-    for page, url in zip(book.pages, image_urls):
+    for page, url in zip(book.pages, image_urls, strict=True):
         out.append(f'<section class="page" id="page-{page.number}">')
         src = _url(url)
         if src:

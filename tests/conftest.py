@@ -33,7 +33,7 @@ for var in ("VISION_PROVIDER", "TEXT_PROVIDER", "IMAGE_PROVIDER", "STORAGE_BACKE
             "SIMULATED_PROVIDER_LATENCY", "STEP_LEASE_SECONDS", "BROKER_VISIBILITY_TIMEOUT"):
     os.environ.pop(var, None)
 
-from tests.support import Db, WorkerProcess, flush_redis  # noqa: E402
+from tests.support import Db, WorkerProcess, flush_redis, stop_all_workers  # noqa: E402
 
 
 @pytest.fixture(scope="session")
@@ -43,6 +43,7 @@ def db() -> Iterator[Db]:
     ensure_database(os.environ["DATABASE_URL"])
     database = Db(os.environ["DATABASE_URL"], STORAGE)
     yield database
+    stop_all_workers()
     database.close()
     dispose_engine()
     database.drop()

@@ -138,6 +138,19 @@ class Db:
         raise AssertionError(f"photo {photo_id} not analysed after {timeout}s")
 
 
+_STARTED: list[WorkerProcess] = []
+
+
+def stop_all_workers() -> None:
+    """Session teardown: no worker outlives the tests (a stray one would steal later messages)."""
+    for w in _STARTED:
+        if w.proc is not None and w.proc.poll() is None:
+            try:
+                os.killpg(w.proc.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+
+
 class WorkerProcess:
     """A real `celery worker` process, as the Procfile runs it."""
 
@@ -159,6 +172,7 @@ class WorkerProcess:
             cwd=ROOT, env=self.env, stdout=self._fh, stderr=subprocess.STDOUT,
             start_new_session=True,
         )
+        _STARTED.append(self)
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:

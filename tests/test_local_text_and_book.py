@@ -9,6 +9,7 @@ import re
 import time
 from concurrent.futures import ThreadPoolExecutor
 
+import numpy as np
 import pytest
 from PIL import Image
 
@@ -23,7 +24,7 @@ from pipeline.providers.local_text import (
     normalize_name,
     plan_story,
 )
-from pipeline.themes import THEMES
+from pipeline.themes import THEMES, Theme, resolve_theme
 
 AGES = (2, 6, 11)
 PAGE_COUNTS = (1, 3, 12, 24)
@@ -35,7 +36,9 @@ PRONOUNS = re.compile(
 )
 
 
-def write_story(name: str, age: int, theme: str, pages: int, seed: int) -> tuple[Outline, list[str]]:
+def write_story(
+    name: str, age: int, theme: str, pages: int, seed: int
+) -> tuple[Outline, list[str]]:
     writer = LocalStoryWriter()
     req = StoryRequest(child_name=name, child_age=age, theme=theme, page_count=pages, seed=seed)
     outline = writer.write_outline(req)
@@ -60,7 +63,7 @@ def filled_passages() -> list[tuple[str, local_text.Passage, dict[str, str]]]:
             for qi, quest in enumerate(kit.quests):
                 ctx = {"name": "Mia", "name_s": "Mia’s", **kit.facts, **comp.facts(),
                        "q_fixed_s": quest.fixed_simple, "q_fixed_r": quest.fixed_rich}
-                for letter, (simple, rich) in zip("ABCDEF", kit.sights):
+                for letter, (simple, rich) in zip("ABCDEF", kit.sights, strict=True):
                     ctx[f"sight{letter}_s"], ctx[f"sight{letter}_r"] = simple, rich
                 passages = {
                     **local_text._GENERIC, "opening": kit.opening, "call": kit.call,
@@ -205,8 +208,28 @@ def test_each_page_follows_its_beat() -> None:
                    "First challenge", "Second challenge", "Third challenge", "Low point",
                    "The solution", "Celebration", "Return home", "Good night"]
     # And the companion named in the outline is the one in the text
-    companion = re.search(r"meets (\w+)", outline.beats[2]).group(1)
-    assert companion in texts[2]
+    met = re.search(r"meets (\w+)", outline.beats[2])
+    assert met is not None
+    assert met.group(1) in texts[2]
+
+
+@pytest.mark.parametrize("age", AGES)
+def test_short_books_still_solve_the_problem_on_the_solution_page(age: int) -> None:
+    rich = age_band(age).rich
+    for theme_id, kit in local_text._KITS.items():
+        # Given the line of each quest where the child solves the problem, for any companion
+        resolutions = {
+            local_text._fill((q.solution.rich if rich else q.solution.simple)[-1],
+                             {"name": "Mia", "name_s": "Mia’s", **c.facts()})
+            for q in kit.quests for c in kit.companions
+        }
+        for pages in (3, 5, 12):
+            for seed in SEEDS:
+                # When a short book is planned
+                plan = plan_story(StoryRequest("Mia", age, theme_id, pages, seed))
+                solution = next(p for p in plan.pages if p.own == "solution")
+                # Then its solution page still tells how the problem was solved
+                assert any(line in solution.text for line in resolutions), solution.text
 
 
 # ---------------------------------------------------------------------------------------------
@@ -304,17 +327,12 @@ def test_a_child_named_like_a_companion_gets_another_companion() -> None:
 
 def gradient_png(w: int = 960, h: int = 720, hue: int = 0) -> bytes:
     """A soft two-colour gradient, like an illustration without the drawing."""
-    top, bottom = (255, 214 - hue, 170 + hue), (120 + hue, 170, 230 - hue)
-    img = Image.new("RGB", (w, h))
-    px = img.load()
-    for y in range(h):
-        t = y / (h - 1)
-        row = tuple(int(a + (b - a) * t) for a, b in zip(top, bottom))
-        for x in range(0, w, 8):
-            for dx in range(8):
-                px[x + dx, y] = row
+    top = np.array([255, 214 - hue, 170 + hue], dtype=float)
+    bottom = np.array([120 + hue, 170, 230 - hue], dtype=float)
+    t = np.linspace(0.0, 1.0, h)[:, None, None]
+    rows = (top + (bottom - top) * t).astype(np.uint8)  # h x 1 x 3
     out = io.BytesIO()
-    img.save(out, "PNG")
+    Image.fromarray(np.repeat(rows, w, axis=1), "RGB").save(out, "PNG")
     return out.getvalue()
 
 
@@ -323,13 +341,19 @@ def images() -> list[bytes]:
     return [gradient_png(hue=i * 6) for i in range(4)]
 
 
+def resolved_theme(raw: str) -> Theme:
+    theme = resolve_theme(raw)
+    assert theme is not None
+    return theme
+
+
 def make_book(name: str, pages: int, images: list[bytes], theme: str = "space",
               age: int = 6) -> Book:
     outline, texts = write_story(name, age, theme, pages, seed=11)
     return Book(
         title=outline.title,
         child_name=name,
-        theme_title=THEMES[local_text.resolve_theme(theme).id].title,
+        theme_title=resolved_theme(theme).title,
         pages=[BookPage(i, t, images[i % len(images)]) for i, t in enumerate(texts, start=1)],
         cover_image=None,
     )

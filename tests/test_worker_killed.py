@@ -31,7 +31,8 @@ def _done_lines(*logs: Path) -> list[dict]:
 
 
 @pytest.mark.timeout(240)
-def test_worker_killed_mid_step_and_story_still_completes(clean_db: Db, tmp_path: Path) -> None:
+def test_worker_killed_mid_step_and_story_still_completes(clean_db: Db, tmp_path: Path,
+                                                         request: pytest.FixtureRequest) -> None:
     # given a worker on its own broker database, with providers that take a second per call
     broker = f"{REDIS}/{KILL_REDIS_DB}"
     flush_redis(broker)
@@ -42,6 +43,7 @@ def test_worker_killed_mid_step_and_story_still_completes(clean_db: Db, tmp_path
         "STEP_LEASE_SECONDS": "3",
     }
     first = WorkerProcess(tmp_path / "first.log", env=env, concurrency=4)
+    request.addfinalizer(first.stop)
     first.start()
     story = clean_db.story(clean_db.photo(astronaut_png()))
     external_send(broker, "stories.generate", {"story_id": story})

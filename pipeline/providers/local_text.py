@@ -132,7 +132,8 @@ class Kit:
     """Everything hand-written for one theme."""
 
     styles: tuple[str, ...]
-    facts: dict[str, str]  # world_s/r, pack_s/r, snack_s/r, rest_s/r, party_s/r, gift_s/r, night_s/r
+    # world_s/r, pack_s/r, snack_s/r, rest_s/r, party_s/r, gift_s/r, night_s/r
+    facts: dict[str, str]
     sights: tuple[tuple[str, str], ...]  # six (simple, rich) noun phrases
     companions: tuple[Companion, ...]
     quests: tuple[Quest, ...]
@@ -194,7 +195,8 @@ _GENERIC: dict[str, Passage] = {
         "{name} quickly packed {pack_s}.",
         "{name} quickly packed {pack_r}.",
         "{name} got ready fast.|Into the bag went {pack_s}.|“Ready!” said {name}.|Shoes on. "
-        "Bag on.|Big smile on!|{name} gave the house a little wave goodbye.|Off went {name}, into {world_s}.|A big adventure was waiting!",
+        "Bag on.|Big smile on!|{name} gave the house a little wave goodbye.|Off went {name}, "
+        "into {world_s}.|A big adventure was waiting!",
         "{name} did not waste a single second.|Into a small backpack went {pack_r}, because "
         "every good explorer knows that adventures can ask for surprising things.|{name} "
         "zipped the bag shut, pulled on sturdy shoes and stood up very tall.|Somewhere out "
@@ -271,7 +273,8 @@ _GENERIC: dict[str, Passage] = {
         "{name} took a deep breath and felt brave again.",
         "{name} took a slow, deep breath, thought of home, and felt courage glowing again.",
         "{name} sat down and took a big breath.|In... and out.|{name} thought of home.|{name} "
-        "thought of a big warm hug.|{name} felt brave again.|“I can do this,” said {name}.|Brave hearts try again. So {name} stood up tall.",
+        "thought of a big warm hug.|{name} felt brave again.|“I can do this,” said {name}.|Brave "
+        "hearts try again. So {name} stood up tall.",
         "{name} sat down for a moment and closed both eyes.|At home, whenever things felt too "
         "big, a slow breath always helped: in through the nose, out through the mouth.|So "
         "{name} breathed in slowly, and out again, and then once more.|{name} thought of home, "
@@ -283,7 +286,8 @@ _GENERIC: dict[str, Passage] = {
         "Hooray! {q_fixed_s}!",
         "Then {q_fixed_r}, and everyone cheered for {name}.",
         "Hooray! Everyone cheered for {name}.|{q_fixed_s}.|{party_s}.|{comp} gave {name} a "
-        "big hug.|“You did it, {name}!”|{name} felt so happy.|Everyone danced and laughed together.|It was the happiest day ever!",
+        "big hug.|“You did it, {name}!”|{name} felt so happy.|Everyone danced and laughed "
+        "together.|It was the happiest day ever!",
         "For a moment, everything was perfectly still, and {name} held a breath.|Then "
         "{q_fixed_r}, and a great cheer went up all around.|{party_r}.|{comp} spun around in "
         "a circle of pure joy. “You did it, {name}! You really did it!”|{name} laughed until "
@@ -299,7 +303,8 @@ _GENERIC: dict[str, Passage] = {
         "Before it was time to leave, {comp} pressed something small into {name_s} hand.|It "
         "was {gift_r}.|“So you will always remember,” said {comp} softly, “how brave you were "
         "here, and how kind.”|{name} turned the gift over and over, then tucked it safely into "
-        "a pocket.|“I’ll never forget,” {name} promised. “Not ever.”|It felt warm, as if it held a little piece of the adventure.",
+        "a pocket.|“I’ll never forget,” {name} promised. “Not ever.”|It felt warm, as if it held "
+        "a little piece of the adventure.",
     ),
     "farewell": _p(
         "{name} says goodbye to {comp} and all the new friends",
@@ -307,7 +312,8 @@ _GENERIC: dict[str, Passage] = {
         "{name} hugged {comp} goodbye and promised to remember everything.",
         "Then it was time for {name} to go home.|{name} gave {comp} a big hug.|“Goodbye, "
         "{comp}!” said {name}.|“Goodbye, {name}!” said {comp}.|“Will I see you again?” asked "
-        "{name}.|“Whenever you dream,” said {comp}.|{name} waved and waved until {comp} was out of sight.",
+        "{name}.|“Whenever you dream,” said {comp}.|{name} waved and waved until {comp} was out "
+        "of sight.",
         "All too soon, the light began to change, and {name} knew it was time to go home.|"
         "Saying goodbye was the hardest part of the whole adventure.|{name} hugged {comp} "
         "tightly, and {comp} hugged back even tighter.|“Will I ever see you again?” {name} "
@@ -320,7 +326,8 @@ _GENERIC: dict[str, Passage] = {
         "Back home, {name} smiled, remembering every moment.",
         "Back home, {name} smiled a secret smile, remembering every moment of the adventure.",
         "{name} was home again.|The house was warm and quiet.|{name} looked at {gift_s}.|Was "
-        "it all a dream?|No! Here was the present.|{name} smiled a big smile.|“What an adventure,” whispered {name}.|"
+        "it all a dream?|No! Here was the present.|{name} smiled a big smile.|“What an "
+        "adventure,” whispered {name}.|"
         "Tomorrow there would be so much to tell!",
         "Back at home, everything was exactly as {name} had left it: the same warm kitchen, "
         "the same creaky stair, the same cosy smells.|For a moment, {name} wondered if it had "
@@ -338,7 +345,8 @@ _CLOSINGS: tuple[Passage, ...] = (
         "That night, safe and snug at home, {name} fell asleep with a smile. Good night, brave "
         "{name}.",
         "Now it was bedtime for {name}.|{name} snuggled under the blanket.|{night_s}.|“Good "
-        "night, {comp},” whispered {name}.|{name} thought about the big adventure and smiled.|Yawn! Eyes closed, slow and sleepy.|Sweet dreams.",
+        "night, {comp},” whispered {name}.|{name} thought about the big adventure and "
+        "smiled.|Yawn! Eyes closed, slow and sleepy.|Sweet dreams.",
         "That night, {name} lay snug in bed, listening to the quiet of the house.|{night_r}.|"
         "Somewhere far away, {comp} was surely thinking of {name} too.|{name} yawned a great "
         "big yawn and smiled, because the best adventures are the ones you carry home in your "
@@ -352,7 +360,8 @@ _CLOSINGS: tuple[Passage, ...] = (
         "That night, back home in bed, {name} fell into the deep, happy sleep of a true "
         "adventurer. Good night, {name}.",
         "After a cuddle and some warm milk, {name} climbed into bed.|{night_s}.|{name} gave a "
-        "big yawn.|“What a day,” said {name}.|“I was brave, and I was kind,” whispered {name}.|Eyes closed. Sleepy head.",
+        "big yawn.|“What a day,” said {name}.|“I was brave, and I was kind,” whispered "
+        "{name}.|Eyes closed. Sleepy head.",
         "After a cuddle and a mug of warm milk, {name} climbed into bed, tired all the way "
         "down to {name_s} toes.|{night_r}.|{name} thought about {comp}, and {world_r}, and how "
         "much bigger the world was than anyone knew.|“I was brave,” {name} whispered, “and I "
@@ -469,7 +478,8 @@ _SPACE = Kit(
                 "scarf from home, and the Moon Lantern blazed back to life.",
                 "Then {name} looked closer.|The glass was dusty!|{name} took off a soft "
                 "woolly scarf.|Rub, rub, rub.|Polish, polish, polish.|A little glow. Then a "
-                "bigger glow.|The dust came off in little puffs.|Whoosh! The Moon Lantern shone bright!",
+                "bigger glow.|The dust came off in little puffs.|Whoosh! The Moon Lantern shone "
+                "bright!",
                 "Then {name} wiped away the tear and looked again, more carefully this time.|"
                 "The lantern wasn’t broken at all: its glass was covered in a thick grey coat "
                 "of moon dust, so the light inside couldn’t get out.|{name} unwound the woolly "
@@ -524,7 +534,8 @@ _SPACE = Kit(
                 "Twinkle glowed brighter, until Twinkle soared back into the sky.",
                 "{name} sat down next to Twinkle.|“You are brave,” said {name}.|“Let’s count "
                 "together. One, two, three!”|Twinkle glowed a bit.|“Four, five, six!”|Twinkle "
-                "glowed more!|“Seven, eight, nine, TEN!”|Twinkle was shining bright now!|Whoosh! Up went Twinkle!",
+                "glowed more!|“Seven, eight, nine, TEN!”|Twinkle was shining bright now!|Whoosh! "
+                "Up went Twinkle!",
                 "{name} climbed carefully down into the crater and sat beside Twinkle.|“When "
                 "I’m scared at home,” {name} said gently, “I count to ten, very slowly. Shall "
                 "we try it together?”|So the two counted, one, two, three, and with every "
@@ -571,7 +582,8 @@ _SPACE = Kit(
         "into space.",
         "{name} climbed into the rocket.|Click went the seat belt.|Three, two, one... blast "
         "off!|Up, up, up went {name}!|Past the trees.|Past the clouds.|Into the dark, twinkly "
-        "sky.|“Wheee!” shouted {name}.|Stars, stars, everywhere!|Far below, the Earth was round and blue.",
+        "sky.|“Wheee!” shouted {name}.|Stars, stars, everywhere!|Far below, the Earth was round "
+        "and blue.",
         "{name} climbed into the little rocket and buckled a seat belt that glowed like a "
         "firefly.|A soft voice counted down: “Three... two... one... blast off!”|With a rumble "
         "and a roar, the rocket leapt into the air.|The garden shrank to the size of a "
@@ -743,7 +755,8 @@ _UNDERWATER = Kit(
                 "away, and {name} promised to bring it home.",
                 "{comp} showed {name} the reef.|“Look,” said {comp}. “The colours are going "
                 "away.”|“Our Great Pearl is lost.”|“Without it, the reef turns grey.”|{name} "
-                "looked. It was true!|“I will find the Great Pearl,” said {name}.|Off swam {name} and {comp}.",
+                "looked. It was true!|“I will find the Great Pearl,” said {name}.|Off swam "
+                "{name} and {comp}.",
                 "{comp} swam {name} to the heart of the reef, where a great empty shell sat on "
                 "a rock.|“This is where the Great Pearl lives,” said {comp} sadly. “Its light "
                 "keeps the coral bright. But a storm rolled the pearl away, and now, bit by "
@@ -775,7 +788,8 @@ _UNDERWATER = Kit(
                 "the Great Pearl rolled free.",
                 "Then {name} saw a long plank of old wood.|“Like a seesaw!” said {name}.|"
                 "{name} put the plank under the rock.|One, two, three, PUSH!|Up went the "
-                "rock.|“It works!” cheered {comp}.|Out rolled the Great Pearl!|The Great Pearl glowed, pink and gold.",
+                "rock.|“It works!” cheered {comp}.|Out rolled the Great Pearl!|The Great Pearl "
+                "glowed, pink and gold.",
                 "Then {name} spotted a long plank from an old shipwreck, half-buried in the "
                 "sand, and remembered the seesaw at the playground.|“If I push one end down,” "
                 "{name} thought, “the other end will lift up!”|So {name} slid one end of the "
@@ -812,12 +826,15 @@ _UNDERWATER = Kit(
                 "{name} searched everywhere, but the ocean was enormous and Mama Whale was "
                 "nowhere to be seen.",
                 "{name} looked and looked.|No Mama Whale.|The sea was so big.|The little whale "
-                "cried again.|{name} felt sad too.|“Where can Mama be?” said {name}.|{comp} looked left. {name} looked right.|Still no Mama.|The little whale gave a big, sad sigh.",
+                "cried again.|{name} felt sad too.|“Where can Mama be?” said {name}.|{comp} "
+                "looked left. {name} looked right.|Still no Mama.|The little whale gave a big, "
+                "sad sigh.",
                 "{name} searched everywhere: behind the kelp, beneath the cliffs, even inside "
                 "the old shipwreck.|But the ocean was enormous, and Mama Whale was nowhere to "
                 "be seen.|The little whale stopped swimming and sank down onto the sand. “I’ll "
                 "never find Mama,” came a tiny whisper.|Even {comp} was quiet.|{name} felt a "
-                "heavy, sad feeling, like a stone in {name_s} tummy.|The little whale’s song had gone quiet, and the whole sea seemed to be waiting.",
+                "heavy, sad feeling, like a stone in {name_s} tummy.|The little whale’s song had "
+                "gone quiet, and the whole sea seemed to be waiting.",
             ),
             solution=_p(
                 "{name} remembers that whales sing to each other and uses the big spiral shell "
@@ -889,7 +906,8 @@ _UNDERWATER = Kit(
         "it.",
         "The bubble landed on soft sand, and {name} looked around.|There was coral: red, "
         "yellow, purple!|Fish of every colour swam by.|A crab waved a claw.|“Hello!” said "
-        "{name}.|“Hello!” said the crab.|What a happy place!|The fish swam in and out of the coral.",
+        "{name}.|“Hello!” said the crab.|What a happy place!|The fish swam in and out of the "
+        "coral.",
         "The bubble settled on the soft white sand, and {name} gazed out at the most colourful "
         "place imaginable.|A coral reef stretched in every direction, branching like trees and "
         "blooming like flowers, in scarlet, lemon and violet.|Fish darted between the "
@@ -969,7 +987,8 @@ _UNDERWATER = Kit(
         "Then the shimmering bubble carried {name} back up through the waves to the moonlit "
         "beach.",
         "{name} stepped into the big bubble again.|Up, up, up it went.|Pop! Out on the "
-        "beach!|The sand was cool.|The moon was shining.|{name} was home.|The big shell was still in {name_s} hand.|Inside, the sea whispered, “Thank you!”",
+        "beach!|The sand was cool.|The moon was shining.|{name} was home.|The big shell was "
+        "still in {name_s} hand.|Inside, the sea whispered, “Thank you!”",
         "{name} stepped back into the shimmering bubble, which rose gently up through the "
         "water, past the reef, past the kelp, up towards the silver light of the moon.|With a "
         "soft pop, it burst on the sand, and {name} was standing on the beach once more, dry "
@@ -1056,7 +1075,8 @@ _FOREST = Kit(
                 "{name} found the Silver Bell at the top of the tallest tree, guarded by a "
                 "magpie who refused to give it back.",
                 "At last {name} saw the Silver Bell.|It was in a big nest, high up.|A magpie "
-                "sat on it.|“Mine!” said the magpie.|“Go away!”|{name} felt sad.|The flowers would stay "
+                "sat on it.|“Mine!” said the magpie.|“Go away!”|{name} felt sad.|The flowers "
+                "would stay "
                 "asleep.|Even {comp} looked sad.|What could {name} do?",
                 "At last, at the very top of the tallest tree, {name} spotted something "
                 "shining: the Silver Bell, tucked into a big, messy nest.|On top of it sat a "
@@ -1075,7 +1095,8 @@ _FOREST = Kit(
                 "want a friend?” asked {name}.|{name} gave the magpie a shiny button.|The "
                 "magpie smiled.|The magpie gave a happy hop.|“Here is the bell,” said the magpie.",
                 "Then {name} noticed something: the nest was full of shiny things, but there "
-                "was nobody to share the treasures with.|“Are you lonely?” {name} asked gently.|The "
+                "was nobody to share the treasures with.|“Are you lonely?” {name} asked "
+                "gently.|The "
                 "magpie’s feathers drooped. “Nobody ever visits me,” came a whisper.|So "
                 "{name} took a shiny silver button from a pocket and held it out. “This "
                 "is for you. And I’ll be your friend, bell or no bell.”|The magpie blinked, "
@@ -1095,7 +1116,8 @@ _FOREST = Kit(
                 "{name} set off uphill to find out why.",
                 "{comp} took {name} to the stream.|But there was no water!|“The stream has "
                 "stopped,” said {comp}.|“The animals are thirsty.”|A little rabbit looked "
-                "sad.|“Let’s find out why,” said {name}.|Up the hill went {name} and {comp}, following the dry stream.",
+                "sad.|“Let’s find out why,” said {name}.|Up the hill went {name} and {comp}, "
+                "following the dry stream.",
                 "{comp} led {name} to a stream bed of smooth pebbles, but instead of water there "
                 "was only a muddy trickle.|“This is the Silver Stream,” said {comp}. “It gives "
                 "water to every creature in the forest. But yesterday it just... stopped.”|"
@@ -1126,7 +1148,8 @@ _FOREST = Kit(
                 "{name} called every animal in the forest to help, and pulling together like a "
                 "tug-of-war team, the friends set the water free.",
                 "Then {name} had an idea.|“Let’s ask everyone to help!”|The rabbits came. The "
-                "badgers came.|The deer came too.|Everyone pulled together.|“One, two, three, PULL!” called {name}.|The rock began to wobble.|Crack! Splash! The "
+                "badgers came.|The deer came too.|Everyone pulled together.|“One, two, three, "
+                "PULL!” called {name}.|The rock began to wobble.|Crack! Splash! The "
                 "water was free!",
                 "Then {name} had an idea. “Nobody can do it alone,” {name} said, “but maybe "
                 "everybody can do it together!”|So {name} called out across the forest, and "
@@ -1189,7 +1212,8 @@ _FOREST = Kit(
         "{name} reached the heart of the Enchanted Forest, where the ancient trees whispered a "
         "welcome.",
         "{name} came to the middle of the forest.|The trees were very old.|The trees "
-        "whispered, “Hello!”|The flowers rang like bells.|{name} laughed.|It was magic!|A little bird sang hello.|{name} sang hello back!|The whole forest seemed to smile.",
+        "whispered, “Hello!”|The flowers rang like bells.|{name} laughed.|It was magic!|A little "
+        "bird sang hello.|{name} sang hello back!|The whole forest seemed to smile.",
         "At last {name} came to a clearing where the oldest trees in the world stood in a "
         "great circle, with branches woven together overhead like a roof.|As {name} walked "
         "in, the trees began to whisper, passing a welcome from leaf to leaf.|Tiny flowers "
@@ -1221,7 +1245,8 @@ _FOREST = Kit(
             "wriggled safely through.",
             "{name} saw thorny bushes all around.|Ouch! Prickly!|“How do we get through?” "
             "asked {comp}.|{name} saw a little hole.|A rabbit tunnel!|{name} and {comp} "
-            "crawled through. Wriggle, wriggle!|Out popped the friends on the other side.|“Clever {name}!” said {comp}.",
+            "crawled through. Wriggle, wriggle!|Out popped the friends on the other "
+            "side.|“Clever {name}!” said {comp}.",
             "Soon {name} and {comp} found the path blocked by a wall of thorny brambles, "
             "prickly and tangled and far too high to climb.|“Ouch,” said {comp}, pulling back "
             "from a thorn. “We’ll have to go all the way around.”|But {name} had spotted a "
@@ -1251,7 +1276,8 @@ _FOREST = Kit(
             "{name} shared sunflower seeds with a flock of hungry birds, and in return the "
             "birds led the friends out of the Dark Wood.",
             "{name} came to a dark part of the wood.|Which way now?|Some birds were hungry.|"
-            "{name} shared some sunflower seeds.|“Thank you!” sang the birds.|“Follow us!”|The birds flew ahead, and {name} followed.|Out of the dark wood and into the sun!",
+            "{name} shared some sunflower seeds.|“Thank you!” sang the birds.|“Follow us!”|The "
+            "birds flew ahead, and {name} followed.|Out of the dark wood and into the sun!",
             "The path split into five in the shadowy Dark Wood, and {name} had no idea which "
             "way to go.|In the branches above, a flock of little birds sat fluffed up and "
             "hungry.|Without a second thought, {name} scattered the sunflower seeds from home "
@@ -1369,7 +1395,8 @@ _DINOSAURS = Kit(
                 "{name} wrapped the egg in a woolly jumper, hummed a lullaby to keep it cosy, "
                 "and carried it carefully back to Mama Maia.",
                 "{name} took off a warm jumper.|{name} wrapped up the egg.|“There you go, "
-                "little one,” said {name}.|{name} hummed a soft song.|The egg was warm again.|The egg gave a happy little wiggle.|"
+                "little one,” said {name}.|{name} hummed a soft song.|The egg was warm "
+                "again.|The egg gave a happy little wiggle.|"
                 "Step by step, {name} carried it home.",
                 "{name} pulled off a warm woolly jumper and wrapped it snugly around the egg, "
                 "then cuddled it close and began to hum a soft lullaby from home.|Slowly, the "
@@ -1409,7 +1436,8 @@ _DINOSAURS = Kit(
                 "afraid.",
                 "The fog got thicker around {name}.|{name} could not see the trees.|{name} could "
                 "not see the herd.|“Where are we?” said {comp}.|Everyone stopped.|{name} felt "
-                "a little scared.|“Hello?” called {name}. Only the fog answered.|Which way was the lake?",
+                "a little scared.|“Hello?” called {name}. Only the fog answered.|Which way was "
+                "the lake?",
                 "Deeper and deeper the fog grew, until {name} could barely see {comp}, just a "
                 "step away.|Which way was the lake? Which way was home? Every direction looked "
                 "exactly the same.|Somewhere behind, the long-necks were calling to one "
@@ -1425,7 +1453,8 @@ _DINOSAURS = Kit(
                 "glass from home, followed the tracks step by step to Sweet Water Lake.",
                 "Then {name} looked down.|Footprints! Big old footprints!|{name} took out the "
                 "magnifying glass.|“The footprints go to the lake!” said {name}.|{name} "
-                "followed the footprints.|“This way, everyone!” called {name}.|Step by step, all the way through the fog.|The herd followed {name}.",
+                "followed the footprints.|“This way, everyone!” called {name}.|Step by step, all "
+                "the way through the fog.|The herd followed {name}.",
                 "Then {name} looked down instead of up, and noticed something in the mud: huge, "
                 "round footprints, old and dry, pressed in a long line.|“Every summer the "
                 "long-necks walk this way,” {name} said slowly. “So last summer’s footprints "
@@ -1456,7 +1485,8 @@ _DINOSAURS = Kit(
         "One day, {name} dug up a warm, speckled stone with a glowing picture of a dinosaur "
         "valley on it, and the sand began to swirl.",
         "One day, {name} dug up a stone.|It was warm.|It was speckled.|It was glowing!|Hum, "
-        "hum, went the stone.|The sand began to swirl.|Round and round, faster and faster!|“Whoa!” said {name}, and held the stone tight.",
+        "hum, went the stone.|The sand began to swirl.|Round and round, faster and "
+        "faster!|“Whoa!” said {name}, and held the stone tight.",
         "One day, {name_s} spade hit something hard.|It was a stone, round and speckled like "
         "an egg, and warm as toast, with a faint green glow shining from deep inside.|When "
         "{name} brushed the sand away, a picture appeared on it: a valley full of dinosaurs, "
@@ -1470,7 +1500,8 @@ _DINOSAURS = Kit(
         "The glowing stone whisked {name} through a whirlwind of sand, back millions of years "
         "to Dinosaur Valley.",
         "{name} held the stone tight.|Round and round went the sand.|Whoosh! Round went {name} "
-        "too!|Back, back, back in time.|Then, thump!|{name} landed on soft grass.|It smelled of ferns and rain.|Far away, something went STOMP!|Where was {name} now?",
+        "too!|Back, back, back in time.|Then, thump!|{name} landed on soft grass.|It smelled of "
+        "ferns and rain.|Far away, something went STOMP!|Where was {name} now?",
         "{name} held the glowing stone tight as the swirl of sand grew into a whirlwind, "
         "spinning faster and faster.|Time seemed to run backwards: the house vanished, then "
         "the town, then the roads and the fields.|Through a tunnel of sparkling sand and "
@@ -1485,12 +1516,15 @@ _DINOSAURS = Kit(
         "{name} landed in a wide green valley of giant ferns, with dinosaurs everywhere.",
         "{name} looked around.|Big ferns. Big trees. A big volcano!|And dinosaurs! So many "
         "dinosaurs!|Stomp, stomp, went a big one.|“Wow!” said {name}.|“I am in Dinosaur "
-        "Valley!”|The ground went bump, bump, under {name_s} feet.|The air was warm, and it smelled like rain.",
+        "Valley!”|The ground went bump, bump, under {name_s} feet.|The air was warm, and it "
+        "smelled like rain.",
         "{name} sat up and stared.|Ferns as big as umbrellas and trees as tall as towers "
         "filled a wide green valley, and far away a volcano puffed lazily at the sky.|"
         "Everywhere there were dinosaurs: huge ones munching leaves, small ones scampering in "
         "the grass, and great flying reptiles gliding overhead.|The ground trembled gently "
-        "with every enormous footstep.|“It’s real,” {name} whispered. “It’s all real.”|A warm breeze carried the smell of ferns and rain, and somewhere nearby, something small giggled.",
+        "with every enormous footstep.|“It’s real,” {name} whispered. “It’s all real.”|A warm "
+        "breeze carried the smell of ferns and rain, and somewhere nearby, something small "
+        "giggled.",
     ),
     challenges=(
         _p(
@@ -1499,7 +1533,8 @@ _DINOSAURS = Kit(
             "{name} pulled {comp} out of a sticky swamp, and the friends crossed it by hopping "
             "from log to log.",
             "{name} and {comp} came to a muddy swamp.|Squelch! Sticky mud!|{comp} got stuck.|"
-            "{name} pulled and pulled.|“Step on the logs!” said {name}.|Hop, hop, hop. Across!|“Thank you, {name}!” said {comp}, muddy but happy.|What a sticky adventure!",
+            "{name} pulled and pulled.|“Step on the logs!” said {name}.|Hop, hop, hop. "
+            "Across!|“Thank you, {name}!” said {comp}, muddy but happy.|What a sticky adventure!",
             "{name} and {comp} came to a swamp of thick brown mud that bubbled and burped.|"
             "{comp} stepped in first and sank deep with a loud squelch. “Help! I’m stuck!”|"
             "{name} looked around and spotted a line of fallen logs floating on the mud.|“Grab "
@@ -1520,8 +1555,10 @@ _DINOSAURS = Kit(
             "path, as big as a barn.|{comp} dived behind a fern, but {name} noticed something: "
             "the dinosaur wasn’t growling; its tummy was.|“Excuse me,” {name} called up "
             "bravely, “are you hungry?”|“Starving,” rumbled the dinosaur sadly. “The berries "
-            "are all gone this year.”|{name} held out two crunchy apples from home, and the dinosaur "
-            "munched every one in a single happy gulp, then lowered its great head and stepped politely "
+            "are all gone this year.”|{name} held out two crunchy apples from home, and the "
+            "dinosaur "
+            "munched every one in a single happy gulp, then lowered its great head and stepped "
+            "politely "
             "aside.",
         ),
         _p(
@@ -1531,7 +1568,9 @@ _DINOSAURS = Kit(
             "At the edge of a deep canyon, {name} politely asked a passing flying reptile for "
             "help, and the friends soared across.",
             "{name} came to a big, deep canyon.|No bridge!|A flying dinosaur landed nearby.|"
-            "“Can you help us?” asked {name}.|“Climb on!” said the flyer.|Up and over, whoosh!|The wind whooshed past, and {name} laughed.|Bump! A soft landing on the other side.",
+            "“Can you help us?” asked {name}.|“Climb on!” said the flyer.|Up and over, "
+            "whoosh!|The wind whooshed past, and {name} laughed.|Bump! A soft landing on the "
+            "other side.",
             "The path ended suddenly at the edge of a deep canyon, and {name} peered over: far, "
             "far below, a river glittered.|There was no bridge, and it was much too wide to "
             "jump.|High above, a flying reptile was circling, watching curiously, so {name} "
@@ -1623,7 +1662,8 @@ _PIRATES = Kit(
     ),
     quests=(
         Quest(
-            titles=("{name} and the Treasure of Coral Island", "{name} and the Secret Treasure Map"),
+            titles=("{name} and the Treasure of Coral Island",
+                    "{name} and the Secret Treasure Map"),
             fixed_simple="The treasure was found at last",
             fixed_rich="the lid of the chest creaked open, and inside, glittering in the sun, "
             "lay gold coins, jewels and a long-lost golden telescope",
@@ -1667,7 +1707,8 @@ _PIRATES = Kit(
                 "crooked palm tree, and showed the crew exactly where to dig.",
                 "Then {name} closed both eyes and remembered the map.|“Ten steps from the "
                 "crooked tree,” said {name}.|One, two, three... ten!|“Dig here!”|Dig, dig, "
-                "dig.|Everyone helped to dig, deeper and deeper.|What was down there?|Clunk! A treasure chest!",
+                "dig.|Everyone helped to dig, deeper and deeper.|What was down there?|Clunk! A "
+                "treasure chest!",
                 "Then {name} closed both eyes and thought hard, picturing the map exactly as it "
                 "had looked on the barrel.|“Start at the crooked palm tree,” {name} said "
                 "slowly. “Then ten big steps towards the rock shaped like a whale, and dig where "
@@ -1767,7 +1808,8 @@ _PIRATES = Kit(
         "In a rush of spray, {name} was whisked aboard the Jolly Dolphin, a real pirate ship "
         "racing across the waves.",
         "Whoosh! {name} was on a real ship!|The sails were big and white.|The wind blew.|The "
-        "waves went splash!|“Ahoy!” shouted {name}.|Off sailed the Jolly Dolphin.|The sea sparkled in the sun.|Seagulls called, “Hello, {name}!”|What a big, blue sea!",
+        "waves went splash!|“Ahoy!” shouted {name}.|Off sailed the Jolly Dolphin.|The sea "
+        "sparkled in the sun.|Seagulls called, “Hello, {name}!”|What a big, blue sea!",
         "In a rush of spray and sunshine, {name} found the bathroom gone and a wooden deck "
         "underfoot.|It was a real pirate ship, the Jolly Dolphin, with three tall masts, a flag "
         "with a smiling dolphin on it, and sails puffed out like clouds.|The ship leaned into "
@@ -1795,7 +1837,8 @@ _PIRATES = Kit(
             "When a wild storm struck, {name} got the whole crew pulling together to bring "
             "down the sails.",
             "{name} saw dark clouds. A storm!|The wind blew hard.|The waves were big!|“Pull down "
-            "the sails!” called {name}.|Everyone pulled together.|The ship was safe.|The storm rumbled away.|The sun came out again.|“Well done, shipmate {name}!” said {comp}.",
+            "the sails!” called {name}.|Everyone pulled together.|The ship was safe.|The storm "
+            "rumbled away.|The sun came out again.|“Well done, shipmate {name}!” said {comp}.",
             "Dark clouds rolled in, and {name} felt the first fat raindrops. A storm was "
             "coming!|The wind howled through the ropes, and waves as high as houses crashed "
             "over the deck.|“The sails will tear!” shouted the crew, but the ropes were wet and "
@@ -1809,7 +1852,9 @@ _PIRATES = Kit(
             "From the crow’s nest, {name} read the colour of the water and guided the ship "
             "safely through the jagged Crab Rocks.",
             "{name} climbed up the tall mast.|Down below were sharp rocks.|{name} looked and "
-            "looked.|“Go left!” called {name}.|“Now go right!”|The ship sailed safely past.|White water meant rocks.|Blue water meant safe.|“Well spotted, {name}!” cheered the crew.",
+            "looked.|“Go left!” called {name}.|“Now go right!”|The ship sailed safely "
+            "past.|White water meant rocks.|Blue water meant safe.|“Well spotted, {name}!” "
+            "cheered the crew.",
             "Ahead lay the Crab Rocks, sharp as teeth and hiding just beneath the waves, so "
             "{name} climbed the mast to the crow’s nest to look out.|From up high, {name} "
             "could see something the crew could not: where the water swirled white, there were "
@@ -1840,7 +1885,8 @@ _PIRATES = Kit(
             "{name} helped {comp} across a wobbly rope bridge.",
             "{name} coaxed {comp} across a swaying rope bridge, one careful step at a time.",
             "{name} and {comp} came to a rope bridge.|It was wobbly!|Wibble, wobble.|“Hold on "
-            "tight,” said {name}.|“One step at a time.”|Step, step, step. Across!|{comp} gave {name} a big, happy hug.|“Thank you for helping me be brave!”",
+            "tight,” said {name}.|“One step at a time.”|Step, step, step. Across!|{comp} gave "
+            "{name} a big, happy hug.|“Thank you for helping me be brave!”",
             "On the way, {name} and {comp} came to an old rope bridge over a deep, leafy "
             "ravine, and it swayed in the breeze.|Wibble, wobble, creak.|{comp} took one look "
             "and froze. “I can’t,” came a very small voice.|{name} held out a hand. “Don’t "
@@ -1944,12 +1990,14 @@ _SUPERHERO = Kit(
                 "{name_s} cape stopped glowing.",
                 "The cloud grew bigger and bigger, and {name} looked up.|Rumble, rumble!|It "
                 "began to rain.|{comp} looked sad.|Even {name_s} cape stopped glowing.|{name} "
-                "felt small and sad.|How could anyone stop such a big cloud?|Even heroes feel sad sometimes.",
+                "felt small and sad.|How could anyone stop such a big cloud?|Even heroes feel "
+                "sad sometimes.",
                 "The heroes blew at the cloud with fans and zapped it with lightning, but the "
                 "Grumpy Cloud just grew bigger and darker and began to pour with rain, soaking "
                 "{name}.|{comp} sat down in a puddle. “It’s hopeless,” {comp} sighed.|Even "
                 "{name_s} cape stopped glowing and hung limp and soggy.|{name} looked up at the "
-                "enormous cloud and felt very small, very wet, and not very heroic at all.|How could anyone stop a cloud that big?",
+                "enormous cloud and felt very small, very wet, and not very heroic at all.|How "
+                "could anyone stop a cloud that big?",
             ),
             solution=_p(
                 "{name} flies up and asks the cloud what is wrong; the cloud is lonely, {name} "
@@ -1958,7 +2006,8 @@ _SUPERHERO = Kit(
                 "Instead of fighting, {name} flew up and asked the cloud what was wrong, and "
                 "offered the lonely cloud a friend.",
                 "Then {name} flew up to the cloud.|“Hello, Cloud,” said {name}.|“Why are you "
-                "sad?”|“Nobody likes me,” said the cloud.|“I like you,” said {name}.|“Will you be my "
+                "sad?”|“Nobody likes me,” said the cloud.|“I like you,” said {name}.|“Will you "
+                "be my "
                 "friend?” asked the cloud.|The cloud smiled a big smile.",
                 "Then {name} had a thought: nobody had asked the cloud why it was grumpy.|So "
                 "{name} flew right up into the grey mist and said, “Hello, Cloud. Are you "
@@ -1987,7 +2036,8 @@ _SUPERHERO = Kit(
                 "to sweep streets and carry heavy things. But this morning Bolt started running "
                 "wild, and nobody can catch up.”|Round the corner raced an enormous robot, "
                 "knocking over bins, scattering pigeons and leaving a trail of chaos behind.|"
-                "“Let’s find out what’s wrong,” said {name}.|{comp} looked doubtful, but followed anyway.",
+                "“Let’s find out what’s wrong,” said {name}.|{comp} looked doubtful, but "
+                "followed anyway.",
             ),
             low=_p(
                 "Bolt is too big and too fast for anyone to catch, and {name} tumbles into a "
@@ -1997,7 +2047,8 @@ _SUPERHERO = Kit(
                 "up tumbling into a pile of cardboard boxes.",
                 "{name} ran after Bolt.|Bolt was too fast!|{comp} ran too.|Bolt was too big!|"
                 "Bump! {name} fell over.|“Oh no,” said {name}.|"
-                "{name} sat in a pile of boxes.|Nobody could stop Bolt!|What could a little hero do?",
+                "{name} sat in a pile of boxes.|Nobody could stop Bolt!|What could a little hero "
+                "do?",
                 "{name} flew after Bolt, but Bolt was faster than a train.|The speediest heroes "
                 "in the city raced alongside and could not keep up; the strongest hero tried to "
                 "grab Bolt’s arm and was spun round like a top.|Then Bolt swerved, and {name} "
@@ -2034,7 +2085,8 @@ _SUPERHERO = Kit(
         "wearing it made {name} feel ready for anything.|Every day, Super {name} was on duty: "
         "rescuing lost teddies from under beds, finding missing socks, and carrying shopping "
         "bags that were almost as big as {name}.|“Who needs a hero?” {name} would call, "
-        "striding down the hallway.|And somebody always did.|But that night, something very special was about to happen.",
+        "striding down the hallway.|And somebody always did.|But that night, something very "
+        "special was about to happen.",
     ),
     call=_p(
         "the red cape begins to glow, and a hero signal in the sky calls {name} to Hero City",
@@ -2042,7 +2094,8 @@ _SUPERHERO = Kit(
         "One night, {name_s} red cape began to glow, and a hero signal in the clouds called "
         "{name} to Hero City.",
         "One night, {name} saw the cape begin to glow.|Glow, glow, glow!|A light shone in the "
-        "sky.|It was a hero signal!|“Calling {name}!” said a voice.|“Hero City needs you!”|{name} tied on the glowing cape, ready to help.",
+        "sky.|It was a hero signal!|“Calling {name}!” said a voice.|“Hero City needs "
+        "you!”|{name} tied on the glowing cape, ready to help.",
         "One night, as {name} hung the red cape on the bedpost, it began to glow, softly at "
         "first and then brighter and brighter.|Outside the window, a beam of light swept "
         "across the clouds, making a shape: a star with a heart in the middle.|“Calling "
@@ -2056,7 +2109,8 @@ _SUPERHERO = Kit(
         "{name} soared out of the window, over the sleeping town, towards the bright lights "
         "of Hero City.",
         "{name} jumped up.|Whoosh! {name} was flying!|Up over the house.|Up over the trees.|"
-        "“I can fly!” shouted {name}.|Off to Hero City!|The wind whooshed past.|The stars twinkled.|Far away, a city of lights was shining! Zoom!",
+        "“I can fly!” shouted {name}.|Off to Hero City!|The wind whooshed past.|The stars "
+        "twinkled.|Far away, a city of lights was shining! Zoom!",
         "{name} gave a little jump, and instead of coming down, kept going up.|The cape "
         "billowed out, and {name} soared out of the window, over the rooftops, over the park, "
         "over the sleeping town.|The wind whooshed past, the stars sparkled, and {name} "
@@ -2069,7 +2123,8 @@ _SUPERHERO = Kit(
         "{name} landed on a rooftop in Hero City, where heroes of every kind were busy "
         "helping.",
         "{name} landed in Hero City.|The houses were bright colours.|Heroes flew by.|A hero "
-        "helped a cat.|A hero carried a bus!|“Wow!” said {name}.|Everyone was busy helping.|A hero waved. “Welcome, {name}!”|{name} waved back with a big smile.",
+        "helped a cat.|A hero carried a bus!|“Wow!” said {name}.|Everyone was busy helping.|A "
+        "hero waved. “Welcome, {name}!”|{name} waved back with a big smile.",
         "{name} landed lightly on a rooftop in the middle of Hero City.|The buildings were "
         "painted every colour in the sweet shop, and heroes were everywhere: one lifting a "
         "stuck bus, one rescuing a kitten from a lamppost, one helping an old man across the "
@@ -2083,7 +2138,8 @@ _SUPERHERO = Kit(
             "{name} flew gently up to rescue a frightened kitten from the top of the tallest "
             "tree in the park.",
             "{name} heard a tiny “Meow!”|A kitten was stuck in a tall tree.|“I will help,” said "
-            "{name}.|Up, up flew {name}.|{name} held the kitten gently.|Down, down, safe!|“Purr,” said the kitten.|The kitten was safe, and {name} was so happy.",
+            "{name}.|Up, up flew {name}.|{name} held the kitten gently.|Down, down, "
+            "safe!|“Purr,” said the kitten.|The kitten was safe, and {name} was so happy.",
             "“Meow!” {name} looked up to see a tiny kitten clinging to the very top of the "
             "tallest tree in the park.|The branches were thin and bendy, far too weak for a "
             "ladder.|{name} flew up slowly and carefully, so as not to scare the kitten, "
@@ -2098,7 +2154,8 @@ _SUPERHERO = Kit(
             "When the traffic lights broke, {name} untangled a honking traffic jam by directing "
             "the cars one by one.",
             "{name} saw the traffic lights go out.|Beep! Beep! Honk!|The cars were all stuck.|"
-            "{name} stood in the middle.|“Stop!” said {name}. “Go!”|The cars went. Hooray!|“Beep beep! Thank you!” said the drivers.|{name} gave a big wave.|What a helpful hero!",
+            "{name} stood in the middle.|“Stop!” said {name}. “Go!”|The cars went. Hooray!|“Beep "
+            "beep! Thank you!” said the drivers.|{name} gave a big wave.|What a helpful hero!",
             "At the busiest crossroads in the city, the traffic lights had gone dark, and "
             "{name} arrived to a terrible tangle of honking cars, beeping buses and grumbling "
             "drivers.|Nobody knew whose turn it was.|{name} floated up into the middle of the "
@@ -2114,7 +2171,8 @@ _SUPERHERO = Kit(
             "brought the child gently back down.",
             "{name} saw a child with lots of balloons.|Up, up went the child!|“Help!” called "
             "the child.|{name} flew up fast.|{name} held on tight.|Gently, {name} flew the "
-            "child back down.|“Thank you, hero!” said the child’s family.|The child gave {name} a balloon to keep.",
+            "child back down.|“Thank you, hero!” said the child’s family.|The child gave {name} "
+            "a balloon to keep.",
             "Over at the fair, a gust of wind lifted a huge bunch of balloons into the sky, "
             "with a little child still holding on, and {name} heard the cry for help.|Up and "
             "up floated the child, past the roofs and towards the clouds.|{name} zoomed after, "
@@ -2129,7 +2187,9 @@ _SUPERHERO = Kit(
             "When every light in Hero City went out, {name} switched on the torch and led "
             "everyone safely through the dark streets.",
             "{name} saw all the lights go out.|It was very dark.|Some people were scared.|"
-            "{name} took out a little torch.|Click! Light!|“Follow me!” said {name}.|Everyone held hands in a long line.|{name} led the way, step by step.|Then the lights came back on!",
+            "{name} took out a little torch.|Click! Light!|“Follow me!” said {name}.|Everyone "
+            "held hands in a long line.|{name} led the way, step by step.|Then the lights came "
+            "back on!",
             "Suddenly every light in Hero City went out, and {name} could hardly see a thing.|"
             "In the darkness, people bumped into lampposts and little ones began to cry.|"
             "{name} pulled a little torch from a pocket and clicked it on, a small bright "
@@ -2144,7 +2204,8 @@ _SUPERHERO = Kit(
         "Then {name} flew home across the night sky and slipped back in through the bedroom "
         "window.",
         "{name} flew up into the night sky.|Over the rooftops.|Over the park.|In through the "
-        "window.|Home again!|The cape stopped glowing.|It was just a towel again.|But {name} knew what it could do!|Shh! Everyone was asleep.",
+        "window.|Home again!|The cape stopped glowing.|It was just a towel again.|But {name} "
+        "knew what it could do!|Shh! Everyone was asleep.",
         "{name} rose into the night sky, and Hero City sparkled below like a box of jewels, "
         "then shrank away behind.|Over hills and fields and the sleeping town {name} flew, "
         "until the familiar roof came into view and the bedroom window stood open, curtains "
@@ -2240,7 +2301,9 @@ def plan_story(req: StoryRequest) -> StoryPlan:
     """
     kit, name = _validate(req)
     rng = random.Random(req.seed)
-    # Draw in a fixed order: adding material later must only change stories of that theme.
+    # Every choice comes from the seed, drawn in a fixed order, so a story id gives the same
+    # story on every worker. Editing a theme's material changes that theme's stories for the
+    # same seeds: let in-flight stories finish before deploying such an edit.
     companions = [c for c in kit.companions if c.name.casefold() != name.casefold()]
     companion = rng.choice(companions or list(kit.companions))  # a child called Pip gets Nova
     quest = rng.choice(kit.quests)
@@ -2255,7 +2318,7 @@ def plan_story(req: StoryRequest) -> StoryPlan:
     ctx.update(companion.facts())
     ctx["q_fixed_s"] = quest.fixed_simple
     ctx["q_fixed_r"] = quest.fixed_rich
-    for letter, (simple, rich) in zip("ABCDEF", sights):
+    for letter, (simple, rich) in zip("ABCDEF", sights, strict=True):
         ctx[f"sight{letter}_s"] = simple
         ctx[f"sight{letter}_r"] = rich
 
