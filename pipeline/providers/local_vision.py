@@ -47,8 +47,6 @@ from typing import Any
 
 import cv2
 import numpy as np
-from scipy.sparse import csr_matrix
-from scipy.sparse.csgraph import connected_components
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from pipeline.errors import PermanentStepError
@@ -294,15 +292,20 @@ def _group(rects: np.ndarray, weights: np.ndarray, min_neighbors: int, eps: floa
     if n == 0:
         return []
     rs = rects.astype(np.float64)
-    # Connected components of the similarity graph == cv::partition's equivalence classes.
-    _, comp = connected_components(csr_matrix(_similar(rects, eps)), directed=False)
-    # Number classes by first member, as cv::partition does, so the output order matches.
-    _, first = np.unique(comp, return_index=True)
-    order = np.argsort(first)
-    relabel = np.empty_like(order)
-    relabel[order] = np.arange(len(order))
-    labels = relabel[comp]
-    k = len(order)
+    # Equivalence classes of the similarity graph (cv::partition): every window takes the
+    # smallest index it can reach, so each class ends up labelled by its first member.
+    similar = _similar(rects, eps)
+    root = np.arange(n)
+    while True:
+        nxt = np.where(similar, root[None, :], n).min(axis=1)
+        nxt = nxt[nxt]  # pointer jumping: converge in a few rounds even for long chains
+        if np.array_equal(nxt, root):
+            break
+        root = nxt
+    # Number classes in order of their first member, as cv::partition does (output order).
+    roots = np.unique(root)
+    labels = np.searchsorted(roots, root)
+    k = len(roots)
     counts = np.bincount(labels, minlength=k)
     sums = np.zeros((k, 4), dtype=np.float64)
     np.add.at(sums, labels, rs)
