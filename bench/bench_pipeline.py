@@ -112,7 +112,7 @@ def main() -> int:
     storage = Path(tempfile.mkdtemp(prefix="storycreator-bench-"))
     env = {**os.environ, "DATABASE_URL": db_url, "CELERY_BROKER_URL": redis_url, "REDIS_URL": redis_url,
            "BENCH_COUNTER_URL": redis_url, "LOCAL_STORAGE_ROOT": str(storage),
-           "STORY_PAGE_COUNT": str(args.pages), "LOG_LEVEL": "WARNING",
+           "STORY_PAGE_COUNT": str(args.pages), "LOG_LEVEL": os.environ.get("BENCH_LOG_LEVEL", "WARNING"),
            "VISION_PROVIDER": "instant", "TEXT_PROVIDER": "instant", "IMAGE_PROVIDER": "instant"}
     os.environ.update({k: env[k] for k in ("DATABASE_URL", "CELERY_BROKER_URL", "LOCAL_STORAGE_ROOT")})
 

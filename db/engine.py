@@ -40,7 +40,9 @@ def get_engine() -> Engine:
                 settings().database_url,
                 pool_size=size,
                 max_overflow=size,
-                pool_pre_ping=True,  # survive a PostgreSQL restart without failing a step
+                # No pre-ping: it costs a round trip per checkout on the hot path. A connection
+                # that died with a PostgreSQL restart raises OperationalError once, SQLAlchemy
+                # invalidates the pool, and the task layer retries the step (RETRY_DB_ERRORS).
                 pool_recycle=1800,
                 connect_args={"application_name": f"storycreator-{pid}", "connect_timeout": 10},
             )
@@ -78,6 +80,14 @@ def session_scope() -> Iterator[Session]:
 def transaction() -> Iterator[Connection]:
     """A Core connection in one transaction: the guarded transitions use this."""
     with get_engine().begin() as conn:
+        yield conn
+
+
+@contextmanager
+def autocommit() -> Iterator[Connection]:
+    """A Core connection in autocommit mode, for a single guarded statement: one round trip
+    instead of three (BEGIN, statement, COMMIT). The statement is atomic by itself."""
+    with get_engine().connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
         yield conn
 
 

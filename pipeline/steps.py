@@ -18,7 +18,7 @@ from enum import Enum
 from typing import Any, TypeVar
 
 from db import transitions as tx
-from db.engine import transaction
+from db.engine import autocommit, transaction
 from pipeline.config import settings
 from pipeline.errors import PermanentStepError, TransientStepError
 from pipeline.providers.base import Outline, PageRequest, StoryRequest
@@ -167,7 +167,7 @@ def analyze_photo(photo_id: str, attempt: Attempt = Attempt()) -> StepResult:
     """photos.ai_processing_status: pending -> processing -> completed | failed."""
     s = settings()
     timer = _Timer()
-    with timer.phase("claim"), transaction() as c:
+    with timer.phase("claim"), autocommit() as c:
         claim = tx.claim_photo(c, photo_id, s.step_lease_seconds)
         state = None if claim else tx.photo_state(c, photo_id)
     if claim is None:
@@ -182,18 +182,18 @@ def analyze_photo(photo_id: str, attempt: Attempt = Attempt()) -> StepResult:
                 f"The photo is not ready to analyse: its upload status is '{state['status']}', "
                 "not 'uploaded'. Finish the upload, then retry."
             )
-            with transaction() as c:
+            with autocommit() as c:
                 tx.fail_photo(c, photo_id, msg, from_statuses=("pending", "processing"),
                               attempt=attempt.number, task_id=attempt.task_id)
             return StepResult(Outcome.FAILED, msg, timer.timings)
         return StepResult(Outcome.STOPPED, "another worker is analysing this photo", timer.timings)
 
     def fail(msg: str) -> None:
-        with transaction() as c:
+        with autocommit() as c:
             tx.fail_photo(c, photo_id, msg, attempt=attempt.number, task_id=attempt.task_id)
 
     def release(msg: str) -> None:
-        with transaction() as c:
+        with autocommit() as c:
             tx.release_photo(c, photo_id, msg, attempt.number, attempt.task_id)
 
     def work() -> tuple[Any, Any, Any]:
@@ -217,7 +217,7 @@ def analyze_photo(photo_id: str, attempt: Attempt = Attempt()) -> StepResult:
                                           what="Photo analysis")
     except _Failed as e:
         return StepResult(Outcome.FAILED, str(e), timer.timings)
-    with timer.phase("record"), transaction() as c:
+    with timer.phase("record"), autocommit() as c:
         done = tx.complete_photo(c, photo_id, faces, labels, objects)
     return StepResult(Outcome.DONE if done else Outcome.ALREADY_DONE, "", timer.timings)
 
@@ -258,7 +258,7 @@ def generate_story(story_id: str, attempt: Attempt = Attempt()) -> StepResult:
     outline, title and page rows written once; returns the pages to run (fan-out)."""
     s = settings()
     timer = _Timer()
-    with timer.phase("claim"), transaction() as c:
+    with timer.phase("claim"), autocommit() as c:
         claim = tx.claim_story(c, story_id, s.step_lease_seconds)
         state = None if claim else tx.story_state(c, story_id)
     if claim is None:
@@ -271,7 +271,7 @@ def generate_story(story_id: str, attempt: Attempt = Attempt()) -> StepResult:
         return StepResult(Outcome.STOPPED, "another worker is starting this story", timer.timings)
 
     def fail(msg: str, stage: tx.Stage = "outline") -> StepResult:
-        with transaction() as c:
+        with autocommit() as c:
             tx.fail_story(c, story_id, msg, stage, attempt=attempt.number, task_id=attempt.task_id)
         return StepResult(Outcome.FAILED, msg, timer.timings)
 
@@ -283,7 +283,7 @@ def generate_story(story_id: str, attempt: Attempt = Attempt()) -> StepResult:
     # The photo: analysed already, or analysed here (same claim as photos.analyze, so the two
     # never both run it), or being analysed by another worker right now (then wait for it).
     photo_id = str(claim["protagonist_photo_id"])
-    with transaction() as c:
+    with autocommit() as c:
         photo = tx.photo_state(c, photo_id)
     if photo is None:  # the FK makes this impossible unless the row is deleted meanwhile
         return fail("The story's photo no longer exists.", "analysis")
@@ -292,27 +292,27 @@ def generate_story(story_id: str, attempt: Attempt = Attempt()) -> StepResult:
             try:
                 result = analyze_photo(photo_id, attempt)
             except RetryLater:
-                with transaction() as c:  # the photo was released; release the story with it
+                with autocommit() as c:  # the photo was released; release the story with it
                     tx.release_story(c, story_id)
                 raise
-        with transaction() as c:
+        with autocommit() as c:
             photo = tx.photo_state(c, photo_id)
         assert photo is not None
         if photo["ai_status"] in ("pending", "processing"):
             # Held by another worker, or released for a transient retry: wait, not fail.
-            with transaction() as c:
+            with autocommit() as c:
                 tx.release_story(c, story_id)
             raise RetryLater(2.0, f"waiting for photo analysis ({result.detail})", waiting=True)
     if photo["ai_status"] == "failed":
         return fail(f"The photo could not be used: {photo['ai_error_message']}", "analysis")
 
-    with transaction() as c:
+    with autocommit() as c:
         existing = tx.load_outline(c, story_id)
     if existing is None:
         req = StoryRequest(name, claim["child_age"], theme_id, s.page_count, story_seed(story_id))
 
         def release(msg: str) -> None:
-            with transaction() as c:
+            with autocommit() as c:
                 tx.release_story(c, story_id)
 
         def write() -> Outline:
@@ -337,7 +337,7 @@ def generate_story(story_id: str, attempt: Attempt = Attempt()) -> StepResult:
             held = tx.save_outline_and_pages(c, story_id, outline.title, outline.style, list(outline.beats))
         if not held:
             return StepResult(Outcome.STOPPED, "story changed while writing the outline", timer.timings)
-    with transaction() as c:
+    with autocommit() as c:
         pages = tx.unfinished_pages(c, story_id)
     return StepResult(Outcome.DONE, f"{len(pages)} pages to run", timer.timings, fanout=pages)
 
@@ -359,7 +359,7 @@ def _page_step(
     s = settings()
     col = tx.PAGE_STAGES[stage]
     timer = _Timer()
-    with timer.phase("claim"), transaction() as c:
+    with timer.phase("claim"), autocommit() as c:
         claim = tx.claim_page(c, page_id, col, s.step_lease_seconds)
         state = None if claim else tx.page_state(c, page_id, col)
     if claim is None:
@@ -377,12 +377,12 @@ def _page_step(
     ctx = {"story": claim.story_id, "page_number": claim.page_number}
 
     def fail(msg: str) -> None:
-        with transaction() as c:
+        with autocommit() as c:
             tx.fail_page(c, page_id, col, stage, msg, f"Page {claim.page_number} ({label}): {msg}",
                          attempt.number, attempt.task_id)
 
     def release(msg: str) -> None:
-        with transaction() as c:
+        with autocommit() as c:
             tx.release_page(c, page_id, col, stage, msg, attempt.number, attempt.task_id)
 
     try:
@@ -390,7 +390,7 @@ def _page_step(
                           what=label.capitalize())
     except _Failed as e:
         return StepResult(Outcome.FAILED, str(e), timer.timings, context=ctx)
-    with timer.phase("record"), transaction() as c:
+    with timer.phase("record"), autocommit() as c:
         done = tx.complete_page(c, page_id, col, values)
     return StepResult(Outcome.DONE if done else Outcome.ALREADY_DONE, "", timer.timings, context=ctx)
 
@@ -450,21 +450,24 @@ def finish_story(story_id: str, attempt: Attempt = Attempt()) -> StepResult:
     the row lock) assembles the book and completes the story, the others return at once."""
     timer = _Timer()
     try:
-        with timer.phase("book"), transaction() as c:
-            story = tx.lock_story_if_done(c, story_id)
+        with transaction() as c:
+            with timer.phase("lock"):
+                story = tx.lock_story_if_done(c, story_id)
             if story is None:
                 state = tx.story_state(c, story_id)
                 if state is not None and state["status"] == "completed":
                     return StepResult(Outcome.ALREADY_DONE, "story already completed", timer.timings)
                 return StepResult(Outcome.STOPPED, "pages still running or story not processing",
                                   timer.timings)
-            write_book(story_id, story["title"] or "", story["child_name"], story["story_theme"],
-                       tx.book_pages(c, story_id))
-            tx.complete_story(c, story_id)
+            with timer.phase("book"):
+                write_book(story_id, story["title"] or "", story["child_name"], story["story_theme"],
+                           tx.book_pages(c, story_id))
+            with timer.phase("record"):
+                tx.complete_story(c, story_id)
     except Exception as e:  # noqa: BLE001 - record, don't loop: an operator can retry
         log.exception("book assembly failed for story %s", story_id)
         msg = f"The book could not be assembled ({type(e).__name__}); an operator can retry it."
-        with transaction() as c:
+        with autocommit() as c:
             tx.fail_story(c, story_id, msg, "finish", attempt=attempt.number, task_id=attempt.task_id)
         return StepResult(Outcome.FAILED, msg, timer.timings)
     return StepResult(Outcome.DONE, "story completed", timer.timings)

@@ -93,7 +93,9 @@ def _png_info(png: bytes) -> dict[str, object]:
 # --- photo analysis ---------------------------------------------------------------------------
 
 
-def test_astronaut_has_exactly_one_face_over_her_face(analyzer: LocalPhotoAnalyzer, astronaut_jpeg: bytes) -> None:
+def test_astronaut_has_exactly_one_face_over_her_face(
+    analyzer: LocalPhotoAnalyzer, astronaut_jpeg: bytes
+) -> None:
     # given the astronaut portrait
     # when it is analysed
     result = analyzer.analyze_photo(astronaut_jpeg)
@@ -152,7 +154,9 @@ def test_blurred_mouth_reports_no_smile(analyzer: LocalPhotoAnalyzer) -> None:
         ("solid colour", np.full((480, 640, 3), (200, 100, 50), dtype=np.uint8)),
     ],
 )
-def test_photos_without_people_have_no_faces(analyzer: LocalPhotoAnalyzer, name: str, image: np.ndarray) -> None:
+def test_photos_without_people_have_no_faces(
+    analyzer: LocalPhotoAnalyzer, name: str, image: np.ndarray
+) -> None:
     # given a photo with no human face
     # when analysed
     result = analyzer.analyze_photo(_encode(image))
@@ -177,7 +181,9 @@ def _truncated_jpeg() -> bytes:
         pytest.param(b"%PDF-1.4\n%...", id="pdf"),
     ],
 )
-def test_unreadable_bytes_raise_a_readable_permanent_error(analyzer: LocalPhotoAnalyzer, payload: bytes) -> None:
+def test_unreadable_bytes_raise_a_readable_permanent_error(
+    analyzer: LocalPhotoAnalyzer, payload: bytes
+) -> None:
     # given bytes that are not a readable photo
     # when analysed
     with pytest.raises(PermanentStepError) as err:
@@ -299,7 +305,8 @@ def test_large_photo_is_downscaled_but_reported_in_original_ratios(analyzer: Loc
 def phone_photo() -> bytes:
     """A 4000x3000 JPEG, mostly flat grey wall, with the astronaut (1500 px) at (1200, 600)."""
     canvas = Image.new("RGB", (4000, 3000), (120, 140, 160))
-    canvas.paste(Image.fromarray(skdata.astronaut()).resize((1500, 1500), Image.Resampling.BICUBIC), (1200, 600))
+    face = Image.fromarray(skdata.astronaut()).resize((1500, 1500), Image.Resampling.BICUBIC)
+    canvas.paste(face, (1200, 600))
     return _encode(canvas, "JPEG", quality=90)
 
 
@@ -350,7 +357,35 @@ def test_own_grouping_matches_opencv_group_rectangles() -> None:
             assert ours == theirs
 
 
-def test_analysis_from_several_threads_is_identical(analyzer: LocalPhotoAnalyzer, astronaut_jpeg: bytes) -> None:
+def test_own_grouping_matches_opencv_on_random_window_sets() -> None:
+    # given random, clustered and chain-like sets of windows (chains stress transitive merging,
+    # clusters the averaging's rounding)
+    rng = np.random.default_rng(7)
+    for t in range(150):
+        n = int(rng.integers(1, 250))
+        if t % 3 == 0:
+            xy = np.cumsum(rng.integers(-3, 4, (n, 2)), axis=0) + 200
+            wh = np.repeat(rng.integers(20, 60, (n, 1)), 2, axis=1)
+        elif t % 3 == 1:
+            centres, sizes = rng.integers(0, 800, (5, 2)), rng.integers(20, 120, (5, 1))
+            idx = rng.integers(0, 5, n)
+            xy = centres[idx] + rng.integers(-8, 9, (n, 2))
+            wh = np.repeat(sizes[idx] + rng.integers(-6, 7, (n, 1)), 2, axis=1)
+        else:
+            xy, wh = rng.integers(0, 500, (n, 2)), rng.integers(10, 200, (n, 2))
+        rects = np.clip(np.concatenate([xy, wh], axis=1), 1, None).astype(np.int32)
+        for min_neighbors in (1, 3, 5):
+            # when grouped both ways, then boxes, counts and order are identical
+            hits = _group(rects, np.zeros(n), min_neighbors, GROUP_EPS)
+            ours = [(h.x, h.y, h.w, h.h, h.neighbors) for h in hits]
+            cv_rects, cv_counts = cv2.groupRectangles(rects.tolist(), min_neighbors, GROUP_EPS)
+            theirs = [(*map(int, r), int(c)) for r, c in zip(cv_rects, cv_counts)] if len(cv_rects) else []
+            assert ours == theirs
+
+
+def test_analysis_from_several_threads_is_identical(
+    analyzer: LocalPhotoAnalyzer, astronaut_jpeg: bytes
+) -> None:
     # given one analysis as reference
     reference = analyzer.analyze_photo(astronaut_jpeg)
     # when the same photo is analysed concurrently (each thread has its own cascades)
@@ -414,7 +449,10 @@ def test_json_primary_face_is_the_largest_not_the_first() -> None:
 
 def test_face_from_json_rejects_malformed_rows() -> None:
     # given a stored row whose face lacks a bounding box
-    bad = {"detector": "x", "image": {"width": 1, "height": 1}, "primary_face_index": 0, "faces": [{"confidence": 1}]}
+    bad = {
+        "detector": "x", "image": {"width": 1, "height": 1}, "primary_face_index": 0,
+        "faces": [{"confidence": 1}],
+    }
     # when read, then a ValueError names the problem
     with pytest.raises(ValueError, match="malformed face_details"):
         face_from_json(bad)
@@ -453,7 +491,8 @@ def test_draw_base_is_deterministic_in_process_and_across_processes(illustrator:
         "import hashlib, sys\n"
         "from pipeline.providers.base import StoryRequest, Outline, PageRequest\n"
         "from pipeline.providers.local_images import LocalIllustrator\n"
-        "req = PageRequest(StoryRequest('Mia', 5, 'pirates', 4, 987654321), Outline('t', ('a','b','c','d')), 3)\n"
+        "story = StoryRequest('Mia', 5, 'pirates', 4, 987654321)\n"
+        "req = PageRequest(story, Outline('t', ('a', 'b', 'c', 'd')), 3)\n"
         "sys.stdout.write(hashlib.sha256(LocalIllustrator().draw_base(req)).hexdigest())\n"
     )
     other = subprocess.run(
@@ -638,11 +677,16 @@ def test_personalize_rejects_unreadable_photos(illustrator: LocalIllustrator, as
         illustrator.personalize(base, b"\xff\xd8\xff\xe0 broken", astronaut_face, req)
 
 
-def test_personalize_clamps_face_boxes_outside_the_photo(illustrator: LocalIllustrator, astronaut_jpeg: bytes) -> None:
+def test_personalize_clamps_face_boxes_outside_the_photo(
+    illustrator: LocalIllustrator, astronaut_jpeg: bytes
+) -> None:
     # given face boxes hanging off the photo's edges
     req = _page("dinosaurs", 1)
     base = illustrator.draw_base(req)
-    for box in (BoundingBox(-0.2, -0.1, 0.5, 0.5), BoundingBox(0.8, 0.85, 0.4, 0.4), BoundingBox(0.0, 0.0, 1.5, 1.5)):
+    hanging = (
+        BoundingBox(-0.2, -0.1, 0.5, 0.5), BoundingBox(0.8, 0.85, 0.4, 0.4), BoundingBox(0.0, 0.0, 1.5, 1.5),
+    )
+    for box in hanging:
         # when personalised
         out = illustrator.personalize(base, astronaut_jpeg, Face(box=box, confidence=90.0), req)
         # then a full-size page comes out
@@ -650,10 +694,13 @@ def test_personalize_clamps_face_boxes_outside_the_photo(illustrator: LocalIllus
             assert im.size == (960, 720)
     # and a box entirely outside the photo is a clear permanent error
     with pytest.raises(PermanentStepError):
-        illustrator.personalize(base, astronaut_jpeg, Face(box=BoundingBox(1.2, 1.2, 0.2, 0.2), confidence=90.0), req)
+        outside = Face(box=BoundingBox(1.2, 1.2, 0.2, 0.2), confidence=90.0)
+        illustrator.personalize(base, astronaut_jpeg, outside, req)
 
 
-def test_personalize_handles_an_exif_rotated_photo(illustrator: LocalIllustrator, analyzer: LocalPhotoAnalyzer) -> None:
+def test_personalize_handles_an_exif_rotated_photo(
+    illustrator: LocalIllustrator, analyzer: LocalPhotoAnalyzer
+) -> None:
     # given the astronaut stored sideways with EXIF orientation 6, analysed by the local analyzer
     stored = Image.fromarray(skdata.astronaut()).transpose(Image.Transpose.ROTATE_90)
     exif = Image.Exif()

@@ -21,10 +21,28 @@ def _setup_logging(**_: Any) -> None:
     )
 
 
+@signals.worker_init.connect
+def _warm_up(**_: Any) -> None:
+    """Pay the one-time costs (OpenCV cascades, fonts, the first DB connection) at boot, not
+    inside the first story's critical path."""
+    from pipeline.providers.registry import providers
+
+    providers()
+    import pipeline.book  # noqa: F401  (fpdf2 and font discovery)
+
+    from db.engine import get_engine
+
+    with get_engine().connect():
+        pass
+
+
 @signals.worker_process_init.connect
 def _fresh_engine_after_fork(**_: Any) -> None:
     from db.engine import get_engine
 
+    from pipeline.providers.registry import providers
+
+    providers()
     get_engine()  # a forked child never reuses the parent's pool (see db/engine.py)
 
 

@@ -135,7 +135,8 @@ class _Painter:
         self.draw.ellipse(self._box(cx - rx, cy - ry, cx + rx, cy + ry), fill=fill, outline=col, width=w)
 
     def circle(
-        self, cx: float, cy: float, r: float, fill: Color | None, outline: Stroke = _INK, width: float | None = None
+        self, cx: float, cy: float, r: float, fill: Color | None, outline: Stroke = _INK,
+        width: float | None = None,
     ) -> None:
         self.ellipse(cx, cy, r, r, fill, outline, width)
 
@@ -181,14 +182,16 @@ class _Painter:
         outline: Stroke = _INK, width: float | None = None,
     ) -> None:
         col, w = self._outline(outline, width)
-        self.draw.pieslice(self._box(cx - rx, cy - ry, cx + rx, cy + ry), start, end, fill=fill, outline=col, width=w)
+        self.draw.pieslice(self._box(cx - rx, cy - ry, cx + rx, cy + ry), start, end, fill=fill, outline=col,
+                           width=w)
 
     def chord(
         self, cx: float, cy: float, rx: float, ry: float, start: float, end: float, fill: Color,
         outline: Stroke = _INK, width: float | None = None,
     ) -> None:
         col, w = self._outline(outline, width)
-        self.draw.chord(self._box(cx - rx, cy - ry, cx + rx, cy + ry), start, end, fill=fill, outline=col, width=w)
+        self.draw.chord(self._box(cx - rx, cy - ry, cx + rx, cy + ry), start, end, fill=fill, outline=col,
+                        width=w)
 
     def glow(self, cx: float, cy: float, r: float, color: RGB, strength: int = 60) -> None:
         """Soft light with a smooth radial falloff (computed small, then upscaled: cheap)."""
@@ -252,7 +255,8 @@ def _wavy(x0: float, x1: float, y: float, amp: float, phase: float, freq: float,
     return pts + [(x1, bottom), (x0, bottom)]
 
 
-def _star_points(cx: float, cy: float, r_out: float, r_in: float, n: int = 5, rot: float = -90.0) -> list[Point]:
+def _star_points(cx: float, cy: float, r_out: float, r_in: float, n: int = 5,
+                 rot: float = -90.0) -> list[Point]:
     pts = []
     for i in range(2 * n):
         r = r_out if i % 2 == 0 else r_in
@@ -266,12 +270,14 @@ def _sparkle(p: _Painter, cx: float, cy: float, r: float, color: Color) -> None:
 
 
 def _cloud(p: _Painter, cx: float, cy: float, w: float, color: Color, outline: Stroke = None) -> None:
-    puffs = [(-0.32, 0.05, 0.2), (-0.1, -0.12, 0.27), (0.17, -0.06, 0.23), (0.36, 0.07, 0.16), (0.02, 0.1, 0.2),
+    puffs = [(-0.32, 0.05, 0.2), (-0.1, -0.12, 0.27), (0.17, -0.06, 0.23), (0.36, 0.07, 0.16), (0.02, 0.1,
+                                                                                                0.2),
              (-0.42, 0.12, 0.12), (0.22, 0.12, 0.16)]
     p.blob([(cx + dx * w, cy + dy * w, rr * w) for dx, dy, rr in puffs], color, outline=outline)
 
 
-def _leaf(p: _Painter, x: float, y: float, angle: float, length: float, droop: float, width: float, color: RGB) -> None:
+def _leaf(p: _Painter, x: float, y: float, angle: float, length: float, droop: float, width: float,
+          color: RGB) -> None:
     """A curved, tapered frond from (x, y): palm leaves, ferns."""
     dx, dy = math.cos(math.radians(angle)), math.sin(math.radians(angle))
     left: list[Point] = []
@@ -334,13 +340,16 @@ _STYLE: dict[str, _Theme] = {
         ((44, 58, 112), (118, 104, 176), (250, 194, 170)), ((30, 70, 96), (84, 140, 150), (236, 222, 160)),
         ((56, 44, 102), (158, 104, 168), (252, 176, 150)))),
     "dinosaurs": _Theme(ink=(70, 48, 38), skies=(
-        ((118, 194, 236), (176, 222, 236), (255, 226, 172)), ((250, 176, 110), (252, 208, 150), (255, 236, 190)),
+        ((118, 194, 236), (176, 222, 236), (255, 226, 172)), ((250, 176, 110), (252, 208, 150), (255, 236,
+                                                                                                 190)),
         ((140, 206, 226), (200, 232, 214), (250, 240, 180)))),
     "pirates": _Theme(ink=(52, 38, 34), skies=(
-        ((98, 180, 236), (160, 214, 244), (236, 244, 236)), ((250, 150, 110), (252, 196, 140), (255, 230, 180)),
+        ((98, 180, 236), (160, 214, 244), (236, 244, 236)), ((250, 150, 110), (252, 196, 140), (255, 230,
+                                                                                                180)),
         ((124, 196, 240), (190, 226, 246), (255, 240, 214)))),
     "superhero": _Theme(ink=(38, 28, 62), skies=(
-        ((86, 150, 240), (150, 196, 250), (236, 240, 255)), ((252, 120, 120), (255, 170, 120), (255, 218, 150)),
+        ((86, 150, 240), (150, 196, 250), (236, 240, 255)), ((252, 120, 120), (255, 170, 120), (255, 218,
+                                                                                                150)),
         ((90, 70, 180), (210, 110, 170), (255, 190, 140)))),
 }
 
@@ -415,7 +424,8 @@ def _draw_child(pg: _Page) -> _Placement:
     layer = Image.new("RGBA", (int((lx1 - lx0) * SS), int((ly1 - ly0) * SS)), (0, 0, 0, 0))
     b = _Painter(layer, pg.ink, pg.p.ink_width, origin=(lx0, ly0))
 
-    suit = {"space_adventure": (236, 240, 248), "underwater": o.accent, "superhero": o.shirt}.get(theme, o.shirt)
+    suit = {"space_adventure": (236, 240, 248), "underwater": o.accent, "superhero": o.shirt}.get(theme,
+                                                                                                  o.shirt)
     pants = {"space_adventure": (236, 240, 248), "underwater": o.accent, "superhero": o.shirt,
              "pirates": (60, 56, 80), "dinosaurs": (150, 120, 80)}.get(theme, o.pants)
     if theme == "dinosaurs":
@@ -471,7 +481,8 @@ def _draw_child(pg: _Page) -> _Placement:
         b.rect(hx - 0.64 * r, hy + 1.98 * r, hx + 0.64 * r, hy + 2.14 * r, (252, 208, 64), outline=None)
     elif theme == "dinosaurs":
         for side in (-1, 1):
-            b.rect(hx + side * 0.34 * r - 0.15 * r, hy + 1.3 * r, hx + side * 0.34 * r + 0.15 * r, hy + 1.55 * r,
+            b.rect(hx + side * 0.34 * r - 0.15 * r, hy + 1.3 * r, hx + side * 0.34 * r + 0.15 * r,
+                   hy + 1.55 * r,
                    _dark(suit, 0.12), radius=0.04 * r, width=pg.p.ink_width * 0.6)
         b.polygon([(hx - 0.4 * r, hy + 0.9 * r), (hx + 0.4 * r, hy + 0.9 * r), (hx, hy + 1.35 * r)], o.accent)
     elif theme == "enchanted_forest":
@@ -508,7 +519,8 @@ def _draw_child(pg: _Page) -> _Placement:
     p = pg.p
     if theme == "enchanted_forest":
         p.circle(hx, hy - 0.06 * r, 1.2 * r, o.accent)
-        p.polygon([(hx - 0.5 * r, hy - 1.1 * r), (hx + 0.1 * r, hy - 1.75 * r), (hx + 0.55 * r, hy - 1.05 * r)],
+        p.polygon([(hx - 0.5 * r, hy - 1.1 * r), (hx + 0.1 * r, hy - 1.75 * r), (hx + 0.55 * r,
+                                                                                 hy - 1.05 * r)],
                   o.accent)
     elif theme == "underwater":
         side = 1 if pg.child_x < WIDTH / 2 else -1
@@ -632,12 +644,14 @@ def _rocket(p: _Painter, x: float, base_y: float, s: float, tilt: float, accent:
     tip = [(hw, yy) for hw, yy in body if yy < -h * 0.78]
     nose = [T(hw, yy) for hw, yy in tip] + [T(-hw, yy) for hw, yy in reversed(tip)]
     p.polygon(nose, accent)
-    p.polygon([T(-w * 0.42, -h * 0.08), T(w * 0.42, -h * 0.08), T(w * 0.3, 0), T(-w * 0.3, 0)], (120, 126, 150))
+    p.polygon([T(-w * 0.42, -h * 0.08), T(w * 0.42, -h * 0.08), T(w * 0.3, 0), T(-w * 0.3, 0)], (120, 126,
+                                                                                                 150))
     cx, cy = T(0, -h * 0.52)
     p.circle(cx, cy, w * 0.26, (230, 232, 240))
     p.circle(cx, cy, w * 0.18, (110, 190, 240), width=p.ink_width * 0.7)
     p.circle(cx - w * 0.05, cy - w * 0.05, w * 0.06, (230, 248, 255), outline=None)
-    p.polygon([T(-w * 0.06, -h * 0.35), T(w * 0.06, -h * 0.35), T(w * 0.06, -h * 0.08), T(-w * 0.06, -h * 0.08)],
+    p.polygon([T(-w * 0.06, -h * 0.35), T(w * 0.06, -h * 0.35), T(w * 0.06, -h * 0.08), T(-w * 0.06,
+                                                                                          -h * 0.08)],
               accent)
 
 
@@ -649,7 +663,8 @@ def _scene_underwater(pg: _Page) -> None:
         p.polygon([(x, -5), (x + wdt, -5), (x + wdt + 220, HEIGHT * 0.8), (x + 120, HEIGHT * 0.8)],
                   (255, 255, 255, 18), outline=None)
     far = _mix(pg.sky[2], (20, 90, 110), 0.35)
-    p.polygon(_wavy(-10, WIDTH + 10, pg.ground_y - 120, 40, rng.uniform(0, 6), 1.6, HEIGHT), _a(far, 170), outline=None)
+    p.polygon(_wavy(-10, WIDTH + 10, pg.ground_y - 120, 40, rng.uniform(0, 6), 1.6, HEIGHT), _a(far, 170),
+              outline=None)
     sand = (240, 214, 156)
     p.polygon(_wavy(-10, WIDTH + 10, pg.ground_y - 24, 12, rng.uniform(0, 6), 1.4, HEIGHT + 10), sand)
     for _ in range(10):
@@ -687,7 +702,8 @@ def _scene_underwater(pg: _Page) -> None:
     def free_spot(radius: float, y_lo: float, y_hi: float) -> tuple[float, float] | None:
         for _ in range(14):
             x, y = rng.uniform(radius, WIDTH - radius), rng.uniform(y_lo, y_hi)
-            near_child = abs(x - pg.child_x) < 2.0 * pg.head_r + radius and y > head_y - 1.5 * pg.head_r - radius
+            near_child = (abs(x - pg.child_x) < 2.0 * pg.head_r + radius
+                          and y > head_y - 1.5 * pg.head_r - radius)
             if not near_child and all(math.hypot(x - px, y - py) > radius + pr + 8 for px, py, pr in placed):
                 placed.append((x, y, radius))
                 return x, y
@@ -714,7 +730,8 @@ def _fish(p: _Painter, x: float, y: float, s: float, facing: int, col: RGB) -> N
     L, Hh = 62 * s, 36 * s
     tail_x = x - facing * L * 0.5
     fin = _dark(col, 0.1)
-    p.polygon([(tail_x, y), (tail_x - facing * 26 * s, y - 18 * s), (tail_x - facing * 22 * s, y + 18 * s)], fin)
+    p.polygon([(tail_x, y), (tail_x - facing * 26 * s, y - 18 * s), (tail_x - facing * 22 * s, y + 18 * s)],
+              fin)
     p.polygon([(x - facing * 6 * s, y - Hh * 0.45), (x + facing * 10 * s, y - Hh * 0.85),
                (x + facing * 18 * s, y - Hh * 0.4)], fin)
     p.ellipse(x, y, L / 2, Hh / 2, col)
@@ -744,15 +761,19 @@ def _scene_forest(pg: _Page) -> None:
     p.glow(moon_x, 110, 120, (255, 240, 200), strength=90)
     p.circle(moon_x, 110, 44, (255, 246, 214), outline=None)
     for _ in range(40):
-        p.circle(rng.uniform(0, WIDTH), rng.uniform(0, 260), rng.choice((0.8, 1.2, 1.6)), (255, 255, 240, 200),
+        p.circle(rng.uniform(0, WIDTH), rng.uniform(0, 260), rng.choice((0.8, 1.2, 1.6)), (255, 255, 240,
+                                                                                           200),
                  outline=None)
-    for col, base, scale in (((86, 96, 150), pg.ground_y - 230, 0.7), ((64, 104, 118), pg.ground_y - 150, 0.9)):
+    for col, base, scale in (((86, 96, 150), pg.ground_y - 230, 0.7), ((64, 104, 118), pg.ground_y - 150,
+                                                                       0.9)):
         x = -40.0 + rng.uniform(0, 40)
         while x < WIDTH + 40:
             hgt = rng.uniform(140, 230) * scale
             wdt = rng.uniform(70, 110) * scale
-            p.polygon([(x - wdt / 2, base + 10), (x, base - hgt), (x + wdt / 2, base + 10)], col, outline=None)
-            p.polygon([(x - wdt * 0.36, base - hgt * 0.3), (x, base - hgt * 1.02), (x + wdt * 0.36, base - hgt * 0.3)],
+            p.polygon([(x - wdt / 2, base + 10), (x, base - hgt), (x + wdt / 2, base + 10)], col,
+                      outline=None)
+            p.polygon([(x - wdt * 0.36, base - hgt * 0.3), (x, base - hgt * 1.02), (x + wdt * 0.36,
+                                                                                    base - hgt * 0.3)],
                       _light(col, 0.06), outline=None)
             x += wdt * rng.uniform(0.45, 0.8)
         p.rect(-10, base + 8, WIDTH + 10, HEIGHT, col, outline=None)
@@ -765,7 +786,8 @@ def _scene_forest(pg: _Page) -> None:
 
     # Big storybook trees at the free side(s).
     for tx in pg.props_x[:2]:
-        _tree(p, tx + rng.uniform(-30, 30), pg.ground_y - 20, rng.uniform(0.9, 1.15), rng, door=rng.random() < 0.5)
+        _tree(p, tx + rng.uniform(-30, 30), pg.ground_y - 20, rng.uniform(0.9, 1.15), rng,
+              door=rng.random() < 0.5)
     for _ in range(rng.randint(4, 6)):
         mx = rng.uniform(30, WIDTH - 30)
         if abs(mx - pg.child_x) < 100:
@@ -787,7 +809,8 @@ def _scene_forest(pg: _Page) -> None:
 
 def _tree(p: _Painter, x: float, base: float, s: float, rng: random.Random, door: bool) -> None:
     trunk = (132, 92, 66)
-    p.polygon([(x - 34 * s, base), (x - 20 * s, base - 230 * s), (x + 20 * s, base - 230 * s), (x + 34 * s, base)],
+    p.polygon([(x - 34 * s, base), (x - 20 * s, base - 230 * s), (x + 20 * s, base - 230 * s), (x + 34 * s,
+                                                                                                base)],
               trunk)
     if door:
         p.chord(x, base - 26 * s, 15 * s, 30 * s, 180, 360, (90, 60, 44))
@@ -817,14 +840,18 @@ def _scene_dinosaurs(pg: _Page) -> None:
     # Volcano with a lazy smoke plume (clouds go in front of it).
     vx = rng.uniform(160, WIDTH - 160)
     vb = pg.ground_y - 160
-    p.polygon([(vx - 210, vb + 40), (vx - 46, vb - 200), (vx + 46, vb - 200), (vx + 210, vb + 40)], (150, 118, 130))
-    p.polygon([(vx - 46, vb - 200), (vx - 30, vb - 160), (vx - 10, vb - 185), (vx + 12, vb - 150), (vx + 30, vb - 182),
+    p.polygon([(vx - 210, vb + 40), (vx - 46, vb - 200), (vx + 46, vb - 200), (vx + 210, vb + 40)], (150, 118,
+                                                                                                     130))
+    p.polygon([(vx - 46, vb - 200), (vx - 30, vb - 160), (vx - 10, vb - 185), (vx + 12, vb - 150), (vx + 30,
+                                                                                                    vb - 182),
                (vx + 46, vb - 200)], (250, 130, 60))
     p.blob([(vx + 10 + k * 26, vb - 232 - k * 34, 22 + k * 7) for k in range(4)], (240, 234, 240, 200))
     for _ in range(rng.randint(2, 3)):
         _cloud(p, rng.uniform(60, WIDTH - 60), rng.uniform(70, 200), rng.uniform(110, 170), (255, 255, 255))
-    p.polygon(_wavy(-10, WIDTH + 10, pg.ground_y - 140, 26, rng.uniform(0, 6), 1.3, HEIGHT + 10), (132, 190, 134))
-    p.polygon(_wavy(-10, WIDTH + 10, pg.ground_y - 50, 16, rng.uniform(0, 6), 0.9, HEIGHT + 10), (124, 196, 92))
+    p.polygon(_wavy(-10, WIDTH + 10, pg.ground_y - 140, 26, rng.uniform(0, 6), 1.3, HEIGHT + 10), (132, 190,
+                                                                                                   134))
+    p.polygon(_wavy(-10, WIDTH + 10, pg.ground_y - 50, 16, rng.uniform(0, 6), 0.9, HEIGHT + 10), (124, 196,
+                                                                                                  92))
     slots = [x for x in (70.0, 250.0, 480.0, 700.0, 890.0) if abs(x - pg.child_x) > 130]
     for fx in rng.sample(slots, min(2, len(slots))):
         _palm(p, fx + rng.uniform(-30, 30), pg.ground_y - 60 + rng.uniform(0, 20), rng.uniform(0.75, 0.95),
@@ -843,7 +870,8 @@ def _scene_dinosaurs(pg: _Page) -> None:
     if len(pg.props_x) > 1 or rng.random() < 0.5:
         sx = pg.props_x[1] if len(pg.props_x) > 1 else rng.choice([80.0, WIDTH - 80.0])
         if abs(sx - pg.child_x) > 150:
-            _stego(p, sx, pg.ground_y + 30, rng.uniform(0.55, 0.7), 1 if sx < pg.child_x else -1, dino_cols[1])
+            _stego(p, sx, pg.ground_y + 30, rng.uniform(0.55, 0.7), 1 if sx < pg.child_x else -1,
+                   dino_cols[1])
 
 
 def _palm(p: _Painter, x: float, base: float, s: float, lean: float = 1.0) -> None:
@@ -862,12 +890,16 @@ def _palm(p: _Painter, x: float, base: float, s: float, lean: float = 1.0) -> No
 def _sauropod(p: _Painter, x: float, base: float, s: float, facing: int, col: RGB) -> None:
     f = facing
     belly = _light(col, 0.35)
-    p.polygon([(x - f * 90 * s, base - 100 * s), (x - f * 250 * s, base - 60 * s), (x - f * 280 * s, base - 52 * s),
+    p.polygon([(x - f * 90 * s, base - 100 * s), (x - f * 250 * s, base - 60 * s), (x - f * 280 * s,
+                                                                                    base - 52 * s),
                (x - f * 96 * s, base - 70 * s)], col)
     for dx in (-60, -20, 30, 70):
-        p.rect(x + f * dx * s - 17 * s, base - 80 * s, x + f * dx * s + 17 * s, base, _dark(col, 0.08), radius=10 * s)
-    neck = [(x + f * 40 * s, base - 150 * s), (x + f * 104 * s, base - 240 * s), (x + f * 140 * s, base - 304 * s),
-            (x + f * 180 * s, base - 300 * s), (x + f * 156 * s, base - 226 * s), (x + f * 118 * s, base - 100 * s)]
+        p.rect(x + f * dx * s - 17 * s, base - 80 * s, x + f * dx * s + 17 * s, base, _dark(col, 0.08),
+               radius=10 * s)
+    neck = [(x + f * 40 * s, base - 150 * s), (x + f * 104 * s, base - 240 * s), (x + f * 140 * s,
+                                                                                  base - 304 * s),
+            (x + f * 180 * s, base - 300 * s), (x + f * 156 * s, base - 226 * s), (x + f * 118 * s,
+                                                                                   base - 100 * s)]
     p.polygon(neck, col)
     p.ellipse(x, base - 110 * s, 120 * s, 62 * s, col)
     p.chord(x, base - 104 * s, 100 * s, 50 * s, 20, 160, belly, outline=None)
@@ -878,7 +910,8 @@ def _sauropod(p: _Painter, x: float, base: float, s: float, facing: int, col: RG
     p.arc(hx + f * 18 * s, hy + 6 * s, 14 * s, 8 * s, 10, 170, p.ink, 2)
     p.circle(hx + f * 24 * s, hy + 3 * s, 5 * s, (250, 150, 150, 150), outline=None)
     for k in range(5):
-        p.circle(x + (-60 + k * 30) * s, base - 140 * s + (k % 2) * 14 * s, 9 * s, _dark(col, 0.15), outline=None)
+        p.circle(x + (-60 + k * 30) * s, base - 140 * s + (k % 2) * 14 * s, 9 * s, _dark(col, 0.15),
+                 outline=None)
 
 
 def _stego(p: _Painter, x: float, base: float, s: float, facing: int, col: RGB) -> None:
@@ -888,9 +921,11 @@ def _stego(p: _Painter, x: float, base: float, s: float, facing: int, col: RGB) 
         px = x + (-70 + k * 34) * s
         py = base - 150 * s - math.sin(k / 4 * math.pi) * 26 * s
         p.polygon([(px - 20 * s, py + 30 * s), (px, py - 20 * s), (px + 20 * s, py + 30 * s)], plate)
-    p.polygon([(x - f * 90 * s, base - 80 * s), (x - f * 190 * s, base - 40 * s), (x - f * 90 * s, base - 50 * s)], col)
+    p.polygon([(x - f * 90 * s, base - 80 * s), (x - f * 190 * s, base - 40 * s), (x - f * 90 * s,
+                                                                                   base - 50 * s)], col)
     for dx in (-55, 45):
-        p.rect(x + f * dx * s - 18 * s, base - 70 * s, x + f * dx * s + 18 * s, base, _dark(col, 0.08), radius=10 * s)
+        p.rect(x + f * dx * s - 18 * s, base - 70 * s, x + f * dx * s + 18 * s, base, _dark(col, 0.08),
+               radius=10 * s)
     p.ellipse(x, base - 95 * s, 110 * s, 60 * s, col)
     hx, hy = x + f * 120 * s, base - 80 * s
     p.ellipse(hx, hy, 38 * s, 28 * s, col)
@@ -935,14 +970,16 @@ def _scene_pirates(pg: _Page) -> None:
     # Island the child stands on, with a palm and the treasure.
     sand = (244, 216, 156)
     p.polygon(_wavy(-10, WIDTH + 10, pg.ground_y - 34, 10, rng.uniform(0, 6), 0.7, HEIGHT + 10), sand)
-    p.polygon(_wavy(-10, WIDTH + 10, pg.ground_y - 30, 6, rng.uniform(0, 6), 3, pg.ground_y - 22, harmonics=0, n=90),
-              (255, 255, 255, 200), outline=None)
+    foam = _wavy(-10, WIDTH + 10, pg.ground_y - 30, 6, rng.uniform(0, 6), 3, pg.ground_y - 22,
+                 harmonics=0, n=90)
+    p.polygon(foam, (255, 255, 255, 200), outline=None)
     tx = pg.props_x[-1] if len(pg.props_x) > 1 else (WIDTH - 110 if pg.child_x < WIDTH / 2 else 110)
     if abs(tx - pg.child_x) > 140:
         _palm(p, tx + 60, pg.ground_y - 16, 1.0, 1.0 if tx < WIDTH / 2 else -1.0)
         _chest(p, tx - 30, pg.ground_y + 18, 0.95)
     for _ in range(4):
-        p.circle(rng.uniform(20, WIDTH - 20), rng.uniform(pg.ground_y + 10, HEIGHT - 12), 4, _dark(sand, 0.18),
+        p.circle(rng.uniform(20, WIDTH - 20), rng.uniform(pg.ground_y + 10, HEIGHT - 12), 4, _dark(sand,
+                                                                                                   0.18),
                  outline=None)
 
 
@@ -954,14 +991,18 @@ def _ship(p: _Painter, x: float, waterline: float, s: float, facing: int, accent
     sail = (250, 244, 226)
     for top, bot, wd in ((-255, -170, 70), (-160, -60, 92)):
         p.polygon([(x - wd * s, waterline + top * s), (x + wd * s, waterline + top * s),
-                   (x + (wd + 10) * s, waterline + (top + bot) / 2 * s + 10 * s), (x + wd * s, waterline + bot * s),
-                   (x - wd * s, waterline + bot * s), (x - (wd - 10) * s, waterline + (top + bot) / 2 * s + 10 * s)],
+                   (x + (wd + 10) * s, waterline + (top + bot) / 2 * s + 10 * s), (x + wd * s,
+                                                                                   waterline + bot * s),
+                   (x - wd * s, waterline + bot * s), (x - (wd - 10) * s,
+                                                       waterline + (top + bot) / 2 * s + 10 * s)],
                   sail)
     p.circle(x, waterline - 110 * s, 20 * s, (44, 40, 52), outline=None)
     p.circle(x - 7 * s, waterline - 113 * s, 5 * s, sail, outline=None)
     p.circle(x + 7 * s, waterline - 113 * s, 5 * s, sail, outline=None)
-    p.polygon([(x, waterline - 270 * s), (x + f * 50 * s, waterline - 258 * s), (x, waterline - 246 * s)], (44, 40, 52))
-    p.polygon([(x - 160 * s, waterline - 48 * s), (x + 160 * s, waterline - 48 * s), (x + 120 * s, waterline + 10 * s),
+    p.polygon([(x, waterline - 270 * s), (x + f * 50 * s, waterline - 258 * s), (x, waterline - 246 * s)],
+              (44, 40, 52))
+    p.polygon([(x - 160 * s, waterline - 48 * s), (x + 160 * s, waterline - 48 * s), (x + 120 * s,
+                                                                                      waterline + 10 * s),
                (x - 120 * s, waterline + 10 * s)], hull)
     p.polygon([(x + f * 160 * s, waterline - 48 * s), (x + f * 190 * s, waterline - 78 * s),
                (x + f * 150 * s, waterline - 48 * s)], hull)
@@ -1137,7 +1178,9 @@ class LocalIllustrator:
                 page = im.convert("RGB")
         except (UnidentifiedImageError, OSError, ValueError, SyntaxError, EOFError) as exc:
             # The base is ours, not the parent's: still permanent, a retry reads the same bytes.
-            raise PermanentStepError("The page illustration could not be read; it needs to be drawn again.") from exc
+            raise PermanentStepError(
+                "The page illustration could not be read; it needs to be drawn again."
+            ) from exc
         anchor = read_anchor(base) or default_anchor(page.width, page.height)
         character = _read_character(info)
         ink_rgb = character.get("ink", [40, 32, 60])
@@ -1187,7 +1230,9 @@ def _face_disc(photo: bytes, face: Face, radius: float) -> tuple[Image.Image, RG
     bottom = min(max(box.top + box.height, top), 1.0)
     fx0, fy0, fx1, fy1 = left * w, top * h, right * w, bottom * h
     if fx1 - fx0 < 1 or fy1 - fy0 < 1:
-        raise PermanentStepError("The face position for this photo lies outside the photo; please re-upload the photo.")
+        raise PermanentStepError(
+            "The face position for this photo lies outside the photo; please re-upload the photo."
+        )
     cx, cy = (fx0 + fx1) / 2, (fy0 + fy1) / 2
     side = max(fx1 - fx0, fy1 - fy0) * (1 + 2 * FACE_MARGIN)
     side = min(side, w, h)
@@ -1199,7 +1244,8 @@ def _face_disc(photo: bytes, face: Face, radius: float) -> tuple[Image.Image, RG
     # Skin tone: median of the cheeks/nose band, which avoids hair, eyes and background.
     sk = np.asarray(img.crop((int(fx0 + 0.3 * (fx1 - fx0)), int(fy0 + 0.5 * (fy1 - fy0)),
                               max(int(fx0 + 0.7 * (fx1 - fx0)), int(fx0) + 1),
-                              max(int(fy0 + 0.72 * (fy1 - fy0)), int(fy0) + 1))), dtype=np.uint8).reshape(-1, 3)
+                              max(int(fy0 + 0.72 * (fy1 - fy0)), int(fy0) + 1))), dtype=np.uint8).reshape(-1,
+                                                                                                          3)
     skin: RGB = PLACEHOLDER_SKIN
     if len(sk):
         med = np.median(sk, axis=0)
@@ -1263,7 +1309,8 @@ def _ring(page: Image.Image, cx: float, cy: float, r: float, ink: RGB, width: fl
     page.paste(patch, (x0, y0), patch)
 
 
-def _paint_disc(page: Image.Image, cx: float, cy: float, r: float, fill: RGB, ink: RGB, ring_width: float) -> None:
+def _paint_disc(page: Image.Image, cx: float, cy: float, r: float, fill: RGB, ink: RGB,
+                ring_width: float) -> None:
     """Repaint a placeholder hand: filled disc with an ink outline, anti-aliased on a 4x patch."""
     k = 4
     half = r + ring_width + 2

@@ -184,7 +184,8 @@ def decode_photo(
             "The photo is too large to process. Please upload a smaller JPEG or PNG."
         ) from exc
     # Pillow's decoders report bad bytes with these; anything else is our bug and propagates.
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError, EOFError, struct.error, IndexError) as exc:
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError, EOFError, struct.error,
+            IndexError) as exc:
         raise PermanentStepError(UNREADABLE_MESSAGE) from exc
 
     # Size of the upright original: orientations 5-8 swap width and height.
@@ -313,8 +314,11 @@ def _group(rects: np.ndarray, weights: np.ndarray, min_neighbors: int, eps: floa
     np.maximum.at(best, labels, np.asarray(weights, dtype=np.float64))
     # Only classes above the threshold can be kept or can swallow another, so loop over those.
     strong = [int(c) for c in np.flatnonzero(counts > min_neighbors)]
-    # Integer sums divided by counts, rounded half-to-even like cvRound.
-    avg = {c: [int(round(float(v) / counts[c])) for v in sums[c]] for c in strong}
+    # OpenCV averages in single precision (float s = 1.f / n; cvRound(sum * s), half-to-even);
+    # doing it in doubles rounds some windows 1 px differently.
+    scaled = sums.astype(np.float32) * (np.float32(1.0) / counts.astype(np.float32))[:, None]
+    rounded = np.rint(scaled).astype(np.int64)
+    avg = {c: [int(v) for v in rounded[c]] for c in strong}
 
     hits: list[_Hit] = []
     for i in strong:
@@ -500,7 +504,9 @@ def _labels(faces: list[Face]) -> tuple[Label, ...]:
         Label(name="Person", confidence=best),
         Label(name="Face", confidence=best, instances=tuple(f.box for f in faces), parents=("Person",)),
     ]
-    smiles = [f.attributes["smile"]["confidence"] for f in faces if f.attributes.get("smile", {}).get("value")]
+    smiles = [
+        f.attributes["smile"]["confidence"] for f in faces if f.attributes.get("smile", {}).get("value")
+    ]
     if smiles:
         labels.append(Label(name="Smile", confidence=max(smiles), parents=("Face", "Person")))
     return tuple(labels)
@@ -537,7 +543,8 @@ def _face_from_dict(d: dict[str, Any]) -> Face:
         box=_box_from_json(d["bounding_box"]),
         confidence=float(d["confidence"]),
         landmarks=tuple(
-            Landmark(type=str(lm["type"]), x=float(lm["x"]), y=float(lm["y"])) for lm in d.get("landmarks", [])
+            Landmark(type=str(lm["type"]), x=float(lm["x"]), y=float(lm["y"]))
+            for lm in d.get("landmarks", [])
         ),
         attributes=copy.deepcopy(dict(d.get("attributes", {}))),
     )
@@ -563,7 +570,9 @@ def analysis_to_json(a: PhotoAnalysis) -> tuple[dict[str, Any], list[dict[str, A
 
 
 def analysis_from_json(
-    face_details: dict[str, Any], detected_labels: list[dict[str, Any]], detected_objects: list[dict[str, Any]]
+    face_details: dict[str, Any],
+    detected_labels: list[dict[str, Any]],
+    detected_objects: list[dict[str, Any]],
 ) -> PhotoAnalysis:
     """Inverse of analysis_to_json (instances come back from detected_objects by name)."""
     instances: dict[str, list[BoundingBox]] = {}
