@@ -52,7 +52,9 @@ result_backend = None
 
 # Flower / operators.
 worker_send_task_events = True
-task_send_sent_event = True
+# No task-sent events: each would be one more Redis publish per message on the hot path;
+# Flower still sees received/started/succeeded/failed from the workers.
+task_send_sent_event = False
 task_track_started = True
 
 worker_hijack_root_logger = False

@@ -128,7 +128,7 @@ def main() -> int:
     engine = create_engine(db_url)
     client = Celery("bench-client", broker=redis_url)
     logs = Path(tempfile.mkdtemp(prefix="storycreator-bench-logs-"))
-    tasks_per_story = 1 + 4 * args.pages  # generate + (text, image, personalize, finish) per page
+    tasks_per_story = 2 + 3 * args.pages  # generate + (text, image, personalize) per page + finish
 
     # 1a. bare no-op tasks, same count as the pipeline run below
     n_tasks = args.stories * tasks_per_story

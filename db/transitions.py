@@ -265,6 +265,21 @@ def complete_story(conn: Connection, story_id: str) -> bool:
     ).first() is not None
 
 
+def story_ready(conn: Connection, story_id: str) -> bool:
+    """Is the story processing with every page personalized (time for stories.finish)?"""
+    return bool(conn.execute(
+        text(
+            """
+            SELECT s.status = 'processing'
+                   AND NOT EXISTS (SELECT 1 FROM story_pages WHERE story_id = s.id
+                                    AND personalization_status IS DISTINCT FROM 'completed')
+              FROM stories s WHERE s.id = :id
+            """
+        ),
+        {"id": story_id},
+    ).scalar())
+
+
 def lock_story_if_done(conn: Connection, story_id: str) -> RowMapping | None:
     """Lock a processing story whose pages are all personalized; None if it is not ready, not
     processing, or another finisher holds it (SKIP LOCKED: that one will complete it)."""

@@ -1,7 +1,7 @@
 """The pipeline's steps as plain functions of ids: claim -> provider -> store -> record.
 
-Celery-free on purpose: the task layer (workers/tasks.py) maps a StepResult to "go on with the
-chain" / "stop the chain" and RetryLater to a delayed retry; tests and tools can call these
+Celery-free on purpose: the task layer (workers/tasks.py) maps a StepResult to "enqueue the
+next step" / "stop here" and RetryLater to a delayed retry; tests and tools can call these
 directly. Every step is idempotent: a completed column returns at once, a column another live
 copy holds is left alone, and results go to deterministic keys before the column completes.
 No database connection is held while a provider works.
@@ -366,7 +366,8 @@ def _page_step(
         if state is None:
             return StepResult(Outcome.STOPPED, "page not found", timer.timings)
         if state["status"] == "completed":
-            return StepResult(Outcome.ALREADY_DONE, "already done", timer.timings)
+            return StepResult(Outcome.ALREADY_DONE, "already done", timer.timings,
+                              context={"story": str(state["story_id"]), "page_number": state["page_number"]})
         if state["story_status"] != "processing":
             return StepResult(Outcome.STOPPED, f"story is {state['story_status']}", timer.timings)
         if state["prereq_status"] != "completed":
@@ -438,7 +439,14 @@ def personalize(page_id: str, attempt: Attempt = Attempt()) -> StepResult:
             p.storage.put(key, png, "image/png")
         return {"personalized_image_key": key}
 
-    return _page_step(page_id, "personalization", attempt, work)
+    result = _page_step(page_id, "personalization", attempt, work)
+    if result.chain_goes_on:
+        # The story barrier, checked after this page's completion committed: of the pages that
+        # finish at the same moment, at least the last to get here sees them all done. Also on
+        # a redelivered copy (already done): its first run may have died before enqueueing.
+        with autocommit() as c:
+            result.context["story_ready"] = tx.story_ready(c, result.context["story"])
+    return result
 
 
 # --- story completion -------------------------------------------------------------------------
@@ -446,8 +454,8 @@ def personalize(page_id: str, attempt: Attempt = Attempt()) -> StepResult:
 def finish_story(story_id: str, attempt: Attempt = Attempt()) -> StepResult:
     """processing -> completed once every page is personalized, after writing the book.
 
-    Runs at the end of every page's chain; only the one that finds all pages done (and wins
-    the row lock) assembles the book and completes the story, the others return at once."""
+    Enqueued by the personalization that finds every page done (two may, at the same moment):
+    only the one that wins the row lock assembles the book and completes the story."""
     timer = _Timer()
     try:
         with transaction() as c:

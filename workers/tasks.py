@@ -14,7 +14,7 @@ from collections.abc import Callable
 from enum import Enum
 from typing import Any
 
-from celery import Task, chain
+from celery import Task
 from sqlalchemy.exc import InterfaceError, OperationalError
 
 from pipeline import steps
@@ -70,7 +70,8 @@ def _log_line(stage: str, ids: dict[str, Any], attempt: int, result: steps.StepR
 def _run(task: Task, stage: str, ids: dict[str, Any],
          body: Callable[[steps.Attempt], steps.StepResult],
          after: Callable[[steps.StepResult], None] | None = None) -> str:
-    """Run one step: map its result to the chain (go on / stop) and RetryLater to a retry."""
+    """Run one step; ``after`` enqueues what comes next (only after the step committed), and
+    RetryLater becomes a delayed retry of this same task."""
     req = task.request
     attempt = steps.Attempt(req.retries, settings().max_retries, req.id)
     t0 = time.perf_counter()
@@ -85,10 +86,6 @@ def _run(task: Task, stage: str, ids: dict[str, Any],
     if after is not None:
         after(result)
     _log_line(stage, ids, attempt.number, result, result.outcome.value, (time.perf_counter() - t0) * 1000)
-    if not result.chain_goes_on:
-        # Stop this page's chain: the step failed (recorded) or another copy owns it.
-        req.chain = None
-        req.callbacks = None
     return f"{result.outcome.value}: {result.detail}" if result.detail else result.outcome.value
 
 
@@ -121,11 +118,11 @@ def generate_story(self: Task, story_id: str | None = None, **extra: Any) -> str
     assert sid is not None
 
     def fan_out(result: steps.StepResult) -> None:
-        # Only now: every row the pages need is committed. One chain per page, all pages in
-        # parallel; each chain ends with stories.finish, whose Postgres barrier completes the
-        # story when the last page is done (no Redis chord counter to lose or double).
+        # Only now: every row the pages need is committed. All pages start at once and each
+        # moves on by itself (text -> illustration -> personalization): pipelined, no stage
+        # barrier. A page with nothing left but the story's completion goes straight there.
         for page_id in result.fanout:
-            page_chain(page_id, sid).apply_async()
+            write_text.apply_async(kwargs={"page_id": page_id})
         if result.outcome is steps.Outcome.DONE and not result.fanout:
             finish_story.apply_async(kwargs={"story_id": sid})
 
@@ -136,17 +133,26 @@ def generate_story(self: Task, story_id: str | None = None, **extra: Any) -> str
 
 @app.task(base=StepTask, bind=True, name="pages.write_text")
 def write_text(self: Task, page_id: str) -> str:
-    return _run(self, "text", {"page": page_id}, lambda a: steps.write_text(page_id, a))
+    return _run(self, "text", {"page": page_id}, lambda a: steps.write_text(page_id, a),
+                _then(lambda: draw_base.apply_async(kwargs={"page_id": page_id})))
 
 
 @app.task(base=StepTask, bind=True, name="pages.draw_base")
 def draw_base(self: Task, page_id: str) -> str:
-    return _run(self, "image", {"page": page_id}, lambda a: steps.draw_base(page_id, a))
+    return _run(self, "image", {"page": page_id}, lambda a: steps.draw_base(page_id, a),
+                _then(lambda: personalize.apply_async(kwargs={"page_id": page_id})))
 
 
 @app.task(base=StepTask, bind=True, name="pages.personalize")
 def personalize(self: Task, page_id: str) -> str:
-    return _run(self, "personalization", {"page": page_id}, lambda a: steps.personalize(page_id, a))
+    def maybe_finish(result: steps.StepResult) -> None:
+        # The barrier is a Postgres query (steps.personalize), not a Redis chord counter:
+        # only a personalization that finds every page done enqueues the story's completion.
+        if result.chain_goes_on and result.context.get("story_ready"):
+            finish_story.apply_async(kwargs={"story_id": result.context["story"]})
+
+    return _run(self, "personalization", {"page": page_id}, lambda a: steps.personalize(page_id, a),
+                maybe_finish)
 
 
 @app.task(base=StepTask, bind=True, name="stories.finish")
@@ -154,11 +160,12 @@ def finish_story(self: Task, story_id: str) -> str:
     return _run(self, "finish", {"story": story_id}, lambda a: steps.finish_story(story_id, a))
 
 
-def page_chain(page_id: str, story_id: str) -> Any:
-    """text -> base image -> personalization -> story barrier, for one page."""
-    return chain(
-        write_text.si(page_id=page_id),
-        draw_base.si(page_id=page_id),
-        personalize.si(page_id=page_id),
-        finish_story.si(story_id=story_id),
-    )
+def _then(enqueue: Callable[[], Any]) -> Callable[[steps.StepResult], None]:
+    """The next step of this page, when this one is done (or was already done: a redelivered
+    copy whose first run died before enqueueing must still move the page on). Ids only."""
+
+    def after(result: steps.StepResult) -> None:
+        if result.chain_goes_on:
+            enqueue()
+
+    return after
