@@ -68,6 +68,9 @@ class Attempt:
     number: int = 0
     max_retries: int = 5
     task_id: str | None = None
+    # The broker delivered this message before (its worker died, or on Redis the visibility
+    # timeout passed), or this is our own retry: the claim we find may be our own dead one.
+    redelivered: bool = False
 
     @property
     def last(self) -> bool:
@@ -112,6 +115,18 @@ def backoff(attempt: int, retry_after: float | None) -> float:
         # Honour the provider's hint, plus a little jitter so released workers don't stampede.
         delay = max(delay, retry_after + random.uniform(0, min(1.0, retry_after * 0.1)))
     return round(delay, 3)
+
+
+def _held_elsewhere(what: str, age: Any, attempt: Attempt, timer: _Timer) -> StepResult:
+    """A live-looking claim by another copy. A fresh duplicate leaves it to that copy. A
+    redelivered message may be the only copy left (its first run died holding the claim: on
+    RabbitMQ it comes back at once, long before the lease runs out), so it comes back when the
+    lease has expired and takes over then, or finds the step done by a healthy holder."""
+    if not attempt.redelivered:
+        return StepResult(Outcome.STOPPED, f"{what} (held by another worker)", timer.timings)
+    left = settings().step_lease_seconds - (age.total_seconds() if age is not None else 0.0)
+    raise RetryLater(max(0.5, left) + random.uniform(0.2, 1.0), f"{what}: waiting for its lease",
+                     waiting=True)
 
 
 def valid_uuid(value: object) -> str | None:
@@ -186,7 +201,7 @@ def analyze_photo(photo_id: str, attempt: Attempt = Attempt()) -> StepResult:
                 tx.fail_photo(c, photo_id, msg, from_statuses=("pending", "processing"),
                               attempt=attempt.number, task_id=attempt.task_id)
             return StepResult(Outcome.FAILED, msg, timer.timings)
-        return StepResult(Outcome.STOPPED, "another worker is analysing this photo", timer.timings)
+        return _held_elsewhere("photo analysis in progress", state["age"], attempt, timer)
 
     def fail(msg: str) -> None:
         with autocommit() as c:
@@ -268,7 +283,7 @@ def generate_story(story_id: str, attempt: Attempt = Attempt()) -> StepResult:
             return StepResult(Outcome.ALREADY_DONE, "story already completed", timer.timings)
         if state["status"] == "failed":
             return StepResult(Outcome.STOPPED, "story failed earlier; use retry", timer.timings)
-        return StepResult(Outcome.STOPPED, "another worker is starting this story", timer.timings)
+        return _held_elsewhere("story start in progress", state["age"], attempt, timer)
 
     def fail(msg: str, stage: tx.Stage = "outline") -> StepResult:
         with autocommit() as c:
@@ -372,7 +387,9 @@ def _page_step(
             return StepResult(Outcome.STOPPED, f"story is {state['story_status']}", timer.timings)
         if state["prereq_status"] != "completed":
             return StepResult(Outcome.STOPPED, f"previous step is {state['prereq_status']}", timer.timings)
-        return StepResult(Outcome.STOPPED, f"step is {state['status']} (held elsewhere)", timer.timings)
+        if state["status"] == "processing":
+            return _held_elsewhere("step in progress", state["age"], attempt, timer)
+        return StepResult(Outcome.STOPPED, f"step is {state['status']}", timer.timings)
 
     label = STAGE_LABEL[stage]
     ctx = {"story": claim.story_id, "page_number": claim.page_number}

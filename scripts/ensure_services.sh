@@ -16,4 +16,9 @@ if command -v redis-cli >/dev/null && ! redis-cli -h 127.0.0.1 -p 6379 ping >/de
     --dir /var/lib/redis --logfile /var/log/redis/ci.log || true
   for _ in $(seq 1 30); do redis-cli -h 127.0.0.1 -p 6379 ping >/dev/null 2>&1 && break; sleep 1; done
 fi
+if command -v rabbitmq-server >/dev/null && ! (echo > /dev/tcp/127.0.0.1/5672) 2>/dev/null; then
+  echo "RabbitMQ is down; starting it" >&2
+  rabbitmq-server -detached || true
+  for _ in $(seq 1 60); do (echo > /dev/tcp/127.0.0.1/5672) 2>/dev/null && break; sleep 1; done
+fi
 exit 0

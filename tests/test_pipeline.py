@@ -270,3 +270,20 @@ def test_stale_claim_is_taken_over_but_fresh_one_is_not(clean_db: Db) -> None:
     # given the same claim, but its row untouched for longer than the lease (the worker died)
     clean_db.exec("UPDATE story_pages SET updated_at = now() - interval '1 hour' WHERE id = :p", p=page)
     assert steps.write_text(page).outcome is steps.Outcome.DONE
+
+
+def test_redelivered_copy_waits_for_the_lease_instead_of_dropping_the_step(clean_db: Db) -> None:
+    """On RabbitMQ a dead worker's message comes back at once, while its claim still looks
+    fresh: that copy must come back after the lease, not give up (the step would be lost)."""
+    from pipeline import steps
+
+    story = clean_db.story(clean_db.photo(astronaut_png()))
+    page = steps.generate_story(story).fanout[0]
+    clean_db.exec("UPDATE story_pages SET text_generation_status = 'processing' WHERE id = :p", p=page)
+    with pytest.raises(steps.RetryLater) as waited:
+        steps.write_text(page, steps.Attempt(redelivered=True))
+    lease = float(os.environ.get("STEP_LEASE_SECONDS", "300"))
+    assert waited.value.waiting and lease - 5 < waited.value.countdown <= lease + 1.5
+    # and nothing was changed meanwhile
+    assert clean_db.one("SELECT text_generation_status FROM story_pages WHERE id = :p",
+                        p=page)["text_generation_status"] == "processing"

@@ -84,3 +84,64 @@ def test_worker_killed_mid_step_and_story_still_completes(clean_db: Db, tmp_path
         if ln.get("page") in page_ids:
             seen[(ln["stage"], ln["page"])] = seen.get((ln["stage"], ln["page"]), 0) + 1
     assert len(seen) == 3 * len(pages) and set(seen.values()) == {1}, seen
+
+
+RABBIT = os.environ.get("TEST_AMQP_URL", "amqp://guest:guest@127.0.0.1:5672//")
+
+
+def _rabbit_answers() -> bool:
+    import socket
+    from urllib.parse import urlsplit
+
+    u = urlsplit(RABBIT)
+    try:
+        socket.create_connection((u.hostname, u.port or 5672), timeout=2).close()
+        return True
+    except OSError:
+        return False
+
+
+@pytest.mark.timeout(180)
+def test_rabbitmq_broker_killed_worker_redelivers_at_once(clean_db: Db, tmp_path: Path,
+                                                          request: pytest.FixtureRequest) -> None:
+    """The broker is a URL away: the same pipeline on RabbitMQ. There a killed worker's
+    unacknowledged messages come back as soon as its connection drops (no visibility timeout)."""
+    if not _rabbit_answers():
+        if os.environ.get("CI"):
+            raise AssertionError(f"RabbitMQ does not answer at {RABBIT}")
+        pytest.skip(f"RabbitMQ does not answer at {RABBIT}")
+    env = {"CELERY_BROKER_URL": RABBIT, "SIMULATED_PROVIDER_LATENCY": "1.0", "STEP_LEASE_SECONDS": "3"}
+    from kombu import Connection
+
+    with Connection(RABBIT) as conn:  # a clean slate: nothing left from an earlier run
+        for q in ("celery", "photos", "stories", "text", "images", "personalize"):
+            try:
+                conn.default_channel.queue_purge(q)
+            except Exception:  # noqa: BLE001 - the queue may not exist yet
+                conn.close()
+                conn.connect()
+    first = WorkerProcess(tmp_path / "first.log", env=env, concurrency=4)
+    request.addfinalizer(first.stop)
+    first.start()
+    story = clean_db.story(clean_db.photo(astronaut_png()))
+    external_send(RABBIT, "stories.generate", {"story_id": story})
+    deadline = time.monotonic() + 60
+    while clean_db.one(
+            """SELECT count(*) AS n FROM story_pages WHERE story_id = :s AND 'processing' IN
+               (text_generation_status, image_generation_status, personalization_status)""",
+            s=story)["n"] < 2:
+        assert time.monotonic() < deadline, "no page step started\n" + first.tail()
+        time.sleep(0.05)
+    first.kill()
+    second = WorkerProcess(tmp_path / "second.log", env=env, concurrency=4)
+    request.addfinalizer(second.stop)
+    second.start()
+    row = clean_db.wait_story(story, timeout=120)
+    assert row["status"] == "completed", (row["error_message"], second.tail())
+    done = _done_lines(first.log, second.log)
+    page_ids = {str(p["id"]) for p in clean_db.pages(story)}
+    seen: dict[tuple[str, str], int] = {}
+    for ln in done:
+        if ln.get("page") in page_ids:
+            seen[(ln["stage"], ln["page"])] = seen.get((ln["stage"], ln["page"]), 0) + 1
+    assert len(seen) == 3 * len(page_ids) and set(seen.values()) == {1}, seen

@@ -73,7 +73,8 @@ def _run(task: Task, stage: str, ids: dict[str, Any],
     """Run one step; ``after`` enqueues what comes next (only after the step committed), and
     RetryLater becomes a delayed retry of this same task."""
     req = task.request
-    attempt = steps.Attempt(req.retries, settings().max_retries, req.id)
+    redelivered = bool((req.delivery_info or {}).get("redelivered")) or req.retries > 0
+    attempt = steps.Attempt(req.retries, settings().max_retries, req.id, redelivered)
     t0 = time.perf_counter()
     try:
         result = body(attempt)
