@@ -9,34 +9,31 @@ import os
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
+from typing import Any
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 
 
-def _int(name: str, default: int, lo: int, hi: int) -> int:
+def _number(name: str, default: float, lo: float, hi: float, kind: type = float) -> Any:
     raw = os.environ.get(name)
     if raw is None or raw.strip() == "":
-        return default
+        return kind(default)
     try:
-        value = int(raw)
+        value = kind(raw)
     except ValueError:
-        raise SystemExit(f"configuration error: {name}={raw!r} is not a whole number") from None
+        what = "a whole number" if kind is int else "a number"
+        raise SystemExit(f"configuration error: {name}={raw!r} is not {what}") from None
     if not lo <= value <= hi:
         raise SystemExit(f"configuration error: {name}={value} must be between {lo} and {hi}")
     return value
+
+
+def _int(name: str, default: int, lo: int, hi: int) -> int:
+    return int(_number(name, default, lo, hi, int))
 
 
 def _float(name: str, default: float, lo: float, hi: float) -> float:
-    raw = os.environ.get(name)
-    if raw is None or raw.strip() == "":
-        return default
-    try:
-        value = float(raw)
-    except ValueError:
-        raise SystemExit(f"configuration error: {name}={raw!r} is not a number") from None
-    if not lo <= value <= hi:
-        raise SystemExit(f"configuration error: {name}={value} must be between {lo} and {hi}")
-    return value
+    return float(_number(name, default, lo, hi, float))
 
 
 def _choice(name: str, default: str, choices: tuple[str, ...]) -> str:
