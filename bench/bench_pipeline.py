@@ -29,17 +29,21 @@ QUEUES = "celery,photos,stories,text,images,personalize"
 
 
 def start_worker(app: str, queues: str, concurrency: int, env: dict[str, str], log: Path) -> subprocess.Popen:  # type: ignore[type-arg]
+    from celery import Celery
+
     fh = open(log, "wb")
+    name = f"bench-{uuid.uuid4().hex[:6]}@localhost"
     p = subprocess.Popen(
         [CELERY, "-A", app, "worker", "--pool", "threads", "--concurrency", str(concurrency), "-Q", queues,
-         "-n", f"bench-{uuid.uuid4().hex[:6]}@%h", "--without-gossip", "--without-mingle",
-         "--loglevel", "WARNING"],
+         "-n", name, "--without-gossip", "--without-mingle", "--loglevel", "WARNING"],
         cwd=ROOT, env=env, stdout=fh, stderr=subprocess.STDOUT, start_new_session=True,
     )
-    # ready when it consumes: wait for the log's "ready" or a short fixed warm-up at WARNING level
-    time.sleep(3.0)
-    if p.poll() is not None:
-        raise SystemExit(f"worker for {app} exited:\n{log.read_text()}")
+    # Timing starts only once the worker answers a ping (it has booted and warmed up).
+    control = Celery("bench-control", broker=env["CELERY_BROKER_URL"])
+    deadline = time.monotonic() + 60
+    while not control.control.ping(destination=[name], timeout=0.5):
+        if p.poll() is not None or time.monotonic() > deadline:
+            raise SystemExit(f"worker for {app} did not start:\n{log.read_text()}")
     return p
 
 

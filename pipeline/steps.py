@@ -22,7 +22,8 @@ from db.engine import autocommit, transaction
 from pipeline.config import settings
 from pipeline.errors import PermanentStepError, TransientStepError
 from pipeline.providers.base import Outline, PageRequest, StoryRequest
-from pipeline.providers.registry import providers, read_photo
+from pipeline import cpu
+from pipeline.providers.registry import output_storage, providers, read_photo
 from pipeline.storage import ObjectMissing, book_key, page_image_key
 from pipeline.themes import THEMES, resolve_theme
 
@@ -485,10 +486,18 @@ def finish_story(story_id: str, attempt: Attempt = Attempt()) -> StepResult:
                 return StepResult(Outcome.STOPPED, "pages still running or story not processing",
                                   timer.timings)
             with timer.phase("book"):
-                write_book(story_id, story["title"] or "", story["child_name"], story["story_theme"],
-                           tx.book_pages(c, story_id))
+                pages = [dict(p) for p in tx.book_pages(c, story_id)]
+                timer.timings.update(cpu.run(write_book, story_id, story["title"] or "",
+                                             story["child_name"], story["story_theme"], pages))
             with timer.phase("record"):
                 tx.complete_story(c, story_id)
+    except TransientStepError as e:
+        if attempt.last:
+            msg = f"The book could not be assembled after {attempt.number + 1} tries: {e}"
+            with autocommit() as c:
+                tx.fail_story(c, story_id, msg, "finish", attempt=attempt.number, task_id=attempt.task_id)
+            return StepResult(Outcome.FAILED, msg, timer.timings)
+        raise RetryLater(backoff(attempt.number, None), str(e)) from None
     except Exception as e:  # noqa: BLE001 - record, don't loop: an operator can retry
         log.exception("book assembly failed for story %s", story_id)
         msg = f"The book could not be assembled ({type(e).__name__}); an operator can retry it."
@@ -498,13 +507,18 @@ def finish_story(story_id: str, attempt: Attempt = Attempt()) -> StepResult:
     return StepResult(Outcome.DONE, "story completed", timer.timings)
 
 
-def write_book(story_id: str, title: str, child_name: str, theme_raw: str, pages: list[Any]) -> None:
-    """The book as PDF and HTML at deterministic keys beside the page images."""
+def write_book(story_id: str, title: str, child_name: str, theme_raw: str,
+               pages: list[Any]) -> dict[str, float]:
+    """The book as PDF and HTML at deterministic keys beside the page images; returns its
+    phase timings (ms). Runs in a CPU process (pipeline.cpu): plain arguments, its own
+    storage client."""
     from pipeline.book import Book, BookPage, render_html, render_pdf
 
-    storage = providers().storage
+    timer = _Timer()
+    storage = output_storage()
+    with timer.phase("book_read"):
+        images = [storage.get(p["personalized_image_key"]) for p in pages]
     theme = resolve_theme(theme_raw)
-    images = [storage.get(p["personalized_image_key"]) for p in pages]
     book = Book(
         title=title, child_name=" ".join(child_name.split()),
         theme_title=theme.title if theme else theme_raw,
@@ -513,6 +527,11 @@ def write_book(story_id: str, title: str, child_name: str, theme_raw: str, pages
     )
     prefix = f"stories/{story_id}/"
     urls = [p["personalized_image_key"].removeprefix(prefix) for p in pages]
-    storage.put(book_key(story_id, "pdf"), render_pdf(book), "application/pdf")
-    storage.put(book_key(story_id, "html"), render_html(book, urls, urls[0] if urls else None).encode(),
-                "text/html; charset=utf-8")
+    with timer.phase("book_pdf"):
+        pdf = render_pdf(book)
+    with timer.phase("book_html"):
+        page = render_html(book, urls, urls[0] if urls else None).encode()
+    with timer.phase("book_store"):
+        storage.put(book_key(story_id, "pdf"), pdf, "application/pdf")
+        storage.put(book_key(story_id, "html"), page, "text/html; charset=utf-8")
+    return timer.timings

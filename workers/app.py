@@ -25,10 +25,13 @@ def _setup_logging(**_: Any) -> None:
 def _warm_up(**_: Any) -> None:
     """Pay the one-time costs (OpenCV cascades, fonts, the first DB connection) at boot, not
     inside the first story's critical path."""
+    from pipeline import cpu
     from pipeline.providers.registry import providers
 
     providers()
-    import pipeline.book  # noqa: F401  (fpdf2 and font discovery)
+    import pipeline.providers.local_vision  # noqa: F401  (OpenCV; its JSON helpers serve every analyzer)
+
+    cpu.warm_up()
 
     from db.engine import get_engine
 
@@ -50,5 +53,7 @@ def _fresh_engine_after_fork(**_: Any) -> None:
 @signals.worker_shutdown.connect
 def _dispose_engine(**_: Any) -> None:
     from db.engine import dispose_engine
+    from pipeline import cpu
 
     dispose_engine()
+    cpu.shutdown()

@@ -85,10 +85,15 @@ def _build(s: Settings) -> Providers:
     if s.simulated_latency > 0:
         vision, writer, illustrator = (_Slow(p, s.simulated_latency) for p in (vision, writer, illustrator))
 
+    return Providers(vision, writer, illustrator, output_storage())
+
+
+def output_storage() -> Storage:
+    """Where generated images and books go (cheap to build: no provider SDKs are loaded)."""
+    s = settings()
     if s.storage_backend != "local":
         raise SystemExit(f"configuration error: storage backend {s.storage_backend!r} is not available")
-    storage = LocalStorage(s.local_storage_root)
-    return Providers(vision, writer, illustrator, storage)
+    return LocalStorage(s.local_storage_root)
 
 
 def providers() -> Providers:
