@@ -41,7 +41,9 @@ task_routes = {
 task_acks_late = True
 task_reject_on_worker_lost = True
 worker_prefetch_multiplier = 1
-task_acks_on_failure_or_timeout = True  # an error is recorded in Postgres; don't redeliver it
+# A task that raised has recorded its error in Postgres (or is a bug): ack it, don't redeliver.
+task_acks_on_failure = True
+task_acks_on_timeout = True
 
 # JSON only: ids cross the broker, never objects or image bytes.
 task_serializer = "json"

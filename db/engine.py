@@ -1,4 +1,8 @@
-"""One engine per process, built lazily after fork and disposed at shutdown; a session per task.
+"""One engine per process, built lazily after fork and disposed at shutdown.
+
+Steps take a connection per guarded statement (autocommit) or per short transaction, never one
+held across a provider call (image models take up to a minute): a pool of a few connections
+serves many concurrent steps.
 
 A pool shared across fork() hands the same socket to two processes, so the engine is keyed by
 pid: a forked child that inherits the parent's engine drops it (without closing the parent's
@@ -14,18 +18,16 @@ from pathlib import Path
 
 from sqlalchemy import Engine, create_engine, text
 from sqlalchemy.engine import Connection, make_url
-from sqlalchemy.orm import Session, sessionmaker
 
 from pipeline.config import PROJECT_ROOT, settings
 
 _lock = threading.Lock()
 _engine: Engine | None = None
 _engine_pid: int | None = None
-_sessions: sessionmaker[Session] | None = None
 
 
 def get_engine() -> Engine:
-    global _engine, _engine_pid, _sessions
+    global _engine, _engine_pid
     pid = os.getpid()
     if _engine is not None and _engine_pid == pid:
         return _engine
@@ -47,33 +49,15 @@ def get_engine() -> Engine:
                 connect_args={"application_name": f"storycreator-{pid}", "connect_timeout": 10},
             )
             _engine_pid = pid
-            _sessions = sessionmaker(_engine, expire_on_commit=False)
         return _engine
 
 
 def dispose_engine() -> None:
-    global _engine, _sessions
+    global _engine
     with _lock:
         if _engine is not None and _engine_pid == os.getpid():
             _engine.dispose()
         _engine = None
-        _sessions = None
-
-
-@contextmanager
-def session_scope() -> Iterator[Session]:
-    """A session that commits on success and rolls back on any error."""
-    get_engine()
-    assert _sessions is not None
-    session = _sessions()
-    try:
-        yield session
-        session.commit()
-    except BaseException:
-        session.rollback()
-        raise
-    finally:
-        session.close()
 
 
 @contextmanager
