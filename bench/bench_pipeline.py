@@ -10,6 +10,7 @@
 
 Uses its own database (storycreator_bench) and Redis database 13; starts and stops its workers.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -34,9 +35,29 @@ def start_worker(app: str, queues: str, concurrency: int, env: dict[str, str], l
     fh = open(log, "wb")
     name = f"bench-{uuid.uuid4().hex[:6]}@localhost"
     p = subprocess.Popen(
-        [CELERY, "-A", app, "worker", "--pool", "threads", "--concurrency", str(concurrency), "-Q", queues,
-         "-n", name, "--without-gossip", "--without-mingle", "--loglevel", "WARNING"],
-        cwd=ROOT, env=env, stdout=fh, stderr=subprocess.STDOUT, start_new_session=True,
+        [
+            CELERY,
+            "-A",
+            app,
+            "worker",
+            "--pool",
+            "threads",
+            "--concurrency",
+            str(concurrency),
+            "-Q",
+            queues,
+            "-n",
+            name,
+            "--without-gossip",
+            "--without-mingle",
+            "--loglevel",
+            "WARNING",
+        ],
+        cwd=ROOT,
+        env=env,
+        stdout=fh,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
     )
     # Timing starts only once the worker answers a ping (it has booted and warmed up).
     control = Celery("bench-control", broker=env["CELERY_BROKER_URL"])
@@ -71,18 +92,31 @@ def insert_stories(engine, storage: Path, n: int) -> list[str]:  # type: ignore[
     img = photo_bytes()
     ids = []
     with engine.begin() as c:
-        user = c.execute(text("INSERT INTO users (email) VALUES (:e) RETURNING id"),
-                         {"e": f"bench-{uuid.uuid4().hex}@example.com"}).scalar()
+        user = c.execute(
+            text("INSERT INTO users (email) VALUES (:e) RETURNING id"), {"e": f"bench-{uuid.uuid4().hex}@example.com"}
+        ).scalar()
         for _ in range(n):
             key = f"uploads/{uuid.uuid4()}.png"
             (storage / key).parent.mkdir(parents=True, exist_ok=True)
             (storage / key).write_bytes(img)
-            photo = c.execute(text(
-                "INSERT INTO photos (user_id, storage_provider, object_key, filename, content_type, status) "
-                "VALUES (:u, 'local', :k, 'a.png', 'image/png', 'uploaded') RETURNING id"), {"u": user, "k": key}).scalar()
-            ids.append(str(c.execute(text(
-                "INSERT INTO stories (user_id, child_name, child_age, story_theme, protagonist_photo_id) "
-                "VALUES (:u, 'Mia', 6, 'space_adventure', :p) RETURNING id"), {"u": user, "p": photo}).scalar()))
+            photo = c.execute(
+                text(
+                    "INSERT INTO photos (user_id, storage_provider, object_key, filename, content_type, status) "
+                    "VALUES (:u, 'local', :k, 'a.png', 'image/png', 'uploaded') RETURNING id"
+                ),
+                {"u": user, "k": key},
+            ).scalar()
+            ids.append(
+                str(
+                    c.execute(
+                        text(
+                            "INSERT INTO stories (user_id, child_name, child_age, story_theme, protagonist_photo_id) "
+                            "VALUES (:u, 'Mia', 6, 'space_adventure', :p) RETURNING id"
+                        ),
+                        {"u": user, "p": photo},
+                    ).scalar()
+                )
+            )
     return ids
 
 
@@ -92,8 +126,10 @@ def wait_stories(engine, ids: list[str], timeout: float) -> float:  # type: igno
     t0 = time.perf_counter()
     while time.perf_counter() - t0 < timeout:
         with engine.connect() as c:
-            rows = c.execute(text("SELECT status, count(*) FROM stories WHERE id = ANY(CAST(:ids AS uuid[])) GROUP BY status"),
-                             {"ids": ids}).all()
+            rows = c.execute(
+                text("SELECT status, count(*) FROM stories WHERE id = ANY(CAST(:ids AS uuid[])) GROUP BY status"),
+                {"ids": ids},
+            ).all()
         counts = dict(rows)  # type: ignore[arg-type]
         if counts.get("failed"):
             raise SystemExit(f"stories failed during the bench: {counts}")
@@ -114,10 +150,19 @@ def main() -> int:
     redis_url = os.environ.get("BENCH_REDIS_URL", "redis://127.0.0.1:6379/13")
     db_url = os.environ.get("BENCH_DATABASE_URL", "postgresql+psycopg2://postgres@127.0.0.1:5432/storycreator_bench")
     storage = Path(tempfile.mkdtemp(prefix="storycreator-bench-"))
-    env = {**os.environ, "DATABASE_URL": db_url, "CELERY_BROKER_URL": redis_url, "REDIS_URL": redis_url,
-           "BENCH_COUNTER_URL": redis_url, "LOCAL_STORAGE_ROOT": str(storage),
-           "STORY_PAGE_COUNT": str(args.pages), "LOG_LEVEL": os.environ.get("BENCH_LOG_LEVEL", "WARNING"),
-           "VISION_PROVIDER": "instant", "TEXT_PROVIDER": "instant", "IMAGE_PROVIDER": "instant"}
+    env = {
+        **os.environ,
+        "DATABASE_URL": db_url,
+        "CELERY_BROKER_URL": redis_url,
+        "REDIS_URL": redis_url,
+        "BENCH_COUNTER_URL": redis_url,
+        "LOCAL_STORAGE_ROOT": str(storage),
+        "STORY_PAGE_COUNT": str(args.pages),
+        "LOG_LEVEL": os.environ.get("BENCH_LOG_LEVEL", "WARNING"),
+        "VISION_PROVIDER": "instant",
+        "TEXT_PROVIDER": "instant",
+        "IMAGE_PROVIDER": "instant",
+    }
     os.environ.update({k: env[k] for k in ("DATABASE_URL", "CELERY_BROKER_URL", "LOCAL_STORAGE_ROOT")})
 
     import redis
@@ -173,10 +218,14 @@ def main() -> int:
     critical = 5 * args.latency
     engine.dispose()
 
-    print(f"orchestration: {n_tasks} tasks; bare no-op {bare:.0f} tasks/s, pipeline {pipeline:.0f} tasks/s "
-          f"-> ratio {pipeline / bare:.2f}x (target >= 0.5x)")
-    print(f"latency: {args.pages}-page story with {args.latency:.1f}s per provider call: {latency:.2f}s vs critical "
-          f"path {critical:.2f}s -> ratio {latency / critical:.3f}x (target <= 1.10x)")
+    print(
+        f"orchestration: {n_tasks} tasks; bare no-op {bare:.0f} tasks/s, pipeline {pipeline:.0f} tasks/s "
+        f"-> ratio {pipeline / bare:.2f}x (target >= 0.5x)"
+    )
+    print(
+        f"latency: {args.pages}-page story with {args.latency:.1f}s per provider call: {latency:.2f}s vs critical "
+        f"path {critical:.2f}s -> ratio {latency / critical:.3f}x (target <= 1.10x)"
+    )
     print(f"(threads pool, concurrency {args.concurrency}; broker {redis_url}; logs in {logs})")
     return 0
 

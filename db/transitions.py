@@ -136,7 +136,7 @@ def release_photo(conn: Connection, photo_id: str, message: str, attempt: int, t
 def claim_story(conn: Connection, story_id: str, lease: float) -> RowMapping | None:
     return conn.execute(
         text(
-            f"""
+            """
             UPDATE stories SET status = 'processing', error_message = NULL
              WHERE id = :id AND (status = 'pending' OR
                    (status = 'processing' AND updated_at < now() - make_interval(secs => :lease)))

@@ -183,7 +183,7 @@ def _font_template(path: Path, style: str, common_only: bool) -> tuple[TTFFont, 
         tmp.flush()
         scratch = FPDF()
         scratch.add_font("template", style=style, fname=tmp.name)
-    return scratch.fonts[f"template{style}"], data
+    return cast(TTFFont, scratch.fonts[f"template{style}"]), data
 
 
 def _add_font(pdf: FPDF, family: str, path: Path, style: str = "", text: str = "") -> None:

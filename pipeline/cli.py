@@ -2,6 +2,7 @@
 
 Exit codes: 0 done, 1 nothing done / not found, 2 usage error.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -23,22 +24,52 @@ def cmd_status(args: argparse.Namespace) -> int:
         print(f"error: {args.story!r} is not a story id (UUID)", file=sys.stderr)
         return 2
     with transaction() as c:
-        story = c.execute(text("SELECT id, status, title, error_message, child_age, story_theme, updated_at "
-                               "FROM stories WHERE id = :s"), {"s": sid}).mappings().first()
+        story = (
+            c.execute(
+                text(
+                    "SELECT id, status, title, error_message, child_age, story_theme, updated_at "
+                    "FROM stories WHERE id = :s"
+                ),
+                {"s": sid},
+            )
+            .mappings()
+            .first()
+        )
         if story is None:
             print(f"no story {sid}", file=sys.stderr)
             return 1
-        pages = c.execute(text(
-            "SELECT page_number, text_generation_status AS text, image_generation_status AS image, "
-            "personalization_status AS personalization, updated_at FROM story_pages "
-            "WHERE story_id = :s ORDER BY page_number"), {"s": sid}).mappings().all()
-        errors = c.execute(text(
-            "SELECT e.stage, p.page_number, e.permanent, e.message, e.created_at FROM step_errors e "
-            "LEFT JOIN story_pages p ON p.id = e.page_id WHERE e.story_id = :s OR e.photo_id = "
-            "(SELECT protagonist_photo_id FROM stories WHERE id = :s) ORDER BY e.created_at"), {"s": sid}).mappings().all()
+        pages = (
+            c.execute(
+                text(
+                    "SELECT page_number, text_generation_status AS text, image_generation_status AS image, "
+                    "personalization_status AS personalization, updated_at FROM story_pages "
+                    "WHERE story_id = :s ORDER BY page_number"
+                ),
+                {"s": sid},
+            )
+            .mappings()
+            .all()
+        )
+        errors = (
+            c.execute(
+                text(
+                    "SELECT e.stage, p.page_number, e.permanent, e.message, e.created_at FROM step_errors e "
+                    "LEFT JOIN story_pages p ON p.id = e.page_id WHERE e.story_id = :s OR e.photo_id = "
+                    "(SELECT protagonist_photo_id FROM stories WHERE id = :s) ORDER BY e.created_at"
+                ),
+                {"s": sid},
+            )
+            .mappings()
+            .all()
+        )
     if args.json:
-        print(json.dumps({"story": dict(story), "pages": [dict(p) for p in pages],
-                          "errors": [dict(e) for e in errors]}, default=str, indent=2))
+        print(
+            json.dumps(
+                {"story": dict(story), "pages": [dict(p) for p in pages], "errors": [dict(e) for e in errors]},
+                default=str,
+                indent=2,
+            )
+        )
         return 0
     print(f"story {story['id']}  {story['status']}  “{story['title'] or ''}”")
     if story["error_message"]:
@@ -62,10 +93,18 @@ def cmd_retry(args: argparse.Namespace) -> int:
         print(f"error: {args.story!r} is not a story id (UUID)", file=sys.stderr)
         return 2
     plan = retry_story(sid, force=args.force, dry_run=args.dry_run)
-    out: dict[str, Any] = {"story": sid, "ok": plan.ok, "message": plan.message,
-                           "pages_reset": plan.reset_pages, "photo_reset": plan.reset_photo}
-    print(json.dumps(out) if args.json else f"{sid}: {plan.message} "
-          f"({plan.reset_pages} page(s) with failed steps, photo reset: {plan.reset_photo})")
+    out: dict[str, Any] = {
+        "story": sid,
+        "ok": plan.ok,
+        "message": plan.message,
+        "pages_reset": plan.reset_pages,
+        "photo_reset": plan.reset_photo,
+    }
+    print(
+        json.dumps(out)
+        if args.json
+        else f"{sid}: {plan.message} ({plan.reset_pages} page(s) with failed steps, photo reset: {plan.reset_photo})"
+    )
     return 0 if plan.ok else 1
 
 

@@ -14,15 +14,15 @@ import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from enum import Enum
+from enum import StrEnum
 from typing import Any, TypeVar
 
 from db import transitions as tx
 from db.engine import autocommit, transaction
+from pipeline import cpu
 from pipeline.config import settings
 from pipeline.errors import PermanentStepError, TransientStepError
 from pipeline.providers.base import Outline, PageRequest, StoryRequest
-from pipeline import cpu
 from pipeline.providers.registry import output_storage, providers, read_photo
 from pipeline.storage import ObjectMissing, book_key, page_image_key
 from pipeline.themes import THEMES, resolve_theme
@@ -42,7 +42,7 @@ STAGE_LABEL: dict[str, str] = {
 }
 
 
-class Outcome(str, Enum):
+class Outcome(StrEnum):
     DONE = "done"  # did the work; the chain goes on
     ALREADY_DONE = "already_done"  # idempotent no-op; the chain goes on
     STOPPED = "stopped"  # nothing to do now (failed, held by another copy, not ready)
@@ -522,7 +522,7 @@ def write_book(story_id: str, title: str, child_name: str, theme_raw: str,
     book = Book(
         title=title, child_name=" ".join(child_name.split()),
         theme_title=theme.title if theme else theme_raw,
-        pages=[BookPage(p["page_number"], p["text"] or "", img) for p, img in zip(pages, images)],
+        pages=[BookPage(p["page_number"], p["text"] or "", img) for p, img in zip(pages, images, strict=True)],
         cover_image=images[0] if images else None,
     )
     prefix = f"stories/{story_id}/"

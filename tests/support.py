@@ -1,6 +1,8 @@
 """Test helpers: rows inserted as the external API would, real worker processes, sample photos."""
+
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import os
@@ -65,8 +67,7 @@ class Db:
 
     def truncate(self) -> None:
         with self.engine.begin() as c:
-            c.execute(text("TRUNCATE users, photos, stories, story_pages, orders, story_outlines, "
-                           "step_errors CASCADE"))
+            c.execute(text("TRUNCATE users, photos, stories, story_pages, orders, story_outlines, step_errors CASCADE"))
 
     def one(self, sql: str, **params: Any) -> Any:
         with self.engine.begin() as c:
@@ -85,9 +86,17 @@ class Db:
         row = self.one("INSERT INTO users (email) VALUES (:e) RETURNING id", e=f"{uuid.uuid4()}@example.com")
         return str(row["id"])
 
-    def photo(self, image: bytes | None, *, status: str = "uploaded", user_id: str | None = None,
-              storage_provider: str = "local", bucket: str | None = None,
-              object_key: str | None = None, content_type: str = "image/png") -> str:
+    def photo(
+        self,
+        image: bytes | None,
+        *,
+        status: str = "uploaded",
+        user_id: str | None = None,
+        storage_provider: str = "local",
+        bucket: str | None = None,
+        object_key: str | None = None,
+        content_type: str = "image/png",
+    ) -> str:
         user_id = user_id or self.user()
         key = object_key or f"uploads/{uuid.uuid4()}.png"
         if image is not None:
@@ -98,17 +107,25 @@ class Db:
             """INSERT INTO photos (user_id, storage_provider, bucket, object_key, filename,
                                    content_type, status)
                VALUES (:u, :sp, :b, :k, 'child.png', :ct, :st) RETURNING id""",
-            u=user_id, sp=storage_provider, b=bucket, k=key, ct=content_type, st=status,
+            u=user_id,
+            sp=storage_provider,
+            b=bucket,
+            k=key,
+            ct=content_type,
+            st=status,
         )
         return str(row["id"])
 
-    def story(self, photo_id: str, *, name: str = "Mia", age: int = 6,
-              theme: str = "space_adventure") -> str:
+    def story(self, photo_id: str, *, name: str = "Mia", age: int = 6, theme: str = "space_adventure") -> str:
         user = self.one("SELECT user_id FROM photos WHERE id = :p", p=photo_id)["user_id"]
         row = self.one(
             """INSERT INTO stories (user_id, child_name, child_age, story_theme, protagonist_photo_id)
                VALUES (:u, :n, :a, :t, :p) RETURNING id""",
-            u=user, n=name, a=age, t=theme, p=photo_id,
+            u=user,
+            n=name,
+            a=age,
+            t=theme,
+            p=photo_id,
         )
         return str(row["id"])
 
@@ -119,7 +136,9 @@ class Db:
     def pages(self, story_id: str) -> list[Any]:
         return self.all("SELECT * FROM story_pages WHERE story_id = :s ORDER BY page_number", s=story_id)
 
-    def wait_story(self, story_id: str, timeout: float = 90, statuses: tuple[str, ...] = ("completed", "failed")) -> Any:
+    def wait_story(
+        self, story_id: str, timeout: float = 90, statuses: tuple[str, ...] = ("completed", "failed")
+    ) -> Any:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             row = self.story_row(story_id)
@@ -145,17 +164,22 @@ def stop_all_workers() -> None:
     """Session teardown: no worker outlives the tests (a stray one would steal later messages)."""
     for w in _STARTED:
         if w.proc is not None and w.proc.poll() is None:
-            try:
+            with contextlib.suppress(ProcessLookupError):
                 os.killpg(w.proc.pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
 
 
 class WorkerProcess:
     """A real `celery worker` process, as the Procfile runs it."""
 
-    def __init__(self, log: Path, *, env: dict[str, str] | None = None, pool: str = "threads",
-                 concurrency: int = 8, queues: str = ALL_QUEUES) -> None:
+    def __init__(
+        self,
+        log: Path,
+        *,
+        env: dict[str, str] | None = None,
+        pool: str = "threads",
+        concurrency: int = 8,
+        queues: str = ALL_QUEUES,
+    ) -> None:
         self.log = log
         self.env = {**os.environ, **(env or {})}
         self.pool, self.concurrency, self.queues = pool, concurrency, queues
@@ -166,10 +190,29 @@ class WorkerProcess:
         self.log.parent.mkdir(parents=True, exist_ok=True)
         self._fh = open(self.log, "ab")
         self.proc = subprocess.Popen(
-            [CELERY, "-A", "workers.app", "worker", "--pool", self.pool,
-             "--concurrency", str(self.concurrency), "-Q", self.queues, "-n", self.name,
-             "--without-gossip", "--without-mingle", "--loglevel", "INFO", "-E"],
-            cwd=ROOT, env=self.env, stdout=self._fh, stderr=subprocess.STDOUT,
+            [
+                CELERY,
+                "-A",
+                "workers.app",
+                "worker",
+                "--pool",
+                self.pool,
+                "--concurrency",
+                str(self.concurrency),
+                "-Q",
+                self.queues,
+                "-n",
+                self.name,
+                "--without-gossip",
+                "--without-mingle",
+                "--loglevel",
+                "INFO",
+                "-E",
+            ],
+            cwd=ROOT,
+            env=self.env,
+            stdout=self._fh,
+            stderr=subprocess.STDOUT,
             start_new_session=True,
         )
         _STARTED.append(self)
@@ -208,9 +251,11 @@ def external_send(broker_url: str, name: str, kwargs: dict[str, Any], times: int
     only the broker URL (none of our environment: Celery itself would let CELERY_BROKER_URL
     override the URL it is given)."""
     script = ROOT / "tests" / "external_client.py"
-    env = {k: v for k, v in os.environ.items()
-           if k in ("PATH", "HOME", "LANG", "LC_ALL", "TMPDIR", "SYSTEMROOT")}
+    env = {k: v for k, v in os.environ.items() if k in ("PATH", "HOME", "LANG", "LC_ALL", "TMPDIR", "SYSTEMROOT")}
     subprocess.run(
         [sys.executable, str(script), broker_url, name, *[json.dumps(kwargs)] * times],
-        cwd="/", check=True, timeout=60, env=env,
+        cwd="/",
+        check=True,
+        timeout=60,
+        env=env,
     )

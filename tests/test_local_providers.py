@@ -1,4 +1,5 @@
 """Tests for the offline providers: OpenCV Haar photo analysis and the Pillow illustrator."""
+
 from __future__ import annotations
 
 import hashlib
@@ -93,9 +94,7 @@ def _png_info(png: bytes) -> dict[str, object]:
 # --- photo analysis ---------------------------------------------------------------------------
 
 
-def test_astronaut_has_exactly_one_face_over_her_face(
-    analyzer: LocalPhotoAnalyzer, astronaut_jpeg: bytes
-) -> None:
+def test_astronaut_has_exactly_one_face_over_her_face(analyzer: LocalPhotoAnalyzer, astronaut_jpeg: bytes) -> None:
     # given the astronaut portrait
     # when it is analysed
     result = analyzer.analyze_photo(astronaut_jpeg)
@@ -154,9 +153,7 @@ def test_blurred_mouth_reports_no_smile(analyzer: LocalPhotoAnalyzer) -> None:
         ("solid colour", np.full((480, 640, 3), (200, 100, 50), dtype=np.uint8)),
     ],
 )
-def test_photos_without_people_have_no_faces(
-    analyzer: LocalPhotoAnalyzer, name: str, image: np.ndarray
-) -> None:
+def test_photos_without_people_have_no_faces(analyzer: LocalPhotoAnalyzer, name: str, image: np.ndarray) -> None:
     # given a photo with no human face
     # when analysed
     result = analyzer.analyze_photo(_encode(image))
@@ -181,9 +178,7 @@ def _truncated_jpeg() -> bytes:
         pytest.param(b"%PDF-1.4\n%...", id="pdf"),
     ],
 )
-def test_unreadable_bytes_raise_a_readable_permanent_error(
-    analyzer: LocalPhotoAnalyzer, payload: bytes
-) -> None:
+def test_unreadable_bytes_raise_a_readable_permanent_error(analyzer: LocalPhotoAnalyzer, payload: bytes) -> None:
     # given bytes that are not a readable photo
     # when analysed
     with pytest.raises(PermanentStepError) as err:
@@ -204,6 +199,7 @@ def test_heic_upload_gets_a_specific_message(analyzer: LocalPhotoAnalyzer) -> No
 
 def _png_header_only(width: int, height: int) -> bytes:
     """A PNG whose header claims a size; enough for Pillow to open it lazily."""
+
     def chunk(kind: bytes, body: bytes) -> bytes:
         return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
 
@@ -352,7 +348,9 @@ def test_own_grouping_matches_opencv_group_rectangles() -> None:
             hits = _group(rects, np.ravel(weights), min_neighbors, GROUP_EPS)
             ours = [(h.x, h.y, h.w, h.h, h.neighbors) for h in hits]
             cv_rects, cv_counts = cv2.groupRectangles(rects.tolist(), min_neighbors, GROUP_EPS)
-            theirs = [(*map(int, r), int(n)) for r, n in zip(cv_rects, cv_counts)] if len(cv_rects) else []
+            theirs = (
+                [(*map(int, r), int(n)) for r, n in zip(cv_rects, cv_counts, strict=False)] if len(cv_rects) else []
+            )
             # then the boxes and neighbour counts are identical
             assert ours == theirs
 
@@ -379,13 +377,13 @@ def test_own_grouping_matches_opencv_on_random_window_sets() -> None:
             hits = _group(rects, np.zeros(n), min_neighbors, GROUP_EPS)
             ours = [(h.x, h.y, h.w, h.h, h.neighbors) for h in hits]
             cv_rects, cv_counts = cv2.groupRectangles(rects.tolist(), min_neighbors, GROUP_EPS)
-            theirs = [(*map(int, r), int(c)) for r, c in zip(cv_rects, cv_counts)] if len(cv_rects) else []
+            theirs = (
+                [(*map(int, r), int(c)) for r, c in zip(cv_rects, cv_counts, strict=False)] if len(cv_rects) else []
+            )
             assert ours == theirs
 
 
-def test_analysis_from_several_threads_is_identical(
-    analyzer: LocalPhotoAnalyzer, astronaut_jpeg: bytes
-) -> None:
+def test_analysis_from_several_threads_is_identical(analyzer: LocalPhotoAnalyzer, astronaut_jpeg: bytes) -> None:
     # given one analysis as reference
     reference = analyzer.analyze_photo(astronaut_jpeg)
     # when the same photo is analysed concurrently (each thread has its own cascades)
@@ -450,7 +448,9 @@ def test_json_primary_face_is_the_largest_not_the_first() -> None:
 def test_face_from_json_rejects_malformed_rows() -> None:
     # given a stored row whose face lacks a bounding box
     bad = {
-        "detector": "x", "image": {"width": 1, "height": 1}, "primary_face_index": 0,
+        "detector": "x",
+        "image": {"width": 1, "height": 1},
+        "primary_face_index": 0,
         "faces": [{"confidence": 1}],
     }
     # when read, then a ValueError names the problem
@@ -496,7 +496,11 @@ def test_draw_base_is_deterministic_in_process_and_across_processes(illustrator:
         "sys.stdout.write(hashlib.sha256(LocalIllustrator().draw_base(req)).hexdigest())\n"
     )
     other = subprocess.run(
-        [sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, check=True,
+        [sys.executable, "-c", code],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        check=True,
         env={"PYTHONHASHSEED": "12345", "PATH": "/usr/bin:/bin"},
     ).stdout
     # then all three are byte-identical
@@ -559,8 +563,9 @@ def test_personalize_puts_the_photo_face_on_the_head(
     photo = Image.open(io.BytesIO(astronaut_jpeg)).convert("RGB")
     b = astronaut_face.box
     expected = np.asarray(
-        photo.crop(tuple(round(v * 512) for v in (b.left, b.top, b.left + b.width, b.top + b.height)))
-        .resize((face_px, face_px), Image.Resampling.LANCZOS),
+        photo.crop(tuple(round(v * 512) for v in (b.left, b.top, b.left + b.width, b.top + b.height))).resize(
+            (face_px, face_px), Image.Resampling.LANCZOS
+        ),
         dtype=np.int16,
     )
     x0, y0 = int(round(anchor.cx - face_px / 2)), int(round(anchor.cy - face_px / 2))
@@ -650,8 +655,11 @@ def test_personalize_without_anchor_uses_the_default_position(
 
 
 def test_personalize_from_a_large_jpeg_matches_the_small_photo(
-    illustrator: LocalIllustrator, analyzer: LocalPhotoAnalyzer, phone_photo: bytes,
-    astronaut_jpeg: bytes, astronaut_face: Face,
+    illustrator: LocalIllustrator,
+    analyzer: LocalPhotoAnalyzer,
+    phone_photo: bytes,
+    astronaut_jpeg: bytes,
+    astronaut_face: Face,
 ) -> None:
     # given the same face in a 4000x3000 JPEG (decoded at reduced scale) and in the 512 px photo
     req = _page("underwater", 3)
@@ -677,14 +685,14 @@ def test_personalize_rejects_unreadable_photos(illustrator: LocalIllustrator, as
         illustrator.personalize(base, b"\xff\xd8\xff\xe0 broken", astronaut_face, req)
 
 
-def test_personalize_clamps_face_boxes_outside_the_photo(
-    illustrator: LocalIllustrator, astronaut_jpeg: bytes
-) -> None:
+def test_personalize_clamps_face_boxes_outside_the_photo(illustrator: LocalIllustrator, astronaut_jpeg: bytes) -> None:
     # given face boxes hanging off the photo's edges
     req = _page("dinosaurs", 1)
     base = illustrator.draw_base(req)
     hanging = (
-        BoundingBox(-0.2, -0.1, 0.5, 0.5), BoundingBox(0.8, 0.85, 0.4, 0.4), BoundingBox(0.0, 0.0, 1.5, 1.5),
+        BoundingBox(-0.2, -0.1, 0.5, 0.5),
+        BoundingBox(0.8, 0.85, 0.4, 0.4),
+        BoundingBox(0.0, 0.0, 1.5, 1.5),
     )
     for box in hanging:
         # when personalised
@@ -698,9 +706,7 @@ def test_personalize_clamps_face_boxes_outside_the_photo(
         illustrator.personalize(base, astronaut_jpeg, outside, req)
 
 
-def test_personalize_handles_an_exif_rotated_photo(
-    illustrator: LocalIllustrator, analyzer: LocalPhotoAnalyzer
-) -> None:
+def test_personalize_handles_an_exif_rotated_photo(illustrator: LocalIllustrator, analyzer: LocalPhotoAnalyzer) -> None:
     # given the astronaut stored sideways with EXIF orientation 6, analysed by the local analyzer
     stored = Image.fromarray(skdata.astronaut()).transpose(Image.Transpose.ROTATE_90)
     exif = Image.Exif()

@@ -1,4 +1,5 @@
 """schema.sql is applied as-is; the SQLAlchemy models must describe exactly the same tables."""
+
 from __future__ import annotations
 
 import pytest
@@ -28,12 +29,12 @@ def test_models_match_schema_column_by_column(db: Db) -> None:
             assert live["nullable"] == c.nullable, f"{table.name}.{c.name} nullable"
             assert ("identity" in live) == (c.identity is not None), f"{table.name}.{c.name} identity"
             if c.identity is None:
-                assert (live["default"] is not None) == (c.server_default is not None), \
-                    f"{table.name}.{c.name} default"
+                assert (live["default"] is not None) == (c.server_default is not None), f"{table.name}.{c.name} default"
                 if c.server_default is not None:
                     model_default = str(c.server_default.arg).strip("'").lower()
-                    assert model_default.split("(")[0] in live["default"].lower(), \
+                    assert model_default.split("(")[0] in live["default"].lower(), (
                         f"{table.name}.{c.name}: default {live['default']} vs {model_default}"
+                    )
             model_type = c.type.compile(dialect=db.engine.dialect)
             live_type = live["type"].compile(dialect=db.engine.dialect)
             assert model_type.split("(")[0] == live_type.split("(")[0] or (
@@ -42,15 +43,25 @@ def test_models_match_schema_column_by_column(db: Db) -> None:
             if "(" in model_type or "(" in live_type:
                 assert model_type == live_type, f"{table.name}.{c.name} length"
         # same foreign keys (column -> table.column, on delete)
-        live_fks = {(tuple(fk["constrained_columns"]), fk["referred_table"], (fk["options"].get("ondelete") or "NO ACTION").upper())
-                    for fk in insp.get_foreign_keys(table.name)}
-        model_fks = {((fk.parent.name,), fk.column.table.name, (fk.ondelete or "NO ACTION").upper())
-                     for fk in table.foreign_keys}
+        live_fks = {
+            (
+                tuple(fk["constrained_columns"]),
+                fk["referred_table"],
+                (fk["options"].get("ondelete") or "NO ACTION").upper(),
+            )
+            for fk in insp.get_foreign_keys(table.name)
+        }
+        model_fks = {
+            ((fk.parent.name,), fk.column.table.name, (fk.ondelete or "NO ACTION").upper()) for fk in table.foreign_keys
+        }
         assert live_fks == model_fks, table.name
         # same unique constraints and check constraints (by name)
         live_uq = {tuple(u["column_names"]) for u in insp.get_unique_constraints(table.name)}
-        model_uq = {tuple(c.name for c in con.columns) for con in table.constraints
-                    if con.__class__.__name__ == "UniqueConstraint"}
+        model_uq = {
+            tuple(c.name for c in con.columns)
+            for con in table.constraints
+            if con.__class__.__name__ == "UniqueConstraint"
+        }
         model_uq |= {(c.name,) for c in table.columns if c.unique}
         assert live_uq == model_uq, table.name
         live_ck = {c["name"] for c in insp.get_check_constraints(table.name)}
@@ -68,8 +79,13 @@ def test_spec_indexes_on_fks_statuses_and_gin(db: Db) -> None:
     for t, cols in {
         "photos": ["user_id", "status", "ai_processing_status"],
         "stories": ["user_id", "story_theme", "protagonist_photo_id", "status"],
-        "story_pages": ["story_id", "page_number", "text_generation_status",
-                        "image_generation_status", "personalization_status"],
+        "story_pages": [
+            "story_id",
+            "page_number",
+            "text_generation_status",
+            "image_generation_status",
+            "personalization_status",
+        ],
         "orders": ["user_id", "story_id", "product_type", "status", "pod_order_id"],
     }.items():
         for col in cols:
@@ -96,20 +112,25 @@ def test_updated_at_trigger_for_raw_sql(clean_db: Db) -> None:
     # when a plain SQL writer changes another column
     clean_db.exec("UPDATE photos SET filename = 'x.png' WHERE id = :p", p=photo)
     # then updated_at moved to now
-    row = clean_db.one("SELECT updated_at, now() - updated_at < interval '1 minute' AS fresh FROM photos WHERE id = :p", p=photo)
+    row = clean_db.one(
+        "SELECT updated_at, now() - updated_at < interval '1 minute' AS fresh FROM photos WHERE id = :p", p=photo
+    )
     assert row["updated_at"] > before and row["fresh"]
 
 
-@pytest.mark.parametrize("sql", [
-    "UPDATE stories SET status = 'done' WHERE id = :s",
-    "INSERT INTO story_pages (story_id, page_number) VALUES (:s, 0)",
-    "INSERT INTO story_pages (story_id, page_number) VALUES (:s, 1), (:s, 1)",
-    "UPDATE story_pages SET personalization_status = 'almost' WHERE story_id = :s",
-    "INSERT INTO orders (user_id, story_id, product_type, amount, currency) "
-    "SELECT user_id, id, 'hardcover_book', -1, 'usd' FROM stories WHERE id = :s",
-    "INSERT INTO orders (user_id, story_id, product_type, amount, currency) "
-    "SELECT user_id, id, 'hardcover_book', 100, 'us' FROM stories WHERE id = :s",
-])
+@pytest.mark.parametrize(
+    "sql",
+    [
+        "UPDATE stories SET status = 'done' WHERE id = :s",
+        "INSERT INTO story_pages (story_id, page_number) VALUES (:s, 0)",
+        "INSERT INTO story_pages (story_id, page_number) VALUES (:s, 1), (:s, 1)",
+        "UPDATE story_pages SET personalization_status = 'almost' WHERE story_id = :s",
+        "INSERT INTO orders (user_id, story_id, product_type, amount, currency) "
+        "SELECT user_id, id, 'hardcover_book', -1, 'usd' FROM stories WHERE id = :s",
+        "INSERT INTO orders (user_id, story_id, product_type, amount, currency) "
+        "SELECT user_id, id, 'hardcover_book', 100, 'us' FROM stories WHERE id = :s",
+    ],
+)
 def test_constraints_reject_bad_rows(clean_db: Db, sql: str) -> None:
     story = clean_db.story(clean_db.photo(None))
     clean_db.exec("INSERT INTO story_pages (story_id, page_number) VALUES (:s, 2)", s=story)
@@ -127,5 +148,10 @@ def test_defaults_follow_spec(clean_db: Db) -> None:
     assert p["text_generation_status"] == p["image_generation_status"] == p["personalization_status"] == "pending"
     assert photo["ai_processing_status"] == "pending"
     with clean_db.engine.begin() as c:
-        d = c.execute(text("SELECT column_default FROM information_schema.columns WHERE table_name='photos' AND column_name='status'")).scalar()
+        d = c.execute(
+            text(
+                "SELECT column_default FROM information_schema.columns "
+                "WHERE table_name = 'photos' AND column_name = 'status'"
+            )
+        ).scalar()
     assert "pending_upload" in d

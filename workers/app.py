@@ -42,7 +42,6 @@ def _warm_up(**_: Any) -> None:
 @signals.worker_process_init.connect
 def _fresh_engine_after_fork(**_: Any) -> None:
     from db.engine import get_engine
-
     from pipeline.providers.registry import providers
 
     providers()

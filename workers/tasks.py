@@ -11,7 +11,7 @@ import json
 import logging
 import time
 from collections.abc import Callable
-from enum import Enum
+from enum import StrEnum
 from typing import Any
 
 from celery import Task
@@ -24,7 +24,7 @@ from workers.app import app
 log = logging.getLogger("storycreator.step")
 
 
-class Queue(str, Enum):
+class Queue(StrEnum):
     """Kept in sync with celeryconfig.task_queues and the Procfile's -Q list."""
 
     DEFAULT = "celery"
@@ -83,7 +83,7 @@ def _run(task: Task, stage: str, ids: dict[str, Any],
                   (time.perf_counter() - t0) * 1000)
         # Waiting for another step is bounded by that step's lease, not by our error budget.
         raise task.retry(countdown=r.countdown, max_retries=None if r.waiting else attempt.max_retries,
-                         exc=None)
+                         exc=None) from None
     if after is not None:
         after(result)
     _log_line(stage, ids, attempt.number, result, result.outcome.value, (time.perf_counter() - t0) * 1000)

@@ -22,8 +22,9 @@ import io
 import json
 import math
 import random
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any, Sequence
+from typing import Any, cast
 
 import numpy as np
 from PIL import Image, ImageDraw, ImageEnhance, PngImagePlugin, UnidentifiedImageError
@@ -1182,7 +1183,7 @@ class LocalIllustrator:
                 "The page illustration could not be read; it needs to be drawn again."
             ) from exc
         anchor = read_anchor(base) or default_anchor(page.width, page.height)
-        character = _read_character(info)
+        character = _read_character(cast(dict[str, object], info))
         ink_rgb = character.get("ink", [40, 32, 60])
         ink: RGB = (int(ink_rgb[0]), int(ink_rgb[1]), int(ink_rgb[2]))
 

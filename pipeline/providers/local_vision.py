@@ -175,7 +175,7 @@ def decode_photo(
             im.draft("RGB", (max(1, math.ceil(raw_w * s)), max(1, math.ceil(raw_h * s))))
         im.load()
         if orientation != 1:
-            im = ImageOps.exif_transpose(im)
+            im = ImageOps.exif_transpose(im)  # type: ignore[assignment]
         rgb = _to_rgb(im)
     except PermanentStepError:
         raise
@@ -226,7 +226,7 @@ def _cascade_specs() -> dict[str, _CascadeSpec]:
         if _specs is None:
             specs: dict[str, _CascadeSpec] = {}
             for key, name in _CASCADE_FILES.items():
-                path = cv2.data.haarcascades + name
+                path = cv2.data.haarcascades + name  # type: ignore[attr-defined]
                 with open(path, encoding="utf-8") as fh:
                     thresholds = re.findall(r"<stageThreshold>([^<]+)</stageThreshold>", fh.read())
                 if not thresholds:
