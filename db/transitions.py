@@ -40,16 +40,23 @@ def _claimable(col: str, updated_at: str = "updated_at") -> str:
 
 # --- photos -----------------------------------------------------------------------------------
 
+# The start of the failure message for a photo analysed before its upload finished. Such a
+# failure is not final: once the row says 'uploaded', the photo may be claimed again.
+NOT_UPLOADED_PREFIX = "The photo is not ready to analyse"
+
+
 def claim_photo(conn: Connection, photo_id: str, lease: float) -> RowMapping | None:
     return conn.execute(
         text(
             f"""
             UPDATE photos SET ai_processing_status = 'processing', ai_error_message = NULL
-             WHERE id = :id AND status = 'uploaded' AND {_claimable('ai_processing_status')}
+             WHERE id = :id AND status = 'uploaded'
+               AND ({_claimable('ai_processing_status')}
+                    OR (ai_processing_status = 'failed' AND starts_with(ai_error_message, :not_uploaded)))
             RETURNING id, storage_provider, bucket, object_key, content_type
             """
         ),
-        {"id": photo_id, "lease": lease},
+        {"id": photo_id, "lease": lease, "not_uploaded": NOT_UPLOADED_PREFIX},
     ).mappings().first()
 
 

@@ -195,7 +195,7 @@ def analyze_photo(photo_id: str, attempt: Attempt = Attempt()) -> StepResult:
             return StepResult(Outcome.STOPPED, "analysis failed earlier", timer.timings)
         if state["status"] != "uploaded":
             msg = (
-                f"The photo is not ready to analyse: its upload status is '{state['status']}', "
+                f"{tx.NOT_UPLOADED_PREFIX}: its upload status is '{state['status']}', "
                 "not 'uploaded'. Finish the upload, then retry."
             )
             with autocommit() as c:
@@ -303,7 +303,9 @@ def generate_story(story_id: str, attempt: Attempt = Attempt()) -> StepResult:
         photo = tx.photo_state(c, photo_id)
     if photo is None:  # the FK makes this impossible unless the row is deleted meanwhile
         return fail("The story's photo no longer exists.", "analysis")
-    if photo["ai_status"] in ("pending", "processing"):
+    uploaded_since = (photo["ai_status"] == "failed" and photo["status"] == "uploaded"
+                      and (photo["ai_error_message"] or "").startswith(tx.NOT_UPLOADED_PREFIX))
+    if photo["ai_status"] in ("pending", "processing") or uploaded_since:
         with timer.phase("analysis"):
             try:
                 result = analyze_photo(photo_id, attempt)

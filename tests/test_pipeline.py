@@ -286,3 +286,20 @@ def test_redelivered_copy_waits_for_the_lease_instead_of_dropping_the_step(clean
     # and nothing was changed meanwhile
     assert clean_db.one("SELECT text_generation_status FROM story_pages WHERE id = :p",
                         p=page)["text_generation_status"] == "processing"
+
+
+def test_photo_analysed_before_its_upload_finished_is_analysed_again_once_uploaded(
+        clean_db: Db, worker: WorkerProcess) -> None:
+    # given a photo analysed too early (its row still says pending_upload): analysis failed
+    photo = clean_db.photo(astronaut_png(), status="pending_upload")
+    external_send(BROKER, "photos.analyze", {"photo_id": photo})
+    row = clean_db.wait_photo(photo)
+    assert row["ai_processing_status"] == "failed" and "not 'uploaded'" in row["ai_error_message"]
+    # when the upload completes and the story is requested
+    clean_db.exec("UPDATE photos SET status = 'uploaded' WHERE id = :p", p=photo)
+    story = clean_db.story(photo)
+    external_send(BROKER, "stories.generate", {"story_id": story})
+    # then that failure did not stick: the photo is analysed and the story completes
+    assert clean_db.wait_story(story)["status"] == "completed"
+    assert clean_db.one("SELECT ai_processing_status FROM photos WHERE id = :p", p=photo)[
+        "ai_processing_status"] == "completed"
