@@ -35,6 +35,12 @@ task_routes = {
     "pages.write_text": {"queue": "text"},
     "pages.draw_base": {"queue": "images"},
     "pages.personalize": {"queue": "personalize"},
+    "ops.sweep": {"queue": "stories"},
+}
+
+# Stuck-work detection (pipeline/ops.py), run by `celery beat` (Procfile: beat).
+beat_schedule = {
+    "sweep-stuck-work": {"task": "ops.sweep", "schedule": _s.sweep_interval},
 }
 
 # At-least-once: ack after the task ran, redeliver when the worker is lost, fetch one at a time.

@@ -108,6 +108,22 @@ def cmd_retry(args: argparse.Namespace) -> int:
     return 0 if plan.ok else 1
 
 
+def cmd_backfill(args: argparse.Namespace) -> int:
+    from pipeline.ops import sweep
+
+    found = sweep(lease=args.stale_after, pending_after=args.pending_after, limit=args.limit,
+                  dry_run=args.dry_run)
+    verb = "would re-enqueue" if args.dry_run else "re-enqueued"
+    if args.json:
+        print(json.dumps({"dry_run": args.dry_run,
+                          "items": [{"task": i.task, **i.kwargs} for i in found]}))
+    else:
+        for i in found:
+            print(f"{verb} {i.task} {next(iter(i.kwargs.values()))}")
+        print(f"{len(found)} stuck step(s) {verb}")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="storycreator", description="Operate the story pipeline.")
     sub = ap.add_subparsers(dest="cmd", required=True)
@@ -121,6 +137,15 @@ def main(argv: list[str] | None = None) -> int:
     rt.add_argument("--dry-run", action="store_true")
     rt.add_argument("--json", action="store_true")
     rt.set_defaults(fn=cmd_retry)
+    bf = sub.add_parser("backfill", help="re-enqueue stuck work: dead workers' steps, lost messages")
+    bf.add_argument("--stale-after", type=float, default=None, metavar="SECONDS",
+                    help="a 'processing' step untouched this long is stuck (default: STEP_LEASE_SECONDS)")
+    bf.add_argument("--pending-after", type=float, default=None, metavar="SECONDS",
+                    help="a ready 'pending' step untouched this long lost its message (default: the lease)")
+    bf.add_argument("--limit", type=int, default=500, help="at most this many per kind of stuck work")
+    bf.add_argument("--dry-run", action="store_true")
+    bf.add_argument("--json", action="store_true")
+    bf.set_defaults(fn=cmd_backfill)
     args = ap.parse_args(argv)
     return int(args.fn(args))
 

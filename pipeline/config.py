@@ -62,6 +62,7 @@ class Settings:
     step_lease_seconds: float
     visibility_timeout: int  # Redis broker: an unacked message comes back after this long
     max_retries: int  # transient provider errors, per step
+    sweep_interval: float  # seconds between stuck-work sweeps (celery beat)
     retry_backoff_cap: float
     min_child_age: int
     max_child_age: int
@@ -90,6 +91,7 @@ def settings() -> Settings:
         step_lease_seconds=_float("STEP_LEASE_SECONDS", 300.0, 0.5, 86400.0),
         visibility_timeout=_int("BROKER_VISIBILITY_TIMEOUT", 900, 1, 86400),
         max_retries=_int("STEP_MAX_RETRIES", 5, 0, 50),
+        sweep_interval=_float("SWEEP_INTERVAL", 60.0, 1.0, 86400.0),
         retry_backoff_cap=_float("STEP_RETRY_BACKOFF_CAP", 120.0, 0.1, 3600.0),
         min_child_age=0,
         max_child_age=14,

@@ -63,3 +63,86 @@ def retry_story(story_id: str, *, force: bool = False, dry_run: bool = False) ->
 
     generate_story.apply_async(kwargs={"story_id": story_id})
     return RetryPlan(story_id, True, "retried", n, photo_failed)
+
+
+# --- stuck work ---------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Stuck:
+    """One step that should be moving and is not, and the task that moves it."""
+
+    task: str  # Celery task name
+    kwargs: dict[str, str]
+    why: str
+
+
+# Each query finds one kind of stuck work; all use the status indexes and stop at :limit.
+# "processing" older than the lease: the worker holding it died (its message may only come back
+# after the broker's visibility timeout). "pending" older than :pending_after with everything it
+# needs done: its message was lost (enqueue failed after commit, or a broker restart).
+_STUCK_QUERIES: tuple[tuple[str, str, str], ...] = (
+    ("photos.analyze", "photo_id", """
+        SELECT id FROM photos WHERE ai_processing_status = 'processing'
+           AND updated_at < now() - make_interval(secs => :lease) LIMIT :limit"""),
+    ("stories.generate", "story_id", """
+        SELECT id FROM stories WHERE status = 'pending'
+           AND updated_at < now() - make_interval(secs => :pending_after) LIMIT :limit"""),
+    ("stories.generate", "story_id", """
+        SELECT s.id FROM stories s WHERE s.status = 'processing'
+           AND s.updated_at < now() - make_interval(secs => :lease)
+           AND NOT EXISTS (SELECT 1 FROM story_pages p WHERE p.story_id = s.id) LIMIT :limit"""),
+    ("pages.write_text", "page_id", """
+        SELECT p.id FROM story_pages p JOIN stories s ON s.id = p.story_id
+         WHERE s.status = 'processing' AND (
+               (p.text_generation_status = 'processing' AND p.updated_at < now() - make_interval(secs => :lease))
+            OR (COALESCE(p.text_generation_status, 'pending') = 'pending'
+                AND p.updated_at < now() - make_interval(secs => :pending_after))) LIMIT :limit"""),
+    ("pages.draw_base", "page_id", """
+        SELECT p.id FROM story_pages p JOIN stories s ON s.id = p.story_id
+         WHERE s.status = 'processing' AND p.text_generation_status = 'completed' AND (
+               (p.image_generation_status = 'processing' AND p.updated_at < now() - make_interval(secs => :lease))
+            OR (COALESCE(p.image_generation_status, 'pending') = 'pending'
+                AND p.updated_at < now() - make_interval(secs => :pending_after))) LIMIT :limit"""),
+    ("pages.personalize", "page_id", """
+        SELECT p.id FROM story_pages p JOIN stories s ON s.id = p.story_id
+         WHERE s.status = 'processing' AND p.image_generation_status = 'completed' AND (
+               (p.personalization_status = 'processing' AND p.updated_at < now() - make_interval(secs => :lease))
+            OR (COALESCE(p.personalization_status, 'pending') = 'pending'
+                AND p.updated_at < now() - make_interval(secs => :pending_after))) LIMIT :limit"""),
+    ("stories.finish", "story_id", """
+        SELECT s.id FROM stories s WHERE s.status = 'processing'
+           AND s.updated_at < now() - make_interval(secs => :pending_after)
+           AND EXISTS (SELECT 1 FROM story_pages p WHERE p.story_id = s.id)
+           AND NOT EXISTS (SELECT 1 FROM story_pages p WHERE p.story_id = s.id
+                            AND p.personalization_status IS DISTINCT FROM 'completed')
+           AND NOT EXISTS (SELECT 1 FROM story_pages p WHERE p.story_id = s.id
+                            AND p.updated_at > now() - make_interval(secs => :pending_after)) LIMIT :limit"""),
+)
+
+
+def find_stuck(*, lease: float, pending_after: float, limit: int = 500) -> list[Stuck]:
+    """What should be moving and is not (read-only)."""
+    found: list[Stuck] = []
+    with transaction() as c:
+        for task, key, sql in _STUCK_QUERIES:
+            rows = c.execute(text(sql), {"lease": lease, "pending_after": pending_after, "limit": limit})
+            found += [Stuck(task, {key: str(r[0])}, "stale") for r in rows]
+    return found
+
+
+def sweep(*, lease: float | None = None, pending_after: float | None = None, limit: int = 500,
+          dry_run: bool = False) -> list[Stuck]:
+    """Re-enqueue stuck work. Safe beside live workers and safe to run twice: each step's own
+    guarded claim decides (a stale claim is taken over, a live or finished one is left alone),
+    so a duplicate message is a no-op, never duplicate work."""
+    from pipeline.config import settings
+    from workers.app import app
+
+    s = settings()
+    stuck = find_stuck(lease=lease if lease is not None else s.step_lease_seconds,
+                       pending_after=pending_after if pending_after is not None else s.step_lease_seconds,
+                       limit=limit)
+    if not dry_run:
+        for item in stuck:
+            app.send_task(item.task, kwargs=item.kwargs)
+    return stuck

@@ -170,3 +170,16 @@ def _then(enqueue: Callable[[], Any]) -> Callable[[steps.StepResult], None]:
             enqueue()
 
     return after
+
+
+@app.task(name="ops.sweep", acks_late=True, ignore_result=True, expires=120)
+def sweep() -> str:
+    """Periodic (celery beat, celeryconfig.beat_schedule): re-enqueue stuck work, so a story
+    never waits for the broker's visibility timeout after a worker dies."""
+    from pipeline.ops import sweep as run_sweep
+
+    found = run_sweep()
+    if found:
+        log.warning("sweep %s", json.dumps({"requeued": len(found),
+                                            "tasks": sorted({i.task for i in found})}))
+    return f"requeued {len(found)}"

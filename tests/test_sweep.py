@@ -1,0 +1,76 @@
+"""Stuck work (a dead worker's claim, a lost message) is found and re-enqueued, by the
+`backfill` command and unattended by celery beat, without duplicating any page's work."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from pipeline import steps
+from pipeline.cli import main as cli
+from tests.support import ROOT, Db, WorkerProcess, astronaut_png
+from tests.test_pipeline import step_log_lines
+
+
+def _stuck_story(db: Db) -> tuple[str, list[str]]:
+    """A story whose worker died: outline and pages written, page 1's text claimed by the dead
+    worker an hour ago, and no message left for any page (lost with the worker)."""
+    story = db.story(db.photo(astronaut_png()))
+    pages = steps.generate_story(story).fanout  # in-process: rows written, nothing enqueued
+    db.exec("UPDATE story_pages SET text_generation_status = 'processing' WHERE id = :p", p=pages[0])
+    db.exec("UPDATE story_pages SET updated_at = now() - interval '1 hour' WHERE story_id = :s", s=story)
+    db.exec("UPDATE stories SET updated_at = now() - interval '1 hour' WHERE id = :s", s=story)
+    return story, pages
+
+
+def _done_once(worker: WorkerProcess, pages: list[str]) -> None:
+    seen: dict[tuple[str, str], int] = {}
+    for ln in step_log_lines(worker):
+        if ln["outcome"] == "done" and ln.get("page") in pages:
+            seen[(ln["stage"], ln["page"])] = seen.get((ln["stage"], ln["page"]), 0) + 1
+    assert len(seen) == 3 * len(pages) and set(seen.values()) == {1}, seen
+
+
+def test_backfill_dry_run_lists_and_changes_nothing(clean_db: Db, capsys: pytest.CaptureFixture[str]) -> None:
+    story, pages = _stuck_story(clean_db)
+    assert cli(["backfill", "--dry-run", "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert {(i["task"], i.get("page_id")) for i in out["items"]} == {("pages.write_text", p) for p in pages}
+    assert clean_db.one("SELECT text_generation_status FROM story_pages WHERE id = :p",
+                        p=pages[0])["text_generation_status"] == "processing"
+
+
+def test_backfill_twice_completes_a_stuck_story_without_duplicate_work(
+        clean_db: Db, worker: WorkerProcess, capsys: pytest.CaptureFixture[str]) -> None:
+    # given a story stuck after its worker died
+    story, pages = _stuck_story(clean_db)
+    # when an operator runs backfill, twice (e.g. two people at once)
+    assert cli(["backfill"]) == 0
+    assert cli(["backfill"]) == 0
+    assert f"{len(pages)} stuck step(s) re-enqueued" in capsys.readouterr().out
+    # then the story completes and each page step ran once
+    assert clean_db.wait_story(story)["status"] == "completed"
+    time.sleep(1.0)  # let the duplicate messages drain (they must be no-ops)
+    _done_once(worker, pages)
+
+
+def test_beat_sweeps_stuck_work_unattended(clean_db: Db, worker: WorkerProcess, tmp_path: Path,
+                                           request: pytest.FixtureRequest) -> None:
+    # given a stuck story and celery beat running the sweep every second
+    story, pages = _stuck_story(clean_db)
+    log = open(tmp_path / "beat.log", "wb")
+    beat = subprocess.Popen(
+        [str(Path(sys.executable).parent / "celery"), "-A", "workers.app", "beat", "--loglevel", "INFO",
+         "--schedule", str(tmp_path / "beat-schedule")],
+        cwd=ROOT, env={**os.environ, "SWEEP_INTERVAL": "1"}, stdout=log, stderr=subprocess.STDOUT,
+    )
+    request.addfinalizer(lambda: (beat.kill(), beat.wait(10), log.close()))
+    # then, with nobody running a command, the story completes without duplicate work
+    assert clean_db.wait_story(story, timeout=60)["status"] == "completed"
+    time.sleep(2.0)
+    _done_once(worker, pages)
