@@ -24,10 +24,9 @@ broker_transport_options = {
 task_default_queue = "celery"
 # Each queue with its own direct exchange and routing key. (A bare Queue(name) gets Celery's
 # default routing key "celery" on the default exchange: every queue would receive every message.)
-task_queues = [
-    Queue(q, Exchange(q, type="direct"), routing_key=q)
-    for q in ("celery", "photos", "stories", "text", "images", "personalize")
-]
+# Kept in sync with the Procfile's and ./run's -Q lists.
+QUEUES = ("celery", "photos", "stories", "text", "images", "personalize")
+task_queues = [Queue(q, Exchange(q, type="direct"), routing_key=q) for q in QUEUES]
 task_routes = {
     "photos.analyze": {"queue": "photos"},
     "stories.generate": {"queue": "stories"},

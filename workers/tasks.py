@@ -11,7 +11,6 @@ import json
 import logging
 import time
 from collections.abc import Callable
-from enum import StrEnum
 from typing import Any
 
 from celery import Task
@@ -22,17 +21,6 @@ from pipeline.config import settings
 from workers.app import app
 
 log = logging.getLogger("storycreator.step")
-
-
-class Queue(StrEnum):
-    """Kept in sync with celeryconfig.task_queues and the Procfile's -Q list."""
-
-    DEFAULT = "celery"
-    PHOTOS = "photos"
-    STORIES = "stories"
-    TEXT = "text"
-    IMAGES = "images"
-    PERSONALIZE = "personalize"
 
 
 # Errors that may pass on the next try at the task level (PostgreSQL restarting, a dropped
