@@ -44,6 +44,9 @@ class StepTask(Task):  # type: ignore[misc]
 
 def _log_line(stage: str, ids: dict[str, Any], attempt: int, result: steps.StepResult | None,
               outcome: str, total_ms: float) -> None:
+    level = logging.WARNING if outcome in ("failed", "retry") else logging.INFO
+    if not log.isEnabledFor(level):
+        return
     fields = {"stage": stage, **ids, "attempt": attempt, "outcome": outcome,
               "ms": round(total_ms, 1)}
     if result is not None:
@@ -51,7 +54,6 @@ def _log_line(stage: str, ids: dict[str, Any], attempt: int, result: steps.StepR
         fields["phases"] = result.timings
         if result.detail:
             fields["detail"] = result.detail[:300]
-    level = logging.WARNING if outcome in ("failed", "retry") else logging.INFO
     log.log(level, "step %s", json.dumps(fields, ensure_ascii=False, default=str))
 
 
