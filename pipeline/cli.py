@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from pathlib import Path
 from typing import Any
 
 from sqlalchemy import text
@@ -19,6 +20,8 @@ def cmd_status(args: argparse.Namespace) -> int:
     from db.engine import transaction
     from pipeline.steps import valid_uuid
 
+    if args.story is None:
+        return _summary(args)
     sid = valid_uuid(args.story)
     if sid is None:
         print(f"error: {args.story!r} is not a story id (UUID)", file=sys.stderr)
@@ -84,6 +87,34 @@ def cmd_status(args: argparse.Namespace) -> int:
     return 0
 
 
+def _summary(args: argparse.Namespace) -> int:
+    from pipeline.ops import summary
+
+    counts = summary()
+    if args.json:
+        print(json.dumps(counts))
+        return 0
+    statuses = ("pending", "processing", "completed", "failed")
+    print(f"{'stage':<16}" + "".join(f"{st:>12}" for st in statuses))
+    for stage, by_status in counts.items():
+        print(f"{stage:<16}" + "".join(f"{by_status.get(st, 0):>12}" for st in statuses))
+    return 0
+
+
+def cmd_submit(args: argparse.Namespace) -> int:
+    import mimetypes
+
+    from pipeline.ops import submit_story
+
+    if not args.photo.is_file():
+        print(f"error: no such photo file: {args.photo}", file=sys.stderr)
+        return 2
+    ctype = mimetypes.guess_type(args.photo.name)[0] or "application/octet-stream"
+    story = submit_story(args.photo.read_bytes(), ctype, args.photo.name, args.name, args.age, args.theme)
+    print(json.dumps({"story_id": story}) if args.json else f"submitted story {story}")
+    return 0
+
+
 def cmd_retry(args: argparse.Namespace) -> int:
     from pipeline.ops import retry_story
     from pipeline.steps import valid_uuid
@@ -127,8 +158,8 @@ def cmd_backfill(args: argparse.Namespace) -> int:
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="storycreator", description="Operate the story pipeline.")
     sub = ap.add_subparsers(dest="cmd", required=True)
-    st = sub.add_parser("status", help="a story's pages x stages, with errors")
-    st.add_argument("story")
+    st = sub.add_parser("status", help="a story's pages x stages with errors; without a story: counts per stage")
+    st.add_argument("story", nargs="?")
     st.add_argument("--json", action="store_true")
     st.set_defaults(fn=cmd_status)
     rt = sub.add_parser("retry", help="re-run a failed story's failed steps (completed work is kept)")
@@ -137,6 +168,13 @@ def main(argv: list[str] | None = None) -> int:
     rt.add_argument("--dry-run", action="store_true")
     rt.add_argument("--json", action="store_true")
     rt.set_defaults(fn=cmd_retry)
+    sb = sub.add_parser("submit", help="submit a story for a photo file, as the external API would")
+    sb.add_argument("--photo", type=Path, required=True)
+    sb.add_argument("--name", required=True)
+    sb.add_argument("--age", type=int, required=True)
+    sb.add_argument("--theme", required=True)
+    sb.add_argument("--json", action="store_true")
+    sb.set_defaults(fn=cmd_submit)
     bf = sub.add_parser("backfill", help="re-enqueue stuck work: dead workers' steps, lost messages")
     bf.add_argument("--stale-after", type=float, default=None, metavar="SECONDS",
                     help="a 'processing' step untouched this long is stuck (default: STEP_LEASE_SECONDS)")

@@ -146,3 +146,54 @@ def sweep(*, lease: float | None = None, pending_after: float | None = None, lim
         for item in stuck:
             app.send_task(item.task, kwargs=item.kwargs)
     return stuck
+
+
+# --- submitting, as the external API does ------------------------------------------------------
+
+_EXTENSIONS = {"image/jpeg": "jpg", "image/png": "png", "image/webp": "webp", "image/gif": "gif"}
+
+
+def submit_story(photo: bytes, content_type: str, filename: str, name: str, age: int, theme: str,
+                 *, email: str = "cli@localhost") -> str:
+    """Store the photo, insert user/photo/story rows and publish stories.generate by name:
+    exactly what the external API does (the same validation happens in the worker)."""
+    import uuid
+
+    from pipeline.config import settings
+    from pipeline.storage import LocalStorage
+    from workers.app import app
+
+    key = f"uploads/{uuid.uuid4()}.{_EXTENSIONS.get(content_type, 'bin')}"
+    LocalStorage(settings().local_storage_root).put(key, photo, content_type)
+    with transaction() as c:
+        user = c.execute(text(
+            """INSERT INTO users (email) VALUES (:e)
+               ON CONFLICT (email) DO UPDATE SET email = EXCLUDED.email RETURNING id"""), {"e": email}).scalar()
+        photo_id = c.execute(text(
+            """INSERT INTO photos (user_id, storage_provider, object_key, filename, content_type, status)
+               VALUES (:u, 'local', :k, :f, :ct, 'uploaded') RETURNING id"""),
+            {"u": user, "k": key, "f": filename, "ct": content_type}).scalar()
+        story = str(c.execute(text(
+            """INSERT INTO stories (user_id, child_name, child_age, story_theme, protagonist_photo_id)
+               VALUES (:u, :n, :a, :t, :p) RETURNING id"""),
+            {"u": user, "n": name, "a": age, "t": theme, "p": photo_id}).scalar())
+    app.send_task("stories.generate", kwargs={"story_id": story})  # after the commit
+    return story
+
+
+# --- the whole picture -------------------------------------------------------------------------
+
+_SUMMARY = (
+    ("photo analysis", "SELECT COALESCE(ai_processing_status, 'pending'), count(*) FROM photos GROUP BY 1"),
+    ("story", "SELECT status, count(*) FROM stories GROUP BY 1"),
+    ("text", "SELECT COALESCE(text_generation_status, 'pending'), count(*) FROM story_pages GROUP BY 1"),
+    ("image", "SELECT COALESCE(image_generation_status, 'pending'), count(*) FROM story_pages GROUP BY 1"),
+    ("personalization",
+     "SELECT COALESCE(personalization_status, 'pending'), count(*) FROM story_pages GROUP BY 1"),
+)
+
+
+def summary() -> dict[str, dict[str, int]]:
+    """Counts per stage and status."""
+    with transaction() as c:
+        return {stage: {str(k): int(v) for k, v in c.execute(text(sql)).all()} for stage, sql in _SUMMARY}

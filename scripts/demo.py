@@ -64,8 +64,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.pages:
         os.environ["STORY_PAGE_COUNT"] = str(args.pages)
 
-    from celery import Celery
-    from sqlalchemy import create_engine, text
+    from sqlalchemy import create_engine
 
     from db.engine import ensure_database
     from pipeline.config import settings
@@ -85,27 +84,14 @@ def main(argv: list[str] | None = None) -> int:
     engine = create_engine(s.database_url)
     try:
         print(f"worker    pid {worker.pid} (threads pool), log {log_path}")
-        # The rows the external API inserts: a user, the uploaded photo, the story request.
+        # What the external API does: store the photo, insert user/photo/story rows, then
+        # publish stories.generate by name after the commit.
+        from pipeline.ops import submit_story
+
         photo_bytes, ctype = (args.photo.read_bytes(), mimetypes.guess_type(args.photo.name)[0] or "image/jpeg") \
             if args.photo else sample_photo()
-        ext = {"image/png": "png", "image/jpeg": "jpg", "image/webp": "webp"}.get(ctype, "bin")
-        key = f"uploads/{uuid.uuid4()}.{ext}"
-        dest = s.local_storage_root / key
-        dest.parent.mkdir(parents=True, exist_ok=True)
-        dest.write_bytes(photo_bytes)
-        with engine.begin() as c:
-            user = c.execute(text("INSERT INTO users (email) VALUES (:e) RETURNING id"),
-                             {"e": f"demo-{uuid.uuid4().hex[:8]}@example.com"}).scalar()
-            photo = c.execute(text(
-                "INSERT INTO photos (user_id, storage_provider, object_key, filename, content_type, status) "
-                "VALUES (:u, 'local', :k, :f, :ct, 'uploaded') RETURNING id"),
-                {"u": user, "k": key, "f": args.photo.name if args.photo else "astronaut.jpg", "ct": ctype}).scalar()
-            story = str(c.execute(text(
-                "INSERT INTO stories (user_id, child_name, child_age, story_theme, protagonist_photo_id) "
-                "VALUES (:u, :n, :a, :t, :p) RETURNING id"),
-                {"u": user, "n": args.name, "a": args.age, "t": args.theme, "p": photo}).scalar())
-        # Published by name, as the external API does: it knows the broker URL and nothing else.
-        Celery("external-api", broker=s.broker_url).send_task("stories.generate", kwargs={"story_id": story})
+        story = submit_story(photo_bytes, ctype, args.photo.name if args.photo else "astronaut.jpg",
+                             args.name, args.age, args.theme, email=f"demo-{uuid.uuid4().hex[:8]}@example.com")
         print(f"story     {story} submitted ({args.name}, {args.age}, {args.theme})\n")
         print("progress  each page: text | illustration | face   (█ done, ▒ working, · waiting, ✗ failed)")
         row = watch(engine, story, args.timeout, worker)

@@ -64,3 +64,27 @@ def test_retry_of_a_completed_or_unknown_story_does_nothing(clean_db: Db, capsys
     assert cli(["retry", "--story", str(uuid.uuid4())]) == 1
     assert cli(["retry", "--story", "nope"]) == 2
     assert "no such story" in capsys.readouterr().out
+
+
+def test_submit_and_summary(clean_db: Db, worker: WorkerProcess, tmp_path, capsys) -> None:
+    # given a photo file on disk
+    photo = tmp_path / "kid.png"
+    photo.write_bytes(astronaut_png())
+    # when an operator submits it and the story runs
+    assert cli(["submit", "--photo", str(photo), "--name", "Sam", "--age", "5", "--theme", "pirates",
+                "--json"]) == 0
+    import json
+
+    story = json.loads(capsys.readouterr().out)["story_id"]
+    assert clean_db.wait_story(story)["status"] == "completed"
+    # then the summary counts it per stage
+    assert cli(["status", "--json"]) == 0
+    counts = json.loads(capsys.readouterr().out)
+    pages = int(os.environ["STORY_PAGE_COUNT"])
+    assert counts["story"] == {"completed": 1}
+    assert counts["personalization"] == {"completed": pages} and counts["photo analysis"] == {"completed": 1}
+    assert cli(["status"]) == 0
+    assert "personalization" in capsys.readouterr().out
+    # and a missing file is a usage error
+    assert cli(["submit", "--photo", str(tmp_path / "none.png"), "--name", "S", "--age", "5",
+                "--theme", "pirates"]) == 2
