@@ -32,6 +32,10 @@ def _warm_up(**_: Any) -> None:
     import pipeline.providers.local_vision  # noqa: F401  (OpenCV; its JSON helpers serve every analyzer)
 
     cpu.warm_up()
+    if port := os.environ.get("METRICS_PORT"):
+        from pipeline import metrics
+
+        metrics.serve(int(port))  # Prometheus text format at http://<host>:<port>/metrics
 
     from db.engine import get_engine
 

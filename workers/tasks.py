@@ -16,7 +16,7 @@ from typing import Any
 from celery import Task
 from sqlalchemy.exc import InterfaceError, OperationalError
 
-from pipeline import steps
+from pipeline import metrics, steps
 from pipeline.config import settings
 from workers.app import app
 
@@ -44,6 +44,7 @@ class StepTask(Task):  # type: ignore[misc]
 
 def _log_line(stage: str, ids: dict[str, Any], attempt: int, result: steps.StepResult | None,
               outcome: str, total_ms: float) -> None:
+    metrics.observe(stage, outcome, total_ms / 1000, result.timings if result is not None else None)
     level = logging.WARNING if outcome in ("failed", "retry") else logging.INFO
     if not log.isEnabledFor(level):
         return
