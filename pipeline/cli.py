@@ -9,7 +9,6 @@ import argparse
 import json
 import sys
 from pathlib import Path
-from typing import Any
 
 from sqlalchemy import text
 
@@ -115,28 +114,45 @@ def cmd_submit(args: argparse.Namespace) -> int:
     return 0
 
 
+def _duration(raw: str) -> float:
+    """'90s', '15m', '6h', '2d' or plain seconds."""
+    units = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+    try:
+        return float(raw[:-1]) * units[raw[-1]] if raw[-1:] in units else float(raw)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a duration: {raw!r} (e.g. 90s, 15m, 6h, 2d)") from None
+
+
 def cmd_retry(args: argparse.Namespace) -> int:
-    from pipeline.ops import retry_story
+    from pipeline.ops import failed_stories, retry_story
     from pipeline.steps import valid_uuid
 
-    sid = valid_uuid(args.story)
-    if sid is None:
-        print(f"error: {args.story!r} is not a story id (UUID)", file=sys.stderr)
+    ids = {k: getattr(args, k) for k in ("story", "page", "photo") if getattr(args, k) is not None}
+    for k, v in ids.items():
+        if valid_uuid(v) is None:
+            print(f"error: --{k} {v!r} is not an id (UUID)", file=sys.stderr)
+            return 2
+    if not ids and args.since is None and args.stage is None and args.theme is None:
+        print("error: say what to retry: --story, --page, --photo, or --since/--stage/--theme", file=sys.stderr)
         return 2
-    plan = retry_story(sid, force=args.force, dry_run=args.dry_run)
-    out: dict[str, Any] = {
-        "story": sid,
-        "ok": plan.ok,
-        "message": plan.message,
-        "pages_reset": plan.reset_pages,
-        "photo_reset": plan.reset_photo,
-    }
-    print(
-        json.dumps(out)
-        if args.json
-        else f"{sid}: {plan.message} ({plan.reset_pages} page(s) with failed steps, photo reset: {plan.reset_photo})"
-    )
-    return 0 if plan.ok else 1
+    if args.story:
+        stories = [str(valid_uuid(args.story))]
+    else:
+        stories = failed_stories(page=args.page, photo=args.photo, since_seconds=args.since,
+                                 stage=args.stage, theme=args.theme, limit=args.limit)
+    results = []
+    for sid in stories:
+        plan = retry_story(sid, force=args.force, dry_run=args.dry_run)
+        results.append({"story": sid, "ok": plan.ok, "message": plan.message,
+                        "pages_reset": plan.reset_pages, "photo_reset": plan.reset_photo})
+        if not args.json:
+            print(f"{sid}: {plan.message} ({plan.reset_pages} page(s) with failed steps, "
+                  f"photo reset: {plan.reset_photo})")
+    if args.json:
+        print(json.dumps({"dry_run": args.dry_run, "stories": results}))
+    elif not stories:
+        print("no failed story matches")
+    return 0 if any(r["ok"] for r in results) else 1
 
 
 def cmd_backfill(args: argparse.Namespace) -> int:
@@ -163,7 +179,15 @@ def main(argv: list[str] | None = None) -> int:
     st.add_argument("--json", action="store_true")
     st.set_defaults(fn=cmd_status)
     rt = sub.add_parser("retry", help="re-run a failed story's failed steps (completed work is kept)")
-    rt.add_argument("--story", required=True)
+    rt.add_argument("--story", help="one story")
+    rt.add_argument("--page", help="the story of this page")
+    rt.add_argument("--photo", help="the failed stories of this photo")
+    rt.add_argument("--since", type=_duration, metavar="DURATION",
+                    help="stories that failed within this long (90s, 15m, 6h, 2d)")
+    rt.add_argument("--stage", choices=["analysis", "outline", "text", "image", "personalization", "finish"],
+                    help="stories that failed at this stage")
+    rt.add_argument("--theme", help="stories of this theme")
+    rt.add_argument("--limit", type=int, default=1000, help="at most this many stories")
     rt.add_argument("--force", action="store_true", help="retry even a photo that had no face")
     rt.add_argument("--dry-run", action="store_true")
     rt.add_argument("--json", action="store_true")

@@ -197,3 +197,37 @@ def summary() -> dict[str, dict[str, int]]:
     """Counts per stage and status."""
     with transaction() as c:
         return {stage: {str(k): int(v) for k, v in c.execute(text(sql)).all()} for stage, sql in _SUMMARY}
+
+
+def failed_stories(*, page: str | None = None, photo: str | None = None, since_seconds: float | None = None,
+                   stage: str | None = None, theme: str | None = None, limit: int = 1000) -> list[str]:
+    """Failed stories selected by a page, a photo, or by when/where they failed.
+
+    A story is the unit of retry: retrying it resets all of its failed steps (a story with a
+    failed page can only complete once every page does)."""
+    where = ["s.status = 'failed'"]
+    params: dict[str, object] = {"limit": limit}
+    if page is not None:
+        where.append("s.id = (SELECT story_id FROM story_pages WHERE id = :page)")
+        params["page"] = page
+    if photo is not None:
+        where.append("s.protagonist_photo_id = :photo")
+        params["photo"] = photo
+    if theme is not None:
+        where.append("s.story_theme = :theme")
+        params["theme"] = theme
+    if since_seconds is not None or stage is not None:
+        # The failure that stopped the story: its latest permanent error (story's own or its photo's).
+        cond = ["e.permanent"]
+        if since_seconds is not None:
+            cond.append("e.created_at >= now() - make_interval(secs => :since)")
+            params["since"] = since_seconds
+        if stage is not None:
+            cond.append("e.stage = :stage")
+            params["stage"] = stage
+        where.append(f"""EXISTS (SELECT 1 FROM step_errors e
+                                 WHERE (e.story_id = s.id OR e.photo_id = s.protagonist_photo_id)
+                                   AND {' AND '.join(cond)})""")
+    sql = f"SELECT s.id FROM stories s WHERE {' AND '.join(where)} ORDER BY s.updated_at LIMIT :limit"
+    with transaction() as c:
+        return [str(r[0]) for r in c.execute(text(sql), params)]

@@ -88,3 +88,44 @@ def test_submit_and_summary(clean_db: Db, worker: WorkerProcess, tmp_path, capsy
     # and a missing file is a usage error
     assert cli(["submit", "--photo", str(tmp_path / "none.png"), "--name", "S", "--age", "5",
                 "--theme", "pirates"]) == 2
+
+
+def test_retry_selects_failed_stories_by_stage_theme_photo_page_and_time(
+        clean_db: Db, worker: WorkerProcess, capsys) -> None:
+    import json
+
+    from pipeline import steps
+
+    # given a story failed at its outline (unknown theme) and one failed at analysis (no face)
+    bad_theme = clean_db.story(clean_db.photo(astronaut_png()), theme="zombies")
+    no_face_photo = clean_db.photo(faceless_png())
+    no_face = clean_db.story(no_face_photo)
+    # and a story failed at one page's personalization
+    page_story = clean_db.story(clean_db.photo(astronaut_png()))
+    page = steps.generate_story(page_story).fanout[0]
+    clean_db.exec("UPDATE story_pages SET personalization_status = 'processing' WHERE id = :p", p=page)
+    from db import transitions as tx
+    from db.engine import autocommit
+
+    with autocommit() as c:
+        tx.fail_page(c, page, "personalization_status", "personalization", "boom", "Page 1: boom", 0, None)
+    for s in (bad_theme, no_face):
+        external_send(BROKER, "stories.generate", {"story_id": s})
+        assert clean_db.wait_story(s)["status"] == "failed"
+
+    def selected(*argv: str) -> set[str]:
+        cli(["retry", *argv, "--dry-run", "--json"])
+        return {r["story"] for r in json.loads(capsys.readouterr().out)["stories"]}
+
+    # then each filter selects what it says
+    assert selected("--stage", "outline") == {bad_theme}
+    assert selected("--stage", "personalization") == {page_story}
+    assert selected("--theme", "zombies") == {bad_theme}
+    assert selected("--photo", no_face_photo) == {no_face}
+    assert selected("--page", page) == {page_story}
+    assert selected("--since", "1h") == {bad_theme, no_face, page_story}
+    assert selected("--since", "1h", "--theme", "space_adventure") == {no_face, page_story}
+    # and a dry run changed nothing
+    assert {clean_db.story_row(s)["status"] for s in (bad_theme, no_face, page_story)} == {"failed"}
+    # and without a selector it is a usage error
+    assert cli(["retry"]) == 2
