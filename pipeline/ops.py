@@ -91,24 +91,19 @@ _STUCK_QUERIES: tuple[tuple[str, str, str], ...] = (
         SELECT s.id FROM stories s WHERE s.status = 'processing'
            AND s.updated_at < now() - make_interval(secs => :lease)
            AND NOT EXISTS (SELECT 1 FROM story_pages p WHERE p.story_id = s.id) LIMIT :limit"""),
-    ("pages.write_text", "page_id", """
+    *(
+        (task, "page_id", f"""
         SELECT p.id FROM story_pages p JOIN stories s ON s.id = p.story_id
-         WHERE s.status = 'processing' AND (
-               (p.text_generation_status = 'processing' AND p.updated_at < now() - make_interval(secs => :lease))
-            OR (COALESCE(p.text_generation_status, 'pending') = 'pending'
-                AND p.updated_at < now() - make_interval(secs => :pending_after))) LIMIT :limit"""),
-    ("pages.draw_base", "page_id", """
-        SELECT p.id FROM story_pages p JOIN stories s ON s.id = p.story_id
-         WHERE s.status = 'processing' AND p.text_generation_status = 'completed' AND (
-               (p.image_generation_status = 'processing' AND p.updated_at < now() - make_interval(secs => :lease))
-            OR (COALESCE(p.image_generation_status, 'pending') = 'pending'
-                AND p.updated_at < now() - make_interval(secs => :pending_after))) LIMIT :limit"""),
-    ("pages.personalize", "page_id", """
-        SELECT p.id FROM story_pages p JOIN stories s ON s.id = p.story_id
-         WHERE s.status = 'processing' AND p.image_generation_status = 'completed' AND (
-               (p.personalization_status = 'processing' AND p.updated_at < now() - make_interval(secs => :lease))
-            OR (COALESCE(p.personalization_status, 'pending') = 'pending'
-                AND p.updated_at < now() - make_interval(secs => :pending_after))) LIMIT :limit"""),
+         WHERE s.status = 'processing' {f"AND p.{prereq} = 'completed'" if prereq else ""} AND (
+               (p.{col} = 'processing' AND p.updated_at < now() - make_interval(secs => :lease))
+            OR (COALESCE(p.{col}, 'pending') = 'pending'
+                AND p.updated_at < now() - make_interval(secs => :pending_after))) LIMIT :limit""")
+        for task, col, prereq in (
+            ("pages.write_text", "text_generation_status", None),
+            ("pages.draw_base", "image_generation_status", "text_generation_status"),
+            ("pages.personalize", "personalization_status", "image_generation_status"),
+        )
+    ),
     ("stories.finish", "story_id", """
         SELECT s.id FROM stories s WHERE s.status = 'processing'
            AND s.updated_at < now() - make_interval(secs => :pending_after)
