@@ -43,10 +43,10 @@ STAGE_LABEL: dict[str, str] = {
 
 
 class Outcome(StrEnum):
-    DONE = "done"  # did the work; the chain goes on
-    ALREADY_DONE = "already_done"  # idempotent no-op; the chain goes on
+    DONE = "done"  # did the work; the next step is enqueued
+    ALREADY_DONE = "already_done"  # idempotent no-op; the next step is still enqueued
     STOPPED = "stopped"  # nothing to do now (failed, held by another copy, not ready)
-    FAILED = "failed"  # recorded a permanent failure; the chain stops
+    FAILED = "failed"  # recorded a permanent failure; the page stops here
 
 
 @dataclass
@@ -58,7 +58,7 @@ class StepResult:
     context: dict[str, Any] = field(default_factory=dict)  # ids for the log line (story, page number)
 
     @property
-    def chain_goes_on(self) -> bool:
+    def moves_on(self) -> bool:
         return self.outcome in (Outcome.DONE, Outcome.ALREADY_DONE)
 
 
@@ -460,7 +460,7 @@ def personalize(page_id: str, attempt: Attempt = Attempt()) -> StepResult:
         return {"personalized_image_key": key}
 
     result = _page_step(page_id, "personalization", attempt, work)
-    if result.chain_goes_on:
+    if result.moves_on:
         # The story barrier, checked after this page's completion committed: of the pages that
         # finish at the same moment, at least the last to get here sees them all done. Also on
         # a redelivered copy (already done): its first run may have died before enqueueing.

@@ -140,7 +140,7 @@ def personalize(self: Task, page_id: str) -> str:
     def maybe_finish(result: steps.StepResult) -> None:
         # The barrier is a Postgres query (steps.personalize), not a Redis chord counter:
         # only a personalization that finds every page done enqueues the story's completion.
-        if result.chain_goes_on and result.context.get("story_ready"):
+        if result.moves_on and result.context.get("story_ready"):
             finish_story.apply_async(kwargs={"story_id": result.context["story"]})
 
     return _run(self, "personalization", {"page": page_id}, lambda a: steps.personalize(page_id, a),
@@ -157,7 +157,7 @@ def _then(enqueue: Callable[[], Any]) -> Callable[[steps.StepResult], None]:
     copy whose first run died before enqueueing must still move the page on). Ids only."""
 
     def after(result: steps.StepResult) -> None:
-        if result.chain_goes_on:
+        if result.moves_on:
             enqueue()
 
     return after
