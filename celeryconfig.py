@@ -25,7 +25,7 @@ task_default_queue = "celery"
 # Each queue with its own direct exchange and routing key. (A bare Queue(name) gets Celery's
 # default routing key "celery" on the default exchange: every queue would receive every message.)
 # Kept in sync with the Procfile's and ./run's -Q lists.
-QUEUES = ("celery", "photos", "stories", "text", "images", "personalize")
+QUEUES = ("celery", "photos", "stories", "text", "images", "personalize", "orders")
 task_queues = [Queue(q, Exchange(q, type="direct"), routing_key=q) for q in QUEUES]
 task_routes = {
     "photos.analyze": {"queue": "photos"},

@@ -20,7 +20,7 @@ from sqlalchemy.engine import make_url
 
 ROOT = Path(__file__).resolve().parent.parent
 CELERY = str(Path(sys.executable).parent / "celery")
-ALL_QUEUES = "celery,photos,stories,text,images,personalize"
+ALL_QUEUES = "celery,photos,stories,text,images,personalize,orders"
 
 
 def flush_redis(url: str) -> None:

@@ -8,7 +8,7 @@ from typing import Any
 
 from celery import Celery, signals
 
-app = Celery("storycreator", include=["workers.tasks"])
+app = Celery("storycreator", include=["workers.tasks", "workers.order_tasks"])
 app.config_from_object("celeryconfig")
 
 

@@ -105,3 +105,66 @@ class Illustrator(Protocol):
     def personalize(self, base: bytes, photo: bytes, face: Face, req: PageRequest) -> bytes:
         """The base illustration with the child's likeness from ``photo`` put in (PNG)."""
         ...
+
+
+# --- real (remote) providers -------------------------------------------------------------------
+
+class RequestHooks(Protocol):
+    """What the pipeline wants around every HTTP request an adapter makes to its provider.
+
+    ``before`` may block briefly or raise TransientStepError (the shared Redis quota is full:
+    the step is re-scheduled rather than holding a worker slot); ``after`` records metrics.
+    ``outcome`` is one of "ok", "throttled", "server_error", "timeout", "connection_error",
+    "client_error", "malformed"."""
+
+    def before(self, provider: str, operation: str) -> None: ...
+
+    def after(self, provider: str, operation: str, outcome: str, seconds: float) -> None: ...
+
+
+class NoHooks:
+    def before(self, provider: str, operation: str) -> None:
+        return None
+
+    def after(self, provider: str, operation: str, outcome: str, seconds: float) -> None:
+        return None
+
+
+@dataclass(frozen=True)
+class JobStatus:
+    """A remote image job (a Replicate prediction) as last seen."""
+
+    state: str  # "running" (starting/processing), "succeeded", "failed", "canceled"
+    output_url: str | None = None  # the image to copy into our storage when succeeded
+    error: str | None = None  # the provider's reason when failed/canceled, for people
+
+
+class ImageJobs(Protocol):
+    """An image provider whose work runs as remote jobs that outlive a task run.
+
+    The pipeline persists the job id before it waits, polls by re-scheduling the step (never
+    by sleeping in a worker slot) and copies the output into its own storage at once.
+    Inputs are deterministic for a page, so ``find`` can recognise a job created by a run that
+    died before it could record the id."""
+
+    name: str
+
+    def base_input(self, req: PageRequest) -> dict[str, Any]: ...
+
+    def personalize_input(self, base_ref: str, photo_ref: str, face: Face, req: PageRequest) -> dict[str, Any]:
+        """``*_ref``: an https URL the provider can read, or a data: URI."""
+        ...
+
+    def create(self, kind: str, model_input: dict[str, Any]) -> str:
+        """Start a job (kind "base" or "personalize"); returns its id."""
+        ...
+
+    def find(self, kind: str, model_input: dict[str, Any], created_after: Any) -> str | None:
+        """The id of a job already created with exactly this input since ``created_after``."""
+        ...
+
+    def status(self, job_id: str) -> JobStatus: ...
+
+    def cancel(self, job_id: str) -> None: ...
+
+    def download(self, url: str) -> bytes: ...
