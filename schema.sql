@@ -140,6 +140,33 @@ CREATE TABLE IF NOT EXISTS step_errors (
         CHECK (stage IN ('analysis', 'outline', 'text', 'image', 'personalization', 'finish'))
 );
 
+-- Remote jobs of a page step (Replicate predictions): created at most once per step run,
+-- recorded *before* the provider is asked (status 'creating', no external_id yet), so a run
+-- that dies anywhere after that finds the job again instead of paying for a second one.
+-- The partial unique index is the guarantee: one live job per page step, whatever the races.
+CREATE TABLE IF NOT EXISTS provider_jobs (
+    id             UUID PRIMARY KEY DEFAULT gen_random_uuid(),
+    page_id        UUID NOT NULL REFERENCES story_pages (id) ON DELETE CASCADE,
+    stage          VARCHAR NOT NULL,
+    provider       VARCHAR NOT NULL,
+    external_id    VARCHAR,
+    input_sha256   VARCHAR(64) NOT NULL,
+    status         VARCHAR NOT NULL DEFAULT 'creating',
+    error_message  TEXT,
+    polls          INTEGER NOT NULL DEFAULT 0,
+    errors         INTEGER NOT NULL DEFAULT 0,
+    created_at     TIMESTAMP WITH TIME ZONE NOT NULL DEFAULT now(),
+    updated_at     TIMESTAMP WITH TIME ZONE NOT NULL DEFAULT now(),
+    CONSTRAINT ck_provider_jobs_stage CHECK (stage IN ('image', 'personalization')),
+    CONSTRAINT ck_provider_jobs_status
+        CHECK (status IN ('creating', 'running', 'succeeded', 'failed', 'canceled'))
+);
+CREATE UNIQUE INDEX IF NOT EXISTS uq_provider_jobs_live ON provider_jobs (page_id, stage)
+    WHERE status IN ('creating', 'running');
+CREATE UNIQUE INDEX IF NOT EXISTS uq_provider_jobs_external_id ON provider_jobs (provider, external_id)
+    WHERE external_id IS NOT NULL;
+CREATE INDEX IF NOT EXISTS ix_provider_jobs_page_id ON provider_jobs (page_id);
+
 -- Indexes: every FK and status column (spec), GIN where JSONB is searched.
 CREATE INDEX IF NOT EXISTS ix_photos_user_id ON photos (user_id);
 CREATE INDEX IF NOT EXISTS ix_photos_status ON photos (status);
@@ -175,7 +202,7 @@ CREATE INDEX IF NOT EXISTS ix_step_errors_created_at ON step_errors (created_at)
 DO $$
 DECLARE t text;
 BEGIN
-    FOREACH t IN ARRAY ARRAY['users', 'photos', 'stories', 'story_pages', 'orders', 'story_outlines']
+    FOREACH t IN ARRAY ARRAY['users', 'photos', 'stories', 'story_pages', 'orders', 'story_outlines', 'provider_jobs']
     LOOP
         EXECUTE format('DROP TRIGGER IF EXISTS trg_%1$s_updated_at ON %1$I', t);
         EXECUTE format('CREATE TRIGGER trg_%1$s_updated_at BEFORE UPDATE ON %1$I '

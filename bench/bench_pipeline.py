@@ -26,7 +26,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 CELERY = str(Path(sys.executable).parent / "celery")
-QUEUES = "celery,photos,stories,text,images,personalize"
+QUEUES = "celery,photos,stories,text,images,personalize,orders"
 
 
 def start_worker(app: str, queues: str, concurrency: int, env: dict[str, str], log: Path) -> subprocess.Popen:  # type: ignore[type-arg]

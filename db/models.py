@@ -15,6 +15,7 @@ from sqlalchemy import (
     CheckConstraint,
     ForeignKey,
     Identity,
+    Index,
     Integer,
     MetaData,
     String,
@@ -215,3 +216,32 @@ class StepError(Base):
     created_at: Mapped[datetime] = mapped_column(
         TIMESTAMP(timezone=True), nullable=False, server_default=func.now(), index=True
     )
+
+
+class ProviderJob(Base):
+    """A remote job (Replicate prediction) of a page step; see schema.sql for the guarantees."""
+
+    __tablename__ = "provider_jobs"
+    __table_args__ = (
+        CheckConstraint("stage IN ('image', 'personalization')", name="stage"),
+        CheckConstraint("status IN ('creating', 'running', 'succeeded', 'failed', 'canceled')", name="status"),
+        Index("uq_provider_jobs_live", "page_id", "stage", unique=True,
+              postgresql_where=text("status IN ('creating', 'running')")),
+        Index("uq_provider_jobs_external_id", "provider", "external_id", unique=True,
+              postgresql_where=text("external_id IS NOT NULL")),
+    )
+
+    id: Mapped[uuid.UUID] = _pk()
+    page_id: Mapped[uuid.UUID] = mapped_column(
+        UUID(as_uuid=True), ForeignKey("story_pages.id", ondelete="CASCADE"), nullable=False, index=True
+    )
+    stage: Mapped[str] = mapped_column(String, nullable=False)
+    provider: Mapped[str] = mapped_column(String, nullable=False)
+    external_id: Mapped[str | None] = mapped_column(String)
+    input_sha256: Mapped[str] = mapped_column(String(64), nullable=False)
+    status: Mapped[str] = mapped_column(String, nullable=False, server_default=text("'creating'"))
+    error_message: Mapped[str | None] = mapped_column(Text)
+    polls: Mapped[int] = mapped_column(Integer, nullable=False, server_default=text("0"))
+    errors: Mapped[int] = mapped_column(Integer, nullable=False, server_default=text("0"))
+    created_at: Mapped[datetime] = _ts()
+    updated_at: Mapped[datetime] = _ts()

@@ -121,7 +121,7 @@ def fail_photo(
     return row is not None
 
 
-def release_photo(conn: Connection, photo_id: str, message: str, attempt: int, task_id: str | None) -> None:
+def release_photo(conn: Connection, photo_id: str, message: str | None, attempt: int, task_id: str | None) -> None:
     """processing -> pending after a transient error: the retried message claims it again."""
     conn.execute(
         text(
@@ -131,7 +131,7 @@ def release_photo(conn: Connection, photo_id: str, message: str, attempt: int, t
                  WHERE id = :id AND ai_processing_status = 'processing' RETURNING id
             )
             INSERT INTO step_errors (photo_id, stage, permanent, message, attempt, task_id)
-            SELECT id, 'analysis', false, :msg, :attempt, :task FROM p
+            SELECT id, 'analysis', false, :msg, :attempt, :task FROM p WHERE CAST(:msg AS text) IS NOT NULL
             """
         ),
         {"id": photo_id, "msg": message, "attempt": attempt, "task": task_id},
@@ -435,10 +435,15 @@ def fail_page(
 
 
 def release_page(
-    conn: Connection, page_id: str, col: PageColumn, stage: Stage, message: str,
+    conn: Connection, page_id: str, col: PageColumn, stage: Stage, message: str | None,
     attempt: int, task_id: str | None,
 ) -> None:
-    """processing -> pending after a transient error, recording the attempt."""
+    """processing -> pending after a transient error, recording the attempt (no record when
+    ``message`` is None: the step only waits for a quota, nothing failed)."""
+    if message is None:
+        conn.execute(text(f"UPDATE story_pages SET {col} = 'pending' WHERE id = :id AND {col} = 'processing'"),
+                     {"id": page_id})
+        return
     conn.execute(
         text(
             f"""
@@ -452,3 +457,93 @@ def release_page(
         ),
         {"id": page_id, "msg": message, "stage": stage, "attempt": attempt, "task": task_id},
     )
+
+
+# --- remote provider jobs (Replicate predictions) ---------------------------------------------
+
+JobStage = Literal["image", "personalization"]
+
+
+def live_job(conn: Connection, page_id: str, stage: JobStage) -> RowMapping | None:
+    """The page step's job that is being created or running, if any (at most one: the
+    partial unique index uq_provider_jobs_live)."""
+    return conn.execute(
+        text(
+            """
+            SELECT id, provider, external_id, status, input_sha256, created_at, errors, polls,
+                   now() - created_at AS age
+              FROM provider_jobs
+             WHERE page_id = :page AND stage = :stage AND status IN ('creating', 'running')
+            """
+        ),
+        {"page": page_id, "stage": stage},
+    ).mappings().first()
+
+
+def reserve_job(conn: Connection, page_id: str, stage: JobStage, provider: str, sha: str) -> RowMapping | None:
+    """Record the intent to create a job *before* asking the provider. None: another run
+    holds a live job for this step already (use that one)."""
+    return conn.execute(
+        text(
+            """
+            INSERT INTO provider_jobs (page_id, stage, provider, input_sha256)
+            VALUES (:page, :stage, :provider, :sha)
+            ON CONFLICT (page_id, stage) WHERE status IN ('creating', 'running') DO NOTHING
+            RETURNING id, provider, external_id, status, input_sha256, created_at, errors, polls,
+                      interval '0' AS age
+            """
+        ),
+        {"page": page_id, "stage": stage, "provider": provider, "sha": sha},
+    ).mappings().first()
+
+
+def job_started(conn: Connection, job_id: str, external_id: str, sha: str) -> bool:
+    return conn.execute(
+        text(
+            """
+            UPDATE provider_jobs SET external_id = :ext, status = 'running', input_sha256 = :sha
+             WHERE id = :id AND status = 'creating' RETURNING id
+            """
+        ),
+        {"id": job_id, "ext": external_id, "sha": sha},
+    ).first() is not None
+
+
+def job_polled(conn: Connection, job_id: str, page_id: str, col: PageColumn) -> None:
+    """One more poll, and the page step's lease renewed: a job that is still running remotely
+    is healthy work, not a dead worker's claim."""
+    conn.execute(
+        text(
+            f"""
+            WITH j AS (
+                UPDATE provider_jobs SET polls = polls + 1 WHERE id = :id AND status = 'running'
+                RETURNING id
+            )
+            UPDATE story_pages SET updated_at = now()
+             WHERE id = :page AND {col} = 'processing' AND EXISTS (SELECT 1 FROM j)
+            """
+        ),
+        {"id": job_id, "page": page_id},
+    )
+
+
+def job_error(conn: Connection, job_id: str) -> int:
+    """Count a transient error while following the job; returns the count so far."""
+    row = conn.execute(
+        text("UPDATE provider_jobs SET errors = errors + 1 WHERE id = :id RETURNING errors"),
+        {"id": job_id},
+    ).first()
+    return int(row[0]) if row else 0
+
+
+def job_finished(conn: Connection, job_id: str, status: str, error: str | None = None) -> bool:
+    assert status in ("succeeded", "failed", "canceled"), status
+    return conn.execute(
+        text(
+            """
+            UPDATE provider_jobs SET status = :status, error_message = :err
+             WHERE id = :id AND status IN ('creating', 'running') RETURNING id
+            """
+        ),
+        {"id": job_id, "status": status, "err": error},
+    ).first() is not None

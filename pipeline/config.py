@@ -64,6 +64,8 @@ class Settings:
     max_retries: int  # transient provider errors, per step
     sweep_interval: float  # seconds between stuck-work sweeps (celery beat)
     retry_backoff_cap: float
+    job_poll_interval: float  # remote image jobs: seconds between looks (a re-scheduled task each)
+    job_max_seconds: float  # a remote job still running after this long is canceled and failed
     min_child_age: int
     max_child_age: int
 
@@ -71,7 +73,7 @@ class Settings:
 @lru_cache(maxsize=1)
 def settings() -> Settings:
     broker = os.environ.get("CELERY_BROKER_URL", "redis://127.0.0.1:6379/0")
-    return Settings(
+    st = Settings(
         database_url=os.environ.get(
             "DATABASE_URL", "postgresql+psycopg2://postgres@127.0.0.1:5432/storycreator"
         ),
@@ -93,6 +95,16 @@ def settings() -> Settings:
         max_retries=_int("STEP_MAX_RETRIES", 5, 0, 50),
         sweep_interval=_float("SWEEP_INTERVAL", 60.0, 1.0, 86400.0),
         retry_backoff_cap=_float("STEP_RETRY_BACKOFF_CAP", 120.0, 0.1, 3600.0),
+        # Default: every 3 s, or more often under a short lease (tests use 3 s leases).
+        job_poll_interval=_float("JOB_POLL_INTERVAL",
+                                 min(3.0, _float("STEP_LEASE_SECONDS", 300.0, 0.5, 86400.0) / 4), 0.05, 600.0),
+        job_max_seconds=_float("JOB_MAX_SECONDS", 900.0, 1.0, 86400.0),
         min_child_age=0,
         max_child_age=14,
     )
+    if st.job_poll_interval * 2 >= st.step_lease_seconds:
+        # Each look at a running job renews the page's lease; looks further apart than the lease
+        # would let the sweeper take a healthy job for a dead worker's.
+        raise SystemExit(f"configuration error: JOB_POLL_INTERVAL ({st.job_poll_interval}) must be under half "
+                         f"of STEP_LEASE_SECONDS ({st.step_lease_seconds})")
+    return st

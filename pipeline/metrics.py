@@ -26,3 +26,21 @@ def observe(stage: str, outcome: str, seconds: float, phases: dict[str, float] |
 
 def serve(port: int) -> None:
     start_http_server(port, addr="0.0.0.0")
+
+
+PROVIDER_REQUESTS = Counter("storycreator_provider_requests_total",
+                            "HTTP requests to providers, by provider, operation and outcome",
+                            ["provider", "operation", "outcome"])
+PROVIDER_REQUEST_SECONDS = Histogram("storycreator_provider_request_duration_seconds",
+                                     "Latency of one HTTP request to a provider",
+                                     ["provider", "operation"],
+                                     buckets=(0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60))
+QUOTA_WAITS = Counter("storycreator_quota_waits_total",
+                      "Steps re-scheduled because a provider's shared quota was spent", ["provider"])
+STEP_RETRIES = Counter("storycreator_step_retries_total",
+                       "Steps re-scheduled after a transient error, by stage", ["stage"])
+
+
+def provider_request(provider: str, operation: str, outcome: str, seconds: float) -> None:
+    PROVIDER_REQUESTS.labels(provider, operation, outcome).inc()
+    PROVIDER_REQUEST_SECONDS.labels(provider, operation).observe(seconds)

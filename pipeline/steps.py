@@ -8,22 +8,27 @@ No database connection is held while a provider works.
 """
 from __future__ import annotations
 
+import contextlib
+import hashlib
+import json
 import logging
 import random
 import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from datetime import timedelta
 from enum import StrEnum
 from typing import Any, TypeVar
 
 from db import transitions as tx
 from db.engine import autocommit, transaction
-from pipeline import cpu
+from pipeline import cpu, metrics
 from pipeline.config import settings
 from pipeline.errors import PermanentStepError, TransientStepError
 from pipeline.providers.base import Outline, PageRequest, StoryRequest
-from pipeline.providers.registry import output_storage, providers, read_photo
+from pipeline.providers.registry import image_ref, output_storage, photo_url, providers, read_photo
+from pipeline.quota import QuotaWait, quotas
 from pipeline.storage import ObjectMissing, book_key, page_image_key
 from pipeline.themes import THEMES, resolve_theme
 
@@ -142,7 +147,7 @@ def _guarded(
     *,
     attempt: Attempt,
     fail: Callable[[str], None],
-    release: Callable[[str], None],
+    release: Callable[[str | None], None],
     what: str,
 ) -> T:
     """Run a provider call under the error policy: permanent -> recorded failure; transient ->
@@ -150,6 +155,12 @@ def _guarded(
     unexpected reply: recorded as a failure (an operator can retry), never a crash loop."""
     try:
         return fn()
+    except QuotaWait as e:
+        # The shared provider quota, not the provider, said "not now": free the step for
+        # whoever comes first when it refills, without using up a try or recording an error.
+        release(None)
+        metrics.QUOTA_WAITS.labels(str(e).split(" ", 1)[0]).inc()
+        raise RetryLater(backoff(0, e.retry_after), str(e), waiting=True) from None
     except PermanentStepError as e:
         fail(str(e))
         raise _Failed(str(e)) from None
@@ -208,7 +219,7 @@ def analyze_photo(photo_id: str, attempt: Attempt = Attempt()) -> StepResult:
         with autocommit() as c:
             tx.fail_photo(c, photo_id, msg, attempt=attempt.number, task_id=attempt.task_id)
 
-    def release(msg: str) -> None:
+    def release(msg: str | None) -> None:
         with autocommit() as c:
             tx.release_photo(c, photo_id, msg, attempt.number, attempt.task_id)
 
@@ -329,7 +340,7 @@ def generate_story(story_id: str, attempt: Attempt = Attempt()) -> StepResult:
     if existing is None:
         req = StoryRequest(name, claim["child_age"], theme_id, s.page_count, story_seed(story_id))
 
-        def release(msg: str) -> None:
+        def release(msg: str | None) -> None:
             with autocommit() as c:
                 tx.release_story(c, story_id)
 
@@ -402,7 +413,7 @@ def _page_step(
             tx.fail_page(c, page_id, col, stage, msg, f"Page {claim.page_number} ({label}): {msg}",
                          attempt.number, attempt.task_id)
 
-    def release(msg: str) -> None:
+    def release(msg: str | None) -> None:
         with autocommit() as c:
             tx.release_page(c, page_id, col, stage, msg, attempt.number, attempt.task_id)
 
@@ -428,6 +439,9 @@ def write_text(page_id: str, attempt: Attempt = Attempt()) -> StepResult:
 
 
 def draw_base(page_id: str, attempt: Attempt = Attempt()) -> StepResult:
+    if providers().image_jobs is not None:
+        return _job_step(page_id, "image", attempt)
+
     def work(claim: tx.PageClaim, timer: _Timer) -> dict[str, Any]:
         p = providers()
         with timer.phase("provider"):
@@ -459,7 +473,10 @@ def personalize(page_id: str, attempt: Attempt = Attempt()) -> StepResult:
             p.storage.put(key, png, "image/png")
         return {"personalized_image_key": key}
 
-    result = _page_step(page_id, "personalization", attempt, work)
+    if providers().image_jobs is not None:
+        result = _job_step(page_id, "personalization", attempt)
+    else:
+        result = _page_step(page_id, "personalization", attempt, work)
     if result.moves_on:
         # The story barrier, checked after this page's completion committed: of the pages that
         # finish at the same moment, at least the last to get here sees them all done. Also on
@@ -467,6 +484,184 @@ def personalize(page_id: str, attempt: Attempt = Attempt()) -> StepResult:
         with autocommit() as c:
             result.context["story_ready"] = tx.story_ready(c, result.context["story"])
     return result
+
+
+# --- page steps run as remote jobs (Replicate) --------------------------------------------------
+#
+# A prediction can take minutes, so a step does not wait for it in a worker slot. It records the
+# job *before* creating it (provider_jobs, one live job per page step), creates it, and returns;
+# the same task comes back every JOB_POLL_INTERVAL to look at it (no claim needed: the live job
+# row is the guard, and each look renews the page's lease), and when the job has succeeded it
+# copies the output into our storage at once (the provider deletes it within the hour) and
+# completes the column. A run that dies anywhere finds the job again: by its id, or, if it died
+# between the provider's reply and recording the id, by listing the provider's recent jobs for
+# the same (deterministic) input. The shared cap on concurrent jobs is held for the job's life.
+
+def _job_input(stage: str, claim: tx.PageClaim, timer: _Timer) -> dict[str, Any]:
+    p = providers()
+    jobs = p.image_jobs
+    assert jobs is not None
+    req = _page_request(claim)
+    if stage == "image":
+        return jobs.base_input(req)
+    from pipeline.providers.local_vision import face_from_json
+
+    assert claim.photo is not None and claim.base_image_key
+    face = face_from_json(claim.photo["face_details"] or {})
+    if face is None:
+        raise PermanentStepError("The photo has no analysed face; re-run the photo analysis.")
+    with timer.phase("read"):
+        base_ref = image_ref(p.storage, claim.base_image_key, "image/png")
+        photo_ref = photo_url(claim.photo["storage_provider"], claim.photo["bucket"], claim.photo["object_key"])
+    return jobs.personalize_input(base_ref, photo_ref, face, req)
+
+
+def _input_sha(model_input: dict[str, Any]) -> str:
+    return hashlib.sha256(json.dumps(model_input, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
+
+
+def _job_step(page_id: str, stage: tx.JobStage, attempt: Attempt) -> StepResult:
+    s = settings()
+    col = tx.PAGE_STAGES[stage]
+    jobs = providers().image_jobs
+    assert jobs is not None
+    timer = _Timer()
+    with timer.phase("claim"), autocommit() as c:
+        claim = tx.claim_page(c, page_id, col, s.step_lease_seconds)
+        state = tx.page_state(c, page_id, col)
+        job = tx.live_job(c, page_id, stage)
+    if state is None:
+        return StepResult(Outcome.STOPPED, "page not found", timer.timings)
+    ctx = {"story": str(state["story_id"]), "page_number": state["page_number"]}
+    label = STAGE_LABEL[stage]
+
+    def fail(msg: str) -> None:
+        with autocommit() as c:
+            if job is not None:
+                tx.job_finished(c, str(job["id"]), "failed", msg)
+            tx.fail_page(c, page_id, col, stage, msg, f"Page {state['page_number']} ({label}): {msg}",
+                         attempt.number, attempt.task_id)
+        quotas().release(jobs.name, f"{page_id}:{stage}")
+
+    if claim is None:
+        if state["status"] == "completed":
+            return StepResult(Outcome.ALREADY_DONE, "already done", timer.timings, context=ctx)
+        if state["status"] == "processing" and job is not None and job["external_id"]:
+            return _follow_job(page_id, stage, job, attempt, timer, ctx, fail)
+        if state["story_status"] != "processing":
+            return StepResult(Outcome.STOPPED, f"story is {state['story_status']}", timer.timings)
+        if state["prereq_status"] != "completed":
+            return StepResult(Outcome.STOPPED, f"previous step is {state['prereq_status']}", timer.timings)
+        if state["status"] == "processing":
+            return _held_elsewhere("step in progress", state["age"], attempt, timer)
+        return StepResult(Outcome.STOPPED, f"step is {state['status']}", timer.timings)
+
+    if job is not None and job["external_id"]:  # a dead run's job: follow it, don't pay twice
+        return _follow_job(page_id, stage, job, attempt, timer, ctx, fail)
+
+    holder = f"{page_id}:{stage}"
+
+    def release(msg: str | None) -> None:
+        with autocommit() as c:
+            tx.release_page(c, page_id, col, stage, msg, attempt.number, attempt.task_id)
+
+    def start() -> tuple[str, str]:
+        nonlocal job
+        model_input = _job_input(stage, claim, timer)
+        sha = _input_sha(model_input)
+        wait = quotas().acquire(jobs.name, holder, s.job_max_seconds + 60)
+        if wait > 0:
+            raise QuotaWait(f"{jobs.name} has its maximum of concurrent jobs running", retry_after=min(wait, 10.0))
+        reserved_now = False
+        if job is None:
+            with autocommit() as c:
+                job = tx.reserve_job(c, page_id, stage, jobs.name, sha)
+                reserved_now = job is not None
+                if job is None:  # lost a race to another run of this step: follow its job
+                    job = tx.live_job(c, page_id, stage)
+            if job is None or job["external_id"]:
+                return "", ""
+        kind = "base" if stage == "image" else "personalize"
+        with timer.phase("provider"):
+            # An intent recorded by an earlier run that has no id: that run died (or timed out)
+            # between asking the provider and recording the reply. Its job may exist: find it.
+            found = None if reserved_now else jobs.find(kind, model_input,
+                                                        job["created_at"] - timedelta(minutes=5))
+            external_id = found or jobs.create(kind, model_input)
+        return external_id, sha
+
+    try:
+        external_id, sha = _guarded(start, attempt=attempt, fail=fail, release=release, what=label.capitalize())
+    except _Failed as e:
+        return StepResult(Outcome.FAILED, str(e), timer.timings, context=ctx)
+    assert job is not None
+    if external_id:
+        with autocommit() as c:
+            tx.job_started(c, str(job["id"]), external_id, sha)
+    # Come back when the job has had time to run; the page keeps its claim meanwhile.
+    raise RetryLater(s.job_poll_interval, f"{label} job started", waiting=True)
+
+
+def _follow_job(page_id: str, stage: tx.JobStage, job: Any, attempt: Attempt, timer: _Timer,
+                ctx: dict[str, Any], fail: Callable[[str], None]) -> StepResult:
+    s = settings()
+    p = providers()
+    jobs = p.image_jobs
+    assert jobs is not None
+    col = tx.PAGE_STAGES[stage]
+    job_id, external_id = str(job["id"]), str(job["external_id"])
+    label = STAGE_LABEL[stage]
+
+    def note_error(msg: str | None) -> None:
+        # The job keeps running remotely: the page keeps its claim; only the error is counted.
+        if msg is not None:
+            with autocommit() as c:
+                tx.job_error(c, job_id)
+
+    def look() -> tuple[str, bytes | None, str | None]:
+        with timer.phase("provider"):
+            st = jobs.status(external_id)
+        if st.state == "succeeded":
+            if not st.output_url:
+                raise PermanentStepError(f"The {label} job succeeded without an image.")
+            with timer.phase("download"):
+                return "succeeded", jobs.download(st.output_url), None
+        return st.state, None, st.error
+
+    try:
+        state, image, error = _guarded(look, attempt=attempt, fail=fail, release=note_error,
+                                       what=label.capitalize())
+    except _Failed as e:
+        return StepResult(Outcome.FAILED, str(e), timer.timings, context=ctx)
+
+    if state == "running":
+        if job["age"].total_seconds() > s.job_max_seconds:
+            with contextlib.suppress(Exception):
+                jobs.cancel(external_id)  # best effort: stop paying for it
+            msg = (f"The {label} job did not finish within {int(s.job_max_seconds)} s "
+                   f"(job {external_id}); an operator can retry it.")
+            fail(msg)
+            return StepResult(Outcome.FAILED, msg, timer.timings, context=ctx)
+        with autocommit() as c:
+            tx.job_polled(c, job_id, page_id, col)
+        quotas().acquire(jobs.name, f"{page_id}:{stage}", s.job_max_seconds + 60)  # renew the slot
+        raise RetryLater(s.job_poll_interval, f"{label} job {external_id} still running", waiting=True)
+
+    if state != "succeeded":
+        msg = f"The {label} job {state}: {error or 'no reason given'}"
+        fail(msg)
+        return StepResult(Outcome.FAILED, msg, timer.timings, context=ctx)
+
+    assert image is not None
+    variant = "base" if stage == "image" else "personalized"
+    key = page_image_key(ctx["story"], ctx["page_number"], variant)
+    with timer.phase("store"):
+        p.storage.put(key, image, "image/png")
+    with timer.phase("record"), transaction() as c:
+        tx.job_finished(c, job_id, "succeeded")
+        done = tx.complete_page(c, page_id, col, {f"{variant}_image_key": key})
+    quotas().release(jobs.name, f"{page_id}:{stage}")
+    return StepResult(Outcome.DONE if done else Outcome.ALREADY_DONE, "", timer.timings, context=ctx)
 
 
 # --- story completion -------------------------------------------------------------------------

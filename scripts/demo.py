@@ -23,7 +23,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 VAR = ROOT / "var"
-QUEUES = "celery,photos,stories,text,images,personalize"
+QUEUES = "celery,photos,stories,text,images,personalize,orders"
 CELL = {"completed": "█", "processing": "▒", "pending": "·", "failed": "✗", None: "·"}
 
 

@@ -67,7 +67,10 @@ class Db:
 
     def truncate(self) -> None:
         with self.engine.begin() as c:
-            c.execute(text("TRUNCATE users, photos, stories, story_pages, orders, story_outlines, step_errors CASCADE"))
+            tables = c.execute(text(
+                "SELECT string_agg(quote_ident(tablename), ', ') FROM pg_tables WHERE schemaname = 'public'"
+            )).scalar_one()
+            c.execute(text(f"TRUNCATE {tables} CASCADE"))
 
     def one(self, sql: str, **params: Any) -> Any:
         with self.engine.begin() as c:

@@ -65,20 +65,31 @@ def _run(task: Task, stage: str, ids: dict[str, Any],
     RetryLater becomes a delayed retry of this same task."""
     req = task.request
     redelivered = bool((req.delivery_info or {}).get("redelivered")) or req.retries > 0
-    attempt = steps.Attempt(req.retries, settings().max_retries, req.id, redelivered)
+    # Tries count transient errors only, carried in the message: Celery's own retry count also
+    # counts the re-schedules of a step that waits (a quota, a running remote job, a lease).
+    tries = _tries((req.kwargs or {}).get("tries"))
+    attempt = steps.Attempt(tries, settings().max_retries, req.id, redelivered)
     t0 = time.perf_counter()
     try:
         result = body(attempt)
     except steps.RetryLater as r:
         _log_line(stage, ids, attempt.number, None, "waiting" if r.waiting else "retry",
                   (time.perf_counter() - t0) * 1000)
-        # Waiting for another step is bounded by that step's lease, not by our error budget.
-        raise task.retry(countdown=r.countdown, max_retries=None if r.waiting else attempt.max_retries,
-                         exc=None) from None
+        # Errors are bounded by the tries (steps give up at Attempt.last); waiting is bounded by
+        # what is waited for (a lease, a job's time limit), so Celery's own cap is off.
+        kwargs = {**(req.kwargs or {}), "tries": tries if r.waiting else tries + 1}
+        raise task.retry(countdown=r.countdown, kwargs=kwargs, max_retries=None, exc=None) from None
     if after is not None:
         after(result)
     _log_line(stage, ids, attempt.number, result, result.outcome.value, (time.perf_counter() - t0) * 1000)
     return f"{result.outcome.value}: {result.detail}" if result.detail else result.outcome.value
+
+
+def _tries(value: Any) -> int:
+    try:
+        return max(0, min(int(value or 0), 1000))
+    except (TypeError, ValueError):
+        return 0
 
 
 def _bad_args(stage: str, name: str, key: str, value: Any, extra: dict[str, Any]) -> str | None:
@@ -94,7 +105,7 @@ def _bad_args(stage: str, name: str, key: str, value: Any, extra: dict[str, Any]
 # --- the external contract ---------------------------------------------------------------------
 
 @app.task(base=StepTask, bind=True, name="photos.analyze")
-def analyze_photo(self: Task, photo_id: str | None = None, **extra: Any) -> str:
+def analyze_photo(self: Task, photo_id: str | None = None, tries: int = 0, **extra: Any) -> str:
     if (bad := _bad_args("analysis", "photos.analyze", "photo_id", photo_id, extra)):
         return bad
     pid = steps.valid_uuid(photo_id)
@@ -103,7 +114,7 @@ def analyze_photo(self: Task, photo_id: str | None = None, **extra: Any) -> str:
 
 
 @app.task(base=StepTask, bind=True, name="stories.generate")
-def generate_story(self: Task, story_id: str | None = None, **extra: Any) -> str:
+def generate_story(self: Task, story_id: str | None = None, tries: int = 0, **extra: Any) -> str:
     if (bad := _bad_args("outline", "stories.generate", "story_id", story_id, extra)):
         return bad
     sid = steps.valid_uuid(story_id)
@@ -124,19 +135,19 @@ def generate_story(self: Task, story_id: str | None = None, **extra: Any) -> str
 # --- internal steps ------------------------------------------------------------------------------
 
 @app.task(base=StepTask, bind=True, name="pages.write_text")
-def write_text(self: Task, page_id: str) -> str:
+def write_text(self: Task, page_id: str, tries: int = 0) -> str:
     return _run(self, "text", {"page": page_id}, lambda a: steps.write_text(page_id, a),
                 _then(lambda: draw_base.apply_async(kwargs={"page_id": page_id})))
 
 
 @app.task(base=StepTask, bind=True, name="pages.draw_base")
-def draw_base(self: Task, page_id: str) -> str:
+def draw_base(self: Task, page_id: str, tries: int = 0) -> str:
     return _run(self, "image", {"page": page_id}, lambda a: steps.draw_base(page_id, a),
                 _then(lambda: personalize.apply_async(kwargs={"page_id": page_id})))
 
 
 @app.task(base=StepTask, bind=True, name="pages.personalize")
-def personalize(self: Task, page_id: str) -> str:
+def personalize(self: Task, page_id: str, tries: int = 0) -> str:
     def maybe_finish(result: steps.StepResult) -> None:
         # The barrier is a Postgres query (steps.personalize), not a Redis chord counter:
         # only a personalization that finds every page done enqueues the story's completion.
@@ -148,7 +159,7 @@ def personalize(self: Task, page_id: str) -> str:
 
 
 @app.task(base=StepTask, bind=True, name="stories.finish")
-def finish_story(self: Task, story_id: str) -> str:
+def finish_story(self: Task, story_id: str, tries: int = 0) -> str:
     return _run(self, "finish", {"story": story_id}, lambda a: steps.finish_story(story_id, a))
 
 

@@ -1,6 +1,7 @@
 """Builds the configured providers once per process (thread-safe, fork-aware)."""
 from __future__ import annotations
 
+import base64
 import os
 import threading
 import time
@@ -9,7 +10,7 @@ from typing import Any
 
 from pipeline.config import Settings, settings
 from pipeline.errors import PermanentStepError
-from pipeline.providers.base import Illustrator, PhotoAnalyzer, StoryWriter
+from pipeline.providers.base import Face, Illustrator, ImageJobs, PageRequest, PhotoAnalyzer, StoryWriter
 from pipeline.storage import LocalStorage, Storage, check_key
 
 
@@ -19,6 +20,19 @@ class Providers:
     writer: StoryWriter
     illustrator: Illustrator
     storage: Storage  # where generated images and books are written
+    # Set when images come from a remote job provider (Replicate): the image steps then create,
+    # follow and collect jobs (pipeline.steps._job_step) instead of calling ``illustrator``.
+    image_jobs: ImageJobs | None = None
+
+
+class _RemoteJobsOnly:
+    """The Illustrator slot when images are remote jobs: nothing may call it synchronously."""
+
+    def draw_base(self, req: PageRequest) -> bytes:
+        raise RuntimeError("images are remote jobs here (IMAGE_PROVIDER=replicate)")
+
+    def personalize(self, base: bytes, photo: bytes, face: Face, req: PageRequest) -> bytes:
+        raise RuntimeError("images are remote jobs here (IMAGE_PROVIDER=replicate)")
 
 
 class _Slow:
@@ -49,6 +63,7 @@ def _build(s: Settings) -> Providers:
     vision: Any
     writer: Any
     illustrator: Any
+    image_jobs: ImageJobs | None = None
     if s.vision_provider == "instant":
         from pipeline.providers.instant import InstantAnalyzer
 
@@ -57,6 +72,11 @@ def _build(s: Settings) -> Providers:
         from pipeline.providers.local_vision import LocalPhotoAnalyzer
 
         vision = LocalPhotoAnalyzer()
+    elif s.vision_provider == "rekognition":
+        from pipeline.providers.aws import RekognitionAnalyzer
+        from pipeline.quota import QuotaHooks
+
+        vision = RekognitionAnalyzer.from_env(hooks=QuotaHooks())
     else:
         raise SystemExit(f"configuration error: vision provider {s.vision_provider!r} is not available")
 
@@ -68,6 +88,11 @@ def _build(s: Settings) -> Providers:
         from pipeline.providers.local_text import LocalStoryWriter
 
         writer = LocalStoryWriter()
+    elif s.text_provider == "openai":
+        from pipeline.providers.openai_text import OpenAIStoryWriter
+        from pipeline.quota import QuotaHooks
+
+        writer = OpenAIStoryWriter.from_env(hooks=QuotaHooks())
     else:
         raise SystemExit(f"configuration error: text provider {s.text_provider!r} is not available")
 
@@ -79,20 +104,30 @@ def _build(s: Settings) -> Providers:
         from pipeline.providers.local_images import LocalIllustrator
 
         illustrator = LocalIllustrator()
+    elif s.image_provider == "replicate":
+        from pipeline.providers.replicate_images import ReplicateImageJobs
+        from pipeline.quota import QuotaHooks
+
+        # The cap on concurrent predictions is held by the step for each job's life, not per call.
+        image_jobs = ReplicateImageJobs.from_env(hooks=QuotaHooks(concurrent_calls=False))
+        illustrator = _RemoteJobsOnly()
     else:
         raise SystemExit(f"configuration error: image provider {s.image_provider!r} is not available")
 
     if s.simulated_latency > 0:
         vision, writer, illustrator = (_Slow(p, s.simulated_latency) for p in (vision, writer, illustrator))
 
-    return Providers(vision, writer, illustrator, output_storage())
+    return Providers(vision, writer, illustrator, output_storage(), image_jobs)
 
 
 def output_storage() -> Storage:
     """Where generated images and books go (cheap to build: no provider SDKs are loaded)."""
     s = settings()
-    if s.storage_backend != "local":
-        raise SystemExit(f"configuration error: storage backend {s.storage_backend!r} is not available")
+    if s.storage_backend == "s3":
+        from pipeline.providers.aws import S3Storage
+        from pipeline.quota import QuotaHooks
+
+        return S3Storage.from_env(hooks=QuotaHooks())  # type: ignore[no-any-return]
     return LocalStorage(s.local_storage_root)
 
 
@@ -115,7 +150,52 @@ def read_photo(storage_provider: str, bucket: str | None, object_key: str) -> by
         if bucket:
             root = LocalStorage(root).path(check_key(bucket))
         return LocalStorage(root).get(object_key)
-    raise PermanentStepError(
+    if provider == "s3":
+        if not bucket:
+            raise PermanentStepError("The photo row says storage 's3' but names no bucket.")
+        return _s3_reader().read_object(bucket, object_key)  # type: ignore[no-any-return]
+    raise _unsupported(storage_provider)
+
+
+def _unsupported(storage_provider: str) -> PermanentStepError:
+    return PermanentStepError(
         f"Unsupported storage provider {storage_provider!r} for the photo "
-        "(this deployment reads 'local' photos)."
+        "(this deployment reads 'local' and 's3' photos)."
     )
+
+
+_s3: tuple[int, Any] | None = None
+
+
+def _s3_reader() -> Any:
+    """An S3 client for photos in any bucket (the uploads bucket need not be our output one)."""
+    global _s3
+    if _s3 is None or _s3[0] != os.getpid():
+        from pipeline.providers.aws import S3Storage
+        from pipeline.quota import QuotaHooks
+
+        _s3 = (os.getpid(), S3Storage.reader(hooks=QuotaHooks()))
+    return _s3[1]
+
+
+def _data_uri(data: bytes, content_type: str) -> str:
+    return f"data:{content_type};base64,{base64.b64encode(data).decode()}"
+
+
+def image_ref(storage: Storage, key: str, content_type: str) -> str:
+    """How a remote provider reads one of our images: a time-limited URL where the storage can
+    sign one (S3), else the bytes inline as a data: URI (local storage, demo and tests)."""
+    url = getattr(storage, "url", None)
+    if callable(url):
+        return str(url(key))
+    return _data_uri(storage.get(key), content_type)
+
+
+def photo_url(storage_provider: str, bucket: str | None, object_key: str) -> str:
+    """The uploaded photo as a remote provider reads it (see image_ref)."""
+    provider = (storage_provider or "").strip().lower()
+    if provider == "s3" and bucket:
+        return str(_s3_reader().presigned_url(bucket, object_key))
+    data = read_photo(storage_provider, bucket, object_key)
+    kind = "image/png" if data.startswith(b"\x89PNG") else "image/jpeg"
+    return _data_uri(data, kind)
