@@ -156,19 +156,56 @@ def cmd_retry(args: argparse.Namespace) -> int:
 
 
 def cmd_backfill(args: argparse.Namespace) -> int:
-    from pipeline.ops import sweep
+    from pipeline.config import settings
+    from pipeline.ops import BackfillProgress, backfill
 
-    found = sweep(lease=args.stale_after, pending_after=args.pending_after, limit=args.limit,
-                  dry_run=args.dry_run)
+    lease = args.stale_after if args.stale_after is not None else settings().step_lease_seconds
+    pending_after = args.pending_after if args.pending_after is not None else lease
     verb = "would re-enqueue" if args.dry_run else "re-enqueued"
+
+    def progress(p: BackfillProgress, task: str, n: int) -> None:
+        if not args.json:
+            print(f"batch {p.batches}: {verb} {n} x {task} ({p.enqueued} so far)", file=sys.stderr)
+
+    try:
+        result = backfill(lease=lease, pending_after=pending_after, batch_size=args.batch_size,
+                          rate=args.rate, max_items=args.limit, dry_run=args.dry_run, restart=args.restart,
+                          on_batch=progress)
+    except KeyboardInterrupt:
+        print("interrupted: run the same command again to resume where it stopped", file=sys.stderr)
+        return 130
     if args.json:
-        print(json.dumps({"dry_run": args.dry_run,
-                          "items": [{"task": i.task, **i.kwargs} for i in found]}))
-    else:
-        for i in found:
-            print(f"{verb} {i.task} {next(iter(i.kwargs.values()))}")
-        print(f"{len(found)} stuck step(s) {verb}")
+        print(json.dumps({"dry_run": args.dry_run, "enqueued": result.enqueued, "batches": result.batches,
+                          "resumed": result.resumed, "finished": result.done,
+                          "items": [{"task": i.task, **i.kwargs} for i in result.items]}))
+        return 0
+    for i in result.items:
+        print(f"{verb} {i.task} {next(iter(i.kwargs.values()))}")
+    if result.resumed:
+        print("(resumed an earlier, unfinished backfill; --restart starts over)")
+    print(f"{result.enqueued} stuck step(s) {verb}"
+          + ("" if result.done else " (stopped at --limit: run again to continue)"))
     return 0
+
+
+def _non_negative(value: str) -> float:
+    try:
+        x = float(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{value!r} is not a number") from None
+    if x < 0:
+        raise argparse.ArgumentTypeError("must be 0 or more")
+    return x
+
+
+def _positive_int(value: str) -> int:
+    try:
+        n = int(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{value!r} is not a whole number") from None
+    if n < 1:
+        raise argparse.ArgumentTypeError("must be at least 1")
+    return n
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -204,8 +241,14 @@ def main(argv: list[str] | None = None) -> int:
                     help="a 'processing' step untouched this long is stuck (default: STEP_LEASE_SECONDS)")
     bf.add_argument("--pending-after", type=float, default=None, metavar="SECONDS",
                     help="a ready 'pending' step untouched this long lost its message (default: the lease)")
-    bf.add_argument("--limit", type=int, default=500, help="at most this many per kind of stuck work")
-    bf.add_argument("--dry-run", action="store_true")
+    bf.add_argument("--batch-size", type=_positive_int, default=200, metavar="N",
+                    help="look up and enqueue this many at a time (default 200)")
+    bf.add_argument("--rate", type=_non_negative, default=100.0, metavar="PER_SECOND",
+                    help="enqueue at most this many messages a second (default 100; 0 = no limit)")
+    bf.add_argument("--limit", type=_positive_int, default=None, metavar="N",
+                    help="stop after this many (run again to continue from there)")
+    bf.add_argument("--restart", action="store_true", help="ignore an unfinished earlier run; start over")
+    bf.add_argument("--dry-run", action="store_true", help="list what would be enqueued; change nothing")
     bf.add_argument("--json", action="store_true")
     bf.set_defaults(fn=cmd_backfill)
     args = ap.parse_args(argv)

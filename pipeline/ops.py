@@ -2,7 +2,9 @@
 steps go back to pending; completed work is kept), and tasks are enqueued after commit."""
 from __future__ import annotations
 
-from dataclasses import dataclass
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
 
 from sqlalchemy import text
 
@@ -76,60 +78,87 @@ class Stuck:
     why: str
 
 
-# Each query finds one kind of stuck work; all use the status indexes and stop at :limit.
-# "processing" older than the lease: the worker holding it died (its message may only come back
-# after the broker's visibility timeout). "pending" older than :pending_after with everything it
-# needs done: its message was lost (enqueue failed after commit, or a broker restart).
+# Each query finds one kind of stuck work. "processing" older than the lease: the worker holding
+# it died (its message may only come back after the broker's visibility timeout). "pending"
+# older than :pending_after with everything it needs done: its message was lost (enqueue failed
+# after commit, a broker restart, a row inserted by a backfill of old data).
+#
+# At 100,000+ stories almost every row is finished, so each query is driven by a partial index
+# that holds only unfinished rows (schema.sql: ix_*_unfinished) and pages through it by id
+# (keyset: "id > :after ORDER BY id LIMIT :limit"), which is what lets a backfill resume where
+# it stopped. Each WHERE repeats its index's predicate word for word, so the planner can use it.
+_UNFINISHED = {
+    "text_generation_status": "p.text_generation_status IS DISTINCT FROM 'completed'",
+    "image_generation_status": "p.image_generation_status IS DISTINCT FROM 'completed'",
+    "personalization_status": "p.personalization_status IS DISTINCT FROM 'completed'",
+}
 _STUCK_QUERIES: tuple[tuple[str, str, str], ...] = (
     ("photos.analyze", "photo_id", """
-        SELECT id FROM photos WHERE ai_processing_status = 'processing'
-           AND updated_at < now() - make_interval(secs => :lease) LIMIT :limit"""),
+        SELECT id FROM photos
+         WHERE ai_processing_status IS DISTINCT FROM 'completed' AND id > :after AND status = 'uploaded'
+           AND ((ai_processing_status = 'processing' AND updated_at < now() - make_interval(secs => :lease))
+             OR (COALESCE(ai_processing_status, 'pending') = 'pending'
+                 AND updated_at < now() - make_interval(secs => :pending_after)))
+         ORDER BY id LIMIT :limit"""),
     ("stories.generate", "story_id", """
-        SELECT id FROM stories WHERE status = 'pending'
-           AND updated_at < now() - make_interval(secs => :pending_after) LIMIT :limit"""),
-    ("stories.generate", "story_id", """
-        SELECT s.id FROM stories s WHERE s.status = 'processing'
-           AND s.updated_at < now() - make_interval(secs => :lease)
-           AND NOT EXISTS (SELECT 1 FROM story_pages p WHERE p.story_id = s.id) LIMIT :limit"""),
+        SELECT s.id FROM stories s
+         WHERE s.status IN ('pending', 'processing') AND s.id > :after
+           AND ((s.status = 'pending' AND s.updated_at < now() - make_interval(secs => :pending_after))
+             OR (s.status = 'processing' AND s.updated_at < now() - make_interval(secs => :lease)
+                 AND NOT EXISTS (SELECT 1 FROM story_pages p WHERE p.story_id = s.id)))
+         ORDER BY s.id LIMIT :limit"""),
     *(
         (task, "page_id", f"""
         SELECT p.id FROM story_pages p JOIN stories s ON s.id = p.story_id
-         WHERE s.status = 'processing' {f"AND p.{prereq} = 'completed'" if prereq else ""} AND (
-               (p.{col} = 'processing' AND p.updated_at < now() - make_interval(secs => :lease))
-            OR (COALESCE(p.{col}, 'pending') = 'pending'
-                AND p.updated_at < now() - make_interval(secs => :pending_after))) LIMIT :limit""")
+         WHERE {_UNFINISHED[col]} AND p.id > :after
+           AND s.status = 'processing' {f"AND p.{prereq} = 'completed'" if prereq else ""}
+           AND ((p.{col} = 'processing' AND p.updated_at < now() - make_interval(secs => :lease))
+             OR (COALESCE(p.{col}, 'pending') = 'pending'
+                 AND p.updated_at < now() - make_interval(secs => :pending_after)))
+         ORDER BY p.id LIMIT :limit""")
         for task, col, prereq in (
             ("pages.write_text", "text_generation_status", None),
             ("pages.draw_base", "image_generation_status", "text_generation_status"),
             ("pages.personalize", "personalization_status", "image_generation_status"),
         )
     ),
+    # Every page done, the story not: the personalization that should have enqueued the finish
+    # died first (or its message was lost).
     ("stories.finish", "story_id", """
-        SELECT s.id FROM stories s WHERE s.status = 'processing'
+        SELECT s.id FROM stories s
+         WHERE s.status IN ('pending', 'processing') AND s.id > :after AND s.status = 'processing'
            AND s.updated_at < now() - make_interval(secs => :pending_after)
            AND EXISTS (SELECT 1 FROM story_pages p WHERE p.story_id = s.id)
            AND NOT EXISTS (SELECT 1 FROM story_pages p WHERE p.story_id = s.id
-                            AND p.personalization_status IS DISTINCT FROM 'completed')
-           AND NOT EXISTS (SELECT 1 FROM story_pages p WHERE p.story_id = s.id
-                            AND p.updated_at > now() - make_interval(secs => :pending_after)) LIMIT :limit"""),
+                            AND (p.personalization_status IS DISTINCT FROM 'completed'
+                                 OR p.updated_at > now() - make_interval(secs => :pending_after)))
+         ORDER BY s.id LIMIT :limit"""),
 )
+NO_CURSOR = "00000000-0000-0000-0000-000000000000"
+
+
+def stuck_batch(kind: int, *, lease: float, pending_after: float, limit: int,
+                after: str = NO_CURSOR) -> list[Stuck]:
+    """Up to ``limit`` stuck steps of one kind (an index into _STUCK_QUERIES), after id ``after``."""
+    task, key, sql = _STUCK_QUERIES[kind]
+    with transaction() as c:
+        rows = c.execute(text(sql), {"lease": lease, "pending_after": pending_after, "limit": limit,
+                                     "after": after})
+        return [Stuck(task, {key: str(r[0])}, "stale") for r in rows]
 
 
 def find_stuck(*, lease: float, pending_after: float, limit: int = 500) -> list[Stuck]:
-    """What should be moving and is not (read-only)."""
-    found: list[Stuck] = []
-    with transaction() as c:
-        for task, key, sql in _STUCK_QUERIES:
-            rows = c.execute(text(sql), {"lease": lease, "pending_after": pending_after, "limit": limit})
-            found += [Stuck(task, {key: str(r[0])}, "stale") for r in rows]
-    return found
+    """What should be moving and is not (read-only): up to ``limit`` of each kind."""
+    return [item for kind in range(len(_STUCK_QUERIES))
+            for item in stuck_batch(kind, lease=lease, pending_after=pending_after, limit=limit)]
 
 
 def sweep(*, lease: float | None = None, pending_after: float | None = None, limit: int = 500,
           dry_run: bool = False) -> list[Stuck]:
-    """Re-enqueue stuck work. Safe beside live workers and safe to run twice: each step's own
-    guarded claim decides (a stale claim is taken over, a live or finished one is left alone),
-    so a duplicate message is a no-op, never duplicate work."""
+    """Re-enqueue stuck work (the periodic sweep: one bounded pass). Safe beside live workers
+    and safe to run twice: each step's own guarded claim decides (a stale claim is taken over,
+    a live or finished one is left alone), so a duplicate message is a no-op, never duplicate
+    work."""
     from pipeline.config import settings
     from workers.app import app
 
@@ -141,6 +170,69 @@ def sweep(*, lease: float | None = None, pending_after: float | None = None, lim
         for item in stuck:
             app.send_task(item.task, kwargs=item.kwargs)
     return stuck
+
+
+@dataclass
+class BackfillProgress:
+    enqueued: int = 0
+    batches: int = 0
+    resumed: bool = False
+    done: bool = False
+    items: list[Stuck] = field(default_factory=list)  # dry runs only: what would be sent
+
+
+CURSOR_KEY = "storycreator:backfill:cursor"
+
+
+def backfill(*, lease: float, pending_after: float, batch_size: int = 200, rate: float = 100.0,
+             max_items: int | None = None, dry_run: bool = False, restart: bool = False,
+             on_batch: Callable[[BackfillProgress, str, int], None] | None = None) -> BackfillProgress:
+    """Re-enqueue all stuck work, one kind after another, in batches of ``batch_size`` and at no
+    more than ``rate`` messages a second (a backfill over old rows must not flood the queues
+    that live stories use).
+
+    Resumable: after each batch the position (the last id, per kind of stuck work) is saved in
+    Redis; an interrupted run (Ctrl-C, a lost terminal, ``max_items`` reached) continues from
+    there when run again with the same thresholds, and a finished run clears it; ``restart``
+    starts over. Safe beside live workers and when run twice at once, as ``sweep`` is."""
+    import redis
+
+    from pipeline.config import settings
+    from workers.app import app
+
+    r = redis.Redis.from_url(settings().redis_url, decode_responses=True)
+    signature = f"lease={lease}|pending_after={pending_after}"
+    saved: dict[str, str] = {} if (restart or dry_run) else dict(r.hgetall(CURSOR_KEY))  # type: ignore[arg-type]
+    cursor = saved if saved.get("signature") == signature else {}
+    progress = BackfillProgress(resumed=bool(cursor))
+    interval = 1.0 / rate if rate > 0 else 0.0
+    next_send = time.monotonic()
+    for kind, (task, _, _) in enumerate(_STUCK_QUERIES):
+        after = cursor.get(str(kind), NO_CURSOR)
+        while after != "done":
+            room = batch_size if max_items is None else min(batch_size, max_items - progress.enqueued)
+            if room <= 0:
+                return progress
+            batch = stuck_batch(kind, lease=lease, pending_after=pending_after, limit=room, after=after)
+            for item in batch:
+                if dry_run:
+                    progress.items.append(item)
+                    continue
+                if interval:
+                    time.sleep(max(0.0, next_send - time.monotonic()))
+                    next_send = max(next_send, time.monotonic()) + interval
+                app.send_task(item.task, kwargs=item.kwargs)
+            progress.enqueued += len(batch)
+            progress.batches += 1
+            after = next(iter(batch[-1].kwargs.values())) if len(batch) == room else "done"
+            if not dry_run:
+                r.hset(CURSOR_KEY, mapping={"signature": signature, str(kind): after})
+            if on_batch is not None and batch:
+                on_batch(progress, task, len(batch))
+    if not dry_run:
+        r.delete(CURSOR_KEY)
+    progress.done = True
+    return progress
 
 
 # --- submitting, as the external API does ------------------------------------------------------

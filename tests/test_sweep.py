@@ -74,3 +74,39 @@ def test_beat_sweeps_stuck_work_unattended(clean_db: Db, worker: WorkerProcess, 
     assert clean_db.wait_story(story, timeout=60)["status"] == "completed"
     time.sleep(2.0)
     _done_once(worker, pages)
+
+
+def test_backfill_goes_in_batches_at_a_bounded_rate_and_resumes(clean_db: Db, monkeypatch: pytest.MonkeyPatch,
+                                                                capsys: pytest.CaptureFixture[str]) -> None:
+    from workers.app import app
+
+    sent: list[tuple[str, str]] = []
+    monkeypatch.setattr(app, "send_task", lambda name, kwargs: sent.append((name, next(iter(kwargs.values())))))
+    # given two stuck stories (8 page steps) and a lost story start
+    pages = _stuck_story(clean_db)[1] + _stuck_story(clean_db)[1]
+    lost = clean_db.story(clean_db.photo(astronaut_png()))
+    clean_db.exec("UPDATE stories SET updated_at = now() - interval '1 hour' WHERE id = :s", s=lost)
+    expected = {("pages.write_text", p) for p in pages} | {("stories.generate", lost)}
+    # when a backfill is stopped after 4 (as if interrupted), then run again
+    assert cli(["backfill", "--batch-size", "3", "--limit", "4"]) == 0
+    assert "run again to continue" in capsys.readouterr().out
+    assert len(sent) == 4
+    t0 = time.monotonic()
+    assert cli(["backfill", "--batch-size", "3", "--rate", "10"]) == 0
+    elapsed = time.monotonic() - t0
+    out = capsys.readouterr().out
+    # then the second run resumed where the first stopped: everything sent once, nothing twice
+    assert "resumed" in out and "5 stuck step(s) re-enqueued" in out
+    assert sorted(sent) == sorted(expected) and len(sent) == len(expected)
+    assert elapsed >= 0.4  # 5 messages at 10 a second
+    # and a finished backfill starts over next time (the work is still stuck: nobody ran it)
+    sent.clear()
+    assert cli(["backfill", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["enqueued"] == len(expected)
+
+
+def test_backfill_rejects_bad_arguments_with_exit_2(capsys: pytest.CaptureFixture[str]) -> None:
+    for bad in (["--batch-size", "0"], ["--limit", "x"], ["--rate", "-1"]):
+        with pytest.raises(SystemExit) as e:
+            cli(["backfill", *bad])
+        assert e.value.code == 2

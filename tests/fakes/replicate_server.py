@@ -1,0 +1,460 @@
+"""A fake Replicate HTTP API for tests: real HTTP on 127.0.0.1, the real ``replicate`` SDK in front.
+
+Endpoints (Replicate's paths, JSON shapes and error format ``{"title", "detail", "status"}``):
+
+- ``POST /v1/predictions`` (``{"version", "input"}``; ``owner/name:hash`` or a bare hash)
+- ``POST /v1/models/{owner}/{name}/predictions`` (``{"input"}``)
+- ``GET /v1/predictions/{id}``, ``POST /v1/predictions/{id}/cancel``
+- ``GET /v1/predictions``: newest first, ``{"next", "previous", "results"}``, ``page_size`` a page,
+  ``next`` an absolute URL with an opaque ``cursor``
+- ``GET /files/{id}.png``: outputs, without auth (like replicate.delivery), 404 once
+  ``output_ttl`` seconds have passed since the prediction completed; the prediction then shows
+  ``output: null, data_removed: true`` as Replicate does after its hour.
+
+A prediction is ``starting`` for the first quarter of ``run_seconds``, then ``processing``, then
+its outcome (computed on read, from wall-clock time). Outputs are real pictures: a prompt (with a
+``prompt`` input) is drawn by the offline ``LocalIllustrator`` (theme from the prompt's setting,
+composition from the prompt's hash, the input's ``seed``); a face swap (``input_image``/``image``/
+``target_image`` + ``swap_image``/``face_image``/``source_image``, each a data: URI or URL) finds the
+face in the swap image with the offline analyzer and composites it into the target. A swap image
+without a face fails the prediction, as real swap models do. Base outputs are a list of one URL
+(flux), swap outputs one URL.
+
+Fault injection, for the next requests in order, any path (``fake.script([...])``):
+
+- ``("status", code, headers, body)``: that status, headers and body (dict -> JSON, or str/bytes)
+- ``("hang", seconds)``: say nothing for that long, then answer normally (the client is gone)
+- ``("close",)``: close the connection without answering
+- ``("malformed",)``: 200 with truncated JSON
+- ``("pass",)``: answer this one normally (to target a later request)
+
+``fake.next_outcome("failed", error=...)`` / ``("canceled")`` sets how the next created
+predictions end. A ``/v1`` request without ``Authorization: Bearer <token>`` gets a 401 before any
+script. ``known`` (model names and version hashes), when given, makes other models 404;
+``versions`` maps version hashes to the ``owner/name`` a prediction reports.
+"""
+from __future__ import annotations
+
+import base64
+import hashlib
+import io
+import json
+import threading
+import time
+import urllib.request
+from collections import deque
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+from urllib.parse import parse_qs, urlsplit
+
+from PIL import Image
+
+DEFAULT_TOKEN = "r8_FAKEtoken0123456789abcdefSECRET"
+TARGET_KEYS = ("input_image", "image", "target_image")
+FACE_KEYS = ("swap_image", "face_image", "source_image")
+
+
+def problem(status: int, title: str, detail: Any) -> dict[str, Any]:
+    """A body in Replicate's error format (RFC 7807 problem details)."""
+    return {"title": title, "detail": detail, "status": status}
+
+
+def _iso(t: float | None) -> str | None:
+    if t is None:
+        return None
+    return datetime.fromtimestamp(t, UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+@dataclass
+class _Prediction:
+    id: str
+    model: str
+    version: str
+    input: dict[str, Any]
+    created: float  # time.time()
+    seq: int
+    outcome: str = "succeeded"
+    error: str | None = None
+    canceled_at: float | None = None
+    output: bytes | None = None
+    render_error: str | None = None
+    rendered: bool = False
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+class FakeReplicate:
+    """``start()``, ``stop()``, ``base_url`` (``http://127.0.0.1:PORT/v1``), ``requests`` (each
+    ``{"method", "path", "headers", "json", "t"}``, ``t`` from ``time.monotonic()``), ``created``
+    (each prediction as returned by its create)."""
+
+    def __init__(self, token: str = DEFAULT_TOKEN, *, run_seconds: float = 0.3, output_ttl: float = 3600.0,
+                 page_size: int = 100, known: set[str] | None = None,
+                 versions: dict[str, str] | None = None) -> None:
+        self.token = token
+        self.run_seconds = run_seconds
+        self.output_ttl = output_ttl
+        self.page_size = page_size
+        self.known = known
+        self.versions = dict(versions or {})  # version hash -> "owner/name", as Replicate knows them
+        self.requests: list[dict[str, Any]] = []
+        self.created: list[dict[str, Any]] = []
+        self._predictions: dict[str, _Prediction] = {}
+        self._script: deque[tuple[Any, ...]] = deque()
+        self._outcomes: deque[tuple[str, str | None]] = deque()
+        self._lock = threading.Lock()
+        self._render_lock = threading.Lock()
+        self._stopping = threading.Event()
+        self._server: ThreadingHTTPServer | None = None
+        self._thread: threading.Thread | None = None
+        self._seq = 0
+
+    # --- lifecycle -------------------------------------------------------------------------
+
+    def start(self) -> FakeReplicate:
+        fake = self
+
+        class Handler(_Handler):
+            owner = fake
+
+        self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self._server.daemon_threads = True  # a hanging handler must not block stop()
+        self._thread = threading.Thread(target=self._server.serve_forever, kwargs={"poll_interval": 0.02},
+                                        name="fake-replicate", daemon=True)
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._stopping.set()  # wakes hanging handlers
+        if self._server is not None:
+            self._server.shutdown()
+            self._server.server_close()
+        if self._thread is not None:
+            self._thread.join(timeout=5)
+
+    def __enter__(self) -> FakeReplicate:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    @property
+    def root(self) -> str:
+        assert self._server is not None, "start() first"
+        return f"http://127.0.0.1:{self._server.server_address[1]}"
+
+    @property
+    def base_url(self) -> str:
+        return f"{self.root}/v1"
+
+    # --- test controls -----------------------------------------------------------------------
+
+    def script(self, items: list[tuple[Any, ...]]) -> None:
+        with self._lock:
+            self._script.extend(items)
+
+    def next_outcome(self, status: str, error: str | None = None) -> None:
+        """How the next created prediction ends: "succeeded", "failed" (with error) or "canceled"."""
+        assert status in ("succeeded", "failed", "canceled")
+        with self._lock:
+            self._outcomes.append((status, error))
+
+    def requests_to(self, method: str, path_prefix: str) -> list[dict[str, Any]]:
+        with self._lock:
+            return [r for r in self.requests if r["method"] == method and r["path"].startswith(path_prefix)]
+
+    def prediction(self, prediction_id: str) -> dict[str, Any]:
+        """A prediction as GET would show it now (without recording a request)."""
+        with self._lock:
+            return self._view(self._predictions[prediction_id], time.time())
+
+    # --- behaviour (called from handler threads) ------------------------------------------------
+
+    def _record(self, method: str, path: str, headers: dict[str, str], body: Any) -> None:
+        with self._lock:
+            self.requests.append({"method": method, "path": path, "headers": headers, "json": body,
+                                  "t": time.monotonic()})
+
+    def _next_step(self) -> tuple[Any, ...] | None:
+        with self._lock:
+            return self._script.popleft() if self._script else None
+
+    def _create(self, model: str, version: str, model_input: Any) -> tuple[int, Any]:
+        if self.known is not None and model not in self.known and version not in self.known:
+            return 404, problem(404, "Not found", "The requested model or version does not exist.")
+        if not isinstance(model_input, dict):
+            return 422, problem(422, "Input validation failed", "- input: Invalid type. Expected: object")
+        has_target = any(model_input.get(k) for k in TARGET_KEYS)
+        has_face = any(model_input.get(k) for k in FACE_KEYS)
+        if not (has_target and has_face) and not isinstance(model_input.get("prompt"), str):
+            return 422, problem(422, "Input validation failed", "- input: prompt is required")
+        with self._lock:
+            self._seq += 1
+            pid = hashlib.sha256(f"{self._seq}:{time.time()}".encode()).hexdigest()[:26]
+            pred = _Prediction(pid, model, version, model_input, time.time(), self._seq)
+            if self._outcomes:
+                pred.outcome, pred.error = self._outcomes.popleft()
+            self._predictions[pid] = pred
+            view = self._view(pred, pred.created)
+            self.created.append(view)
+        return 201, view
+
+    def _view(self, p: _Prediction, now: float) -> dict[str, Any]:
+        """The prediction's JSON at ``now`` (lock held; rendering happens outside, see _ensure_rendered)."""
+        done_at = p.created + self.run_seconds
+        started_at: float | None = p.created + self.run_seconds * 0.25
+        completed_at: float | None = None
+        output: Any = None
+        error: str | None = None
+        data_removed = False
+        if p.canceled_at is not None and p.canceled_at < done_at:
+            status, completed_at = "canceled", p.canceled_at
+            if started_at is not None and started_at > p.canceled_at:
+                started_at = None
+        elif now < p.created + self.run_seconds * 0.25:
+            status, started_at = "starting", None
+        elif now < done_at:
+            status = "processing"
+        else:
+            completed_at = done_at
+            status = p.outcome
+            if status == "failed":
+                error = p.error or "Prediction failed"
+            elif status == "succeeded" and p.render_error is not None:
+                status, error = "failed", p.render_error
+            elif status == "succeeded":
+                if now > done_at + self.output_ttl:
+                    data_removed = True
+                else:
+                    url = f"{self.root}/files/{p.id}.png"
+                    output = [url] if "prompt" in p.input else url
+        api = f"{self.base_url}/predictions/{p.id}"
+        return {
+            "id": p.id,
+            "model": p.model,
+            "version": p.version,
+            "input": p.input,
+            "output": output,
+            "error": error,
+            "logs": "" if status == "starting" else "Running prediction...\n",
+            "status": status,
+            "source": "api",
+            "data_removed": data_removed,
+            "created_at": _iso(p.created),
+            "started_at": _iso(started_at),
+            "completed_at": _iso(completed_at),
+            "urls": {"get": api, "cancel": f"{api}/cancel", "web": f"https://replicate.com/p/{p.id}"},
+            "metrics": {"predict_time": round(self.run_seconds * 0.75, 3)} if completed_at else {},
+        }
+
+    def _ensure_rendered(self, pid: str) -> None:
+        """Draw the output of a prediction that has reached success (once, outside the state lock)."""
+        with self._lock:
+            p = self._predictions.get(pid)
+            due = (p is not None and not p.rendered and p.outcome == "succeeded" and p.canceled_at is None
+                   and time.time() >= p.created + self.run_seconds)
+        if not due or p is None:
+            return
+        with self._render_lock:
+            if p.rendered:
+                return
+            try:
+                output = self._render(p.input)
+                err = None
+            except Exception as exc:  # noqa: BLE001 - the model's failure becomes the prediction's error
+                output, err = None, f"{type(exc).__name__}: {exc}"
+            with self._lock:
+                p.output, p.render_error, p.rendered = output, err, True
+
+    def _render(self, model_input: dict[str, Any]) -> bytes:
+        from pipeline.providers.base import Outline, PageRequest, StoryRequest
+        from pipeline.providers.local_images import LocalIllustrator
+        from pipeline.providers.local_vision import LocalPhotoAnalyzer
+        from pipeline.themes import THEMES
+
+        target = next((model_input[k] for k in TARGET_KEYS if model_input.get(k)), None)
+        face_ref = next((model_input[k] for k in FACE_KEYS if model_input.get(k)), None)
+        if target is not None and face_ref is not None:
+            base, photo = self._fetch(str(target)), self._fetch(str(face_ref))
+            face = LocalPhotoAnalyzer().analyze_photo(photo).primary_face
+            if face is None:
+                raise ValueError("No face detected in the swap image")
+            req = PageRequest(StoryRequest("child", 6, "pirates", 1, 0), Outline("fake", ("swap",)), 1)
+            return LocalIllustrator().personalize(base, photo, face, req)
+
+        prompt = str(model_input["prompt"])
+        digest = int.from_bytes(hashlib.sha256(prompt.encode()).digest()[:8], "big")
+        theme = next((t.id for t in THEMES.values() if t.setting in prompt), sorted(THEMES)[digest % len(THEMES)])
+        seed = int(model_input.get("seed") or digest % 2**31)
+        page = digest % 997 + 1  # a different composition per prompt, the story's look per seed
+        req = PageRequest(StoryRequest("child", 6, theme, 1, seed), Outline("fake", (prompt,)), page)
+        png = LocalIllustrator().draw_base(req)
+        width, height = int(model_input.get("width") or 960), int(model_input.get("height") or 720)
+        if (width, height) != (960, 720):
+            with Image.open(io.BytesIO(png)) as im:
+                buf = io.BytesIO()
+                im.convert("RGB").resize((width, height)).save(buf, "PNG")
+                png = buf.getvalue()
+        return png
+
+    def _fetch(self, ref: str) -> bytes:
+        if ref.startswith("data:"):
+            return base64.b64decode(ref.partition(",")[2])
+        own = f"{self.root}/files/"
+        if ref.startswith(own):
+            data = self._file(ref[len(own):].removesuffix(".png"))
+            if data is None:
+                raise FileNotFoundError(f"{ref} is gone")
+            return data
+        with urllib.request.urlopen(ref, timeout=5) as r:  # noqa: S310 - test server fetching test URLs
+            return bytes(r.read())
+
+    def _file(self, pid: str) -> bytes | None:
+        self._ensure_rendered(pid)
+        with self._lock:
+            p = self._predictions.get(pid)
+            if p is None or p.output is None:
+                return None
+            if time.time() > p.created + self.run_seconds + self.output_ttl:
+                return None
+            return p.output
+
+    def _get(self, pid: str) -> tuple[int, Any]:
+        self._ensure_rendered(pid)
+        with self._lock:
+            p = self._predictions.get(pid)
+            if p is None:
+                return 404, problem(404, "Not found", "Not found.")
+            return 200, self._view(p, time.time())
+
+    def _cancel(self, pid: str) -> tuple[int, Any]:
+        with self._lock:
+            p = self._predictions.get(pid)
+            if p is None:
+                return 404, problem(404, "Not found", "Not found.")
+            now = time.time()
+            if p.canceled_at is None and now < p.created + self.run_seconds:
+                p.canceled_at = now
+            return 200, self._view(p, now)
+
+    def _list(self, cursor: str | None) -> tuple[int, Any]:
+        try:
+            offset = int(base64.urlsafe_b64decode(cursor.encode()).decode().removeprefix("o=")) if cursor else 0
+        except ValueError:
+            return 400, problem(400, "Bad request", "Invalid cursor")
+        with self._lock:
+            ordered = sorted(self._predictions.values(), key=lambda p: (p.created, p.seq), reverse=True)
+            pids = [p.id for p in ordered[offset:offset + self.page_size]]
+        for pid in pids:
+            self._ensure_rendered(pid)
+        now = time.time()
+        with self._lock:
+            results = [self._view(self._predictions[pid], now) for pid in pids]
+
+        def link(off: int) -> str:
+            c = base64.urlsafe_b64encode(f"o={off}".encode()).decode()
+            return f"{self.base_url}/predictions?cursor={c}"
+
+        nxt = link(offset + self.page_size) if offset + self.page_size < len(ordered) else None
+        prev = link(max(0, offset - self.page_size)) if offset > 0 else None
+        return 200, {"next": nxt, "previous": prev, "results": results}
+
+    def route(self, method: str, path: str, body: Any) -> tuple[int, Any]:
+        parts = urlsplit(path)
+        segs = [s for s in parts.path.split("/") if s]
+        if method == "POST" and segs == ["v1", "predictions"]:
+            version = body.get("version") if isinstance(body, dict) else None
+            if not isinstance(version, str) or not version:
+                return 422, problem(422, "Invalid version", "- version: version is required")
+            name, sep, vid = version.partition(":")
+            model, version = (name, vid) if sep else (self.versions.get(version, "unknown/unknown"), version)
+            return self._create(model, version, body.get("input"))
+        if method == "POST" and len(segs) == 5 and segs[:2] == ["v1", "models"] and segs[4] == "predictions":
+            model = f"{segs[2]}/{segs[3]}"
+            version = hashlib.sha256(model.encode()).hexdigest()
+            return self._create(model, version, body.get("input") if isinstance(body, dict) else None)
+        if method == "GET" and segs == ["v1", "predictions"]:
+            return self._list(parse_qs(parts.query).get("cursor", [None])[0])
+        if method == "GET" and len(segs) == 3 and segs[:2] == ["v1", "predictions"]:
+            return self._get(segs[2])
+        if method == "POST" and len(segs) == 4 and segs[:2] == ["v1", "predictions"] and segs[3] == "cancel":
+            return self._cancel(segs[2])
+        return 404, problem(404, "Not found", "The requested resource could not be found.")
+
+
+class _Handler(BaseHTTPRequestHandler):
+    owner: FakeReplicate
+    protocol_version = "HTTP/1.1"  # keep-alive, like the real API; httpx pools connections
+
+    def log_message(self, format: str, *args: Any) -> None:
+        return None
+
+    def do_GET(self) -> None:
+        self._handle("GET")
+
+    def do_POST(self) -> None:
+        self._handle("POST")
+
+    def _handle(self, method: str) -> None:
+        fake = self.owner
+        length = int(self.headers.get("Content-Length") or 0)
+        raw = self.rfile.read(length) if length else b""
+        try:
+            body: Any = json.loads(raw) if raw else None
+        except ValueError:
+            body = raw.decode("latin-1")
+        headers = {k.lower(): v for k, v in self.headers.items()}
+        fake._record(method, self.path, headers, body)
+        if self.path.startswith("/v1/") and headers.get("authorization") != f"Bearer {fake.token}":
+            self._send(401, problem(401, "Unauthenticated", "You did not pass a valid authentication token"))
+            return
+        step = fake._next_step()
+        if step is not None:
+            kind = step[0]
+            if kind == "status":
+                _, code, extra, payload = step
+                self._send(code, payload, extra)
+                return
+            if kind == "close":
+                self.close_connection = True
+                return
+            if kind == "malformed":
+                self._send(200, b'{"id": "abc", "status": "succ', {"Content-Type": "application/json"})
+                return
+            if kind == "hang":
+                fake._stopping.wait(float(step[1]))
+                if fake._stopping.is_set():
+                    self.close_connection = True
+                    return
+            elif kind != "pass":
+                raise AssertionError(f"unknown script step {step!r}")
+
+        if method == "GET" and self.path.startswith("/files/"):
+            pid = urlsplit(self.path).path.removeprefix("/files/").removesuffix(".png")
+            data = fake._file(pid)
+            if data is None:
+                self._send(404, b"Not Found", {"Content-Type": "text/plain"})
+            else:
+                self._send(200, data, {"Content-Type": "image/png"})
+            return
+        code, payload = fake.route(method, self.path, body)
+        self._send(code, payload)
+
+    def _send(self, code: int, payload: Any, headers: dict[str, str] | None = None) -> None:
+        if isinstance(payload, bytes):
+            data, ctype = payload, "application/octet-stream"
+        elif isinstance(payload, str):
+            data, ctype = payload.encode(), "text/plain; charset=utf-8"
+        else:
+            data, ctype = json.dumps(payload).encode(), "application/json"
+        try:
+            self.send_response(code)
+            merged = {"Content-Type": ctype, **(headers or {})}
+            for k, v in merged.items():
+                self.send_header(k, str(v))
+            self.send_header("Content-Length", str(len(data)))
+            self.end_headers()
+            self.wfile.write(data)
+        except (BrokenPipeError, ConnectionResetError):
+            self.close_connection = True  # the client gave up (a hang past its timeout)
