@@ -39,6 +39,9 @@ DEFAULTS: dict[str, tuple[float, float, int]] = {  # provider -> (rps, rpm, conc
 }
 
 
+SAFETY = 1.1
+
+
 @dataclass(frozen=True)
 class Limits:
     rps: float
@@ -146,10 +149,13 @@ class Quotas:
         for per_s, window in ((lim.rps, "s"), (lim.rpm / 60.0, "m")):
             if per_s > 0:
                 # No burst allowance: requests are spaced evenly, so no sliding window of a
-                # second (or a minute) ever sees more than the limit. A bucket with a burst of
-                # N would let 2N-1 through in some one-second window.
+                # second (or a minute) sees more than the limit (a bucket with a burst of N
+                # would let 2N-1 through in some one-second window). And spaced SAFETY wider
+                # than 1/limit: at exactly 1/limit, N+1 grants span exactly one window, and the
+                # jitter between our grant and the provider's clock (a GIL switch, the network)
+                # would put them inside one. 10% of the window absorbs up to 100 ms of it.
                 keys.append(f"{self._prefix}:{provider}:rate:{window}")
-                argv += [1000.0 / per_s, 0]
+                argv += [1000.0 / per_s * SAFETY, 0]
         if not keys:
             return 0
         return self._call(self._gcra, keys, argv)

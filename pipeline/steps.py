@@ -27,7 +27,7 @@ from pipeline import cpu, metrics
 from pipeline.config import settings
 from pipeline.errors import PermanentStepError, TransientStepError
 from pipeline.providers.base import Outline, PageRequest, StoryRequest
-from pipeline.providers.registry import image_ref, output_storage, photo_url, providers, read_photo
+from pipeline.providers.registry import image_ref, output_storage, providers, read_photo
 from pipeline.quota import QuotaWait, quotas
 from pipeline.storage import ObjectMissing, book_key, page_image_key
 from pipeline.themes import THEMES, resolve_theme
@@ -510,10 +510,14 @@ def _job_input(stage: str, claim: tx.PageClaim, timer: _Timer) -> dict[str, Any]
     face = face_from_json(claim.photo["face_details"] or {})
     if face is None:
         raise PermanentStepError("The photo has no analysed face; re-run the photo analysis.")
+    from pipeline.providers.replicate_images import face_photo_data_uri
+
     with timer.phase("read"):
         base_ref = image_ref(p.storage, claim.base_image_key, "image/png")
-        photo_ref = photo_url(claim.photo["storage_provider"], claim.photo["bucket"], claim.photo["object_key"])
-    return jobs.personalize_input(base_ref, photo_ref, face, req)
+        photo = read_photo(claim.photo["storage_provider"], claim.photo["bucket"], claim.photo["object_key"])
+    # Only the child's face leaves us, cropped (not the whole family photo), and the swap
+    # model cannot pick a sibling's face.
+    return jobs.personalize_input(base_ref, face_photo_data_uri(photo, face), face, req)
 
 
 def _input_sha(model_input: dict[str, Any]) -> str:
@@ -648,7 +652,17 @@ def _follow_job(page_id: str, stage: tx.JobStage, job: Any, attempt: Attempt, ti
         raise RetryLater(s.job_poll_interval, f"{label} job {external_id} still running", waiting=True)
 
     if state != "succeeded":
-        msg = f"The {label} job {state}: {error or 'no reason given'}"
+        from pipeline.providers.base import JobStatus
+        from pipeline.providers.replicate_images import failure_message, is_retryable_failure
+
+        msg = failure_message(error) if state == "failed" else f"The {label} job was {state}: {error or 'no reason'}"
+        if is_retryable_failure(JobStatus(state, None, error)) and not attempt.last:
+            # The provider's own hiccup (interrupted, out of memory): a new job may pass. The
+            # dead job is closed first, so the next run creates a new one rather than finding it.
+            with autocommit() as c:
+                tx.job_finished(c, job_id, "failed", msg)
+                tx.release_page(c, page_id, col, stage, msg, attempt.number, attempt.task_id)
+            raise RetryLater(backoff(attempt.number, None), msg)
         fail(msg)
         return StepResult(Outcome.FAILED, msg, timer.timings, context=ctx)
 

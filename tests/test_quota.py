@@ -57,7 +57,7 @@ def test_rate_limit_holds_across_processes(prefix: str, monkeypatch: pytest.Monk
     assert len(stamps) == 36
     assert _peak(stamps, 1.0) <= 10, _peak(stamps, 1.0)
     span = max(stamps) - min(stamps)
-    assert 3.0 <= span <= 6.0, span  # 35 gaps of 100 ms, plus process start-up skew
+    assert 3.5 <= span <= 6.5, span  # 35 gaps of 110 ms (limit spacing + 10% margin), plus start-up skew
     assert max(stamps) - t0 < 30
 
 
@@ -74,7 +74,7 @@ def test_per_minute_limit_spaces_requests(prefix: str, monkeypatch: pytest.Monke
     # blocked worker slot), without using up the allowance
     with pytest.raises(quota.QuotaWait) as e:
         q.take("slowprov")
-    assert e.value.retry_after is not None and 0.3 < e.value.retry_after <= 0.5
+    assert e.value.retry_after is not None and 0.35 < e.value.retry_after <= 0.55
     time.sleep(e.value.retry_after)
     q.take("slowprov")
 

@@ -171,10 +171,10 @@ def _s3_reader() -> Any:
     """An S3 client for photos in any bucket (the uploads bucket need not be our output one)."""
     global _s3
     if _s3 is None or _s3[0] != os.getpid():
-        from pipeline.providers.aws import S3Storage
+        from pipeline.providers.aws import S3Objects
         from pipeline.quota import QuotaHooks
 
-        _s3 = (os.getpid(), S3Storage.reader(hooks=QuotaHooks()))
+        _s3 = (os.getpid(), S3Objects.from_env(hooks=QuotaHooks()))
     return _s3[1]
 
 
@@ -189,13 +189,3 @@ def image_ref(storage: Storage, key: str, content_type: str) -> str:
     if callable(url):
         return str(url(key))
     return _data_uri(storage.get(key), content_type)
-
-
-def photo_url(storage_provider: str, bucket: str | None, object_key: str) -> str:
-    """The uploaded photo as a remote provider reads it (see image_ref)."""
-    provider = (storage_provider or "").strip().lower()
-    if provider == "s3" and bucket:
-        return str(_s3_reader().presigned_url(bucket, object_key))
-    data = read_photo(storage_provider, bucket, object_key)
-    kind = "image/png" if data.startswith(b"\x89PNG") else "image/jpeg"
-    return _data_uri(data, kind)
