@@ -64,10 +64,12 @@ def cmd_status(args: argparse.Namespace) -> int:
             .mappings()
             .all()
         )
+    book = _book_links(sid) if story["status"] == "completed" else {}
     if args.json:
         print(
             json.dumps(
-                {"story": dict(story), "pages": [dict(p) for p in pages], "errors": [dict(e) for e in errors]},
+                {"story": dict(story), "pages": [dict(p) for p in pages], "errors": [dict(e) for e in errors],
+                 "book": book},
                 default=str,
                 indent=2,
             )
@@ -76,6 +78,8 @@ def cmd_status(args: argparse.Namespace) -> int:
     print(f"story {story['id']}  {story['status']}  “{story['title'] or ''}”")
     if story["error_message"]:
         print(f"  error: {story['error_message']}")
+    for kind, link in book.items():
+        print(f"  book ({kind}): {link}")
     print(f"  {'page':>4}  {'text':<8} {'image':<8} {'personal.':<9}")
     for p in pages:
         print(f"  {p['page_number']:>4}  {CELL[p['text']]:<8} {CELL[p['image']]:<8} {CELL[p['personalization']]:<9}")
@@ -84,6 +88,23 @@ def cmd_status(args: argparse.Namespace) -> int:
         kind = "failed" if e["permanent"] else "retried"
         print(f"  {e['created_at']:%H:%M:%S} {e['stage']} ({where}) {kind}: {e['message']}")
     return 0
+
+
+def _book_links(story_id: str) -> dict[str, str]:
+    """Where to read the finished book: a time-limited URL (S3, 24 h) or the local file."""
+    from pipeline.providers.registry import output_storage
+    from pipeline.storage import book_key
+
+    storage = output_storage()
+    links = {}
+    for ext in ("pdf", "html"):
+        key = book_key(story_id, ext)
+        url = getattr(storage, "url", None)
+        if callable(url):
+            links[ext] = str(url(key, expires_in=24 * 3600))
+        elif hasattr(storage, "path"):
+            links[ext] = str(storage.path(key))
+    return links
 
 
 def _summary(args: argparse.Namespace) -> int:

@@ -3,7 +3,11 @@ pointed at local fake servers that speak each provider's HTTP protocol, in real 
 processes; and the shared quota holding across two worker processes."""
 from __future__ import annotations
 
+import json
 import os
+import subprocess
+import sys
+import urllib.request
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -16,7 +20,7 @@ from moto.server import ThreadedMotoServer
 from tests.fakes.openai_server import DEFAULT_KEY, FakeOpenAI
 from tests.fakes.rekognition_server import FakeRekognition
 from tests.fakes.replicate_server import FakeReplicate
-from tests.support import Db, WorkerProcess, astronaut_png, external_send, flush_redis
+from tests.support import ROOT, Db, WorkerProcess, astronaut_png, external_send, flush_redis
 
 REDIS = os.environ.get("TEST_REDIS_URL", "redis://127.0.0.1:6379")
 BROKER = f"{REDIS}/15"
@@ -90,6 +94,14 @@ def test_a_story_completes_with_all_four_real_adapters(clean_db: Db, servers: di
     assert pdf.startswith(b"%PDF")
     assert len(servers["openai"].requests) - n_openai == 1 + len(pages)  # outline + one per page
     assert any(r.target.endswith("DetectFaces") for r in servers["rekognition"].requests)
+    # and the operator's status command hands out a time-limited link to the book
+    status = subprocess.run([sys.executable, "-m", "pipeline.cli", "status", story, "--json"], cwd=ROOT,
+                            env={**os.environ, **env}, capture_output=True, text=True, timeout=60)
+    assert status.returncode == 0, status.stderr
+    link = json.loads(status.stdout)["book"]["pdf"]
+    assert "X-Amz-Expires=86400" in link
+    with urllib.request.urlopen(link, timeout=10) as r:
+        assert r.read().startswith(b"%PDF")
     # and no secret reached the logs
     log = worker.log.read_text(errors="replace")
     for secret in (AWS["AWS_SECRET_ACCESS_KEY"], DEFAULT_KEY, REPLICATE_TOKEN):
