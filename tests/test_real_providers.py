@@ -7,6 +7,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 import urllib.request
 import uuid
 from collections.abc import Iterator
@@ -147,3 +148,36 @@ def test_the_shared_quota_holds_across_two_worker_processes(clean_db: Db, server
     assert peak <= 4, peak
     # and both processes did part of the work (the limit is shared, not per process)
     assert all("stage" in w.log.read_text() for w in workers)
+
+
+@pytest.mark.timeout(120)
+def test_a_slow_provider_does_not_block_other_stages(clean_db: Db, servers: dict[str, Any], tmp_path: Path,
+                                                    request: pytest.FixtureRequest) -> None:
+    flush_redis(BROKER)
+    fake: FakeOpenAI = servers["openai"]
+    # given OpenAI hanging on every call, and a worker of 4 threads that lets at most 2 wait on it
+    fake.script([("hang", 3.0)] * 12)
+    request.addfinalizer(lambda: fake.script([]))
+    env = {"CELERY_BROKER_URL": BROKER, "REDIS_URL": BROKER, "TEXT_PROVIDER": "openai",
+           "OPENAI_API_KEY": DEFAULT_KEY, "OPENAI_BASE_URL": fake.base_url, "OPENAI_TIMEOUT": "2.5",
+           "QUOTA_OPENAI_CONCURRENT": "2", "QUOTA_MAX_INLINE_WAIT": "0.1"}
+    worker = WorkerProcess(tmp_path / "w.log", env=env, concurrency=4)
+    request.addfinalizer(worker.stop)
+    worker.start()
+    # when four stories start (their outlines all want OpenAI) and then a photo is uploaded
+    for _ in range(4):
+        external_send(BROKER, "stories.generate", {"story_id": clean_db.story(clean_db.photo(astronaut_png()))})
+    time.sleep(1.0)
+    photo = clean_db.photo(astronaut_png())
+    t0 = time.monotonic()
+    external_send(BROKER, "photos.analyze", {"photo_id": photo})
+    row = clean_db.wait_photo(photo, timeout=30)
+    # then the photo is analysed while text generation is still stuck behind the slow provider
+    outlines = clean_db.one("SELECT count(*) AS n FROM story_outlines")["n"]
+    assert row["ai_processing_status"] == "completed" and outlines == 0
+    assert time.monotonic() - t0 < 10
+    # and never more than 2 threads waited on OpenAI at once (each call lasts its 2.5 s timeout,
+    # so requests arriving within 2.4 s of each other were all in flight together)
+    times = [r["t"] for r in fake.requests]
+    in_flight = max(sum(1 for u in times if t - 2.4 < u <= t) for t in times)
+    assert in_flight <= 2, in_flight
