@@ -4,6 +4,8 @@ re-scheduling, the shared cap on running predictions, failures with the provider
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from datetime import datetime
@@ -12,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from tests.fakes.replicate_server import FakeReplicate
-from tests.support import Db, WorkerProcess, astronaut_png, external_send, flush_redis
+from tests.support import ROOT, Db, WorkerProcess, astronaut_png, external_send, flush_redis
 
 REDIS = os.environ.get("TEST_REDIS_URL", "redis://127.0.0.1:6379")
 BROKER = f"{REDIS}/15"
@@ -92,8 +94,15 @@ def test_worker_killed_after_creating_a_prediction_does_not_create_a_second(
         time.sleep(0.01)
     first.kill()
     created_before_kill = len(fake.created)
-    # and another worker takes over (messages come back after the visibility timeout)
+    # and another worker takes over: an operator's backfill re-enqueues the dead worker's steps
+    # once their lease ran out (Redis would also redeliver them, but only after its restore
+    # cycle, which took over a minute here)
     _worker(tmp_path, request, env, "second")
+    time.sleep(3.5)
+    backfill = subprocess.run([sys.executable, "-m", "pipeline.cli", "backfill", "--stale-after", "3",
+                               "--pending-after", "3"], cwd=ROOT, env={**os.environ, **env},
+                              capture_output=True, text=True, timeout=60)
+    assert backfill.returncode == 0, backfill.stderr
     row = clean_db.wait_story(story, timeout=150)
     # then the story completes and no page step has two predictions
     assert row["status"] == "completed", row["error_message"]
@@ -138,3 +147,40 @@ def test_rate_limited_create_is_retried_after_retry_after(
     assert any("429" in e["message"] for e in errors) and any("503" in e["message"] for e in errors)
     n = len(clean_db.pages(story))
     assert len(fake.created) == 2 * n
+
+
+def test_a_run_that_died_before_recording_the_prediction_id_finds_it(
+        clean_db: Db, fake: FakeReplicate, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The narrowest crash window, made deterministic in-process: Replicate created the
+    prediction, and the worker died before writing its id down."""
+    from pipeline import steps
+    from pipeline.providers import registry
+    from pipeline.providers.replicate_images import ReplicateImageJobs
+
+    real = registry.providers()
+    jobs = ReplicateImageJobs(TOKEN, base_url=fake.base_url, timeout=5)
+    with_jobs = registry.Providers(real.vision, real.writer, real.illustrator, real.storage, jobs)
+    monkeypatch.setattr(steps, "providers", lambda: with_jobs)
+    story = clean_db.story(clean_db.photo(astronaut_png()))
+    page = steps.generate_story(story).fanout[0]
+    assert steps.write_text(page).moves_on
+    # given a first run that created the prediction...
+    with pytest.raises(steps.RetryLater):
+        steps.draw_base(page)
+    assert len(fake.created) == 1
+    # ...but died before recording its id (and its claim's lease ran out)
+    clean_db.exec("UPDATE provider_jobs SET external_id = NULL, status = 'creating'")
+    clean_db.exec("UPDATE story_pages SET updated_at = now() - interval '1 hour' WHERE id = :p", p=page)
+    # when the step runs again, until it is done
+    deadline = time.monotonic() + 30
+    while True:
+        try:
+            result = steps.draw_base(page, steps.Attempt(redelivered=True))
+            break
+        except steps.RetryLater:
+            assert time.monotonic() < deadline
+            time.sleep(0.2)
+    # then it found and followed that prediction: still one, and the page has its picture
+    assert result.moves_on and len(fake.created) == 1
+    job = clean_db.one("SELECT external_id, status FROM provider_jobs")
+    assert job["external_id"] == fake.created[0]["id"] and job["status"] == "succeeded"
