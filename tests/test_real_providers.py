@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 import subprocess
 import sys
 import time
@@ -44,6 +45,12 @@ def servers() -> Iterator[dict[str, Any]]:
     moto.stop()
 
 
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
 def _s3(servers: dict[str, Any]) -> Any:
     return boto3.client("s3", endpoint_url=servers["s3"], region_name="us-east-1",
                         aws_access_key_id=AWS["AWS_ACCESS_KEY_ID"], aws_secret_access_key=AWS["AWS_SECRET_ACCESS_KEY"])
@@ -75,7 +82,8 @@ def test_a_story_completes_with_all_four_real_adapters(clean_db: Db, servers: di
     story = clean_db.story(photo, name="Ada", age=5, theme="space_adventure")
     n_openai = len(servers["openai"].requests)
     # when a worker configured for the real providers runs it
-    env = _real_env(servers, books)
+    port = _free_port()
+    env = {**_real_env(servers, books), "METRICS_PORT": str(port)}
     worker = WorkerProcess(tmp_path / "worker.log", env=env, concurrency=8)
     request.addfinalizer(worker.stop)
     worker.start()
@@ -103,6 +111,15 @@ def test_a_story_completes_with_all_four_real_adapters(clean_db: Db, servers: di
     assert "X-Amz-Expires=86400" in link
     with urllib.request.urlopen(link, timeout=10) as r:
         assert r.read().startswith(b"%PDF")
+    # and the worker's Prometheus metrics count each provider's requests by outcome, with latency
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as r:
+        metrics = r.read().decode()
+    for provider, operation in (("openai", "chat"), ("rekognition", "DetectFaces"), ("replicate", "create"),
+                                ("replicate", "get"), ("s3", "PutObject")):
+        line = (f'storycreator_provider_requests_total{{operation="{operation}",outcome="ok",'
+                f'provider="{provider}"}}')
+        assert line in metrics, (provider, operation)
+    assert 'storycreator_provider_request_duration_seconds_count{operation="chat",provider="openai"}' in metrics
     # and no secret reached the logs
     log = worker.log.read_text(errors="replace")
     for secret in (AWS["AWS_SECRET_ACCESS_KEY"], DEFAULT_KEY, REPLICATE_TOKEN):
