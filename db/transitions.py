@@ -161,11 +161,23 @@ def story_state(conn: Connection, story_id: str) -> RowMapping | None:
     ).mappings().first()
 
 
-def release_story(conn: Connection, story_id: str) -> bool:
-    """processing -> pending: the story waits (for its photo's analysis) and will be claimed again."""
+def release_story(conn: Connection, story_id: str, message: str | None = None, attempt: int = 0,
+                  task_id: str | None = None) -> bool:
+    """processing -> pending: the story waits (for its photo's analysis) or retries its outline
+    after a transient error (then ``message`` records the attempt, as every step's retries do)."""
     return conn.execute(
-        text("UPDATE stories SET status = 'pending' WHERE id = :id AND status = 'processing' RETURNING id"),
-        {"id": story_id},
+        text(
+            """
+            WITH s AS (
+                UPDATE stories SET status = 'pending' WHERE id = :id AND status = 'processing' RETURNING id
+            ), e AS (
+                INSERT INTO step_errors (story_id, stage, permanent, message, attempt, task_id)
+                SELECT id, 'outline', false, :msg, :attempt, :task FROM s WHERE CAST(:msg AS text) IS NOT NULL
+            )
+            SELECT id FROM s
+            """
+        ),
+        {"id": story_id, "msg": message, "attempt": attempt, "task": task_id},
     ).first() is not None
 
 

@@ -57,6 +57,7 @@ class Settings:
     image_provider: str
     storage_backend: str
     simulated_latency: float  # seconds added to each offline provider call (benchmarks, tests)
+    simulated_storage_latency: float  # seconds added to each storage call (fault tests: a slow S3)
     # A claimed step whose row has not moved for this long is presumed dead and may be taken
     # over by a redelivered copy. Must exceed the longest healthy step (provider timeouts bound it).
     step_lease_seconds: float
@@ -90,6 +91,7 @@ def settings() -> Settings:
         image_provider=_choice("IMAGE_PROVIDER", "local", ("local", "instant", "replicate")),
         storage_backend=_choice("STORAGE_BACKEND", "local", ("local", "s3")),
         simulated_latency=_float("SIMULATED_PROVIDER_LATENCY", 0.0, 0.0, 600.0),
+        simulated_storage_latency=_float("SIMULATED_STORAGE_LATENCY", 0.0, 0.0, 600.0),
         step_lease_seconds=_float("STEP_LEASE_SECONDS", 300.0, 0.5, 86400.0),
         visibility_timeout=_int("BROKER_VISIBILITY_TIMEOUT", 900, 1, 86400),
         max_retries=_int("STEP_MAX_RETRIES", 5, 0, 50),

@@ -342,7 +342,7 @@ def generate_story(story_id: str, attempt: Attempt = Attempt()) -> StepResult:
 
         def release(msg: str | None) -> None:
             with autocommit() as c:
-                tx.release_story(c, story_id)
+                tx.release_story(c, story_id, msg, attempt.number, attempt.task_id)
 
         def write() -> Outline:
             with timer.phase("provider"):

@@ -53,7 +53,7 @@ class Db:
     def __init__(self, url: str, storage: Path) -> None:
         self.url = url
         self.storage = storage
-        self.engine = create_engine(url, pool_size=2)
+        self.engine = create_engine(url, pool_size=2, pool_pre_ping=True)  # survives a PostgreSQL restart (chaos tests)
 
     def close(self) -> None:
         self.engine.dispose()

@@ -127,8 +127,12 @@ def output_storage() -> Storage:
         from pipeline.providers.aws import S3Storage
         from pipeline.quota import QuotaHooks
 
-        return S3Storage.from_env(hooks=QuotaHooks())  # type: ignore[no-any-return]
-    return LocalStorage(s.local_storage_root)
+        storage: Any = S3Storage.from_env(hooks=QuotaHooks())
+    else:
+        storage = LocalStorage(s.local_storage_root)
+    if s.simulated_storage_latency > 0:
+        storage = _Slow(storage, s.simulated_storage_latency)
+    return storage  # type: ignore[no-any-return]
 
 
 def providers() -> Providers:

@@ -50,13 +50,15 @@ class FakeOpenAI:
 
     # --- lifecycle -------------------------------------------------------------------------
 
-    def start(self) -> FakeOpenAI:
+    def start(self, port: int = 0) -> FakeOpenAI:
+        """``port``: 0 for any free one; a fixed one to come back where a stopped server was."""
         fake = self
 
         class Handler(_Handler):
             owner = fake
 
-        self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        ThreadingHTTPServer.allow_reuse_address = True
+        self._server = ThreadingHTTPServer(("127.0.0.1", port), Handler)
         self._server.daemon_threads = True  # a hanging handler must not block stop()
         # A short poll interval: shutdown() waits for it, and tests start and stop many servers.
         self._thread = threading.Thread(target=self._server.serve_forever, kwargs={"poll_interval": 0.02},

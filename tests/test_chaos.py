@@ -1,0 +1,247 @@
+"""Faults, for real: a worker SIGKILLed in each stage, Redis and PostgreSQL restarted mid-run, a
+provider down for a while. Nothing lost (every story completes, or fails with a reason and is
+recovered by `retry`), nothing done twice (no page step completed twice, no page with two
+provider jobs or two stored artefacts).
+
+Images run as Replicate predictions against the fake server, so "two provider jobs" is
+something the test can count. Recovery is unattended: celery beat sweeps every second.
+Longer runs: CHAOS_ROUNDS=5 ./run test tests/test_chaos.py
+"""
+from __future__ import annotations
+
+import contextlib
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import redis
+
+from tests.fakes.openai_server import DEFAULT_KEY, FakeOpenAI
+from tests.fakes.replicate_server import FakeReplicate
+from tests.support import ROOT, Db, WorkerProcess, astronaut_png, external_send, flush_redis
+
+REDIS = os.environ.get("TEST_REDIS_URL", "redis://127.0.0.1:6379")
+BROKER = f"{REDIS}/12"
+TOKEN = "r8_chaos_token_0123456789"
+ROUNDS = int(os.environ.get("CHAOS_ROUNDS", "1"))
+
+
+@pytest.fixture()
+def replicate() -> Iterator[FakeReplicate]:
+    fake = FakeReplicate(TOKEN, run_seconds=1.0).start()
+    yield fake
+    fake.stop()
+
+
+def _env(fake: FakeReplicate, **extra: str) -> dict[str, str]:
+    return {"CELERY_BROKER_URL": BROKER, "REDIS_URL": BROKER, "STEP_LEASE_SECONDS": "3",
+            "BROKER_VISIBILITY_TIMEOUT": "3600",  # only the sweeper recovers: deterministic
+            "SIMULATED_PROVIDER_LATENCY": "0.8", "SIMULATED_STORAGE_LATENCY": "0.3",
+            "IMAGE_PROVIDER": "replicate", "REPLICATE_API_TOKEN": TOKEN, "REPLICATE_BASE_URL": fake.base_url,
+            "JOB_POLL_INTERVAL": "0.2", "STEP_RETRY_BACKOFF_CAP": "1", **extra}
+
+
+class Cluster:
+    """Worker processes and a beat, all on this test's broker; stopped at the end."""
+
+    def __init__(self, tmp_path: Path, request: pytest.FixtureRequest, env: dict[str, str]) -> None:
+        self.tmp_path, self.request, self.env = tmp_path, request, env
+        self.workers: list[WorkerProcess] = []
+
+    def worker(self) -> WorkerProcess:
+        w = WorkerProcess(self.tmp_path / f"worker{len(self.workers)}.log", env=self.env, concurrency=8)
+        self.request.addfinalizer(w.stop)
+        w.start()
+        self.workers.append(w)
+        return w
+
+    def beat(self) -> None:
+        log = open(self.tmp_path / "beat.log", "ab")
+        proc = subprocess.Popen(
+            [str(Path(sys.executable).parent / "celery"), "-A", "workers.app", "beat", "--loglevel", "INFO",
+             "--schedule", str(self.tmp_path / "beat-schedule")],
+            cwd=ROOT, env={**os.environ, **self.env, "SWEEP_INTERVAL": "1"}, stdout=log, stderr=subprocess.STDOUT)
+        self.request.addfinalizer(lambda: (proc.kill(), proc.wait(10), log.close()))
+
+    def done_counts(self) -> dict[tuple[str, str], int]:
+        import json
+
+        seen: dict[tuple[str, str], int] = {}
+        for w in self.workers:
+            for line in w.log.read_text(errors="replace").splitlines():
+                if "storycreator.step: step " in line:
+                    e = json.loads(line.split("storycreator.step: step ", 1)[1])
+                    if e["outcome"] == "done" and "page" in e:
+                        seen[(e["stage"], e["page"])] = seen.get((e["stage"], e["page"]), 0) + 1
+        return seen
+
+
+def _assert_nothing_twice(db: Db, cluster: Cluster, fake: FakeReplicate, stories: list[str]) -> None:
+    time.sleep(1.0)  # duplicates still in flight must turn out to be no-ops
+    counts = cluster.done_counts()
+    assert counts and max(counts.values()) == 1, {k: v for k, v in counts.items() if v > 1}
+    jobs = db.all("""SELECT page_id, stage, count(*) AS n, bool_and(status = 'succeeded') AS ok
+                     FROM provider_jobs GROUP BY 1, 2""")
+    pages = sum(len(db.pages(s)) for s in stories)
+    assert len(jobs) == 2 * pages and all(j["n"] == 1 and j["ok"] for j in jobs), jobs
+    inputs = [repr(sorted(p["input"].items())) for p in fake.created]
+    assert len(inputs) == len(set(inputs)) == 2 * pages
+    for s in stories:
+        files = sorted(p.relative_to(db.storage / "stories" / s).as_posix()
+                       for p in (db.storage / "stories" / s).rglob("*") if p.is_file())
+        n = len(db.pages(s))
+        expected = sorted([f"pages/{i:02d}/{v}.png" for i in range(1, n + 1) for v in ("base", "personalized")]
+                          + ["book.html", "book.pdf"])
+        assert files == expected, files
+
+
+STAGE_IN_FLIGHT = {
+    "analysis": "SELECT count(*) AS n FROM photos WHERE ai_processing_status = 'processing'",
+    "text": "SELECT count(*) AS n FROM story_pages WHERE text_generation_status = 'processing'",
+    "image": "SELECT count(*) AS n FROM story_pages WHERE image_generation_status = 'processing'",
+    "personalization": "SELECT count(*) AS n FROM story_pages WHERE personalization_status = 'processing'",
+    # every page done and the story not yet: its completion (the book) is being written
+    "finish": """SELECT count(*) AS n FROM stories s WHERE s.status = 'processing'
+                 AND EXISTS (SELECT 1 FROM story_pages p WHERE p.story_id = s.id)
+                 AND NOT EXISTS (SELECT 1 FROM story_pages p WHERE p.story_id = s.id
+                                 AND p.personalization_status IS DISTINCT FROM 'completed')""",
+}
+
+
+@pytest.mark.timeout(240 * ROUNDS)
+@pytest.mark.parametrize("stage", list(STAGE_IN_FLIGHT))
+def test_worker_killed_in_each_stage(stage: str, clean_db: Db, replicate: FakeReplicate, tmp_path: Path,
+                                     request: pytest.FixtureRequest) -> None:
+    for _ in range(ROUNDS):
+        flush_redis(BROKER)
+        clean_db.truncate()
+        replicate.created.clear()
+        cluster = Cluster(tmp_path, request, _env(replicate))
+        first = cluster.worker()
+        # given a story running
+        story = clean_db.story(clean_db.photo(astronaut_png()))
+        external_send(BROKER, "stories.generate", {"story_id": story})
+        # when the worker is SIGKILLed while the stage is in flight
+        deadline = time.monotonic() + 90
+        while clean_db.one(STAGE_IN_FLIGHT[stage])["n"] == 0:
+            assert time.monotonic() < deadline, f"{stage} never ran\n{first.tail()}"
+            assert clean_db.story_row(story)["status"] != "completed", "finished before the kill"
+            time.sleep(0.01)
+        first.kill()
+        # and a new worker and the sweeper start (nobody types a command)
+        cluster.worker()
+        cluster.beat()
+        # then the story completes, and nothing was done twice
+        row = clean_db.wait_story(story, timeout=150)
+        assert row["status"] == "completed", (row["error_message"], cluster.workers[-1].tail())
+        _assert_nothing_twice(clean_db, cluster, replicate, [story])
+        for w in cluster.workers:
+            w.stop()
+
+
+def _restart_redis() -> None:
+    r = redis.Redis.from_url(REDIS)
+    with contextlib.suppress(redis.ConnectionError):  # it closes the connection as it goes
+        r.shutdown(nosave=True)
+    subprocess.run(["redis-server", "--daemonize", "yes", "--bind", "127.0.0.1", "-::1", "--port", "6379",
+                    "--save", "", "--appendonly", "no", "--dir", "/var/lib/redis",
+                    "--logfile", "/var/log/redis/ci.log"], check=True, timeout=30)
+    deadline = time.monotonic() + 30
+    while True:
+        try:
+            if redis.Redis.from_url(REDIS).ping():
+                return
+        except redis.ConnectionError:
+            assert time.monotonic() < deadline, "redis did not come back"
+            time.sleep(0.2)
+
+
+def _restart_postgres() -> None:
+    version = sorted(os.listdir("/etc/postgresql"))[-1]
+    subprocess.run(["pg_ctlcluster", "--skip-systemctl-redirect", version, "main", "restart"], check=True,
+                   timeout=120, capture_output=True)
+
+
+def _can_restart(service: str) -> bool:
+    if os.geteuid() != 0:
+        return False
+    if service == "redis":
+        return subprocess.run(["which", "redis-server"], capture_output=True).returncode == 0
+    return os.path.isdir("/etc/postgresql")
+
+
+@pytest.mark.timeout(300)
+@pytest.mark.parametrize("service", ["redis", "postgres"])
+def test_service_restarted_mid_run(service: str, clean_db: Db, replicate: FakeReplicate, tmp_path: Path,
+                                   request: pytest.FixtureRequest) -> None:
+    if not _can_restart(service):
+        if os.environ.get("CI"):
+            raise AssertionError(f"cannot restart {service} on this machine")
+        pytest.skip(f"cannot restart {service} here")
+    flush_redis(BROKER)
+    cluster = Cluster(tmp_path, request, _env(replicate))
+    cluster.worker()
+    cluster.beat()
+    # given three stories in progress
+    stories = [clean_db.story(clean_db.photo(astronaut_png())) for _ in range(3)]
+    for s in stories:
+        external_send(BROKER, "stories.generate", {"story_id": s})
+    deadline = time.monotonic() + 60
+    while clean_db.one(STAGE_IN_FLIGHT["image"])["n"] == 0:
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    # when the service restarts under them (Redis keeps nothing on disk here: queued messages,
+    # reserved retries and quota counters are all lost)
+    (_restart_redis if service == "redis" else _restart_postgres)()
+    clean_db.engine.dispose()  # the test's own connections died with PostgreSQL
+    # then the workers reconnect; every story completes, or fails with a reason and a retry
+    # brings it back; none stays stuck
+    for s in stories:
+        row = clean_db.wait_story(s, timeout=150)
+        if row["status"] == "failed":
+            assert row["error_message"], row
+            retry = subprocess.run([sys.executable, "-m", "pipeline.cli", "retry", "--story", s], cwd=ROOT,
+                                   env={**os.environ, **cluster.env}, capture_output=True, text=True, timeout=60)
+            assert retry.returncode == 0, retry.stdout + retry.stderr
+            row = clean_db.wait_story(s, timeout=150)
+        assert row["status"] == "completed", (row["error_message"], cluster.workers[0].tail())
+    counts = cluster.done_counts()
+    assert max(counts.values()) == 1, {k: v for k, v in counts.items() if v > 1}
+
+
+@pytest.mark.timeout(240)
+def test_provider_down_for_a_while_then_back(clean_db: Db, tmp_path: Path, request: pytest.FixtureRequest) -> None:
+    flush_redis(BROKER)
+    openai = FakeOpenAI().start()
+    request.addfinalizer(openai.stop)
+    port = int(openai.base_url.rsplit(":", 1)[1].split("/")[0])
+    env = {"CELERY_BROKER_URL": BROKER, "REDIS_URL": BROKER, "TEXT_PROVIDER": "openai",
+           "OPENAI_API_KEY": DEFAULT_KEY, "OPENAI_BASE_URL": openai.base_url, "OPENAI_TIMEOUT": "2",
+           "STEP_RETRY_BACKOFF_CAP": "2", "STEP_MAX_RETRIES": "6"}
+    cluster = Cluster(tmp_path, request, env)
+    cluster.worker()
+    # given OpenAI answering 503 for its next 6 requests, then refusing connections for 3 s
+    openai.script([("status", 503, {}, {"error": {"message": "overloaded", "type": "server_error"}})] * 6)
+    stories = [clean_db.story(clean_db.photo(astronaut_png())) for _ in range(2)]
+    for s in stories:
+        external_send(BROKER, "stories.generate", {"story_id": s})
+    deadline = time.monotonic() + 30
+    while len(openai.requests) < 6:
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    openai.stop()
+    time.sleep(3.0)
+    # when it comes back on the same address
+    back = FakeOpenAI().start(port=port)
+    request.addfinalizer(back.stop)
+    # then the stories complete: the errors were retried with backoff, within the bound
+    for s in stories:
+        row = clean_db.wait_story(s, timeout=120)
+        assert row["status"] == "completed", row["error_message"]
+    retried = clean_db.all("SELECT attempt, message FROM step_errors WHERE NOT permanent")
+    assert retried and max(r["attempt"] for r in retried) < 6
+    assert any("503" in r["message"] for r in retried), [r["message"] for r in retried]
