@@ -8,7 +8,7 @@
 
     .venv/bin/python -m bench.bench_pipeline [--stories 20] [--latency 2.0] [--concurrency 16]
 
-Uses its own database (storycreator_bench) and Redis database 13; starts and stops its workers.
+Uses its own database (storycreator_bench) and Redis database 10; starts and stops its workers.
 """
 
 from __future__ import annotations
@@ -147,7 +147,7 @@ def main() -> int:
     ap.add_argument("--concurrency", type=int, default=16)
     args = ap.parse_args()
 
-    redis_url = os.environ.get("BENCH_REDIS_URL", "redis://127.0.0.1:6379/13")
+    redis_url = os.environ.get("BENCH_REDIS_URL", "redis://127.0.0.1:6379/10")
     db_url = os.environ.get("BENCH_DATABASE_URL", "postgresql+psycopg2://postgres@127.0.0.1:5432/storycreator_bench")
     storage = Path(tempfile.mkdtemp(prefix="storycreator-bench-"))
     env = {

@@ -10,6 +10,7 @@ Longer runs: CHAOS_ROUNDS=5 ./run test tests/test_chaos.py
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import subprocess
 import sys
@@ -68,8 +69,6 @@ class Cluster:
         self.request.addfinalizer(lambda: (proc.kill(), proc.wait(10), log.close()))
 
     def done_counts(self) -> dict[tuple[str, str], int]:
-        import json
-
         seen: dict[tuple[str, str], int] = {}
         for w in self.workers:
             for line in w.log.read_text(errors="replace").splitlines():
@@ -245,3 +244,70 @@ def test_provider_down_for_a_while_then_back(clean_db: Db, tmp_path: Path, reque
     retried = clean_db.all("SELECT attempt, message FROM step_errors WHERE NOT permanent")
     assert retried and max(r["attempt"] for r in retried) < 6
     assert any("503" in r["message"] for r in retried), [r["message"] for r in retried]
+
+
+@pytest.mark.timeout(240)
+def test_duplicate_delivery_of_every_task_type_mid_run(clean_db: Db, replicate: FakeReplicate, tmp_path: Path,
+                                                       request: pytest.FixtureRequest) -> None:
+    flush_redis(BROKER)
+    cluster = Cluster(tmp_path, request, _env(replicate, SIMULATED_PROVIDER_LATENCY="0.3"))
+    cluster.worker()
+    # given a story started by two clients at once
+    photo = clean_db.photo(astronaut_png())
+    story = clean_db.story(photo)
+    external_send(BROKER, "stories.generate", {"story_id": story}, times=2)
+    external_send(BROKER, "stories.generate", {"story_id": story})
+    external_send(BROKER, "photos.analyze", {"photo_id": photo}, times=2)
+    deadline = time.monotonic() + 60
+    while not clean_db.pages(story):
+        assert time.monotonic() < deadline
+        time.sleep(0.02)
+    # when every task of every page, and the completion, is delivered twice more while it runs
+    for _ in range(3):
+        for p in clean_db.pages(story):
+            for name in ("pages.write_text", "pages.draw_base", "pages.personalize"):
+                external_send(BROKER, name, {"page_id": str(p["id"])}, times=2)
+        external_send(BROKER, "stories.finish", {"story_id": story}, times=2)
+        time.sleep(0.7)
+    # then the story completes once: no page step twice, one prediction per page step, one file each
+    assert clean_db.wait_story(story, timeout=120)["status"] == "completed"
+    _assert_nothing_twice(clean_db, cluster, replicate, [story])
+
+
+DRAIN_STORIES = int(os.environ.get("CHAOS_DRAIN_STORIES", "40"))
+
+
+@pytest.mark.timeout(900)
+def test_drain_a_deep_queue(clean_db: Db, tmp_path: Path, request: pytest.FixtureRequest) -> None:
+    """Thousands of queued tasks on the threads pool: all complete, no stall, nothing left
+    unacknowledged. Default 40 stories x 12 pages (1,520 tasks); CHAOS_DRAIN_STORIES=150 gives
+    the 5,700-task run."""
+    flush_redis(BROKER)
+    env = {"CELERY_BROKER_URL": BROKER, "REDIS_URL": BROKER, "STORY_PAGE_COUNT": "12",
+           "VISION_PROVIDER": "instant", "TEXT_PROVIDER": "instant", "IMAGE_PROVIDER": "instant"}
+    cluster = Cluster(tmp_path, request, env)
+    # given every story queued before any worker runs
+    stories = [clean_db.story(clean_db.photo(astronaut_png())) for _ in range(DRAIN_STORIES)]
+    for i in range(0, len(stories), 50):
+        subprocess.run([sys.executable, str(ROOT / "tests" / "external_client.py"), BROKER, "stories.generate",
+                        *[json.dumps({"story_id": s}) for s in stories[i:i + 50]]], cwd="/", check=True, timeout=60,
+                       env={k: v for k, v in os.environ.items() if k in ("PATH", "HOME", "LANG")})
+    r = redis.Redis.from_url(BROKER)
+    assert r.llen("celery") == len(stories)
+    # when one worker drains it
+    cluster.worker()
+    deadline = time.monotonic() + 800
+    while True:
+        done = clean_db.one("SELECT count(*) FILTER (WHERE status = 'completed') AS ok, "
+                            "count(*) FILTER (WHERE status = 'failed') AS bad FROM stories")
+        assert done["bad"] == 0
+        if done["ok"] == len(stories):
+            break
+        assert time.monotonic() < deadline, f"{done['ok']} of {len(stories)} after the deadline"
+        time.sleep(0.5)
+    # then nothing is left in any queue or unacknowledged, and every page step ran exactly once
+    time.sleep(1.0)
+    assert sum(r.llen(q) for q in ("celery", "photos", "stories", "text", "images", "personalize")) == 0
+    assert r.hlen("unacked") == 0
+    steps_done = sum(cluster.done_counts().values())
+    assert steps_done == 3 * 12 * len(stories)
