@@ -5,7 +5,9 @@ start, so nothing here is cached across processes.
 """
 from __future__ import annotations
 
+import math
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
@@ -25,6 +27,21 @@ def _number(name: str, default: float, lo: float, hi: float, kind: type = float)
         raise SystemExit(f"configuration error: {name}={raw!r} is not {what}") from None
     if not lo <= value <= hi:
         raise SystemExit(f"configuration error: {name}={value} must be between {lo} and {hi}")
+    return value
+
+
+def env_number(env: Mapping[str, str], name: str, default: float, lo: float, hi: float) -> float:
+    """A number from ``env`` (the adapters' own variables, read from a mapping so tests can pass
+    one), within [lo, hi]; SystemExit naming the variable otherwise."""
+    raw = env.get(name, "").strip()
+    if not raw:
+        return default
+    try:
+        value = float(raw)
+    except ValueError:
+        raise SystemExit(f"configuration error: {name} must be a number (got {raw[:40]!r})") from None
+    if not (math.isfinite(value) and lo <= value <= hi):
+        raise SystemExit(f"configuration error: {name} must be between {lo:g} and {hi:g} (got {raw[:40]!r})")
     return value
 
 

@@ -382,6 +382,20 @@ def _page_request(claim: tx.PageClaim) -> PageRequest:
     return PageRequest(story, Outline(claim.title, tuple(claim.beats), claim.style), claim.page_number)
 
 
+def _not_claimed(state: Any, attempt: Attempt, timer: _Timer) -> StepResult:
+    """Why a page step could not be claimed, and what that means for this copy."""
+    if state["status"] == "completed":
+        return StepResult(Outcome.ALREADY_DONE, "already done", timer.timings,
+                          context={"story": str(state["story_id"]), "page_number": state["page_number"]})
+    if state["story_status"] != "processing":
+        return StepResult(Outcome.STOPPED, f"story is {state['story_status']}", timer.timings)
+    if state["prereq_status"] != "completed":
+        return StepResult(Outcome.STOPPED, f"previous step is {state['prereq_status']}", timer.timings)
+    if state["status"] == "processing":
+        return _held_elsewhere("step in progress", state["age"], attempt, timer)
+    return StepResult(Outcome.STOPPED, f"step is {state['status']}", timer.timings)
+
+
 def _page_step(
     page_id: str, stage: tx.Stage, attempt: Attempt, work: Callable[[tx.PageClaim, _Timer], dict[str, Any]]
 ) -> StepResult:
@@ -394,16 +408,7 @@ def _page_step(
     if claim is None:
         if state is None:
             return StepResult(Outcome.STOPPED, "page not found", timer.timings)
-        if state["status"] == "completed":
-            return StepResult(Outcome.ALREADY_DONE, "already done", timer.timings,
-                              context={"story": str(state["story_id"]), "page_number": state["page_number"]})
-        if state["story_status"] != "processing":
-            return StepResult(Outcome.STOPPED, f"story is {state['story_status']}", timer.timings)
-        if state["prereq_status"] != "completed":
-            return StepResult(Outcome.STOPPED, f"previous step is {state['prereq_status']}", timer.timings)
-        if state["status"] == "processing":
-            return _held_elsewhere("step in progress", state["age"], attempt, timer)
-        return StepResult(Outcome.STOPPED, f"step is {state['status']}", timer.timings)
+        return _not_claimed(state, attempt, timer)
 
     label = STAGE_LABEL[stage]
     ctx = {"story": claim.story_id, "page_number": claim.page_number}
@@ -548,17 +553,9 @@ def _job_step(page_id: str, stage: tx.JobStage, attempt: Attempt) -> StepResult:
         quotas().release(jobs.name, f"{page_id}:{stage}")
 
     if claim is None:
-        if state["status"] == "completed":
-            return StepResult(Outcome.ALREADY_DONE, "already done", timer.timings, context=ctx)
         if state["status"] == "processing" and job is not None and job["external_id"]:
             return _follow_job(page_id, stage, job, attempt, timer, ctx, fail)
-        if state["story_status"] != "processing":
-            return StepResult(Outcome.STOPPED, f"story is {state['story_status']}", timer.timings)
-        if state["prereq_status"] != "completed":
-            return StepResult(Outcome.STOPPED, f"previous step is {state['prereq_status']}", timer.timings)
-        if state["status"] == "processing":
-            return _held_elsewhere("step in progress", state["age"], attempt, timer)
-        return StepResult(Outcome.STOPPED, f"step is {state['status']}", timer.timings)
+        return _not_claimed(state, attempt, timer)
 
     if job is not None and job["external_id"]:  # a dead run's job: follow it, don't pay twice
         return _follow_job(page_id, stage, job, attempt, timer, ctx, fail)

@@ -262,3 +262,26 @@ def external_send(broker_url: str, name: str, kwargs: dict[str, Any], times: int
         timeout=60,
         env=env,
     )
+
+
+def done_lines(*logs: Path) -> list[dict[str, Any]]:
+    """The workers' step log lines with outcome "done" (a step that did its work)."""
+    out = []
+    for log in logs:
+        for line in log.read_text(errors="replace").splitlines():
+            if "storycreator.step: step " in line:
+                entry = json.loads(line.split("storycreator.step: step ", 1)[1])
+                if entry["outcome"] == "done":
+                    out.append(entry)
+    return out
+
+
+def peak_in_window(times: list[float], window: float = 1.0) -> int:
+    """Most events in any half-open window of ``window`` seconds (sliding)."""
+    times = sorted(times)
+    best, j = 0, 0
+    for i, t in enumerate(times):
+        while times[j] <= t - window:
+            j += 1
+        best = max(best, i - j + 1)
+    return best

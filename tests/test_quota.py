@@ -10,17 +10,7 @@ import pytest
 import redis
 
 from pipeline import quota
-
-
-def _peak(times: list[float], window: float) -> int:
-    """Most events in any half-open window of ``window`` seconds (sliding)."""
-    times = sorted(times)
-    best, j = 0, 0
-    for i, t in enumerate(times):
-        while times[j] <= t - window:
-            j += 1
-        best = max(best, i - j + 1)
-    return best
+from tests.support import peak_in_window
 
 
 def _taker(provider: str, n: int, env: dict[str, str], out: mp.Queue) -> None:  # type: ignore[type-arg]
@@ -55,7 +45,7 @@ def test_rate_limit_holds_across_processes(prefix: str, monkeypatch: pytest.Monk
         p.join(10)
     # then no one-second window saw more than 10, and the 36 went through at about the limit
     assert len(stamps) == 36
-    assert _peak(stamps, 1.0) <= 10, _peak(stamps, 1.0)
+    assert peak_in_window(stamps, 1.0) <= 10, peak_in_window(stamps, 1.0)
     span = max(stamps) - min(stamps)
     assert 3.5 <= span <= 6.5, span  # 35 gaps of 110 ms (limit spacing + 10% margin), plus start-up skew
     assert max(stamps) - t0 < 30

@@ -22,7 +22,7 @@ from moto.server import ThreadedMotoServer
 from tests.fakes.openai_server import DEFAULT_KEY, FakeOpenAI
 from tests.fakes.rekognition_server import FakeRekognition
 from tests.fakes.replicate_server import FakeReplicate
-from tests.support import ROOT, Db, WorkerProcess, astronaut_png, external_send, flush_redis
+from tests.support import ROOT, Db, WorkerProcess, astronaut_png, external_send, flush_redis, peak_in_window
 
 REDIS = os.environ.get("TEST_REDIS_URL", "redis://127.0.0.1:6379")
 BROKER = f"{REDIS}/15"
@@ -126,16 +126,6 @@ def test_a_story_completes_with_all_four_real_adapters(clean_db: Db, servers: di
         assert secret not in log
 
 
-def _peak(times: list[float], window: float = 1.0) -> int:
-    times = sorted(times)
-    best, j = 0, 0
-    for i, t in enumerate(times):
-        while times[j] <= t - window:
-            j += 1
-        best = max(best, i - j + 1)
-    return best
-
-
 @pytest.mark.timeout(240)
 def test_the_shared_quota_holds_across_two_worker_processes(clean_db: Db, servers: dict[str, Any], tmp_path: Path,
                                                            request: pytest.FixtureRequest) -> None:
@@ -159,7 +149,7 @@ def test_the_shared_quota_holds_across_two_worker_processes(clean_db: Db, server
     # then the provider never saw more than 4 requests in any one-second window
     times = [r["t"] for r in fake.requests[start:]]
     assert len(times) == 20
-    peak = _peak(times)
+    peak = peak_in_window(times)
     print(f"\nshared quota: peak {peak} requests in any 1 s window, limit 4, "
           f"{len(times)} requests over {max(times) - min(times):.2f} s")
     assert peak <= 4, peak

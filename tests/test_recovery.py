@@ -4,7 +4,6 @@ to completed without any page step done twice, and leave permanent failures fail
 reason; the sweeper (celery beat) does the same for stuck work, unattended."""
 from __future__ import annotations
 
-import json
 import os
 import subprocess
 import sys
@@ -15,7 +14,7 @@ import pytest
 
 from pipeline import steps
 from pipeline.storage import book_key
-from tests.support import ROOT, Db, WorkerProcess, astronaut_png, external_send, faceless_png, flush_redis
+from tests.support import ROOT, Db, WorkerProcess, astronaut_png, done_lines, external_send, faceless_png, flush_redis
 
 REDIS = os.environ.get("TEST_REDIS_URL", "redis://127.0.0.1:6379")
 BROKER = f"{REDIS}/13"
@@ -24,17 +23,6 @@ ENV = {"CELERY_BROKER_URL": BROKER, "REDIS_URL": BROKER, "STEP_LEASE_SECONDS": "
        "BROKER_VISIBILITY_TIMEOUT": "3600", "SIMULATED_PROVIDER_LATENCY": "0.3"}
 IN_FLIGHT = """SELECT count(*) AS n FROM story_pages WHERE story_id = :s AND 'processing' IN
                (text_generation_status, image_generation_status, personalization_status)"""
-
-
-def _done_lines(*logs: Path) -> list[dict]:
-    out = []
-    for log in logs:
-        for line in log.read_text(errors="replace").splitlines():
-            if "storycreator.step: step " in line:
-                entry = json.loads(line.split("storycreator.step: step ", 1)[1])
-                if entry["outcome"] == "done":
-                    out.append(entry)
-    return out
 
 
 def _cli(*args: str) -> subprocess.CompletedProcess[str]:
@@ -109,7 +97,7 @@ def _assert_recovered(db: Db, stories: dict[str, str], *logs: Path) -> None:
             assert (db.storage / book_key(story, "pdf")).exists(), key
     time.sleep(1.5)  # let duplicate messages drain: they must be no-ops
     seen: dict[tuple[str, str], int] = {}
-    for ln in _done_lines(*logs):
+    for ln in done_lines(*logs):
         if "page" in ln:
             seen[(ln["stage"], ln["page"])] = seen.get((ln["stage"], ln["page"]), 0) + 1
     assert seen and max(seen.values()) == 1, {k: v for k, v in seen.items() if v > 1}

@@ -6,7 +6,6 @@ of the production values (15 min / 5 min), so the test does not wait an hour.
 """
 from __future__ import annotations
 
-import json
 import os
 import socket
 import time
@@ -15,7 +14,7 @@ from urllib.parse import urlsplit
 
 import pytest
 
-from tests.support import Db, WorkerProcess, astronaut_png, external_send, flush_redis
+from tests.support import Db, WorkerProcess, astronaut_png, done_lines, external_send, flush_redis
 
 REDIS = os.environ.get("TEST_REDIS_URL", "redis://127.0.0.1:6379")
 KILL_REDIS_DB = int(os.environ.get("TEST_REDIS_DB", "11")) + 1
@@ -23,17 +22,6 @@ RABBIT = os.environ.get("TEST_AMQP_URL", "amqp://guest:guest@127.0.0.1:5672//")
 QUEUES = ("celery", "photos", "stories", "text", "images", "personalize")
 IN_FLIGHT = """SELECT count(*) AS n FROM story_pages WHERE story_id = :s AND 'processing' IN
                (text_generation_status, image_generation_status, personalization_status)"""
-
-
-def _done_lines(*logs: Path) -> list[dict]:
-    out = []
-    for log in logs:
-        for line in log.read_text(errors="replace").splitlines():
-            if "storycreator.step: step " in line:
-                entry = json.loads(line.split("storycreator.step: step ", 1)[1])
-                if entry["outcome"] == "done":
-                    out.append(entry)
-    return out
 
 
 def _kill_mid_step_and_recover(db: Db, tmp_path: Path, request: pytest.FixtureRequest,
@@ -67,7 +55,7 @@ def _kill_mid_step_and_recover(db: Db, tmp_path: Path, request: pytest.FixtureRe
     # and no page step completed twice across both workers
     page_ids = {str(p["id"]) for p in pages}
     seen: dict[tuple[str, str], int] = {}
-    for ln in _done_lines(first.log, second.log):
+    for ln in done_lines(first.log, second.log):
         if ln.get("page") in page_ids:
             seen[(ln["stage"], ln["page"])] = seen.get((ln["stage"], ln["page"]), 0) + 1
     assert len(seen) == 3 * len(pages) and set(seen.values()) == {1}, seen

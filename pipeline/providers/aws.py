@@ -72,6 +72,7 @@ from botocore.exceptions import (
 from botocore.parsers import ResponseParserError
 from PIL import Image
 
+from pipeline.config import env_number
 from pipeline.errors import PermanentStepError, StepError, TransientStepError
 from pipeline.providers.base import BoundingBox, Face, Label, Landmark, NoHooks, PhotoAnalysis, RequestHooks
 from pipeline.providers.local_vision import MAX_PIXELS, decode_photo
@@ -136,19 +137,6 @@ _SIGNED = re.compile(r"(?i)(signature|x-amz-security-token|x-amz-credential|cred
 # --- configuration ------------------------------------------------------------------------------
 
 
-def _env_number(env: Mapping[str, str], name: str, default: float, lo: float, hi: float) -> float:
-    raw = env.get(name, "").strip()
-    if not raw:
-        return default
-    try:
-        value = float(raw)
-    except ValueError:
-        raise SystemExit(f"configuration error: {name} must be a number (got {raw[:40]!r})") from None
-    if not (math.isfinite(value) and lo <= value <= hi):
-        raise SystemExit(f"configuration error: {name} must be between {lo:g} and {hi:g} (got {raw[:40]!r})")
-    return value
-
-
 def make_client(service: str, env: Mapping[str, str] | None = None) -> Any:
     """A boto3 client with retries off and per-request timeouts, from the environment.
 
@@ -161,7 +149,7 @@ def make_client(service: str, env: Mapping[str, str] | None = None) -> Any:
     # The service-specific variable wins, as boto3 itself does when endpoint_url is not passed.
     endpoint = (e.get(f"AWS_ENDPOINT_URL_{service.upper()}", "").strip()
                 or e.get("AWS_ENDPOINT_URL", "").strip() or None)
-    timeout = _env_number(e, "AWS_TIMEOUT", DEFAULT_TIMEOUT, 0.05, 3600.0)
+    timeout = env_number(e, "AWS_TIMEOUT", DEFAULT_TIMEOUT, 0.05, 3600.0)
     style = e.get("S3_ADDRESSING_STYLE", "").strip().lower() or "auto"
     if style not in ("auto", "path", "virtual"):
         raise SystemExit(f"configuration error: S3_ADDRESSING_STYLE must be auto, path or virtual (got {style[:20]!r})")
@@ -440,8 +428,8 @@ class RekognitionAnalyzer:
         return cls(
             client=make_client(REKOGNITION, e),
             hooks=hooks,
-            min_face_confidence=_env_number(e, "REKOGNITION_MIN_FACE_CONFIDENCE", MIN_FACE_CONFIDENCE, 0, 100),
-            min_label_confidence=_env_number(e, "REKOGNITION_MIN_LABEL_CONFIDENCE", MIN_LABEL_CONFIDENCE, 0, 100),
+            min_face_confidence=env_number(e, "REKOGNITION_MIN_FACE_CONFIDENCE", MIN_FACE_CONFIDENCE, 0, 100),
+            min_label_confidence=env_number(e, "REKOGNITION_MIN_LABEL_CONFIDENCE", MIN_LABEL_CONFIDENCE, 0, 100),
         )
 
     def analyze_photo(self, image: bytes) -> PhotoAnalysis:

@@ -38,6 +38,7 @@ import openai
 from openai.types.chat import ChatCompletionMessageParam
 from openai.types.shared_params import ResponseFormatJSONSchema
 
+from pipeline.config import env_number
 from pipeline.errors import PermanentStepError, StepError, TransientStepError
 from pipeline.providers.base import NoHooks, Outline, PageRequest, RequestHooks, StoryRequest
 from pipeline.themes import resolve_theme
@@ -210,19 +211,6 @@ def _retry_after(headers: Mapping[str, str]) -> float | None:
 # --------------------------------------------------------------------------------------
 
 
-def _env_number(env: Mapping[str, str], name: str, default: float, lo: float, hi: float) -> float:
-    raw = env.get(name, "").strip()
-    if not raw:
-        return default
-    try:
-        value = float(raw)
-    except ValueError:
-        raise SystemExit(f"configuration error: {name} must be a number (got {raw[:40]!r})") from None
-    if not (math.isfinite(value) and lo <= value <= hi):
-        raise SystemExit(f"configuration error: {name} must be between {lo:g} and {hi:g} (got {raw[:40]!r})")
-    return value
-
-
 class OpenAIStoryWriter:
     """StoryWriter on OpenAI Chat Completions with structured outputs.
 
@@ -269,9 +257,9 @@ class OpenAIStoryWriter:
             raise SystemExit("configuration error: OPENAI_API_KEY is not set (TEXT_PROVIDER=openai needs it)")
         model = e.get("OPENAI_MODEL", "").strip() or DEFAULT_MODEL
         base_url = e.get("OPENAI_BASE_URL", "").strip() or None
-        temperature = _env_number(e, "OPENAI_TEMPERATURE", DEFAULT_TEMPERATURE, 0.0, 2.0)
-        timeout = _env_number(e, "OPENAI_TIMEOUT", DEFAULT_TIMEOUT, 0.1, 3600.0)
-        max_tokens = _env_number(e, "OPENAI_MAX_TOKENS", DEFAULT_MAX_TOKENS, 16, 100_000)
+        temperature = env_number(e, "OPENAI_TEMPERATURE", DEFAULT_TEMPERATURE, 0.0, 2.0)
+        timeout = env_number(e, "OPENAI_TIMEOUT", DEFAULT_TIMEOUT, 0.1, 3600.0)
+        max_tokens = env_number(e, "OPENAI_MAX_TOKENS", DEFAULT_MAX_TOKENS, 16, 100_000)
         if max_tokens != int(max_tokens):
             raise SystemExit("configuration error: OPENAI_MAX_TOKENS must be a whole number")
         return cls(key, model=model, base_url=base_url, temperature=temperature, timeout=timeout,
