@@ -141,13 +141,21 @@ def release_photo(conn: Connection, photo_id: str, message: str | None, attempt:
 # --- stories ----------------------------------------------------------------------------------
 
 def claim_story(conn: Connection, story_id: str, lease: float) -> RowMapping | None:
+    """Claim the story start; returns the story with its photo's state and whether an outline
+    exists already (a re-run), all in the one round trip."""
     return conn.execute(
         text(
             """
-            UPDATE stories SET status = 'processing', error_message = NULL
-             WHERE id = :id AND (status = 'pending' OR
-                   (status = 'processing' AND updated_at < now() - make_interval(secs => :lease)))
-            RETURNING id, user_id, child_name, child_age, story_theme, protagonist_photo_id
+            WITH s AS (
+                UPDATE stories SET status = 'processing', error_message = NULL
+                 WHERE id = :id AND (status = 'pending' OR
+                       (status = 'processing' AND updated_at < now() - make_interval(secs => :lease)))
+                RETURNING id, user_id, child_name, child_age, story_theme, protagonist_photo_id
+            )
+            SELECT s.*, ph.status AS photo_status, COALESCE(ph.ai_processing_status, 'pending') AS photo_ai_status,
+                   ph.ai_error_message AS photo_error, o.story_id IS NOT NULL AS has_outline
+              FROM s LEFT JOIN photos ph ON ph.id = s.protagonist_photo_id
+                     LEFT JOIN story_outlines o ON o.story_id = s.id
             """
         ),
         {"id": story_id, "lease": lease},
@@ -203,50 +211,42 @@ def fail_story(
     return row is not None
 
 
-def load_outline(conn: Connection, story_id: str) -> RowMapping | None:
-    return conn.execute(
-        text("SELECT title, style, beats FROM story_outlines WHERE story_id = :id"), {"id": story_id}
-    ).mappings().first()
-
-
 def save_outline_and_pages(
     conn: Connection, story_id: str, title: str, style: str, beats: list[str]
-) -> bool:
-    """Outline, title and one page row per beat, in one transaction, only while we hold the
-    story. Re-runs keep the first outline (ON CONFLICT DO NOTHING), so pages already written
-    stay consistent with it."""
-    held = conn.execute(
+) -> list[str] | None:
+    """Outline, title and one page row per beat, in one statement, only while we hold the story;
+    returns the new pages' ids in page order (None: the story is no longer ours). A re-run
+    keeps the first outline (ON CONFLICT DO NOTHING), so pages stay consistent with it."""
+    row = conn.execute(
         text(
             """
-            UPDATE stories SET title = COALESCE(title, :title)
-             WHERE id = :id AND status = 'processing' RETURNING id
+            WITH held AS (
+                UPDATE stories SET title = COALESCE(title, :title)
+                 WHERE id = :id AND status = 'processing' RETURNING id
+            ), o AS (
+                INSERT INTO story_outlines (story_id, title, style, beats)
+                SELECT id, :title, :style, CAST(:beats AS jsonb) FROM held
+                ON CONFLICT (story_id) DO NOTHING
+            ), p AS (
+                INSERT INTO story_pages (story_id, page_number)
+                SELECT held.id, n FROM held, generate_series(1, :count) AS n
+                ON CONFLICT (story_id, page_number) DO NOTHING
+                RETURNING id, page_number
+            )
+            SELECT (SELECT count(*) FROM held) AS held,
+                   (SELECT array_agg(id::text ORDER BY page_number) FROM (
+                        SELECT id, page_number FROM p
+                        UNION  -- pages already there (the statement's snapshot does not see p's)
+                        SELECT id, page_number FROM story_pages
+                         WHERE story_id = :id AND personalization_status IS DISTINCT FROM 'completed'
+                           AND EXISTS (SELECT 1 FROM held)) AS todo) AS pages
             """
         ),
-        {"id": story_id, "title": title},
-    ).first()
-    if held is None:
-        return False
-    conn.execute(
-        text(
-            """
-            INSERT INTO story_outlines (story_id, title, style, beats)
-            VALUES (:id, :title, :style, CAST(:beats AS jsonb))
-            ON CONFLICT (story_id) DO NOTHING
-            """
-        ),
-        {"id": story_id, "title": title, "style": style, "beats": json.dumps(beats)},
-    )
-    conn.execute(
-        text(
-            """
-            INSERT INTO story_pages (story_id, page_number)
-            SELECT :id, n FROM generate_series(1, :count) AS n
-            ON CONFLICT (story_id, page_number) DO NOTHING
-            """
-        ),
-        {"id": story_id, "count": len(beats)},
-    )
-    return True
+        {"id": story_id, "title": title, "style": style, "beats": json.dumps(beats), "count": len(beats)},
+    ).mappings().first()
+    if row is None or not row["held"]:
+        return None
+    return list(row["pages"] or [])
 
 
 def unfinished_pages(conn: Connection, story_id: str) -> list[str]:

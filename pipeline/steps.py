@@ -310,13 +310,12 @@ def generate_story(story_id: str, attempt: Attempt = Attempt()) -> StepResult:
     # The photo: analysed already, or analysed here (same claim as photos.analyze, so the two
     # never both run it), or being analysed by another worker right now (then wait for it).
     photo_id = str(claim["protagonist_photo_id"])
-    with autocommit() as c:
-        photo = tx.photo_state(c, photo_id)
-    if photo is None:  # the FK makes this impossible unless the row is deleted meanwhile
+    if claim["photo_status"] is None:  # the FK makes this impossible unless the row is deleted meanwhile
         return fail("The story's photo no longer exists.", "analysis")
-    uploaded_since = (photo["ai_status"] == "failed" and photo["status"] == "uploaded"
-                      and (photo["ai_error_message"] or "").startswith(tx.NOT_UPLOADED_PREFIX))
-    if photo["ai_status"] in ("pending", "processing") or uploaded_since:
+    ai_status, ai_error = claim["photo_ai_status"], claim["photo_error"]
+    uploaded_since = (ai_status == "failed" and claim["photo_status"] == "uploaded"
+                      and (ai_error or "").startswith(tx.NOT_UPLOADED_PREFIX))
+    if ai_status in ("pending", "processing") or uploaded_since:
         with timer.phase("analysis"):
             try:
                 result = analyze_photo(photo_id, attempt)
@@ -324,20 +323,23 @@ def generate_story(story_id: str, attempt: Attempt = Attempt()) -> StepResult:
                 with autocommit() as c:  # the photo was released; release the story with it
                     tx.release_story(c, story_id)
                 raise
-        with autocommit() as c:
-            photo = tx.photo_state(c, photo_id)
-        assert photo is not None
-        if photo["ai_status"] in ("pending", "processing"):
+        if result.moves_on:
+            ai_status = "completed"
+        else:  # failed here, or held by another worker: read what it is now
+            with autocommit() as c:
+                photo = tx.photo_state(c, photo_id)
+            assert photo is not None
+            ai_status, ai_error = photo["ai_status"], photo["ai_error_message"]
+        if ai_status in ("pending", "processing"):
             # Held by another worker, or released for a transient retry: wait, not fail.
             with autocommit() as c:
                 tx.release_story(c, story_id)
             raise RetryLater(2.0, f"waiting for photo analysis ({result.detail})", waiting=True)
-    if photo["ai_status"] == "failed":
-        return fail(f"The photo could not be used: {photo['ai_error_message']}", "analysis")
+    if ai_status == "failed":
+        return fail(f"The photo could not be used: {ai_error}", "analysis")
 
-    with autocommit() as c:
-        existing = tx.load_outline(c, story_id)
-    if existing is None:
+    existing = claim["has_outline"]
+    if not existing:
         req = StoryRequest(name, claim["child_age"], theme_id, s.page_count, story_seed(story_id))
 
         def release(msg: str | None) -> None:
@@ -362,11 +364,12 @@ def generate_story(story_id: str, attempt: Attempt = Attempt()) -> StepResult:
                                what="Story outline")
         except _Failed as e:
             return StepResult(Outcome.FAILED, str(e), timer.timings)
-        with timer.phase("record"), transaction() as c:
-            held = tx.save_outline_and_pages(c, story_id, outline.title, outline.style, list(outline.beats))
-        if not held:
+        with timer.phase("record"), autocommit() as c:
+            pages = tx.save_outline_and_pages(c, story_id, outline.title, outline.style, list(outline.beats))
+        if pages is None:
             return StepResult(Outcome.STOPPED, "story changed while writing the outline", timer.timings)
-    with autocommit() as c:
+        return StepResult(Outcome.DONE, f"{len(pages)} pages to run", timer.timings, fanout=pages)
+    with autocommit() as c:  # a re-run: the pages exist; run those not finished
         pages = tx.unfinished_pages(c, story_id)
     return StepResult(Outcome.DONE, f"{len(pages)} pages to run", timer.timings, fanout=pages)
 
