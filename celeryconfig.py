@@ -18,6 +18,10 @@ broker_transport_options = {
     "socket_timeout": 30,
     "socket_connect_timeout": 10,
     "health_check_interval": 25,
+    # kombu looks for expired unacked messages every interval x throttle seconds (10 x 10 by
+    # default): a dead worker's message came back ~100 s after its visibility timeout (measured).
+    "unacked_restore_interval": 10,
+    "unacked_restore_throttle": 1,
 }
 
 # The external API publishes by name to the default queue: keep Celery's default name.
@@ -40,6 +44,8 @@ task_routes = {
 # Stuck-work detection (pipeline/ops.py), run by `celery beat` (Procfile: beat).
 beat_schedule = {
     "sweep-stuck-work": {"task": "ops.sweep", "schedule": _s.sweep_interval},
+    # Stuck orders (pipeline/orders.py): paid with no print files or print job, lost poll chains.
+    "sweep-stuck-orders": {"task": "orders.sweep", "schedule": _s.sweep_interval, "options": {"queue": "orders"}},
 }
 
 # At-least-once: ack after the task ran, redeliver when the worker is lost, fetch one at a time.

@@ -245,3 +245,52 @@ class ProviderJob(Base):
     errors: Mapped[int] = mapped_column(Integer, nullable=False, server_default=text("0"))
     created_at: Mapped[datetime] = _ts()
     updated_at: Mapped[datetime] = _ts()
+
+
+class OrderStep(Base):
+    """An order's step between paid and the print provider (claims with a lease, results)."""
+
+    __tablename__ = "order_steps"
+    __table_args__ = (
+        CheckConstraint("step IN ('print_files', 'print_job')", name="step"),
+        CheckConstraint("status IN ('pending', 'processing', 'completed', 'failed')", name="status"),
+        CheckConstraint("run >= 1", name="run"),
+    )
+
+    order_id: Mapped[uuid.UUID] = mapped_column(
+        UUID(as_uuid=True), ForeignKey("orders.id", ondelete="CASCADE"), primary_key=True
+    )
+    step: Mapped[str] = mapped_column(String, primary_key=True)
+    status: Mapped[str] = mapped_column(String, nullable=False, server_default=text("'pending'"), index=True)
+    run: Mapped[int] = mapped_column(Integer, nullable=False, server_default=text("1"))
+    result: Mapped[Any | None] = mapped_column(JSONB)
+    checked_at: Mapped[datetime | None] = mapped_column(TIMESTAMP(timezone=True), index=True)
+    created_at: Mapped[datetime] = _ts()
+    updated_at: Mapped[datetime] = _ts()
+
+
+class OrderEvent(Base):
+    """An order's history: payment events, provider statuses, failures (the order's error
+    message) and operator retries. (source, event_id) counts a provider's event once."""
+
+    __tablename__ = "order_events"
+    __table_args__ = (
+        UniqueConstraint("source", "event_id"),
+        CheckConstraint("source IN ('stripe', 'lulu', 'local', 'worker', 'operator')", name="source"),
+        CheckConstraint("outcome IN ('applied', 'ignored', 'rejected', 'failed', 'retried', 'noted')",
+                        name="outcome"),
+    )
+
+    id: Mapped[int] = mapped_column(BigInteger, Identity(always=True), primary_key=True)
+    order_id: Mapped[uuid.UUID] = mapped_column(
+        UUID(as_uuid=True), ForeignKey("orders.id", ondelete="CASCADE"), nullable=False, index=True
+    )
+    source: Mapped[str] = mapped_column(String, nullable=False)
+    event_id: Mapped[str | None] = mapped_column(String)
+    kind: Mapped[str] = mapped_column(String, nullable=False)
+    outcome: Mapped[str] = mapped_column(String, nullable=False)
+    message: Mapped[str | None] = mapped_column(Text)
+    detail: Mapped[Any | None] = mapped_column(JSONB)
+    created_at: Mapped[datetime] = mapped_column(
+        TIMESTAMP(timezone=True), nullable=False, server_default=func.now(), index=True
+    )

@@ -19,6 +19,8 @@ def cmd_status(args: argparse.Namespace) -> int:
     from db.engine import transaction
     from pipeline.steps import valid_uuid
 
+    if args.order is not None:
+        return _order_status(args)
     if args.story is None:
         return _summary(args)
     sid = valid_uuid(args.story)
@@ -109,16 +111,50 @@ def _book_links(story_id: str) -> dict[str, str]:
 
 def _summary(args: argparse.Namespace) -> int:
     from pipeline.ops import summary
+    from pipeline.orders import order_summary
 
     counts = summary()
+    orders = order_summary()
     if args.json:
-        print(json.dumps(counts))
+        print(json.dumps({**counts, "orders": orders}))
         return 0
     statuses = ("pending", "processing", "completed", "failed")
     print(f"{'stage':<16}" + "".join(f"{st:>12}" for st in statuses))
     for stage, by_status in counts.items():
         print(f"{stage:<16}" + "".join(f"{by_status.get(st, 0):>12}" for st in statuses))
+    print("orders          " + "  ".join(f"{st} {orders.get(st, 0)}" for st in
+                                         ("pending_payment", "paid", "fulfilled", "shipped", "failed")))
     return 0
+
+
+def _order_status(args: argparse.Namespace) -> int:
+    from pipeline.orders import format_report, order_report
+    from pipeline.steps import valid_uuid
+
+    oid = valid_uuid(args.order)
+    if oid is None:
+        print(f"error: {args.order!r} is not an order id (UUID)", file=sys.stderr)
+        return 2
+    report = order_report(oid)
+    if report is None:
+        print(f"no order {oid}", file=sys.stderr)
+        return 1
+    print(json.dumps(report, default=str, indent=2) if args.json else format_report(report))
+    return 0
+
+
+def _retry_order(args: argparse.Namespace) -> int:
+    from pipeline.orders import retry_order
+    from pipeline.steps import valid_uuid
+
+    oid = valid_uuid(args.order)
+    if oid is None:
+        print(f"error: --order {args.order!r} is not an id (UUID)", file=sys.stderr)
+        return 2
+    plan = retry_order(oid, dry_run=args.dry_run)
+    print(json.dumps({"dry_run": args.dry_run, "order": oid, "ok": plan.ok, "message": plan.message,
+                      "action": plan.action}) if args.json else f"{oid}: {plan.message}")
+    return 0 if plan.ok else 1
 
 
 def cmd_submit(args: argparse.Namespace) -> int:
@@ -148,13 +184,16 @@ def cmd_retry(args: argparse.Namespace) -> int:
     from pipeline.ops import failed_stories, retry_story
     from pipeline.steps import valid_uuid
 
+    if args.order is not None:
+        return _retry_order(args)
     ids = {k: getattr(args, k) for k in ("story", "page", "photo") if getattr(args, k) is not None}
     for k, v in ids.items():
         if valid_uuid(v) is None:
             print(f"error: --{k} {v!r} is not an id (UUID)", file=sys.stderr)
             return 2
     if not ids and args.since is None and args.stage is None and args.theme is None:
-        print("error: say what to retry: --story, --page, --photo, or --since/--stage/--theme", file=sys.stderr)
+        print("error: say what to retry: --story, --page, --photo, --order, or --since/--stage/--theme",
+              file=sys.stderr)
         return 2
     if args.story:
         stories = [str(valid_uuid(args.story))]
@@ -179,6 +218,7 @@ def cmd_retry(args: argparse.Namespace) -> int:
 def cmd_backfill(args: argparse.Namespace) -> int:
     from pipeline.config import settings
     from pipeline.ops import BackfillProgress, backfill
+    from pipeline.orders import sweep_orders
 
     lease = args.stale_after if args.stale_after is not None else settings().step_lease_seconds
     pending_after = args.pending_after if args.pending_after is not None else lease
@@ -195,13 +235,18 @@ def cmd_backfill(args: argparse.Namespace) -> int:
     except KeyboardInterrupt:
         print("interrupted: run the same command again to resume where it stopped", file=sys.stderr)
         return 130
+    # Stuck orders: paid with no print files or no print job, print jobs nobody follows.
+    orders = sweep_orders(lease=lease, pending_after=pending_after, limit=args.limit or 500, dry_run=args.dry_run)
     if args.json:
         print(json.dumps({"dry_run": args.dry_run, "enqueued": result.enqueued, "batches": result.batches,
                           "resumed": result.resumed, "finished": result.done,
-                          "items": [{"task": i.task, **i.kwargs} for i in result.items]}))
+                          "items": [{"task": i.task, **i.kwargs} for i in result.items],
+                          "orders": [{"task": i.task, **i.kwargs} for i in orders]}))
         return 0
-    for i in result.items:
+    for i in [*result.items, *orders]:
         print(f"{verb} {i.task} {next(iter(i.kwargs.values()))}")
+    if orders:
+        print(f"{len(orders)} stuck order step(s) {verb}")
     if result.resumed:
         print("(resumed an earlier, unfinished backfill; --restart starts over)")
     print(f"{result.enqueued} stuck step(s) {verb}"
@@ -234,12 +279,15 @@ def main(argv: list[str] | None = None) -> int:
     sub = ap.add_subparsers(dest="cmd", required=True)
     st = sub.add_parser("status", help="a story's pages x stages with errors; without a story: counts per stage")
     st.add_argument("story", nargs="?")
+    st.add_argument("--order", help="an order: its status, steps and history (payments, print job, errors)")
     st.add_argument("--json", action="store_true")
     st.set_defaults(fn=cmd_status)
     rt = sub.add_parser("retry", help="re-run a failed story's failed steps (completed work is kept)")
     rt.add_argument("--story", help="one story")
     rt.add_argument("--page", help="the story of this page")
     rt.add_argument("--photo", help="the failed stories of this photo")
+    rt.add_argument("--order", help="a failed order: again from its print files (a new print run if the "
+                                   "provider rejected its job), or following its job again")
     rt.add_argument("--since", type=_duration, metavar="DURATION",
                     help="stories that failed within this long (90s, 15m, 6h, 2d)")
     rt.add_argument("--stage", choices=["analysis", "outline", "text", "image", "personalization", "finish"],

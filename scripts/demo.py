@@ -38,6 +38,9 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--pages", type=int, default=None, help="pages in the book (default 12)")
     p.add_argument("--timeout", type=float, default=300, help="seconds to wait for the book")
     p.add_argument("--out", type=Path, default=VAR / "books", help="where to copy the finished book")
+    p.add_argument("--order-print", action="store_true",
+                   help="then order a printed hardcover of it: a simulated Stripe payment, printed and shipped "
+                        "by the offline print shop (POD_PROVIDER=local; Lulu's sandbox with POD_PROVIDER=lulu)")
     return p.parse_args(argv)
 
 
@@ -63,6 +66,9 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("LOCAL_STORAGE_ROOT", str(VAR / "storage"))
     if args.pages:
         os.environ["STORY_PAGE_COUNT"] = str(args.pages)
+    if args.order_print:  # a print shop that takes seconds, not days, and a worker that looks often
+        os.environ.setdefault("ORDER_POLL_INTERVAL", "1")
+        os.environ.setdefault("LOCAL_PRINT_SHOP_STAGE_SECONDS", "2")
 
     from sqlalchemy import create_engine
 
@@ -104,6 +110,8 @@ def main(argv: list[str] | None = None) -> int:
         out = export(s.local_storage_root, story, args.out)
         print(f"\n“{row['title']}” is ready.")
         print(f"  PDF   {out / 'book.pdf'}\n  HTML  {out / 'book.html'}")
+        if args.order_print:
+            return order_print(engine, story, s.local_storage_root, args.timeout, worker)
         return 0
     finally:
         engine.dispose()
@@ -116,6 +124,46 @@ def main(argv: list[str] | None = None) -> int:
         log.close()
         services.shutdown()
         print("worker stopped")
+
+
+def order_print(engine, story: str, storage_root: Path, timeout: float,  # type: ignore[no-untyped-def]
+                worker: subprocess.Popen) -> int:  # type: ignore[type-arg]
+    """Order a printed copy as the external API would (an order row, then Stripe's payment event,
+    signed when STRIPE_WEBHOOK_SECRET is set) and follow it until it ships."""
+    from sqlalchemy import text
+
+    from pipeline.orders import simulated_payment, submit_order
+    from workers.app import app
+
+    order, intent = submit_order(story, amount=2999, currency="usd")
+    app.send_task("orders.confirm_payment", kwargs=simulated_payment(order, intent, 2999, "usd"))
+    print(f"\norder     {order}: a hardcover for 29.99 USD, payment_intent.succeeded sent")
+    t0, last = time.monotonic(), ""
+    while time.monotonic() - t0 < timeout:
+        with engine.connect() as c:
+            row = c.execute(text("SELECT status, pod_provider, pod_order_id, tracking_number FROM orders "
+                                 "WHERE id = :o"), {"o": order}).mappings().one()
+            seen = c.execute(text("SELECT result->>'status' FROM order_steps WHERE order_id = :o "
+                                  "AND step = 'print_job'"), {"o": order}).scalar()
+            error = c.execute(text("SELECT message FROM order_events WHERE order_id = :o AND outcome = 'failed' "
+                                   "ORDER BY id DESC LIMIT 1"), {"o": order}).scalar()
+        line = f"order {row['status']:<16} print job {row['pod_order_id'] or '-'} {seen or ''}"
+        if line != last:
+            print(f"  {time.monotonic() - t0:6.1f}s  {line}", flush=True)
+            last = line
+        if row["status"] == "shipped":
+            print(f"\nShipped, tracking number {row['tracking_number']}.\n"
+                  f"  print files  {storage_root / 'orders' / order / 'print'}/interior.pdf, cover.pdf")
+            return 0
+        if row["status"] == "failed":
+            print(f"\norder failed: {error}", file=sys.stderr)
+            return 1
+        if worker.poll() is not None:
+            print("error: the worker exited; see its log", file=sys.stderr)
+            return 1
+        time.sleep(0.25)
+    print(f"\nerror: the order did not ship in {timeout:.0f}s", file=sys.stderr)
+    return 1
 
 
 def watch(engine, story: str, timeout: float, worker: subprocess.Popen) -> dict | None:  # type: ignore[type-arg]

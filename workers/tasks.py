@@ -36,7 +36,11 @@ class StepTask(Task):  # type: ignore[misc]
     retry_backoff = 2
     retry_backoff_max = 60
     retry_jitter = True
-    max_retries = 10
+    retry_kwargs = {"max_retries": 10}  # the database errors above: bounded here
+    # Our own re-schedules (RetryLater) are bounded by the step (tries, leases, a job's time
+    # limit), not by Celery: `task.retry(max_retries=None)` means "the task's max_retries",
+    # so with a number here a step that polls a long remote job would die after that many looks.
+    max_retries = None
     # Enforced by the prefork pool only; provider calls carry their own timeouts for threads.
     soft_time_limit = 240
     time_limit = 300

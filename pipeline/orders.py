@@ -1,0 +1,820 @@
+"""Orders: from a confirmed payment to a printed, shipped book. Plain functions of ids, like
+pipeline.steps (the task layer, workers/order_tasks.py, maps results to successors).
+
+    orders.confirm_payment(order_id, event | payload+signature)   pending_payment -> paid
+        -> orders.prepare_print(order_id)    print files (interior + cover PDFs) for the story
+        -> orders.submit_print(order_id)     the print job, created once; pod_order_id
+        -> orders.poll_print(order_id)       sent again every ORDER_POLL_INTERVAL until
+                                             IN_PRODUCTION -> fulfilled, SHIPPED -> shipped
+    orders.lulu_webhook(payload, headers)    the same status moves, pushed by the provider
+    orders.sweep()                           (beat) stuck orders re-enqueued
+
+Policies (README, "Orders"):
+
+- Payment events are Stripe's, delivered at least once and in any order. Each event id counts
+  once (order_events); the order moves forward only (a guarded UPDATE), so a late or repeated
+  event changes nothing. ``payment_intent.succeeded`` for this order (its intent, or the intent's
+  ``metadata.order_id``) with the order's amount and currency -> paid; a mismatched amount or
+  currency -> failed, saying both. ``payment_intent.payment_failed`` is noted (the customer may
+  pay again with the same intent); after success it is ignored. ``payment_intent.canceled``
+  before payment -> failed. ``charge.refunded`` in full before the print job was sent -> failed
+  ("refunded"), which also covers a refund delivered before its own success event; after the
+  job was sent it is recorded for an operator (the book is in production), never silently.
+- Print files only for a ``completed`` story: a paid order waits for a story in progress (up to
+  ORDER_STORY_WAIT_SECONDS after payment) and fails, saying why, if the story failed.
+- The print job is created once per order and print run: the step claims it like a page step
+  (lease), looks the job up by our order id before creating one (a run that died after creating
+  it finds it), and records pod_order_id with a guarded UPDATE. No DB connection is held across
+  an HTTP call.
+- Provider problems: REJECTED / CANCELED / ERROR -> failed with the provider's reason. Transient
+  errors retry with backoff (Retry-After honoured), then fail with the reason; a poll never
+  fails an order for a transient error (the job is still printing): it just comes back later.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import threading
+import uuid
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import timedelta
+from functools import lru_cache
+from typing import Any
+
+from sqlalchemy import text
+
+from db import order_transitions as otx
+from db.engine import autocommit, transaction
+from pipeline import cpu
+from pipeline.config import settings
+from pipeline.errors import PermanentStepError, TransientStepError
+from pipeline.print_files import interior_plan, product_spec
+from pipeline.providers import lulu
+from pipeline.steps import (
+    Attempt,
+    Outcome,
+    StepResult,
+    _Failed,
+    _guarded,
+    _held_elsewhere,
+    _Timer,
+    backoff,
+    valid_uuid,
+)
+from pipeline.stripe_events import (
+    CHARGE_REFUNDED,
+    PAYMENT_CANCELED,
+    PAYMENT_FAILED,
+    PAYMENT_SUCCEEDED,
+    InvalidEvent,
+    PaymentEvent,
+    parse_event,
+    verify_signature,
+)
+from pipeline.themes import resolve_theme
+
+log = logging.getLogger("pipeline.orders")
+
+PROVIDER_LABEL = {"lulu": "Lulu", "local": "the local print shop"}
+FIRST_TRY = Attempt()  # Attempt is frozen: one shared default
+# StepResult.context key: "run this step again in N seconds" (waiting for a story, following a
+# print job). The task layer sends a fresh message with that countdown rather than retrying the
+# same one: Celery caps a task's retries (StepTask.max_retries), and a print job is followed for
+# days; a fresh message also does not carry a growing retry count or the redelivered flag.
+AGAIN_IN = "again_in"
+
+
+# --- configuration ------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class OrderSettings:
+    pod_provider: str  # POD_PROVIDER: local | lulu
+    poll_interval: float  # ORDER_POLL_INTERVAL: seconds between looks at a print job
+    story_wait: float  # ORDER_STORY_WAIT_SECONDS: how long a paid order waits for its story
+    shipping_level: str  # LULU_SHIPPING_LEVEL
+    contact_email: str | None  # LULU_CONTACT_EMAIL (else the ordering user's email)
+    production_delay: int | None  # LULU_PRODUCTION_DELAY minutes (Lulu's default 60 when unset)
+    files_base_url: str | None  # PRINT_FILES_BASE_URL: public base URL of the storage
+    stripe_secrets: tuple[str, ...]  # STRIPE_WEBHOOK_SECRET (comma-separated during a rotation)
+    stripe_tolerance: float  # STRIPE_SIGNATURE_TOLERANCE
+    stripe_require_signature: bool  # STRIPE_REQUIRE_SIGNATURE: refuse events without the raw payload
+    lulu_webhook_secret: str  # LULU_WEBHOOK_SECRET, default LULU_CLIENT_SECRET (Lulu signs with it)
+
+    @property
+    def poll_countdown(self) -> float:
+        # A re-scheduled task waits in a worker as an unacked message with an ETA; on Redis it
+        # must come due before the visibility timeout or the broker delivers it a second time.
+        return max(0.05, min(self.poll_interval, settings().visibility_timeout / 2))
+
+    @property
+    def story_wait_poll(self) -> float:
+        return max(0.05, min(15.0, self.poll_interval))
+
+
+@lru_cache(maxsize=1)
+def order_settings() -> OrderSettings:
+    from pipeline.config import _choice, _float
+
+    e = os.environ
+    delay = e.get("LULU_PRODUCTION_DELAY", "").strip()
+    return OrderSettings(
+        pod_provider=_choice("POD_PROVIDER", "local", ("local", "lulu")),
+        poll_interval=_float("ORDER_POLL_INTERVAL", 300.0, 0.05, 86400.0),
+        story_wait=_float("ORDER_STORY_WAIT_SECONDS", 86400.0, 1.0, 30 * 86400.0),
+        shipping_level=e.get("LULU_SHIPPING_LEVEL", "MAIL").strip().upper() or "MAIL",
+        contact_email=e.get("LULU_CONTACT_EMAIL", "").strip() or None,
+        production_delay=int(delay) if delay else None,
+        files_base_url=e.get("PRINT_FILES_BASE_URL", "").strip() or None,
+        stripe_secrets=tuple(s.strip() for s in e.get("STRIPE_WEBHOOK_SECRET", "").split(",") if s.strip()),
+        stripe_tolerance=_float("STRIPE_SIGNATURE_TOLERANCE", 300.0, 1.0, 86400.0),
+        stripe_require_signature=e.get("STRIPE_REQUIRE_SIGNATURE", "").lower() in ("1", "true", "yes"),
+        lulu_webhook_secret=e.get("LULU_WEBHOOK_SECRET") or e.get("LULU_CLIENT_SECRET", ""),
+    )
+
+
+_lock = threading.Lock()
+_providers: dict[tuple[int, str], lulu.PrintProvider] = {}
+
+
+def print_provider(name: str | None = None) -> lulu.PrintProvider:
+    """The print provider by name (an order follows the one its job was created with),
+    default POD_PROVIDER. One per process."""
+    key = (os.getpid(), name or order_settings().pod_provider)
+    with _lock:
+        if key not in _providers:
+            if key[1] == "lulu":
+                try:
+                    from pipeline.quota import QuotaHooks
+
+                    hooks: Any = QuotaHooks()
+                except ImportError:  # quotas are optional for the client itself
+                    hooks = None
+                _providers[key] = lulu.LuluClient.from_env(hooks=hooks)
+            elif key[1] == "local":
+                _providers[key] = lulu.LocalPrintShop.from_env(settings().local_storage_root)
+            else:
+                raise PermanentStepError(f"Unknown print provider {key[1]!r} (POD_PROVIDER: local or lulu).")
+        return _providers[key]
+
+
+# --- payment ------------------------------------------------------------------------------------
+
+def _authentic(event: Any, payload: str | None, signature: str | None) -> PaymentEvent:
+    o = order_settings()
+    if payload is not None:
+        if o.stripe_secrets or signature is not None or o.stripe_require_signature:
+            verify_signature(payload, signature, o.stripe_secrets, tolerance=o.stripe_tolerance)
+        return parse_event(payload)
+    if o.stripe_require_signature:
+        raise InvalidEvent("an unsigned event is refused (STRIPE_REQUIRE_SIGNATURE): send the raw payload "
+                           "with its Stripe-Signature header")
+    return parse_event(event)
+
+
+def _money(amount: int | None, currency: str | None) -> str:
+    return f"{amount} {(currency or '?').upper()}"
+
+
+def _decide(row: Any, ev: PaymentEvent, order_id: str, other_order: str | None) -> tuple[str, str]:
+    """(action, message) for one payment event on a locked order row. Actions: pay, fail,
+    ignore (late/duplicate), reject (not this order's), note (recorded for people)."""
+    status = row["status"]
+    intent = ev.payment_intent_id
+    if row["payment_intent_id"]:
+        if intent != row["payment_intent_id"]:
+            return "reject", (f"The event is for payment {intent or '(none)'}, the order's payment is "
+                              f"{row['payment_intent_id']}.")
+    elif ev.order_id != order_id:
+        return "reject", (f"The payment {intent or '(none)'} cannot be tied to this order: its metadata.order_id is "
+                          f"{ev.order_id or 'missing'} and the order has no payment_intent_id.")
+    elif other_order is not None:
+        return "reject", f"The payment {intent} already belongs to order {other_order}."
+    if ev.type == PAYMENT_SUCCEEDED:
+        if status != "pending_payment":
+            return "ignore", f"Payment confirmation for an order that is already {status}."
+        received = ev.amount_received if ev.amount_received is not None else ev.amount
+        if received != row["amount"] or ev.currency != row["currency"]:
+            return "fail", (f"The payment does not match the order: Stripe received {_money(received, ev.currency)}, "
+                            f"the order is for {_money(row['amount'], row['currency'])}. The order was not printed; "
+                            "refund or correct the payment.")
+        return "pay", f"Paid {_money(received, ev.currency)} ({intent})."
+    if ev.type == PAYMENT_FAILED:
+        if status == "pending_payment":
+            return "note", f"A payment attempt failed ({ev.reason or 'no reason given'}); the order waits for another."
+        return "ignore", f"A failed payment attempt reported after the order was {status} (out of order)."
+    if ev.type == PAYMENT_CANCELED:
+        if status == "pending_payment":
+            return "fail", f"The payment was canceled ({ev.reason or 'no reason given'}); nothing was charged."
+        return "ignore", f"A payment cancellation reported for an order that is {status}."
+    if ev.type == CHARGE_REFUNDED:
+        full = ev.refunded or (ev.amount_refunded is not None and ev.amount is not None
+                               and ev.amount_refunded >= ev.amount)
+        if status == "failed":
+            return "ignore", "A refund for an order that had failed already."
+        if not full:
+            return "note", f"A partial refund of {_money(ev.amount_refunded, ev.currency)}; the order goes on."
+        sent = row["pod_order_id"] is not None or row["job_step"] in ("processing", "completed")
+        if status in ("pending_payment", "paid") and not sent:
+            return "fail", "The payment was refunded before the book was sent to print: the order is cancelled."
+        return "note", (f"The payment was refunded after the print job was sent (order {status}, print job "
+                        f"{row['pod_order_id'] or 'being created'}): cancel it at the print provider if it is "
+                        "not in production yet.")
+    return "ignore", f"{ev.type} is not an event orders act on."
+
+
+def confirm_payment(order_id: str | None, event: Any = None, payload: str | None = None,
+                    signature: str | None = None, attempt: Attempt = FIRST_TRY) -> StepResult:
+    """orders.status pending_payment -> paid (or failed), from one Stripe event."""
+    timer = _Timer()
+    try:
+        ev = _authentic(event, payload, signature)
+    except InvalidEvent as e:
+        msg = f"Stripe event refused: {e}"
+        if order_id is not None:
+            with autocommit() as c:
+                if otx.print_state(c, order_id) is not None:
+                    otx.record_event(c, order_id, "stripe", "invalid_event", "rejected", msg)
+        log.warning("order %s: %s", order_id, msg)
+        return StepResult(Outcome.STOPPED, msg, timer.timings)
+    oid = order_id or valid_uuid(ev.order_id)
+    if oid is None and ev.payment_intent_id:
+        with autocommit() as c:
+            oid = otx.order_by_payment_intent(c, ev.payment_intent_id)
+    if oid is None:
+        return StepResult(Outcome.STOPPED, f"no order for {ev.type} {ev.event_id}", timer.timings)
+    ctx = {"order": oid, "event": ev.event_id, "type": ev.type}
+    with timer.phase("record"), transaction() as c:
+        row = otx.lock_order(c, oid)
+        if row is None:
+            return StepResult(Outcome.STOPPED, "order not found", timer.timings, context=ctx)
+        moves_on = row["status"] == "paid" and row["pod_order_id"] is None
+        if otx.seen_event(c, "stripe", ev.event_id):
+            # The same event again (at-least-once delivery): nothing changes. A paid order still
+            # moves on, in case the first delivery's run died before enqueueing the print files.
+            return StepResult(Outcome.ALREADY_DONE if moves_on else Outcome.STOPPED,
+                              f"duplicate event {ev.event_id}", timer.timings, context=ctx)
+        owner = otx.order_by_payment_intent(c, ev.payment_intent_id) if ev.payment_intent_id else None
+        action, msg = _decide(row, ev, oid, owner if owner not in (None, oid) else None)
+        detail = ev.summary()
+        if action == "fail":
+            done = otx.fail_order(c, oid, msg, from_statuses=("pending_payment", "paid"), source="stripe",
+                                  kind=ev.type, detail=detail, event_id=ev.event_id)
+        else:
+            outcomes: dict[str, otx.Outcome] = {"pay": "applied", "reject": "rejected", "note": "noted"}
+            outcome = outcomes.get(action, "ignored")
+            done = otx.record_event(c, oid, "stripe", ev.type, outcome, msg, detail, ev.event_id)
+            if done and action == "pay":
+                done = otx.mark_paid(c, oid, ev.payment_intent_id or ev.object_id, "stripe")
+    if not done:  # the guarded move found the order changed (cannot happen under the row lock)
+        return StepResult(Outcome.STOPPED, f"order changed: {msg}", timer.timings, context=ctx)
+    if action == "pay":
+        return StepResult(Outcome.DONE, msg, timer.timings, context=ctx)
+    if action == "fail":
+        return StepResult(Outcome.FAILED, msg, timer.timings, context=ctx)
+    if action in ("ignore", "note") and moves_on:
+        return StepResult(Outcome.ALREADY_DONE, msg, timer.timings, context=ctx)
+    if action == "reject":
+        log.warning("order %s: payment event %s rejected: %s", oid, ev.event_id, msg)
+    return StepResult(Outcome.STOPPED, msg, timer.timings, context=ctx)
+
+
+# --- print files --------------------------------------------------------------------------------
+
+def _step_fail(order_id: str, step: otx.Step, prefix: str, attempt: Attempt) -> Any:
+    def fail(msg: str) -> None:
+        with autocommit() as c:
+            otx.fail_order(c, order_id, f"{prefix}: {msg}", from_statuses=("paid",), step=step,
+                           detail={"attempt": attempt.number, "task_id": attempt.task_id})
+    return fail
+
+
+def _step_release(order_id: str, step: otx.Step, attempt: Attempt) -> Any:
+    def release(msg: str | None) -> None:
+        with autocommit() as c:
+            otx.release_step(c, order_id, step, msg, attempt.number, attempt.task_id)
+    return release
+
+
+def make_print_files(order_id: str, attempt: Attempt = FIRST_TRY) -> StepResult:
+    """Print-ready interior and cover PDFs at orders/<order_id>/print/, for a paid order whose
+    story is completed."""
+    s = settings()
+    timer = _Timer()
+    with timer.phase("claim"), autocommit() as c:
+        claim = otx.claim_print_files(c, order_id, s.step_lease_seconds)
+        state = otx.print_state(c, order_id)
+        pages = [dict(p) for p in otx.book_pages(c, str(state["story_id"]))] if claim and state else []
+    if state is None:
+        return StepResult(Outcome.STOPPED, "order not found", timer.timings)
+    ctx = {"order": order_id, "story": str(state["story_id"])}
+    if claim is None:
+        if state["status"] != "paid":
+            return StepResult(Outcome.STOPPED, f"order is {state['status']}", timer.timings, context=ctx)
+        if state["files_status"] == "completed":
+            return StepResult(Outcome.ALREADY_DONE, "print files exist", timer.timings, context=ctx)
+        if state["story_status"] == "failed":
+            msg = (f"The story of this order failed ({(state['story_error'] or 'no reason recorded')[:200]}); "
+                   "retry the story, then the order.")
+            with autocommit() as c:
+                otx.fail_order(c, order_id, msg, from_statuses=("paid",), kind="story_failed")
+            return StepResult(Outcome.FAILED, msg, timer.timings, context=ctx)
+        if state["story_status"] != "completed":
+            o = order_settings()
+            waited = state["paid_for"] or timedelta(0)
+            if waited.total_seconds() > o.story_wait:
+                msg = (f"The story did not complete within {o.story_wait / 3600:g} h of the payment "
+                       f"(it is {state['story_status']}); nothing was printed.")
+                with autocommit() as c:
+                    otx.fail_order(c, order_id, msg, from_statuses=("paid",), kind="story_timeout")
+                return StepResult(Outcome.FAILED, msg, timer.timings, context=ctx)
+            # Never a half book: come back when the story may be done (not a failure).
+            return StepResult(Outcome.STOPPED, f"waiting for the story ({state['story_status']})", timer.timings,
+                              context={**ctx, AGAIN_IN: o.story_wait_poll})
+        if state["files_status"] == "processing":
+            return _held_elsewhere("print files in progress", state["files_age"], attempt, timer)
+        return StepResult(Outcome.STOPPED, f"print files are {state['files_status']}", timer.timings, context=ctx)
+
+    def work() -> dict[str, Any]:
+        spec = product_spec(state["product_type"])
+        missing = [p["page_number"] for p in pages if not p["personalized_image_key"]]
+        if not pages or missing:
+            raise PermanentStepError(f"The story has no personalized picture for page(s) {missing or 'all'}.")
+        plan = interior_plan(len(pages), spec)
+        with timer.phase("provider"):
+            cover_pt = print_provider().cover_dimensions(spec.pod_package_id, plan.total)
+        theme = resolve_theme(state["story_theme"] or "")
+        with timer.phase("render"):
+            from pipeline.print_files import make_print_files as render
+
+            return cpu.run(render, order_id, state["title"] or "", state["child_name"],
+                           theme.title if theme else state["story_theme"], pages, spec.pod_package_id,
+                           cover_pt, state["created_at"].isoformat(), timeout=300)
+
+    try:
+        info = _guarded(work, attempt=attempt, fail=_step_fail(order_id, "print_files", "Print files", attempt),
+                        release=_step_release(order_id, "print_files", attempt), what="Making the print files")
+    except _Failed as e:
+        return StepResult(Outcome.FAILED, str(e), timer.timings, context=ctx)
+    timer.timings.update({k: info.pop(k) for k in ("render_ms", "store_ms") if k in info})
+    with timer.phase("record"), autocommit() as c:
+        done = otx.complete_step(c, order_id, "print_files", info)
+    return StepResult(Outcome.DONE if done else Outcome.ALREADY_DONE,
+                      f"{info['interior_pages']} interior pages ({info['blank_pages']} blank), cover "
+                      f"{info['cover_pt'][0]:g}x{info['cover_pt'][1]:g} pt", timer.timings, context=ctx)
+
+
+# --- the print job ------------------------------------------------------------------------------
+
+# Countries without postcodes, where a missing one is not an error.
+_NO_POSTCODE = {"AE", "HK", "MO", "QA", "JM", "BS", "BZ", "FJ", "GH", "TV"}
+
+
+def lulu_address(raw: Any) -> dict[str, str]:
+    """The order's shipping_address in Lulu's fields. Accepts Lulu's own field names and
+    Stripe's shipping shape (``{"name", "phone", "address": {"line1", "postal_code", ...}}``)."""
+    if isinstance(raw, str):
+        try:
+            raw = json.loads(raw)
+        except ValueError:
+            raw = None
+    if not isinstance(raw, Mapping):
+        raise PermanentStepError("The order has no shipping address; add one and retry the order.")
+    nested: Mapping[str, Any] = raw["address"] if isinstance(raw.get("address"), Mapping) else {}
+    top: Mapping[str, Any] = raw
+
+    def pick(*names: str) -> str:
+        for n in names:
+            for src in (top, nested):
+                v = src.get(n)
+                if isinstance(v, (str, int)) and str(v).strip():
+                    return " ".join(str(v).split())
+        return ""
+
+    out = {
+        "name": pick("name", "full_name"), "organization": pick("organization", "company"),
+        "street1": pick("street1", "line1", "address_line1", "address1"),
+        "street2": pick("street2", "line2", "address_line2", "address2"),
+        "city": pick("city", "locality", "town"), "state_code": pick("state_code", "state", "region"),
+        "postcode": pick("postcode", "postal_code", "zip", "zip_code"),
+        "country_code": pick("country_code", "country").upper(),
+        "phone_number": pick("phone_number", "phone"), "email": pick("email"),
+    }
+    missing = [k for k in ("street1", "city", "country_code") if not out[k]]
+    if not out["name"] and not out["organization"]:
+        missing.insert(0, "name")
+    if not out["postcode"] and out["country_code"] not in _NO_POSTCODE:
+        missing.append("postcode")
+    if missing:
+        raise PermanentStepError(f"The shipping address is incomplete (missing {', '.join(missing)}); "
+                                 "correct it and retry the order.")
+    if len(out["country_code"]) != 2 or not out["country_code"].isalpha():
+        raise PermanentStepError(f"The shipping address's country must be a 2-letter code (got "
+                                 f"{out['country_code'][:20]!r}).")
+    return {k: v[:255] for k, v in out.items() if v}
+
+
+def file_url(key: str) -> str:
+    """Where the print provider downloads a print file: PRINT_FILES_BASE_URL + key, else the
+    storage's own URL (a presigned S3 URL; file: for local storage, which only the local print
+    shop can read)."""
+    base = order_settings().files_base_url
+    if base:
+        return f"{base.rstrip('/')}/{key}"
+    from pipeline.providers.registry import output_storage
+
+    return str(output_storage().url(key, 7 * 86400))
+
+
+def line_item_id(order_id: str, run: int) -> str:
+    return f"{order_id}-{run}"
+
+
+def submit_print_job(order_id: str, attempt: Attempt = FIRST_TRY) -> StepResult:
+    """The order's print job at the provider, created once; pod_order_id recorded."""
+    s = settings()
+    timer = _Timer()
+    with timer.phase("claim"), autocommit() as c:
+        claim = otx.claim_print_job(c, order_id, s.step_lease_seconds)
+        state = otx.print_state(c, order_id)
+    if state is None:
+        return StepResult(Outcome.STOPPED, "order not found", timer.timings)
+    ctx = {"order": order_id, "story": str(state["story_id"])}
+    if claim is None:
+        if state["pod_order_id"] and state["status"] in ("paid", "fulfilled"):
+            return StepResult(Outcome.ALREADY_DONE, f"print job {state['pod_order_id']}", timer.timings, context=ctx)
+        if state["status"] != "paid":
+            return StepResult(Outcome.STOPPED, f"order is {state['status']}", timer.timings, context=ctx)
+        if state["files_status"] != "completed":
+            return StepResult(Outcome.STOPPED, f"print files are {state['files_status'] or 'not made'}",
+                              timer.timings, context=ctx)
+        if state["job_status"] == "processing":
+            return _held_elsewhere("print job being created", state["job_age"], attempt, timer)
+        return StepResult(Outcome.STOPPED, f"print job step is {state['job_status']}", timer.timings, context=ctx)
+
+    o = order_settings()
+    provider = print_provider()
+    line_id = line_item_id(order_id, int(claim["run"]))
+    found = False
+
+    def work() -> lulu.PrintJob:
+        nonlocal found
+        spec = product_spec(state["product_type"])
+        address = lulu_address(state["shipping_address"])
+        files = state["files"] or {}
+        with timer.phase("provider"):
+            # A run that died after creating the job (or timed out waiting for the reply) left
+            # it at the provider: find it by our order id and this print run before creating.
+            job = provider.find_job(order_id, line_id)
+            found = job is not None
+            if job is None:
+                job = provider.create_job(lulu.PrintJobRequest(
+                    external_id=order_id, line_item_external_id=line_id, title=state["title"] or "A story",
+                    pod_package_id=spec.pod_package_id, page_count=int(files["interior_pages"]),
+                    interior_url=file_url(files["interior_key"]), interior_md5=files["interior_md5"],
+                    cover_url=file_url(files["cover_key"]), cover_md5=files["cover_md5"],
+                    shipping_address=address, shipping_level=o.shipping_level,
+                    contact_email=o.contact_email or state["email"], production_delay=o.production_delay,
+                ))
+        return job
+
+    try:
+        job = _guarded(work, attempt=attempt, fail=_step_fail(order_id, "print_job", "Print job", attempt),
+                       release=_step_release(order_id, "print_job", attempt), what="Sending the print job")
+    except _Failed as e:
+        return StepResult(Outcome.FAILED, str(e), timer.timings, context=ctx)
+    with timer.phase("record"), autocommit() as c:
+        recorded = otx.record_print_job(c, order_id, provider.name, job.id, job.to_json())
+        if recorded:
+            otx.record_event(c, order_id, "worker", "print_job", "applied",
+                             f"Print job {job.id} {'found' if found else 'created'} at "
+                             f"{PROVIDER_LABEL.get(provider.name, provider.name)} ({job.status}).",
+                             {"job": job.id, "run": claim["run"], "found": found})
+        after = otx.print_state(c, order_id) if not recorded else None
+    ctx["print_job"] = job.id
+    if recorded:
+        return StepResult(Outcome.DONE, f"print job {job.id} ({'found' if found else 'created'})", timer.timings,
+                          context=ctx)
+    if after is not None and after["pod_order_id"] == job.id:
+        return StepResult(Outcome.ALREADY_DONE, f"print job {job.id}", timer.timings, context=ctx)
+    # The order moved on without this job (refunded and failed while it was being created):
+    # an orphan print job would be printed and paid for. Cancel it (Lulu allows it until it is
+    # paid and in production) and say so either way.
+    try:
+        provider.cancel_job(job.id)
+        note = f"Print job {job.id} was created for an order that is now {after and after['status']}: canceled."
+    except (PermanentStepError, TransientStepError) as e:
+        note = (f"Print job {job.id} was created for an order that is now {after and after['status']}, and "
+                f"could not be canceled ({e}): cancel it at the provider.")
+    log.warning("order %s: %s", order_id, note)
+    with autocommit() as c:
+        otx.record_event(c, order_id, "worker", "print_job", "noted", note, {"job": job.id})
+    return StepResult(Outcome.STOPPED, note, timer.timings, context=ctx)
+
+
+# --- the print job's lifecycle ------------------------------------------------------------------
+
+def _apply_status(order_id: str, job: lulu.PrintJob, source: str) -> str:
+    """The order moved as the provider's job says (poll or webhook); returns what happened:
+    "fulfilled", "shipped", "failed" or "unchanged"."""
+    seen = job.to_json()
+    label = PROVIDER_LABEL.get(source, source)
+    src: otx.Source = source if source in ("lulu", "local") else "worker"  # type: ignore[assignment]
+    with transaction() as c:
+        if job.problem:
+            msg = f"The print job {job.id} was {job.status.lower()} by {label}: {job.reason()}"
+            moved = otx.fail_order(c, order_id, msg, from_statuses=("paid", "fulfilled"), source=src,
+                                   kind=f"print_job.{job.status.lower()}", detail=seen, pod_order_id=job.id)
+            otx.note_job_seen(c, order_id, seen)
+            return "failed" if moved else "unchanged"
+        otx.record_event(c, order_id, src, f"print_job.{job.status.lower()}", "noted",
+                         f"Print job {job.id} is {job.status}" + (f": {job.message[:200]}" if job.message else "."),
+                         seen, event_id=f"{job.id}:{job.status}:{job.changed or ''}")
+        return otx.apply_job_status(c, order_id, job.id, job.status, job.changed, job.tracking_id, seen)
+
+
+def poll_print_job(order_id: str, attempt: Attempt = FIRST_TRY) -> StepResult:
+    """Ask the provider how the print job is doing and move the order; asks to come back
+    (``AGAIN_IN``) every ORDER_POLL_INTERVAL until the order is shipped or failed."""
+    o = order_settings()
+    timer = _Timer()
+    with timer.phase("claim"), autocommit() as c:
+        claim = otx.claim_poll(c, order_id, 0.5 * o.poll_interval)
+        state = None if claim else otx.print_state(c, order_id)
+    ctx: dict[str, Any] = {"order": order_id}
+    if claim is None:
+        if state is None:
+            return StepResult(Outcome.STOPPED, "order not found", timer.timings)
+        if state["status"] == "shipped":
+            return StepResult(Outcome.ALREADY_DONE, "shipped", timer.timings, context=ctx)
+        if state["status"] not in ("paid", "fulfilled") or not state["pod_order_id"]:
+            return StepResult(Outcome.STOPPED, f"order is {state['status']}, print job {state['pod_order_id']}",
+                              timer.timings, context=ctx)
+        # Another poll asked moments ago: its chain goes on, this duplicate ends here.
+        return StepResult(Outcome.STOPPED, "polled recently", timer.timings, context=ctx)
+    job_id = str(claim["pod_order_id"])
+    ctx["print_job"] = job_id
+    provider = print_provider(claim["pod_provider"] or None)
+    try:
+        with timer.phase("provider"):
+            job = provider.get_job(job_id)
+        if job.id != job_id:
+            raise TransientStepError(f"asked for print job {job_id}, got {job.id}")
+    except TransientStepError as e:
+        # The job goes on printing whatever its API says: never fail an order for this. The
+        # shared quota's waits (QuotaWait) are transient errors too.
+        with autocommit() as c:
+            otx.record_event(c, order_id, "worker", "print_status", "retried", str(e)[:500],
+                             {"attempt": attempt.number})
+        return StepResult(Outcome.STOPPED, f"print job {job_id}: {e}", timer.timings,
+                          context={**ctx, AGAIN_IN: max(o.poll_countdown, backoff(0, e.retry_after))})
+    except PermanentStepError as e:
+        msg = f"Following print job {job_id} failed: {e}"
+        with autocommit() as c:
+            moved = otx.fail_order(c, order_id, msg, from_statuses=("paid", "fulfilled"), kind="print_status")
+        return StepResult(Outcome.FAILED if moved else Outcome.STOPPED, msg, timer.timings, context=ctx)
+    with timer.phase("record"):
+        what = _apply_status(order_id, job, provider.name)
+    ctx["provider_status"] = job.status
+    if what in ("shipped", "failed") or job.status == lulu.SHIPPED or job.problem:
+        return StepResult(Outcome.DONE if what != "failed" else Outcome.FAILED, f"{job.status}: {what}",
+                          timer.timings, context=ctx)
+    return StepResult(Outcome.STOPPED, f"print job {job_id} is {job.status}", timer.timings,
+                      context={**ctx, AGAIN_IN: o.poll_countdown})
+
+
+def handle_lulu_webhook(payload: str, headers: Mapping[str, Any] | None, attempt: Attempt = FIRST_TRY) -> StepResult:
+    """A PRINT_JOB_STATUS_CHANGED webhook, as the external API received it (raw body and
+    headers): verified (HMAC-SHA256 of the raw body with the API secret, header
+    Lulu-HMAC-SHA256), then the same move as a poll."""
+    timer = _Timer()
+    wanted = lulu.WEBHOOK_HEADER.lower()
+    signature = next((str(v) for k, v in (headers or {}).items() if str(k).lower() == wanted), None)
+    if not lulu.verify_webhook(payload, signature, order_settings().lulu_webhook_secret):
+        log.warning("Lulu webhook refused: %s", "no signature" if not signature else "signature does not match")
+        return StepResult(Outcome.STOPPED, "rejected: bad or missing Lulu-HMAC-SHA256 signature", timer.timings)
+    try:
+        body = json.loads(payload)
+        if body.get("topic") != "PRINT_JOB_STATUS_CHANGED":
+            return StepResult(Outcome.STOPPED, f"ignored topic {str(body.get('topic'))[:60]}", timer.timings)
+        job = lulu.parse_job(body.get("data"))
+    except (ValueError, AttributeError) as e:
+        log.warning("Lulu webhook unreadable: %s", e)
+        return StepResult(Outcome.STOPPED, f"rejected: unreadable webhook ({e})", timer.timings)
+    order_id = valid_uuid(job.external_id)
+    if order_id is None:
+        return StepResult(Outcome.STOPPED, f"print job {job.id} is not one of our orders", timer.timings)
+    ctx = {"order": order_id, "print_job": job.id, "provider_status": job.status}
+    with autocommit() as c:
+        state = otx.print_state(c, order_id)
+        if state is not None and state["pod_order_id"] is None and state["status"] == "paid" \
+                and line_item_id(order_id, int(state["job_run"] or 1)) in job.line_item_external_ids:
+            # Lulu reports the job before the worker that created it recorded it (it died in
+            # between): it is this order's job for this print run, so record it now.
+            if otx.record_print_job(c, order_id, "lulu", job.id, job.to_json()):
+                otx.record_event(c, order_id, "lulu", "print_job", "applied",
+                                 f"Print job {job.id} recorded from Lulu's webhook.", {"job": job.id})
+            state = otx.print_state(c, order_id)
+    if state is None:
+        return StepResult(Outcome.STOPPED, "order not found", timer.timings, context=ctx)
+    if state["pod_order_id"] != job.id:
+        return StepResult(Outcome.STOPPED, f"not this order's current print job ({state['pod_order_id']})",
+                          timer.timings, context=ctx)
+    with timer.phase("record"):
+        what = _apply_status(order_id, job, "lulu")
+    return StepResult(Outcome.DONE if what != "unchanged" else Outcome.ALREADY_DONE, f"{job.status}: {what}",
+                      timer.timings, context=ctx)
+
+
+# --- operators: stuck orders, retry, status -------------------------------------------------------
+
+def _stuck_queries() -> tuple[tuple[str, str], ...]:
+    return (
+        # paid, story finished (either way), print files never made or their worker died
+        ("orders.prepare_print", """
+            SELECT o.id FROM orders o JOIN stories s ON s.id = o.story_id
+              LEFT JOIN order_steps f ON f.order_id = o.id AND f.step = 'print_files'
+             WHERE o.status = 'paid' AND s.status IN ('completed', 'failed') AND (
+                   (f.order_id IS NULL AND o.updated_at < now() - make_interval(secs => :pending_after))
+                OR (f.status = 'pending' AND f.updated_at < now() - make_interval(secs => :pending_after))
+                OR (f.status = 'processing' AND f.updated_at < now() - make_interval(secs => :lease)))
+             LIMIT :limit"""),
+        # paid with print files and no print job (pod_order_id): the message was lost or the
+        # worker died creating it (the re-run finds the job it may have created)
+        ("orders.submit_print", """
+            SELECT o.id FROM orders o
+              JOIN order_steps f ON f.order_id = o.id AND f.step = 'print_files' AND f.status = 'completed'
+              LEFT JOIN order_steps j ON j.order_id = o.id AND j.step = 'print_job'
+             WHERE o.status = 'paid' AND o.pod_order_id IS NULL AND (
+                   (j.order_id IS NULL AND f.updated_at < now() - make_interval(secs => :pending_after))
+                OR (j.status = 'pending' AND j.updated_at < now() - make_interval(secs => :pending_after))
+                OR (j.status = 'processing' AND j.updated_at < now() - make_interval(secs => :lease)))
+             LIMIT :limit"""),
+        # a print job nobody has asked about for two poll intervals: its poll chain was lost
+        ("orders.poll_print", """
+            SELECT o.id FROM orders o
+              JOIN order_steps j ON j.order_id = o.id AND j.step = 'print_job' AND j.status = 'completed'
+             WHERE o.status IN ('paid', 'fulfilled') AND o.pod_order_id IS NOT NULL
+               AND COALESCE(j.checked_at, j.updated_at) < now() - make_interval(secs => :poll_stale)
+             LIMIT :limit"""),
+    )
+
+
+def find_stuck_orders(*, lease: float | None = None, pending_after: float | None = None,
+                      limit: int = 500) -> list[Any]:
+    """Orders that should be moving and are not (read-only), as pipeline.ops.Stuck items."""
+    from pipeline.ops import Stuck
+
+    s, o = settings(), order_settings()
+    params = {"lease": lease if lease is not None else s.step_lease_seconds,
+              "pending_after": pending_after if pending_after is not None else s.step_lease_seconds,
+              "poll_stale": 2 * o.poll_interval + 60, "limit": limit}
+    found: list[Any] = []
+    with transaction() as c:
+        for task, sql in _stuck_queries():
+            found += [Stuck(task, {"order_id": str(r[0])}, "stale") for r in c.execute(text(sql), params)]
+    return found
+
+
+def sweep_orders(*, lease: float | None = None, pending_after: float | None = None, limit: int = 500,
+                 dry_run: bool = False) -> list[Any]:
+    """Re-enqueue stuck orders. Safe beside live workers and twice: each step's claim decides."""
+    from workers.app import app
+
+    stuck = find_stuck_orders(lease=lease, pending_after=pending_after, limit=limit)
+    if not dry_run:
+        for item in stuck:
+            app.send_task(item.task, kwargs=item.kwargs, queue="orders")
+    return stuck
+
+
+@dataclass
+class OrderRetry:
+    order_id: str
+    ok: bool
+    message: str
+    action: str = ""  # "new print run", "resume following", "" when refused
+
+
+def retry_order(order_id: str, *, dry_run: bool = False) -> OrderRetry:
+    """A failed order back on its way, keeping what is done: a paid order whose print files or
+    print job failed starts again from its print files; one whose job the provider rejected,
+    canceled or errored gets a new print run (a new job, told apart from the old one by its
+    line item id); one whose job is fine but could not be followed resumes following it. A
+    payment that never came cannot be retried here."""
+    with transaction() as c:
+        row = c.execute(text(
+            """SELECT o.status, o.paid_at, o.fulfilled_at, o.pod_order_id, s.status AS story_status,
+                      j.status AS job_status, j.result->>'status' AS provider_status, j.run
+                 FROM orders o JOIN stories s ON s.id = o.story_id
+                 LEFT JOIN order_steps j ON j.order_id = o.id AND j.step = 'print_job'
+                WHERE o.id = :id FOR UPDATE OF o"""), {"id": order_id}).mappings().first()
+        if row is None:
+            return OrderRetry(order_id, False, "no such order")
+        if row["status"] != "failed":
+            return OrderRetry(order_id, False, f"order is {row['status']}, not failed: nothing to retry")
+        reason = otx.last_failure(c, order_id) or "no reason recorded"
+        if row["paid_at"] is None:
+            return OrderRetry(order_id, False, f"not retried: the payment was never confirmed ({reason}); "
+                                               "a retry cannot take a payment")
+        if row["story_status"] == "failed":
+            return OrderRetry(order_id, False, "not retried: the order's story failed; retry the story first "
+                                               "(retry --story), then the order")
+        job_dead = row["pod_order_id"] is None or row["provider_status"] in lulu.PROBLEMS
+        action = "new print run" if job_dead else "resume following"
+        if dry_run:
+            return OrderRetry(order_id, True, f"would retry ({action}); it failed: {reason}", action)
+        if job_dead:
+            new_run = row["pod_order_id"] is not None  # a recorded job that is dead: a new one
+            c.execute(text(
+                """UPDATE order_steps SET status = 'pending', checked_at = NULL,
+                          run = run + CASE WHEN step = 'print_job' AND :new_run THEN 1 ELSE 0 END,
+                          result = CASE WHEN step = 'print_job' THEN NULL ELSE result END
+                    WHERE order_id = :id"""), {"id": order_id, "new_run": new_run})
+            c.execute(text(
+                """UPDATE orders SET status = 'paid', pod_order_id = NULL, fulfilled_at = NULL
+                    WHERE id = :id AND status = 'failed'"""), {"id": order_id})
+        else:
+            c.execute(text("UPDATE order_steps SET checked_at = NULL WHERE order_id = :id AND step = 'print_job'"),
+                      {"id": order_id})
+            c.execute(text(
+                """UPDATE orders SET status = CASE WHEN fulfilled_at IS NULL THEN 'paid' ELSE 'fulfilled' END
+                    WHERE id = :id AND status = 'failed'"""), {"id": order_id})
+        otx.record_event(c, order_id, "operator", "retry", "retried", f"Retried ({action}) after: {reason}",
+                         {"previous_pod_order_id": row["pod_order_id"], "run": row["run"]})
+    from workers.app import app
+
+    task = "orders.prepare_print" if job_dead else "orders.poll_print"
+    app.send_task(task, kwargs={"order_id": order_id}, queue="orders")  # after the commit
+    return OrderRetry(order_id, True, f"retried ({action})", action)
+
+
+def order_report(order_id: str) -> dict[str, Any] | None:
+    with transaction() as c:
+        return otx.report(c, order_id)
+
+
+def order_summary() -> dict[str, int]:
+    with transaction() as c:
+        return otx.summary(c)
+
+
+def format_report(rep: dict[str, Any]) -> str:
+    """An order's status for people: the row, its steps and its history."""
+    o = rep["order"]
+    lines = [f"order {o['id']}  {o['status']}  {o['product_type']}  {o['amount']} {str(o['currency']).upper()}"]
+    if rep.get("error"):
+        lines.append(f"  error: {rep['error']}")
+    for k in ("paid_at", "fulfilled_at", "shipped_at"):
+        if o[k]:
+            lines.append(f"  {k:<13} {o[k]:%Y-%m-%d %H:%M:%S}")
+    if o["pod_order_id"]:
+        lines.append(f"  print job     {o['pod_provider']} {o['pod_order_id']}"
+                     + (f"  tracking {o['tracking_number']}" if o["tracking_number"] else ""))
+    for st in rep["steps"]:
+        extra = ""
+        res = st["result"] or {}
+        if st["step"] == "print_files" and res:
+            extra = f"{res.get('interior_pages')} pages, {res.get('interior_key')}"
+        elif st["step"] == "print_job" and res:
+            extra = f"provider status {res.get('status')}"
+        lines.append(f"  step {st['step']:<12} {st['status']:<10} run {st['run']}  {extra}".rstrip())
+    for e in rep["events"]:
+        lines.append(f"  {e['created_at']:%H:%M:%S} {e['source']:<8} {e['kind']:<26} {e['outcome']:<8} "
+                     f"{e['message'] or ''}".rstrip())
+    return "\n".join(lines)
+
+
+# --- as the external API does it (demo, tools) ------------------------------------------------------
+
+def submit_order(story_id: str, *, product_type: str = "hardcover_book", amount: int = 2999,
+                 currency: str = "usd", shipping_address: dict[str, Any] | None = None) -> tuple[str, str]:
+    """Insert an order for a story as the external API does when checkout starts; returns
+    (order id, payment intent id)."""
+    intent = f"pi_demo_{uuid.uuid4().hex[:20]}"
+    address = shipping_address or {"name": "Sam Reader", "street1": "1 Example Street", "city": "Raleigh",
+                                   "state_code": "NC", "postcode": "27601", "country_code": "US",
+                                   "phone_number": "+1 919 555 0100"}
+    with transaction() as c:
+        order_id = str(c.execute(text(
+            """INSERT INTO orders (user_id, story_id, product_type, amount, currency, shipping_address,
+                                   payment_provider, payment_intent_id)
+               SELECT user_id, id, :product, :amount, :currency, CAST(:address AS jsonb), 'stripe', :pi
+                 FROM stories WHERE id = :story RETURNING id"""),
+            {"story": story_id, "product": product_type, "amount": amount, "currency": currency,
+             "address": json.dumps(address), "pi": intent}).scalar())
+    return order_id, intent
+
+
+def simulated_payment(order_id: str, payment_intent_id: str, amount: int, currency: str) -> dict[str, Any]:
+    """The kwargs the external API publishes orders.confirm_payment with after Stripe's
+    ``payment_intent.succeeded`` webhook: the raw body and its signature (signed with
+    STRIPE_WEBHOOK_SECRET when set, so the worker verifies it as it would Stripe's)."""
+    from pipeline.stripe_events import event_payload, sign
+
+    body = event_payload(f"evt_demo_{uuid.uuid4().hex[:20]}", PAYMENT_SUCCEEDED, {
+        "id": payment_intent_id, "object": "payment_intent", "amount": amount, "amount_received": amount,
+        "currency": currency, "status": "succeeded", "metadata": {"order_id": order_id}})
+    secrets = order_settings().stripe_secrets
+    return {"order_id": order_id, "payload": body, "signature": sign(body, secrets[0]) if secrets else None}
