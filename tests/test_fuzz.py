@@ -79,7 +79,8 @@ def test_odd_rows_fail_clearly_or_complete(clean_db: Db, worker: WorkerProcess) 
         "rtl+zero-width name": ("\u202eAmira\u200d", 5, "space", face, None),
         "emoji name": ("Zoë 🦖", 4, "dinosaurs", face, "completed"),
         "CJK name": ("小明", 6, "pirates", face, "completed"),
-        "control characters": ("Mia\x00\x07", 6, "space", face, "control characters"),
+        # (NUL itself cannot reach us: PostgreSQL text refuses it at the external API's insert)
+        "control characters": ("Mia\x07\x1b", 6, "space", face, "control characters"),
         "huge name": ("N" * 5000, 6, "space", face, "too long"),
         "negative age": ("Sam", -3, "space", face, "age must be between"),
         "theme injection": ("Sam", 5, "space'; DROP TABLE stories; --", face, "Unknown story theme"),

@@ -184,3 +184,17 @@ def test_a_run_that_died_before_recording_the_prediction_id_finds_it(
     assert result.moves_on and len(fake.created) == 1
     job = clean_db.one("SELECT external_id, status FROM provider_jobs")
     assert job["external_id"] == fake.created[0]["id"] and job["status"] == "succeeded"
+
+
+def test_a_long_prediction_is_followed_for_as_many_looks_as_it_takes(
+        clean_db: Db, fake: FakeReplicate, tmp_path: Path, request: pytest.FixtureRequest) -> None:
+    """Celery's own retry cap must not end a wait: 3 s predictions looked at every 0.1 s."""
+    flush_redis(BROKER)
+    fake.run_seconds = 3.0
+    _worker(tmp_path, request, _env(fake, JOB_POLL_INTERVAL="0.1", STORY_PAGE_COUNT="1"), "w")
+    story = clean_db.story(clean_db.photo(astronaut_png()))
+    external_send(BROKER, "stories.generate", {"story_id": story})
+    row = clean_db.wait_story(story, timeout=90)
+    assert row["status"] == "completed", row["error_message"]
+    polls = clean_db.all("SELECT polls FROM provider_jobs")
+    assert len(polls) == 2 and min(p["polls"] for p in polls) > 12, polls
