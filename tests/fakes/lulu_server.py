@@ -37,12 +37,13 @@ import threading
 import time
 from collections import deque
 from datetime import UTC, datetime
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, unquote, urlencode, urlsplit
 
 from pipeline.print_files import check_print_files, cover_size_pt, parse_pod_package
+from tests.fakes.base import LocalHTTPFake
 
 CLIENT_KEY = "lulu-test-client-key"
 CLIENT_SECRET = "lulu-test-client-SECRET-0123456789"
@@ -53,9 +54,12 @@ def _now() -> str:
     return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
-class FakeLulu:
+class FakeLulu(LocalHTTPFake):
+    name = "fake-lulu"
+
     def __init__(self, client_key: str = CLIENT_KEY, client_secret: str = CLIENT_SECRET, *,
                  token_ttl: float = 3600, validation_seconds: float = 0.0) -> None:
+        super().__init__()
         self.client_key, self.client_secret = client_key, client_secret
         self.token_ttl = token_ttl
         self.validation_seconds = validation_seconds
@@ -70,41 +74,16 @@ class FakeLulu:
         self._scripts: dict[str, deque[tuple[Any, ...]]] = {}
         self._hold: tuple[float, threading.Event] | None = None
         self._lock = threading.Lock()
-        self._stopping = threading.Event()
         self._release = threading.Event()
         self._next_id = 5000
         self._tokens_issued = 0
-        self._server: ThreadingHTTPServer | None = None
-        self._thread: threading.Thread | None = None
-
-    # --- lifecycle --------------------------------------------------------------------------
-
-    def start(self) -> FakeLulu:
-        fake = self
-
-        class Handler(_Handler):
-            owner = fake
-
-        self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self._server.daemon_threads = True
-        self._thread = threading.Thread(target=self._server.serve_forever, kwargs={"poll_interval": 0.02},
-                                        name="fake-lulu", daemon=True)
-        self._thread.start()
-        return self
-
-    def stop(self) -> None:
-        self._stopping.set()
-        self._release.set()
-        if self._server is not None:
-            self._server.shutdown()
-            self._server.server_close()
-        if self._thread is not None:
-            self._thread.join(timeout=5)
 
     @property
     def base_url(self) -> str:
-        assert self._server is not None, "start() first"
-        return f"http://127.0.0.1:{self._server.server_address[1]}"
+        return self.root
+
+    def _after_stop(self) -> None:
+        self._release.set()  # a create reply held by a test
 
     # --- test controls ----------------------------------------------------------------------
 
@@ -530,3 +509,6 @@ class _Handler(BaseHTTPRequestHandler):
             self.wfile.write(data)
         except (BrokenPipeError, ConnectionResetError):
             self.close_connection = True
+
+
+FakeLulu.handler = _Handler

@@ -23,8 +23,10 @@ import json
 import threading
 import time
 from collections import deque
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from typing import Any
+
+from tests.fakes.base import LocalHTTPFake
 
 DEFAULT_KEY = "sk-test-FAKE0123456789abcdefSECRET"
 
@@ -34,50 +36,23 @@ def openai_error(message: str, type_: str, code: str | None = None, param: str |
     return {"error": {"message": message, "type": type_, "param": param, "code": code}}
 
 
-class FakeOpenAI:
+class FakeOpenAI(LocalHTTPFake):
     """``start()``, ``stop()``, ``base_url`` (``http://127.0.0.1:PORT/v1``), ``requests``
     (each ``{"path", "headers", "json", "t"}``, ``t`` from ``time.monotonic()``)."""
 
+    name = "fake-openai"
+
     def __init__(self, api_key: str = DEFAULT_KEY) -> None:
+        super().__init__()
         self.api_key = api_key
         self.requests: list[dict[str, Any]] = []
         self._script: deque[tuple[Any, ...]] = deque()
         self._lock = threading.Lock()
-        self._stopping = threading.Event()
-        self._server: ThreadingHTTPServer | None = None
-        self._thread: threading.Thread | None = None
         self._counter = 0
-
-    # --- lifecycle -------------------------------------------------------------------------
-
-    def start(self, port: int = 0) -> FakeOpenAI:
-        """``port``: 0 for any free one; a fixed one to come back where a stopped server was."""
-        fake = self
-
-        class Handler(_Handler):
-            owner = fake
-
-        ThreadingHTTPServer.allow_reuse_address = True
-        self._server = ThreadingHTTPServer(("127.0.0.1", port), Handler)
-        self._server.daemon_threads = True  # a hanging handler must not block stop()
-        # A short poll interval: shutdown() waits for it, and tests start and stop many servers.
-        self._thread = threading.Thread(target=self._server.serve_forever, kwargs={"poll_interval": 0.02},
-                                        name="fake-openai", daemon=True)
-        self._thread.start()
-        return self
-
-    def stop(self) -> None:
-        self._stopping.set()  # wakes hanging handlers
-        if self._server is not None:
-            self._server.shutdown()
-            self._server.server_close()
-        if self._thread is not None:
-            self._thread.join(timeout=5)
 
     @property
     def base_url(self) -> str:
-        assert self._server is not None, "start() first"
-        return f"http://127.0.0.1:{self._server.server_address[1]}/v1"
+        return f"{self.root}/v1"
 
     def script(self, items: list[tuple[Any, ...]]) -> None:
         """Queue responses for the next requests (then back to normal answers)."""
@@ -238,3 +213,6 @@ def _fill(schema: dict[str, Any], key: str, data: dict[str, Any], index: int) ->
         page = int(data.get("page_number") or 1)
         return f"{name} waved at {_SIGHTS[(page - 1) % len(_SIGHTS)]}. It waved back, and {name} laughed."
     return f"{name} {key}".strip()
+
+
+FakeOpenAI.handler = _Handler

@@ -49,7 +49,7 @@ import uuid
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from typing import Any
 
 import cv2
@@ -58,6 +58,7 @@ from PIL import Image, UnidentifiedImageError
 
 from pipeline.providers.base import Face, Landmark
 from pipeline.providers.local_vision import LocalPhotoAnalyzer, decode_photo
+from tests.fakes.base import LocalHTTPFake
 
 MAX_IMAGE_BYTES = 5 * 1024 * 1024  # ImageBlob max in botocore's model for Rekognition
 EMOTIONS = ("HAPPY", "CALM", "SURPRISED", "CONFUSED", "SAD", "ANGRY", "DISGUSTED", "FEAR")
@@ -200,47 +201,30 @@ def _measured_detail(face: Face, gray: np.ndarray, full: bool) -> dict[str, Any]
     return detail
 
 
-class FakeRekognition:
+class FakeRekognition(LocalHTTPFake):
     """``start()``, ``stop()``, ``url`` (the endpoint for ``AWS_ENDPOINT_URL``), ``requests``."""
 
+    name = "fake-rekognition"
+
     def __init__(self) -> None:
+        super().__init__()
         self.requests: list[RecordedRequest] = []
         self._script: deque[tuple[Any, ...]] = deque()
         self._lock = threading.Lock()
-        self._stopping = threading.Event()
-        self._server: ThreadingHTTPServer | None = None
-        self._thread: threading.Thread | None = None
         self._analyzer = LocalPhotoAnalyzer()
         # One detection thread: OpenCV cascades load per thread, and every connection gets a new
         # handler thread; reloading them each time would make answers slow and uneven.
         self._detector = ThreadPoolExecutor(max_workers=1, thread_name_prefix="fake-rekognition-detect")
 
-    def start(self) -> FakeRekognition:
-        fake = self
-        self._detector.submit(self._warm_up).result()
-
-        class Handler(_Handler):
-            owner = fake
-
-        self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self._server.daemon_threads = True  # a hanging handler must not block stop()
-        self._thread = threading.Thread(target=self._server.serve_forever, name="fake-rekognition", daemon=True)
-        self._thread.start()
-        return self
-
-    def stop(self) -> None:
-        self._stopping.set()  # wakes hanging handlers
-        if self._server is not None:
-            self._server.shutdown()
-            self._server.server_close()
-        if self._thread is not None:
-            self._thread.join(timeout=5)
-        self._detector.shutdown(wait=True)
-
     @property
     def url(self) -> str:
-        assert self._server is not None, "start() first"
-        return f"http://127.0.0.1:{self._server.server_address[1]}"
+        return self.root
+
+    def _before_start(self) -> None:
+        self._detector.submit(self._warm_up).result()
+
+    def _after_stop(self) -> None:
+        self._detector.shutdown(wait=True)
 
     def script(self, items: list[tuple[Any, ...]]) -> None:
         """Queue responses for the next requests (then back to real detections)."""
@@ -392,3 +376,6 @@ class _Handler(BaseHTTPRequestHandler):
             self.wfile.write(data)
         except (BrokenPipeError, ConnectionResetError):
             pass  # the client timed out and left
+
+
+FakeRekognition.handler = _Handler

@@ -45,11 +45,13 @@ import urllib.request
 from collections import deque
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
 from PIL import Image
+
+from tests.fakes.base import LocalHTTPFake
 
 DEFAULT_TOKEN = "r8_FAKEtoken0123456789abcdefSECRET"
 TARGET_KEYS = ("input_image", "image", "target_image")
@@ -84,14 +86,17 @@ class _Prediction:
     extra: dict[str, Any] = field(default_factory=dict)
 
 
-class FakeReplicate:
+class FakeReplicate(LocalHTTPFake):
     """``start()``, ``stop()``, ``base_url`` (``http://127.0.0.1:PORT/v1``), ``requests`` (each
     ``{"method", "path", "headers", "json", "t"}``, ``t`` from ``time.monotonic()``), ``created``
     (each prediction as returned by its create)."""
 
+    name = "fake-replicate"
+
     def __init__(self, token: str = DEFAULT_TOKEN, *, run_seconds: float = 0.3, output_ttl: float = 3600.0,
                  page_size: int = 100, known: set[str] | None = None,
                  versions: dict[str, str] | None = None) -> None:
+        super().__init__()
         self.token = token
         self.run_seconds = run_seconds
         self.output_ttl = output_ttl
@@ -105,44 +110,7 @@ class FakeReplicate:
         self._outcomes: deque[tuple[str, str | None]] = deque()
         self._lock = threading.Lock()
         self._render_lock = threading.Lock()
-        self._stopping = threading.Event()
-        self._server: ThreadingHTTPServer | None = None
-        self._thread: threading.Thread | None = None
         self._seq = 0
-
-    # --- lifecycle -------------------------------------------------------------------------
-
-    def start(self) -> FakeReplicate:
-        fake = self
-
-        class Handler(_Handler):
-            owner = fake
-
-        self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self._server.daemon_threads = True  # a hanging handler must not block stop()
-        self._thread = threading.Thread(target=self._server.serve_forever, kwargs={"poll_interval": 0.02},
-                                        name="fake-replicate", daemon=True)
-        self._thread.start()
-        return self
-
-    def stop(self) -> None:
-        self._stopping.set()  # wakes hanging handlers
-        if self._server is not None:
-            self._server.shutdown()
-            self._server.server_close()
-        if self._thread is not None:
-            self._thread.join(timeout=5)
-
-    def __enter__(self) -> FakeReplicate:
-        return self.start()
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
-
-    @property
-    def root(self) -> str:
-        assert self._server is not None, "start() first"
-        return f"http://127.0.0.1:{self._server.server_address[1]}"
 
     @property
     def base_url(self) -> str:
@@ -458,3 +426,6 @@ class _Handler(BaseHTTPRequestHandler):
             self.wfile.write(data)
         except (BrokenPipeError, ConnectionResetError):
             self.close_connection = True  # the client gave up (a hang past its timeout)
+
+
+FakeReplicate.handler = _Handler
