@@ -275,14 +275,17 @@ def _positive_int(value: str) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="storycreator", description="Operate the story pipeline.")
+    ap = argparse.ArgumentParser(
+        prog="storycreator", description="Operate the story pipeline: see it, repair it.",
+        epilog="exit codes: 0 done, 1 nothing done or not found, 2 usage error, 130 interrupted. "
+               "`storycreator COMMAND --help` for each command.")
     sub = ap.add_subparsers(dest="cmd", required=True)
     st = sub.add_parser("status", help="a story's pages x stages with errors; without a story: counts per stage")
     st.add_argument("story", nargs="?")
     st.add_argument("--order", help="an order: its status, steps and history (payments, print job, errors)")
     st.add_argument("--json", action="store_true")
     st.set_defaults(fn=cmd_status)
-    rt = sub.add_parser("retry", help="re-run a failed story's failed steps (completed work is kept)")
+    rt = sub.add_parser("retry", help="re-run failed work: a story's failed steps (completed work kept), an order")
     rt.add_argument("--story", help="one story")
     rt.add_argument("--page", help="the story of this page")
     rt.add_argument("--photo", help="the failed stories of this photo")
