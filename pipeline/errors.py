@@ -1,6 +1,10 @@
 """Errors a step can raise. The task layer decides retry vs. fail from the type alone."""
 from __future__ import annotations
 
+import email.utils
+import math
+from datetime import UTC, datetime
+
 
 class StepError(Exception):
     """Base for errors a pipeline step reports on purpose."""
@@ -22,3 +26,22 @@ class TransientStepError(StepError):
     def __init__(self, message: str, retry_after: float | None = None) -> None:
         super().__init__(message)
         self.retry_after = retry_after
+
+
+def retry_after_seconds(raw: str | None) -> float | None:
+    """An HTTP ``Retry-After`` value (seconds, or an HTTP date) as seconds from now; None when
+    absent or unusable. Every adapter reads its provider's hint through this."""
+    raw = (raw or "").strip()
+    if not raw:
+        return None
+    try:
+        value = float(raw)
+    except ValueError:
+        try:
+            when = email.utils.parsedate_to_datetime(raw)
+        except (TypeError, ValueError):
+            return None
+        if when.tzinfo is None:
+            when = when.replace(tzinfo=UTC)
+        return max(0.0, (when - datetime.now(UTC)).total_seconds())
+    return value if math.isfinite(value) and value >= 0 else None

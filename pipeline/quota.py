@@ -81,6 +81,10 @@ class QuotaWait(TransientStepError):
     """The shared quota is spent for now: come back after ``retry_after`` seconds. Not a
     provider failure, so it does not use up a step's retries."""
 
+    def __init__(self, provider: str, message: str, retry_after: float) -> None:
+        super().__init__(message, retry_after)
+        self.provider = provider
+
 
 # GCRA for several limits at once: allowed only if every limit allows, and then all advance.
 # KEYS: one per limit; ARGV: pairs of (emission interval ms, burst tolerance ms).
@@ -171,7 +175,7 @@ class Quotas:
             if wait <= 0:
                 return
             if time.monotonic() + wait > deadline:
-                raise QuotaWait(f"{provider} request quota is spent for now", retry_after=wait)
+                raise QuotaWait(provider, f"{provider} request quota is spent for now", wait)
             time.sleep(wait)
 
     def acquire(self, provider: str, holder: str, lease: float) -> float:
@@ -226,8 +230,8 @@ class QuotaHooks:
             deadline = time.monotonic() + q.max_inline_wait
             while (wait := q.acquire(provider, holder, self._call_lease)) > 0:
                 if time.monotonic() + min(wait, 0.05) > deadline:
-                    raise QuotaWait(f"{provider} has its maximum of concurrent requests running",
-                                    retry_after=min(wait, 5.0))
+                    raise QuotaWait(provider, f"{provider} has its maximum of concurrent requests running",
+                                    min(wait, 5.0))
                 time.sleep(0.05)
             self._local.__dict__.setdefault("held", []).append((provider, holder))
         try:

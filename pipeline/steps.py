@@ -159,7 +159,7 @@ def _guarded(
         # The shared provider quota, not the provider, said "not now": free the step for
         # whoever comes first when it refills, without using up a try or recording an error.
         release(None)
-        metrics.QUOTA_WAITS.labels(str(e).split(" ", 1)[0]).inc()
+        metrics.QUOTA_WAITS.labels(e.provider).inc()
         raise RetryLater(backoff(0, e.retry_after), str(e), waiting=True) from None
     except PermanentStepError as e:
         fail(str(e))
@@ -540,22 +540,26 @@ def _job_step(page_id: str, stage: tx.JobStage, attempt: Attempt) -> StepResult:
     timer = _Timer()
     with timer.phase("claim"), autocommit() as c:
         claim = tx.claim_page(c, page_id, col, s.step_lease_seconds)
-        state = tx.page_state(c, page_id, col)
+        state = None if claim else tx.page_state(c, page_id, col)  # why not, when not
         job = tx.live_job(c, page_id, stage)
-    if state is None:
+    if claim is not None:
+        ctx: dict[str, Any] = {"story": claim.story_id, "page_number": claim.page_number}
+    elif state is not None:
+        ctx = {"story": str(state["story_id"]), "page_number": state["page_number"]}
+    else:
         return StepResult(Outcome.STOPPED, "page not found", timer.timings)
-    ctx = {"story": str(state["story_id"]), "page_number": state["page_number"]}
     label = STAGE_LABEL[stage]
 
     def fail(msg: str) -> None:
         with autocommit() as c:
             if job is not None:
                 tx.job_finished(c, str(job["id"]), "failed", msg)
-            tx.fail_page(c, page_id, col, stage, msg, f"Page {state['page_number']} ({label}): {msg}",
+            tx.fail_page(c, page_id, col, stage, msg, f"Page {ctx['page_number']} ({label}): {msg}",
                          attempt.number, attempt.task_id)
         quotas().release(jobs.name, f"{page_id}:{stage}")
 
     if claim is None:
+        assert state is not None
         if state["status"] == "processing" and job is not None and job["external_id"]:
             return _follow_job(page_id, stage, job, attempt, timer, ctx, fail)
         return _not_claimed(state, attempt, timer)
@@ -575,7 +579,7 @@ def _job_step(page_id: str, stage: tx.JobStage, attempt: Attempt) -> StepResult:
         sha = _input_sha(model_input)
         wait = quotas().acquire(jobs.name, holder, s.job_max_seconds + 60)
         if wait > 0:
-            raise QuotaWait(f"{jobs.name} has its maximum of concurrent jobs running", retry_after=min(wait, 10.0))
+            raise QuotaWait(jobs.name, f"{jobs.name} has its maximum of concurrent jobs running", min(wait, 10.0))
         reserved_now = False
         if job is None:
             with autocommit() as c:

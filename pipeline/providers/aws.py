@@ -42,7 +42,6 @@ since S3 echoes the access key id and the string it signed.
 """
 from __future__ import annotations
 
-import email.utils
 import io
 import math
 import os
@@ -73,7 +72,7 @@ from botocore.parsers import ResponseParserError
 from PIL import Image
 
 from pipeline.config import env_number
-from pipeline.errors import PermanentStepError, StepError, TransientStepError
+from pipeline.errors import PermanentStepError, StepError, TransientStepError, retry_after_seconds
 from pipeline.providers.base import BoundingBox, Face, Label, Landmark, NoHooks, PhotoAnalysis, RequestHooks
 from pipeline.providers.local_vision import MAX_PIXELS, decode_photo
 from pipeline.storage import ObjectMissing, check_key
@@ -184,20 +183,10 @@ def _reason(text: object) -> str:
     return _redact(one_line)[:REASON_CHARS]
 
 
-def _retry_after(headers: Mapping[str, str]) -> float | None:
-    """``Retry-After`` as seconds or an HTTP date; None when absent or unusable."""
-    raw = headers.get("retry-after") or headers.get("Retry-After")
-    if not raw:
-        return None
-    try:
-        value = float(raw)
-    except ValueError:
-        try:
-            when = email.utils.parsedate_to_datetime(raw)
-        except (TypeError, ValueError):
-            return None
-        return max(0.0, when.timestamp() - time.time())
-    return value if math.isfinite(value) and value >= 0 else None
+
+
+def _hint(headers: Mapping[str, str]) -> float | None:
+    return retry_after_seconds(headers.get("retry-after") or headers.get("Retry-After"))
 
 
 class _Malformed(ValueError):
@@ -241,10 +230,10 @@ def _service_error(exc: ClientError, service: str, op: str) -> tuple[str, StepEr
     said = f"{code}, HTTP {status}" + (f": {_reason(message)}" if message else "")
     if code in _THROTTLE_CODES or status == 429:
         return "throttled", TransientStepError(
-            f"{service} is throttling requests ({said}); will retry.", retry_after=_retry_after(headers))
+            f"{service} is throttling requests ({said}); will retry.", retry_after=_hint(headers))
     if code in _SERVER_CODES or status >= 500:
         return "server_error", TransientStepError(
-            f"{service} had a server error ({said}); will retry.", retry_after=_retry_after(headers))
+            f"{service} had a server error ({said}); will retry.", retry_after=_hint(headers))
     if code in _CREDENTIAL_CODES:
         # No reason quoted: S3's SignatureDoesNotMatch echoes the key id and the signed string.
         return "client_error", PermanentStepError(

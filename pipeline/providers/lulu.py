@@ -32,7 +32,6 @@ SHIPPED with a tracking number, or REJECTED with the reasons. The demo orders fr
 from __future__ import annotations
 
 import base64
-import email.utils
 import hashlib
 import hmac
 import json
@@ -49,7 +48,7 @@ from urllib.parse import unquote, urlsplit
 
 import requests
 
-from pipeline.errors import PermanentStepError, TransientStepError
+from pipeline.errors import PermanentStepError, TransientStepError, retry_after_seconds
 from pipeline.providers.base import NoHooks, RequestHooks
 
 log = logging.getLogger(__name__)
@@ -225,18 +224,6 @@ def webhook_signature(payload: str | bytes, secret: str) -> str:
 
 # --- the Lulu Print API --------------------------------------------------------------------------
 
-def _retry_after(value: str | None) -> float | None:
-    if not value:
-        return None
-    try:
-        return max(0.0, float(value))
-    except ValueError:
-        pass
-    try:
-        when = email.utils.parsedate_to_datetime(value)
-    except (TypeError, ValueError):
-        return None
-    return max(0.0, when.timestamp() - time.time())
 
 
 def _flatten(body: Any, prefix: str = "") -> list[str]:
@@ -342,7 +329,7 @@ class LuluClient:
         if code == 429 or code >= 500:
             self._hooks.after("lulu", op, "throttled" if code == 429 else "server_error", time.perf_counter() - t0)
             raise TransientStepError(f"Lulu answered HTTP {code} to {op}: {_reason(resp)}",
-                                     retry_after=_retry_after(resp.headers.get("Retry-After")))
+                                     retry_after=retry_after_seconds(resp.headers.get("Retry-After")))
         self._hooks.after("lulu", op, "ok" if code < 400 else "client_error", time.perf_counter() - t0)
         return resp
 

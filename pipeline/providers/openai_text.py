@@ -23,9 +23,7 @@ the provider's reason (truncated) and the HTTP status, never the API key.
 """
 from __future__ import annotations
 
-import email.utils
 import json
-import math
 import os
 import re
 import time
@@ -39,7 +37,7 @@ from openai.types.chat import ChatCompletionMessageParam
 from openai.types.shared_params import ResponseFormatJSONSchema
 
 from pipeline.config import env_number
-from pipeline.errors import PermanentStepError, StepError, TransientStepError
+from pipeline.errors import PermanentStepError, StepError, TransientStepError, retry_after_seconds
 from pipeline.providers.base import NoHooks, Outline, PageRequest, RequestHooks, StoryRequest
 from pipeline.themes import resolve_theme
 
@@ -186,24 +184,8 @@ def clean_text(value: str, limit: int | None = None) -> str:
 def _retry_after(headers: Mapping[str, str]) -> float | None:
     """The provider's wait hint in seconds: ``retry-after-ms`` (OpenAI's, more precise), then
     ``Retry-After`` as seconds or an HTTP date. None when absent or unusable."""
-    for name, divisor in (("retry-after-ms", 1000.0), ("retry-after", 1.0)):
-        raw = headers.get(name)
-        if raw is None:
-            continue
-        try:
-            value = float(raw) / divisor
-        except ValueError:
-            continue
-        if math.isfinite(value) and value >= 0:
-            return value
-    raw = headers.get("retry-after")
-    if raw:
-        try:
-            when = email.utils.parsedate_to_datetime(raw)
-        except (TypeError, ValueError):
-            return None
-        return max(0.0, when.timestamp() - time.time())
-    return None
+    ms = retry_after_seconds(headers.get("retry-after-ms"))
+    return ms / 1000 if ms is not None else retry_after_seconds(headers.get("retry-after"))
 
 
 # --------------------------------------------------------------------------------------

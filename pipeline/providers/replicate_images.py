@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import base64
 import binascii
-import email.utils
 import functools
 import io
 import json
@@ -45,7 +44,7 @@ from PIL import Image, UnidentifiedImageError
 from replicate.client import Client
 from replicate.exceptions import ReplicateError
 
-from pipeline.errors import PermanentStepError, StepError, TransientStepError
+from pipeline.errors import PermanentStepError, StepError, TransientStepError, retry_after_seconds
 from pipeline.providers.base import Face, JobStatus, NoHooks, PageRequest, RequestHooks
 from pipeline.themes import THEMES, resolve_theme
 
@@ -163,20 +162,7 @@ def _reason(response: httpx.Response) -> str:
 
 
 def _retry_after(headers: httpx.Headers) -> float | None:
-    raw = (headers.get("retry-after") or "").strip()
-    if not raw:
-        return None
-    try:
-        return max(0.0, float(raw))
-    except ValueError:
-        pass
-    try:
-        when = email.utils.parsedate_to_datetime(raw)
-    except (TypeError, ValueError):
-        return None
-    if when.tzinfo is None:
-        when = when.replace(tzinfo=UTC)
-    return max(0.0, (when - datetime.now(UTC)).total_seconds())
+    return retry_after_seconds(headers.get("retry-after"))
 
 
 def _canonical(value: Any) -> str:
