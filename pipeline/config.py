@@ -82,6 +82,7 @@ class Settings:
     max_retries: int  # transient provider errors, per step
     sweep_interval: float  # seconds between stuck-work sweeps (celery beat)
     retry_backoff_cap: float
+    db_retry_backoff_max: float  # seconds: cap of the backoff of a step the database kept from running
     job_poll_interval: float  # remote image jobs: seconds between looks (a re-scheduled task each)
     job_max_seconds: float  # a remote job still running after this long is canceled and failed
     min_child_age: int
@@ -114,6 +115,7 @@ def settings() -> Settings:
         max_retries=_int("STEP_MAX_RETRIES", 5, 0, 50),
         sweep_interval=_float("SWEEP_INTERVAL", 60.0, 1.0, 86400.0),
         retry_backoff_cap=_float("STEP_RETRY_BACKOFF_CAP", 120.0, 0.1, 3600.0),
+        db_retry_backoff_max=_float("DB_RETRY_BACKOFF_MAX", 60.0, 0.1, 3600.0),
         # Default: every 3 s, or more often under a short lease (tests use 3 s leases).
         job_poll_interval=_float("JOB_POLL_INTERVAL",
                                  min(3.0, _float("STEP_LEASE_SECONDS", 300.0, 0.5, 86400.0) / 4), 0.05, 600.0),

@@ -109,7 +109,7 @@ _STUCK_QUERIES: tuple[tuple[str, str, str], ...] = (
          ORDER BY s.id LIMIT :limit"""),
     *(
         (task, "page_id", f"""
-        SELECT p.id FROM story_pages p JOIN stories s ON s.id = p.story_id
+        SELECT p.id, p.story_id FROM story_pages p JOIN stories s ON s.id = p.story_id
          WHERE {_UNFINISHED[col]} AND p.id > :after
            AND s.status = 'processing' {f"AND p.{prereq} = 'completed'" if prereq else ""}
            AND ((p.{col} = 'processing' AND p.updated_at < now() - make_interval(secs => :lease))
@@ -144,7 +144,9 @@ def stuck_batch(kind: int, *, lease: float, pending_after: float, limit: int,
     with transaction() as c:
         rows = c.execute(text(sql), {"lease": lease, "pending_after": pending_after, "limit": limit,
                                      "after": after})
-        return [Stuck(task, {key: str(r[0])}, "stale") for r in rows]
+        # The id first (backfill resumes from it); page tasks also name their story (Flower's search).
+        return [Stuck(task, {key: str(r[0]), **({"story_id": str(r[1])} if len(r) > 1 else {})}, "stale")
+                for r in rows]
 
 
 def find_stuck(*, lease: float, pending_after: float, limit: int = 500) -> list[Stuck]:
