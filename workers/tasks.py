@@ -87,7 +87,7 @@ def _run(task: Task, stage: str, ids: dict[str, Any],
         countdown = db_backoff(req.retries)
         log.warning("step %s", json.dumps({"stage": stage, **ids, "attempt": attempt.number, "outcome": "retry",
                                            "detail": f"database unavailable: {db_reason(e)}"[:300],
-                                           "retry_in": countdown}, ensure_ascii=False))
+                                           "retries": req.retries, "retry_in": countdown}, ensure_ascii=False))
         metrics.observe(stage, "retry", time.perf_counter() - t0, None)
         raise task.retry(countdown=countdown, kwargs=dict(req.kwargs or {}), max_retries=None, exc=None) from None
     if after is not None:
