@@ -87,6 +87,11 @@ class Settings:
     job_max_seconds: float  # a remote job still running after this long is canceled and failed
     min_child_age: int
     max_child_age: int
+    # A story sent before its photo's upload was confirmed (photos.status 'pending_upload') waits
+    # this long, counted from when the story became pending (stories.updated_at: its insert or
+    # an operator's retry), then fails; looks at the photo at most every upload_poll_interval s.
+    photo_upload_wait_seconds: float
+    photo_upload_poll_interval: float
 
 
 @lru_cache(maxsize=1)
@@ -122,6 +127,8 @@ def settings() -> Settings:
         job_max_seconds=_float("JOB_MAX_SECONDS", 900.0, 1.0, 86400.0),
         min_child_age=0,
         max_child_age=14,
+        photo_upload_wait_seconds=_float("PHOTO_UPLOAD_WAIT_SECONDS", 900.0, 0.0, 7 * 86400.0),
+        photo_upload_poll_interval=_float("PHOTO_UPLOAD_POLL_INTERVAL", 15.0, 0.1, 600.0),
     )
     if st.job_poll_interval * 2 >= st.step_lease_seconds:
         # Each look at a running job renews the page's lease; looks further apart than the lease
