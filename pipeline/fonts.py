@@ -2,9 +2,9 @@
 drawn before any work is done (a story's start) and when a PDF is built.
 
 Fonts are system packages, installed by ``./run`` and ``.ci/run`` (Debian: ``fonts-dejavu-core``,
-``fonts-noto-core``, ``fonts-noto-cjk``); ``STORYBOOK_FONT_DIR`` (a path list) is searched first.
-Files are found by name anywhere under the font folders, so other distributions' layouts work
-too. What each script is drawn with:
+``fonts-noto-core``, ``fonts-noto-cjk``), or in the folders of ``STORYBOOK_FONT_DIR`` (a path
+list) instead when it is set. Files are found by name anywhere under the font folders, so other
+distributions' layouts work too. What each script is drawn with:
 
 | script | font (regular / bold) |
 |---|---|
@@ -77,8 +77,9 @@ JOINERS = frozenset("\u200c\u200d")
 
 
 def _font_roots() -> list[Path]:
+    """``STORYBOOK_FONT_DIR`` (a path list) when set, else the system's font folders."""
     roots = [Path(p) for p in os.environ.get("STORYBOOK_FONT_DIR", "").split(os.pathsep) if p]
-    return roots + [Path("/usr/share/fonts"), Path("/usr/local/share/fonts"), Path("/Library/Fonts")]
+    return roots or [Path("/usr/share/fonts"), Path("/usr/local/share/fonts"), Path("/Library/Fonts")]
 
 
 @lru_cache(maxsize=1)
@@ -166,6 +167,10 @@ def unprintable(text: str) -> list[str]:
     return seen
 
 
+_SCRIPT_WORDS = {"CJK": "Chinese (Han)", "HIRAGANA": "Japanese kana", "KATAKANA": "Japanese kana",
+                 "HANGUL": "Korean Hangul", "LATIN": "Latin", "UNKNOWN": "unknown"}
+
+
 def describe(chars: list[str]) -> str:
     """What kinds of characters these are, without the characters themselves (for logs and
     messages that must not carry a name): "Cherokee letters, emoji or symbols"."""
@@ -179,7 +184,8 @@ def describe(chars: list[str]) -> str:
         elif cat.startswith("M"):
             kind = "combining marks"
         else:
-            kind = f"{unicodedata.name(ch, 'UNKNOWN').split()[0].title()} characters"
+            word = unicodedata.name(ch, "UNKNOWN").split()[0]
+            kind = f"{_SCRIPT_WORDS.get(word, word.title())} characters"
         if kind not in kinds:
             kinds.append(kind)
     return ", ".join(kinds)
@@ -192,6 +198,9 @@ def supported_scripts() -> str:
 
 def unprintable_message(chars: list[str], what: str = "The child's name") -> str:
     """A parent-facing refusal that names the kinds of characters, never the name itself."""
+    if what != "The child's name":
+        return (f"{what} uses {describe(chars)}, which no installed font can print (fonts for: "
+                f"{supported_scripts()}).")
     return (f"{what} uses {describe(chars)}, which our books cannot print yet. Please enter the name "
             f"in one of these scripts: {supported_scripts()}.")
 
