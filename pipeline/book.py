@@ -125,8 +125,7 @@ _ASCII_PUNCT = str.maketrans({"’": "'", "‘": "'", "“": '"', "”": '"', "�
 
 # Tables fpdf2 drops from every embedded subset anyway (fpdf/output.py). Removing them once
 # per process saves fontTools from decompiling them (GSUB/GPOS) again for every book (text
-# shaping keeps the layout ones: HarfBuzz reads them).
-_LAYOUT_TABLES = ("GDEF", "GPOS", "GSUB")
+# shaping reads them from the font's own file).
 _UNUSED_TABLES = ("FFTM", "GDEF", "GPOS", "GSUB", "MATH", "hdmx", "meta", "sbix", "CBDT", "CBLC",
                   "EBDT", "EBLC", "EBSC", "SVG ", "CPAL", "COLR")
 
@@ -145,41 +144,32 @@ def _template_from(data: bytes, style: str) -> TTFFont:
     return cast(TTFFont, scratch.fonts[f"template{style}"])
 
 
-def _blocks(text: str) -> tuple[int, ...]:
-    """The 128-code-point blocks of ``text``'s characters outside _COMMON (a font template is
-    cut to _COMMON plus these, so every Cyrillic or Arabic book shares one template)."""
-    return tuple(sorted({ord(c) >> 7 for c in text if ord(c) not in _COMMON and c not in "\n\r"}))
-
-
 @lru_cache(maxsize=32)
-def _font_template(path: Path, style: str, face: int = 0, blocks: tuple[int, ...] = ()) -> tuple[TTFFont, bytes]:
-    """A font parsed once per process (cmap, widths: ~0.1 s for DejaVu), and its file bytes,
-    cut down to _COMMON's glyphs and ``blocks``.
+def _font_template(path: Path, style: str, common_only: bool, face: int = 0) -> tuple[TTFFont, bytes]:
+    """A font parsed once per process (cmap, widths: ~0.1 s for DejaVu), and its file bytes
+    without the tables the embedded subset never keeps.
 
-    fpdf2 subsets the font again for every book, decompiling every glyph and glyph name; from
-    ~600 glyphs instead of ~3,000 that is several times faster. The template is parsed from
-    the cut-down file itself, so its glyph ids and names match the bytes each book gets.
-    Without ``blocks`` (text shaping off) the tables the embedded subset never keeps are
-    removed first; with them the layout tables (GSUB, GPOS, GDEF) stay, with every glyph they
-    reach (joined and ligature forms), for HarfBuzz to shape from the same bytes."""
+    ``common_only``: the font cut down to _COMMON's glyphs first. fpdf2 subsets the font again
+    for every book, decompiling every glyph and glyph name; from ~600 glyphs instead of ~3,000
+    that is several times faster. The template is parsed from the cut-down file itself, so its
+    glyph ids and names match the bytes each book gets. Without ``common_only`` the glyph order
+    is the original file's (only tables are removed), so HarfBuzz can shape from the original
+    file (its layout tables) and fpdf2 embed the glyphs it names. (Cutting a font with its
+    layout tables kept costs seconds per font: fontTools' GSUB/GPOS closure.)"""
     from fontTools import subset as ftsubset
     from fontTools.ttLib import TTFont as FtFont
 
-    keep_layout = bool(blocks)
     with FtFont(path, recalcTimestamp=False, fontNumber=face) as ft:
         for tag in _UNUSED_TABLES:
-            if tag in ft and not (keep_layout and tag in _LAYOUT_TABLES):
+            if tag in ft:
                 del ft[tag]
-        cmap = ft.getBestCmap() or {}
-        wanted = set(_COMMON)
-        for b in blocks:
-            wanted.update(range(b << 7, (b + 1) << 7))
-        sub = ftsubset.Subsetter(ftsubset.Options(glyph_names=True, notdef_outline=True,
-                                                  recommended_glyphs=True,
-                                                  layout_features=["*"] if keep_layout else [],
-                                                  name_IDs=["*"]))
-        sub.populate(unicodes=[c for c in wanted if c in cmap])
-        sub.subset(ft)
+        if common_only:
+            cmap = ft.getBestCmap() or {}
+            sub = ftsubset.Subsetter(ftsubset.Options(glyph_names=True, notdef_outline=True,
+                                                      recommended_glyphs=True, layout_features=[],
+                                                      name_IDs=["*"]))
+            sub.populate(unicodes=[c for c in _COMMON if c in cmap])
+            sub.subset(ft)
         buf = io.BytesIO()
         ft.save(buf)
     data = buf.getvalue()
@@ -188,15 +178,20 @@ def _font_template(path: Path, style: str, face: int = 0, blocks: tuple[int, ...
 
 @lru_cache(maxsize=8)
 def _cut_template(path: Path, style: str, face: int, chars: frozenset[int]) -> tuple[TTFFont, bytes]:
-    """A big font (CJK: 20 MB, 65,000 glyphs) cut to ``chars`` with its layout tables, for one
-    book (~0.4 s instead of fpdf2 parsing and subsetting the whole file, ~0.6 s). Cached: the
-    story's book and its print files need the same cut."""
+    """A big font (CJK: 20 MB, 65,000 glyphs) cut to ``chars`` for one book (instead of fpdf2
+    parsing and subsetting the whole file per book). Cached: a story's book and its print files
+    need the same cut."""
     from fontTools import subset as ftsubset
     from fontTools.ttLib import TTFont as FtFont
 
     with FtFont(path, recalcTimestamp=False, fontNumber=face, lazy=True) as ft:
+        for tag in (*_UNUSED_TABLES, "vhea", "vmtx", "VORG", "BASE"):  # never read: not decompiled
+            if tag in ft:
+                del ft[tag]
+        # Without layout features: CJK letters need no shaping (Hangul syllables are precomposed),
+        # and the closure over a CJK font's GSUB costs seconds.
         sub = ftsubset.Subsetter(ftsubset.Options(glyph_names=True, notdef_outline=True,
-                                                  recommended_glyphs=True, layout_features=["*"],
+                                                  recommended_glyphs=True, layout_features=[],
                                                   name_IDs=["*"]))
         sub.populate(unicodes=sorted(chars))
         sub.subset(ft)
@@ -207,14 +202,16 @@ def _cut_template(path: Path, style: str, face: int, chars: frozenset[int]) -> t
 
 
 @lru_cache(maxsize=32)
-def _hb_face(data: bytes) -> object:
-    """A HarfBuzz face on a template's bytes (read-only, shared by every book of this process)."""
+def _hb_face(path: Path | None, face: int, data: bytes | None = None) -> object:
+    """A HarfBuzz face (read-only, shared by every book of this process): a font file's own,
+    with its layout tables, or a cut font's bytes."""
     import uharfbuzz as hb
 
-    return hb.Face(hb.Blob(data))
+    blob = hb.Blob(data) if data is not None else hb.Blob.from_file_path(str(path))
+    return hb.Face(blob, face)
 
 
-def _add_font(pdf: FPDF, family: str, path: Path, style: str = "", *, blocks: tuple[int, ...] = (),
+def _add_font(pdf: FPDF, family: str, path: Path, style: str = "", *, shaping: bool = False,
               face: int = 0, chars: frozenset[int] | None = None) -> None:
     """pdf.add_font, without parsing the font file again for every book.
 
@@ -222,8 +219,8 @@ def _add_font(pdf: FPDF, family: str, path: Path, style: str = "", *, blocks: tu
     tables are read-only, so each document gets a shallow copy of a per-process template with
     its own per-document state: a fresh lazily-loaded fontTools font (fpdf2 subsets it in place
     when writing the PDF), a fresh subset map, and for text shaping a HarfBuzz font on the same
-    glyph order (when the text has ``blocks`` outside _COMMON, see _font_template). ``chars``:
-    cut the font to exactly these code points instead (big CJK fonts).
+    glyph order (``shaping``: the text has characters outside _COMMON). ``chars``: cut the
+    font to exactly these code points instead (big CJK fonts).
     Tied to fpdf2 2.8's TTFFont attributes (pinned in pyproject.toml); anything unexpected falls
     back to a plain add_font.
     """
@@ -231,15 +228,10 @@ def _add_font(pdf: FPDF, family: str, path: Path, style: str = "", *, blocks: tu
         from fontTools.ttLib import TTFont as FtFont
         from fpdf.fonts import SubsetMap
 
-        from pipeline.fonts import cmap
-
         if chars is not None:
             template, data = _cut_template(Path(path), style, face, chars)
         else:
-            # Only the blocks this font draws: one template per script, whatever else a book has.
-            has = cmap(Path(path), face)
-            mine = tuple(b for b in blocks if any(c in has for c in range(b << 7, (b + 1) << 7)))
-            template, data = _font_template(Path(path), style, face, mine or ((0x300 >> 7,) if blocks else ()))
+            template, data = _font_template(Path(path), style, not shaping, face)
         font = copy.copy(template)
         font.i = len(pdf.fonts) + 1
         font.fontkey = f"{family.lower()}{style}"
@@ -249,10 +241,12 @@ def _add_font(pdf: FPDF, family: str, path: Path, style: str = "", *, blocks: tu
         font.missing_glyphs = []
         font.biggest_size_pt = 0
         font._hbfont = None
-        if blocks or chars is not None:
+        if shaping:
             from fpdf.fonts import HarfBuzzFont
 
-            font._hbfont = HarfBuzzFont(_hb_face(data))  # same bytes, same glyph ids
+            # Same glyph ids as the template: the cut font's own bytes, else the original file.
+            hb_face = _hb_face(None, 0, data) if chars is not None else _hb_face(Path(path), face)
+            font._hbfont = HarfBuzzFont(hb_face)
         font.subset = SubsetMap(font)
         pdf.fonts[font.fontkey] = font
     except Exception:  # noqa: BLE001 - the slow path is always correct
@@ -280,12 +274,11 @@ class _Fonts:
         self._widths: dict[tuple[str, str], float] = {}
         self._shaped: dict[tuple[str, str], float] = {}
         text = unicodedata.normalize("NFC", text)
-        blocks = _blocks(text)
-        self.shaping = bool(blocks)
+        self.shaping = any(ord(c) not in _COMMON for c in text if c not in "\n\r")
         if fonts.regular is not None:
             try:
-                _add_font(pdf, "body", fonts.regular, "", blocks=blocks)
-                _add_font(pdf, "body", fonts.bold or fonts.regular, "B", blocks=blocks)
+                _add_font(pdf, "body", fonts.regular, "", shaping=self.shaping)
+                _add_font(pdf, "body", fonts.bold or fonts.regular, "B", shaping=self.shaping)
                 self.family = "body"
                 body = pdf.fonts["body"]
                 self.covered = set(body.cmap) if isinstance(body, TTFFont) else None
@@ -313,9 +306,9 @@ class _Fonts:
             name = f"fallback{i}"
             chars = frozenset(wanted & cmap) if fb.collection else None
             try:
-                _add_font(pdf, name, fb.regular, "", blocks=blocks, face=face, chars=chars)
+                _add_font(pdf, name, fb.regular, "", shaping=self.shaping, face=face, chars=chars)
                 if fb.bold is not None:
-                    _add_font(pdf, name, fb.bold, "B", blocks=blocks, face=face, chars=chars)
+                    _add_font(pdf, name, fb.bold, "B", shaping=self.shaping, face=face, chars=chars)
             except Exception:  # noqa: BLE001
                 log.warning("fallback font %s unusable", fb.regular, exc_info=True)
                 continue
