@@ -304,7 +304,8 @@ class _Fonts:
             if not missing & cmap:
                 continue
             name = f"fallback{i}"
-            chars = frozenset(wanted & cmap) if fb.collection else None
+            # Only what it will draw: the same cut for a story's book and its print files.
+            chars = frozenset(missing & cmap) if fb.collection else None
             try:
                 _add_font(pdf, name, fb.regular, "", shaping=self.shaping, face=face, chars=chars)
                 if fb.bold is not None:

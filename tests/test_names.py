@@ -173,7 +173,7 @@ def test_rtl_punctuation_stays_after_the_name() -> None:
     assert any("Astoryforيلعدمحم" in line for line in lines), lines
 
 
-PRINT_SCRIPTS = [s for s in SCRIPTS if s[0] in ("李小龙", "محمد", "שירה", "अनन्या", "สมชาย", "Ọ̀ṣun")]
+PRINT_SCRIPTS = [s for s in SCRIPTS if s[0] in ("李小龙", "محمد", "अनन्या", "Ọ̀ṣun")]
 
 
 @pytest.mark.parametrize("name, family, rtl", PRINT_SCRIPTS, ids=[s[0] for s in PRINT_SCRIPTS])
