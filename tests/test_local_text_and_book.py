@@ -14,8 +14,8 @@ import pytest
 from PIL import Image
 
 from pipeline.book import Book, BookPage, FontSet, find_fonts, render_html, render_pdf
-from pipeline.fonts import UnprintableTextError
 from pipeline.errors import PermanentStepError
+from pipeline.fonts import UnprintableTextError
 from pipeline.providers import local_text
 from pipeline.providers.base import Outline, PageRequest, StoryRequest
 from pipeline.providers.local_text import (

@@ -25,8 +25,14 @@ from PIL import Image
 from pipeline.book import Book, BookPage, render_html, render_pdf
 from pipeline.fonts import UnprintableTextError, check_fonts, unprintable
 from pipeline.names import capitalize_name, title_with_name
-from pipeline.print_files import PrintBook, PrintPage, check_print_files, cover_size_pt, parse_pod_package, \
-    render_print_files
+from pipeline.print_files import (
+    PrintBook,
+    PrintPage,
+    check_print_files,
+    cover_size_pt,
+    parse_pod_package,
+    render_print_files,
+)
 from pipeline.providers.base import Outline, PageRequest, StoryRequest
 from pipeline.providers.local_text import LocalStoryWriter
 from tests.support import Db, WorkerProcess, astronaut_png, external_send
@@ -64,6 +70,11 @@ def book(name: str, pages: int = 1) -> Book:
     texts = [writer.write_page(PageRequest(req, outline, i)) for i in range(1, pages + 1)]
     return Book(title=outline.title, child_name=name, theme_title="Space Adventure",
                 pages=[BookPage(i, t, png()) for i, t in enumerate(texts, start=1)])
+
+
+def print_book(b: Book, name: str) -> PrintBook:
+    return PrintBook(b.title, name, b.theme_title, [PrintPage(1, b.pages[0].text, png())],
+                     datetime(2026, 1, 1, tzinfo=UTC))
 
 
 def page_chars(pdf: bytes, page: int) -> list[tuple[str, str, tuple[float, float, float, float]]]:
@@ -182,7 +193,7 @@ def test_print_files_print_the_name_in_its_own_script(name: str, family: str, rt
     b = book(name)
     spec = parse_pod_package("0850X0850FCPRECW080CW444GXX")
     cover_pt = cover_size_pt(spec, 24)
-    pb = PrintBook(b.title, name, b.theme_title, [PrintPage(1, b.pages[0].text, png())], datetime(2026, 1, 1, tzinfo=UTC))
+    pb = print_book(b, name)
     interior, cover, _info = render_print_files(pb, spec, cover_pt)
     # Then a print shop accepts them (fonts embedded, sizes) ...
     assert check_print_files(interior, cover, spec.pod_package_id, cover_pt) == []
@@ -205,7 +216,7 @@ def test_a_name_no_font_can_draw_is_unprintable_and_fails_the_render_not_with_qu
     with pytest.raises(UnprintableTextError) as e:
         render_pdf(b)
     spec = parse_pod_package("0850X0850FCPRECW080CW444GXX")
-    pb = PrintBook(b.title, name, b.theme_title, [PrintPage(1, b.pages[0].text, png())], datetime(2026, 1, 1, tzinfo=UTC))
+    pb = print_book(b, name)
     with pytest.raises(UnprintableTextError) as e2:
         render_print_files(pb, spec, cover_size_pt(spec, 24))
     # And neither the error nor any log line carries the name
