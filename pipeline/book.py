@@ -6,21 +6,20 @@ below it in a size chosen for its length, the page number at the bottom. The pag
 come from its illustration (a pale tint behind, a deep shade for the text accents), so every
 theme gets a matching book without a colour table.
 
-Fonts: DejaVu (Debian's ``fonts-dejavu-core``, on every machine of this project, or any folder
-in ``STORYBOOK_FONT_DIR``) for Latin, Greek, Cyrillic and more; a CJK font is used as a fallback
-when one is installed (``fonts-droid-fallback``, ``fonts-wqy-microhei`` or ``fonts-noto-cjk``).
-A character no font can draw never fails the render: it becomes "?" (letters) or is dropped
-(emoji, marks), with a warning in the log. Without any TrueType font the PDF core font is used,
-which covers Latin-1.
+Fonts (pipeline.fonts): DejaVu Serif for Latin, Greek and Cyrillic, one Noto font per other
+script (Arabic, Hebrew, Devanagari, Thai, CJK, ...) loaded only for a book that needs it, with
+fpdf2's text shaping (HarfBuzz, ``uharfbuzz``) and bidirectional text for those books. A
+character no font can draw fails the render with UnprintableTextError (a PermanentStepError):
+a book never prints "?" or empty boxes. Stories with such a name are refused at their start
+(pipeline.steps), so this is the last line of defence. Without any TrueType font (``fonts=``
+in tests) the PDF core font is used, which covers Latin-1.
 """
 from __future__ import annotations
 
 import copy
 import html
-import importlib.util
 import io
 import logging
-import os
 import re
 import tempfile
 import unicodedata
@@ -36,6 +35,33 @@ from fpdf.fonts import TTFFont
 from PIL import Image, UnidentifiedImageError
 
 log = logging.getLogger(__name__)
+
+
+class _NoText(logging.Filter):
+    """fpdf2 quotes the text it draws in some log lines (missing glyphs: the child's name).
+    Logs carry ids, never names: every string argument of an fpdf2 record is withheld."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if isinstance(record.args, tuple) and any(isinstance(a, str) for a in record.args):
+            record.args = tuple("[text withheld]" if isinstance(a, str) else a for a in record.args)
+        elif isinstance(record.args, dict):
+            record.args = {k: "[text withheld]" if isinstance(v, str) else v for k, v in record.args.items()}
+        return True
+
+
+def _quiet_text_logs() -> None:
+    names = {n for n in logging.root.manager.loggerDict if n == "fpdf" or n.startswith("fpdf.")}
+    names |= {f"fpdf.{m}" for m in ("output", "fonts", "fpdf", "html", "encryption", "bidi", "svg",
+                                     "font_type_3", "image_parsing", "line_break", "text_region")}
+    for name in names:
+        logger = logging.getLogger(name)
+        if not any(isinstance(f, _NoText) for f in logger.filters):
+            logger.addFilter(_NoText())
+    # fontTools' subsetter lists the glyphs it keeps (a name's letters) at DEBUG and INFO.
+    logging.getLogger("fontTools").setLevel(logging.WARNING)
+
+
+_quiet_text_logs()
 
 Rgb = tuple[int, int, int]
 
@@ -62,109 +88,78 @@ class Book:
 
 
 @dataclass(frozen=True)
+class Fallback:
+    """A font for the characters the body font lacks (one script's, see pipeline.fonts)."""
+
+    regular: Path
+    bold: Path | None = None
+    collection: bool = False  # a CJK .ttc: its face is chosen by the text, cut per book
+
+
+@dataclass(frozen=True)
 class FontSet:
     """TrueType files for the book. ``regular=None`` means: use the PDF core font (Latin-1)."""
 
     regular: Path | None
     bold: Path | None
-    fallbacks: tuple[Path, ...] = ()  # tried in order for characters ``regular`` lacks
-
-
-def _font_dirs() -> list[Path]:
-    dirs = [Path(p) for p in os.environ.get("STORYBOOK_FONT_DIR", "").split(os.pathsep) if p]
-    dirs += [
-        Path("/usr/share/fonts/truetype/dejavu"),  # Debian/Ubuntu: fonts-dejavu-core
-        Path("/usr/share/fonts/dejavu"),  # Fedora, Alpine
-        Path("/usr/share/fonts/TTF"),  # Arch
-        Path("/usr/local/share/fonts"),
-        Path("/Library/Fonts"),
-    ]
-    # Python packages that ship DejaVu, if one happens to be installed (never imported:
-    # find_spec only locates them, so this costs nothing and pulls in nothing).
-    for package, sub in (("matplotlib", "mpl-data/fonts/ttf"), ("rinoh_typeface_dejavusans", "")):
-        try:
-            spec = importlib.util.find_spec(package)
-        except (ImportError, ValueError):
-            spec = None
-        if spec and spec.submodule_search_locations:
-            dirs.append(Path(list(spec.submodule_search_locations)[0]) / sub)
-    return dirs
-
-
-_CJK_FONTS = (
-    "/usr/share/fonts/truetype/droid/DroidSansFallbackFull.ttf",  # fonts-droid-fallback
-    "/usr/share/fonts/truetype/wqy/wqy-microhei.ttc",  # fonts-wqy-microhei
-    "/usr/share/fonts/truetype/wqy/wqy-zenhei.ttc",  # fonts-wqy-zenhei
-    "/usr/share/fonts/opentype/noto/NotoSansCJK-Regular.ttc",  # fonts-noto-cjk
-)
+    fallbacks: tuple[Fallback, ...] = ()  # tried in order for characters ``regular`` lacks
 
 
 @lru_cache(maxsize=1)
 def find_fonts() -> FontSet:
-    """The best fonts on this machine: DejaVu Serif for the story (DejaVu Sans if absent)."""
+    """The fonts on this machine (pipeline.fonts): DejaVu Serif for the story, then one Noto font
+    per script for what it lacks. Raises FontConfigError when the body font is missing."""
+    from pipeline import fonts as f
 
-    def first(*names: str) -> Path | None:
-        for d in _font_dirs():
-            for n in names:
-                if (d / n).is_file():
-                    return d / n
-        return None
-
-    regular = first("DejaVuSerif.ttf", "DejaVuSans.ttf")
-    bold = first("DejaVuSerif-Bold.ttf", "DejaVuSans-Bold.ttf") or regular
-    fallbacks: list[Path] = []
-    sans = first("DejaVuSans.ttf")  # covers scripts DejaVu Serif lacks (Arabic, Hebrew, ...)
-    if sans and sans != regular:
-        fallbacks.append(sans)
-    fallbacks += [Path(p) for p in _CJK_FONTS if Path(p).is_file()][:1]
+    regular = f.locate(*f.BASE.regular)
     if regular is None:
-        log.warning("no DejaVu font found (install fonts-dejavu-core); the PDF will use the "
-                    "Latin-1 core font")
-    return FontSet(regular=regular, bold=bold, fallbacks=tuple(fallbacks))
-
-
-@lru_cache(maxsize=16)
-def _cmap(path: Path) -> frozenset[int]:
-    """The code points a font file can draw (read once per process; only the cmap table)."""
-    from fontTools.ttLib import TTFont  # fpdf2's own dependency
-
-    try:
-        with TTFont(path, lazy=True, fontNumber=0) as font:
-            return frozenset(font.getBestCmap() or {})
-    except Exception:
-        log.warning("cannot read font %s", path, exc_info=True)
-        return frozenset()
+        f.check_fonts()  # raises, naming the package to install
+    bold = f.locate(*f.BASE.bold) or regular
+    fallbacks = tuple(Fallback(i.regular, i.bold, i.script.collection)
+                      for i in f.installed() if i.regular != regular)
+    return FontSet(regular=regular, bold=bold, fallbacks=fallbacks)
 
 
 _ASCII_PUNCT = str.maketrans({"’": "'", "‘": "'", "“": '"', "”": '"', "–": "-", "—": "-",
                               "…": "...", "\u00a0": " "})
-# Characters without a glyph: symbols and invisible marks are dropped, anything else is "?".
-_DROP_CATEGORIES = {"So", "Sk", "Mn", "Me", "Cf", "Co", "Cs", "Cn"}
-
 
 # Tables fpdf2 drops from every embedded subset anyway (fpdf/output.py). Removing them once
-# per process saves fontTools from decompiling them (GSUB/GPOS) again for every book.
+# per process saves fontTools from decompiling them (GSUB/GPOS) again for every book (text
+# shaping reads them from the font's own file).
 _UNUSED_TABLES = ("FFTM", "GDEF", "GPOS", "GSUB", "MATH", "hdmx", "meta", "sbix", "CBDT", "CBLC",
                   "EBDT", "EBLC", "EBSC", "SVG ", "CPAL", "COLR")
 
 
-# Latin (with accents), general punctuation and currency: what nearly every book needs.
+# Latin (with accents), general punctuation and currency: what nearly every book needs. A book
+# whose text stays inside it is drawn without text shaping, from cut-down fonts (fastest).
 _COMMON = frozenset(range(0x20, 0x250)) | frozenset(range(0x2000, 0x2070)) | frozenset(range(0x20A0, 0x20C1))
 
 
+def _template_from(data: bytes, style: str) -> TTFFont:
+    with tempfile.NamedTemporaryFile(suffix=".ttf") as tmp:  # add_font reads a file by name
+        tmp.write(data)
+        tmp.flush()
+        scratch = FPDF()
+        scratch.add_font("template", style=style, fname=tmp.name)
+    return cast(TTFFont, scratch.fonts[f"template{style}"])
+
+
 @lru_cache(maxsize=32)
-def _font_template(path: Path, style: str, common_only: bool) -> tuple[TTFFont, bytes]:
+def _font_template(path: Path, style: str, common_only: bool, face: int = 0) -> tuple[TTFFont, bytes]:
     """A font parsed once per process (cmap, widths: ~0.1 s for DejaVu), and its file bytes
     without the tables the embedded subset never keeps.
 
     ``common_only``: the font cut down to _COMMON's glyphs first. fpdf2 subsets the font again
     for every book, decompiling every glyph and glyph name; from ~600 glyphs instead of ~3,000
     that is several times faster. The template is parsed from the cut-down file itself, so its
-    glyph ids and names match the bytes each book gets."""
+    glyph ids and names match the bytes each book gets. Without ``common_only`` the glyph order
+    is the original file's (only tables are removed), so HarfBuzz can shape from the original
+    file (its layout tables) and fpdf2 embed the glyphs it names. (Cutting a font with its
+    layout tables kept costs seconds per font: fontTools' GSUB/GPOS closure.)"""
     from fontTools import subset as ftsubset
     from fontTools.ttLib import TTFont as FtFont
 
-    with FtFont(path, recalcTimestamp=False, fontNumber=0) as ft:
+    with FtFont(path, recalcTimestamp=False, fontNumber=face) as ft:
         for tag in _UNUSED_TABLES:
             if tag in ft:
                 del ft[tag]
@@ -178,85 +173,149 @@ def _font_template(path: Path, style: str, common_only: bool) -> tuple[TTFFont, 
         buf = io.BytesIO()
         ft.save(buf)
     data = buf.getvalue()
-    with tempfile.NamedTemporaryFile(suffix=".ttf") as tmp:  # add_font reads a file by name
-        tmp.write(data)
-        tmp.flush()
-        scratch = FPDF()
-        scratch.add_font("template", style=style, fname=tmp.name)
-    return cast(TTFFont, scratch.fonts[f"template{style}"]), data
+    return _template_from(data, style), data
 
 
-def _add_font(pdf: FPDF, family: str, path: Path, style: str = "", text: str = "") -> None:
+@lru_cache(maxsize=8)
+def _cut_template(path: Path, style: str, face: int, chars: frozenset[int]) -> tuple[TTFFont, bytes]:
+    """A big font (CJK: 20 MB, 65,000 glyphs) cut to ``chars`` for one book (instead of fpdf2
+    parsing and subsetting the whole file per book). Cached: a story's book and its print files
+    need the same cut."""
+    from fontTools import subset as ftsubset
+    from fontTools.ttLib import TTFont as FtFont
+
+    with FtFont(path, recalcTimestamp=False, fontNumber=face, lazy=True) as ft:
+        for tag in (*_UNUSED_TABLES, "vhea", "vmtx", "VORG", "BASE"):  # never read: not decompiled
+            if tag in ft:
+                del ft[tag]
+        # Without layout features: CJK letters need no shaping (Hangul syllables are precomposed),
+        # and the closure over a CJK font's GSUB costs seconds.
+        sub = ftsubset.Subsetter(ftsubset.Options(glyph_names=True, notdef_outline=True,
+                                                  recommended_glyphs=True, layout_features=[],
+                                                  name_IDs=["*"]))
+        sub.populate(unicodes=sorted(chars))
+        sub.subset(ft)
+        buf = io.BytesIO()
+        ft.save(buf)
+    data = buf.getvalue()
+    return _template_from(data, style), data
+
+
+@lru_cache(maxsize=32)
+def _hb_face(path: Path | None, face: int, data: bytes | None = None) -> object:
+    """A HarfBuzz face (read-only, shared by every book of this process): a font file's own,
+    with its layout tables, or a cut font's bytes."""
+    import uharfbuzz as hb
+
+    blob = hb.Blob(data) if data is not None else hb.Blob.from_file_path(str(path))
+    return hb.Face(blob, face)
+
+
+def _add_font(pdf: FPDF, family: str, path: Path, style: str = "", *, shaping: bool = False,
+              face: int = 0, chars: frozenset[int] | None = None) -> None:
     """pdf.add_font, without parsing the font file again for every book.
 
     fpdf2 parses the whole file per document, which dominated a book's render time. The parsed
     tables are read-only, so each document gets a shallow copy of a per-process template with
     its own per-document state: a fresh lazily-loaded fontTools font (fpdf2 subsets it in place
-    when writing the PDF) and a fresh subset map. Tied to fpdf2 2.8's TTFFont attributes
-    (pinned in pyproject.toml); anything unexpected falls back to a plain add_font.
+    when writing the PDF), a fresh subset map, and for text shaping a HarfBuzz font on the same
+    glyph order (``shaping``: the text has characters outside _COMMON). ``chars``: cut the
+    font to exactly these code points instead (big CJK fonts).
+    Tied to fpdf2 2.8's TTFFont attributes (pinned in pyproject.toml); anything unexpected falls
+    back to a plain add_font.
     """
     try:
         from fontTools.ttLib import TTFont as FtFont
         from fpdf.fonts import SubsetMap
 
-        common_only = all(ord(c) in _COMMON or c in "\n\r" for c in text)
-        template, data = _font_template(Path(path), style, common_only)
+        if chars is not None:
+            template, data = _cut_template(Path(path), style, face, chars)
+        else:
+            template, data = _font_template(Path(path), style, not shaping, face)
         font = copy.copy(template)
         font.i = len(pdf.fonts) + 1
         font.fontkey = f"{family.lower()}{style}"
         font.ttfont = FtFont(io.BytesIO(data), recalcTimestamp=False, lazy=True)
+        font.ttffile = Path(path)
+        font.collection_font_number = face
         font.missing_glyphs = []
         font.biggest_size_pt = 0
         font._hbfont = None
+        if shaping:
+            from fpdf.fonts import HarfBuzzFont
+
+            # Same glyph ids as the template: the cut font's own bytes, else the original file.
+            hb_face = _hb_face(None, 0, data) if chars is not None else _hb_face(Path(path), face)
+            font._hbfont = HarfBuzzFont(hb_face)
         font.subset = SubsetMap(font)
         pdf.fonts[font.fontkey] = font
     except Exception:  # noqa: BLE001 - the slow path is always correct
         log.warning("font template unusable; parsing %s for this book", path, exc_info=True)
-        pdf.add_font(family, style=style, fname=path)
+        if chars is not None or face:
+            pdf.add_font(family, style=style, fname=path, collection_font_number=face)
+        else:
+            pdf.add_font(family, style=style, fname=path)
 
 
 class _Fonts:
-    """The fonts added to one FPDF document: what they can draw, and how wide it is."""
+    """The fonts added to one FPDF document: what they can draw, and how wide it is.
+
+    Text outside _COMMON (other scripts, combining marks) turns on fpdf2's text shaping
+    (HarfBuzz: joined Arabic letters, Indic conjuncts, marks placed on their letters) and its
+    bidirectional algorithm (Arabic and Hebrew drawn right to left inside a line)."""
 
     def __init__(self, pdf: FPDF, fonts: FontSet, text: str) -> None:
+        from pipeline import fonts as script_fonts
+
         self.pdf = pdf
         self.family = "helvetica"
         self.covered: set[int] | None = None  # None: the core font, Latin-1
         self._fallbacks: list[str] = []
         self._widths: dict[tuple[str, str], float] = {}
-        self.lost: set[str] = set()  # characters no font could draw, logged once per book
+        self._shaped: dict[tuple[str, str], float] = {}
+        text = unicodedata.normalize("NFC", text)
+        self.shaping = any(ord(c) not in _COMMON for c in text if c not in "\n\r")
         if fonts.regular is not None:
             try:
-                _add_font(pdf, "body", fonts.regular, "", text)
-                _add_font(pdf, "body", fonts.bold or fonts.regular, "B", text)
+                _add_font(pdf, "body", fonts.regular, "", shaping=self.shaping)
+                _add_font(pdf, "body", fonts.bold or fonts.regular, "B", shaping=self.shaping)
                 self.family = "body"
                 body = pdf.fonts["body"]
                 self.covered = set(body.cmap) if isinstance(body, TTFFont) else None
             except Exception:  # a broken font file must not fail the book
                 log.exception("font %s unusable; using the core font", fonts.regular)
         if self.covered is None:
+            self.shaping = False
             return
         # Fallback fonts are loaded only when they draw something the book needs: fpdf2
         # parses a whole font per document (DejaVu Sans ~0.1 s, a CJK font ~0.5 s).
-        missing = {ord(c) for c in set(text)} - self.covered - {10, 13}
+        wanted = {ord(c) for c in set(text)} - {10, 13}
+        missing = wanted - self.covered
         used: list[str] = []
-        for i, path in enumerate(fonts.fallbacks):
+        for i, fb in enumerate(fonts.fallbacks):
             if not missing:
                 break
-            if not missing & _cmap(path):
+            face = script_fonts.cjk_face(text) if fb.collection else 0
+            try:
+                cmap = script_fonts.cmap(fb.regular, face)
+            except Exception:  # noqa: BLE001 - an unreadable fallback is skipped, the check below decides
+                log.warning("cannot read font %s", fb.regular, exc_info=True)
+                continue
+            if not missing & cmap:
                 continue
             name = f"fallback{i}"
+            # Only what it will draw: the same cut for a story's book and its print files.
+            chars = frozenset(missing & cmap) if fb.collection else None
             try:
-                _add_font(pdf, name, path, "", text)
-            except Exception:
-                log.warning("fallback font %s unusable", path, exc_info=True)
+                _add_font(pdf, name, fb.regular, "", shaping=self.shaping, face=face, chars=chars)
+                if fb.bold is not None:
+                    _add_font(pdf, name, fb.bold, "B", shaping=self.shaping, face=face, chars=chars)
+            except Exception:  # noqa: BLE001
+                log.warning("fallback font %s unusable", fb.regular, exc_info=True)
                 continue
-            added = pdf.fonts[name]
-            cmap = set(added.cmap) if isinstance(added, TTFFont) else set()
-            if missing & cmap:
-                used.append(name)
-                self.covered |= cmap
-                missing -= cmap
+            used.append(name)
+            self.covered |= cmap
+            missing -= cmap
         if used:
             pdf.set_fallback_fonts(used, exact_match=False)
         self._fallbacks = used
@@ -266,7 +325,12 @@ class _Fonts:
 
         Glyph widths are read once per character from the font tables, so wrapping a page
         is linear; fpdf2's own multi_cell re-measures every fragment (most of the render time).
+        A run with characters outside _COMMON is measured shaped (joined Arabic letters and
+        Indic conjuncts are narrower than their letters one by one).
         """
+        if self.shaping and any(ord(ch) not in _COMMON for ch in text):
+            return sum(self._shaped_width(word, style) for word in text.split(" ")) * size + \
+                text.count(" ") * self.width(" ", size, style)
         total = 0.0
         for ch in text:
             key = (ch, style)
@@ -275,6 +339,22 @@ class _Fonts:
                 w = self._widths[key] = self._glyph_width(ch, style)
             total += w
         return total * size
+
+    def _shaped_width(self, word: str, style: str) -> float:
+        """mm per pt of font size for ``word`` as HarfBuzz shapes it, with fallback fonts."""
+        key = (word, style)
+        w = self._shaped.get(key)
+        if w is None:
+            pdf = self.pdf
+            current = (pdf.font_family, pdf.font_style, pdf.font_size_pt)
+            was_shaping = bool(pdf.text_shaping)
+            pdf.set_font(self.family, style=style, size=100)
+            _set_shaping(pdf, True)
+            w = self._shaped[key] = pdf.get_string_width(word) / 100
+            _set_shaping(pdf, was_shaping)
+            if current[0]:
+                pdf.set_font(*current)
+        return w
 
     def _glyph_width(self, ch: str, style: str) -> float:
         """mm per pt of font size for one character, from whichever font will draw it."""
@@ -287,13 +367,16 @@ class _Fonts:
                 pdf.set_font(*current)
             return width
         code = ord(ch)
-        names = [f"{self.family}{style.upper()}", *self._fallbacks]  # fpdf2 keys: "bodyB"
+        style = style.upper()
+        names = [f"{self.family}{style}"]  # fpdf2 keys: "bodyB"
+        for fb in self._fallbacks:
+            names += [f"{fb}{style}", fb] if style else [fb]
         for name in names:
             font = self.pdf.fonts.get(name)
             if isinstance(font, TTFFont) and code in font.cmap:
                 widths = cast(dict[int, int], font.cw)  # 1/1000 em, keyed by code point
                 return widths.get(code, 0) * 0.001 * PT
-        return 0.5 * PT  # never drawn (clean() removed it); a neutral guess
+        return 0.5 * PT  # never drawn (clean() refused it); a neutral guess
 
     def wrap(self, text: str, width: float, size: float, style: str = "") -> list[str]:
         """Greedy line breaks at spaces; a word wider than a line is split by characters."""
@@ -334,23 +417,34 @@ class _Fonts:
         return self.wrap(text, hi, size, style)
 
     def clean(self, text: str) -> str:
-        """Text every character of which a font can draw (see the module doc)."""
+        """``text`` (NFC) if every character of it has a glyph in one of the book's fonts; else
+        UnprintableTextError naming the kinds of characters (never "?" in a printed book)."""
+        from pipeline.fonts import JOINERS, UnprintableTextError, unprintable_message
+
         text = unicodedata.normalize("NFC", text)
         if self.covered is None:
             text = text.translate(_ASCII_PUNCT)
-            ok = (lambda ch: ord(ch) < 256)  # noqa: E731
+            bad = [ch for ch in text if ord(ch) >= 256 and ch != "\n"]
         else:
             covered = self.covered
-            ok = (lambda ch: ord(ch) in covered or ch in "\n")  # noqa: E731
-        out: list[str] = []
-        for ch in text:
-            if ok(ch):
-                out.append(ch)
-                continue
-            self.lost.add(ch)
-            if unicodedata.category(ch) not in _DROP_CATEGORIES:
-                out.append("?")
-        return "".join(out)
+            bad = [ch for ch in text if ord(ch) not in covered and ch != "\n" and ch not in JOINERS]
+        if bad:
+            raise UnprintableTextError(unprintable_message(list(dict.fromkeys(bad)), "The book's text"))
+        return text
+
+    def check_drawn(self) -> None:
+        """After drawing, before output: UnprintableTextError if fpdf2 met a character no font
+        had (it would draw an empty box). Clears fpdf2's list, so its warning, which quotes
+        the text, is never logged."""
+        from pipeline.fonts import UnprintableTextError, unprintable_message
+
+        lost: list[str] = []
+        for font in self.pdf.fonts.values():
+            if isinstance(font, TTFFont) and font.missing_glyphs:
+                lost += [chr(c) for c in font.missing_glyphs if chr(c) not in lost]
+                font.missing_glyphs = []
+        if lost:
+            raise UnprintableTextError(unprintable_message(lost, "The book's text"))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -417,6 +511,23 @@ def _line_h(size: float) -> float:
     return size * PT * 1.45
 
 
+_RTL = "\u0590-\u08ff\ufb1d-\ufdff\ufe70-\ufeff"  # Hebrew, Arabic, Syriac, Thaana, NKo, presentation forms
+_RTL_RUN = re.compile(f"[{_RTL}][{_RTL}\u200c\u200d]*(?:\\s+[{_RTL}][{_RTL}\u200c\u200d]*)*")
+LRM = "\u200e"
+
+
+def _set_shaping(pdf: FPDF, on: bool) -> None:
+    """fpdf2's text shaping on or off. The book's sentences are English: each line's base
+    direction is left to right, and a right-to-left name inside it (Arabic, Hebrew) is
+    reordered as a run of its own (Unicode bidirectional algorithm, UAX #9). _draw_lines ends
+    each such run with a LEFT-TO-RIGHT MARK, so the punctuation after a name stays after it
+    ("said محمد. محمد counted", not "said محمد .محمد counted"), as HTML's bidi isolation does."""
+    if on:
+        pdf.set_text_shaping(True, direction="ltr")
+    else:
+        pdf.set_text_shaping(False)
+
+
 def _draw_lines(pdf: FPDF, lines: list[str], x: float, y: float, width: float,
                 line_h: float, align: Align, color: Rgb) -> float:
     """Draw pre-wrapped lines from (x, y) in ``color``; returns the y below the last line."""
@@ -426,6 +537,13 @@ def _draw_lines(pdf: FPDF, lines: list[str], x: float, y: float, width: float,
     # is current, so the next line comes out in the wrong size.
     pdf.set_fill_color(*color)
     for line in lines:
+        # Shaping (and the bidirectional algorithm) only for lines that need it: the rest of a
+        # book is drawn as fast as a Latin book's (see _Fonts).
+        shaped = any(ord(c) not in _COMMON for c in line)
+        if shaped != bool(pdf.text_shaping):
+            _set_shaping(pdf, shaped)
+        if shaped:
+            line = _RTL_RUN.sub(lambda m: m.group(0) + LRM, line)
         pdf.set_xy(x, y)
         pdf.cell(width, line_h, line, align=align)
         y += line_h
@@ -523,8 +641,10 @@ def _story_page(pdf: FPDF, fonts: _Fonts, page: BookPage, pic: _Picture) -> None
 def render_pdf(book: Book, *, fonts: FontSet | None = None) -> bytes:
     """The book as PDF bytes: a cover, then one page per story page.
 
-    Raises ValueError if an illustration is not a readable image. ``fonts`` overrides the
-    fonts found on this machine (tests; a deployment with its own font folder).
+    Raises ValueError if an illustration is not a readable image, UnprintableTextError (a
+    ValueError and PermanentStepError) if a character of the text has no glyph in any font,
+    FontConfigError if the body font is not installed. ``fonts`` overrides the fonts found on
+    this machine (tests; a deployment with its own font folder).
     """
     pdf = FPDF(unit="mm", format=(PAGE_MM, PAGE_MM))
     pdf.set_auto_page_break(False)
@@ -548,9 +668,7 @@ def render_pdf(book: Book, *, fonts: FontSet | None = None) -> bytes:
     _cover(pdf, font, book, picture(cover_data, "cover") if cover_data else None)
     for page, pic in pages:
         _story_page(pdf, font, page, pic)
-    if font.lost:
-        log.warning("book %r: no installed font can draw %s; replaced by '?' or dropped",
-                    book.title, ", ".join(f"U+{ord(c):04X}" for c in sorted(font.lost)))
+    font.check_drawn()
     return bytes(pdf.output())
 
 

@@ -282,7 +282,8 @@ def _pdf(w_mm: float, h_mm: float, book: PrintBook, fonts_text: str) -> tuple[FP
     if fonts.family == "helvetica":
         # The core font is not embedded, and print shops refuse unembedded fonts.
         raise PermanentStepError("No TrueType font is installed, and print files need embedded fonts "
-                                 "(install fonts-dejavu-core or set STORYBOOK_FONT_DIR).")
+                                 "(install fonts-dejavu-core fonts-noto-core fonts-noto-cjk or set "
+                                 "STORYBOOK_FONT_DIR).")
     return pdf, fonts
 
 
@@ -390,6 +391,7 @@ class _Interior:
         for _ in range(self.plan.blank):
             self.pdf.add_page()  # blank, white: padding to the binding's minimum (module doc)
         assert self.pdf.page == self.plan.total, (self.pdf.page, self.plan)
+        self.fonts.check_drawn()  # a missing glyph fails the files: never "?" in a printed book
         return bytes(self.pdf.output())
 
 
@@ -462,6 +464,7 @@ def _render_cover(book: PrintBook, spec: PrintSpec, size_pt: tuple[float, float]
     dedication = fonts.clean(f"A story for {' '.join(book.child_name.split())}")
     _draw_lines(pdf, [dedication], fx0 + 6, y + 2, fx1 - fx0 - 12, _line_h(15), Align.C,
                 _mix(front.shade, front.tint, 0.25))
+    fonts.check_drawn()
     return bytes(pdf.output()), min_dpi, spine
 
 

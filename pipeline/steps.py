@@ -14,6 +14,7 @@ import json
 import logging
 import random
 import time
+import unicodedata
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -260,8 +261,12 @@ def _validate_story(name: str, age: int, theme_raw: str) -> tuple[str, str]:
         raise PermanentStepError(
             f"The child's name is too long ({len(clean)} characters; at most {MAX_NAME_LENGTH})."
         )
-    if any(not ch.isprintable() for ch in clean):
+    from pipeline.fonts import JOINERS, unprintable, unprintable_message
+
+    if any(unicodedata.category(ch) in ("Cc", "Cf", "Cs", "Zl", "Zp") and ch not in JOINERS for ch in clean):
         raise PermanentStepError("The child's name contains control characters.")
+    if bad := unprintable(clean):  # before any provider work: never a book with "?" for a name
+        raise PermanentStepError(unprintable_message(bad))
     s = settings()
     if not s.min_child_age <= age <= s.max_child_age:
         raise PermanentStepError(

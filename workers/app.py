@@ -38,8 +38,13 @@ def _warm_up(**_: Any) -> None:
         raise SystemExit(f"configuration error: {e}") from None
 
     from pipeline import cpu
+    from pipeline.fonts import FontConfigError, check_fonts
     from pipeline.providers.registry import providers
 
+    try:
+        check_fonts()  # a worker that cannot print names must not take stories
+    except FontConfigError as e:
+        raise SystemExit(str(e)) from None
     providers()
     import pipeline.providers.local_vision  # noqa: F401  (OpenCV; its JSON helpers serve every analyzer)
 

@@ -31,6 +31,7 @@ from dataclasses import dataclass
 from functools import lru_cache
 
 from pipeline.errors import PermanentStepError
+from pipeline.names import capitalize_name, title_with_name
 from pipeline.providers.base import Outline, PageRequest, StoryRequest
 from pipeline.themes import THEMES, resolve_theme
 
@@ -2346,7 +2347,7 @@ def plan_story(req: StoryRequest) -> StoryPlan:
                       random.Random(f"{req.seed}:{n}:{page_no}"))
         for page_no, k in enumerate(kept, start=1)
     )
-    return StoryPlan(title=_fill(title_template, ctx), style=style, pages=pages)
+    return StoryPlan(title=title_with_name(_fill(title_template, ctx), name), style=style, pages=pages)
 
 
 def _compose_page(page_no: int, own: int, folded: list[int], passages: dict[str, Passage],
@@ -2397,7 +2398,7 @@ def _compose_page(page_no: int, own: int, folded: list[int], passages: dict[str,
         else:
             parts.append(gists[i])
             beats.append(_fill(passages[SLOTS[i].key].beat, ctx))
-    text = " ".join(parts)
+    text = capitalize_name(" ".join(parts), ctx["name"])  # "mia" starts a sentence as "Mia"
     if total < lo or total > hi:
         # Material is tested against every band; this only fires for extreme names
         # (e.g. a name of many words), where a slightly long or short page is fine.

@@ -38,6 +38,7 @@ from openai.types.shared_params import ResponseFormatJSONSchema
 
 from pipeline.config import env_number
 from pipeline.errors import PermanentStepError, StepError, TransientStepError, retry_after_seconds
+from pipeline.names import capitalize_name, title_with_name
 from pipeline.providers.base import NoHooks, Outline, PageRequest, RequestHooks, StoryRequest
 from pipeline.themes import resolve_theme
 
@@ -263,6 +264,7 @@ class OpenAIStoryWriter:
             self._malformed("beats is not a list")
         if len(beats) != req.page_count:
             self._malformed(f"{len(beats)} beats for {req.page_count} pages")
+        title = title_with_name(title, data["child_name"])  # "mia" -> "Mia and the ..."
         return Outline(title=title, style=style,
                        beats=tuple(self._field(b, f"beat {i}", MAX_BEAT_CHARS) for i, b in enumerate(beats, 1)))
 
@@ -286,7 +288,7 @@ class OpenAIStoryWriter:
         if set(reply) != {"text"}:
             self._malformed(f"page fields {sorted(reply)[:5]}")
         band = page_band(req.story.child_age)
-        text = self._field(reply["text"], "text", None)
+        text = capitalize_name(self._field(reply["text"], "text", None), data["child_name"])
         if len(text) > band.max_chars:
             # Too long for the age band: a model's variance, another try usually fits.
             self._malformed(f"page text of {len(text)} characters (at most {band.max_chars} for ages {band.ages})")
