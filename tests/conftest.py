@@ -63,3 +63,23 @@ def worker(db: Db, tmp_path_factory: pytest.TempPathFactory) -> Iterator[WorkerP
 def clean_db(db: Db) -> Db:
     db.truncate()
     return db
+
+
+# --- markers: the fast loop ---------------------------------------------------------------------
+# `system`: the test module starts real processes (celery workers, Flower, beat, ./run, pools of
+# processes) or restarts services; minutes. `unit`: everything else (in-process, PostgreSQL and
+# Redis at most); `./run test -m unit` is the developers' loop. Applied by reading each module's
+# source once, so a new test file is classified without anyone remembering to mark it; a test
+# in a system module that starts nothing may say so with @pytest.mark.unit.
+_SYSTEM_SOURCE = ("WorkerProcess", "subprocess", "Popen", "multiprocessing", "start_worker")
+_module_is_system: dict[str, bool] = {}
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    for item in items:
+        path = str(item.path)
+        if path not in _module_is_system:
+            source = Path(path).read_text(encoding="utf-8")
+            _module_is_system[path] = any(word in source for word in _SYSTEM_SOURCE)
+        if item.get_closest_marker("unit") is None:
+            item.add_marker(pytest.mark.system if _module_is_system[path] else pytest.mark.unit)
