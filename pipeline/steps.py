@@ -635,7 +635,7 @@ def _follow_job(page_id: str, stage: tx.JobStage, job: Any, attempt: Attempt, ti
             st = jobs.status(external_id)
         if st.state == "succeeded":
             if not st.output_url:
-                return "expired", None, "output empty"
+                return "expired", None, "the output was empty"
             with timer.phase("download"):
                 try:
                     return "succeeded", jobs.download(st.output_url), None
@@ -650,7 +650,7 @@ def _follow_job(page_id: str, stage: tx.JobStage, job: Any, attempt: Attempt, ti
         return StepResult(Outcome.FAILED, str(e), timer.timings, context=ctx)
 
     if state == "expired":
-        return _replace_expired_job(page_id, stage, job, attempt, timer, ctx, fail, error or "output gone")
+        return _replace_expired_job(page_id, stage, job, attempt, timer, ctx, fail, error or "the output was gone")
 
     if state == "running":
         if job["age"].total_seconds() > s.job_max_seconds:
@@ -712,12 +712,12 @@ def _replace_expired_job(page_id: str, stage: tx.JobStage, job: Any, attempt: At
     quotas().release(jobs.name, f"{page_id}:{stage}")  # this job is over; the next one queues anew
     if made > s.job_output_recreations:
         msg = (f"The {JOB_PRODUCT[stage]} for page {ctx['page_number']} was made but expired at {provider} "
-               f"before it could be saved, {made} time{'s' if made > 1 else ''} ({why}); "
-               "an operator can retry it.")
+               f"before it could be saved, {made} time{'s' if made > 1 else ''}; last: {why}. "
+               "An operator can retry it.")
         fail(msg)
         return StepResult(Outcome.FAILED, msg, timer.timings, context=ctx)
     note = (f"{STAGE_LABEL[stage].capitalize()} job {job['external_id']} finished but its output expired at "
-            f"{provider} before it was saved ({why}); making a new one ({made + 1} of at most "
+            f"{provider} before it was saved: {why}. Making a new one ({made + 1} of at most "
             f"{s.job_output_recreations + 1}).")
     with transaction() as c:
         if not tx.job_finished(c, str(job["id"]), "expired", why):

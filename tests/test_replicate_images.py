@@ -302,7 +302,7 @@ def test_expired_output_is_output_gone_on_download_and_expired_in_status(
     # After the hour, Replicate shows the prediction with its output (and input, logs) removed:
     # that is "expired" (make a new one), not a failed model run.
     later = jobs.status(job_id)
-    assert later == JobStatus("expired", error="output removed by Replicate (data_removed)")
+    assert later == JobStatus("expired", error="Replicate removed the output (data_removed)")
     shown = fake.prediction(job_id)
     assert shown["data_removed"] is True and shown["output"] is None and shown["input"] == {}
 

@@ -229,9 +229,9 @@ def output_gone_reason(prediction: Mapping[str, Any]) -> str | None:
     ``data_removed`` (Replicate's cleanup after about an hour) or no usable URL in ``output``
     (null, empty, a list of nothing)."""
     if prediction.get("data_removed") is True:
-        return "output removed by Replicate (data_removed)"
+        return "Replicate removed the output (data_removed)"
     if _first_url(prediction.get("output")) is None:
-        return "output empty"
+        return "the output was empty"
     return None
 
 
@@ -702,9 +702,9 @@ class ReplicateImageJobs:
         if op == "download" and status in (401, 403, 404, 410):
             # The output host is asked without our token: 401/403 is an expired signed URL, not
             # our credentials; 404/410 a deleted file.
-            return OutputExpiredError(f"output file answered HTTP {status}")
+            return OutputExpiredError(f"the output file answered HTTP {status}")
         if op == "get" and status == 404 and job_id is not None:
-            return OutputExpiredError(f"prediction {job_id} no longer at Replicate (HTTP 404)")
+            return OutputExpiredError(f"Replicate no longer has prediction {job_id} (HTTP 404)")
         if status in (401, 403):
             return PermanentStepError(
                 f"Replicate refused our credentials (HTTP {status}, {op}): {reason}. Check REPLICATE_API_TOKEN."
