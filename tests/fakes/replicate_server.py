@@ -205,10 +205,6 @@ class FakeReplicate(LocalHTTPFake):
             self._predictions[pid] = pred
             view = self._view(pred, pred.created)
             self.created.append(view)
-        if pred.outcome == "succeeded":
-            # Draw the picture now, in the background, so the first look after completion does
-            # not wait for it (on a loaded machine a render can outlast a client's timeout).
-            threading.Thread(target=self._ensure_rendered, args=(pid, True), daemon=True).start()
         return 201, view
 
     def _ttl(self, p: _Prediction, what: str) -> float | None:
@@ -276,13 +272,12 @@ class FakeReplicate(LocalHTTPFake):
                         if completed_at and started_at else {}),
         }
 
-    def _ensure_rendered(self, pid: str, early: bool = False) -> None:
-        """Draw the output of a prediction that has reached success (once, outside the state
-        lock); ``early``: before it has (nobody sees it until then)."""
+    def _ensure_rendered(self, pid: str) -> None:
+        """Draw the output of a prediction that has reached success (once, outside the state lock)."""
         with self._lock:
             p = self._predictions.get(pid)
             due = (p is not None and not p.rendered and p.outcome == "succeeded" and p.canceled_at is None
-                   and (early or time.time() >= p.created + self.run_seconds))
+                   and time.time() >= p.created + self.run_seconds)
         if not due or p is None:
             return
         with self._render_lock:
