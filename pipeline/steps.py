@@ -709,7 +709,6 @@ def _replace_expired_job(page_id: str, stage: tx.JobStage, job: Any, attempt: At
     col = tx.PAGE_STAGES[stage]
     provider = jobs.name.capitalize()
     made = int(job["recreation"]) + 1  # jobs this step has made in a row, this one included
-    quotas().release(jobs.name, f"{page_id}:{stage}")  # this job is over; the next one queues anew
     if made > s.job_output_recreations:
         msg = (f"The {JOB_PRODUCT[stage]} for page {ctx['page_number']} was made but expired at {provider} "
                f"before it could be saved, {made} time{'s' if made > 1 else ''}; last: {why}. "
@@ -724,6 +723,7 @@ def _replace_expired_job(page_id: str, stage: tx.JobStage, job: Any, attempt: At
             # Another copy of this step ended the job first and decides what follows.
             return StepResult(Outcome.STOPPED, "job already ended", timer.timings, context=ctx)
         tx.release_page(c, page_id, col, stage, note, attempt.number, attempt.task_id)
+    quotas().release(jobs.name, f"{page_id}:{stage}")  # this job is over; the next one queues anew
     log.warning("page %s %s: job %s output expired (%s); re-creating (%d of %d)", page_id, stage,
                 job["external_id"], why, made, s.job_output_recreations)
     raise RetryLater(min(s.job_poll_interval, 1.0), note, waiting=True)
