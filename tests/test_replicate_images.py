@@ -63,6 +63,16 @@ def hooks() -> RecordingHooks:
 
 @pytest.fixture
 def jobs(fake: FakeReplicate, hooks: RecordingHooks) -> Iterator[ReplicateImageJobs]:
+    # 5 s: the fake draws outputs in the test's own process, which a loaded machine slows down;
+    # the timeout tests use ``quick``.
+    adapter = ReplicateImageJobs(TOKEN, base_url=fake.base_url, personalize=SWAP, timeout=5.0, hooks=hooks)
+    yield adapter
+    adapter.close()
+
+
+@pytest.fixture
+def quick(fake: FakeReplicate, hooks: RecordingHooks) -> Iterator[ReplicateImageJobs]:
+    """An adapter with a 0.5 s timeout, for answers that never come."""
     adapter = ReplicateImageJobs(TOKEN, base_url=fake.base_url, personalize=SWAP, timeout=0.5, hooks=hooks)
     yield adapter
     adapter.close()
@@ -158,7 +168,7 @@ def test_base_create_poll_download_gives_a_real_png(jobs: ReplicateImageJobs, fa
 
 def test_version_target_posts_to_predictions(fake: FakeReplicate, outline: Outline) -> None:
     version = "b" * 64
-    adapter = ReplicateImageJobs(TOKEN, base_url=fake.root, base=f"stability-ai/sdxl:{version}", timeout=0.5)
+    adapter = ReplicateImageJobs(TOKEN, base_url=fake.root, base=f"stability-ai/sdxl:{version}", timeout=5.0)
     try:
         inp = adapter.base_input(page(outline))
         job_id = adapter.create("base", inp)
@@ -358,12 +368,12 @@ def test_output_file_gone_codes_are_output_expired_not_credentials(fake: FakeRep
 
 @pytest.mark.parametrize("step", [("status", 500, {}, "oops"), ("status", 429, {}, "slow down"), ("close",),
                                   ("hang", 2.0)])
-def test_output_download_hiccups_stay_transient(fake: FakeReplicate, jobs: ReplicateImageJobs,
+def test_output_download_hiccups_stay_transient(fake: FakeReplicate, quick: ReplicateImageJobs,
                                                 step: tuple[Any, ...]) -> None:
     """Not gone, just not now: the same download is tried again, no new prediction."""
     fake.script([step])
     with pytest.raises(TransientStepError):
-        jobs.download(f"{fake.root}/files/abc.png")
+        quick.download(f"{fake.root}/files/abc.png")
 
 
 def test_purged_prediction_is_expired_and_never_found(fake: FakeReplicate, jobs: ReplicateImageJobs,
@@ -448,8 +458,9 @@ def test_5xx_on_create_is_transient(jobs: ReplicateImageJobs, fake: FakeReplicat
 
 
 @pytest.mark.parametrize("op", ["create", "get", "list", "cancel"])
-def test_hang_past_timeout_is_transient_after_one_request(jobs: ReplicateImageJobs, fake: FakeReplicate,
+def test_hang_past_timeout_is_transient_after_one_request(quick: ReplicateImageJobs, fake: FakeReplicate,
                                                           hooks: RecordingHooks, outline: Outline, op: str) -> None:
+    jobs = quick
     inp = jobs.base_input(page(outline))
     job_id = jobs.create("base", inp) if op != "create" else ""
     n = len(fake.requests)
