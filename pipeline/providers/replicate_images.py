@@ -256,7 +256,7 @@ def prediction_status(prediction: Mapping[str, Any]) -> JobStatus:
         return JobStatus("canceled", error="The image job was canceled.")
     if status == "aborted":
         return JobStatus("failed", error=(
-            "Replicate aborted the prediction before it started (its deadline passed); a new one may pass."))
+            "Replicate aborted the prediction before it started (its deadline passed)."))
     if status == "failed":
         error = prediction.get("error")
         return JobStatus("failed", error=failure_message(error if isinstance(error, str) else None))
