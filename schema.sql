@@ -144,6 +144,10 @@ CREATE TABLE IF NOT EXISTS step_errors (
 -- recorded *before* the provider is asked (status 'creating', no external_id yet), so a run
 -- that dies anywhere after that finds the job again instead of paying for a second one.
 -- The partial unique index is the guarantee: one live job per page step, whatever the races.
+-- 'expired': the job succeeded but its output was gone before it was copied (Replicate deletes
+-- outputs after about an hour); error_message says how it showed, and a new job of the same
+-- step replaced it, whose `recreation` counts the replacements in a row (0: the step's first
+-- job; bounded by JOB_OUTPUT_RECREATIONS, then the step fails).
 CREATE TABLE IF NOT EXISTS provider_jobs (
     id             UUID PRIMARY KEY DEFAULT gen_random_uuid(),
     page_id        UUID NOT NULL REFERENCES story_pages (id) ON DELETE CASCADE,
@@ -155,12 +159,29 @@ CREATE TABLE IF NOT EXISTS provider_jobs (
     error_message  TEXT,
     polls          INTEGER NOT NULL DEFAULT 0,
     errors         INTEGER NOT NULL DEFAULT 0,
+    recreation     INTEGER NOT NULL DEFAULT 0,
     created_at     TIMESTAMP WITH TIME ZONE NOT NULL DEFAULT now(),
     updated_at     TIMESTAMP WITH TIME ZONE NOT NULL DEFAULT now(),
     CONSTRAINT ck_provider_jobs_stage CHECK (stage IN ('image', 'personalization')),
     CONSTRAINT ck_provider_jobs_status
-        CHECK (status IN ('creating', 'running', 'succeeded', 'failed', 'canceled'))
+        CHECK (status IN ('creating', 'running', 'succeeded', 'failed', 'canceled', 'expired')),
+    CONSTRAINT ck_provider_jobs_recreation CHECK (recreation >= 0)
 );
+-- Databases made before 'expired' and `recreation` existed (idempotent; a no-op once done).
+ALTER TABLE provider_jobs ADD COLUMN IF NOT EXISTS recreation INTEGER NOT NULL DEFAULT 0;
+DO $$
+BEGIN
+    IF NOT EXISTS (SELECT 1 FROM pg_constraint WHERE conname = 'ck_provider_jobs_status'
+                    AND pg_get_constraintdef(oid) LIKE '%expired%') THEN
+        ALTER TABLE provider_jobs DROP CONSTRAINT IF EXISTS ck_provider_jobs_status;
+        ALTER TABLE provider_jobs ADD CONSTRAINT ck_provider_jobs_status
+            CHECK (status IN ('creating', 'running', 'succeeded', 'failed', 'canceled', 'expired'));
+    END IF;
+    IF NOT EXISTS (SELECT 1 FROM pg_constraint WHERE conname = 'ck_provider_jobs_recreation') THEN
+        ALTER TABLE provider_jobs ADD CONSTRAINT ck_provider_jobs_recreation CHECK (recreation >= 0);
+    END IF;
+END;
+$$;
 CREATE UNIQUE INDEX IF NOT EXISTS uq_provider_jobs_live ON provider_jobs (page_id, stage)
     WHERE status IN ('creating', 'running');
 CREATE UNIQUE INDEX IF NOT EXISTS uq_provider_jobs_external_id ON provider_jobs (provider, external_id)

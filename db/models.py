@@ -224,7 +224,9 @@ class ProviderJob(Base):
     __tablename__ = "provider_jobs"
     __table_args__ = (
         CheckConstraint("stage IN ('image', 'personalization')", name="stage"),
-        CheckConstraint("status IN ('creating', 'running', 'succeeded', 'failed', 'canceled')", name="status"),
+        CheckConstraint("status IN ('creating', 'running', 'succeeded', 'failed', 'canceled', 'expired')",
+                        name="status"),
+        CheckConstraint("recreation >= 0", name="recreation"),
         Index("uq_provider_jobs_live", "page_id", "stage", unique=True,
               postgresql_where=text("status IN ('creating', 'running')")),
         Index("uq_provider_jobs_external_id", "provider", "external_id", unique=True,
@@ -243,6 +245,9 @@ class ProviderJob(Base):
     error_message: Mapped[str | None] = mapped_column(Text)
     polls: Mapped[int] = mapped_column(Integer, nullable=False, server_default=text("0"))
     errors: Mapped[int] = mapped_column(Integer, nullable=False, server_default=text("0"))
+    # 0 for a page step's first job; n for the n-th new job in a row made because the previous
+    # one's output expired before it was copied (that one has status 'expired').
+    recreation: Mapped[int] = mapped_column(Integer, nullable=False, server_default=text("0"))
     created_at: Mapped[datetime] = _ts()
     updated_at: Mapped[datetime] = _ts()
 

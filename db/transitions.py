@@ -599,7 +599,7 @@ def live_job(conn: Connection, page_id: str, stage: JobStage) -> RowMapping | No
         text(
             """
             SELECT id, provider, external_id, status, input_sha256, created_at, errors, polls,
-                   now() - created_at AS age
+                   recreation, now() - created_at AS age
               FROM provider_jobs
              WHERE page_id = :page AND stage = :stage AND status IN ('creating', 'running')
             """
@@ -610,15 +610,20 @@ def live_job(conn: Connection, page_id: str, stage: JobStage) -> RowMapping | No
 
 def reserve_job(conn: Connection, page_id: str, stage: JobStage, provider: str, sha: str) -> RowMapping | None:
     """Record the intent to create a job *before* asking the provider. None: another run
-    holds a live job for this step already (use that one)."""
+    holds a live job for this step already (use that one). When the step's latest job expired
+    (its output was gone before it was copied), this one replaces it: its ``recreation`` is one
+    more; otherwise 0 (a first job, or one after a failure an operator retried)."""
     return conn.execute(
         text(
             """
-            INSERT INTO provider_jobs (page_id, stage, provider, input_sha256)
-            VALUES (:page, :stage, :provider, :sha)
+            INSERT INTO provider_jobs (page_id, stage, provider, input_sha256, recreation)
+            SELECT :page, :stage, :provider, :sha,
+                   COALESCE((SELECT CASE WHEN status = 'expired' THEN recreation + 1 ELSE 0 END
+                               FROM provider_jobs WHERE page_id = :page AND stage = :stage
+                              ORDER BY created_at DESC LIMIT 1), 0)
             ON CONFLICT (page_id, stage) WHERE status IN ('creating', 'running') DO NOTHING
             RETURNING id, provider, external_id, status, input_sha256, created_at, errors, polls,
-                      interval '0' AS age
+                      recreation, interval '0' AS age
             """
         ),
         {"page": page_id, "stage": stage, "provider": provider, "sha": sha},
@@ -664,8 +669,19 @@ def job_error(conn: Connection, job_id: str) -> int:
     return int(row[0]) if row else 0
 
 
+def job_external_ids(conn: Connection, page_id: str, stage: JobStage) -> list[str]:
+    """The provider's ids of every job this page step has had (never to be found again)."""
+    return [str(r[0]) for r in conn.execute(
+        text("SELECT external_id FROM provider_jobs WHERE page_id = :page AND stage = :stage "
+             "AND external_id IS NOT NULL"),
+        {"page": page_id, "stage": stage},
+    )]
+
+
 def job_finished(conn: Connection, job_id: str, status: str, error: str | None = None) -> bool:
-    assert status in ("succeeded", "failed", "canceled"), status
+    """A live job's end: succeeded, failed, canceled, or expired (succeeded, but its output was
+    gone before it was copied: ``error`` says how that showed). False if it had ended already."""
+    assert status in ("succeeded", "failed", "canceled", "expired"), status
     return conn.execute(
         text(
             """

@@ -66,12 +66,21 @@ def cmd_status(args: argparse.Namespace) -> int:
             .mappings()
             .all()
         )
+        # Remote jobs (Replicate predictions): each one made, and why any ended without its picture.
+        jobs = c.execute(
+            text(
+                "SELECT p.page_number, j.stage, j.provider, j.external_id, j.status, j.recreation, "
+                "j.error_message, j.created_at FROM provider_jobs j JOIN story_pages p ON p.id = j.page_id "
+                "WHERE p.story_id = :s ORDER BY j.created_at"
+            ),
+            {"s": sid},
+        ).mappings().all()
     book = _book_links(sid) if story["status"] == "completed" else {}
     if args.json:
         print(
             json.dumps(
                 {"story": dict(story), "pages": [dict(p) for p in pages], "errors": [dict(e) for e in errors],
-                 "book": book},
+                 "jobs": [dict(j) for j in jobs], "book": book},
                 default=str,
                 indent=2,
             )
@@ -89,6 +98,13 @@ def cmd_status(args: argparse.Namespace) -> int:
         where = f"page {e['page_number']}" if e["page_number"] else "story"
         kind = "failed" if e["permanent"] else "retried"
         print(f"  {e['created_at']:%H:%M:%S} {e['stage']} ({where}) {kind}: {e['message']}")
+    ended = [j for j in jobs if j["status"] in ("expired", "failed", "canceled")]
+    if jobs:
+        print(f"  {len(jobs)} remote jobs, {sum(j['status'] == 'expired' for j in jobs)} re-created after "
+              "their output expired")
+    for j in ended:
+        print(f"  {j['created_at']:%H:%M:%S} {j['stage']} (page {j['page_number']}) {j['provider']} job "
+              f"{j['external_id'] or '(not created)'} {j['status']}: {j['error_message'] or ''}")
     return 0
 
 

@@ -85,6 +85,9 @@ class Settings:
     db_retry_backoff_max: float  # seconds: cap of the backoff of a step the database kept from running
     job_poll_interval: float  # remote image jobs: seconds between looks (a re-scheduled task each)
     job_max_seconds: float  # a remote job still running after this long is canceled and failed
+    # new remote jobs a page step makes, in a row, when a job's output expired before it was
+    # copied (Replicate deletes outputs after about an hour); then the step fails
+    job_output_recreations: int
     min_child_age: int
     max_child_age: int
     # A story sent before its photo's upload was confirmed (photos.status 'pending_upload') waits
@@ -125,6 +128,7 @@ def settings() -> Settings:
         job_poll_interval=_float("JOB_POLL_INTERVAL",
                                  min(3.0, _float("STEP_LEASE_SECONDS", 300.0, 0.5, 86400.0) / 4), 0.05, 600.0),
         job_max_seconds=_float("JOB_MAX_SECONDS", 900.0, 1.0, 86400.0),
+        job_output_recreations=_int("JOB_OUTPUT_RECREATIONS", 2, 0, 10),
         min_child_age=0,
         max_child_age=14,
         photo_upload_wait_seconds=_float("PHOTO_UPLOAD_WAIT_SECONDS", 900.0, 0.0, 7 * 86400.0),

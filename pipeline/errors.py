@@ -28,6 +28,15 @@ class TransientStepError(StepError):
         self.retry_after = retry_after
 
 
+class OutputGoneError(PermanentStepError):
+    """A remote job's output is gone before we copied it (Replicate deletes API predictions'
+    outputs after about an hour, https://replicate.com/docs/topics/predictions/data-retention).
+
+    Retrying the download cannot help; only a new job can make the picture again. Page steps
+    that run remote jobs re-create the job (bounded by ``JOB_OUTPUT_RECREATIONS``); anywhere
+    else it is permanent. The message says what was seen, for an operator."""
+
+
 def retry_after_seconds(raw: str | None) -> float | None:
     """An HTTP ``Retry-After`` value (seconds, or an HTTP date) as seconds from now; None when
     absent or unusable. Every adapter reads its provider's hint through this."""

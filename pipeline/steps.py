@@ -26,7 +26,7 @@ from db import transitions as tx
 from db.engine import autocommit, transaction
 from pipeline import cpu, metrics, upload_wait
 from pipeline.config import settings
-from pipeline.errors import PermanentStepError, TransientStepError
+from pipeline.errors import OutputGoneError, PermanentStepError, TransientStepError
 from pipeline.providers.base import Outline, PageRequest, StoryRequest
 from pipeline.providers.registry import image_ref, output_storage, providers, read_photo
 from pipeline.quota import QuotaWait, quotas
@@ -607,9 +607,13 @@ def _job_step(page_id: str, stage: tx.JobStage, attempt: Attempt) -> StepResult:
         kind = "base" if stage == "image" else "personalize"
         with timer.phase("provider"):
             # An intent recorded by an earlier run that has no id: that run died (or timed out)
-            # between asking the provider and recording the reply. Its job may exist: find it.
-            found = None if reserved_now else jobs.find(kind, model_input,
-                                                        job["created_at"] - timedelta(minutes=5))
+            # between asking the provider and recording the reply. Its job may exist: find it
+            # (never an earlier job of this step, such as one whose output expired).
+            found = None
+            if not reserved_now:
+                with autocommit() as c:
+                    earlier = tx.job_external_ids(c, page_id, stage)
+                found = jobs.find(kind, model_input, job["created_at"] - timedelta(minutes=5), exclude=earlier)
             external_id = found or jobs.create(kind, model_input)
         return external_id, sha
 
@@ -646,9 +650,12 @@ def _follow_job(page_id: str, stage: tx.JobStage, job: Any, attempt: Attempt, ti
             st = jobs.status(external_id)
         if st.state == "succeeded":
             if not st.output_url:
-                raise PermanentStepError(f"The {label} job succeeded without an image.")
+                return "expired", None, "the output was empty"
             with timer.phase("download"):
-                return "succeeded", jobs.download(st.output_url), None
+                try:
+                    return "succeeded", jobs.download(st.output_url), None
+                except OutputGoneError as e:
+                    return "expired", None, str(e)
         return st.state, None, st.error
 
     try:
@@ -656,6 +663,9 @@ def _follow_job(page_id: str, stage: tx.JobStage, job: Any, attempt: Attempt, ti
                                        what=label.capitalize())
     except _Failed as e:
         return StepResult(Outcome.FAILED, str(e), timer.timings, context=ctx)
+
+    if state == "expired":
+        return _replace_expired_job(page_id, stage, job, attempt, timer, ctx, fail, error or "the output was gone")
 
     if state == "running":
         if job["age"].total_seconds() > s.job_max_seconds:
@@ -695,6 +705,43 @@ def _follow_job(page_id: str, stage: tx.JobStage, job: Any, attempt: Attempt, ti
         done = tx.complete_page(c, page_id, col, {f"{variant}_image_key": key})
     quotas().release(jobs.name, f"{page_id}:{stage}")
     return StepResult(Outcome.DONE if done else Outcome.ALREADY_DONE, "", timer.timings, context=ctx)
+
+
+# What a page step's remote job makes, for the message when its outputs kept expiring.
+JOB_PRODUCT = {"image": "illustration", "personalization": "personalized picture"}
+
+
+def _replace_expired_job(page_id: str, stage: tx.JobStage, job: Any, attempt: Attempt, timer: _Timer,
+                         ctx: dict[str, Any], fail: Callable[[str], None], why: str) -> StepResult:
+    """The job succeeded but its output was gone before we copied it (Replicate deletes outputs
+    after about an hour: a backlog or an outage is enough). Only a new job can make the picture
+    again: the old one is marked 'expired' (with why) and the page step released in one
+    transaction, and the step's next run records a new job *before* creating it (recreation + 1),
+    as any first job. Bounded by JOB_OUTPUT_RECREATIONS, then the page fails saying so."""
+    s = settings()
+    jobs = providers().image_jobs
+    assert jobs is not None
+    col = tx.PAGE_STAGES[stage]
+    provider = jobs.name.capitalize()
+    made = int(job["recreation"]) + 1  # jobs this step has made in a row, this one included
+    if made > s.job_output_recreations:
+        msg = (f"The {JOB_PRODUCT[stage]} for page {ctx['page_number']} was made but expired at {provider} "
+               f"before it could be saved, {made} time{'s' if made > 1 else ''}; last: {why}. "
+               "An operator can retry it.")
+        fail(msg)
+        return StepResult(Outcome.FAILED, msg, timer.timings, context=ctx)
+    note = (f"{STAGE_LABEL[stage].capitalize()} job {job['external_id']} finished but its output expired at "
+            f"{provider} before it was saved: {why}. Making a new one ({made + 1} of at most "
+            f"{s.job_output_recreations + 1}).")
+    with transaction() as c:
+        if not tx.job_finished(c, str(job["id"]), "expired", why):
+            # Another copy of this step ended the job first and decides what follows.
+            return StepResult(Outcome.STOPPED, "job already ended", timer.timings, context=ctx)
+        tx.release_page(c, page_id, col, stage, note, attempt.number, attempt.task_id)
+    quotas().release(jobs.name, f"{page_id}:{stage}")  # this job is over; the next one queues anew
+    log.warning("page %s %s: job %s output expired (%s); re-creating (%d of %d)", page_id, stage,
+                job["external_id"], why, made, s.job_output_recreations)
+    raise RetryLater(min(s.job_poll_interval, 1.0), note, waiting=True)
 
 
 # --- story completion -------------------------------------------------------------------------

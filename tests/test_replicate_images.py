@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from pipeline.errors import PermanentStepError, StepError, TransientStepError
+from pipeline.errors import OutputGoneError, PermanentStepError, StepError, TransientStepError
 from pipeline.providers.base import Face, JobStatus, Outline, PageRequest, StoryRequest
 from pipeline.providers.local_text import LocalStoryWriter
 from pipeline.providers.local_vision import LocalPhotoAnalyzer
@@ -21,6 +21,7 @@ from pipeline.providers.replicate_images import (
     data_uri,
     face_photo_data_uri,
     is_retryable_failure,
+    prediction_status,
 )
 from tests.fakes.replicate_server import FakeReplicate, problem
 from tests.support import astronaut_png, faceless_png
@@ -62,6 +63,16 @@ def hooks() -> RecordingHooks:
 
 @pytest.fixture
 def jobs(fake: FakeReplicate, hooks: RecordingHooks) -> Iterator[ReplicateImageJobs]:
+    # 5 s: the fake draws outputs in the test's own process, which a loaded machine slows down;
+    # the timeout tests use ``quick``.
+    adapter = ReplicateImageJobs(TOKEN, base_url=fake.base_url, personalize=SWAP, timeout=5.0, hooks=hooks)
+    yield adapter
+    adapter.close()
+
+
+@pytest.fixture
+def quick(fake: FakeReplicate, hooks: RecordingHooks) -> Iterator[ReplicateImageJobs]:
+    """An adapter with a 0.5 s timeout, for answers that never come."""
     adapter = ReplicateImageJobs(TOKEN, base_url=fake.base_url, personalize=SWAP, timeout=0.5, hooks=hooks)
     yield adapter
     adapter.close()
@@ -157,7 +168,7 @@ def test_base_create_poll_download_gives_a_real_png(jobs: ReplicateImageJobs, fa
 
 def test_version_target_posts_to_predictions(fake: FakeReplicate, outline: Outline) -> None:
     version = "b" * 64
-    adapter = ReplicateImageJobs(TOKEN, base_url=fake.root, base=f"stability-ai/sdxl:{version}", timeout=0.5)
+    adapter = ReplicateImageJobs(TOKEN, base_url=fake.root, base=f"stability-ai/sdxl:{version}", timeout=5.0)
     try:
         inp = adapter.base_input(page(outline))
         job_id = adapter.create("base", inp)
@@ -288,19 +299,121 @@ def test_cancel_stops_a_running_prediction(fake: FakeReplicate, jobs: ReplicateI
     assert fake.prediction(job_id)["output"] is None
 
 
-def test_expired_output_is_a_permanent_output_expired_error(jobs: ReplicateImageJobs, fake: FakeReplicate,
-                                                            hooks: RecordingHooks, outline: Outline) -> None:
+def test_expired_output_is_output_gone_on_download_and_expired_in_status(
+        jobs: ReplicateImageJobs, fake: FakeReplicate, hooks: RecordingHooks, outline: Outline) -> None:
     fake.output_ttl = 0.4
     job_id = jobs.create("base", jobs.base_input(page(outline)))
     done = wait_done(jobs, job_id)
     time.sleep(0.5)
-    with pytest.raises(OutputExpiredError, match="expired") as info:
+    with pytest.raises(OutputExpiredError, match="HTTP 404") as info:
         jobs.download(done.output_url or "")
-    assert isinstance(info.value, PermanentStepError)
+    assert isinstance(info.value, OutputGoneError) and isinstance(info.value, PermanentStepError)
     assert hooks.outcomes()[-1] == ("download", "client_error")
-    # After the hour, Replicate shows the prediction with its output removed.
+    # After the hour, Replicate shows the prediction with its output (and input, logs) removed:
+    # that is "expired" (make a new one), not a failed model run.
     later = jobs.status(job_id)
-    assert later.state == "failed" and "no longer there" in (later.error or "")
+    assert later == JobStatus("expired", error="Replicate removed the output (data_removed)")
+    shown = fake.prediction(job_id)
+    assert shown["data_removed"] is True and shown["output"] is None and shown["input"] == {}
+
+
+# Replicate's statuses (https://replicate.com/docs/topics/predictions/lifecycle) and the ways a
+# succeeded prediction's output can be gone (data retention: removed after about an hour).
+URL = "https://replicate.delivery/xezq/abc/out-0.png"
+
+
+@pytest.mark.parametrize(("prediction", "state", "retryable"), [
+    ({"status": "starting", "output": None}, "running", False),
+    ({"status": "processing", "output": None}, "running", False),
+    ({"status": "succeeded", "output": [URL], "data_removed": False}, "succeeded", False),
+    ({"status": "succeeded", "output": URL}, "succeeded", False),
+    ({"status": "succeeded", "output": None, "data_removed": True}, "expired", False),
+    ({"status": "succeeded", "output": [URL], "data_removed": True}, "expired", False),
+    ({"status": "succeeded", "output": None}, "expired", False),
+    ({"status": "succeeded", "output": []}, "expired", False),
+    ({"status": "succeeded", "output": [""]}, "expired", False),
+    ({"status": "succeeded", "output": ""}, "expired", False),
+    ({"status": "succeeded", "output": {"image": 3}}, "expired", False),
+    ({"status": "failed", "error": "NSFW content detected"}, "failed", False),
+    ({"status": "failed", "error": "CUDA out of memory"}, "failed", True),
+    ({"status": "failed", "error": None}, "failed", False),
+    ({"status": "aborted", "error": None}, "failed", True),
+    ({"status": "canceled"}, "canceled", False),
+])
+def test_prediction_status_classifies_every_outcome(prediction: dict[str, Any], state: str,
+                                                    retryable: bool) -> None:
+    st = prediction_status(prediction)
+    assert st.state == state
+    assert (st.output_url == URL) == (state == "succeeded")
+    assert is_retryable_failure(st) == retryable
+    if state in ("expired", "failed", "canceled"):
+        assert st.error  # always a reason for the operator
+
+
+@pytest.mark.parametrize("status", [None, "queued", 7])
+def test_prediction_status_without_a_known_status_is_transient(status: Any) -> None:
+    with pytest.raises(TransientStepError, match="unknown status"):
+        prediction_status({"status": status})
+
+
+@pytest.mark.parametrize("code", [401, 403, 404, 410])
+def test_output_file_gone_codes_are_output_expired_not_credentials(fake: FakeReplicate, jobs: ReplicateImageJobs,
+                                                                   code: int) -> None:
+    """The output host is asked without our token: a 401/403 there is an expired signed URL."""
+    fake.script([("status", code, {}, "<Error><Code>AccessDenied</Code><Message>Request has expired</Message>")])
+    with pytest.raises(OutputExpiredError, match=f"HTTP {code}") as info:
+        jobs.download(f"{fake.root}/files/abc.png")
+    assert "REPLICATE_API_TOKEN" not in str(info.value)
+
+
+@pytest.mark.parametrize("step", [("status", 500, {}, "oops"), ("status", 429, {}, "slow down"), ("close",),
+                                  ("hang", 2.0)])
+def test_output_download_hiccups_stay_transient(fake: FakeReplicate, quick: ReplicateImageJobs,
+                                                step: tuple[Any, ...]) -> None:
+    """Not gone, just not now: the same download is tried again, no new prediction."""
+    fake.script([step])
+    with pytest.raises(TransientStepError):
+        quick.download(f"{fake.root}/files/abc.png")
+
+
+def test_purged_prediction_is_expired_and_never_found(fake: FakeReplicate, jobs: ReplicateImageJobs,
+                                                      outline: Outline) -> None:
+    fake.next_retention(purge_after=0.0)
+    inp = jobs.base_input(page(outline))
+    job_id = jobs.create("base", inp)
+    time.sleep(0.4)
+    st = jobs.status(job_id)
+    assert st.state == "expired" and job_id in (st.error or "") and "404" in (st.error or "")
+    assert jobs.find("base", inp, datetime.now(UTC) - timedelta(minutes=1)) is None
+
+
+def test_find_skips_expired_and_excluded_predictions(fake: FakeReplicate, jobs: ReplicateImageJobs,
+                                                     outline: Outline) -> None:
+    since = datetime.now(UTC) - timedelta(minutes=1)
+    inp = jobs.base_input(page(outline))
+    fake.next_retention(output_ttl=0.0)
+    gone = jobs.create("base", inp)
+    assert wait_done(jobs, gone).state == "expired"
+    assert jobs.find("base", inp, since) is None  # the output is gone: finding it would not help
+    fake.next_retention(file_ttl=0.0)  # the prediction still lists its URL; the file is gone
+    listed = jobs.create("base", inp)
+    assert wait_done(jobs, listed).state == "succeeded"
+    assert jobs.find("base", inp, since) == listed
+    assert jobs.find("base", inp, since, exclude=[listed]) is None  # an earlier job of the same step
+
+
+def test_aborted_prediction_is_read_despite_the_sdk_model(fake: FakeReplicate, jobs: ReplicateImageJobs,
+                                                          outline: Outline) -> None:
+    """The SDK's Prediction model rejects ``aborted``; we read Replicate's JSON ourselves, in get
+    and in list (one aborted prediction must not break a page of results)."""
+    fake.next_outcome("aborted")
+    inp = jobs.base_input(page(outline))
+    job_id = jobs.create("base", inp)
+    st = wait_done(jobs, job_id)
+    assert st.state == "failed" and "aborted" in (st.error or "") and is_retryable_failure(st)
+    other = jobs.create("base", jobs.base_input(page(outline, 3)))
+    assert jobs.find("base", jobs.base_input(page(outline, 3)), datetime.now(UTC) - timedelta(minutes=1)) == other
+    assert jobs.find("base", inp, datetime.now(UTC) - timedelta(minutes=1)) is None
 
 
 # --- faults on the API --------------------------------------------------------------------------
@@ -345,8 +458,9 @@ def test_5xx_on_create_is_transient(jobs: ReplicateImageJobs, fake: FakeReplicat
 
 
 @pytest.mark.parametrize("op", ["create", "get", "list", "cancel"])
-def test_hang_past_timeout_is_transient_after_one_request(jobs: ReplicateImageJobs, fake: FakeReplicate,
+def test_hang_past_timeout_is_transient_after_one_request(quick: ReplicateImageJobs, fake: FakeReplicate,
                                                           hooks: RecordingHooks, outline: Outline, op: str) -> None:
+    jobs = quick
     inp = jobs.base_input(page(outline))
     job_id = jobs.create("base", inp) if op != "create" else ""
     n = len(fake.requests)
@@ -446,8 +560,8 @@ def test_unknown_model_is_permanent_and_names_the_env_var(outline: Outline) -> N
             adapter.create("base", adapter.base_input(page(outline)))
         assert "someone/no-such-model" in str(info.value)
         assert_clean(info.value)
-        with pytest.raises(PermanentStepError, match="no prediction"):
-            adapter.status("doesnotexist")
+        # Replicate no longer has it (purged, or deleted from the dashboard): only a new one helps.
+        assert adapter.status("doesnotexist").state == "expired"
     finally:
         server.stop()
 

@@ -5,6 +5,7 @@ adapter that talks HTTP and one that draws with Pillow are interchangeable.
 """
 from __future__ import annotations
 
+from collections.abc import Collection
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -134,9 +135,12 @@ class NoHooks:
 class JobStatus:
     """A remote image job (a Replicate prediction) as last seen."""
 
-    state: str  # "running" (starting/processing), "succeeded", "failed", "canceled"
+    # "running" (starting/processing), "succeeded", "failed", "canceled", or "expired": the job
+    # succeeded but its output is gone (deleted or purged by the provider before we copied it;
+    # only a new job can make the picture again).
+    state: str
     output_url: str | None = None  # the image to copy into our storage when succeeded
-    error: str | None = None  # the provider's reason when failed/canceled, for people
+    error: str | None = None  # the provider's reason when failed/canceled/expired, for people
 
 
 class ImageJobs(Protocol):
@@ -159,12 +163,19 @@ class ImageJobs(Protocol):
         """Start a job (kind "base" or "personalize"); returns its id."""
         ...
 
-    def find(self, kind: str, model_input: dict[str, Any], created_after: Any) -> str | None:
-        """The id of a job already created with exactly this input since ``created_after``."""
+    def find(self, kind: str, model_input: dict[str, Any], created_after: Any,
+             exclude: Collection[str] = ()) -> str | None:
+        """The id of a usable job already created with exactly this input since
+        ``created_after``, other than those in ``exclude`` (earlier jobs of the same step)."""
         ...
 
-    def status(self, job_id: str) -> JobStatus: ...
+    def status(self, job_id: str) -> JobStatus:
+        """The job now; state "expired" when its output is gone (never raises for that)."""
+        ...
 
     def cancel(self, job_id: str) -> None: ...
 
-    def download(self, url: str) -> bytes: ...
+    def download(self, url: str) -> bytes:
+        """The output's bytes; ``OutputGoneError`` (a PermanentStepError) when the output was
+        deleted before it could be copied."""
+        ...

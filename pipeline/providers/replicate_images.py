@@ -4,6 +4,21 @@ Both kinds run as Replicate predictions created without waiting (no ``Prefer: wa
 pipeline records the id, polls by re-scheduling the step and copies the output at once,
 because Replicate deletes API outputs after about an hour.
 
+An output can still be gone before it is copied (a backlog, an outage, a worker down for
+longer than the hour). Every way that shows is one outcome, ``expired`` (``status()``) or
+``OutputExpiredError`` (``download()``), which the pipeline answers with a new prediction:
+a succeeded prediction whose ``output`` is null/empty or whose ``data_removed`` is true, a
+prediction Replicate no longer has (``GET /v1/predictions/{id}`` -> 404), and an output file
+answering 401/403 (an expired signed URL), 404 or 410. Sources: prediction statuses
+https://replicate.com/docs/topics/predictions/lifecycle (``starting``, ``processing``,
+``succeeded``, ``failed``, ``canceled``, ``aborted``); data retention
+https://replicate.com/docs/topics/predictions/data-retention ("input parameters, output values,
+output files, and logs are automatically removed after an hour").
+
+Predictions are read as Replicate's JSON, not through the SDK's ``Prediction`` model: the SDK
+(1.0.7) rejects the documented ``aborted`` status (a pydantic error on an otherwise good reply,
+and on a whole page of ``list``) and drops ``data_removed``.
+
 Models (each either ``owner/name`` -> ``POST /v1/models/{owner}/{name}/predictions``, which
 works for official models, or a version ``owner/name:<hash>`` / ``<hash>`` -> ``POST
 /v1/predictions``):
@@ -33,10 +48,9 @@ import logging
 import os
 import re
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from types import EllipsisType
 from typing import Any, TypeVar
 
 import httpx
@@ -44,7 +58,13 @@ from PIL import Image, UnidentifiedImageError
 from replicate.client import Client
 from replicate.exceptions import ReplicateError
 
-from pipeline.errors import PermanentStepError, StepError, TransientStepError, retry_after_seconds
+from pipeline.errors import (
+    OutputGoneError,
+    PermanentStepError,
+    StepError,
+    TransientStepError,
+    retry_after_seconds,
+)
 from pipeline.providers.base import Face, JobStatus, NoHooks, PageRequest, RequestHooks
 from pipeline.themes import THEMES, resolve_theme
 
@@ -80,19 +100,23 @@ DEFAULT_STYLE = "soft watercolour children's book illustration, warm colours, ge
 
 _CONTENT_POLICY = re.compile(r"nsfw|content polic|safety|sensitive content|flagged|moderation", re.I)
 _RETRYABLE_FAILURE = re.compile(
-    r"interrupted|please retry|out of memory|cuda error|timed out|timeout|temporarily|unavailable", re.I
+    r"interrupted|please retry|out of memory|cuda error|timed out|timeout|temporarily|unavailable|aborted", re.I
 )
+RUNNING = ("starting", "processing")
+# Ended without an output worth following: find() never picks these up again.
+UNUSABLE = ("failed", "canceled", "aborted")
 _HEX_VERSION = re.compile(r"[0-9a-f]{64}")
 _OWNER_NAME = re.compile(r"[A-Za-z0-9][\w.-]*/[A-Za-z0-9][\w.-]*")
 
 T = TypeVar("T")
 
 
-class OutputExpiredError(PermanentStepError):
-    """The prediction's output is gone (Replicate deletes API outputs after about an hour).
+class OutputExpiredError(OutputGoneError):
+    """The prediction's output is gone (Replicate deletes API outputs after about an hour):
+    its file answered 401/403/404/410, or the prediction itself is gone (404).
 
-    Retrying the same download cannot help; the step must create a new prediction (do not
-    ``find`` the old one again)."""
+    Retrying the same download cannot help; the step must create a new prediction (and not
+    ``find`` the old one again: pass its id in ``exclude``)."""
 
 
 @dataclass(frozen=True)
@@ -198,6 +222,45 @@ def _first_url(output: Any) -> str | None:
     if isinstance(output, list):
         return next((o for o in output if isinstance(o, str) and o), None)
     return None
+
+
+def output_gone_reason(prediction: Mapping[str, Any]) -> str | None:
+    """Why a ``succeeded`` prediction's output can no longer be copied, or None if it can:
+    ``data_removed`` (Replicate's cleanup after about an hour) or no usable URL in ``output``
+    (null, empty, a list of nothing)."""
+    if prediction.get("data_removed") is True:
+        return "Replicate removed the output (data_removed)"
+    if _first_url(prediction.get("output")) is None:
+        return "the output was empty"
+    return None
+
+
+def prediction_status(prediction: Mapping[str, Any]) -> JobStatus:
+    """A prediction (Replicate's JSON: ``status``, ``output``, ``error``, ``data_removed``) as a
+    JobStatus. ``starting``/``processing`` -> running; ``succeeded`` with an output URL ->
+    succeeded; ``succeeded`` whose output is gone -> expired; ``failed`` -> failed with the
+    model's reason; ``aborted`` (its deadline passed before it started) -> failed, retryable;
+    ``canceled`` -> canceled. TransientStepError for a reply without a known status (a gateway's
+    page, a status added after this was written): bounded by the step's tries, never a guess.
+
+    Statuses: https://replicate.com/docs/topics/predictions/lifecycle."""
+    status = prediction.get("status")
+    if status in RUNNING:
+        return JobStatus("running")
+    if status == "succeeded":
+        gone = output_gone_reason(prediction)
+        if gone is not None:
+            return JobStatus("expired", error=gone)
+        return JobStatus("succeeded", output_url=_first_url(prediction.get("output")))
+    if status == "canceled":
+        return JobStatus("canceled", error="The image job was canceled.")
+    if status == "aborted":
+        return JobStatus("failed", error=(
+            "Replicate aborted the prediction before it started (its deadline passed)."))
+    if status == "failed":
+        error = prediction.get("error")
+        return JobStatus("failed", error=failure_message(error if isinstance(error, str) else None))
+    raise TransientStepError(f"Replicate sent a prediction with an unknown status {str(status)[:40]!r}.")
 
 
 def failure_message(reason: str | None) -> str:
@@ -382,6 +445,8 @@ class ReplicateImageJobs:
         if not hasattr(transport, "max_attempts"):
             raise RuntimeError("replicate SDK changed: cannot switch off its transport retries")
         transport.max_attempts = 1
+        if not callable(getattr(self._sdk, "_request", None)):
+            raise RuntimeError("replicate SDK changed: Client._request is gone")
         # Outputs are fetched without our token: they live on another host (replicate.delivery).
         self._http = httpx.Client(
             timeout=http_timeout, follow_redirects=True, max_redirects=5,
@@ -489,52 +554,61 @@ class ReplicateImageJobs:
         log.info("replicate %s prediction %s created (%s)", kind, prediction.id, target.spec)
         return str(prediction.id)
 
-    def find(self, kind: str, model_input: dict[str, Any], created_after: Any) -> str | None:
+    def find(self, kind: str, model_input: dict[str, Any], created_after: Any,
+             exclude: Collection[str] = ()) -> str | None:
         """Newest prediction of this target with exactly this input, created at or after
-        ``created_after``, that has not failed or been canceled (those would only fail the step
-        again; a new prediction is what a fresh run would make). Allow for clock skew between us
-        and Replicate in ``created_after``."""
+        ``created_after``, that is not in ``exclude``, has not failed, been canceled or aborted,
+        and whose output is not gone (those would only fail or re-create again; a new
+        prediction is what a fresh run would make). Allow for clock skew between us and
+        Replicate in ``created_after``. ``GET /v1/predictions`` (newest first, ``next`` cursor)."""
         target = self._target(kind)
         want = _canonical(model_input)
         since = _as_utc(created_after)
-        cursor: str | EllipsisType = ...
+        skip = set(exclude)
+        path = "/v1/predictions"
         for _ in range(self._max_list_pages):
-            page = self._call("list", functools.partial(self._sdk.predictions.list, cursor))
-            for p in page.results:
-                created = _parse_time(p.created_at)
+            page = self._call("list", functools.partial(self._get_json, path))
+            results = page.get("results")
+            if not isinstance(results, list):
+                raise TransientStepError("Replicate sent a malformed reply (list: no results).")
+            for p in results:
+                if not isinstance(p, dict):
+                    continue
+                created = _parse_time(p.get("created_at"))
                 if since is not None and created is not None and created < since:
                     return None  # newest first: everything further on is older still
-                if p.status in ("failed", "canceled") or not target.matches(p.model, p.version):
+                if (p.get("id") in skip or p.get("status") in UNUSABLE
+                        or not target.matches(p.get("model"), p.get("version"))):
                     continue
-                if _canonical(p.input) == want:
-                    return str(p.id)
-            if not page.next:
+                if p.get("status") == "succeeded" and output_gone_reason(p) is not None:
+                    continue
+                if _canonical(p.get("input")) == want:
+                    return str(p["id"])
+            nxt = page.get("next")
+            if not nxt or not isinstance(nxt, str):
                 return None
-            cursor = page.next
+            path = nxt
         log.warning("replicate find(%s): gave up after %d pages of predictions", kind, self._max_list_pages)
         return None
 
     def status(self, job_id: str) -> JobStatus:
-        p = self._call("get", lambda: self._sdk.predictions.get(job_id), job_id=job_id)
-        if p.status in ("starting", "processing"):
-            return JobStatus("running")
-        if p.status == "succeeded":
-            url = _first_url(p.output)
-            if url is None:
-                # Outputs of API predictions are deleted after about an hour (data_removed).
-                return JobStatus("failed", error=self._safe(
-                    "The image service finished but its picture is no longer there (outputs are deleted "
-                    "after about an hour); the step must make a new one."))
-            return JobStatus("succeeded", output_url=url)
-        if p.status == "canceled":
-            return JobStatus("canceled", error="The image job was canceled.")
-        return JobStatus("failed", error=self._safe(failure_message(p.error)))
+        """``GET /v1/predictions/{id}`` as a JobStatus (see ``prediction_status``); a prediction
+        Replicate no longer has (404: purged or deleted) is ``expired`` like a removed output."""
+        try:
+            p = self._call("get", functools.partial(self._get_json, f"/v1/predictions/{job_id}"), job_id=job_id)
+        except OutputExpiredError as exc:
+            return JobStatus("expired", error=str(exc))
+        st = prediction_status(p)
+        return JobStatus(st.state, st.output_url, self._safe(st.error) if st.error else None)
 
     def cancel(self, job_id: str) -> None:
         self._call("cancel", lambda: self._sdk.predictions.cancel(job_id), job_id=job_id)
 
     def download(self, url: str) -> bytes:
-        """The output's bytes as PNG; OutputExpiredError if Replicate already deleted it."""
+        """The output's bytes as PNG (at most ``max_download_bytes``). OutputExpiredError if
+        the file is gone (401/403: an expired signed URL; 404/410: deleted); TransientStepError
+        for a timeout, a broken connection, 429/5xx or a truncated image (the same download may
+        pass); PermanentStepError for something that is not an image."""
         if url.startswith("data:"):
             return _as_png(_decode_data_uri(url))
         if not url.startswith(("https://", "http://")):
@@ -555,6 +629,14 @@ class ReplicateImageJobs:
         return _as_png(self._call("download", fetch))
 
     # --- plumbing --------------------------------------------------------------------------------
+
+    def _get_json(self, path: str) -> dict[str, Any]:
+        """One GET through the SDK's client (its auth, base URL, timeouts and our hooks), as JSON.
+        ``path`` is API-relative or a ``next`` URL the API gave."""
+        data = self._sdk._request("GET", path).json()
+        if not isinstance(data, dict):
+            raise ValueError("not a JSON object")
+        return data
 
     def _target(self, kind: str) -> ModelTarget:
         try:
@@ -617,14 +699,15 @@ class ReplicateImageJobs:
         if status >= 500 or status in (408, 425):
             return TransientStepError(f"Replicate had a server error (HTTP {status}, {op}): {reason}",
                                       retry_after=retry_after)
+        if op == "download" and status in (401, 403, 404, 410):
+            # The output host is asked without our token: 401/403 is an expired signed URL, not
+            # our credentials; 404/410 a deleted file.
+            return OutputExpiredError(f"the output file answered HTTP {status}")
+        if op == "get" and status == 404 and job_id is not None:
+            return OutputExpiredError(f"Replicate no longer has prediction {job_id} (HTTP 404)")
         if status in (401, 403):
             return PermanentStepError(
                 f"Replicate refused our credentials (HTTP {status}, {op}): {reason}. Check REPLICATE_API_TOKEN."
-            )
-        if op == "download" and status in (404, 410):
-            return OutputExpiredError(
-                f"The picture expired on the image service before it was copied (HTTP {status}); "
-                "retry the step to make it again."
             )
         if status == 404 and op == "create" and target is not None:
             return PermanentStepError(

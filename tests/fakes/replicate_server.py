@@ -7,9 +7,17 @@ Endpoints (Replicate's paths, JSON shapes and error format ``{"title", "detail",
 - ``GET /v1/predictions/{id}``, ``POST /v1/predictions/{id}/cancel``
 - ``GET /v1/predictions``: newest first, ``{"next", "previous", "results"}``, ``page_size`` a page,
   ``next`` an absolute URL with an opaque ``cursor``
-- ``GET /files/{id}.png``: outputs, without auth (like replicate.delivery), 404 once
-  ``output_ttl`` seconds have passed since the prediction completed; the prediction then shows
-  ``output: null, data_removed: true`` as Replicate does after its hour.
+- ``GET /files/{id}.png``: outputs, without auth (like replicate.delivery).
+
+Data retention, as Replicate documents it for API predictions ("input parameters, output values,
+output files, and logs are automatically removed after an hour",
+https://replicate.com/docs/topics/predictions/data-retention), each counted from completion:
+``output_ttl`` (3600) after it the prediction shows ``output: null, data_removed: true`` and its
+input and logs are emptied; ``file_ttl`` (default: ``output_ttl``) after it the output file
+answers ``gone_status`` (404; 403 is what an expired signed URL says, 410 a deleted object); and
+``purge_after`` (default never) after it the prediction itself is gone: ``GET`` 404 and not
+listed (a prediction deleted from the dashboard). ``fake.next_retention(...)`` sets them for the
+next created predictions only, like ``next_outcome``.
 
 A prediction is ``starting`` for the first quarter of ``run_seconds``, then ``processing``, then
 its outcome (computed on read, from wall-clock time). Outputs are real pictures: a prompt (with a
@@ -28,9 +36,10 @@ Fault injection, for the next requests in order, any path (``fake.script([...])`
 - ``("malformed",)``: 200 with truncated JSON
 - ``("pass",)``: answer this one normally (to target a later request)
 
-``fake.next_outcome("failed", error=...)`` / ``("canceled")`` sets how the next created
-predictions end. A ``/v1`` request without ``Authorization: Bearer <token>`` gets a 401 before any
-script. ``known`` (model names and version hashes), when given, makes other models 404;
+``fake.next_outcome("failed", error=...)`` / ``("canceled")`` / ``("aborted")`` sets how the next
+created predictions end (``aborted``: its deadline passed before it started; never started).
+A ``/v1`` request without ``Authorization: Bearer <token>`` gets a 401 before any script.
+``known`` (model names and version hashes), when given, makes other models 404;
 ``versions`` maps version hashes to the ``owner/name`` a prediction reports.
 """
 from __future__ import annotations
@@ -84,6 +93,20 @@ class _Prediction:
     render_error: str | None = None
     rendered: bool = False
     extra: dict[str, Any] = field(default_factory=dict)
+    output_ttl: float | None = None  # None: the server's
+    file_ttl: float | None = None
+    purge_after: float | None = None
+    gone_status: int | None = None
+
+
+@dataclass(frozen=True)
+class Retention:
+    """How long a prediction's data lasts after it completes (seconds; None: the server's)."""
+
+    output_ttl: float | None = None
+    file_ttl: float | None = None
+    purge_after: float | None = None
+    gone_status: int | None = None
 
 
 class FakeReplicate(LocalHTTPFake):
@@ -94,12 +117,17 @@ class FakeReplicate(LocalHTTPFake):
     name = "fake-replicate"
 
     def __init__(self, token: str = DEFAULT_TOKEN, *, run_seconds: float = 0.3, output_ttl: float = 3600.0,
+                 file_ttl: float | None = None, purge_after: float | None = None, gone_status: int = 404,
                  page_size: int = 100, known: set[str] | None = None,
                  versions: dict[str, str] | None = None) -> None:
         super().__init__()
         self.token = token
         self.run_seconds = run_seconds
         self.output_ttl = output_ttl
+        self.file_ttl = file_ttl
+        self.purge_after = purge_after
+        self.gone_status = gone_status
+        self._retentions: deque[Retention] = deque()
         self.page_size = page_size
         self.known = known
         self.versions = dict(versions or {})  # version hash -> "owner/name", as Replicate knows them
@@ -122,9 +150,16 @@ class FakeReplicate(LocalHTTPFake):
         with self._lock:
             self._script.extend(items)
 
+    def next_retention(self, output_ttl: float | None = None, file_ttl: float | None = None,
+                       purge_after: float | None = None, gone_status: int | None = None) -> None:
+        """How long the next created prediction's data lasts (see the module docstring)."""
+        with self._lock:
+            self._retentions.append(Retention(output_ttl, file_ttl, purge_after, gone_status))
+
     def next_outcome(self, status: str, error: str | None = None) -> None:
-        """How the next created prediction ends: "succeeded", "failed" (with error) or "canceled"."""
-        assert status in ("succeeded", "failed", "canceled")
+        """How the next created prediction ends: "succeeded", "failed" (with error), "canceled"
+        or "aborted"."""
+        assert status in ("succeeded", "failed", "canceled", "aborted")
         with self._lock:
             self._outcomes.append((status, error))
 
@@ -163,10 +198,27 @@ class FakeReplicate(LocalHTTPFake):
             pred = _Prediction(pid, model, version, model_input, time.time(), self._seq)
             if self._outcomes:
                 pred.outcome, pred.error = self._outcomes.popleft()
+            if self._retentions:
+                r = self._retentions.popleft()
+                pred.output_ttl, pred.file_ttl, pred.purge_after, pred.gone_status = (
+                    r.output_ttl, r.file_ttl, r.purge_after, r.gone_status)
             self._predictions[pid] = pred
             view = self._view(pred, pred.created)
             self.created.append(view)
         return 201, view
+
+    def _ttl(self, p: _Prediction, what: str) -> float | None:
+        own = getattr(p, what)
+        if own is not None:
+            return float(own)
+        if what == "file_ttl":
+            return self._ttl(p, "output_ttl") if self.file_ttl is None else self.file_ttl
+        value = getattr(self, what)
+        return None if value is None else float(value)
+
+    def _purged(self, p: _Prediction, now: float) -> bool:
+        purge = self._ttl(p, "purge_after")
+        return purge is not None and now > p.created + self.run_seconds + purge
 
     def _view(self, p: _Prediction, now: float) -> dict[str, Any]:
         """The prediction's JSON at ``now`` (lock held; rendering happens outside, see _ensure_rendered)."""
@@ -180,6 +232,9 @@ class FakeReplicate(LocalHTTPFake):
             status, completed_at = "canceled", p.canceled_at
             if started_at is not None and started_at > p.canceled_at:
                 started_at = None
+        elif p.outcome == "aborted":  # never started: starting until its deadline, then aborted
+            status, started_at = ("starting", None) if now < done_at else ("aborted", None)
+            completed_at = done_at if now >= done_at else None
         elif now < p.created + self.run_seconds * 0.25:
             status, started_at = "starting", None
         elif now < done_at:
@@ -192,7 +247,7 @@ class FakeReplicate(LocalHTTPFake):
             elif status == "succeeded" and p.render_error is not None:
                 status, error = "failed", p.render_error
             elif status == "succeeded":
-                if now > done_at + self.output_ttl:
+                if now > done_at + (self._ttl(p, "output_ttl") or 0.0):
                     data_removed = True
                 else:
                     url = f"{self.root}/files/{p.id}.png"
@@ -202,10 +257,10 @@ class FakeReplicate(LocalHTTPFake):
             "id": p.id,
             "model": p.model,
             "version": p.version,
-            "input": p.input,
+            "input": {} if data_removed else p.input,
             "output": output,
             "error": error,
-            "logs": "" if status == "starting" else "Running prediction...\n",
+            "logs": "" if status in ("starting", "aborted") or data_removed else "Running prediction...\n",
             "status": status,
             "source": "api",
             "data_removed": data_removed,
@@ -213,7 +268,8 @@ class FakeReplicate(LocalHTTPFake):
             "started_at": _iso(started_at),
             "completed_at": _iso(completed_at),
             "urls": {"get": api, "cancel": f"{api}/cancel", "web": f"https://replicate.com/p/{p.id}"},
-            "metrics": {"predict_time": round(self.run_seconds * 0.75, 3)} if completed_at else {},
+            "metrics": ({"predict_time": round(self.run_seconds * 0.75, 3), "total_time": round(self.run_seconds, 3)}
+                        if completed_at and started_at else {}),
         }
 
     def _ensure_rendered(self, pid: str) -> None:
@@ -284,24 +340,31 @@ class FakeReplicate(LocalHTTPFake):
             p = self._predictions.get(pid)
             if p is None or p.output is None:
                 return None
-            if time.time() > p.created + self.run_seconds + self.output_ttl:
+            if time.time() > p.created + self.run_seconds + (self._ttl(p, "file_ttl") or 0.0):
                 return None
             return p.output
+
+    def _file_gone_status(self, pid: str) -> int:
+        with self._lock:
+            p = self._predictions.get(pid)
+            own = p.gone_status if p is not None else None
+        return own or self.gone_status
 
     def _get(self, pid: str) -> tuple[int, Any]:
         self._ensure_rendered(pid)
         with self._lock:
             p = self._predictions.get(pid)
-            if p is None:
+            now = time.time()
+            if p is None or self._purged(p, now):
                 return 404, problem(404, "Not found", "Not found.")
-            return 200, self._view(p, time.time())
+            return 200, self._view(p, now)
 
     def _cancel(self, pid: str) -> tuple[int, Any]:
         with self._lock:
             p = self._predictions.get(pid)
-            if p is None:
-                return 404, problem(404, "Not found", "Not found.")
             now = time.time()
+            if p is None or self._purged(p, now):
+                return 404, problem(404, "Not found", "Not found.")
             if p.canceled_at is None and now < p.created + self.run_seconds:
                 p.canceled_at = now
             return 200, self._view(p, now)
@@ -312,7 +375,9 @@ class FakeReplicate(LocalHTTPFake):
         except ValueError:
             return 400, problem(400, "Bad request", "Invalid cursor")
         with self._lock:
-            ordered = sorted(self._predictions.values(), key=lambda p: (p.created, p.seq), reverse=True)
+            t = time.time()
+            ordered = sorted((p for p in self._predictions.values() if not self._purged(p, t)),
+                             key=lambda p: (p.created, p.seq), reverse=True)
             pids = [p.id for p in ordered[offset:offset + self.page_size]]
         for pid in pids:
             self._ensure_rendered(pid)
@@ -402,7 +467,9 @@ class _Handler(BaseHTTPRequestHandler):
             pid = urlsplit(self.path).path.removeprefix("/files/").removesuffix(".png")
             data = fake._file(pid)
             if data is None:
-                self._send(404, b"Not Found", {"Content-Type": "text/plain"})
+                gone = fake._file_gone_status(pid)
+                self._send(gone, b"Not Found" if gone == 404 else b"<Error><Code>AccessDenied</Code></Error>",
+                           {"Content-Type": "text/plain"})
             else:
                 self._send(200, data, {"Content-Type": "image/png"})
             return
