@@ -482,7 +482,7 @@ def make_print_files(order_id: str, attempt: Attempt = FIRST_TRY) -> StepResult:
 
 # Countries without postcodes, where a missing one is not an error.
 _NO_POSTCODE = {"AE", "HK", "MO", "QA", "JM", "BS", "BZ", "FJ", "GH", "TV"}
-# Lulu's create-print-job schema, shipping_address (https://api.lulu.com/api-docs/openapi-specs/openapi_public.yml,
+# Lulu's create-print-job schema, shipping_address (https://api.lulu.com/docs/, its OpenAPI file openapi_public.yml,
 # "Print-Jobs_create"): required name, street1, city, country_code, postcode, phone_number and
 # email; country_code 2 letters; postcode at most 64; phone_number at most 20 and matching
 # PHONE_PATTERN; state_code (2 or 3 letters, ISO 3166-2) "required for some countries (e.g. US,
