@@ -448,6 +448,14 @@ def make_print_files(order_id: str, attempt: Attempt = FIRST_TRY) -> StepResult:
         if state["files_status"] == "processing":
             return _held_elsewhere("print files in progress", state["files_age"], attempt, timer)
         return StepResult(Outcome.STOPPED, f"print files are {state['files_status']}", timer.timings, context=ctx)
+    try:
+        # An address the print shop cannot ship to is the operator's to correct: say so now,
+        # before the print files are made (submit_print_job checks it again, it may change).
+        lulu_address(state["shipping_address"], email=state["email"], default_phone=order_settings().default_phone)
+    except PermanentStepError as e:
+        msg = f"Print job: {e}"
+        _step_fail(order_id, "print_files", "Print job", attempt)(str(e))
+        return StepResult(Outcome.FAILED, msg, timer.timings, context=ctx)
 
     def work() -> dict[str, Any]:
         spec = product_spec(state["product_type"])
@@ -953,8 +961,9 @@ def order_summary() -> dict[str, int]:
     Stripe mode is not the deployment's)."""
     with transaction() as c:
         counts = otx.summary(c)
-        counts["payment_needs_confirmation"] = int(c.execute(text(
-            f"SELECT count(DISTINCT x.order_id) FROM ({otx.OPEN_HELD_SQL}) x"), {"kind": NEEDS_CONFIRMATION}).scalar() or 0)
+        held = c.execute(text(f"SELECT count(DISTINCT x.order_id) FROM ({otx.OPEN_HELD_SQL}) x"),
+                         {"kind": NEEDS_CONFIRMATION}).scalar()
+        counts["payment_needs_confirmation"] = int(held or 0)
         counts["payment_wrong_mode"] = int(c.execute(text(
             "SELECT count(*) FROM order_events WHERE source = 'stripe' AND detail->>'ignored' = 'mode'")).scalar() or 0)
         return counts

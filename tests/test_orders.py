@@ -190,7 +190,7 @@ def error_of(db: Db, order: str) -> str:
     return rows[-1]["message"] if rows else ""
 
 
-def wait_job(fake: FakeLulu, order: str, count: int = 1, timeout: float = 30) -> dict[str, Any]:
+def wait_job(fake: FakeLulu, order: str, count: int = 1, timeout: float = 90) -> dict[str, Any]:
     jobs = wait_for(f"print job {count} for {order}", lambda: len(j := fake.jobs_for(order)) >= count and j, timeout)
     return sorted(jobs, key=lambda j: j["id"])[count - 1]
 
@@ -571,7 +571,7 @@ def test_the_print_job_carries_the_parents_email_and_addresses_lulu_cannot_ship_
     publish(BROKER, "orders.confirm_payment", *[signed(o, stripe(o, p)) for o, p in
                                                 ((plain, pi1), (no_phone, pi2), (no_state, pi3), (long_code, pi4))])
     # then the job is sent with the parent's email in its shipping address (Lulu requires it)
-    wait_job(fake, plain)
+    wait_job(fake, plain, timeout=90)
     assert fake.creates_for(plain)[0]["json"]["shipping_address"]["email"] == parent_email
     # and the others fail before anything reaches Lulu, saying what to correct
     expected = {no_phone: "missing phone_number", no_state: "missing state_code, required for CA",
@@ -586,7 +586,7 @@ def test_the_print_job_carries_the_parents_email_and_addresses_lulu_cannot_ship_
     db.exec("UPDATE orders SET shipping_address = CAST(:a AS jsonb) WHERE id = :o", a=json.dumps(ADDRESS), o=no_phone)
     code, out = cli(fake, "retry", "--order", no_phone)
     assert code == 0 and "retried" in out
-    job = wait_job(fake, no_phone)
+    job = wait_job(fake, no_phone, timeout=90)
     assert job["shipping_address"]["phone_number"] == ADDRESS["phone_number"]
 
 
