@@ -20,6 +20,10 @@ Policies (README, "Orders"):
   before payment -> failed. ``charge.refunded`` in full before the print job was sent -> failed
   ("refunded"), which also covers a refund delivered before its own success event; after the
   job was sent it is recorded for an operator (the book is in production), never silently.
+- An event is authentic by its signature judged at the webhook's arrival (``received_at``), or
+  by Stripe's API's own copy (STRIPE_SECRET_KEY) when the timing cannot be shown; otherwise it
+  is recorded as needing confirmation (retry --order, backfill and the sweep confirm it later).
+  An event of the other Stripe mode than the deployment's (STRIPE_MODE) is recorded as ignored.
 - Print files only for a ``completed`` story: a paid order waits for a story in progress (up to
   ORDER_STORY_WAIT_SECONDS after payment) and fails, saying why, if the story failed.
 - The print job is created once per order and print run: the step claims it like a page step
@@ -878,8 +882,9 @@ def retry_order(order_id: str, *, dry_run: bool = False) -> OrderRetry:
     """A failed order back on its way, keeping what is done: a paid order whose print files or
     print job failed starts again from its print files; one whose job the provider rejected,
     canceled or errored gets a new print run (a new job, told apart from the old one by its
-    line item id); one whose job is fine but could not be followed resumes following it. A
-    payment that never came cannot be retried here."""
+    line item id); one whose job is fine but could not be followed resumes following it. An
+    unpaid order whose genuine payment event waits for confirmation has it confirmed with
+    Stripe's API (needs STRIPE_SECRET_KEY). A payment that never came cannot be retried here."""
     with transaction() as c:
         row = c.execute(text(
             """SELECT o.status, o.paid_at, o.fulfilled_at, o.pod_order_id, s.status AS story_status,
