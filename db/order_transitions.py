@@ -45,6 +45,40 @@ def record_event(conn: Connection, order_id: str, source: Source, kind: str, out
     ).first() is not None
 
 
+def record_held(conn: Connection, order_id: str, kind: str, message: str, detail: dict[str, Any]) -> bool:
+    """A genuine event that waits for confirmation (``detail["event"]`` names it), appended to
+    the history unless the same word on the same event is its latest record. It stays open
+    until a row with that event id is recorded (``open_held``)."""
+    return conn.execute(
+        text(
+            """
+            INSERT INTO order_events (order_id, source, kind, outcome, message, detail)
+            SELECT :id, 'stripe', :kind, 'noted', :msg, CAST(:detail AS jsonb)
+             WHERE NOT EXISTS (SELECT 1 FROM order_events h
+                                WHERE h.order_id = :id AND h.kind = :kind AND h.message = :msg
+                                  AND h.detail->>'event' = :event)
+            RETURNING id
+            """
+        ),
+        {"id": order_id, "kind": kind, "msg": message, "detail": _j(detail), "event": detail["event"]},
+    ).first() is not None
+
+
+# Held events not yet settled: no row records the event id itself.
+OPEN_HELD_SQL = """
+    SELECT DISTINCT h.order_id, h.detail->>'event' AS event_id
+      FROM order_events h
+     WHERE h.kind = :kind AND h.source = 'stripe'
+       AND NOT EXISTS (SELECT 1 FROM order_events d WHERE d.source = 'stripe' AND d.event_id = h.detail->>'event')
+"""
+
+
+def open_held(conn: Connection, order_id: str, kind: str) -> list[str]:
+    """The event ids of an order that still wait for confirmation."""
+    return [str(r[1]) for r in conn.execute(text(OPEN_HELD_SQL + " AND h.order_id = :id ORDER BY 2"),
+                                            {"kind": kind, "id": order_id})]
+
+
 def seen_event(conn: Connection, source: Source, event_id: str) -> bool:
     return conn.execute(
         text("SELECT 1 FROM order_events WHERE source = :source AND event_id = :event"),

@@ -140,6 +140,9 @@ def _summary(args: argparse.Namespace) -> int:
         print(f"{stage:<16}" + "".join(f"{by_status.get(st, 0):>12}" for st in statuses))
     print("orders          " + "  ".join(f"{st} {orders.get(st, 0)}" for st in
                                          ("pending_payment", "paid", "fulfilled", "shipped", "failed")))
+    if orders.get("payment_needs_confirmation") or orders.get("payment_wrong_mode"):
+        print(f"payments        needs confirmation {orders.get('payment_needs_confirmation', 0)} order(s) "
+              f"(retry --order)  wrong Stripe mode {orders.get('payment_wrong_mode', 0)} event(s) ignored")
     return 0
 
 

@@ -20,6 +20,10 @@ Policies (README, "Orders"):
   before payment -> failed. ``charge.refunded`` in full before the print job was sent -> failed
   ("refunded"), which also covers a refund delivered before its own success event; after the
   job was sent it is recorded for an operator (the book is in production), never silently.
+- An event is authentic by its signature judged at the webhook's arrival (``received_at``), or
+  by Stripe's API's own copy (STRIPE_SECRET_KEY) when the timing cannot be shown; otherwise it
+  is recorded as needing confirmation (retry --order, backfill and the sweep confirm it later).
+  An event of the other Stripe mode than the deployment's (STRIPE_MODE) is recorded as ignored.
 - Print files only for a ``completed`` story: a paid order waits for a story in progress (up to
   ORDER_STORY_WAIT_SECONDS after payment) and fails, saying why, if the story failed.
 - The print job is created once per order and print run: the step claims it like a page step
@@ -35,7 +39,9 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 import threading
+import time
 import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -55,6 +61,7 @@ from pipeline.providers import lulu
 from pipeline.steps import (
     Attempt,
     Outcome,
+    RetryLater,
     StepResult,
     _Failed,
     _guarded,
@@ -70,8 +77,11 @@ from pipeline.stripe_events import (
     PAYMENT_SUCCEEDED,
     InvalidEvent,
     PaymentEvent,
+    StripeUnavailable,
+    UnconfirmedEvent,
     parse_event,
-    verify_signature,
+    retrieve_event,
+    verify_event,
 )
 from pipeline.themes import resolve_theme
 
@@ -100,6 +110,10 @@ class OrderSettings:
     stripe_secrets: tuple[str, ...]  # STRIPE_WEBHOOK_SECRET (comma-separated during a rotation)
     stripe_tolerance: float  # STRIPE_SIGNATURE_TOLERANCE
     stripe_require_signature: bool  # STRIPE_REQUIRE_SIGNATURE: refuse events without the raw payload
+    stripe_mode: str  # STRIPE_MODE live | test (else from STRIPE_SECRET_KEY's prefix, else live)
+    stripe_secret_key: str | None  # STRIPE_SECRET_KEY: confirms events with Stripe's API (read Events)
+    stripe_api_base: str | None  # STRIPE_API_BASE: another Stripe API host (tests, stripe-mock)
+    default_phone: str | None  # LULU_DEFAULT_PHONE_NUMBER: sent when the shipping address has none
     lulu_webhook_secret: str  # LULU_WEBHOOK_SECRET, default LULU_CLIENT_SECRET (Lulu signs with it)
 
     @property
@@ -130,8 +144,29 @@ def order_settings() -> OrderSettings:
         stripe_secrets=tuple(s.strip() for s in e.get("STRIPE_WEBHOOK_SECRET", "").split(",") if s.strip()),
         stripe_tolerance=_float("STRIPE_SIGNATURE_TOLERANCE", 300.0, 1.0, 86400.0),
         stripe_require_signature=e.get("STRIPE_REQUIRE_SIGNATURE", "").lower() in ("1", "true", "yes"),
+        stripe_mode=stripe_mode(e),
+        stripe_secret_key=e.get("STRIPE_SECRET_KEY", "").strip() or None,
+        stripe_api_base=e.get("STRIPE_API_BASE", "").strip() or None,
+        default_phone=" ".join(e.get("LULU_DEFAULT_PHONE_NUMBER", "").split()) or None,
         lulu_webhook_secret=e.get("LULU_WEBHOOK_SECRET") or e.get("LULU_CLIENT_SECRET", ""),
     )
+
+
+def stripe_mode(env: Mapping[str, str]) -> str:
+    """The deployment's Stripe mode, ``live`` or ``test``: STRIPE_MODE, else the mode of
+    STRIPE_SECRET_KEY (``sk_live_``/``rk_live_`` or ``sk_test_``/``rk_test_``, Stripe's key
+    prefixes), else ``live``: the safe default, where a test-mode payment never prints a real
+    book (a development setup says STRIPE_MODE=test). A mode that contradicts the key is a
+    configuration error (SystemExit, like the other settings)."""
+    key = env.get("STRIPE_SECRET_KEY", "").strip()
+    from_key = ("live" if key.startswith(("sk_live_", "rk_live_"))
+                else "test" if key.startswith(("sk_test_", "rk_test_")) else None)
+    explicit = env.get("STRIPE_MODE", "").strip().lower() or None
+    if explicit not in (None, "live", "test"):
+        raise SystemExit(f"configuration error: STRIPE_MODE={explicit!r}; choose one of live, test")
+    if explicit and from_key and explicit != from_key:
+        raise SystemExit(f"configuration error: STRIPE_MODE={explicit} but STRIPE_SECRET_KEY is a {from_key}-mode key")
+    return explicit or from_key or "live"
 
 
 _lock = threading.Lock()
@@ -160,18 +195,6 @@ def print_provider(name: str | None = None) -> lulu.PrintProvider:
 
 
 # --- payment ------------------------------------------------------------------------------------
-
-def _authentic(event: Any, payload: str | None, signature: str | None) -> PaymentEvent:
-    o = order_settings()
-    if payload is not None:
-        if o.stripe_secrets or signature is not None or o.stripe_require_signature:
-            verify_signature(payload, signature, o.stripe_secrets, tolerance=o.stripe_tolerance)
-        return parse_event(payload)
-    if o.stripe_require_signature:
-        raise InvalidEvent("an unsigned event is refused (STRIPE_REQUIRE_SIGNATURE): send the raw payload "
-                           "with its Stripe-Signature header")
-    return parse_event(event)
-
 
 def _money(amount: int | None, currency: str | None) -> str:
     return f"{amount} {(currency or '?').upper()}"
@@ -224,24 +247,108 @@ def _decide(row: Any, ev: PaymentEvent, order_id: str, other_order: str | None) 
     return "ignore", f"{ev.type} is not an event orders act on."
 
 
-def confirm_payment(order_id: str | None, event: Any = None, payload: str | None = None,
-                    signature: str | None = None, attempt: Attempt = FIRST_TRY) -> StepResult:
-    """orders.status pending_payment -> paid (or failed), from one Stripe event."""
-    timer = _Timer()
-    try:
-        ev = _authentic(event, payload, signature)
-    except InvalidEvent as e:
-        msg = f"Stripe event refused: {e}"
-        if order_id is not None:
-            with autocommit() as c:
-                if otx.print_state(c, order_id) is not None:
-                    otx.record_event(c, order_id, "stripe", "invalid_event", "rejected", msg)
-        log.warning("order %s: %s", order_id, msg)
-        return StepResult(Outcome.STOPPED, msg, timer.timings)
+# Kind of the order_events row that says "a genuine Stripe event waits for confirmation" (its
+# detail names the event). It stays open until a row for that event id is recorded (applied,
+# ignored, rejected, ...): retry --order, backfill and the sweep confirm it with Stripe's API.
+NEEDS_CONFIRMATION = "payment.needs_confirmation"
+
+
+def _authentic(event: Any, payload: str | None, signature: str | None, received_at: float | None) -> PaymentEvent:
+    o = order_settings()
+    if payload is not None:
+        if o.stripe_secrets or signature is not None or o.stripe_require_signature:
+            return verify_event(payload, signature, o.stripe_secrets, tolerance=o.stripe_tolerance,
+                                received_at=received_at)
+        return parse_event(payload)
+    if o.stripe_require_signature:
+        raise InvalidEvent("an unsigned event is refused (STRIPE_REQUIRE_SIGNATURE): send the raw payload "
+                           "with its Stripe-Signature header")
+    return parse_event(event)
+
+
+def _order_of(order_id: str | None, ev: PaymentEvent) -> str | None:
     oid = order_id or valid_uuid(ev.order_id)
     if oid is None and ev.payment_intent_id:
         with autocommit() as c:
             oid = otx.order_by_payment_intent(c, ev.payment_intent_id)
+    return oid
+
+
+def _hold(order_id: str | None, ev: PaymentEvent, why: str, timer: _Timer) -> StepResult:
+    """A genuine event that cannot count yet: recorded on its order as needing confirmation
+    (visible in ``status``; confirmed later by retry --order, backfill or the sweep)."""
+    oid = _order_of(order_id, ev)
+    key = order_settings().stripe_secret_key
+    todo = ("storycreator retry --order confirms it with Stripe's API" if key else
+            "set STRIPE_SECRET_KEY (a key that may read Events) and run storycreator retry --order, or resend "
+            "the event from Stripe's Dashboard")
+    msg = f"Stripe event {ev.event_id} ({ev.type}) needs confirmation: {why}. Nothing moved; {todo}."
+    if oid is not None:
+        with autocommit() as c:
+            if otx.print_state(c, oid) is not None:
+                otx.record_held(c, oid, NEEDS_CONFIRMATION, msg, {**ev.summary(), "event": ev.event_id})
+    log.warning("order %s: stripe event %s needs confirmation", oid, ev.event_id)
+    return StepResult(Outcome.STOPPED, msg, timer.timings, context={"order": oid, "event": ev.event_id})
+
+
+def _refuse(order_id: str | None, msg: str, timer: _Timer, event_id: str | None = None) -> StepResult:
+    if order_id is not None:
+        with autocommit() as c:
+            if otx.print_state(c, order_id) is not None:
+                otx.record_event(c, order_id, "stripe", "invalid_event", "rejected", msg, event_id=event_id)
+    log.warning("order %s: %s", order_id, msg)
+    return StepResult(Outcome.STOPPED, msg, timer.timings)
+
+
+def _confirm(order_id: str | None, claimed: PaymentEvent, why: str, attempt: Attempt, timer: _Timer
+             ) -> PaymentEvent | StepResult:
+    """The event from Stripe's API (STRIPE_SECRET_KEY), or a StepResult: held (no key, or
+    Stripe unavailable after the tries), rejected (Stripe has no such event)."""
+    o = order_settings()
+    if not o.stripe_secret_key:
+        return _hold(order_id, claimed, why, timer)
+    try:
+        with timer.phase("provider"):
+            return retrieve_event(claimed.event_id, o.stripe_secret_key, api_base=o.stripe_api_base)
+    except StripeUnavailable as e:
+        if not attempt.last:
+            raise RetryLater(backoff(attempt.number, e.retry_after), str(e)) from None
+        return _hold(order_id, claimed, f"{why}; Stripe's API could not confirm it ({e})", timer)
+    except InvalidEvent as e:
+        return _refuse(_order_of(order_id, claimed), f"Stripe event refused: {why}, and {e}", timer,
+                       event_id=claimed.event_id)
+
+
+def confirm_payment(order_id: str | None, event: Any = None, payload: str | None = None,
+                    signature: str | None = None, attempt: Attempt = FIRST_TRY, *,
+                    received_at: float | None = None, event_id: str | None = None) -> StepResult:
+    """orders.status pending_payment -> paid (or failed), from one Stripe event: the webhook's
+    raw ``payload`` + ``signature`` (``received_at``: Unix seconds when the API received it),
+    a pre-verified ``event``, or just an ``event_id`` to confirm with Stripe's API.
+
+    Authenticity: a signature checked against the arrival time, or Stripe's API's own copy of
+    the event (stripe_events' docstring). A genuine event whose timing cannot be shown and that
+    cannot be confirmed now is recorded as needing confirmation, never dropped. An event of the
+    other Stripe mode (livemode) than the deployment's (STRIPE_MODE) is recorded as ignored."""
+    timer = _Timer()
+    o = order_settings()
+    try:
+        if event_id is not None:
+            claimed = PaymentEvent.unknown(event_id)
+            ev_or_result = _confirm(order_id, claimed, "re-confirmation asked", attempt, timer)
+            if isinstance(ev_or_result, StepResult):
+                return ev_or_result
+            ev = ev_or_result
+        else:
+            ev = _authentic(event, payload, signature, received_at)
+    except UnconfirmedEvent as u:
+        ev_or_result = _confirm(order_id, u.event, str(u), attempt, timer)
+        if isinstance(ev_or_result, StepResult):
+            return ev_or_result
+        ev = ev_or_result
+    except InvalidEvent as e:
+        return _refuse(order_id, f"Stripe event refused: {e}", timer)
+    oid = _order_of(order_id, ev)
     if oid is None:
         return StepResult(Outcome.STOPPED, f"no order for {ev.type} {ev.event_id}", timer.timings)
     ctx = {"order": oid, "event": ev.event_id, "type": ev.type}
@@ -255,9 +362,19 @@ def confirm_payment(order_id: str | None, event: Any = None, payload: str | None
             # moves on, in case the first delivery's run died before enqueueing the print files.
             return StepResult(Outcome.ALREADY_DONE if moves_on else Outcome.STOPPED,
                               f"duplicate event {ev.event_id}", timer.timings, context=ctx)
+        detail = ev.summary()
+        if ev.livemode != (o.stripe_mode == "live"):
+            # A test-mode payment must never pay a live order (nor a live one a test deployment's).
+            msg = (f"A {'live' if ev.livemode else 'test'}-mode Stripe event (livemode {str(ev.livemode).lower()}) "
+                   f"on a {o.stripe_mode}-mode deployment (STRIPE_MODE): ignored, nothing moved.")
+            otx.record_event(c, oid, "stripe", ev.type, "ignored", msg, {**detail, "ignored": "mode"}, ev.event_id)
+            log.warning("order %s: stripe event %s ignored: livemode %s on a %s deployment", oid, ev.event_id,
+                        ev.livemode, o.stripe_mode)
+            return StepResult(Outcome.ALREADY_DONE if moves_on else Outcome.STOPPED, msg, timer.timings, context=ctx)
         owner = otx.order_by_payment_intent(c, ev.payment_intent_id) if ev.payment_intent_id else None
         action, msg = _decide(row, ev, oid, owner if owner not in (None, oid) else None)
-        detail = ev.summary()
+        if ev.confirmed_by_api:
+            detail["confirmed"] = "stripe_api"
         if action == "fail":
             done = otx.fail_order(c, oid, msg, from_statuses=("pending_payment", "paid"), source="stripe",
                                   kind=ev.type, detail=detail, event_id=ev.event_id)
@@ -335,6 +452,14 @@ def make_print_files(order_id: str, attempt: Attempt = FIRST_TRY) -> StepResult:
         if state["files_status"] == "processing":
             return _held_elsewhere("print files in progress", state["files_age"], attempt, timer)
         return StepResult(Outcome.STOPPED, f"print files are {state['files_status']}", timer.timings, context=ctx)
+    try:
+        # An address the print shop cannot ship to is the operator's to correct: say so now,
+        # before the print files are made (submit_print_job checks it again, it may change).
+        lulu_address(state["shipping_address"], email=state["email"], default_phone=order_settings().default_phone)
+    except PermanentStepError as e:
+        msg = f"Print job: {e}"
+        _step_fail(order_id, "print_files", "Print job", attempt)(str(e))
+        return StepResult(Outcome.FAILED, msg, timer.timings, context=ctx)
 
     def work() -> dict[str, Any]:
         spec = product_spec(state["product_type"])
@@ -369,11 +494,28 @@ def make_print_files(order_id: str, attempt: Attempt = FIRST_TRY) -> StepResult:
 
 # Countries without postcodes, where a missing one is not an error.
 _NO_POSTCODE = {"AE", "HK", "MO", "QA", "JM", "BS", "BZ", "FJ", "GH", "TV"}
+# Lulu's create-print-job schema, shipping_address (https://api.lulu.com/docs/, its OpenAPI file openapi_public.yml,
+# "Print-Jobs_create"): required name, street1, city, country_code, postcode, phone_number and
+# email; country_code 2 letters; postcode at most 64; phone_number at most 20 and matching
+# PHONE_PATTERN; state_code (2 or 3 letters, ISO 3166-2) "required for some countries (e.g. US,
+# MX, CA, AU)"; recipient_tax_id "required for shipping addresses to Brazil, Chile, and Mexico".
+# "If neither the account nor the shipping address contain a phone number, the Print-Job can
+# not be created" (the guide's "Create a Print-Job"): LULU_DEFAULT_PHONE_NUMBER stands for the
+# account's default, which the API does not show us.
+STATE_REQUIRED = {"US", "CA", "AU", "MX"}
+TAX_ID_REQUIRED = {"BR", "CL", "MX"}
+PHONE_PATTERN = re.compile(r"^\+?[\d\s\-./()]{8,20}$")
+_MAX_LEN = {"postcode": 64, "phone_number": 20}
+_MAX_OTHER = 255  # no limit in Lulu's schema: ours, so a runaway value is refused, never truncated
 
 
-def lulu_address(raw: Any) -> dict[str, str]:
-    """The order's shipping_address in Lulu's fields. Accepts Lulu's own field names and
-    Stripe's shipping shape (``{"name", "phone", "address": {"line1", "postal_code", ...}}``)."""
+def lulu_address(raw: Any, *, email: str | None = None, default_phone: str | None = None) -> dict[str, str]:
+    """The order's shipping_address in Lulu's fields, complete as Lulu's schema requires, or
+    PermanentStepError saying what to correct (before anything is sent to Lulu).
+
+    Accepts Lulu's own field names and Stripe's shipping shape (``{"name", "phone", "address":
+    {"line1", "postal_code", ...}}``). ``email``: used when the address has none (the parent's,
+    users.email); ``default_phone``: when it has no phone (LULU_DEFAULT_PHONE_NUMBER)."""
     if isinstance(raw, str):
         try:
             raw = json.loads(raw)
@@ -399,20 +541,51 @@ def lulu_address(raw: Any) -> dict[str, str]:
         "city": pick("city", "locality", "town"), "state_code": pick("state_code", "state", "region"),
         "postcode": pick("postcode", "postal_code", "zip", "zip_code"),
         "country_code": pick("country_code", "country").upper(),
-        "phone_number": pick("phone_number", "phone"), "email": pick("email"),
+        "phone_number": pick("phone_number", "phone") or (default_phone or ""),
+        "email": pick("email") or " ".join((email or "").split()),
+        "recipient_tax_id": pick("recipient_tax_id", "tax_id"),
     }
+    country = out["country_code"]
     missing = [k for k in ("street1", "city", "country_code") if not out[k]]
     if not out["name"] and not out["organization"]:
         missing.insert(0, "name")
-    if not out["postcode"] and out["country_code"] not in _NO_POSTCODE:
+    if not out["postcode"] and country not in _NO_POSTCODE:
         missing.append("postcode")
+    if country in STATE_REQUIRED and not out["state_code"]:
+        missing.append(f"state_code, required for {country}")
+    if country in TAX_ID_REQUIRED and not out["recipient_tax_id"]:
+        missing.append(f"recipient_tax_id, required for {country}")
+    if not out["phone_number"]:
+        missing.append("phone_number (carriers need one; or set LULU_DEFAULT_PHONE_NUMBER)")
+    if not out["email"]:
+        missing.append("email")
     if missing:
         raise PermanentStepError(f"The shipping address is incomplete (missing {', '.join(missing)}); "
                                  "correct it and retry the order.")
-    if len(out["country_code"]) != 2 or not out["country_code"].isalpha():
-        raise PermanentStepError(f"The shipping address's country must be a 2-letter code (got "
-                                 f"{out['country_code'][:20]!r}).")
-    return {k: v[:255] for k, v in out.items() if v}
+    problems: list[str] = []
+    if len(country) != 2 or not country.isalpha():
+        raise PermanentStepError(f"The shipping address's country must be a 2-letter code (got {country[:20]!r}).")
+    state = out["state_code"].upper()
+    if state.startswith(f"{country}-"):  # the full ISO 3166-2 form, "US-NC"
+        state = state[len(country) + 1:]
+    if state and not (2 <= len(state) <= 3 and state.isalnum()):
+        if country in STATE_REQUIRED:
+            problems.append(f"state_code must be the 2 or 3 letter code (ISO 3166-2), got {out['state_code'][:40]!r}")
+        state = ""  # optional elsewhere: a region's name is not a code, and the rest ships
+    out["state_code"] = state
+    if not PHONE_PATTERN.match(out["phone_number"]):
+        problems.append(f"phone_number must be 8 to 20 digits, spaces or +-./() (got {len(out['phone_number'])} "
+                        "characters)")
+    if "@" not in out["email"] or len(out["email"]) > _MAX_OTHER:
+        problems.append("email is not an email address")
+    for k, v in out.items():
+        limit = _MAX_LEN.get(k, _MAX_OTHER)
+        if len(v) > limit and k not in ("phone_number", "email"):
+            problems.append(f"{k} is too long ({len(v)} characters; at most {limit})")
+    if problems:
+        raise PermanentStepError(f"The shipping address cannot be shipped by Lulu: {'; '.join(problems)}; "
+                                 "correct it and retry the order.")
+    return {k: v for k, v in out.items() if v}
 
 
 def file_url(key: str) -> str:
@@ -461,7 +634,7 @@ def submit_print_job(order_id: str, attempt: Attempt = FIRST_TRY) -> StepResult:
     def work() -> lulu.PrintJob:
         nonlocal found
         spec = product_spec(state["product_type"])
-        address = lulu_address(state["shipping_address"])
+        address = lulu_address(state["shipping_address"], email=state["email"], default_phone=o.default_phone)
         files = state["files"] or {}
         with timer.phase("provider"):
             # A run that died after creating the job (or timed out waiting for the reply) left
@@ -674,6 +847,14 @@ def find_stuck_orders(*, lease: float | None = None, pending_after: float | None
     with transaction() as c:
         for task, sql in _stuck_queries():
             found += [Stuck(task, {"order_id": str(r[0])}, "stale") for r in c.execute(text(sql), params)]
+        if o.stripe_secret_key:
+            # Genuine payment events that wait for confirmation (no key then, or Stripe was
+            # unavailable): confirmed with Stripe's API, for orders still waiting for a payment.
+            held = c.execute(text(
+                f"""SELECT x.order_id, x.event_id FROM ({otx.OPEN_HELD_SQL}) x JOIN orders o ON o.id = x.order_id
+                     WHERE o.status = 'pending_payment' LIMIT :limit"""), {**params, "kind": NEEDS_CONFIRMATION})
+            found += [Stuck("orders.confirm_payment", {"order_id": str(r[0]), "event_id": str(r[1])}, "unconfirmed")
+                      for r in held]
     return found
 
 
@@ -685,7 +866,7 @@ def sweep_orders(*, lease: float | None = None, pending_after: float | None = No
     stuck = find_stuck_orders(lease=lease, pending_after=pending_after, limit=limit)
     if not dry_run:
         for item in stuck:
-            app.send_task(item.task, kwargs=item.kwargs, queue="orders")
+            app.send_task(item.task, kwargs=item.kwargs, queue="orders")  # confirm_payment: default is fine too
     return stuck
 
 
@@ -701,8 +882,9 @@ def retry_order(order_id: str, *, dry_run: bool = False) -> OrderRetry:
     """A failed order back on its way, keeping what is done: a paid order whose print files or
     print job failed starts again from its print files; one whose job the provider rejected,
     canceled or errored gets a new print run (a new job, told apart from the old one by its
-    line item id); one whose job is fine but could not be followed resumes following it. A
-    payment that never came cannot be retried here."""
+    line item id); one whose job is fine but could not be followed resumes following it. An
+    unpaid order whose genuine payment event waits for confirmation has it confirmed with
+    Stripe's API (needs STRIPE_SECRET_KEY). A payment that never came cannot be retried here."""
     with transaction() as c:
         row = c.execute(text(
             """SELECT o.status, o.paid_at, o.fulfilled_at, o.pod_order_id, s.status AS story_status,
@@ -712,6 +894,9 @@ def retry_order(order_id: str, *, dry_run: bool = False) -> OrderRetry:
                 WHERE o.id = :id FOR UPDATE OF o"""), {"id": order_id}).mappings().first()
         if row is None:
             return OrderRetry(order_id, False, "no such order")
+        held = otx.open_held(c, order_id, NEEDS_CONFIRMATION) if row["paid_at"] is None else []
+        if held and row["status"] == "pending_payment":
+            return _confirm_held(order_id, held, dry_run)
         if row["status"] != "failed":
             return OrderRetry(order_id, False, f"order is {row['status']}, not failed: nothing to retry")
         reason = otx.last_failure(c, order_id) or "no reason recorded"
@@ -750,14 +935,43 @@ def retry_order(order_id: str, *, dry_run: bool = False) -> OrderRetry:
     return OrderRetry(order_id, True, f"retried ({action})", action)
 
 
+def _confirm_held(order_id: str, held: list[str], dry_run: bool) -> OrderRetry:
+    """retry --order for an order whose genuine payment event(s) wait for confirmation: each is
+    confirmed with Stripe's API by a worker (orders.confirm_payment with its event_id)."""
+    if not order_settings().stripe_secret_key:
+        return OrderRetry(order_id, False, f"not retried: payment event(s) {', '.join(held)} need confirmation with "
+                                           "Stripe's API and STRIPE_SECRET_KEY is not set (or resend them from "
+                                           "Stripe's Dashboard)")
+    action = "confirm payment"
+    if dry_run:
+        return OrderRetry(order_id, True, f"would confirm {', '.join(held)} with Stripe", action)
+    from workers.app import app
+
+    for event_id in held:
+        app.send_task("orders.confirm_payment", kwargs={"order_id": order_id, "event_id": event_id}, queue="orders")
+    return OrderRetry(order_id, True, f"retried (confirming {', '.join(held)} with Stripe)", action)
+
+
 def order_report(order_id: str) -> dict[str, Any] | None:
     with transaction() as c:
-        return otx.report(c, order_id)
+        rep = otx.report(c, order_id)
+        if rep is not None:
+            rep["needs_confirmation"] = otx.open_held(c, order_id, NEEDS_CONFIRMATION)
+        return rep
 
 
 def order_summary() -> dict[str, int]:
+    """Orders by status, plus ``payment_needs_confirmation`` (orders with a genuine payment event
+    waiting for confirmation) and ``payment_wrong_mode`` (payment events ignored because their
+    Stripe mode is not the deployment's)."""
     with transaction() as c:
-        return otx.summary(c)
+        counts = otx.summary(c)
+        held = c.execute(text(f"SELECT count(DISTINCT x.order_id) FROM ({otx.OPEN_HELD_SQL}) x"),
+                         {"kind": NEEDS_CONFIRMATION}).scalar()
+        counts["payment_needs_confirmation"] = int(held or 0)
+        counts["payment_wrong_mode"] = int(c.execute(text(
+            "SELECT count(*) FROM order_events WHERE source = 'stripe' AND detail->>'ignored' = 'mode'")).scalar() or 0)
+        return counts
 
 
 def format_report(rep: dict[str, Any]) -> str:
@@ -766,6 +980,9 @@ def format_report(rep: dict[str, Any]) -> str:
     lines = [f"order {o['id']}  {o['status']}  {o['product_type']}  {o['amount']} {str(o['currency']).upper()}"]
     if rep.get("error"):
         lines.append(f"  error: {rep['error']}")
+    if rep.get("needs_confirmation"):
+        lines.append(f"  payment event(s) waiting for confirmation with Stripe: {', '.join(rep['needs_confirmation'])} "
+                     "(retry --order)")
     for k in ("paid_at", "fulfilled_at", "shipped_at"):
         if o[k]:
             lines.append(f"  {k:<13} {o[k]:%Y-%m-%d %H:%M:%S}")
@@ -813,8 +1030,11 @@ def simulated_payment(order_id: str, payment_intent_id: str, amount: int, curren
     STRIPE_WEBHOOK_SECRET when set, so the worker verifies it as it would Stripe's)."""
     from pipeline.stripe_events import event_payload, sign
 
+    o = order_settings()
     body = event_payload(f"evt_demo_{uuid.uuid4().hex[:20]}", PAYMENT_SUCCEEDED, {
         "id": payment_intent_id, "object": "payment_intent", "amount": amount, "amount_received": amount,
-        "currency": currency, "status": "succeeded", "metadata": {"order_id": order_id}})
-    secrets = order_settings().stripe_secrets
-    return {"order_id": order_id, "payload": body, "signature": sign(body, secrets[0]) if secrets else None}
+        "currency": currency, "status": "succeeded", "metadata": {"order_id": order_id}},
+        livemode=o.stripe_mode == "live")  # the payment this deployment would get
+    secrets = o.stripe_secrets
+    return {"order_id": order_id, "payload": body, "signature": sign(body, secrets[0]) if secrets else None,
+            "received_at": time.time()}

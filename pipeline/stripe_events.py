@@ -1,25 +1,38 @@
-"""Stripe webhook events as the external API received them: signature check and parsing.
+"""Stripe webhook events as the external API received them: signature check, timing, parsing,
+and confirmation of an event with Stripe's API. Built on Stripe's official ``stripe`` package.
 
-Signature (Stripe's scheme, done with hmac rather than the stripe package): the
-``Stripe-Signature`` header is ``t=<unix time>,v1=<hex>[,v1=<hex>...][,v0=...]``; each ``v1`` is
-HMAC-SHA256 of ``"{t}.{raw body}"`` keyed with the endpoint's signing secret (``whsec_...``).
-A payload is genuine if any ``v1`` matches any configured secret (two during a secret rotation)
-and ``t`` is within the tolerance (300 s, Stripe's default) of now: an old signed payload
-replayed later is refused. The raw body must be the exact bytes Stripe sent (re-serialized JSON
-does not verify).
+Signature (https://docs.stripe.com/webhooks#verify-events): the ``Stripe-Signature`` header is
+``t=<unix time>,v1=<hex>[,v1=...]``; each ``v1`` is HMAC-SHA256 of ``"{t}.{raw body}"`` keyed
+with the endpoint's signing secret (``whsec_...``). ``stripe.Webhook.construct_event`` checks it
+(and parses the event); a payload is genuine if it verifies with any configured secret (two
+during a secret rotation). The raw body must be the exact bytes Stripe sent.
+
+Timing: Stripe's tolerance (300 s) bounds the time between Stripe signing the payload and the
+webhook **arriving** at our endpoint; it guards against a captured payload replayed later. It
+is checked against ``received_at`` (when the external API received the webhook, passed with the
+task), never against when a worker gets to the message: a queue backlog, workers down for a
+deploy or a broker redelivery must not turn a genuine payment into a "replay". A timestamp up
+to the tolerance ahead of the arrival (clock skew) is accepted, as Stripe's libraries do. A
+genuine signature whose timing cannot be shown (no ``received_at`` and older than the
+tolerance now, or already too old when it arrived) raises ``UnconfirmedEvent``: the caller
+confirms the event with Stripe's API (``retrieve_event``, https://docs.stripe.com/api/events/retrieve:
+events of the last 30 days) or records it as needing confirmation.
 
 Parsing keeps only what the order workers need, and is strict about shapes: a payload that is
 not a Stripe event is rejected with a reason, never half-applied.
 """
 from __future__ import annotations
 
-import hashlib
-import hmac
 import json
 import time
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
+from datetime import UTC, datetime
 from typing import Any
+
+import stripe
+
+from pipeline.errors import TransientStepError
 
 DEFAULT_TOLERANCE = 300
 
@@ -35,45 +48,148 @@ class InvalidEvent(ValueError):
     """The payload is not a genuine, well-formed Stripe event (the message says why)."""
 
 
+class UnconfirmedEvent(InvalidEvent):
+    """The signature is Stripe's, but it cannot be shown that the webhook arrived within the
+    tolerance of its signing: the event must be confirmed with Stripe's API before it counts.
+    ``event`` is the payload's event (genuine content, unproven timing)."""
+
+    def __init__(self, message: str, event: PaymentEvent) -> None:
+        super().__init__(message)
+        self.event = event
+
+
+class StripeUnavailable(TransientStepError):
+    """Stripe's API could not confirm an event now (network, 429, 5xx, a refused key)."""
+
+
 def sign(payload: str | bytes, secret: str, timestamp: int | None = None) -> str:
-    """A ``Stripe-Signature`` header value for ``payload`` (tests, the demo, tools)."""
-    t = int(time.time()) if timestamp is None else timestamp
-    body = payload.encode() if isinstance(payload, str) else payload
-    mac = hmac.new(secret.encode(), f"{t}.".encode() + body, hashlib.sha256).hexdigest()
-    return f"t={t},v1={mac}"
+    """A ``Stripe-Signature`` header value for ``payload`` (tests, the demo, tools), made by
+    ``stripe.WebhookSignature.generate_signature_header``."""
+    body = payload.decode() if isinstance(payload, bytes) else payload
+    return str(stripe.WebhookSignature.generate_signature_header(body, secret, timestamp))
 
 
-def verify_signature(payload: str | bytes, header: str | None, secrets: Iterable[str], *,
-                     tolerance: float = DEFAULT_TOLERANCE, now: float | None = None) -> None:
-    """Raise InvalidEvent unless ``header`` signs ``payload`` with one of ``secrets``."""
+def parse_received_at(value: Any) -> float | None:
+    """``received_at`` of the task (when the API received the webhook) as Unix seconds: a number
+    (Unix seconds) or an ISO 8601 string (a time without an offset is UTC). ValueError if it is
+    neither."""
+    if value is None:
+        return None
+    if isinstance(value, bool):
+        raise ValueError("received_at is not a time")
+    if isinstance(value, (int, float)):
+        return float(value)
+    if isinstance(value, str):
+        text = value.strip()
+        try:
+            return float(text)
+        except ValueError:
+            pass
+        try:
+            at = datetime.fromisoformat(text.replace("Z", "+00:00").replace("z", "+00:00"))
+        except ValueError:
+            raise ValueError(f"received_at {text[:40]!r} is neither Unix seconds nor ISO 8601") from None
+        return (at if at.tzinfo else at.replace(tzinfo=UTC)).timestamp()
+    raise ValueError("received_at is not a time")
+
+
+def _timestamp(header: str) -> int:
+    for part in header.split(","):
+        key, _, value = part.strip().partition("=")
+        if key == "t":
+            return int(value)
+    raise InvalidEvent("the Stripe-Signature header has no timestamp")
+
+
+def verify_event(payload: str | bytes, header: str | None, secrets: Iterable[str], *,
+                 tolerance: float = DEFAULT_TOLERANCE, received_at: float | None = None,
+                 now: float | None = None) -> PaymentEvent:
+    """The PaymentEvent of a genuine webhook payload.
+
+    ``received_at``: Unix seconds when the API received the webhook (None: unknown).
+    Raises InvalidEvent when the signature does not verify with any of ``secrets`` or the
+    payload is not an event; UnconfirmedEvent when it verifies but its timing is not shown
+    (see the module's docstring). Signature checks by ``stripe.Webhook.construct_event``
+    with its own time check off (tolerance 0): the time is judged here, against the arrival.
+    """
     keys = [s for s in secrets if s]
     if not keys:
         raise InvalidEvent("no Stripe webhook secret is configured (STRIPE_WEBHOOK_SECRET)")
     if not header:
         raise InvalidEvent("the Stripe-Signature header is missing")
-    timestamp: int | None = None
-    candidates: list[str] = []
-    for part in header.split(","):
-        key, _, value = part.strip().partition("=")
-        if key == "t":
-            try:
-                timestamp = int(value)
-            except ValueError:
-                raise InvalidEvent("the Stripe-Signature timestamp is not a number") from None
-        elif key == "v1" and value:
-            candidates.append(value.strip().lower())
-    if timestamp is None or not candidates:
-        raise InvalidEvent("the Stripe-Signature header has no timestamp or no v1 signature")
-    body = payload.encode() if isinstance(payload, str) else payload
-    signed = f"{timestamp}.".encode() + body
-    expected = [hmac.new(k.encode(), signed, hashlib.sha256).hexdigest() for k in keys]
-    # Compare every pair in constant time: which secret or which v1 matched must not leak.
-    if not any(hmac.compare_digest(e, c) for e in expected for c in candidates):
-        raise InvalidEvent("the Stripe signature does not match the payload")
+    body = payload.decode() if isinstance(payload, bytes) else payload
+    event: Any = None
+    problem = ""
+    for key in keys:
+        try:
+            event = stripe.Webhook.construct_event(body, header, key, tolerance=0)
+            break
+        except stripe.SignatureVerificationError as e:
+            problem = str(e.user_message or e)
+        except ValueError:
+            raise InvalidEvent("the payload is not JSON") from None
+    if event is None:
+        raise InvalidEvent(f"the Stripe signature does not match the payload ({problem[:200]})")
+    parsed = parse_event(event)
+    signed_at = _timestamp(header)
     current = time.time() if now is None else now
-    if abs(current - timestamp) > tolerance:
-        raise InvalidEvent(f"the Stripe signature is {int(abs(current - timestamp))} s old "
-                           f"(tolerance {int(tolerance)} s): a replayed payload")
+    if received_at is not None and received_at > current + tolerance:
+        raise UnconfirmedEvent(f"received_at is {int(received_at - current)} s in the future: the arrival time "
+                               "is not believable", parsed)
+    if received_at is None:
+        if -tolerance <= current - signed_at <= tolerance:
+            return parsed  # fresh even now: it certainly arrived in time
+        raise UnconfirmedEvent(
+            f"the Stripe signature is {int(current - signed_at)} s old (tolerance {int(tolerance)} s) and the "
+            "task did not say when the webhook arrived (received_at)", parsed)
+    age = received_at - signed_at
+    if age > tolerance:
+        raise UnconfirmedEvent(f"the Stripe signature was {int(age)} s old when the webhook arrived (tolerance "
+                               f"{int(tolerance)} s): a replayed payload, or a late one", parsed)
+    if -age > tolerance:
+        raise UnconfirmedEvent(f"the Stripe signature is dated {int(-age)} s after the webhook arrived (tolerance "
+                               f"{int(tolerance)} s): the clocks disagree", parsed)
+    return parsed
+
+
+def retrieve_event(event_id: str, api_key: str, *, api_base: str | None = None, timeout: float = 20.0
+                   ) -> PaymentEvent:
+    """The event as Stripe's API has it (``GET /v1/events/{id}`` through ``stripe.StripeClient``,
+    https://docs.stripe.com/api/events/retrieve; Stripe keeps events 30 days).
+
+    ``api_key``: a secret key or a restricted key that may read events. ``api_base``: another
+    API host (tests, stripe-mock). Raises InvalidEvent when Stripe has no such event (it was
+    not Stripe's, or is older than 30 days) or it is not one; StripeUnavailable (transient)
+    when Stripe cannot answer now or refuses the key."""
+    client = stripe.StripeClient(
+        api_key, base_addresses={"api": api_base} if api_base else None, max_network_retries=0,
+        http_client=stripe.RequestsClient(timeout=timeout))
+    try:
+        event = client.v1.events.retrieve(event_id)
+    except stripe.InvalidRequestError as e:
+        if e.http_status == 404:
+            raise InvalidEvent(f"Stripe has no event {event_id} (not Stripe's, or older than 30 days)") from None
+        raise InvalidEvent(f"Stripe refused to look up event {event_id}: {str(e.user_message or e)[:200]}") from None
+    except (stripe.AuthenticationError, stripe.PermissionError) as e:
+        raise StripeUnavailable(f"Stripe refused STRIPE_SECRET_KEY (HTTP {e.http_status}): "
+                                f"{str(e.user_message or e)[:200]}") from None
+    except stripe.RateLimitError as e:
+        raise StripeUnavailable("Stripe's API is rate limiting (HTTP 429)",
+                                retry_after=_retry_after(e)) from None
+    except stripe.StripeError as e:  # APIConnectionError, APIError (5xx), unreadable replies
+        raise StripeUnavailable(f"Stripe's API could not be reached or failed ({type(e).__name__}: "
+                                f"{str(e.user_message or e)[:160]})") from None
+    parsed = parse_event(event)
+    if parsed.event_id != event_id:
+        raise StripeUnavailable(f"asked Stripe for {event_id}, got {parsed.event_id}")
+    return replace(parsed, confirmed_by_api=True)
+
+
+def _retry_after(e: stripe.StripeError) -> float | None:
+    from pipeline.errors import retry_after_seconds
+
+    headers = e.headers or {}
+    return retry_after_seconds(headers.get("Retry-After") or headers.get("retry-after"))
 
 
 @dataclass(frozen=True)
@@ -94,6 +210,14 @@ class PaymentEvent:
     currency: str | None  # lower case, as Stripe writes it
     metadata: dict[str, str] = field(default_factory=dict)
     reason: str | None = None  # last_payment_error.message / cancellation_reason, for people
+    confirmed_by_api: bool = False  # read from Stripe's API (retrieve_event), not from a webhook
+
+    @classmethod
+    def unknown(cls, event_id: str) -> PaymentEvent:
+        """An event known only by its id (to be confirmed with Stripe's API)."""
+        return cls(event_id=event_id, type="unknown", created=None, livemode=False, object_type="",
+                   object_id="", payment_intent_id=None, amount=None, amount_received=None,
+                   amount_refunded=None, refunded=False, currency=None)
 
     @property
     def order_id(self) -> str | None:
@@ -127,9 +251,11 @@ def _str(value: Any, what: str, limit: int = 255) -> str | None:
     return value
 
 
-def parse_event(event: Mapping[str, Any] | str | bytes) -> PaymentEvent:
-    """A PaymentEvent from a Stripe event (parsed JSON or the raw body); InvalidEvent if it is
-    not one."""
+def parse_event(event: stripe.StripeObject | Mapping[str, Any] | str | bytes) -> PaymentEvent:
+    """A PaymentEvent from a Stripe event (a ``stripe.Event``, parsed JSON or the raw body);
+    InvalidEvent if it is not one."""
+    if isinstance(event, stripe.StripeObject):
+        event = event.to_dict()
     if isinstance(event, (str, bytes)):
         try:
             event = json.loads(event)

@@ -15,6 +15,7 @@ import sys
 import time
 import uuid
 from collections.abc import Callable, Iterator
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 from urllib.parse import unquote, urlsplit
@@ -24,6 +25,7 @@ import pytest
 from pipeline import stripe_events as se
 from pipeline.print_files import inspect_pdf
 from tests.fakes.lulu_server import CLIENT_KEY, CLIENT_SECRET, FakeLulu
+from tests.fakes.stripe_server import LIVE_KEY, FakeStripe
 from tests.support import ROOT, Db, WorkerProcess, astronaut_png, faceless_png, flush_redis
 
 REDIS = os.environ.get("TEST_REDIS_URL", "redis://127.0.0.1:6379")
@@ -56,8 +58,20 @@ def fake(lulu_fake: FakeLulu) -> Iterator[FakeLulu]:
     lulu_fake.reset()
 
 
+@pytest.fixture(scope="module")
+def stripe_api() -> Iterator[FakeStripe]:
+    fake = FakeStripe().start()
+    yield fake
+    fake.stop()
+
+
+_STRIPE_API: list[str] = []  # the fake Stripe API's URL, once started (worker_env is a plain function)
+
+
 def worker_env(fake: FakeLulu, broker: str) -> dict[str, str]:
     return {
+        # a live deployment (the mode of its key) that confirms events with (fake) Stripe's API
+        "STRIPE_SECRET_KEY": LIVE_KEY, "STRIPE_API_BASE": _STRIPE_API[0] if _STRIPE_API else "http://127.0.0.1:9",
         "CELERY_BROKER_URL": broker, "POD_PROVIDER": "lulu", "LULU_API_URL": fake.base_url,
         "LULU_CLIENT_KEY": CLIENT_KEY, "LULU_CLIENT_SECRET": CLIENT_SECRET, "LULU_TIMEOUT": "3",
         "LULU_ALLOW_FILE_URLS": "1",  # local storage: the fake reads file: URLs, Lulu would not
@@ -67,8 +81,9 @@ def worker_env(fake: FakeLulu, broker: str) -> dict[str, str]:
 
 
 @pytest.fixture(scope="module")
-def order_worker(orders_db: Db, lulu_fake: FakeLulu, tmp_path_factory: pytest.TempPathFactory
-                 ) -> Iterator[WorkerProcess]:
+def order_worker(orders_db: Db, lulu_fake: FakeLulu, stripe_api: FakeStripe,
+                 tmp_path_factory: pytest.TempPathFactory) -> Iterator[WorkerProcess]:
+    _STRIPE_API[:] = [stripe_api.root]
     flush_redis(BROKER)
     w = WorkerProcess(tmp_path_factory.mktemp("orders") / "worker.log", env=worker_env(lulu_fake, BROKER))
     w.start()
@@ -118,8 +133,8 @@ def new_order(db: Db, story_id: str, *, amount: int = 2999, currency: str = "usd
 
 
 def stripe(order: str, pi: str, etype: str = se.PAYMENT_SUCCEEDED, *, amount: int = 2999, currency: str = "usd",
-           event_id: str | None = None, **extra: Any) -> str:
-    """A Stripe event body as Stripe POSTs it."""
+           event_id: str | None = None, livemode: bool = True, **extra: Any) -> str:
+    """A Stripe event body as Stripe POSTs it (live mode, like the deployment's key)."""
     if etype.startswith("charge."):
         obj = {"id": f"ch_{uuid.uuid4().hex[:12]}", "object": "charge", "amount": amount, "currency": currency,
                "payment_intent": pi, **extra}
@@ -128,12 +143,23 @@ def stripe(order: str, pi: str, etype: str = se.PAYMENT_SUCCEEDED, *, amount: in
                "metadata": {"order_id": order}, **extra}
         if etype == se.PAYMENT_SUCCEEDED:
             obj.setdefault("amount_received", amount)
-    return se.event_payload(event_id or f"evt_{uuid.uuid4().hex[:16]}", etype, obj)
+    return se.event_payload(event_id or f"evt_{uuid.uuid4().hex[:16]}", etype, obj, livemode=livemode)
 
 
-def signed(order: str, payload: str, signature: str | None = "stripe") -> dict[str, Any]:
-    sig = se.sign(payload, STRIPE_SECRET) if signature == "stripe" else signature
-    return {"order_id": order, "payload": payload, "signature": sig}
+def stripe_header(payload: str, timestamp: int | None = None, secret: str = STRIPE_SECRET) -> str:
+    """The Stripe-Signature header, made by Stripe's own package."""
+    import stripe as stripe_pkg
+
+    return str(stripe_pkg.WebhookSignature.generate_signature_header(payload, secret, timestamp))
+
+
+def signed(order: str, payload: str, signature: str | None = "stripe", received_at: Any = "now") -> dict[str, Any]:
+    """The kwargs the API publishes after its webhook endpoint received ``payload``."""
+    sig = stripe_header(payload) if signature == "stripe" else signature
+    kwargs: dict[str, Any] = {"order_id": order, "payload": payload, "signature": sig}
+    if received_at is not None:
+        kwargs["received_at"] = time.time() if received_at == "now" else received_at
+    return kwargs
 
 
 def wait_for(what: str, fn: Callable[[], Any], timeout: float = 30) -> Any:
@@ -164,7 +190,7 @@ def error_of(db: Db, order: str) -> str:
     return rows[-1]["message"] if rows else ""
 
 
-def wait_job(fake: FakeLulu, order: str, count: int = 1, timeout: float = 30) -> dict[str, Any]:
+def wait_job(fake: FakeLulu, order: str, count: int = 1, timeout: float = 90) -> dict[str, Any]:
     jobs = wait_for(f"print job {count} for {order}", lambda: len(j := fake.jobs_for(order)) >= count and j, timeout)
     return sorted(jobs, key=lambda j: j["id"])[count - 1]
 
@@ -297,14 +323,18 @@ def test_forged_replayed_or_unsigned_payment_events_are_refused(orders_db: Db, s
     order, pi = new_order(db, story)
     good = stripe(order, pi)
     publish(BROKER, "orders.confirm_payment",
-            signed(order, good, se.sign(good, "whsec_someone_else")),  # forged
-            signed(order, good, se.sign(good, STRIPE_SECRET, int(time.time()) - 3600)),  # replayed an hour later
-            signed(order, good.replace('"amount": 2999', '"amount": 1'), se.sign(good, STRIPE_SECRET)),  # tampered
+            signed(order, good, stripe_header(good, secret="whsec_someone_else")),  # forged
+            # a captured payload replayed to the webhook endpoint an hour after Stripe signed it
+            signed(order, good, stripe_header(good, int(time.time()) - 3600)),
+            signed(order, good.replace('"amount": 2999', '"amount": 1'), stripe_header(good)),  # tampered
             {"order_id": order, "payload": good})  # no signature
     rejected = wait_for("four refusals", lambda: len(e := [x for x in events(db, order) if x["outcome"] == "rejected"])
                         == 4 and e)
     assert {r["kind"] for r in rejected} == {"invalid_event"}
-    assert any("300 s" in r["message"] for r in rejected) and any("missing" in r["message"] for r in rejected)
+    assert any("missing" in r["message"] for r in rejected)
+    # the replay: its signature was 3600 s old when it arrived, and Stripe's API does not know the event
+    assert any("3600 s old when the webhook arrived" in r["message"] and "Stripe has no event" in r["message"]
+               for r in rejected)
     assert order_row(db, order)["status"] == "pending_payment" and not fake.jobs_for(order)
 
 
@@ -332,6 +362,125 @@ def test_a_refund_before_printing_cancels_the_order_even_when_it_arrives_first(
         assert "refunded before the book was sent to print" in error_of(db, order)
         assert not fake.jobs_for(order)
     assert not (db.storage / f"orders/{later}/print/interior.pdf").exists()
+
+
+# --- payments: when the webhook arrived, Stripe's own copy, the mode ------------------------------
+
+def cli(fake: FakeLulu, *args: str, env: dict[str, str] | None = None) -> tuple[int, str]:
+    """The operator's CLI, as written in the README (``storycreator ...``), configured like the workers."""
+    r = subprocess.run([sys.executable, "-m", "pipeline.cli", *args], cwd=ROOT,
+                       env={**os.environ, **worker_env(fake, BROKER), **(env or {})},
+                       capture_output=True, text=True, timeout=60)
+    return r.returncode, r.stdout + r.stderr
+
+
+def test_a_payment_that_waited_in_the_queue_past_the_tolerance_is_applied(
+        orders_db: Db, story: str, fake: FakeLulu, stripe_api: FakeStripe) -> None:
+    db = orders_db
+    now = time.time()
+    # given webhooks Stripe signed 10 minutes ago that reached the API one second later, whose
+    # messages then waited in the queue (workers down for a deploy); received_at as Unix
+    # seconds and as ISO 8601
+    queued, pi1 = new_order(db, story)
+    iso, pi2 = new_order(db, story)
+    body1, body2 = stripe(queued, pi1), stripe(iso, pi2)
+    signed_at = int(now) - 600
+    iso_at = datetime.fromtimestamp(signed_at + 1, UTC).isoformat()
+    # and one whose timestamp is two minutes ahead of the API's clock (skew Stripe's libraries accept)
+    ahead, pi3 = new_order(db, story)
+    body3 = stripe(ahead, pi3)
+    publish(BROKER, "orders.confirm_payment",
+            signed(queued, body1, stripe_header(body1, signed_at), received_at=signed_at + 1),
+            signed(iso, body2, stripe_header(body2, signed_at), received_at=iso_at),
+            signed(ahead, body3, stripe_header(body3, int(now) + 120), received_at=now))
+    # then each is paid and printed, with no call to Stripe's API: the signature was fresh on arrival
+    for order in (queued, iso, ahead):
+        wait_job(fake, order)
+        assert order_row(db, order)["paid_at"] is not None
+        assert [e["outcome"] for e in events(db, order) if e["source"] == "stripe"] == ["applied"]
+    assert not any(stripe_api.lookups(json.loads(b)["id"]) for b in (body1, body2, body3))
+
+
+def test_an_old_event_without_its_arrival_time_is_confirmed_with_stripe_or_held_and_recoverable(
+        orders_db: Db, story: str, fake: FakeLulu, stripe_api: FakeStripe) -> None:
+    db = orders_db
+    old = int(time.time()) - 600
+    # given a genuine event, signed 10 minutes ago, published without received_at (an older API)
+    confirmed, pi1 = new_order(db, story)
+    body1 = stripe(confirmed, pi1)
+    stripe_api.add(body1)
+    publish(BROKER, "orders.confirm_payment", signed(confirmed, body1, stripe_header(body1, old), received_at=None))
+    # then the worker reads it from Stripe's API and the order is paid, saying so
+    wait_job(fake, confirmed)
+    applied = [e for e in events(db, confirmed) if e["outcome"] == "applied" and e["source"] == "stripe"]
+    assert applied and applied[0]["detail"]["confirmed"] == "stripe_api"
+    assert stripe_api.lookups(json.loads(body1)["id"]) == 1
+
+    # given the same kind of event while Stripe's API is failing (every try of the step)
+    held, pi2 = new_order(db, story)
+    body2 = stripe(held, pi2)
+    stripe_api.add(body2)
+    stripe_api.fail_next(500, times=4)
+    publish(BROKER, "orders.confirm_payment", signed(held, body2, stripe_header(body2, old), received_at=None))
+    # then it is recorded as needing confirmation, and nothing moved
+    wait_for("held", lambda: any(e["kind"] == "payment.needs_confirmation" for e in events(db, held)))
+    assert order_row(db, held)["status"] == "pending_payment" and not fake.jobs_for(held)
+    msg = [e for e in events(db, held) if e["kind"] == "payment.needs_confirmation"][0]["message"]
+    assert json.loads(body2)["id"] in msg and "s old (tolerance 300 s)" in msg and "could not confirm it" in msg
+    # and operators see it: status --order and the summary
+    code, out = cli(fake, "status", "--order", held)
+    assert code == 0 and "waiting for confirmation with Stripe" in out and json.loads(body2)["id"] in out
+    code, out = cli(fake, "status", "--json")
+    assert code == 0 and json.loads(out)["orders"]["payment_needs_confirmation"] >= 1
+    # and without a key an operator is told what to do
+    code, out = cli(fake, "retry", "--order", held, env={"STRIPE_SECRET_KEY": ""})
+    assert "STRIPE_SECRET_KEY is not set" in out and order_row(db, held)["status"] == "pending_payment"
+    # when an operator retries it, Stripe's API confirms it and the order is paid and printed
+    code, out = cli(fake, "retry", "--order", held)
+    assert code == 0 and "confirming" in out
+    wait_job(fake, held)
+    assert order_row(db, held)["paid_at"] is not None
+    code, out = cli(fake, "status", "--order", held)
+    assert "waiting for confirmation" not in out
+
+    # given a held event and the beat's sweep (backfill) instead of an operator
+    swept, pi3 = new_order(db, story)
+    body3 = stripe(swept, pi3)
+    stripe_api.add(body3)
+    stripe_api.fail_next(503, times=4)
+    publish(BROKER, "orders.confirm_payment", signed(swept, body3, stripe_header(body3, old), received_at=None))
+    wait_for("held", lambda: any(e["kind"] == "payment.needs_confirmation" for e in events(db, swept)))
+    operator(fake, "from pipeline.orders import sweep_orders; print(sweep_orders())")
+    wait_job(fake, swept)
+
+
+def test_a_test_mode_payment_never_moves_a_live_order(orders_db: Db, story: str, fake: FakeLulu) -> None:
+    db = orders_db
+    order, pi = new_order(db, story)
+    # given test-mode events tied to a live deployment's order by metadata.order_id: a success,
+    # a cancellation and a refund (each would move the order if it counted)
+    publish(BROKER, "orders.confirm_payment",
+            signed(order, stripe(order, pi, livemode=False)),
+            signed(order, stripe(order, pi, se.PAYMENT_CANCELED, livemode=False)),
+            signed(order, stripe(order, pi, se.CHARGE_REFUNDED, amount_refunded=2999, refunded=True, livemode=False)),
+            # and a wrong amount in test mode must not fail the real order either
+            signed(order, stripe(order, pi, amount=1, livemode=False)))
+    ignored = wait_for("four ignored", lambda: len(e := [x for x in events(db, order) if x["outcome"] == "ignored"])
+                       == 4 and e)
+    # then each is recorded as ignored, saying why, and nothing moved
+    assert all("test-mode Stripe event (livemode false) on a live-mode deployment" in e["message"] for e in ignored)
+    time.sleep(0.5)
+    assert order_row(db, order)["status"] == "pending_payment" and not fake.jobs_for(order)
+    code, out = cli(fake, "status")
+    assert code == 0 and "wrong Stripe mode" in out
+    # when the live payment arrives, the order is paid and printed
+    publish(BROKER, "orders.confirm_payment", signed(order, stripe(order, pi)))
+    wait_job(fake, order)
+    # and a test-mode deployment ignores live events the same way (the setting, or the key's prefix)
+    out = operator(fake, "from pipeline.orders import stripe_mode; "
+                         "print(stripe_mode({'STRIPE_SECRET_KEY': 'sk_test_x'}), stripe_mode({}), "
+                         "stripe_mode({'STRIPE_MODE': 'test'}), stripe_mode({'STRIPE_SECRET_KEY': 'rk_live_x'}))")
+    assert out.split() == ["test", "live", "test", "live"]
 
 
 # --- the story ------------------------------------------------------------------------------------
@@ -391,10 +540,12 @@ def test_a_job_rejected_for_bad_files_fails_the_order_and_a_retry_prints_a_new_r
 def test_an_incomplete_address_fails_before_lulu_and_a_retry_after_fixing_it_prints(
         orders_db: Db, story: str, fake: FakeLulu) -> None:
     db = orders_db
-    order, pi = new_order(db, story, address={"name": "Sam Reader", "street1": "1 Example St", "country_code": "US"})
+    order, pi = new_order(db, story, address={"name": "Sam Reader", "street1": "1 Example St", "country_code": "US",
+                                              "phone_number": "+1 919 555 0100"})
     publish(BROKER, "orders.confirm_payment", signed(order, stripe(order, pi)))
     wait_status(db, order, "failed")
-    assert "The shipping address is incomplete (missing city, postcode); correct it and retry" in error_of(db, order)
+    assert ("The shipping address is incomplete (missing city, postcode, state_code, required for US); correct it "
+            "and retry") in error_of(db, order)
     assert not fake.creates_for(order)
     db.exec("UPDATE orders SET shipping_address = CAST(:a AS jsonb) WHERE id = :o", a=json.dumps(ADDRESS), o=order)
     out = operator(fake, f"from pipeline.orders import retry_order; print(retry_order('{order}').message)")
@@ -402,6 +553,41 @@ def test_an_incomplete_address_fails_before_lulu_and_a_retry_after_fixing_it_pri
     job = wait_job(fake, order)
     assert job["line_items"][0]["external_id"] == f"{order}-1"  # no job existed: same print run
     wait_for("job recorded", lambda: order_row(db, order)["pod_order_id"] == job_key(job))
+
+
+def test_the_print_job_carries_the_parents_email_and_addresses_lulu_cannot_ship_are_refused_first(
+        orders_db: Db, story: str, fake: FakeLulu) -> None:
+    db = orders_db
+    parent_email = db.one("SELECT u.email FROM stories s JOIN users u ON u.id = s.user_id WHERE s.id = :s",
+                          s=story)["email"]
+    # given an address with no email (the API stores none; the parent's is users.email), and
+    # addresses Lulu's schema says cannot ship: no phone (and no default configured), a Canadian
+    # one without its province, a postcode longer than Lulu's 64 characters
+    plain, pi1 = new_order(db, story)
+    no_phone, pi2 = new_order(db, story, address={k: v for k, v in ADDRESS.items() if k != "phone_number"})
+    no_state, pi3 = new_order(db, story, address={**ADDRESS, "country_code": "CA", "state_code": "",
+                                                  "city": "Toronto", "postcode": "M5V 2T6"})
+    long_code, pi4 = new_order(db, story, address={**ADDRESS, "postcode": "9" * 70})
+    publish(BROKER, "orders.confirm_payment", *[signed(o, stripe(o, p)) for o, p in
+                                                ((plain, pi1), (no_phone, pi2), (no_state, pi3), (long_code, pi4))])
+    # then the job is sent with the parent's email in its shipping address (Lulu requires it)
+    wait_job(fake, plain, timeout=90)
+    assert fake.creates_for(plain)[0]["json"]["shipping_address"]["email"] == parent_email
+    # and the others fail before anything reaches Lulu, saying what to correct
+    expected = {no_phone: "missing phone_number", no_state: "missing state_code, required for CA",
+                long_code: "postcode is too long (70 characters; at most 64)"}
+    for order, words in expected.items():
+        wait_status(db, order, "failed", timeout=60)
+        assert words in error_of(db, order) and "retry the order" in error_of(db, order)
+        assert not fake.creates_for(order)
+    code, out = cli(fake, "status", "--order", no_phone)
+    assert "missing phone_number" in out
+    # when the address is corrected and an operator retries, the book is printed
+    db.exec("UPDATE orders SET shipping_address = CAST(:a AS jsonb) WHERE id = :o", a=json.dumps(ADDRESS), o=no_phone)
+    code, out = cli(fake, "retry", "--order", no_phone)
+    assert code == 0 and "retried" in out
+    job = wait_job(fake, no_phone, timeout=90)
+    assert job["shipping_address"]["phone_number"] == ADDRESS["phone_number"]
 
 
 def test_a_token_expiring_mid_run_is_refreshed_and_the_order_goes_on(orders_db: Db, story: str,

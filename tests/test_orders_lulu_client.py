@@ -54,7 +54,8 @@ def job_request(order_id: str, run: int = 1, **over: Any) -> PrintJobRequest:
         pod_package_id=SKU, page_count=24, interior_url="file:///nonexistent/interior.pdf", interior_md5="0" * 32,
         cover_url="file:///nonexistent/cover.pdf", cover_md5="0" * 32,
         shipping_address={"name": "Sam Reader", "street1": "1 Example Street", "city": "Raleigh", "postcode": "27601",
-                          "country_code": "US", "phone_number": "+1 919 555 0100"},
+                          "state_code": "NC", "country_code": "US", "phone_number": "+1 919 555 0100",
+                          "email": "parent@example.com"},
         shipping_level="MAIL", contact_email="orders@example.com")
     fields.update(over)
     return PrintJobRequest(**fields)
@@ -230,6 +231,50 @@ def test_create_sends_lulus_print_job_shape(fake: FakeLulu) -> None:
     assert li["printable_normalization"]["pod_package_id"] == SKU
     assert li["printable_normalization"]["interior"]["source_md5_sum"] == "0" * 32
     assert job.status == "CREATED" and job.external_id == order and job.line_item_external_ids == (f"{order}-1",)
+
+
+# Lulu's published schema for POST /print-jobs/ (https://api.lulu.com/docs/, operation
+# Print-Jobs_create, its OpenAPI file openapi_public.yml): the request's required fields, and
+# shipping_address's required fields and limits.
+PRINT_JOB_REQUIRED = ("line_items", "shipping_address", "contact_email", "shipping_level")
+SHIPPING_ADDRESS_REQUIRED = ("name", "street1", "city", "country_code", "postcode", "phone_number", "email")
+SHIPPING_ADDRESS_MAX = {"country_code": 2, "postcode": 64, "phone_number": 20}
+
+
+def test_the_print_job_request_meets_lulus_published_schema(fake: FakeLulu) -> None:
+    from pipeline.orders import lulu_address
+
+    # stored addresses as the API keeps them (Lulu's names, Stripe's shipping shape), no email:
+    # the parent's is at hand
+    stored = [
+        {"name": "Sam Reader", "street1": "1 Example Street", "city": "Raleigh", "state_code": "NC",
+         "postcode": "27601", "country_code": "US", "phone_number": "+1 919 555 0100"},
+        {"name": "Ana Souza", "phone": "+44 20 7946 0000",
+         "address": {"line1": "10 Downing St", "city": "London", "postal_code": "SW1A 2AA", "country": "GB"}},
+        {"name": "Li Wei", "street1": "1 Queen's Road", "city": "Hong Kong", "country_code": "HK",
+         "phone_number": "+852 2345 6789"},  # no postcodes there: Lulu's "required for most countries"
+    ]
+    for raw in stored:
+        order = str(uuid.uuid4())
+        address = lulu_address(raw, email="parent@example.com")
+        client(fake).create_job(job_request(order, shipping_address=address))
+        sent = fake.creates_for(order)[0]["json"]
+        assert all(sent.get(k) for k in PRINT_JOB_REQUIRED)
+        addr = sent["shipping_address"]
+        missing = [k for k in SHIPPING_ADDRESS_REQUIRED if not addr.get(k)]
+        assert missing == ([] if raw["name"] != "Li Wei" else ["postcode"])
+        assert addr["email"] == "parent@example.com"
+        assert all(len(addr[k]) <= n for k, n in SHIPPING_ADDRESS_MAX.items() if k in addr)
+    # and the fake refuses what Lulu's schema refuses, as Lulu would (400 with the field)
+    order = str(uuid.uuid4())
+    no_email = {k: v for k, v in lulu_address(stored[0], email="p@example.com").items() if k != "email"}
+    with pytest.raises(PermanentStepError, match="shipping_address.email: This field is required"):
+        client(fake).create_job(job_request(order, shipping_address=no_email))
+    no_phone = {k: v for k, v in lulu_address(stored[0], email="p@example.com").items() if k != "phone_number"}
+    with pytest.raises(PermanentStepError, match="shipping_address.phone_number"):
+        client(fake).create_job(job_request(order, shipping_address=no_phone))
+    fake.account_phone = "+1 800 555 0100"  # Lulu uses the account's default phone number
+    client(fake).create_job(job_request(order, shipping_address=no_phone))
 
 
 def test_find_job_matches_this_order_and_print_run_exactly_across_pages(fake: FakeLulu) -> None:

@@ -13,6 +13,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
+import stripe
 from fpdf import FPDF
 
 from pipeline import stripe_events as se
@@ -43,26 +44,58 @@ def _succeeded(amount: int = 2999) -> str:
         "metadata": {"order_id": "o-1"}})
 
 
+def _header(body: str, secret: str, t: int | None = None) -> str:
+    """Stripe-Signature made by Stripe's own package."""
+    return str(stripe.WebhookSignature.generate_signature_header(body, secret, t))
+
+
 def test_stripe_signature_verifies_and_refuses_what_stripe_would() -> None:
     body = _succeeded()
-    se.verify_signature(body, se.sign(body, SECRET), [SECRET])
+    assert se.verify_event(body, _header(body, SECRET), [SECRET]).event_id == "evt_1"
     # a rotation: two secrets configured, and Stripe sending two v1 signatures
     t = int(time.time())
-    header = f"t={t},v1={se.sign(body, 'whsec_old', t).split('v1=')[1]},v1={se.sign(body, SECRET, t).split('v1=')[1]}"
-    se.verify_signature(body, header, ["whsec_other", SECRET])
+    header = f"{_header(body, 'whsec_old', t)},v1={_header(body, SECRET, t).split('v1=')[1]}"
+    se.verify_event(body, header, ["whsec_other", SECRET])
+    now = float(int(time.time()))
+    # timing is judged at the webhook's arrival, not when a worker gets to it
+    se.verify_event(body, _header(body, SECRET, int(now) - 3600), [SECRET], received_at=now - 3599)
+    se.verify_event(body, _header(body, SECRET, int(now) + 200), [SECRET], received_at=now)  # skew ahead
+    se.verify_event(body, _header(body, SECRET, int(now) + 200), [SECRET])
     cases = {
-        "does not match": (body.replace("2999", "1"), se.sign(body, SECRET)),  # tampered body
-        "does not match ": (body, se.sign(body, "whsec_wrong")),
-        "old": (body, se.sign(body, SECRET, int(time.time()) - 301)),  # replayed later
+        "does not match": (body.replace("2999", "1"), _header(body, SECRET)),  # tampered body
+        "does not match ": (body, _header(body, "whsec_wrong")),
         "missing": (body, None),
-        "no timestamp": (body, "v1=abc"),
-        "not a number": (body, "t=soon,v1=abc"),
+        "timestamp": (body, "v1=abc"),
+        "timestamp ": (body, "t=soon,v1=abc"),
     }
     for words, (payload, sig) in cases.items():
-        with pytest.raises(se.InvalidEvent, match=words.strip()):
-            se.verify_signature(payload, sig, [SECRET])
+        with pytest.raises(se.InvalidEvent, match=words.strip()) as e:
+            se.verify_event(payload, sig, [SECRET])
+        assert not isinstance(e.value, se.UnconfirmedEvent)
+    unconfirmed = {
+        "301 s old .* did not say when": (int(now) - 301, None),
+        "400 s old when the webhook arrived": (int(now) - 400, now),
+        "dated 400 s after the webhook arrived": (int(now) + 400, now),
+        "in the future": (int(now), now + 3600),
+    }
+    for words, (t, arrived) in unconfirmed.items():
+        with pytest.raises(se.UnconfirmedEvent, match=words) as u:
+            se.verify_event(body, _header(body, SECRET, t), [SECRET], received_at=arrived, now=now)
+        assert u.value.event.event_id == "evt_1"  # genuine content, for Stripe's API to confirm
     with pytest.raises(se.InvalidEvent, match="no Stripe webhook secret"):
-        se.verify_signature(body, se.sign(body, SECRET), [])
+        se.verify_event(body, _header(body, SECRET), [])
+
+
+def test_received_at_is_unix_seconds_or_iso_8601() -> None:
+    assert se.parse_received_at(1700000000) == 1700000000.0
+    assert se.parse_received_at("1700000000.5") == 1700000000.5
+    assert se.parse_received_at("2023-11-14T22:13:20Z") == 1700000000.0
+    assert se.parse_received_at("2023-11-14T23:13:20+01:00") == 1700000000.0
+    assert se.parse_received_at("2023-11-14T22:13:20") == 1700000000.0  # no offset: UTC
+    assert se.parse_received_at(None) is None
+    for bad in ("yesterday", True, [1]):
+        with pytest.raises(ValueError):
+            se.parse_received_at(bad)
 
 
 def test_stripe_events_are_parsed_strictly() -> None:
@@ -180,20 +213,41 @@ def test_print_files_refuse_an_unreadable_picture() -> None:
 def test_shipping_addresses_in_lulus_and_stripes_shapes() -> None:
     lulu_shape = {"name": "Sam Reader", "street1": "1 Example St", "city": "Raleigh", "state_code": "NC",
                   "postcode": "27601", "country_code": "us", "phone_number": "+1 919 555 0100"}
-    assert lulu_address(lulu_shape)["country_code"] == "US"
+    assert lulu_address(lulu_shape, email="p@example.com")["country_code"] == "US"
     stripe_shape = {"name": "Sam  Reader", "phone": "+44 20 7946 0000",
                     "address": {"line1": "10 Downing St", "line2": None, "city": "London", "postal_code": "SW1A 2AA",
                                 "country": "GB"}}
-    assert lulu_address(stripe_shape) == {"name": "Sam Reader", "street1": "10 Downing St", "city": "London",
-                                          "postcode": "SW1A 2AA", "country_code": "GB",
-                                          "phone_number": "+44 20 7946 0000"}
-    assert "postcode" not in lulu_address({**lulu_shape, "postcode": "", "country_code": "HK"})
-    with pytest.raises(PermanentStepError, match=r"incomplete \(missing city, postcode\); correct it and retry"):
-        lulu_address({"name": "Sam", "street1": "1 Road", "country_code": "US"})
-    with pytest.raises(PermanentStepError, match="2-letter code"):
-        lulu_address({**lulu_shape, "country_code": "United States"})
-    with pytest.raises(PermanentStepError, match="no shipping address"):
-        lulu_address(None)
+    assert lulu_address(stripe_shape, email="parent@example.com") == {
+        "name": "Sam Reader", "street1": "10 Downing St", "city": "London", "postcode": "SW1A 2AA",
+        "country_code": "GB", "phone_number": "+44 20 7946 0000", "email": "parent@example.com"}
+    hk = lulu_address({**lulu_shape, "postcode": "", "country_code": "HK", "state_code": ""}, email="p@example.com")
+    assert "postcode" not in hk
+    # the address's own email wins over the parent's; "US-NC" (ISO 3166-2's full form) is sent as NC
+    own = lulu_address({**lulu_shape, "email": "gift@example.com", "state_code": "US-NC"}, email="p@example.com")
+    assert own["email"] == "gift@example.com" and own["state_code"] == "NC"
+    # the default phone stands in for a missing one
+    assert lulu_address({**lulu_shape, "phone_number": ""}, email="p@example.com",
+                        default_phone="+1 800 555 0100")["phone_number"] == "+1 800 555 0100"
+    refused = {
+        r"incomplete \(missing city, postcode, state_code, required for US, phone_number .*\); correct it and retry":
+            ({"name": "Sam", "street1": "1 Road", "country_code": "US"}, "p@example.com"),
+        "missing email": (lulu_shape, None),
+        "missing state_code, required for AU": ({**lulu_shape, "country_code": "AU", "state_code": ""}, "p@x.org"),
+        "missing recipient_tax_id, required for BR": ({**lulu_shape, "country_code": "BR"}, "p@x.org"),
+        "state_code must be the 2 or 3 letter code": ({**lulu_shape, "state_code": "North Carolina"}, "p@x.org"),
+        "phone_number must be 8 to 20": ({**lulu_shape, "phone_number": "+1 919 555 0100 ext. 12345"}, "p@x.org"),
+        "postcode is too long": ({**lulu_shape, "postcode": "1" * 65}, "p@x.org"),
+        "street1 is too long": ({**lulu_shape, "street1": "x" * 300}, "p@x.org"),
+        "email is not an email": (lulu_shape, "not-an-email"),
+        "2-letter code": ({**lulu_shape, "country_code": "United States"}, "p@x.org"),
+        "no shipping address": (None, "p@x.org"),
+    }
+    for words, (raw, email) in refused.items():
+        with pytest.raises(PermanentStepError, match=words):
+            lulu_address(raw, email=email)
+    # elsewhere a region's name is not a code: left out, the rest ships
+    assert "state_code" not in lulu_address({**lulu_shape, "country_code": "GB", "state_code": "Greater London"},
+                                            email="p@x.org")
 
 
 # --- the offline print shop ------------------------------------------------------------------------

@@ -4,10 +4,13 @@ twice, and logs one line per run.
 
 From the external API (published by name to the default queue, like stories.generate):
 
-- ``orders.confirm_payment(order_id, event | payload + signature)``: a Stripe event as the API's
-  webhook endpoint received it: ``payload`` = the raw body (str) and ``signature`` = its
-  ``Stripe-Signature`` header (verified with STRIPE_WEBHOOK_SECRET), or ``event`` = the parsed
-  event when the API verified it itself (refused when STRIPE_REQUIRE_SIGNATURE is set).
+- ``orders.confirm_payment(order_id, payload + signature + received_at | event | event_id)``: a
+  Stripe event as the API's webhook endpoint received it: ``payload`` = the raw body (str),
+  ``signature`` = its ``Stripe-Signature`` header (verified with STRIPE_WEBHOOK_SECRET) and
+  ``received_at`` = when the endpoint received it (Unix seconds, or ISO 8601): the signature's
+  tolerance is judged against that arrival, not against the queue's delay. Or ``event`` = the
+  parsed event when the API verified it itself (refused when STRIPE_REQUIRE_SIGNATURE is set),
+  or ``event_id`` = ``evt_...`` to be read from Stripe's API (STRIPE_SECRET_KEY).
   ``order_id`` may be omitted: the intent's ``metadata.order_id`` or its id then says which.
 - ``orders.lulu_webhook(payload, headers)``: Lulu's PRINT_JOB_STATUS_CHANGED webhook, raw body
   and headers (``Lulu-HMAC-SHA256`` is verified).
@@ -25,6 +28,7 @@ from typing import Any
 from celery import Task
 
 from pipeline import orders, steps
+from pipeline import stripe_events as se
 from workers.app import app
 from workers.tasks import StepTask, _run
 
@@ -60,23 +64,37 @@ def _again(task: Any, order_id: str, result: steps.StepResult) -> None:
 
 @app.task(base=StepTask, bind=True, name="orders.confirm_payment", queue=QUEUE)
 def confirm_payment(self: Task, order_id: str | None = None, event: Any = None, payload: str | None = None,
-                    signature: str | None = None, tries: int = 0, **extra: Any) -> str:
+                    signature: str | None = None, received_at: Any = None, event_id: str | None = None,
+                    tries: int = 0, **extra: Any) -> str:
     oid, bad = _order_id("orders.confirm_payment", order_id, extra, required=False)
     if bad:
         return bad
-    if event is None and payload is None:
-        log.error("orders.confirm_payment needs kwargs 'event' (a Stripe event) or 'payload' (its raw body)")
+    if event is None and payload is None and event_id is None:
+        log.error("orders.confirm_payment needs kwargs 'payload' (Stripe's raw body), 'event' (a Stripe event) "
+                  "or 'event_id' (evt_..., confirmed with Stripe's API)")
         return "rejected: no event"
     if payload is not None and not isinstance(payload, str):
         return "rejected: payload must be the raw body as a string"
+    if event_id is not None and (not isinstance(event_id, str) or not event_id.startswith("evt_")
+                                 or len(event_id) > 255):
+        log.error("orders.confirm_payment: event_id must be a Stripe event id (evt_...)")
+        return "rejected: event_id must be a Stripe event id"
+    try:
+        arrived = se.parse_received_at(received_at)
+    except ValueError as e:
+        # The signature may still be fresh enough on its own; else the event is confirmed
+        # with Stripe or recorded as needing it: an unreadable arrival time loses nothing.
+        log.error("orders.confirm_payment: %s; judged as if it were not given", e)
+        arrived = None
 
     def then(result: steps.StepResult) -> None:
         # Only now: the paid status is committed.
         if result.moves_on:
             _enqueue(prepare_print, result.context["order"])
 
-    return _run(self, "payment", {"order": oid}, lambda a: orders.confirm_payment(oid, event, payload, signature, a),
-                then)
+    return _run(self, "payment", {"order": oid},
+                lambda a: orders.confirm_payment(oid, event, payload, signature, a, received_at=arrived,
+                                                 event_id=event_id), then)
 
 
 @app.task(base=StepTask, bind=True, name="orders.prepare_print", queue=QUEUE)

@@ -6,7 +6,10 @@ What it speaks, like api.lulu.com:
   Keycloak's 401 ``{"error": "unauthorized_client", ...}`` for a wrong key or secret. Tokens
   expire after ``token_ttl`` seconds (the server enforces it) and ``revoke_tokens()`` kills
   every token issued so far (a 401 ``{"detail": ...}`` on the next call).
-- ``POST /print-jobs/`` (validates the body like Lulu: 400 with ``{"field": ["msg"]}``),
+- ``POST /print-jobs/`` (validates the body like Lulu: 400 with ``{"field": ["msg"]}``; the
+  shipping address by Lulu's published schema, ADDRESS_SCHEMA_URL: name, street1, city,
+  country_code, postcode, phone_number (or the account's default, ``account_phone``) and email
+  required, state_code for US/CA/AU/MX, recipient_tax_id for BR/CL/MX, lengths, phone pattern),
   ``GET /print-jobs/?search=&page=&page_size=`` (paginated, ``next`` absolute),
   ``GET /print-jobs/{id}/``, ``GET|PUT /print-jobs/{id}/status/``, ``POST /cover-dimensions/``.
 - The files: on create it downloads ``source_url`` (``file:`` or ``http:``), checks the MD5 and
@@ -33,6 +36,7 @@ import copy
 import hashlib
 import hmac
 import json
+import re
 import threading
 import time
 from collections import deque
@@ -47,6 +51,7 @@ from tests.fakes.base import LocalHTTPFake
 
 CLIENT_KEY = "lulu-test-client-key"
 CLIENT_SECRET = "lulu-test-client-SECRET-0123456789"
+ADDRESS_SCHEMA_URL = "https://api.lulu.com/docs/"  # the OpenAPI spec behind it: openapi_public.yml
 SHIPPING_LEVELS = ("MAIL", "PRIORITY_MAIL", "GROUND_HD", "GROUND_BUS", "GROUND", "EXPEDITED", "EXPRESS")
 
 
@@ -65,6 +70,7 @@ class FakeLulu(LocalHTTPFake):
         self.validation_seconds = validation_seconds
         self.max_interior_pages: int | None = None
         self.max_page_size = 100
+        self.account_phone: str | None = None  # the API user's default phone number (Lulu uses it)
         self.fail_reads: dict[str, int] = {}
         self.requests: list[dict[str, Any]] = []
         self.jobs: dict[str, dict[str, Any]] = {}
@@ -92,6 +98,7 @@ class FakeLulu(LocalHTTPFake):
         with self._lock:
             self.max_interior_pages = None
             self.max_page_size = 100
+            self.account_phone = None
             self.fail_reads.clear()
             self._scripts.clear()
             self._hold = None
@@ -195,10 +202,7 @@ class FakeLulu(LocalHTTPFake):
         if not isinstance(addr, dict):
             errors["shipping_address"] = ["This field is required."]
         else:
-            missing = {k: ["This field is required."] for k in ("street1", "city", "country_code", "postcode")
-                       if not addr.get(k)}
-            if not addr.get("name") and not addr.get("organization"):
-                missing["name"] = ["Either name or organization is required."]
+            missing = self._validate_address(addr)
             if missing:
                 errors["shipping_address"] = missing
         items = body.get("line_items")
@@ -225,6 +229,36 @@ class FakeLulu(LocalHTTPFake):
                 item_errors.append(e)
             if any(item_errors):
                 errors["line_items"] = item_errors
+        return errors
+
+    def _validate_address(self, addr: dict[str, Any]) -> dict[str, list[str]]:
+        """Lulu's shipping_address rules (ADDRESS_SCHEMA_URL, Print-Jobs_create): the required
+        fields, the account's default phone number standing in for a missing one, state_code
+        where it is required, recipient_tax_id where it is required, lengths and the phone
+        pattern."""
+        errors = {k: ["This field is required."] for k in ("street1", "city", "country_code", "postcode", "email")
+                  if not addr.get(k)}
+        if addr.get("country_code") in ("HK", "AE", "QA", "MO"):  # "postcode: Required for most countries"
+            errors.pop("postcode", None)
+        if not addr.get("name") and not addr.get("organization"):
+            errors["name"] = ["Either name or organization is required."]
+        phone = addr.get("phone_number") or self.account_phone
+        if not phone:
+            errors["phone_number"] = ["This field is required: the shipping address and the account have no "
+                                      "phone number."]
+        elif not re.match(r"^\+?[\d\s\-.\/()]{8,20}$", str(phone)):
+            errors["phone_number"] = ["Enter a valid phone number."]
+        country = str(addr.get("country_code") or "")
+        if country and len(country) != 2:
+            errors["country_code"] = ["Ensure this field has exactly 2 characters."]
+        if country in ("US", "CA", "AU", "MX") and not addr.get("state_code"):
+            errors["state_code"] = [f"This field is required for {country}."]
+        if country in ("BR", "CL", "MX") and not addr.get("recipient_tax_id"):
+            errors["recipient_tax_id"] = [f"This field is required for {country}."]
+        if len(str(addr.get("postcode") or "")) > 64:
+            errors["postcode"] = ["Ensure this field has no more than 64 characters."]
+        if addr.get("email") and "@" not in str(addr["email"]):
+            errors["email"] = ["Enter a valid email address."]
         return errors
 
     def _create(self, body: dict[str, Any]) -> dict[str, Any]:
