@@ -52,6 +52,9 @@ class PhotoAnalysis:
     faces: tuple[Face, ...]
     labels: tuple[Label, ...]
     detector: str  # which implementation produced it, e.g. "opencv-haar" or "aws-rekognition"
+    # Faces found but too small to use (pipeline/faces.py), largest first: a photo with only these
+    # is refused as "too small, take a closer photo" rather than "no face".
+    small_faces: tuple[Face, ...] = ()
 
     @property
     def primary_face(self) -> Face | None:
