@@ -31,8 +31,9 @@ def cmd_status(args: argparse.Namespace) -> int:
         story = (
             c.execute(
                 text(
-                    "SELECT id, status, title, error_message, child_age, story_theme, updated_at "
-                    "FROM stories WHERE id = :s"
+                    "SELECT s.id, s.status, s.title, s.error_message, s.child_age, s.story_theme, s.updated_at, "
+                    "o.protagonist_face FROM stories s LEFT JOIN story_outlines o ON o.story_id = s.id "
+                    "WHERE s.id = :s"
                 ),
                 {"s": sid},
             )
@@ -80,6 +81,9 @@ def cmd_status(args: argparse.Namespace) -> int:
     print(f"story {story['id']}  {story['status']}  “{story['title'] or ''}”")
     if story["error_message"]:
         print(f"  error: {story['error_message']}")
+    face = story["protagonist_face"]
+    if face:  # which face of the photo the book uses (pipeline/faces.py), and what the parent was told
+        print(f"  face: #{face['index'] + 1} ({face['rule']})" + (f": {face['notice']}" if face.get("notice") else ""))
     for kind, link in book.items():
         print(f"  book ({kind}): {link}")
     print(f"  {'page':>4}  {'text':<8} {'image':<8} {'personal.':<9}")
