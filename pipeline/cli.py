@@ -169,8 +169,13 @@ def cmd_submit(args: argparse.Namespace) -> int:
     if not args.photo.is_file():
         print(f"error: no such photo file: {args.photo}", file=sys.stderr)
         return 2
-    ctype = mimetypes.guess_type(args.photo.name)[0] or "application/octet-stream"
-    story = submit_story(args.photo.read_bytes(), ctype, args.photo.name, args.name, args.age, args.theme)
+    from pipeline.providers.local_vision import photo_format
+
+    data = args.photo.read_bytes()
+    # What the bytes are (an iPhone's .HEIC, a .jpg that is a PNG), else what the name suggests.
+    sniffed = photo_format(data)
+    ctype = sniffed[1] if sniffed else mimetypes.guess_type(args.photo.name)[0] or "application/octet-stream"
+    story = submit_story(data, ctype, args.photo.name, args.name, args.age, args.theme)
     print(json.dumps({"story_id": story}) if args.json else f"submitted story {story}")
     return 0
 

@@ -459,3 +459,15 @@ def test_offline_detector_parent_and_child_uses_the_largest_and_says_so(clean_db
     status = subprocess.run([sys.executable, "-m", "pipeline.cli", "status", story], cwd=ROOT, capture_output=True,
                             text=True, timeout=60, env=os.environ)
     assert "largest one (on the left)" in status.stdout, status.stdout + status.stderr
+
+
+def test_the_chosen_childs_face_must_be_drawable_whatever_the_parents() -> None:
+    # the parent in sunglasses does not refuse the photo; the child in sunglasses does
+    shades = {"sunglasses": {"value": True, "confidence": 97.0}}
+    parent, child = _face(0.05, 0.4, (31, 39)), _face(0.6, 0.2, (3, 7))
+    parent_shaded = Face(box=parent.box, confidence=99.0, attributes={**parent.attributes, **shades})
+    child_shaded = Face(box=child.box, confidence=99.0, attributes={**child.attributes, **shades})
+    ok = choose_protagonist([parent_shaded, child], [], 5, 2000, 1500)
+    assert ok is not None and ok.face is child and ok.refusal is None
+    refused = choose_protagonist([parent, child_shaded], [], 5, 2000, 1500)
+    assert refused is not None and refused.refusal and "sunglasses" in refused.refusal

@@ -8,25 +8,24 @@ photo is usable (a rejected photo costs one request, not two).
 - Faces below ``min_face_confidence`` (default 90, ``REKOGNITION_MIN_FACE_CONFIDENCE``) are
   dropped: Rekognition scores real faces ~99, lower scores are mostly posters, patterns, pets.
 - No face left -> an analysis with no faces (no labels); the step fails it with NO_FACE.
-- Several faces -> all kept; the protagonist is the largest (``PhotoAnalysis.primary_face``).
-  Only the protagonist is checked, and the photo is refused (PermanentStepError, saying which
-  problem and what photo to send instead) when it:
-  * wears sunglasses (``Sunglasses`` true with confidence >= 80): the likeness needs the eyes;
-  * is heavily covered (``FaceOccluded`` true with confidence >= 80): a hand, hair, a mask;
-  * is turned away (``|Pose.Yaw| > 60`` degrees): a profile gives half a face to draw from;
-  * is too small: under 2% of the photo's area, or under 64 pixels across. A portrait or
-    half-body shot of a child puts the face at 3-30% of the picture; below 2% it is a
-    full-body or group shot where the child is a detail. 64 px is the absolute floor because
-    face personalization works on ~112-128 px aligned crops, and upscaling more than 2x
-    loses the likeness (Rekognition itself only promises to find faces >= 40 px at 1080p).
+- Faces too small to use (under 2% of the photo's area, or under 64 pixels across: why in
+  pipeline/faces.py; Rekognition itself only promises faces >= 40 px at 1080p) are returned apart
+  (``small_faces``): a photo with only those is refused as "too small, take a closer photo".
+- Several usable faces -> all kept, with their ``AgeRange``; the story start picks the child's face
+  by age (pipeline/faces.py). The photo is refused here (PermanentStepError, saying which problem and
+  what photo to send instead) only when every usable face, the largest named, is unusable:
+  * sunglasses (``Sunglasses`` true with confidence >= 80): the likeness needs the eyes;
+  * heavily covered (``FaceOccluded`` true with confidence >= 80): a hand, hair, a mask;
+  * turned away (``|Pose.Yaw| > 60`` degrees): a profile gives half a face to draw from.
 - Gender, beard and moustache are not kept: nothing here needs them, and this is a child's
   photo (data minimisation). Landmarks outside the image are dropped, boxes are clipped to it.
 
-Images: Rekognition takes JPEG or PNG of at most 5 MB (``ImageBlob`` max 5242880 bytes) and at
-least 80x80 px. Bytes that do not decode are refused before any request (PermanentStepError
-from ``decode_photo``); other formats (WEBP, GIF, BMP), PNGs with an EXIF rotation (only JPEG
-EXIF is honoured by Rekognition) and anything over 5 MB are re-encoded upright as JPEG,
-downscaled with the aspect ratio kept until they fit.
+Images: Rekognition takes JPEG or PNG of at most 5 MB (``ImageBlob`` max 5242880 bytes), at
+least 80x80 px and, for DetectLabels, at most 10,000 px a side. Bytes that do not decode are
+refused before any request (PermanentStepError from ``decode_photo``); other formats (HEIC, AVIF,
+WEBP, GIF, BMP), PNGs with an EXIF rotation (only JPEG EXIF is honoured by Rekognition) and
+anything over 5 MB or 10,000 px are re-encoded upright as JPEG (at most 4096 px), downscaled with
+the aspect ratio kept until they fit.
 
 Errors (both services)
 ----------------------

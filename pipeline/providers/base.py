@@ -58,7 +58,8 @@ class PhotoAnalysis:
 
     @property
     def primary_face(self) -> Face | None:
-        """The protagonist: the largest face (a parent's photo of a child, maybe with others)."""
+        """The largest face. Which face a story uses is chosen with the child's age at the story start
+        (pipeline/faces.py choose_protagonist)."""
         if not self.faces:
             return None
         return max(self.faces, key=lambda f: f.box.width * f.box.height)

@@ -478,7 +478,11 @@ class LocalPhotoAnalyzer:
         # No global histogram equalisation: OpenCV already normalises each window by its own
         # variance, and equalising a photo dominated by a flat background (a wall, the sky)
         # crushed the face's contrast and lost the face in tests.
-        hits = _detect(clfs["face"], gray, min_neighbors=FACE_MIN_NEIGHBORS, min_size=(side, side))
+        hits = _detect(clfs["face"], gray, min_neighbors=FACE_MIN_NEIGHBORS, min_size=(usable_side, usable_side))
+        if not hits and side < usable_side:
+            # Only for a photo that is refused anyway: look for smaller faces, to say "too small"
+            # instead of "no face" (the happy path does not pay for the extra scales).
+            hits = _detect(clfs["face"], gray, min_neighbors=FACE_MIN_NEIGHBORS, min_size=(side, side))
         # Largest first (ties by position) so output order is stable and the protagonist leads.
         hits = sorted(hits, key=lambda h: (-h.w * h.h, h.y, h.x))[:MAX_FACES]
 
