@@ -135,13 +135,12 @@ def main() -> int:
                                            "IMAGE_PROVIDER")})
     import redis
     from celery import Celery
-    from sqlalchemy import create_engine
 
-    from db.engine import ensure_database
+    from db.engine import ensure_database, make_engine
 
     redis.Redis.from_url(redis_url).flushdb()
     ensure_database(db_url)
-    engine = create_engine(db_url)
+    engine = make_engine(db_url)
     client = Celery("bench-client", broker=redis_url)
     logs = Path(tempfile.mkdtemp(prefix="storycreator-bench-logs-"))
     out: dict[str, Any] = {}

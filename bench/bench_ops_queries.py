@@ -43,14 +43,15 @@ def main(argv: list[str] | None = None) -> int:
     url = f"{base}/{name}"
     os.environ["DATABASE_URL"] = url  # before pipeline.config is read: the commands use this database
 
-    from sqlalchemy import create_engine, event, text
+    from sqlalchemy import event, text
 
     from bench.scale_data import populate
-    from db.engine import dispose_engine, ensure_database, get_engine
+    from db.engine import dispose_engine, ensure_database, get_engine, make_engine
+    from db.url import database_url
     from pipeline.cli import main as cli
 
     ensure_database(url)
-    admin = create_engine(url)
+    admin = make_engine(url)
     with admin.begin() as c:
         have = c.execute(text("SELECT count(*) FROM stories")).scalar_one()
     t_build = 0.0
@@ -140,10 +141,8 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{r['sql']:<72} {r['ms']:8.2f}  {', '.join(r['access'])}")
     if args.drop:
         admin.dispose()
-        from sqlalchemy.engine import make_url
-
-        u = make_url(url)
-        root = create_engine(u.set(database="postgres"), isolation_level="AUTOCOMMIT")
+        u = database_url(url)
+        root = make_engine(u.set(database="postgres"), isolation_level="AUTOCOMMIT")
         with root.connect() as c:
             c.execute(text(f'DROP DATABASE IF EXISTS "{u.database}" WITH (FORCE)'))
         root.dispose()

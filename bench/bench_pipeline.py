@@ -167,14 +167,13 @@ def main() -> int:
 
     import redis
     from celery import Celery
-    from sqlalchemy import create_engine
 
-    from db.engine import ensure_database
+    from db.engine import ensure_database, make_engine
 
     r = redis.Redis.from_url(redis_url)
     r.flushdb()
     ensure_database(db_url)
-    engine = create_engine(db_url)
+    engine = make_engine(db_url)
     client = Celery("bench-client", broker=redis_url)
     logs = Path(tempfile.mkdtemp(prefix="storycreator-bench-logs-"))
     tasks_per_story = 2 + 3 * args.pages  # generate + (text, image, personalize) per page + finish

@@ -15,15 +15,34 @@ import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 from sqlalchemy import Engine, create_engine, text
-from sqlalchemy.engine import Connection, make_url
+from sqlalchemy import exc as sa_exc
+from sqlalchemy.engine import URL, Connection
+from sqlalchemy.pool import NullPool
 
+from db.url import DatabaseURLError, database_url, redact
 from pipeline.config import PROJECT_ROOT, settings
 
 _lock = threading.Lock()
 _engine: Engine | None = None
 _engine_pid: int | None = None
+
+
+def make_engine(url: str | URL | None = None, **kwargs: Any) -> Engine:
+    """Every engine the project builds (workers, CLI, demo, tests, benches) comes from here: the
+    URL as configured (default: DATABASE_URL) normalized by db.url.database_url, ``kwargs`` as
+    for sqlalchemy.create_engine.
+
+    Raises DatabaseURLError for a URL form we cannot serve, or when the driver cannot be imported
+    (a broken install): one line, password hidden."""
+    target = database_url(url if url is not None else settings().database_url)
+    try:
+        return create_engine(target, **kwargs)
+    except ImportError as e:  # psycopg2 missing: the DBAPI module is imported by create_engine
+        raise DatabaseURLError(f"the PostgreSQL driver for {redact(target)} cannot be imported ({e}); "
+                               "reinstall the project (pip install -e .)") from None
 
 
 def get_engine() -> Engine:
@@ -38,13 +57,14 @@ def get_engine() -> Engine:
         if _engine is None:
             # Threads pool: one connection per worker thread plus a little headroom; prefork: 2.
             size = int(os.environ.get("DB_POOL_SIZE", "0")) or 8
-            _engine = create_engine(
-                settings().database_url,
+            _engine = make_engine(
+                None,
                 pool_size=size,
                 max_overflow=size,
                 # No pre-ping: it costs a round trip per checkout on the hot path. A connection
                 # that died with a PostgreSQL restart raises OperationalError once, SQLAlchemy
-                # invalidates the pool, and the task layer retries the step (RETRY_DB_ERRORS).
+                # invalidates the pool, and the task layer re-sends the step (workers.tasks._run,
+                # db.engine.unavailable).
                 pool_recycle=1800,
                 connect_args={"application_name": f"storycreator-{pid}", "connect_timeout": 10},
             )
@@ -89,8 +109,8 @@ def apply_schema(conn: Connection, path: Path = SCHEMA_PATH) -> None:
 
 def ensure_database(url: str | None = None) -> None:
     """Create the database named in the URL if missing, then apply the schema (idempotent)."""
-    target = make_url(url or settings().database_url)
-    admin = create_engine(target.set(database="postgres"), isolation_level="AUTOCOMMIT")
+    target = database_url(url or settings().database_url)
+    admin = make_engine(target.set(database="postgres"), isolation_level="AUTOCOMMIT")
     try:
         with admin.connect() as conn:
             exists = conn.execute(
@@ -100,9 +120,79 @@ def ensure_database(url: str | None = None) -> None:
                 conn.exec_driver_sql(f'CREATE DATABASE "{target.database}"')
     finally:
         admin.dispose()
-    eng = create_engine(target)
+    eng = make_engine(target)
     try:
         with eng.begin() as conn:
             apply_schema(conn)
     finally:
         eng.dispose()
+
+
+# --- a database that cannot be used -------------------------------------------------------------
+
+# SQLSTATEs that say the schema is not (yet) there, not that a statement is wrong: undefined_table,
+# invalid_schema_name (PostgreSQL Appendix A, https://www.postgresql.org/docs/current/errcodes-appendix.html).
+_SCHEMA_MISSING = {"42P01", "3F000"}
+
+
+def unavailable(exc: BaseException) -> bool:
+    """True when ``exc`` says the database could not be used at all (unreachable, restarting,
+    dropped or renamed, the connection lost, the pool exhausted, the schema missing, the URL or
+    the driver unusable): the step it interrupted never got to do its work, and running it again
+    later is right. False for errors of a statement itself (constraint violations, bugs)."""
+    if isinstance(exc, DatabaseURLError | sa_exc.OperationalError | sa_exc.InterfaceError
+                  | sa_exc.DisconnectionError | sa_exc.TimeoutError):
+        return True
+    if isinstance(exc, sa_exc.DBAPIError) and exc.connection_invalidated:
+        return True
+    return isinstance(exc, sa_exc.ProgrammingError) and getattr(exc.orig, "pgcode", None) in _SCHEMA_MISSING
+
+
+def reason(exc: BaseException) -> str:
+    """One line saying why the database could not be used: the driver's own first line (no SQL,
+    no parameters: those may hold a child's name), or the exception's type."""
+    orig = getattr(exc, "orig", None) or exc
+    first = next((ln.strip() for ln in str(orig).splitlines() if ln.strip()), "")
+    return f"{type(orig).__name__}: {first}"[:300] if first else type(orig).__name__
+
+
+class DatabaseNotReady(Exception):
+    """The database cannot serve the workers. ``str()`` is the one line to show, password hidden."""
+
+
+def check_database(url: str | URL | None = None, *, timeout: float = 10.0) -> None:
+    """Connect once and check the schema is applied (every table and column db.models declares
+    exists). For a worker's boot: a worker that cannot work must not take messages.
+
+    Raises DatabaseNotReady saying what is wrong (bad URL, unreachable, schema missing)."""
+    from db.models import Base
+
+    try:
+        target = database_url(url if url is not None else settings().database_url)
+        eng = make_engine(target, poolclass=NullPool, connect_args={"connect_timeout": max(1, int(timeout))})
+    except DatabaseURLError as e:
+        raise DatabaseNotReady(str(e)) from None
+    written = url if url is not None else settings().database_url
+    shown = redact(written) + (" (password hidden)" if target.password else "")
+    try:
+        with eng.connect() as conn:
+            rows = conn.execute(text(
+                "SELECT table_name, column_name FROM information_schema.columns "
+                "WHERE table_schema = current_schema()")).all()
+    except Exception as e:  # noqa: BLE001 - whatever the driver raises, one line says why
+        raise DatabaseNotReady(f"cannot reach the database at {shown}: {reason(e)}") from None
+    finally:
+        eng.dispose()
+    have = {(t, c) for t, c in rows}
+    missing = sorted(f"{t.name}.{c.name}" for t in Base.metadata.sorted_tables for c in t.columns
+                     if (t.name, c.name) not in have)
+    if missing:
+        tables = {m.split(".")[0] for m in missing}
+        if len(missing) == sum(len(t.columns) for t in Base.metadata.sorted_tables):
+            what = "has no schema"
+        else:
+            more = ", …" if len(missing) > 5 else ""
+            what = f"lacks {len(missing)} column(s) of the schema ({', '.join(missing[:5])}{more})"
+        raise DatabaseNotReady(
+            f"the database at {shown} {what}: apply schema.sql (psql -f schema.sql, idempotent; "
+            f"tables concerned: {', '.join(sorted(tables)[:8])})")

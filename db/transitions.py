@@ -140,33 +140,134 @@ def release_photo(conn: Connection, photo_id: str, message: str | None, attempt:
 
 # --- stories ----------------------------------------------------------------------------------
 
-def claim_story(conn: Connection, story_id: str, lease: float) -> RowMapping | None:
+# Whose photo, and is it there. A story may only ever use a photo of its own user (defence in
+# depth: the API should never send another family's photo, and the worker must never obey it),
+# and never one whose upload failed or that was deleted. Checked inside the guarded statements
+# that hand a photo to a step (the story's claim, which also runs the inline analysis, and the
+# personalization's claim, which reads the face), so no path can skip it. The messages are for
+# the parent and name nothing of anyone else's.
+PHOTO_NOT_YOURS = (
+    "The photo could not be used: it is not one of the photos of the account that asked for this "
+    "story. Please choose one of your own photos and start the story again."
+)
+PHOTO_DELETED = (
+    "The photo could not be used: it was deleted. Please choose another photo and start the story again."
+)
+PHOTO_UPLOAD_FAILED = (
+    "The photo could not be used: its upload failed. Please upload the photo again and start the story again."
+)
+# A story whose photo's upload never finished within PHOTO_UPLOAD_WAIT_SECONDS fails with a
+# message starting so. That failure is not final: once the photo says 'uploaded', the story may
+# be claimed again (the API sending stories.generate again starts it, as `retry` does).
+UPLOAD_TIMEOUT_PREFIX = "The photo could not be used: its upload did not finish"
+
+
+def upload_timeout_message(wait_seconds: float) -> str:
+    """The parent's message for a photo whose upload never arrived (``wait_seconds``: the wait)."""
+    minutes = wait_seconds / 60
+    span = (f"{minutes:g} minute{'s' if minutes != 1 else ''}" if wait_seconds >= 60 and minutes == int(minutes)
+            else f"{wait_seconds:g} seconds")
+    return (f"{UPLOAD_TIMEOUT_PREFIX} within {span} of the story being requested. "
+            "Please upload the photo again, then start the story again.")
+
+
+def _photo_refusal(s: str = "s", ph: str = "ph") -> str:
+    """SQL: why story ``s`` may not use its photo ``ph`` (a message), or NULL when it may."""
+    return (f"(CASE WHEN {ph}.user_id IS DISTINCT FROM {s}.user_id THEN CAST(:not_yours AS text) "
+            f"WHEN {ph}.status = 'deleted' THEN CAST(:photo_deleted AS text) "
+            f"WHEN {ph}.status = 'failed' THEN CAST(:upload_failed AS text) END)")
+
+
+_REFUSALS = {"not_yours": PHOTO_NOT_YOURS, "photo_deleted": PHOTO_DELETED, "upload_failed": PHOTO_UPLOAD_FAILED}
+
+# A story that may start: pending, or processing but untouched for longer than the lease.
+_STARTABLE = ("(s.status = 'pending' OR "
+              "(s.status = 'processing' AND s.updated_at < now() - make_interval(secs => :lease)))")
+
+
+def claim_story(conn: Connection, story_id: str, lease: float, upload_wait: float = 900.0,
+                attempt: int = 0, task_id: str | None = None) -> RowMapping | None:
     """Claim the story start; returns the story with its photo's state and whether an outline
-    exists already (a re-run), all in the one round trip."""
-    return conn.execute(
+    exists already (a re-run), all in the one round trip.
+
+    The same statement refuses, by failing the story (``refused`` holds the parent's message,
+    also recorded in step_errors, stage 'analysis'), a story whose photo belongs to another
+    user, was deleted or failed to upload, or is still 'pending_upload' more than
+    ``upload_wait`` seconds after the story became pending (its updated_at: the insert, or an
+    operator's retry). A story whose photo is still 'pending_upload' within that wait is left
+    pending and not claimed (None: the caller waits, see story_start_state). A story failed for
+    an upload that never finished is claimed again once its photo is 'uploaded'.
+    None: not claimed (held by another copy, finished, failed, waiting, or no such story)."""
+    row = conn.execute(
         text(
-            """
-            WITH s AS (
-                UPDATE stories SET status = 'processing', error_message = NULL
-                 WHERE id = :id AND (status = 'pending' OR
-                       (status = 'processing' AND updated_at < now() - make_interval(secs => :lease)))
-                RETURNING id, user_id, child_name, child_age, story_theme, protagonist_photo_id
+            f"""
+            WITH cur AS (
+                SELECT s.id, ph.status IS DISTINCT FROM 'pending_upload' AS photo_ready,
+                       COALESCE({_photo_refusal()},
+                                CASE WHEN ph.status = 'pending_upload' AND s.status = 'pending'
+                                      AND s.updated_at < now() - make_interval(secs => :upload_wait)
+                                     THEN CAST(:upload_timeout AS text) END) AS refusal
+                  FROM stories s LEFT JOIN photos ph ON ph.id = s.protagonist_photo_id
+                 WHERE s.id = :id AND ph.id IS NOT NULL
+            ), refused AS (
+                UPDATE stories s SET status = 'failed', error_message = cur.refusal
+                  FROM cur
+                 WHERE s.id = cur.id AND cur.refusal IS NOT NULL AND {_STARTABLE}
+                RETURNING s.id, s.error_message
+            ), refusal_logged AS (
+                INSERT INTO step_errors (story_id, stage, permanent, message, attempt, task_id)
+                SELECT id, 'analysis', true, error_message, :attempt, :task FROM refused
+            ), s AS (
+                UPDATE stories s SET status = 'processing', error_message = NULL
+                  FROM cur
+                 WHERE s.id = cur.id AND cur.refusal IS NULL AND cur.photo_ready
+                   AND ({_STARTABLE} OR (s.status = 'failed' AND starts_with(s.error_message, :timeout_prefix)))
+                RETURNING s.id, s.user_id, s.child_name, s.child_age, s.story_theme, s.protagonist_photo_id
             )
             SELECT s.*, ph.status AS photo_status, COALESCE(ph.ai_processing_status, 'pending') AS photo_ai_status,
                    ph.ai_error_message AS photo_error, o.story_id IS NOT NULL AS has_outline,
-                   ph.face_details AS photo_face_details
-              FROM s LEFT JOIN photos ph ON ph.id = s.protagonist_photo_id
-                     LEFT JOIN story_outlines o ON o.story_id = s.id
+                   ph.face_details AS photo_face_details,
+                   (SELECT error_message FROM refused) AS refused
+              FROM (SELECT 1) AS one LEFT JOIN s ON true
+                   LEFT JOIN photos ph ON ph.id = s.protagonist_photo_id
+                   LEFT JOIN story_outlines o ON o.story_id = s.id
             """
         ),
-        {"id": story_id, "lease": lease},
+        {"id": story_id, "lease": lease, "upload_wait": upload_wait, "attempt": attempt, "task": task_id,
+         "upload_timeout": upload_timeout_message(upload_wait), "timeout_prefix": UPLOAD_TIMEOUT_PREFIX,
+         **_REFUSALS},
     ).mappings().first()
+    if row is None or (row["id"] is None and row["refused"] is None):
+        return None
+    return row
 
 
 def story_state(conn: Connection, story_id: str) -> RowMapping | None:
     return conn.execute(
         text("SELECT status, error_message, now() - updated_at AS age FROM stories WHERE id = :id"),
         {"id": story_id},
+    ).mappings().first()
+
+
+def story_start_state(conn: Connection, story_id: str, upload_wait: float) -> RowMapping | None:
+    """Why a story start was not claimed: story_state's columns, plus, for a pending story whose
+    own photo is still 'pending_upload', ``upload_wait_left`` (seconds until the wait ends; NULL
+    otherwise), ``pending_for`` (seconds since the story became pending) and ``pending_since``
+    (its updated_at, in µs since the epoch: which pending episode this is)."""
+    return conn.execute(
+        text(
+            """
+            SELECT s.status, s.error_message, now() - s.updated_at AS age,
+                   CASE WHEN s.status = 'pending' AND ph.status = 'pending_upload' AND ph.user_id = s.user_id
+                        THEN CAST(EXTRACT(EPOCH FROM s.updated_at + make_interval(secs => :wait) - now())
+                                  AS float8) END AS upload_wait_left,
+                   CAST(EXTRACT(EPOCH FROM now() - s.updated_at) AS float8) AS pending_for,
+                   CAST(floor(EXTRACT(EPOCH FROM s.updated_at) * 1000000) AS bigint) AS pending_since
+              FROM stories s LEFT JOIN photos ph ON ph.id = s.protagonist_photo_id
+             WHERE s.id = :id
+            """
+        ),
+        {"id": story_id, "wait": upload_wait},
     ).mappings().first()
 
 
@@ -358,14 +459,29 @@ def claim_page(conn: Connection, page_id: str, col: PageColumn, lease: float) ->
     prereq = PREREQUISITE[col]
     prereq_sql = f"AND p.{prereq} = 'completed'" if prereq else ""
     want_photo = col == "personalization_status"
-    photo_join = "JOIN photos ph ON ph.id = s.protagonist_photo_id" if want_photo else ""
+    # Only the story's own, live photo is ever handed to the step (its face is cropped and
+    # sent on); a story whose photo is not (another user's, deleted, upload failed) is failed
+    # by the same statement, and the page is not claimed.
+    photo_join = (f"JOIN photos ph ON ph.id = s.protagonist_photo_id AND {_photo_refusal()} IS NULL"
+                  if want_photo else "")
     photo_cols = (
         ", ph.storage_provider, ph.bucket, ph.object_key, ph.face_details, o.protagonist_face" if want_photo else ""
     )
+    refuse = f"""
+            WITH refused AS (
+                UPDATE stories s SET status = 'failed', error_message = {_photo_refusal()}
+                  FROM story_pages rp, photos ph
+                 WHERE rp.id = :id AND s.id = rp.story_id AND ph.id = s.protagonist_photo_id
+                   AND s.status = 'processing' AND {_photo_refusal()} IS NOT NULL
+                RETURNING s.id, s.error_message
+            ), refusal_logged AS (
+                INSERT INTO step_errors (story_id, page_id, stage, permanent, message)
+                SELECT id, CAST(:id AS uuid), 'personalization', true, error_message FROM refused
+            )""" if want_photo else ""
     claimable = _claimable(f"p.{col}", "p.updated_at")
     row = conn.execute(
         text(
-            f"""
+            f"""{refuse}
             UPDATE story_pages p SET {col} = 'processing'
               FROM stories s JOIN story_outlines o ON o.story_id = s.id {photo_join}
              WHERE p.id = :id AND s.id = p.story_id AND s.status = 'processing'
@@ -374,7 +490,7 @@ def claim_page(conn: Connection, page_id: str, col: PageColumn, lease: float) ->
                       s.child_name, s.child_age, s.story_theme, o.title, o.style, o.beats{photo_cols}
             """
         ),
-        {"id": page_id, "lease": lease},
+        {"id": page_id, "lease": lease, **(_REFUSALS if want_photo else {})},
     ).mappings().first()
     if row is None:
         return None

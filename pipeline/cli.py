@@ -286,7 +286,8 @@ def _positive_int(value: str) -> int:
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(
         prog="storycreator", description="Operate the story pipeline: see it, repair it.",
-        epilog="exit codes: 0 done, 1 nothing done or not found, 2 usage error, 130 interrupted. "
+        epilog="exit codes: 0 done, 1 nothing done or not found (or the database unreachable), 2 usage or "
+               "configuration error, 130 interrupted. "
                "`storycreator COMMAND --help` for each command.")
     sub = ap.add_subparsers(dest="cmd", required=True)
     st = sub.add_parser("status", help="a story's pages x stages with errors; without a story: counts per stage")
@@ -333,7 +334,21 @@ def main(argv: list[str] | None = None) -> int:
     bf.add_argument("--json", action="store_true")
     bf.set_defaults(fn=cmd_backfill)
     args = ap.parse_args(argv)
-    return int(args.fn(args))
+    from db.engine import reason, unavailable
+    from db.url import DatabaseURLError, redact
+    from pipeline.config import settings
+
+    try:
+        return int(args.fn(args))
+    except DatabaseURLError as e:  # one line, never a traceback, never the password
+        print(f"configuration error: {e}", file=sys.stderr)
+        return 2
+    except Exception as e:
+        if not unavailable(e):
+            raise
+        print(f"error: cannot reach the database at {redact(settings().database_url)}: {reason(e)}",
+              file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

@@ -82,10 +82,16 @@ class Settings:
     max_retries: int  # transient provider errors, per step
     sweep_interval: float  # seconds between stuck-work sweeps (celery beat)
     retry_backoff_cap: float
+    db_retry_backoff_max: float  # seconds: cap of the backoff of a step the database kept from running
     job_poll_interval: float  # remote image jobs: seconds between looks (a re-scheduled task each)
     job_max_seconds: float  # a remote job still running after this long is canceled and failed
     min_child_age: int
     max_child_age: int
+    # A story sent before its photo's upload was confirmed (photos.status 'pending_upload') waits
+    # this long, counted from when the story became pending (stories.updated_at: its insert or
+    # an operator's retry), then fails; looks at the photo at most every upload_poll_interval s.
+    photo_upload_wait_seconds: float
+    photo_upload_poll_interval: float
 
 
 @lru_cache(maxsize=1)
@@ -114,12 +120,15 @@ def settings() -> Settings:
         max_retries=_int("STEP_MAX_RETRIES", 5, 0, 50),
         sweep_interval=_float("SWEEP_INTERVAL", 60.0, 1.0, 86400.0),
         retry_backoff_cap=_float("STEP_RETRY_BACKOFF_CAP", 120.0, 0.1, 3600.0),
+        db_retry_backoff_max=_float("DB_RETRY_BACKOFF_MAX", 60.0, 0.1, 3600.0),
         # Default: every 3 s, or more often under a short lease (tests use 3 s leases).
         job_poll_interval=_float("JOB_POLL_INTERVAL",
                                  min(3.0, _float("STEP_LEASE_SECONDS", 300.0, 0.5, 86400.0) / 4), 0.05, 600.0),
         job_max_seconds=_float("JOB_MAX_SECONDS", 900.0, 1.0, 86400.0),
         min_child_age=0,
         max_child_age=14,
+        photo_upload_wait_seconds=_float("PHOTO_UPLOAD_WAIT_SECONDS", 900.0, 0.0, 7 * 86400.0),
+        photo_upload_poll_interval=_float("PHOTO_UPLOAD_POLL_INTERVAL", 15.0, 0.1, 600.0),
     )
     if st.job_poll_interval * 2 >= st.step_lease_seconds:
         # Each look at a running job renews the page's lease; looks further apart than the lease

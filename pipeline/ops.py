@@ -25,6 +25,7 @@ def retry_story(story_id: str, *, force: bool = False, dry_run: bool = False) ->
     with transaction() as c:
         row = c.execute(text(
             """SELECT s.status, s.error_message, p.id AS photo_id, p.ai_processing_status AS photo_status,
+                      p.user_id = s.user_id AS own_photo,
                       p.ai_error_message, p.updated_at > COALESCE(
                         (SELECT max(created_at) FROM step_errors e WHERE e.photo_id = p.id), '-infinity')
                         AS photo_changed
@@ -34,6 +35,12 @@ def retry_story(story_id: str, *, force: bool = False, dry_run: bool = False) ->
             return RetryPlan(story_id, False, "no such story")
         if row["status"] != "failed":
             return RetryPlan(story_id, False, f"story is {row['status']}, not failed: nothing to retry")
+        if not row["own_photo"]:
+            # Never, not even with --force: the story would be made with another family's child
+            # (and the reset below would touch that family's photo). The worker refuses it too.
+            return RetryPlan(story_id, False,
+                             f"not retried: the story's photo {row['photo_id']} belongs to another user; "
+                             "the story must name one of its own user's photos")
         photo_failed = row["photo_status"] == "failed"
         if photo_failed and not force and not row["photo_changed"] and "face" in (row["ai_error_message"] or ""):
             return RetryPlan(story_id, False,
@@ -103,13 +110,18 @@ _STUCK_QUERIES: tuple[tuple[str, str, str], ...] = (
     ("stories.generate", "story_id", """
         SELECT s.id FROM stories s
          WHERE s.status IN ('pending', 'processing') AND s.id > :after
-           AND ((s.status = 'pending' AND s.updated_at < now() - make_interval(secs => :pending_after))
+           AND ((s.status = 'pending' AND s.updated_at < now() - make_interval(secs => :pending_after)
+                 -- not while it waits for its photo's upload (its message looks again by itself);
+                 -- once the photo is uploaded, or the wait is over, a lost message is re-sent
+                 AND NOT EXISTS (SELECT 1 FROM photos ph WHERE ph.id = s.protagonist_photo_id
+                                    AND ph.status = 'pending_upload'
+                                    AND s.updated_at >= now() - make_interval(secs => :upload_wait)))
              OR (s.status = 'processing' AND s.updated_at < now() - make_interval(secs => :lease)
                  AND NOT EXISTS (SELECT 1 FROM story_pages p WHERE p.story_id = s.id)))
          ORDER BY s.id LIMIT :limit"""),
     *(
         (task, "page_id", f"""
-        SELECT p.id FROM story_pages p JOIN stories s ON s.id = p.story_id
+        SELECT p.id, p.story_id FROM story_pages p JOIN stories s ON s.id = p.story_id
          WHERE {_UNFINISHED[col]} AND p.id > :after
            AND s.status = 'processing' {f"AND p.{prereq} = 'completed'" if prereq else ""}
            AND ((p.{col} = 'processing' AND p.updated_at < now() - make_interval(secs => :lease))
@@ -140,11 +152,15 @@ NO_CURSOR = "00000000-0000-0000-0000-000000000000"
 def stuck_batch(kind: int, *, lease: float, pending_after: float, limit: int,
                 after: str = NO_CURSOR) -> list[Stuck]:
     """Up to ``limit`` stuck steps of one kind (an index into _STUCK_QUERIES), after id ``after``."""
+    from pipeline.config import settings
+
     task, key, sql = _STUCK_QUERIES[kind]
     with transaction() as c:
         rows = c.execute(text(sql), {"lease": lease, "pending_after": pending_after, "limit": limit,
-                                     "after": after})
-        return [Stuck(task, {key: str(r[0])}, "stale") for r in rows]
+                                     "after": after, "upload_wait": settings().photo_upload_wait_seconds})
+        # The id first (backfill resumes from it); page tasks also name their story (Flower's search).
+        return [Stuck(task, {key: str(r[0]), **({"story_id": str(r[1])} if len(r) > 1 else {})}, "stale")
+                for r in rows]
 
 
 def find_stuck(*, lease: float, pending_after: float, limit: int = 500) -> list[Stuck]:

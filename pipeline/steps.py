@@ -23,7 +23,7 @@ from typing import Any, TypeVar
 
 from db import transitions as tx
 from db.engine import autocommit, transaction
-from pipeline import cpu, metrics
+from pipeline import cpu, metrics, upload_wait
 from pipeline.config import settings
 from pipeline.errors import PermanentStepError, TransientStepError
 from pipeline.faces import ProtagonistChoice, choose_protagonist, too_small_message
@@ -293,8 +293,11 @@ def generate_story(story_id: str, attempt: Attempt = Attempt()) -> StepResult:
     s = settings()
     timer = _Timer()
     with timer.phase("claim"), autocommit() as c:
-        claim = tx.claim_story(c, story_id, s.step_lease_seconds)
-        state = None if claim else tx.story_state(c, story_id)
+        # The claim also refuses (fails) a story whose photo is not its own user's, was deleted,
+        # or whose upload failed or never finished within PHOTO_UPLOAD_WAIT_SECONDS.
+        claim = tx.claim_story(c, story_id, s.step_lease_seconds, s.photo_upload_wait_seconds,
+                               attempt.number, attempt.task_id)
+        state = None if claim else tx.story_start_state(c, story_id, s.photo_upload_wait_seconds)
     if claim is None:
         if state is None:
             return StepResult(Outcome.STOPPED, "story not found", timer.timings)
@@ -302,7 +305,14 @@ def generate_story(story_id: str, attempt: Attempt = Attempt()) -> StepResult:
             return StepResult(Outcome.ALREADY_DONE, "story already completed", timer.timings)
         if state["status"] == "failed":
             return StepResult(Outcome.STOPPED, "story failed earlier; use retry", timer.timings)
+        if state["upload_wait_left"] is not None:  # its photo's upload is not confirmed yet: wait
+            countdown = upload_wait.poll_interval(state["pending_for"], state["upload_wait_left"])
+            if not upload_wait.hold(story_id, state["pending_since"], attempt.task_id, countdown):
+                return StepResult(Outcome.STOPPED, "another message waits for the photo's upload", timer.timings)
+            raise RetryLater(countdown, "waiting for the photo's upload", waiting=True)
         return _held_elsewhere("story start in progress", state["age"], attempt, timer)
+    if claim["refused"]:
+        return StepResult(Outcome.FAILED, claim["refused"], timer.timings)
 
     def fail(msg: str, stage: tx.Stage = "outline") -> StepResult:
         with autocommit() as c:

@@ -70,14 +70,13 @@ def main(argv: list[str] | None = None) -> int:
         os.environ.setdefault("ORDER_POLL_INTERVAL", "1")
         os.environ.setdefault("LOCAL_PRINT_SHOP_STAGE_SECONDS", "2")
 
-    from sqlalchemy import create_engine
-
-    from db.engine import ensure_database
+    from db.engine import ensure_database, make_engine
+    from db.url import redact
     from pipeline.config import settings
 
     s = settings()
     ensure_database(s.database_url)
-    print(f"database  {s.database_url.split('@')[-1]}\nbroker    {s.broker_url}\nstorage   {s.local_storage_root}")
+    print(f"database  {redact(s.database_url)}\nbroker    {s.broker_url}\nstorage   {s.local_storage_root}")
 
     log_path = VAR / "demo-worker.log"
     log = open(log_path, "ab")
@@ -87,7 +86,7 @@ def main(argv: list[str] | None = None) -> int:
          f"demo-{uuid.uuid4().hex[:6]}@%h", "--without-gossip", "--without-mingle", "-E", "--loglevel", "INFO"],
         cwd=ROOT, env=os.environ.copy(), stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
     )
-    engine = create_engine(s.database_url)
+    engine = make_engine(s.database_url)
     try:
         print(f"worker    pid {worker.pid} (threads pool), log {log_path}")
         # What the external API does: store the photo, insert user/photo/story rows, then

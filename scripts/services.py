@@ -10,7 +10,7 @@ import sys
 from pathlib import Path
 from urllib.parse import urlsplit
 
-from sqlalchemy.engine import make_url
+from db.url import DatabaseURLError, database_url
 
 
 def answers(host: str, port: int, timeout: float = 1.0) -> bool:
@@ -37,7 +37,10 @@ def ensure(var_dir: Path) -> dict[str, str]:
     env: dict[str, str] = {}
     force = os.environ.get("DEMO_EMBEDDED") == "1"
     db_url = os.environ.get("DATABASE_URL", "postgresql+psycopg2://postgres@127.0.0.1:5432/storycreator")
-    u = make_url(db_url)
+    try:
+        u = database_url(db_url)
+    except DatabaseURLError as e:
+        raise SystemExit(f"configuration error: {e}") from None
     if force or (u.host and not answers(u.host, u.port or 5432) and "DATABASE_URL" not in os.environ):
         _pip("pgserver", "pgserver")
         import pgserver  # type: ignore[import-not-found]

@@ -15,8 +15,10 @@ from pathlib import Path
 from typing import Any
 
 import redis
-from sqlalchemy import create_engine, text
-from sqlalchemy.engine import make_url
+from sqlalchemy import text
+
+from db.engine import make_engine
+from db.url import database_url
 
 ROOT = Path(__file__).resolve().parent.parent
 CELERY = str(Path(sys.executable).parent / "celery")
@@ -53,14 +55,14 @@ class Db:
     def __init__(self, url: str, storage: Path) -> None:
         self.url = url
         self.storage = storage
-        self.engine = create_engine(url, pool_size=2, pool_pre_ping=True)  # survives a PostgreSQL restart (chaos tests)
+        self.engine = make_engine(url, pool_size=2, pool_pre_ping=True)  # survives a PostgreSQL restart (chaos tests)
 
     def close(self) -> None:
         self.engine.dispose()
 
     def drop(self) -> None:
-        u = make_url(self.url)
-        admin = create_engine(u.set(database="postgres"), isolation_level="AUTOCOMMIT")
+        u = database_url(self.url)
+        admin = make_engine(u.set(database="postgres"), isolation_level="AUTOCOMMIT")
         with admin.connect() as c:
             c.execute(text(f'DROP DATABASE IF EXISTS "{u.database}" WITH (FORCE)'))
         admin.dispose()

@@ -91,8 +91,10 @@ def _bad_story(db: Db, case: str) -> tuple[str, str]:
         buf = BytesIO()
         Image.fromarray(data.astronaut()).save(buf, "JPEG")
         return db.story(db.photo(buf.getvalue()[:2000], content_type="image/jpeg")), "could not be read"
-    if case == "photo_not_uploaded":
-        return db.story(db.photo(img, status="pending_upload")), "not 'uploaded'"
+    if case == "photo_upload_failed":  # (a photo still pending_upload waits: tests/test_story_start.py)
+        return db.story(db.photo(img, status="failed")), "its upload failed"
+    if case == "photo_deleted":
+        return db.story(db.photo(img, status="deleted")), "it was deleted"
     if case == "photo_file_missing":
         return db.story(db.photo(None)), "missing from storage"
     if case == "unsupported_storage":
@@ -112,7 +114,7 @@ def _bad_story(db: Db, case: str) -> tuple[str, str]:
     raise AssertionError(case)
 
 
-BAD_CASES = ["no_face", "corrupt_image", "truncated_jpeg", "photo_not_uploaded", "photo_file_missing",
+BAD_CASES = ["no_face", "corrupt_image", "truncated_jpeg", "photo_upload_failed", "photo_deleted", "photo_file_missing",
              "unsupported_storage", "age_too_high", "age_negative", "unknown_theme", "empty_name",
              "huge_name", "key_escapes_root"]
 

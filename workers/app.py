@@ -24,7 +24,19 @@ def _setup_logging(**_: Any) -> None:
 @signals.worker_init.connect
 def _warm_up(**_: Any) -> None:
     """Pay the one-time costs (OpenCV cascades, fonts, the first DB connection) at boot, not
-    inside the first story's critical path."""
+    inside the first story's critical path.
+
+    First, a worker that cannot work must not take messages: with the database misconfigured,
+    unreachable or without its schema, the worker exits non-zero with one line, before its
+    consumer starts (worker_init runs before any bootstep). SystemExit, because Celery's signal
+    dispatch logs and swallows an Exception raised by a receiver and the worker would go on."""
+    from db.engine import DatabaseNotReady, check_database
+
+    try:
+        check_database()
+    except DatabaseNotReady as e:
+        raise SystemExit(f"configuration error: {e}") from None
+
     from pipeline import cpu
     from pipeline.providers.registry import providers
 
@@ -39,7 +51,7 @@ def _warm_up(**_: Any) -> None:
 
     from db.engine import get_engine
 
-    with get_engine().connect():
+    with get_engine().connect():  # the pool's first connection, now that the database answers
         pass
 
 

@@ -9,13 +9,15 @@ from __future__ import annotations
 
 import json
 import logging
+import random
 import time
 from collections.abc import Callable
 from typing import Any
 
 from celery import Task
-from sqlalchemy.exc import InterfaceError, OperationalError
 
+from db.engine import reason as db_reason
+from db.engine import unavailable as db_unavailable
 from pipeline import metrics, steps
 from pipeline.config import settings
 from workers.app import app
@@ -23,20 +25,14 @@ from workers.app import app
 log = logging.getLogger("storycreator.step")
 
 
-# Errors that may pass on the next try at the task level (PostgreSQL restarting, a dropped
-# connection). Provider errors are classified inside pipeline.steps, not here.
-RETRY_DB_ERRORS = (OperationalError, InterfaceError)
-
-
 class StepTask(Task):  # type: ignore[misc]
     acks_late = True
     reject_on_worker_lost = True
     ignore_result = True
-    autoretry_for = RETRY_DB_ERRORS
-    retry_backoff = 2
-    retry_backoff_max = 60
-    retry_jitter = True
-    retry_kwargs = {"max_retries": 10}  # the database errors above: bounded here
+    # A step the database kept from starting (or finishing: PostgreSQL restarting, a dropped
+    # connection, a database renamed, the schema missing) is re-sent by _run with capped backoff
+    # and no bound, never acked as failed: its message is the only record that the work is due.
+    # Provider errors are classified inside pipeline.steps, not here.
     # Our own re-schedules (RetryLater) are bounded by the step (tries, leases, a job's time
     # limit), not by Celery: `task.retry(max_retries=None)` means "the task's max_retries",
     # so with a number here a step that polls a long remote job would die after that many looks.
@@ -83,10 +79,28 @@ def _run(task: Task, stage: str, ids: dict[str, Any],
         # what is waited for (a lease, a job's time limit), so Celery's own cap is off.
         kwargs = {**(req.kwargs or {}), "tries": tries if r.waiting else tries + 1}
         raise task.retry(countdown=r.countdown, kwargs=kwargs, max_retries=None, exc=None) from None
+    except Exception as e:
+        if not db_unavailable(e):
+            raise
+        # Nothing recorded (the database is where we would record it): the same message again
+        # after a capped, jittered backoff, for as long as it takes (max_retries=None: no bound).
+        countdown = db_backoff(req.retries)
+        log.warning("step %s", json.dumps({"stage": stage, **ids, "attempt": attempt.number, "outcome": "retry",
+                                           "detail": f"database unavailable: {db_reason(e)}"[:300],
+                                           "retries": req.retries, "retry_in": countdown}, ensure_ascii=False))
+        metrics.observe(stage, "retry", time.perf_counter() - t0, None)
+        raise task.retry(countdown=countdown, kwargs=dict(req.kwargs or {}), max_retries=None, exc=None) from None
     if after is not None:
         after(result)
     _log_line(stage, ids, attempt.number, result, result.outcome.value, (time.perf_counter() - t0) * 1000)
     return f"{result.outcome.value}: {result.detail}" if result.detail else result.outcome.value
+
+
+def db_backoff(retries: int) -> float:
+    """Seconds before a step the database kept from running goes again: exponential from 1 s,
+    full jitter, capped at DB_RETRY_BACKOFF_MAX (default 60 s)."""
+    cap = settings().db_retry_backoff_max
+    return round(random.uniform(0.5, 1.0) * min(cap, 2.0 ** min(retries, 20)), 3)
 
 
 def _tries(value: Any) -> int:
@@ -129,7 +143,7 @@ def generate_story(self: Task, story_id: str | None = None, tries: int = 0, **ex
         # moves on by itself (text -> illustration -> personalization): pipelined, no stage
         # barrier. A page with nothing left but the story's completion goes straight there.
         for page_id in result.fanout:
-            write_text.apply_async(kwargs={"page_id": page_id})
+            write_text.apply_async(kwargs={"page_id": page_id, "story_id": sid})
         if result.outcome is steps.Outcome.DONE and not result.fanout:
             finish_story.apply_async(kwargs={"story_id": sid})
 
@@ -138,20 +152,27 @@ def generate_story(self: Task, story_id: str | None = None, tries: int = 0, **ex
 
 # --- internal steps ------------------------------------------------------------------------------
 
+# Page tasks carry their story's id too (optional: messages queued before it existed have none),
+# so an operator finds every task of a story by its id in Flower's search.
+
 @app.task(base=StepTask, bind=True, name="pages.write_text")
-def write_text(self: Task, page_id: str, tries: int = 0) -> str:
+def write_text(self: Task, page_id: str, tries: int = 0, story_id: str | None = None) -> str:
+    story = _story_label("pages.write_text", story_id)
     return _run(self, "text", {"page": page_id}, lambda a: steps.write_text(page_id, a),
-                _then(lambda: draw_base.apply_async(kwargs={"page_id": page_id})))
+                _then(lambda r: draw_base.apply_async(kwargs=page_kwargs(page_id, r, story))))
 
 
 @app.task(base=StepTask, bind=True, name="pages.draw_base")
-def draw_base(self: Task, page_id: str, tries: int = 0) -> str:
+def draw_base(self: Task, page_id: str, tries: int = 0, story_id: str | None = None) -> str:
+    story = _story_label("pages.draw_base", story_id)
     return _run(self, "image", {"page": page_id}, lambda a: steps.draw_base(page_id, a),
-                _then(lambda: personalize.apply_async(kwargs={"page_id": page_id})))
+                _then(lambda r: personalize.apply_async(kwargs=page_kwargs(page_id, r, story))))
 
 
 @app.task(base=StepTask, bind=True, name="pages.personalize")
-def personalize(self: Task, page_id: str, tries: int = 0) -> str:
+def personalize(self: Task, page_id: str, tries: int = 0, story_id: str | None = None) -> str:
+    _story_label("pages.personalize", story_id)
+
     def maybe_finish(result: steps.StepResult) -> None:
         # The barrier is a Postgres query (steps.personalize), not a Redis chord counter:
         # only a personalization that finds every page done enqueues the story's completion.
@@ -162,18 +183,36 @@ def personalize(self: Task, page_id: str, tries: int = 0) -> str:
                 maybe_finish)
 
 
+def _story_label(name: str, story_id: Any) -> str | None:
+    """A page task's ``story_id``: a label for operators (the page's row says which story it is
+    in, and the successors get that one). A malformed one is logged and ignored."""
+    if story_id is None:
+        return None
+    sid = steps.valid_uuid(story_id)
+    if sid is None:
+        log.error("%s: ignoring story_id %r (not a UUID)", name, str(story_id)[:80])
+    return sid
+
+
+def page_kwargs(page_id: str, result: steps.StepResult | None = None, story_id: str | None = None) -> dict[str, str]:
+    """The kwargs of a page task: ``page_id`` first (backfill resumes from the first value), then
+    ``story_id``: the story the step's claim read from the page's row, else the one received."""
+    story = (result.context.get("story") if result is not None else None) or story_id
+    return {"page_id": page_id, **({"story_id": str(story)} if story else {})}
+
+
 @app.task(base=StepTask, bind=True, name="stories.finish")
 def finish_story(self: Task, story_id: str, tries: int = 0) -> str:
     return _run(self, "finish", {"story": story_id}, lambda a: steps.finish_story(story_id, a))
 
 
-def _then(enqueue: Callable[[], Any]) -> Callable[[steps.StepResult], None]:
+def _then(enqueue: Callable[[steps.StepResult], Any]) -> Callable[[steps.StepResult], None]:
     """The next step of this page, when this one is done (or was already done: a redelivered
     copy whose first run died before enqueueing must still move the page on). Ids only."""
 
     def after(result: steps.StepResult) -> None:
         if result.moves_on:
-            enqueue()
+            enqueue(result)
 
     return after
 
