@@ -118,10 +118,16 @@ CREATE TABLE IF NOT EXISTS story_outlines (
     title       VARCHAR NOT NULL,
     style       VARCHAR NOT NULL DEFAULT '',
     beats       JSONB NOT NULL,
+    -- The face of the photo this story uses (pipeline/faces.py): index into the photo's
+    -- face_details.faces, its box, the rule that chose it, and a notice for the parent when the
+    -- photo had several faces. Every page's personalization uses exactly this face.
+    protagonist_face JSONB,
     created_at  TIMESTAMP WITH TIME ZONE NOT NULL DEFAULT now(),
     updated_at  TIMESTAMP WITH TIME ZONE NOT NULL DEFAULT now(),
     CONSTRAINT ck_story_outlines_beats CHECK (jsonb_typeof(beats) = 'array')
 );
+-- Databases created before the column existed.
+ALTER TABLE story_outlines ADD COLUMN IF NOT EXISTS protagonist_face JSONB;
 
 -- One row per failed attempt of a step: the history operators read (`status`, `retry`).
 -- The spec's page rows have no error column; the story's error_message holds the latest reason.

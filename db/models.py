@@ -185,6 +185,7 @@ class StoryOutline(Base):
     title: Mapped[str] = mapped_column(String, nullable=False)
     style: Mapped[str] = mapped_column(String, nullable=False, server_default=text("''"))
     beats: Mapped[Any] = mapped_column(JSONB, nullable=False)
+    protagonist_face: Mapped[Any | None] = mapped_column(JSONB)  # pipeline/faces.py ProtagonistChoice
     created_at: Mapped[datetime] = _ts()
     updated_at: Mapped[datetime] = _ts()
 

@@ -226,6 +226,7 @@ def claim_story(conn: Connection, story_id: str, lease: float, upload_wait: floa
             )
             SELECT s.*, ph.status AS photo_status, COALESCE(ph.ai_processing_status, 'pending') AS photo_ai_status,
                    ph.ai_error_message AS photo_error, o.story_id IS NOT NULL AS has_outline,
+                   ph.face_details AS photo_face_details,
                    (SELECT error_message FROM refused) AS refused
               FROM (SELECT 1) AS one LEFT JOIN s ON true
                    LEFT JOIN photos ph ON ph.id = s.protagonist_photo_id
@@ -313,7 +314,7 @@ def fail_story(
 
 
 def save_outline_and_pages(
-    conn: Connection, story_id: str, title: str, style: str, beats: list[str]
+    conn: Connection, story_id: str, title: str, style: str, beats: list[str], protagonist_face: Any = None
 ) -> list[str] | None:
     """Outline, title and one page row per beat, in one statement, only while we hold the story;
     returns the new pages' ids in page order (None: the story is no longer ours). A re-run
@@ -325,8 +326,8 @@ def save_outline_and_pages(
                 UPDATE stories SET title = COALESCE(title, :title)
                  WHERE id = :id AND status = 'processing' RETURNING id
             ), o AS (
-                INSERT INTO story_outlines (story_id, title, style, beats)
-                SELECT id, :title, :style, CAST(:beats AS jsonb) FROM held
+                INSERT INTO story_outlines (story_id, title, style, beats, protagonist_face)
+                SELECT id, :title, :style, CAST(:beats AS jsonb), CAST(:face AS jsonb) FROM held
                 ON CONFLICT (story_id) DO NOTHING
             ), p AS (
                 INSERT INTO story_pages (story_id, page_number)
@@ -343,7 +344,8 @@ def save_outline_and_pages(
                            AND EXISTS (SELECT 1 FROM held)) AS todo) AS pages
             """
         ),
-        {"id": story_id, "title": title, "style": style, "beats": json.dumps(beats), "count": len(beats)},
+        {"id": story_id, "title": title, "style": style, "beats": json.dumps(beats), "count": len(beats),
+         "face": None if protagonist_face is None else json.dumps(protagonist_face)},
     ).mappings().first()
     if row is None or not row["held"]:
         return None
@@ -449,6 +451,7 @@ class PageClaim:
     text: str | None
     base_image_key: str | None
     photo: dict[str, Any] | None  # personalization only: the protagonist photo's location + faces
+    protagonist_face: dict[str, Any] | None = None  # personalization only: the story's face choice
 
 
 def claim_page(conn: Connection, page_id: str, col: PageColumn, lease: float) -> PageClaim | None:
@@ -462,7 +465,7 @@ def claim_page(conn: Connection, page_id: str, col: PageColumn, lease: float) ->
     photo_join = (f"JOIN photos ph ON ph.id = s.protagonist_photo_id AND {_photo_refusal()} IS NULL"
                   if want_photo else "")
     photo_cols = (
-        ", ph.storage_provider, ph.bucket, ph.object_key, ph.face_details" if want_photo else ""
+        ", ph.storage_provider, ph.bucket, ph.object_key, ph.face_details, o.protagonist_face" if want_photo else ""
     )
     refuse = f"""
             WITH refused AS (
@@ -501,6 +504,7 @@ def claim_page(conn: Connection, page_id: str, col: PageColumn, lease: float) ->
         child_name=row["child_name"], child_age=row["child_age"], story_theme=row["story_theme"],
         title=row["title"], style=row["style"], beats=list(row["beats"]), text=row["text"],
         base_image_key=row["base_image_key"], photo=photo,
+        protagonist_face=row["protagonist_face"] if want_photo else None,
     )
 
 

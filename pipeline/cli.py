@@ -31,8 +31,9 @@ def cmd_status(args: argparse.Namespace) -> int:
         story = (
             c.execute(
                 text(
-                    "SELECT id, status, title, error_message, child_age, story_theme, updated_at "
-                    "FROM stories WHERE id = :s"
+                    "SELECT s.id, s.status, s.title, s.error_message, s.child_age, s.story_theme, s.updated_at, "
+                    "o.protagonist_face FROM stories s LEFT JOIN story_outlines o ON o.story_id = s.id "
+                    "WHERE s.id = :s"
                 ),
                 {"s": sid},
             )
@@ -89,6 +90,9 @@ def cmd_status(args: argparse.Namespace) -> int:
     print(f"story {story['id']}  {story['status']}  “{story['title'] or ''}”")
     if story["error_message"]:
         print(f"  error: {story['error_message']}")
+    face = story["protagonist_face"]
+    if face:  # which face of the photo the book uses (pipeline/faces.py), and what the parent was told
+        print(f"  face: #{face['index'] + 1} ({face['rule']})" + (f": {face['notice']}" if face.get("notice") else ""))
     for kind, link in book.items():
         print(f"  book ({kind}): {link}")
     print(f"  {'page':>4}  {'text':<8} {'image':<8} {'personal.':<9}")
@@ -184,8 +188,13 @@ def cmd_submit(args: argparse.Namespace) -> int:
     if not args.photo.is_file():
         print(f"error: no such photo file: {args.photo}", file=sys.stderr)
         return 2
-    ctype = mimetypes.guess_type(args.photo.name)[0] or "application/octet-stream"
-    story = submit_story(args.photo.read_bytes(), ctype, args.photo.name, args.name, args.age, args.theme)
+    from pipeline.providers.local_vision import photo_format
+
+    data = args.photo.read_bytes()
+    # What the bytes are (an iPhone's .HEIC, a .jpg that is a PNG), else what the name suggests.
+    sniffed = photo_format(data)
+    ctype = sniffed[1] if sniffed else mimetypes.guess_type(args.photo.name)[0] or "application/octet-stream"
+    story = submit_story(data, ctype, args.photo.name, args.name, args.age, args.theme)
     print(json.dumps({"story_id": story}) if args.json else f"submitted story {story}")
     return 0
 

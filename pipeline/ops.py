@@ -253,7 +253,8 @@ def backfill(*, lease: float, pending_after: float, batch_size: int = 200, rate:
 
 # --- submitting, as the external API does ------------------------------------------------------
 
-_EXTENSIONS = {"image/jpeg": "jpg", "image/png": "png", "image/webp": "webp", "image/gif": "gif"}
+_EXTENSIONS = {"image/jpeg": "jpg", "image/png": "png", "image/webp": "webp", "image/gif": "gif",
+               "image/heic": "heic", "image/heif": "heic", "image/avif": "avif"}
 
 
 def submit_story(photo: bytes, content_type: str, filename: str, name: str, age: int, theme: str,
@@ -266,7 +267,7 @@ def submit_story(photo: bytes, content_type: str, filename: str, name: str, age:
     from pipeline.storage import LocalStorage
     from workers.app import app
 
-    key = f"uploads/{uuid.uuid4()}.{_EXTENSIONS.get(content_type, 'bin')}"
+    key = f"uploads/{uuid.uuid4()}.{_EXTENSIONS.get(content_type.split(';')[0].strip().lower(), 'bin')}"
     LocalStorage(settings().local_storage_root).put(key, photo, content_type)
     with transaction() as c:
         user = c.execute(text(

@@ -27,7 +27,8 @@ from db.engine import autocommit, transaction
 from pipeline import cpu, metrics, upload_wait
 from pipeline.config import settings
 from pipeline.errors import OutputGoneError, PermanentStepError, TransientStepError
-from pipeline.providers.base import Outline, PageRequest, StoryRequest
+from pipeline.faces import ProtagonistChoice, choose_protagonist, too_small_message
+from pipeline.providers.base import Face, Outline, PageRequest, StoryRequest
 from pipeline.providers.registry import image_ref, output_storage, providers, read_photo
 from pipeline.quota import QuotaWait, quotas
 from pipeline.storage import ObjectMissing, book_key, page_image_key
@@ -191,8 +192,9 @@ NO_FACE = (
 )
 
 
-def analyze_photo(photo_id: str, attempt: Attempt = Attempt()) -> StepResult:
-    """photos.ai_processing_status: pending -> processing -> completed | failed."""
+def analyze_photo(photo_id: str, attempt: Attempt = Attempt(), analysed: dict[str, Any] | None = None) -> StepResult:
+    """photos.ai_processing_status: pending -> processing -> completed | failed. ``analysed``
+    (the story start's) receives the stored ``face_details`` when this run completed it."""
     s = settings()
     timer = _Timer()
     with timer.phase("claim"), autocommit() as c:
@@ -235,6 +237,9 @@ def analyze_photo(photo_id: str, attempt: Attempt = Attempt()) -> StepResult:
         with timer.phase("provider"):
             analysis = providers().vision.analyze_photo(image)
         if analysis.primary_face is None:
+            if analysis.small_faces:  # faces found, all too small to use: ask for a closer photo
+                raise PermanentStepError(too_small_message(
+                    analysis.small_faces[0], analysis.image_width, analysis.image_height))
             raise PermanentStepError(NO_FACE)
         from pipeline.providers.local_vision import analysis_to_json
 
@@ -247,6 +252,8 @@ def analyze_photo(photo_id: str, attempt: Attempt = Attempt()) -> StepResult:
         return StepResult(Outcome.FAILED, str(e), timer.timings)
     with timer.phase("record"), autocommit() as c:
         done = tx.complete_photo(c, photo_id, faces, labels, objects)
+    if done and analysed is not None:
+        analysed["face_details"] = faces
     return StepResult(Outcome.DONE if done else Outcome.ALREADY_DONE, "", timer.timings)
 
 
@@ -328,18 +335,21 @@ def generate_story(story_id: str, attempt: Attempt = Attempt()) -> StepResult:
     if claim["photo_status"] is None:  # the FK makes this impossible unless the row is deleted meanwhile
         return fail("The story's photo no longer exists.", "analysis")
     ai_status, ai_error = claim["photo_ai_status"], claim["photo_error"]
+    face_details = claim["photo_face_details"]
     uploaded_since = (ai_status == "failed" and claim["photo_status"] == "uploaded"
                       and (ai_error or "").startswith(tx.NOT_UPLOADED_PREFIX))
+    analysed: dict[str, Any] = {}
     if ai_status in ("pending", "processing") or uploaded_since:
         with timer.phase("analysis"):
             try:
-                result = analyze_photo(photo_id, attempt)
+                result = analyze_photo(photo_id, attempt, analysed)
             except RetryLater:
                 with autocommit() as c:  # the photo was released; release the story with it
                     tx.release_story(c, story_id)
                 raise
         if result.moves_on:
             ai_status = "completed"
+            face_details = analysed.get("face_details") or face_details
         else:  # failed here, or held by another worker: read what it is now
             with autocommit() as c:
                 photo = tx.photo_state(c, photo_id)
@@ -355,6 +365,10 @@ def generate_story(story_id: str, attempt: Attempt = Attempt()) -> StepResult:
 
     existing = claim["has_outline"]
     if not existing:
+        try:
+            choice = _protagonist_choice(photo_id, face_details, claim["child_age"])
+        except PermanentStepError as e:
+            return fail(f"The photo could not be used: {e}", "analysis")
         req = StoryRequest(name, claim["child_age"], theme_id, s.page_count, story_seed(story_id))
 
         def release(msg: str | None) -> None:
@@ -380,13 +394,57 @@ def generate_story(story_id: str, attempt: Attempt = Attempt()) -> StepResult:
         except _Failed as e:
             return StepResult(Outcome.FAILED, str(e), timer.timings)
         with timer.phase("record"), autocommit() as c:
-            pages = tx.save_outline_and_pages(c, story_id, outline.title, outline.style, list(outline.beats))
+            pages = tx.save_outline_and_pages(c, story_id, outline.title, outline.style, list(outline.beats),
+                                              choice.to_json())
         if pages is None:
             return StepResult(Outcome.STOPPED, "story changed while writing the outline", timer.timings)
         return StepResult(Outcome.DONE, f"{len(pages)} pages to run", timer.timings, fanout=pages)
     with autocommit() as c:  # a re-run: the pages exist; run those not finished
         pages = tx.unfinished_pages(c, story_id)
     return StepResult(Outcome.DONE, f"{len(pages)} pages to run", timer.timings, fanout=pages)
+
+
+def _protagonist_choice(photo_id: str, face_details: Any, child_age: int) -> ProtagonistChoice:
+    """The story's face (pipeline/faces.py) from its analysed photo; PermanentStepError with the
+    parent's message when the face that is the child's cannot be used."""
+    from pipeline.providers.local_vision import analysis_from_json
+
+    if not face_details:  # completed by another worker after our claim read the row
+        with autocommit() as c:
+            photo = tx.photo_state(c, photo_id)
+        face_details = photo["face_details"] if photo else None
+    if not face_details:
+        raise PermanentStepError(NO_FACE)
+    try:
+        a = analysis_from_json(face_details, [], [])
+    except (KeyError, IndexError, TypeError, ValueError, AttributeError) as exc:
+        raise PermanentStepError(f"The photo's stored analysis is unreadable ({exc!r}); re-run the analysis.") from exc
+    choice = choose_protagonist(list(a.faces), list(a.small_faces), child_age, a.image_width, a.image_height)
+    if choice is None:
+        raise PermanentStepError(NO_FACE)
+    if choice.refusal:
+        raise PermanentStepError(choice.refusal)
+    return choice
+
+
+def _story_face(claim: tx.PageClaim) -> Face:
+    """The face this story uses: the one its start recorded (story_outlines.protagonist_face), or,
+    for a story started before choices were recorded, the photo's primary face."""
+    from pipeline.providers.local_vision import face_from_json
+
+    assert claim.photo is not None
+    details = claim.photo["face_details"] or {}
+    chosen = claim.protagonist_face
+    try:
+        face = (face_from_json({**details, "primary_face_index": int(chosen["index"])}) if chosen
+                else face_from_json(details))
+    except (ValueError, KeyError, TypeError) as exc:
+        raise PermanentStepError(f"The story's recorded face does not match its photo's analysis ({exc}).") from exc
+    if face is None:
+        raise PermanentStepError("The photo has no analysed face; re-run the photo analysis.")
+    if chosen and face.box.to_json() != chosen.get("bounding_box"):
+        raise PermanentStepError("The photo was analysed again after the story started; retry the story.")
+    return face
 
 
 # --- page steps -------------------------------------------------------------------------------
@@ -479,13 +537,9 @@ def draw_base(page_id: str, attempt: Attempt = Attempt()) -> StepResult:
 
 def personalize(page_id: str, attempt: Attempt = Attempt()) -> StepResult:
     def work(claim: tx.PageClaim, timer: _Timer) -> dict[str, Any]:
-        from pipeline.providers.local_vision import face_from_json
-
         p = providers()
         assert claim.photo is not None and claim.base_image_key
-        face = face_from_json(claim.photo["face_details"] or {})
-        if face is None:
-            raise PermanentStepError("The photo has no analysed face; re-run the photo analysis.")
+        face = _story_face(claim)
         with timer.phase("read"):
             base = p.storage.get(claim.base_image_key)
             photo = read_photo(claim.photo["storage_provider"], claim.photo["bucket"], claim.photo["object_key"])
@@ -527,12 +581,8 @@ def _job_input(stage: str, claim: tx.PageClaim, timer: _Timer) -> dict[str, Any]
     req = _page_request(claim)
     if stage == "image":
         return jobs.base_input(req)
-    from pipeline.providers.local_vision import face_from_json
-
     assert claim.photo is not None and claim.base_image_key
-    face = face_from_json(claim.photo["face_details"] or {})
-    if face is None:
-        raise PermanentStepError("The photo has no analysed face; re-run the photo analysis.")
+    face = _story_face(claim)
     from pipeline.providers.replicate_images import face_photo_data_uri
 
     with timer.phase("read"):

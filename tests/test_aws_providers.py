@@ -240,7 +240,6 @@ def test_the_confidence_threshold_comes_from_the_environment(
     (face_detail(occluded=(True, 88.0)), "covered"),
     (face_detail(yaw=72.0), "turned too far"),
     (face_detail(yaw=-65.0), "turned too far"),
-    (face_detail(width=0.1, height=0.15), "too small"),  # 1.5% of the photo
     (face_detail(sunglasses=(True, 99.0), yaw=80.0), "sunglasses; the child's face is turned"),
 ])
 def test_a_protagonist_we_cannot_draw_from_is_refused_with_the_reason(
@@ -269,9 +268,20 @@ def test_a_face_too_few_pixels_across_is_refused(fake: FakeRekognition, analyzer
     photo = _png(Image.fromarray(np.asarray(Image.open(io.BytesIO(astronaut_png())).resize((200, 200)))))
     fake.script([("faces", [face_detail(width=0.3, height=0.3)])])
 
-    err = raised(PermanentStepError, lambda: analyzer.analyze_photo(photo))
+    a = analyzer.analyze_photo(photo)
 
-    assert "too small" in str(err)
+    # the step refuses it as too small (tests/test_phone_photos.py), not as "no face"
+    assert a.faces == () and len(a.small_faces) == 1
+    assert fake.targets() == ["RekognitionService.DetectFaces"]
+
+
+def test_a_face_under_two_percent_of_the_photo_is_too_small(fake: FakeRekognition, analyzer: RekognitionAnalyzer,
+                                                            astronaut: bytes) -> None:
+    fake.script([("faces", [face_detail(width=0.1, height=0.15), face_detail(left=0.0, top=0.0, width=0.05,
+                                                                              height=0.05)])])  # 1.5% and 0.25%
+    a = analyzer.analyze_photo(astronaut)
+
+    assert a.faces == () and [f.box.width for f in a.small_faces] == [0.1, 0.05]
 
 
 def test_boxes_are_clipped_and_landmarks_outside_the_image_dropped(

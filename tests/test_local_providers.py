@@ -219,9 +219,12 @@ def test_huge_images_are_rejected_before_decoding(analyzer: LocalPhotoAnalyzer) 
 def test_pixel_limit_is_configurable(astronaut_jpeg: bytes) -> None:
     # given an analyzer limited to 0.1 megapixels and a 512x512 photo
     small_limit = LocalPhotoAnalyzer(max_pixels=100_000)
-    # when analysed, then it is refused with the "too large" message
+    # when analysed as a PNG (decoded in full), then it is refused with the "too large" message
     with pytest.raises(PermanentStepError, match="too large"):
-        small_limit.analyze_photo(astronaut_jpeg)
+        small_limit.analyze_photo(_encode(skdata.astronaut(), "PNG"))
+    # while the same photo as a baseline JPEG is decoded at half size (DCT scaling), within the limit
+    result = small_limit.analyze_photo(astronaut_jpeg)
+    assert (result.image_width, result.image_height) == (512, 512)
 
 
 def test_exif_rotated_jpeg_is_turned_upright(analyzer: LocalPhotoAnalyzer) -> None:
@@ -325,8 +328,10 @@ def test_two_people_primary_face_is_the_largest(analyzer: LocalPhotoAnalyzer) ->
     canvas = np.full((512, 512 + 400, 3), 235, dtype=np.uint8)
     canvas[:, :512] = a
     canvas[60:367, 560:867] = small
+    # (at twice the size, so that both faces are over the 64 px a face needs to be usable)
+    photo = Image.fromarray(canvas).resize((1824, 1024), Image.Resampling.BICUBIC)
     # when analysed
-    result = analyzer.analyze_photo(_encode(canvas))
+    result = analyzer.analyze_photo(_encode(photo))
     # then both faces are found and the primary one is the big face on the left
     assert len(result.faces) == 2
     primary = result.primary_face

@@ -8,25 +8,24 @@ photo is usable (a rejected photo costs one request, not two).
 - Faces below ``min_face_confidence`` (default 90, ``REKOGNITION_MIN_FACE_CONFIDENCE``) are
   dropped: Rekognition scores real faces ~99, lower scores are mostly posters, patterns, pets.
 - No face left -> an analysis with no faces (no labels); the step fails it with NO_FACE.
-- Several faces -> all kept; the protagonist is the largest (``PhotoAnalysis.primary_face``).
-  Only the protagonist is checked, and the photo is refused (PermanentStepError, saying which
-  problem and what photo to send instead) when it:
-  * wears sunglasses (``Sunglasses`` true with confidence >= 80): the likeness needs the eyes;
-  * is heavily covered (``FaceOccluded`` true with confidence >= 80): a hand, hair, a mask;
-  * is turned away (``|Pose.Yaw| > 60`` degrees): a profile gives half a face to draw from;
-  * is too small: under 2% of the photo's area, or under 64 pixels across. A portrait or
-    half-body shot of a child puts the face at 3-30% of the picture; below 2% it is a
-    full-body or group shot where the child is a detail. 64 px is the absolute floor because
-    face personalization works on ~112-128 px aligned crops, and upscaling more than 2x
-    loses the likeness (Rekognition itself only promises to find faces >= 40 px at 1080p).
+- Faces too small to use (under 2% of the photo's area, or under 64 pixels across: why in
+  pipeline/faces.py; Rekognition itself only promises faces >= 40 px at 1080p) are returned apart
+  (``small_faces``): a photo with only those is refused as "too small, take a closer photo".
+- Several usable faces -> all kept, with their ``AgeRange``; the story start picks the child's face
+  by age (pipeline/faces.py). The photo is refused here (PermanentStepError, saying which problem and
+  what photo to send instead) only when every usable face, the largest named, is unusable:
+  * sunglasses (``Sunglasses`` true with confidence >= 80): the likeness needs the eyes;
+  * heavily covered (``FaceOccluded`` true with confidence >= 80): a hand, hair, a mask;
+  * turned away (``|Pose.Yaw| > 60`` degrees): a profile gives half a face to draw from.
 - Gender, beard and moustache are not kept: nothing here needs them, and this is a child's
   photo (data minimisation). Landmarks outside the image are dropped, boxes are clipped to it.
 
-Images: Rekognition takes JPEG or PNG of at most 5 MB (``ImageBlob`` max 5242880 bytes) and at
-least 80x80 px. Bytes that do not decode are refused before any request (PermanentStepError
-from ``decode_photo``); other formats (WEBP, GIF, BMP), PNGs with an EXIF rotation (only JPEG
-EXIF is honoured by Rekognition) and anything over 5 MB are re-encoded upright as JPEG,
-downscaled with the aspect ratio kept until they fit.
+Images: Rekognition takes JPEG or PNG of at most 5 MB (``ImageBlob`` max 5242880 bytes), at
+least 80x80 px and, for DetectLabels, at most 10,000 px a side. Bytes that do not decode are
+refused before any request (PermanentStepError from ``decode_photo``); other formats (HEIC, AVIF,
+WEBP, GIF, BMP), PNGs with an EXIF rotation (only JPEG EXIF is honoured by Rekognition) and
+anything over 5 MB or 10,000 px are re-encoded upright as JPEG (at most 4096 px), downscaled with
+the aspect ratio kept until they fit.
 
 Errors (both services)
 ----------------------
@@ -73,8 +72,10 @@ from PIL import Image
 
 from pipeline.config import env_number
 from pipeline.errors import PermanentStepError, StepError, TransientStepError, retry_after_seconds
+from pipeline.faces import MIN_FACE_PIXELS as FACE_PIXELS_FLOOR
+from pipeline.faces import face_pixels, face_problems, problems_message
 from pipeline.providers.base import BoundingBox, Face, Label, Landmark, NoHooks, PhotoAnalysis, RequestHooks
-from pipeline.providers.local_vision import MAX_PIXELS, decode_photo
+from pipeline.providers.local_vision import MAX_PIXELS, decode_photo, open_photo
 from pipeline.storage import ObjectMissing, check_key
 
 T = TypeVar("T")
@@ -90,6 +91,7 @@ REASON_CHARS = 300
 
 MAX_IMAGE_BYTES = 5 * 1024 * 1024  # Rekognition's limit for Image.Bytes
 MIN_IMAGE_SIDE = 80  # Rekognition's minimum image width and height
+MAX_IMAGE_SIDE = 10_000  # DetectLabels' maximum image width and height (AWS "Guidelines and quotas")
 MAX_SEND_LONG_SIDE = 4096  # re-encoded photos: more pixels than this do not find more faces
 JPEG_QUALITY = 90
 CHECK_LONG_SIDE = 1024  # decode size for validating bytes we send unchanged (JPEG draft: cheap)
@@ -100,7 +102,7 @@ MAX_LABELS = 50
 ATTRIBUTE_CONFIDENCE = 80.0  # sunglasses / occlusion must be this sure before we refuse a photo
 MAX_ABS_YAW = 60.0
 MIN_FACE_AREA = 0.02
-MIN_FACE_PIXELS = 64
+MIN_FACE_PIXELS = FACE_PIXELS_FLOOR  # pipeline/faces.py says why
 TOP_EMOTIONS = 3
 
 MAX_PHOTO_BYTES = 50 * 1024 * 1024  # read_object: an upload larger than this is refused unread
@@ -422,25 +424,44 @@ class RekognitionAnalyzer:
         )
 
     def analyze_photo(self, image: bytes) -> PhotoAnalysis:
+        """Faces (with AgeRange etc.), then labels when a face can be used; faces too small to
+        use come back in ``small_faces`` (the step refuses the photo as too small); a photo whose
+        every usable face is in sunglasses, covered or turned away raises PermanentStepError."""
         payload, width, height = self.prepare_image(image)
-        faces = self._call("DetectFaces", _faces_reply,
+        found = self._call("DetectFaces", _faces_reply,
                            lambda: self.client.detect_faces(Image={"Bytes": payload}, Attributes=["ALL"]))
-        faces = [f for f in faces if f.confidence >= self.min_face_confidence]
+        found = [f for f in found if f.confidence >= self.min_face_confidence]
         # Largest first (ties by position), as the offline analyzer orders them.
-        faces.sort(key=lambda f: (-f.box.width * f.box.height, f.box.top, f.box.left))
+        found.sort(key=lambda f: (-f.box.width * f.box.height, f.box.top, f.box.left))
+        faces = [f for f in found if not self.too_small(f, width, height)]
+        small = tuple(f for f in found if self.too_small(f, width, height))
         if not faces:
-            return PhotoAnalysis(image_width=width, image_height=height, faces=(), labels=(), detector=DETECTOR_NAME)
-        self.check_protagonist(faces[0], width, height)
+            return PhotoAnalysis(image_width=width, image_height=height, faces=(), labels=(), detector=DETECTOR_NAME,
+                                 small_faces=small)
+        if all(self.problems(f) for f in faces):
+            self.check_protagonist(faces[0], width, height)
         labels = self._call(
             "DetectLabels", _labels_reply,
             lambda: self.client.detect_labels(Image={"Bytes": payload}, MaxLabels=self.max_labels,
                                               MinConfidence=self.min_label_confidence),
         )
         return PhotoAnalysis(image_width=width, image_height=height, faces=tuple(faces), labels=labels,
-                             detector=DETECTOR_NAME)
+                             detector=DETECTOR_NAME, small_faces=small)
+
+    def too_small(self, face: Face, width: int, height: int) -> bool:
+        """Under ``min_face_area`` of the photo or ``min_face_pixels`` across (pipeline/faces.py)."""
+        return (face.box.width * face.box.height < self.min_face_area
+                or face_pixels(face, width, height) < self.min_face_pixels)
 
     def prepare_image(self, image: bytes) -> tuple[bytes, int, int]:
-        """(bytes to send, upright width, upright height); PermanentStepError if unusable."""
+        """(bytes to send, upright width, upright height); PermanentStepError if unusable.
+
+        Rekognition reads only JPEG and PNG bytes, at most 5 MB, at least 80 px and (DetectLabels)
+        at most 10,000 px a side (https://docs.aws.amazon.com/rekognition/latest/dg/limits.html,
+        .../images-information.html); it applies a JPEG's EXIF orientation itself. Anything else
+        (HEIC, AVIF, WebP, GIF, BMP, a rotated PNG, over 5 MB or 10,000 px) is decoded upright
+        and re-encoded as JPEG, at most ``MAX_SEND_LONG_SIDE`` px (more pixels find no more
+        faces: AWS's minimum face size grows with the image), smaller until under 5 MB."""
         decoded = decode_photo(image, max_pixels=self.max_pixels, target_long_side=CHECK_LONG_SIDE, exact=False)
         width, height = decoded.width, decoded.height
         if min(width, height) < MIN_IMAGE_SIDE:
@@ -448,11 +469,12 @@ class RekognitionAnalyzer:
                 f"The photo is too small ({width}x{height} pixels). Please upload a photo at least "
                 f"{MIN_IMAGE_SIDE} pixels wide and high, ideally a recent phone photo."
             )
-        with Image.open(io.BytesIO(image)) as im:  # header only; decode_photo already read it
+        with open_photo(image) as im:  # header only; decode_photo already read it
             fmt, orientation = im.format, _exif_orientation(im)
         fmt = "JPEG" if fmt == "MPO" else fmt  # iPhone multi-picture JPEGs: the first frame is a JPEG
         # Rekognition applies JPEG EXIF orientation itself, but not PNG's.
-        if len(image) <= self.max_image_bytes and (fmt == "JPEG" or (fmt == "PNG" and orientation == 1)):
+        if (len(image) <= self.max_image_bytes and max(width, height) <= MAX_IMAGE_SIDE
+                and (fmt == "JPEG" or (fmt == "PNG" and orientation == 1))):
             return image, width, height
         full = decode_photo(image, max_pixels=self.max_pixels, target_long_side=MAX_SEND_LONG_SIDE).image
         long_side = max(full.size)
@@ -467,30 +489,18 @@ class RekognitionAnalyzer:
         )
 
     def check_protagonist(self, face: Face, width: int, height: int) -> None:
-        """PermanentStepError naming each problem of the main face that a new photo would fix."""
+        """PermanentStepError naming each problem of ``face`` that a new photo would fix."""
         problems: list[tuple[str, str]] = []
-        area = face.box.width * face.box.height
-        side_px = min(face.box.width * width, face.box.height * height)
-        if area < self.min_face_area or side_px < self.min_face_pixels:
+        if self.too_small(face, width, height):
             problems.append(("the child's face is too small in the picture",
                              "taken closer, so that the face fills more of the picture"))
-        a = face.attributes
-        if self._sure(a.get("sunglasses")):
-            problems.append(("the child seems to be wearing sunglasses", "without sunglasses"))
-        if self._sure(a.get("face_occluded")):
-            problems.append(("part of the child's face is covered (for example by a hand, hair or an object)",
-                             "with the whole face visible"))
-        yaw = (a.get("pose") or {}).get("yaw")
-        if yaw is not None and abs(yaw) > self.max_abs_yaw:
-            problems.append(("the child's face is turned too far to the side", "with the child facing the camera"))
+        problems += self.problems(face)
         if problems:
-            raise PermanentStepError(
-                f"We could not use this photo: {'; '.join(p for p, _ in problems)}. "
-                f"Please upload a clear photo {', '.join(f for _, f in problems)}."
-            )
+            raise PermanentStepError(problems_message(problems))
 
-    def _sure(self, flag: Mapping[str, Any] | None) -> bool:
-        return bool(flag and flag.get("value") is True and flag.get("confidence", 0.0) >= self.attribute_confidence)
+    def problems(self, face: Face) -> list[tuple[str, str]]:
+        """pipeline.faces.face_problems with this adapter's thresholds."""
+        return face_problems(face, attribute_confidence=self.attribute_confidence, max_abs_yaw=self.max_abs_yaw)
 
     def _call(self, op: str, parse: Callable[[Any], T], send: Callable[[], Any]) -> T:
         return _call(self.hooks, REKOGNITION, "Amazon Rekognition", op, send, parse, self._image_error)

@@ -3,7 +3,8 @@
 What this detector can honestly tell, and nothing more:
 
 * Frontal faces (``haarcascade_frontalface_default.xml``). Profiles, strongly tilted heads and
-  faces smaller than ~6% of the photo's shorter side are not found.
+  faces smaller than ~3% of the photo's shorter side are not found; those under 6% are reported
+  apart, as too small to use (``small_faces``).
 * Eyes (``haarcascade_eye.xml``, falling back to ``haarcascade_eye_tree_eyeglasses.xml``) in the
   upper part of each face, and a smiling mouth (``haarcascade_smile.xml``) in the lower part.
   Landmarks are only reported when a cascade found them; nothing is estimated or invented.
@@ -47,15 +48,23 @@ from typing import Any
 
 import cv2
 import numpy as np
-from PIL import Image, ImageOps, UnidentifiedImageError
+import pillow_heif
+from PIL import Image, ImageOps, JpegImagePlugin, UnidentifiedImageError, features
 
 from pipeline.errors import PermanentStepError
+from pipeline.faces import MIN_FACE_PIXELS, face_pixels, face_problems
 from pipeline.providers.base import BoundingBox, Face, Label, Landmark, PhotoAnalysis
 
 DETECTOR_NAME = "opencv-haar"
 
-# Pillow's own bomb guard only trips at ~179 MP; a decoded 64 MP RGB image is already ~190 MB.
+# Memory bound: at most this many pixels are ever decoded at once (a decoded 64 MP RGB image is
+# already ~190 MB). Formats that must be decoded in full (PNG, HEIC, WebP, progressive JPEG...)
+# may have at most this many pixels; baseline JPEGs are decoded reduced (DCT scaling, 1/2..1/8)
+# until they fit, so a 108 or 200 MP phone JPEG is read at bounded memory.
 MAX_PIXELS = 64_000_000
+# Baseline JPEGs up to this many pixels (a 200 MP phone sensor is 16320x12240 = 199.8 MP): even
+# decoded at 1/8 scale, libjpeg still reads every coefficient, so time grows with the source.
+MAX_JPEG_PIXELS = 260_000_000
 # Faces in a parent's photo are large; 1024 px keeps detection ~0.1-0.3 s on one core.
 DETECT_LONG_SIDE = 1024
 # Eye/smile search runs on each face resized to this width, so small faces still exceed the
@@ -65,23 +74,36 @@ MAX_FACES = 20
 
 FACE_SCALE_FACTOR = 1.1
 FACE_MIN_NEIGHBORS = 5
-FACE_MIN_SIZE_RATIO = 0.06  # of the shorter side of the (downscaled) photo
+FACE_MIN_SIZE_RATIO = 0.06  # of the shorter side of the photo: smaller faces are too small to use
+# Faces down to this (or 24 px, the cascade's window) are still looked for, only to tell the parent
+# "too small, take a closer photo" instead of "no face" (pipeline/faces.py).
+FACE_DETECT_MIN_RATIO = 0.03
 EYE_MIN_NEIGHBORS = 4
 # The smile cascade is notoriously trigger-happy on lips and chins; only strong groups count.
 SMILE_MIN_NEIGHBORS = 20
 GROUP_EPS = 0.2  # OpenCV's GROUP_EPS in detectMultiScale
 
+# iPhones save HEIC by default; pillow-heif (libheif) reads HEIC/HEIF and applies the container's
+# rotation (irot/imir) itself, resetting the EXIF orientation to 1 so it is not applied twice.
+# Thumbnails, depth maps and auxiliary images are never needed here: not read (less memory).
+pillow_heif.register_heif_opener(thumbnails=False, depth_images=False, aux_images=False)
+
 # Only formats a phone or browser produces; fewer decoders means less attack surface.
-_ALLOWED_FORMATS = ("JPEG", "PNG", "WEBP", "GIF", "BMP")  # JPEG covers MPO
+# AVIF is read by Pillow itself (>= 11.3 with libavif in its wheels) when it was built with it.
+_ALLOWED_FORMATS = ("JPEG", "PNG", "WEBP", "GIF", "BMP", "HEIF") + (
+    ("AVIF",) if features.check("avif") else ()
+)  # JPEG covers MPO
+# Formats that can be decoded at a reduced size (libjpeg's DCT scaling through Image.draft).
+_REDUCIBLE_FORMATS = ("JPEG", "MPO")
 
 UNREADABLE_MESSAGE = (
     "The photo could not be read as an image (it may be damaged or not a photo). "
-    "Please upload a JPEG or PNG."
+    "Please upload a JPEG or PNG (or an iPhone's HEIC) photo."
 )
-EMPTY_MESSAGE = "The uploaded photo is empty (0 bytes). Please upload a JPEG or PNG."
+EMPTY_MESSAGE = "The uploaded photo is empty (0 bytes). Please upload a JPEG or PNG (or an iPhone's HEIC) photo."
 HEIC_MESSAGE = (
-    "The photo is in HEIC/HEIF format (common on iPhones), which we cannot read yet. "
-    "Please upload a JPEG or PNG."
+    "The photo is in HEIC/HEIF/AVIF format (common on phones) but could not be read: it may be "
+    "damaged or use a variant we cannot decode. Please upload it again, or as a JPEG or PNG."
 )
 
 
@@ -94,10 +116,11 @@ class DecodedPhoto:
     height: int
 
 
-def _too_large_message(width: int, height: int, max_pixels: int) -> str:
+def _too_large_message(width: int, height: int, limit: int, what: str = "photos") -> str:
     return (
-        f"The photo is too large ({width}x{height} pixels). Please upload a photo of at most "
-        f"{max_pixels // 1_000_000} megapixels."
+        f"The photo is too large ({width}x{height} pixels, {width * height / 1e6:.0f} megapixels; "
+        f"{what} can have at most {limit // 1_000_000} megapixels). Please upload a smaller photo "
+        f"(a phone's normal photo size works)."
     )
 
 
@@ -147,32 +170,71 @@ def _orientation(im: Image.Image) -> int:
     return value if 1 <= value <= 8 else 1
 
 
-def decode_photo(
-    data: bytes, *, max_pixels: int = MAX_PIXELS, target_long_side: int | None = None, exact: bool = True
-) -> DecodedPhoto:
-    """Decode uploaded photo bytes into an upright RGB image.
+def open_photo(data: bytes) -> Image.Image:
+    """Open lazily (header only). JPEGs skip ``Image.open``'s decompression-bomb check (it
+    refuses anything over ~179 MP before a reduced decode could read it): ``decode_photo``
+    applies its own limits, per format, before any pixel is decoded."""
+    if data[:3] == b"\xff\xd8\xff":
+        return JpegImagePlugin.jpeg_factory(io.BytesIO(data))
+    return Image.open(io.BytesIO(data), formats=_ALLOWED_FORMATS)
 
-    With ``target_long_side`` JPEGs are decoded at a reduced scale (much faster and lighter than
-    in full) whose longer side is still >= the target; with ``exact`` the result is then resized
-    so its longer side is exactly the target (never upscaled).
-    Raises PermanentStepError with a parent-readable message for anything unreadable.
+
+def _dct_scale(width: int, height: int, target_long_side: int | None, max_pixels: int) -> int:
+    """libjpeg's scale denominator (1, 2, 4 or 8): the smallest decode whose longer side is still
+    >= ``target_long_side`` (None: full size), reduced further until it has <= ``max_pixels``."""
+    scale = 1
+    if target_long_side is not None:
+        for s in (8, 4, 2):
+            if math.ceil(max(width, height) / s) >= target_long_side:
+                scale = s
+                break
+    while scale < 8 and math.ceil(width / scale) * math.ceil(height / scale) > max_pixels:
+        scale *= 2
+    return scale
+
+
+def decode_photo(
+    data: bytes, *, max_pixels: int = MAX_PIXELS, target_long_side: int | None = None, exact: bool = True,
+    max_jpeg_pixels: int = MAX_JPEG_PIXELS,
+) -> DecodedPhoto:
+    """Decode uploaded photo bytes (JPEG/MPO, PNG, HEIC/HEIF, AVIF, WebP, GIF, BMP, whatever the
+    row's content_type says: the bytes decide) into an upright RGB image.
+
+    With ``target_long_side`` (pixels) the image is decoded no smaller than that on its longer
+    side (never upscaled); with ``exact`` the result is then resized to exactly that size.
+    Memory: at most ``max_pixels`` pixels are decoded. Baseline JPEGs (what phones write) are
+    decoded reduced by libjpeg's DCT scaling (1/2, 1/4, 1/8) until they fit, so sources up to
+    ``max_jpeg_pixels`` (260 MP: 200 MP phone sensors) are read; the result is then smaller than
+    ``target_long_side`` when the target would not fit. Other formats, and progressive JPEGs
+    (libjpeg keeps every coefficient of those in memory), are decoded in full and refused above
+    ``max_pixels`` before decoding (the decompression-bomb guard). Orientation: JPEG's EXIF tag
+    is applied; HEIF's ``irot``/``imir`` are applied by libheif (pillow-heif).
+
+    Raises PermanentStepError with a parent-readable message for anything unreadable or too large.
     """
     if not data:
         raise PermanentStepError(EMPTY_MESSAGE)
-    if _looks_like_heif(data):
-        raise PermanentStepError(HEIC_MESSAGE)
     try:
-        im = Image.open(io.BytesIO(data), formats=_ALLOWED_FORMATS)
+        im = open_photo(data)
         raw_w, raw_h = im.size
         if raw_w <= 0 or raw_h <= 0:
             raise PermanentStepError(UNREADABLE_MESSAGE)
-        if raw_w * raw_h > max_pixels:
-            raise PermanentStepError(_too_large_message(raw_w, raw_h, max_pixels))
+        fmt = im.format or ""
+        progressive = bool(im.info.get("progressive") or im.info.get("progression"))
+        if fmt in _REDUCIBLE_FORMATS and not progressive:
+            if raw_w * raw_h > max_jpeg_pixels:
+                raise PermanentStepError(_too_large_message(raw_w, raw_h, max_jpeg_pixels, "JPEG photos"))
+        elif raw_w * raw_h > max_pixels:
+            what = "progressive JPEG photos" if fmt in _REDUCIBLE_FORMATS else f"{fmt or 'such'} photos"
+            raise PermanentStepError(_too_large_message(raw_w, raw_h, max_pixels, what))
         orientation = _orientation(im)
-        if target_long_side is not None and max(raw_w, raw_h) > target_long_side:
-            s = target_long_side / max(raw_w, raw_h)
-            # draft keeps both sides >= the request, so the reduced image is never too small.
-            im.draft("RGB", (max(1, math.ceil(raw_w * s)), max(1, math.ceil(raw_h * s))))
+        if fmt in _REDUCIBLE_FORMATS:
+            scale = _dct_scale(raw_w, raw_h, target_long_side, max_pixels)
+            if math.ceil(raw_w / scale) * math.ceil(raw_h / scale) > max_pixels:
+                raise PermanentStepError(_too_large_message(raw_w, raw_h, max_pixels * 64, "JPEG photos"))
+            if scale > 1:
+                # draft picks the largest scale keeping both sides >= the request: exactly `scale`.
+                im.draft("RGB", (max(1, raw_w // scale), max(1, raw_h // scale)))
         im.load()
         if orientation != 1:
             im = ImageOps.exif_transpose(im)  # type: ignore[assignment]
@@ -181,12 +243,12 @@ def decode_photo(
         raise
     except Image.DecompressionBombError as exc:
         raise PermanentStepError(
-            "The photo is too large to process. Please upload a smaller JPEG or PNG."
+            "The photo is too large to process. Please upload a smaller photo (a phone's normal photo size works)."
         ) from exc
     # Pillow's decoders report bad bytes with these; anything else is our bug and propagates.
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError, EOFError, struct.error,
             IndexError) as exc:
-        raise PermanentStepError(UNREADABLE_MESSAGE) from exc
+        raise PermanentStepError(HEIC_MESSAGE if _looks_like_heif(data) else UNREADABLE_MESSAGE) from exc
 
     # Size of the upright original: orientations 5-8 swap width and height.
     width, height = (raw_h, raw_w) if orientation in (5, 6, 7, 8) else (raw_w, raw_h)
@@ -195,6 +257,19 @@ def decode_photo(
         size = (max(1, round(rgb.width * s)), max(1, round(rgb.height * s)))
         rgb = rgb.resize(size, Image.Resampling.LANCZOS, reducing_gap=3.0)
     return DecodedPhoto(image=rgb, width=width, height=height)
+
+
+def photo_format(data: bytes) -> tuple[str, str] | None:
+    """(Pillow format name, MIME type) of photo bytes from their header, e.g. ("HEIF",
+    "image/heif"); None when not a photo format we read. Decodes no pixels. The upload's
+    ``content_type`` is what a client said; this is what the bytes are."""
+    try:
+        with open_photo(data) as im:
+            fmt = im.format or ""
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError, EOFError, struct.error, IndexError):
+        return None
+    mime = Image.MIME.get(fmt) or ("image/heif" if fmt == "HEIF" else None)
+    return (fmt, mime) if mime else None
 
 
 # --- cascades -------------------------------------------------------------------------------
@@ -398,15 +473,21 @@ class LocalPhotoAnalyzer:
         specs = _cascade_specs()
         work_h, work_w = gray.shape
 
-        side = max(24, int(round(min(work_w, work_h) * FACE_MIN_SIZE_RATIO)))
+        side = max(24, int(round(min(work_w, work_h) * FACE_DETECT_MIN_RATIO)))
+        usable_side = max(24, int(round(min(work_w, work_h) * FACE_MIN_SIZE_RATIO)))
         # No global histogram equalisation: OpenCV already normalises each window by its own
         # variance, and equalising a photo dominated by a flat background (a wall, the sky)
         # crushed the face's contrast and lost the face in tests.
-        hits = _detect(clfs["face"], gray, min_neighbors=FACE_MIN_NEIGHBORS, min_size=(side, side))
+        hits = _detect(clfs["face"], gray, min_neighbors=FACE_MIN_NEIGHBORS, min_size=(usable_side, usable_side))
+        if not hits and side < usable_side:
+            # Only for a photo that is refused anyway: look for smaller faces, to say "too small"
+            # instead of "no face" (the happy path does not pay for the extra scales).
+            hits = _detect(clfs["face"], gray, min_neighbors=FACE_MIN_NEIGHBORS, min_size=(side, side))
         # Largest first (ties by position) so output order is stable and the protagonist leads.
         hits = sorted(hits, key=lambda h: (-h.w * h.h, h.y, h.x))[:MAX_FACES]
 
         faces: list[Face] = []
+        small: list[Face] = []
         for hit in hits:
             conf = _confidence(hit, FACE_MIN_NEIGHBORS, specs["face"].last_stage_threshold)
             landmarks, attributes = self._face_parts(gray, hit, work_w, work_h, clfs)
@@ -416,7 +497,10 @@ class LocalPhotoAnalyzer:
                 width=_ratio(hit.w / work_w),
                 height=_ratio(hit.h / work_h),
             )
-            faces.append(Face(box=box, confidence=conf, landmarks=landmarks, attributes=attributes))
+            face = Face(box=box, confidence=conf, landmarks=landmarks, attributes=attributes)
+            too_small = (min(hit.w, hit.h) < usable_side
+                         or face_pixels(face, decoded.width, decoded.height) < MIN_FACE_PIXELS)
+            (small if too_small else faces).append(face)
 
         return PhotoAnalysis(
             image_width=decoded.width,
@@ -424,6 +508,7 @@ class LocalPhotoAnalyzer:
             faces=tuple(faces),
             labels=_labels(faces),
             detector=DETECTOR_NAME,
+            small_faces=tuple(small),
         )
 
     def _face_parts(
@@ -518,8 +603,9 @@ def _labels(faces: list[Face]) -> tuple[Label, ...]:
 def _primary_index(faces: tuple[Face, ...]) -> int | None:
     if not faces:
         return None
-    # Same rule as PhotoAnalysis.primary_face (first of the largest).
-    areas = [f.box.width * f.box.height for f in faces]
+    # The first of the largest faces that can be drawn from (PhotoAnalysis.primary_face when it
+    # can); the story start chooses the child's face itself (pipeline/faces.py).
+    areas = [(not face_problems(f), f.box.width * f.box.height) for f in faces]
     return areas.index(max(areas))
 
 
@@ -557,6 +643,7 @@ def analysis_to_json(a: PhotoAnalysis) -> tuple[dict[str, Any], list[dict[str, A
         "image": {"width": a.image_width, "height": a.image_height},
         "primary_face_index": _primary_index(a.faces),
         "faces": [_face_to_json(f) for f in a.faces],
+        "small_faces": [_face_to_json(f) for f in a.small_faces],
     }
     labels = [
         {"name": lb.name, "confidence": lb.confidence, "parents": list(lb.parents)} for lb in a.labels
@@ -593,6 +680,7 @@ def analysis_from_json(
         faces=tuple(_face_from_dict(f) for f in face_details.get("faces", [])),
         labels=labels,
         detector=str(face_details["detector"]),
+        small_faces=tuple(_face_from_dict(f) for f in face_details.get("small_faces", [])),
     )
 
 

@@ -18,8 +18,9 @@ What the Haar detector cannot tell is derived or fixed, never random:
 - ``Smile``/``Emotions`` from the smile detector; ``AgeRange``, ``Gender``, ``Beard``... fixed.
 - Labels: ``Person`` (alias ``Human``, instances at the face boxes), ``Face``, ``Smile``.
 
-Like the real service it refuses images that are not JPEG/PNG (``InvalidImageFormatException``)
-or over 5 MB (``ImageTooLargeException``), and honours ``Attributes``, ``MaxLabels`` and
+Like the real service it refuses images that are not JPEG/PNG (``InvalidImageFormatException``:
+HEIC, AVIF, WebP...), over 5 MB or, for DetectLabels, over 10,000 px a side
+(``ImageTooLargeException``), and honours ``Attributes``, ``MaxLabels`` and
 ``MinConfidence``.
 
 Fault injection, for the next requests in order, whatever their target (``fake.script([...])``):
@@ -61,6 +62,9 @@ from pipeline.providers.local_vision import LocalPhotoAnalyzer, decode_photo
 from tests.fakes.base import LocalHTTPFake
 
 MAX_IMAGE_BYTES = 5 * 1024 * 1024  # ImageBlob max in botocore's model for Rekognition
+# "The maximum image dimensions for DetectLabels is 10K pixels for both width and height."
+# (https://docs.aws.amazon.com/rekognition/latest/dg/limits.html)
+MAX_LABELS_SIDE = 10_000
 EMOTIONS = ("HAPPY", "CALM", "SURPRISED", "CONFUSED", "SAD", "ANGRY", "DISGUSTED", "FEAR")
 # Attributes=["DEFAULT"] (or none) returns only these keys and the five main landmarks.
 DEFAULT_KEYS = ("BoundingBox", "Confidence", "Pose", "Quality", "Landmarks")
@@ -357,6 +361,9 @@ class _Handler(BaseHTTPRequestHandler):
             return
         if rec.image_format not in ("JPEG", "PNG"):
             self._error(400, "InvalidImageFormatException", "Request has invalid image format")
+            return
+        if op == "DetectLabels" and rec.image_size and max(rec.image_size) > MAX_LABELS_SIDE:
+            self._error(400, "ImageTooLargeException", "Image dimensions exceed the limit.")
             return
         self._send(200, self.owner.detect(image, op, params))
 
