@@ -19,6 +19,8 @@ distributions' layouts work too. What each script is drawn with:
 ``check_fonts()`` (run at worker boot) raises FontConfigError naming the package to install when
 a required font is missing. ``unprintable(text)`` lists the characters no font can draw
 (Cherokee, emoji, unassigned code points, ...); ``unprintable_message`` says so for a parent.
+``printable_text(text, name, what)`` makes a provider's text printable where it enters the
+pipeline (emoji dropped, symbols mapped to drawable equivalents, the name never touched).
 """
 from __future__ import annotations
 
