@@ -416,9 +416,10 @@ class _Fonts:
                 lo = mid
         return self.wrap(text, hi, size, style)
 
-    def clean(self, text: str) -> str:
+    def clean(self, text: str, what: str = "The book's text") -> str:
         """``text`` (NFC) if every character of it has a glyph in one of the book's fonts; else
-        UnprintableTextError naming the kinds of characters (never "?" in a printed book)."""
+        UnprintableTextError saying where (``what``: "Page 3's text") and which kinds of
+        characters, never the text (never "?" in a printed book)."""
         from pipeline.fonts import JOINERS, UnprintableTextError, unprintable_message
 
         text = unicodedata.normalize("NFC", text)
@@ -429,10 +430,10 @@ class _Fonts:
             covered = self.covered
             bad = [ch for ch in text if ord(ch) not in covered and ch != "\n" and ch not in JOINERS]
         if bad:
-            raise UnprintableTextError(unprintable_message(list(dict.fromkeys(bad)), "The book's text"))
+            raise UnprintableTextError(unprintable_message(list(dict.fromkeys(bad)), what))
         return text
 
-    def check_drawn(self) -> None:
+    def check_drawn(self, what: str = "The book's text") -> None:
         """After drawing, before output: UnprintableTextError if fpdf2 met a character no font
         had (it would draw an empty box). Clears fpdf2's list, so its warning, which quotes
         the text, is never logged."""
@@ -444,7 +445,7 @@ class _Fonts:
                 lost += [chr(c) for c in font.missing_glyphs if chr(c) not in lost]
                 font.missing_glyphs = []
         if lost:
-            raise UnprintableTextError(unprintable_message(lost, "The book's text"))
+            raise UnprintableTextError(unprintable_message(lost, what))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -558,13 +559,13 @@ def _cover(pdf: FPDF, fonts: _Fonts, book: Book, pic: _Picture | None) -> None:
     y = MARGIN + 2
     pdf.set_font(fonts.family, style="B", size=11)
     pdf.set_char_spacing(2.2)  # small spaced capitals, like a series name on a real cover
-    _draw_lines(pdf, [fonts.clean(book.theme_title.upper())], MARGIN, y, PAGE_MM - 2 * MARGIN,
+    _draw_lines(pdf, [fonts.clean(book.theme_title.upper(), "The theme's title")], MARGIN, y, PAGE_MM - 2 * MARGIN,
                 6, Align.C, shade)
     pdf.set_char_spacing(0)
     y += 12
     # The title's size: the largest that fits in three lines, with even line lengths.
     width = PAGE_MM - 2 * MARGIN - 10
-    title = fonts.clean(book.title)
+    title = fonts.clean(book.title, "The book's title")
     size = 30.0
     while size > 16 and len(fonts.wrap(title, width, size, "B")) > 3:
         size -= 2
@@ -584,7 +585,7 @@ def _cover(pdf: FPDF, fonts: _Fonts, book: Book, pic: _Picture | None) -> None:
     y = _draw_lines(pdf, title_lines, (PAGE_MM - width) / 2, y, width, _line_h(size) * 0.92,
                     Align.C, shade)
     pdf.set_font(fonts.family, size=sub_size)
-    dedication = fonts.clean(f"A story for {' '.join(book.child_name.split())}")
+    dedication = fonts.clean(f"A story for {' '.join(book.child_name.split())}", "The child's name")
     _draw_lines(pdf, fonts.wrap(dedication, PAGE_MM - 2 * MARGIN, sub_size), MARGIN, y + 4,
                 PAGE_MM - 2 * MARGIN, _line_h(sub_size), Align.C, _mix(shade, tint, 0.25))
 
@@ -608,7 +609,7 @@ def _story_page(pdf: FPDF, fonts: _Fonts, page: BookPage, pic: _Picture) -> None
     pdf.add_page()
     pdf.set_fill_color(*pic.tint)
     pdf.rect(0, 0, PAGE_MM, PAGE_MM, style="F")
-    text = fonts.clean(" ".join(page.text.split()))
+    text = fonts.clean(" ".join(page.text.split()), f"Page {page.number}'s text")
     width = PAGE_MM - 2 * MARGIN - 8
     n_words = len(text.split())
     size = next(s for limit, s in _TEXT_SIZES if n_words <= limit)
@@ -666,9 +667,10 @@ def render_pdf(book: Book, *, fonts: FontSet | None = None) -> bytes:
     pages = [(p, picture(p.image, f"page {p.number}")) for p in book.pages]
     cover_data = book.cover_image or (book.pages[0].image if book.pages else None)
     _cover(pdf, font, book, picture(cover_data, "cover") if cover_data else None)
+    font.check_drawn("The cover's text")
     for page, pic in pages:
         _story_page(pdf, font, page, pic)
-    font.check_drawn()
+        font.check_drawn(f"Page {page.number}'s text")
     return bytes(pdf.output())
 
 
@@ -718,28 +720,66 @@ def _url(url: str | None) -> str | None:
     return html.escape(url.strip(), quote=True)
 
 
-def _paragraphs(text: str) -> Iterable[str]:
+def _paragraphs(text: str, name: str) -> Iterable[str]:
     for para in re.split(r"\n\s*\n", text.strip()):
         if para.strip():
-            yield html.escape(" ".join(para.split()), quote=True)
+            yield _bidi_html(" ".join(para.split()), name)
+
+
+FSI, PDI = "\u2068", "\u2069"  # FIRST STRONG ISOLATE, POP DIRECTIONAL ISOLATE (UAX #9, 2.7)
+
+
+def _runs(text: str, name: str) -> Iterable[tuple[str, bool]]:
+    """``text`` cut into (piece, isolate) runs: each occurrence of the name (any case) and every
+    right-to-left run (Arabic, Hebrew, ...) is one to isolate from the English around it."""
+    alternatives = [_RTL_RUN.pattern]
+    if name.strip():
+        alternatives.insert(0, re.escape(name))
+    pos = 0
+    for m in re.finditer("|".join(alternatives), text, re.IGNORECASE):
+        if m.start() > pos:
+            yield text[pos:m.start()], False
+        yield m.group(0), True
+        pos = m.end()
+    if pos < len(text):
+        yield text[pos:], False
+
+
+def _bidi_html(text: str, name: str) -> str:
+    """Escaped ``text`` with the name and right-to-left runs in ``<bdi>`` (HTML's bidi isolation):
+    "said <bdi>محمد</bdi>." keeps its full stop after the name in a browser, where an unisolated
+    Arabic name would pull the punctuation to its left."""
+    e = html.escape
+    return "".join(f"<bdi>{e(piece, quote=True)}</bdi>" if iso else e(piece, quote=True)
+                   for piece, iso in _runs(text, name))
+
+
+def _bidi_plain(text: str, name: str) -> str:
+    """Plain text (a document ``<title>``: no markup) with the same runs isolated by FSI ... PDI."""
+    return "".join(f"{FSI}{piece}{PDI}" if iso and _RTL_RUN.search(piece) else piece
+                   for piece, iso in _runs(text, name))
 
 
 def render_html(book: Book, image_urls: list[str], cover_url: str | None) -> str:
     """One self-contained, mobile-friendly HTML page; images by the given relative URLs.
 
-    Every piece of text is HTML-escaped (a name can be anything, "<script>" included).
+    Every piece of text is HTML-escaped (a name can be anything, "<script>" included). The page
+    is English, left to right (``<html lang="en" dir="ltr">``); the child's name and any
+    right-to-left run (an Arabic or Hebrew name) are isolated in ``<bdi>`` wherever they appear
+    (title, dedication, every page), so their direction never moves the punctuation around them
+    (HTML Living Standard, the bdi element; Unicode UAX #9 isolates).
     """
     if len(image_urls) != len(book.pages):
         raise ValueError(f"{len(image_urls)} image URLs for {len(book.pages)} pages")
     e = html.escape
-    name = e(" ".join(book.child_name.split()), quote=True)
+    name = " ".join(book.child_name.split())
     out = [
         "<!DOCTYPE html>",
-        '<html lang="en">',
+        '<html lang="en" dir="ltr">',
         "<head>",
         '<meta charset="utf-8">',
         '<meta name="viewport" content="width=device-width, initial-scale=1">',
-        f"<title>{e(book.title, quote=True)}</title>",
+        f"<title>{e(_bidi_plain(book.title, name), quote=True)}</title>",
         f"<style>{_CSS}</style>",
         "</head>",
         "<body>",
@@ -751,8 +791,8 @@ def render_html(book: Book, image_urls: list[str], cover_url: str | None) -> str
     if cover:
         out.append(f'<img src="{cover}" alt="Cover illustration" width="960" height="720">')
     out += [
-        f"<h1>{e(book.title, quote=True)}</h1>",
-        f'<p class="dedication">A story for {name}</p>',
+        f"<h1>{_bidi_html(book.title, name)}</h1>",
+        f'<p class="dedication">A story for <bdi>{e(name, quote=True)}</bdi></p>',
         "</header>",
     ]
     for page, url in zip(book.pages, image_urls, strict=True):
@@ -761,7 +801,7 @@ def render_html(book: Book, image_urls: list[str], cover_url: str | None) -> str
         if src:
             out.append(f'<img src="{src}" alt="Illustration for page {page.number}" '
                        'width="960" height="720" loading="lazy">')
-        out += [f'<p class="text">{p}</p>' for p in _paragraphs(page.text)]
+        out += [f'<p class="text">{p}</p>' for p in _paragraphs(page.text, name)]
         out += [f'<p class="num">{page.number}</p>', "</section>"]
     out += ["</main>", "</body>", "</html>", ""]
     return "\n".join(out)

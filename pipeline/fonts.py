@@ -19,10 +19,13 @@ distributions' layouts work too. What each script is drawn with:
 ``check_fonts()`` (run at worker boot) raises FontConfigError naming the package to install when
 a required font is missing. ``unprintable(text)`` lists the characters no font can draw
 (Cherokee, emoji, unassigned code points, ...); ``unprintable_message`` says so for a parent.
+``printable_text(text, name, what)`` makes a provider's text printable where it enters the
+pipeline (emoji dropped, symbols mapped to drawable equivalents, the name never touched).
 """
 from __future__ import annotations
 
 import os
+import re
 import unicodedata
 from dataclasses import dataclass
 from functools import lru_cache
@@ -221,3 +224,132 @@ def cjk_face(text: str) -> int:
 class UnprintableTextError(PermanentStepError, ValueError):
     """A PDF was about to draw characters no font has (it would print "?" or empty boxes).
     The message names the kinds of characters only (it may reach logs)."""
+
+
+# ---------------------------------------------------------------------------------------------
+# Provider text: made printable where it enters (the outline and text steps), not at the end
+# ---------------------------------------------------------------------------------------------
+
+# Typographic symbols a model may write that no book font draws, and what is printed instead
+# (after these, Unicode's compatibility mapping, NFKC, is tried: fullwidth letters, ligatures,
+# circled digits, ...). Each value must be drawable by the base font.
+EQUIVALENTS: dict[str, str] = {
+    "\u2e3a": "\u2014\u2014", "\u2e3b": "\u2014\u2014\u2014",  # two- and three-em dashes
+    "\u2053": "~", "\u301c": "~", "\u2e17": "-", "\u2010": "-", "\u2011": "-",  # swung dash, hyphens
+    "\u203d": "?!", "\u2e18": "!?",  # interrobang, inverted interrobang
+    "\u2047": "??", "\u2048": "?!", "\u2049": "!?",
+    "\u2027": "\u00b7", "\u2e31": "\u00b7",  # hyphenation point, word separator middle dot
+    "\u275b": "\u2018", "\u275c": "\u2019", "\u275d": "\u201c", "\u275e": "\u201d",  # ornamental quotes
+    "\u2760": ",", "\u2762": "!", "\u2763": "!",
+}
+# Invisible characters of emoji sequences: variation selectors, the keycap, tags (flags).
+_EMOJI_PARTS = re.compile("[\ufe00-\ufe0f\u20e3\U000e0020-\U000e007f\U000e0100-\U000e01ef]")
+_OPENERS = "([{“‘«‹¿¡\"'"
+_CLOSERS = ".,;:!?…)]}”’»›\"'"
+_DROPPED = "\x00"
+
+
+@dataclass(frozen=True)
+class Printable:
+    """Provider text made printable (``printable_text``), and how much was changed. The counts
+    (characters) are safe for logs; the text is not."""
+
+    text: str
+    dropped: int = 0  # emoji, pictographs and their invisible parts, removed
+    replaced: int = 0  # symbols printed as a drawable equivalent
+
+    def counts(self, prefix: str = "") -> dict[str, int]:
+        """The nonzero counts, for a step's log line: ``{"chars_dropped": 3}``."""
+        out = {f"{prefix}chars_dropped": self.dropped, f"{prefix}chars_replaced": self.replaced}
+        return {k: v for k, v in out.items() if v}
+
+
+def _equivalent(ch: str) -> str | None:
+    """A drawable stand-in for an undrawable symbol, or None."""
+    for candidate in (EQUIVALENTS.get(ch), unicodedata.normalize("NFKC", ch)):
+        if candidate and candidate != ch and all(drawable(c) for c in candidate):
+            return candidate
+    return None
+
+
+def _invisible(ch: str) -> bool:
+    """Parts of emoji sequences (variation selectors, the keycap, tags), format and control
+    characters: dropped without leaving a gap."""
+    return bool(_EMOJI_PARTS.match(ch)) or ch in JOINERS or unicodedata.category(ch) in ("Cf", "Cc")
+
+
+def _droppable(ch: str) -> bool:
+    """Emoji, pictographs, dingbats and the like: symbols (Unicode category S*), unassigned or
+    private-use code points, and invisible characters."""
+    return unicodedata.category(ch)[0] == "S" or unicodedata.category(ch) in ("Cn", "Co") or _invisible(ch)
+
+
+def printable_text(text: str, name: str, what: str) -> Printable:
+    """``text`` (NFC) from a story provider with every character some book font draws, so the
+    book cannot fail at its very end (or print "?") because of it. The policy:
+
+    - the child's name is never changed (each occurrence, any case, is kept as it is; it was
+      checked at the story's start);
+    - a typographic symbol no font draws is printed as its equivalent (EQUIVALENTS, then its
+      Unicode compatibility form, NFKC: "⸺" -> "——", "‽" -> "?!", fullwidth "Ａ" -> "A");
+    - emoji, pictographs and other symbols (category S*), unassigned and private-use code
+      points, and the joiners, variation selectors and modifiers that build emoji sequences are
+      dropped, with the spaces around them tidied ("waved 🌟." -> "waved.");
+    - letters, digits or marks of a script no installed font draws cannot be dropped without
+      mangling words: UnprintableTextError (a PermanentStepError) saying ``what`` uses which
+      kind of characters (never the characters themselves).
+
+    Returns the text and the number of characters dropped and replaced. With no fonts found at
+    all (nothing to judge by) the text is returned unchanged.
+    """
+    text = unicodedata.normalize("NFC", text)
+    if not coverage():
+        return Printable(text)
+    keep = [False] * len(text)
+    clean_name = " ".join(name.split())
+    if clean_name:
+        for m in re.finditer(re.escape(unicodedata.normalize("NFC", clean_name)), text, re.IGNORECASE):
+            keep[m.start():m.end()] = [True] * (m.end() - m.start())
+    # What happens to each character: kept (None), replaced (its equivalent), or dropped ("").
+    fate: list[str | None] = [None] * len(text)
+    refused: list[str] = []
+    for i, ch in enumerate(text):
+        if keep[i] or ch in JOINERS or drawable(ch):
+            continue
+        if (eq := _equivalent(ch)) is not None:
+            fate[i] = eq
+        elif _droppable(ch):
+            fate[i] = ""
+        else:
+            refused.append(ch)
+    if refused:
+        raise UnprintableTextError(unprintable_message(list(dict.fromkeys(refused)), what))
+    for i, ch in enumerate(text):  # a joiner beside a dropped emoji was part of its sequence
+        if ch in JOINERS and not keep[i] and (
+                (i > 0 and fate[i - 1] == "") or (i + 1 < len(text) and fate[i + 1] == "")):
+            fate[i] = ""
+    out: list[str] = []
+    dropped = replaced = 0
+    for ch, f in zip(text, fate, strict=True):
+        if f is None:
+            out.append(ch)
+        elif f:
+            out.append(f)
+            replaced += 1
+        else:
+            dropped += 1
+            if not _invisible(ch):
+                out.append(_DROPPED)
+    return Printable(re.sub(f"[ \t]*{_DROPPED}+[ \t]*", _tidy, "".join(out)), dropped, replaced)
+
+
+def _tidy(m: re.Match[str]) -> str:
+    """What a run of dropped characters (with the spaces around it) becomes: nothing at the
+    text's or a line's ends, before closing punctuation or after opening punctuation, else one
+    space between the words it separated."""
+    s, start, end = m.string, m.start(), m.end()
+    before = s[start - 1] if start > 0 else "\n"
+    after = s[end] if end < len(s) else "\n"
+    if before == "\n" or after == "\n" or after in _CLOSERS or before in _OPENERS or after == _DROPPED:
+        return ""
+    return " "

@@ -337,14 +337,14 @@ class _Interior:
         pdf.set_fill_color(255, 255, 255)
         pdf.rect(ix - 2, iy - 2, img_w + 4, img_h + 4, style="F", round_corners=True, corner_radius=3)
         self._image(art.image, ix, iy, img_w, img_h)
-        title = fonts.clean(self.book.title)
+        title = fonts.clean(self.book.title, "The book's title")
         size, lines = _fit(fonts, title, width - 8, 3 * _line_h(30), range(30, 15, -2), "B")
         lines = fonts.balanced(title, width - 8, size, "B")
         y = iy + img_h + 12
         pdf.set_font(fonts.family, style="B", size=size)
         y = _draw_lines(pdf, lines, x0, y, width, _line_h(size) * 0.95, Align.C, art.shade)
         pdf.set_font(fonts.family, size=15)
-        dedication = fonts.clean(f"A story for {' '.join(self.book.child_name.split())}")
+        dedication = fonts.clean(f"A story for {' '.join(self.book.child_name.split())}", "The child's name")
         _draw_lines(pdf, fonts.wrap(dedication, width, 15), x0, y + 5, width, _line_h(15), Align.C,
                     _mix(art.shade, art.tint, 0.25))
 
@@ -354,7 +354,7 @@ class _Interior:
         self._fill(art.tint)
         x0, y0, x1, y1 = self._box(recto=False)
         footer = 12.0
-        text = fonts.clean(" ".join(page.text.split()))
+        text = fonts.clean(" ".join(page.text.split()), f"Page {page.number}'s text")
         size, lines = _fit(fonts, text, x1 - x0, y1 - y0 - footer, range(24, 10, -1))
         pdf.set_font(fonts.family, size=size)
         text_h = len(lines) * _line_h(size)
@@ -378,14 +378,16 @@ class _Interior:
         mid = (y0 + y1) / 2
         _draw_lines(pdf, ["The End"], x0, mid - 16, x1 - x0, 16, Align.C, art.shade)
         pdf.set_font(fonts.family, size=14)
-        made = fonts.clean(f"Made for {' '.join(self.book.child_name.split())}")
+        made = fonts.clean(f"Made for {' '.join(self.book.child_name.split())}", "The child's name")
         _draw_lines(pdf, fonts.wrap(made, x1 - x0, 14), x0, mid + 4, x1 - x0, _line_h(14), Align.C,
                     _mix(art.shade, art.tint, 0.3))
 
     def render(self) -> bytes:
         self.title_page()
+        self.fonts.check_drawn("The title page's text")
         for i, (page, art) in enumerate(zip(self.book.pages, self.arts, strict=True)):
             self.text_page(page, art, 2 * (i + 1))
+            self.fonts.check_drawn(f"Page {page.number}'s text")
             self.picture_page(art)
         self.end_page(self.arts[-1])
         for _ in range(self.plan.blank):
@@ -432,7 +434,7 @@ def _render_cover(book: PrintBook, spec: PrintSpec, size_pt: tuple[float, float]
     pdf.rect(px - 2, py - 2, pic_w + 4, pic_h + 4, style="F", round_corners=True, corner_radius=3)
     image(back.image, px, py, pic_w, pic_h)
     pdf.set_font(fonts.family, size=14)
-    blurb = fonts.clean(f"A personalized story for {' '.join(book.child_name.split())}")
+    blurb = fonts.clean(f"A personalized story for {' '.join(book.child_name.split())}", "The child's name")
     _draw_lines(pdf, fonts.wrap(blurb, bx1 - bx0, 14), bx0, py + pic_h + 12, bx1 - bx0, _line_h(14),
                 Align.C, back.shade)
     # Spine: a band of the front's deep colour; the title only where there is room for it.
@@ -443,14 +445,14 @@ def _render_cover(book: PrintBook, spec: PrintSpec, size_pt: tuple[float, float]
         pdf.set_font(fonts.family, style="B", size=size)
         cx, cy = back_x1 + spine / 2, h / 2
         with pdf.rotation(-90, x=cx, y=cy):  # reads top to bottom, as on a shelf
-            line = fonts.clean(book.title)
+            line = fonts.clean(book.title, "The book's title")
             _draw_lines(pdf, [line], cx - (trim_h - 2 * safe) / 2, cy - size * 0.3528 * 0.6, trim_h - 2 * safe,
                         size * 0.3528 * 1.2, Align.C, front.tint)
     # Front: the first illustration, full bleed over the panel and its outer margins.
     fw = w - front_x0
     image(_crop(front.image, fw / h, front.focus_x), front_x0, 0, fw, h)
     fx0, fx1 = front_x0 + safe, front_x0 + trim_w - safe
-    title = fonts.clean(book.title)
+    title = fonts.clean(book.title, "The book's title")
     size, _ = _fit(fonts, title, fx1 - fx0 - 12, 3 * _line_h(30), range(30, 15, -2), "B")
     lines = fonts.balanced(title, fx1 - fx0 - 12, size, "B")
     panel_h = len(lines) * _line_h(size) * 0.95 + _line_h(15) + 16
@@ -461,10 +463,10 @@ def _render_cover(book: PrintBook, spec: PrintSpec, size_pt: tuple[float, float]
     pdf.set_font(fonts.family, style="B", size=size)
     y = _draw_lines(pdf, lines, fx0 + 6, top + 6, fx1 - fx0 - 12, _line_h(size) * 0.95, Align.C, front.shade)
     pdf.set_font(fonts.family, size=15)
-    dedication = fonts.clean(f"A story for {' '.join(book.child_name.split())}")
+    dedication = fonts.clean(f"A story for {' '.join(book.child_name.split())}", "The child's name")
     _draw_lines(pdf, [dedication], fx0 + 6, y + 2, fx1 - fx0 - 12, _line_h(15), Align.C,
                 _mix(front.shade, front.tint, 0.25))
-    fonts.check_drawn()
+    fonts.check_drawn("The cover's text")
     return bytes(pdf.output()), min_dpi, spine
 
 

@@ -28,6 +28,7 @@ from pipeline import cpu, metrics, upload_wait
 from pipeline.config import settings
 from pipeline.errors import OutputGoneError, PermanentStepError, TransientStepError
 from pipeline.faces import ProtagonistChoice, choose_protagonist, too_small_message
+from pipeline.fonts import printable_text
 from pipeline.providers.base import Face, Outline, PageRequest, StoryRequest
 from pipeline.providers.registry import image_ref, output_storage, providers, read_photo
 from pipeline.quota import QuotaWait, quotas
@@ -364,6 +365,7 @@ def generate_story(story_id: str, attempt: Attempt = Attempt()) -> StepResult:
         return fail(f"The photo could not be used: {ai_error}", "analysis")
 
     existing = claim["has_outline"]
+    fixed: dict[str, int] = {}  # characters printable_text changed: counts for the log line
     if not existing:
         try:
             choice = _protagonist_choice(photo_id, face_details, claim["child_age"])
@@ -378,6 +380,10 @@ def generate_story(story_id: str, attempt: Attempt = Attempt()) -> StepResult:
         def write() -> Outline:
             with timer.phase("provider"):
                 outline = providers().writer.write_outline(req)
+            # A title character no font draws (emoji, ...): dropped or mapped now, not at the end.
+            title = printable_text(outline.title, name, "The title the story writer returned")
+            fixed.update(title.counts("title_"))
+            outline = Outline(title.text, outline.beats, outline.style)
             if not outline.title.strip() or len(outline.beats) != req.page_count:
                 raise PermanentStepError(
                     f"The story writer returned an unusable outline ({len(outline.beats)} pages "
@@ -398,7 +404,7 @@ def generate_story(story_id: str, attempt: Attempt = Attempt()) -> StepResult:
                                               choice.to_json())
         if pages is None:
             return StepResult(Outcome.STOPPED, "story changed while writing the outline", timer.timings)
-        return StepResult(Outcome.DONE, f"{len(pages)} pages to run", timer.timings, fanout=pages)
+        return StepResult(Outcome.DONE, f"{len(pages)} pages to run", timer.timings, fanout=pages, context=fixed)
     with autocommit() as c:  # a re-run: the pages exist; run those not finished
         pages = tx.unfinished_pages(c, story_id)
     return StepResult(Outcome.DONE, f"{len(pages)} pages to run", timer.timings, fanout=pages)
@@ -509,14 +515,21 @@ def _page_step(
 
 
 def write_text(page_id: str, attempt: Attempt = Attempt()) -> StepResult:
+    fixed: dict[str, int] = {}  # characters printable_text changed: counts for the log line
+
     def work(claim: tx.PageClaim, timer: _Timer) -> dict[str, Any]:
         with timer.phase("provider"):
             page_text = providers().writer.write_page(_page_request(claim))
-        if not page_text or not page_text.strip():
+        # Characters no font draws (emoji, ...): dropped or mapped before the text is stored.
+        page = printable_text(page_text or "", claim.child_name, f"Page {claim.page_number}'s text")
+        fixed.update(page.counts())
+        if not page.text.strip():
             raise PermanentStepError("The story writer returned an empty page.")
-        return {"text": page_text.strip()}
+        return {"text": page.text.strip()}
 
-    return _page_step(page_id, "text", attempt, work)
+    result = _page_step(page_id, "text", attempt, work)
+    result.context.update(fixed)
+    return result
 
 
 def draw_base(page_id: str, attempt: Attempt = Attempt()) -> StepResult:
@@ -818,6 +831,11 @@ def finish_story(story_id: str, attempt: Attempt = Attempt()) -> StepResult:
                                              story["child_name"], story["story_theme"], pages))
             with timer.phase("record"):
                 tx.complete_story(c, story_id)
+    except PermanentStepError as e:  # e.g. which page has a character no font draws: says what
+        msg = f"The book could not be assembled: {e}"
+        with autocommit() as c:
+            tx.fail_story(c, story_id, msg, "finish", attempt=attempt.number, task_id=attempt.task_id)
+        return StepResult(Outcome.FAILED, msg, timer.timings)
     except TransientStepError as e:
         if attempt.last:
             msg = f"The book could not be assembled after {attempt.number + 1} tries: {e}"

@@ -134,9 +134,9 @@ def test_a_book_prints_the_name_in_its_own_script(name: str, family: str, rtl: b
     nfc = unicodedata.normalize("NFC", name)
     assert nfc in text_of(pdf) or rtl
     assert "?" not in text_of(pdf)
-    # And the HTML names the child as typed (NFC), with the page in UTF-8
+    # And the HTML names the child as typed, isolated from the English around it, in UTF-8
     html = render_html(b, ["p1.png"], "p1.png")
-    assert f"A story for {name}" in html and '<meta charset="utf-8">' in html
+    assert f"A story for <bdi>{name}</bdi>" in html and '<meta charset="utf-8">' in html
 
 
 def ink_gaps(pdf: bytes, page: int, letters: str) -> int:

@@ -182,6 +182,25 @@ def clean_text(value: str, limit: int | None = None) -> str:
     return text[:limit] if limit is not None else text
 
 
+NAME_PLACEHOLDER = "[the child's name]"
+
+
+def without_name(error: StepError, name: str) -> StepError:
+    """``error`` with the child's name (whole, and each part of 3+ letters, any case) replaced
+    by NAME_PLACEHOLDER. A provider's own words (a refusal, a 400's reason) often quote the
+    request, and these messages reach step_errors, the step's log line and Celery's: logs carry
+    ids, never names."""
+    parts = [name.strip()] + [p for p in name.split() if len(p) >= 3]
+    message = str(error)
+    for part in sorted(dict.fromkeys(p for p in parts if p), key=len, reverse=True):
+        message = re.sub(rf"(?<!\w){re.escape(part)}(?!\w)", NAME_PLACEHOLDER, message, flags=re.IGNORECASE)
+    if message == str(error):
+        return error
+    if isinstance(error, TransientStepError):
+        return TransientStepError(message, retry_after=error.retry_after)
+    return type(error)(message)
+
+
 def _retry_after(headers: Mapping[str, str]) -> float | None:
     """The provider's wait hint in seconds: ``retry-after-ms`` (OpenAI's, more precise), then
     ``Retry-After`` as seconds or an HTTP date. None when absent or unusable."""
@@ -380,7 +399,7 @@ class OpenAIStoryWriter:
         if error is not None:
             # Raised outside the except blocks on purpose: no __context__ chain to the SDK's
             # exception, whose request object carries the Authorization header.
-            raise error
+            raise without_name(error, str(data.get("child_name") or ""))
         return reply
 
     def _parse(self, body: str) -> dict[str, Any]:

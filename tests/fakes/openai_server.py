@@ -15,6 +15,9 @@ Fault injection, for the next requests in order (``fake.script([...])``):
 - ``("content_filter",)``: 200, ``finish_reason`` "content_filter"
 - ``("content", text)``: 200, ``finish_reason`` "stop", exactly this message content
 
+``fake.decorate = fn``: every default answer's text fields go through ``fn(field, value)``
+(e.g. emoji sprinkled into the title and page text, as real models do).
+
 A request without ``Authorization: Bearer <api_key>`` gets OpenAI's 401, before any script.
 """
 from __future__ import annotations
@@ -23,6 +26,7 @@ import json
 import threading
 import time
 from collections import deque
+from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler
 from typing import Any
 
@@ -49,6 +53,7 @@ class FakeOpenAI(LocalHTTPFake):
         self._script: deque[tuple[Any, ...]] = deque()
         self._lock = threading.Lock()
         self._counter = 0
+        self.decorate: Callable[[str, str], str] | None = None
 
     @property
     def base_url(self) -> str:
@@ -135,7 +140,13 @@ class _Handler(BaseHTTPRequestHandler):
     def _reply(self, n: int, req: dict[str, Any], override: dict[str, Any] | None) -> None:
         """A 200 chat.completion; ``override`` replaces content/refusal/finish_reason."""
         o = override or {}
-        content = o["content"] if "content" in o else json.dumps(_content_for(req))
+        if "content" in o:
+            content = o["content"]
+        else:
+            answer = _content_for(req)
+            if self.owner.decorate is not None and isinstance(answer, dict):
+                answer = {k: self.owner.decorate(k, v) if isinstance(v, str) else v for k, v in answer.items()}
+            content = json.dumps(answer)
         message: dict[str, Any] = {"role": "assistant", "content": content, "refusal": o.get("refusal"),
                                    "annotations": []}
         completion_tokens = len((content or "").split()) + 5
