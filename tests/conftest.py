@@ -5,7 +5,9 @@ numbers, so it neither sees nor disturbs a demo or another run's queues.
 """
 from __future__ import annotations
 
+import inspect
 import os
+import re
 import tempfile
 import uuid
 from collections.abc import Iterator
@@ -66,20 +68,49 @@ def clean_db(db: Db) -> Db:
 
 
 # --- markers: the fast loop ---------------------------------------------------------------------
-# `system`: the test module starts real processes (celery workers, Flower, beat, ./run, pools of
-# processes) or restarts services; minutes. `unit`: everything else (in-process, PostgreSQL and
-# Redis at most); `./run test -m unit` is the developers' loop. Applied by reading each module's
-# source once, so a new test file is classified without anyone remembering to mark it; a test
-# in a system module that starts nothing may say so with @pytest.mark.unit.
-_SYSTEM_SOURCE = ("WorkerProcess", "subprocess", "Popen", "multiprocessing", "start_worker")
-_module_is_system: dict[str, bool] = {}
+# `system`: the test starts real processes (celery workers, Flower, beat, ./run, process pools)
+# or restarts services; seconds to minutes. `unit`: everything else (in-process; PostgreSQL and
+# Redis at most): `./run test -m unit` is the developers' loop. Derived from the source of the
+# test, of its fixtures and of the test-side helpers they call (followed through tests.*), so a
+# new test is classified without anyone remembering to mark it.
+_SYSTEM_SOURCE = re.compile(r"WorkerProcess|subprocess|Popen|multiprocessing|start_worker|restart_")
+_CALLED = re.compile(r"\b([A-Za-z_]\w*)\s*\(")
+_system_cache: dict[object, bool] = {}
+
+
+def _starts_processes(roots: list[object]) -> bool:
+    stack, seen = list(roots), set()
+    while stack:
+        obj = stack.pop()
+        if id(obj) in seen:
+            continue
+        seen.add(id(obj))
+        if obj in _system_cache:
+            if _system_cache[obj]:
+                return True
+            continue
+        try:
+            source = inspect.getsource(obj)  # type: ignore[arg-type]
+        except (OSError, TypeError):
+            continue
+        if _SYSTEM_SOURCE.search(source):
+            _system_cache[obj] = True
+            return True
+        module = inspect.getmodule(obj)
+        for name in set(_CALLED.findall(source)):
+            called = getattr(module, name, None)
+            owner = getattr(called, "__module__", "") or ""
+            if (inspect.isfunction(called) or inspect.isclass(called)) and owner.startswith("tests"):
+                stack.append(called)
+    return False
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     for item in items:
-        path = str(item.path)
-        if path not in _module_is_system:
-            source = Path(path).read_text(encoding="utf-8")
-            _module_is_system[path] = any(word in source for word in _SYSTEM_SOURCE)
-        if item.get_closest_marker("unit") is None:
-            item.add_marker(pytest.mark.system if _module_is_system[path] else pytest.mark.unit)
+        if item.get_closest_marker("unit") or item.get_closest_marker("system"):
+            continue
+        function = getattr(item, "function", None)
+        info = getattr(item, "_fixtureinfo", None)
+        fixtures = [d.func for defs in (info.name2fixturedefs.values() if info else []) for d in defs]
+        system = _starts_processes([f for f in [function, *fixtures] if f is not None])
+        item.add_marker(pytest.mark.system if system else pytest.mark.unit)
