@@ -1,0 +1,68 @@
+"""The worker's message consumer: Celery's own, except that one malformed message cannot stop it.
+
+Outside clients publish our tasks by name from any language (celery-node, gocelery, hand-built
+kombu envelopes), and Celery's consumer only guards the faults it expects (an unknown task name,
+a body it cannot decode, ``InvalidTaskError``). Anything else raised while it turns a message
+into a request, for example a protocol 2 body with two items instead of ``[args, kwargs,
+embed]`` (``ValueError: not enough values to unpack``), escapes into the worker's event loop and
+stops the worker ("Unrecoverable error"). On Redis the message is restored to the queue at
+shutdown (on RabbitMQ it is requeued when the connection closes), so a supervisor's restart
+takes it again and dies again: one bad message stops every story.
+
+Here such a message is rejected (not requeued), with one ERROR line saying why and what the body
+was (``celery.worker.consumer.consumer``: "Received invalid task message"), exactly as Celery
+does for the malformed messages it recognises. Nothing is lost for good: a story or photo whose
+message was malformed is still ``pending`` in Postgres, and the sweeper (``ops.sweep``, beat)
+re-sends it once it has waited ``STEP_LEASE_SECONDS``.
+
+On Redis, a message that is not even a JSON kombu envelope (a client that pushed a bare string)
+fails inside kombu's transport, after ``BRPOP`` took it and before any consumer code sees it;
+Celery would stop the worker. It is logged (ERROR, "not a kombu envelope") and the consumer
+reconnects as after a lost connection: the message is gone, but it named nothing readable.
+
+Broker errors raised while acknowledging (a connection lost, a channel closed) still propagate,
+so the consumer reconnects as before. Kombu counts ``KeyError`` among Redis's connection errors
+(for a stale poller file descriptor, kombu #2582); raised by a message's own content it is the
+message's fault, so it is rejected like any other.
+"""
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from typing import Any
+
+from celery.worker.consumer.consumer import Consumer as CeleryConsumer
+from celery.worker.consumer.consumer import logger as log
+
+
+class Consumer(CeleryConsumer):  # type: ignore[misc]
+    """Celery's consumer (``worker_consumer`` in celeryconfig) whose task handler rejects a
+    message it cannot turn into a request instead of letting the error stop the worker."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        # Raised by kombu's Redis transport for a queued item that is not JSON (see above).
+        self.connection_errors = (*self.connection_errors, json.JSONDecodeError)
+
+    def on_connection_error_after_connected(self, exc: BaseException) -> None:
+        if isinstance(exc, json.JSONDecodeError):
+            log.error("Dropped a message that is not a kombu envelope (not JSON: %s); reconnecting", exc)
+        super().on_connection_error_after_connected(exc)
+
+    def create_task_handler(self, *args: Any, **kwargs: Any) -> Callable[[Any], Any]:
+        handle = super().create_task_handler(*args, **kwargs)
+        broker_errors = tuple(e for e in (*self.connection_errors, *self.channel_errors) if e is not KeyError)
+
+        def on_task_received(message: Any) -> Any:
+            try:
+                return handle(message)
+            except broker_errors:
+                raise
+            except Exception as exc:
+                if message.acknowledged:  # Celery acked or rejected it before raising: only say why
+                    log.error("Error after handling a task message (already %s): %r", message._state, exc,
+                              exc_info=True)
+                    return None
+                return self.on_invalid_task(None, message, exc)
+
+        return on_task_received
