@@ -42,7 +42,8 @@ class Consumer(CeleryConsumer):  # type: ignore[misc]
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         # Raised by kombu's Redis transport for a queued item that is not JSON (see above).
-        self.connection_errors = (*self.connection_errors, json.JSONDecodeError)
+        errors: tuple[type[BaseException], ...] = getattr(self, "connection_errors")  # noqa: B009 - untyped in Celery
+        self.connection_errors = (*errors, json.JSONDecodeError)
 
     def on_connection_error_after_connected(self, exc: BaseException) -> None:
         if isinstance(exc, json.JSONDecodeError):
@@ -58,7 +59,7 @@ class Consumer(CeleryConsumer):  # type: ignore[misc]
                 return handle(message)
             except broker_errors:
                 raise
-            except Exception as exc:
+            except Exception as exc:  # noqa: BLE001 - whatever the message's content raised: refuse it
                 if message.acknowledged:  # Celery acked or rejected it before raising: only say why
                     log.error("Error after handling a task message (already %s): %r", message._state, exc,
                               exc_info=True)
