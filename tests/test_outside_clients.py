@@ -225,8 +225,17 @@ MALFORMED: dict[str, tuple[Any, str]] = {
                "Refusing to deserialize untrusted content of type pickle"),
     "unknown task name": (lambda s: v2("stories.Generate", [], {"story_id": s}),
                           "Received unregistered task of type 'stories.Generate'"),
-    # Not JSON at all: kombu's Redis transport fails to read it before Celery sees it.
-    "not a kombu envelope": (lambda s: f"stories.generate {s}", "Dropped a message that is not a kombu envelope"),
+    # Not a kombu envelope: kombu's Redis transport fails to read it before Celery sees it. The
+    # worker stopped ("Unrecoverable error") or reported a lost connection (the KeyErrors).
+    "not JSON": (lambda s: f"stories.generate {s}", "not a kombu envelope (JSONDecodeError"),
+    "a JSON array": (lambda s: json.dumps(["stories.generate", s]), "not a kombu envelope (TypeError: list indices"),
+    "no properties": (lambda s: json.dumps({"body": base64.b64encode(json.dumps([[s], {}, {}]).encode()).decode(),
+                                            "headers": {"task": "stories.generate", "id": str(uuid.uuid4())}}),
+                      "not a kombu envelope (KeyError: 'properties')"),
+    "no delivery_tag": (lambda s: v2("stories.generate", [], {"story_id": s}, drop_properties=("delivery_tag",)),
+                        "not a kombu envelope (KeyError: 'delivery_tag')"),
+    "body not base64": (lambda s: json.loads(v2("stories.generate", [], {"story_id": s})) | {"body": "story"},
+                        "not a kombu envelope (Error: Invalid base64"),
     "keyword arguments not an object": (lambda s: v2("stories.generate", [s], None),
                                         "Task keyword arguments is not a mapping"),
 }
@@ -238,7 +247,8 @@ def test_malformed_message_is_refused_with_its_reason_and_the_worker_goes_on(
         clean_db: Db, redis_worker: WorkerProcess, case: str) -> None:
     build, reason = MALFORMED[case]
     bad = _story(clean_db)
-    push(build(bad))
+    message = build(bad)
+    push(message if isinstance(message, str) else json.dumps(message))
     _wait_log(redis_worker, reason)
     good = _story(clean_db)  # the next story, behind the bad message
     push(v2("stories.generate", [], {"story_id": good}))

@@ -15,10 +15,15 @@ does for the malformed messages it recognises. Nothing is lost for good: a story
 message was malformed is still ``pending`` in Postgres, and the sweeper (``ops.sweep``, beat)
 re-sends it once it has waited ``STEP_LEASE_SECONDS``.
 
-On Redis, a message that is not even a JSON kombu envelope (a client that pushed a bare string)
-fails inside kombu's transport, after ``BRPOP`` took it and before any consumer code sees it;
-Celery would stop the worker. It is logged (ERROR, "not a kombu envelope") and the consumer
-reconnects as after a lost connection: the message is gone, but it named nothing readable.
+On Redis, a message that is not even a kombu envelope (a bare string, a JSON array or number, a
+``body`` that is not base64 though ``body_encoding`` says so, no ``properties`` or no
+``properties.delivery_tag``) fails inside kombu's transport, after ``BRPOP`` took it and before
+any consumer code sees it: Celery stopped the worker (``JSONDecodeError``, ``TypeError``,
+``binascii.Error``) or reported a lost connection (``KeyError``). It is logged (ERROR, "not a
+kombu envelope", with the error) and the consumer reconnects as after a lost connection: the
+message is gone (kombu had already taken it off the list), but it named nothing readable. The
+cost of the rule: a ``TypeError`` from a bug in the event loop would reconnect (Celery's
+restart-frequency guard logs and slows it) rather than stop the worker.
 
 Broker errors raised while acknowledging (a connection lost, a channel closed) still propagate,
 so the consumer reconnects as before. Kombu counts ``KeyError`` among Redis's connection errors
@@ -27,12 +32,18 @@ message's fault, so it is rejected like any other.
 """
 from __future__ import annotations
 
+import binascii
 import json
 from collections.abc import Callable
 from typing import Any
 
 from celery.worker.consumer.consumer import Consumer as CeleryConsumer
 from celery.worker.consumer.consumer import logger as log
+
+# What kombu's Redis transport raises reading an item that is not a kombu envelope: not JSON, JSON
+# that is not an object, a body that is not base64; and the KeyErrors of a missing field.
+NOT_AN_ENVELOPE: tuple[type[BaseException], ...] = (json.JSONDecodeError, TypeError, binascii.Error)
+ENVELOPE_KEYS = (("properties",), ("delivery_tag",))
 
 
 class Consumer(CeleryConsumer):  # type: ignore[misc]
@@ -41,13 +52,14 @@ class Consumer(CeleryConsumer):  # type: ignore[misc]
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        # Raised by kombu's Redis transport for a queued item that is not JSON (see above).
+        # Raised by kombu's Redis transport for a queued item that is not an envelope (see above).
         errors: tuple[type[BaseException], ...] = getattr(self, "connection_errors")  # noqa: B009 - untyped in Celery
-        self.connection_errors = (*errors, json.JSONDecodeError)
+        self.connection_errors = (*errors, *NOT_AN_ENVELOPE)
 
     def on_connection_error_after_connected(self, exc: BaseException) -> None:
-        if isinstance(exc, json.JSONDecodeError):
-            log.error("Dropped a message that is not a kombu envelope (not JSON: %s); reconnecting", exc)
+        if isinstance(exc, NOT_AN_ENVELOPE) or (isinstance(exc, KeyError) and exc.args[:1] in ENVELOPE_KEYS):
+            log.error("Dropped a message that is not a kombu envelope (%s: %s); reconnecting",
+                      type(exc).__name__, str(exc)[:200])
         super().on_connection_error_after_connected(exc)
 
     def create_task_handler(self, *args: Any, **kwargs: Any) -> Callable[[Any], Any]:
