@@ -71,4 +71,7 @@ task_send_sent_event = False
 task_track_started = True
 
 worker_hijack_root_logger = False
+# One malformed message from an outside client is rejected with a logged reason, never allowed
+# to stop the worker (and, redelivered, every restarted one): workers/consumer.py.
+worker_consumer = "workers.consumer:Consumer"
 worker_cancel_long_running_tasks_on_connection_loss = False

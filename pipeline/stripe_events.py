@@ -24,6 +24,7 @@ not a Stripe event is rejected with a reason, never half-applied.
 from __future__ import annotations
 
 import json
+import math
 import time
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, replace
@@ -72,25 +73,34 @@ def sign(payload: str | bytes, secret: str, timestamp: int | None = None) -> str
 def parse_received_at(value: Any) -> float | None:
     """``received_at`` of the task (when the API received the webhook) as Unix seconds: a number
     (Unix seconds) or an ISO 8601 string (a time without an offset is UTC). ValueError if it is
-    neither."""
+    neither, or not finite ("NaN" compares false with every bound, so it would pass any age as
+    fresh; an infinity cannot be dated)."""
     if value is None:
         return None
     if isinstance(value, bool):
         raise ValueError("received_at is not a time")
     if isinstance(value, (int, float)):
-        return float(value)
+        return _finite(float(value))
     if isinstance(value, str):
         text = value.strip()
         try:
-            return float(text)
+            seconds = float(text)
         except ValueError:
-            pass
+            seconds = None
+        if seconds is not None:
+            return _finite(seconds)
         try:
             at = datetime.fromisoformat(text.replace("Z", "+00:00").replace("z", "+00:00"))
         except ValueError:
             raise ValueError(f"received_at {text[:40]!r} is neither Unix seconds nor ISO 8601") from None
         return (at if at.tzinfo else at.replace(tzinfo=UTC)).timestamp()
     raise ValueError("received_at is not a time")
+
+
+def _finite(seconds: float) -> float:
+    if not math.isfinite(seconds):
+        raise ValueError(f"received_at {seconds!r} is not a finite number of Unix seconds")
+    return seconds
 
 
 def _timestamp(header: str) -> int:
@@ -106,7 +116,7 @@ def verify_event(payload: str | bytes, header: str | None, secrets: Iterable[str
                  now: float | None = None) -> PaymentEvent:
     """The PaymentEvent of a genuine webhook payload.
 
-    ``received_at``: Unix seconds when the API received the webhook (None: unknown).
+    ``received_at``: Unix seconds when the API received the webhook (None, or not finite: unknown).
     Raises InvalidEvent when the signature does not verify with any of ``secrets`` or the
     payload is not an event; UnconfirmedEvent when it verifies but its timing is not shown
     (see the module's docstring). Signature checks by ``stripe.Webhook.construct_event``
@@ -133,6 +143,8 @@ def verify_event(payload: str | bytes, header: str | None, secrets: Iterable[str
     parsed = parse_event(event)
     signed_at = _timestamp(header)
     current = time.time() if now is None else now
+    if received_at is not None and not math.isfinite(received_at):
+        received_at = None  # NaN passes every comparison as fresh; an infinity has no age
     if received_at is not None and received_at > current + tolerance:
         raise UnconfirmedEvent(f"received_at is {int(received_at - current)} s in the future: the arrival time "
                                "is not believable", parsed)
