@@ -139,7 +139,7 @@ def order_settings() -> OrderSettings:
         story_wait=_float("ORDER_STORY_WAIT_SECONDS", 86400.0, 1.0, 30 * 86400.0),
         shipping_level=e.get("LULU_SHIPPING_LEVEL", "MAIL").strip().upper() or "MAIL",
         contact_email=e.get("LULU_CONTACT_EMAIL", "").strip() or None,
-        production_delay=int(delay) if delay else None,
+        production_delay=int(float(delay)) if delay else None,  # checked at boot (pipeline.boot_check)
         files_base_url=e.get("PRINT_FILES_BASE_URL", "").strip() or None,
         stripe_secrets=tuple(s.strip() for s in e.get("STRIPE_WEBHOOK_SECRET", "").split(",") if s.strip()),
         stripe_tolerance=_float("STRIPE_SIGNATURE_TOLERANCE", 300.0, 1.0, 86400.0),

@@ -17,27 +17,26 @@ from pathlib import Path
 
 import pytest
 
+from tests import test_orders as base
 from tests.fakes.lulu_server import FakeLulu
 from tests.support import Db, astronaut_png
-from tests.test_orders import (  # noqa: F401  (fixtures: the orders worker, the fakes, a completed story)
+from tests.test_orders import (
     BROKER,
     cli,
     events,
-    fake,
-    lulu_fake,
     new_order,
     operator,
     order_row,
-    order_worker,
-    orders_db,
     publish,
     signed,
-    story,
     stripe,
-    stripe_api,
     wait_job,
     wait_status,
 )
+
+# The orders worker (its own broker database), the fake Lulu and Stripe API, a completed story.
+orders_db, lulu_fake, fake, stripe_api = base.orders_db, base.lulu_fake, base.fake, base.stripe_api
+order_worker, story = base.order_worker, base.story
 
 
 def _print_files(db: Db, order: str) -> list[Path]:
