@@ -24,6 +24,9 @@ Policies (README, "Orders"):
   by Stripe's API's own copy (STRIPE_SECRET_KEY) when the timing cannot be shown; otherwise it
   is recorded as needing confirmation (retry --order, backfill and the sweep confirm it later).
   An event of the other Stripe mode than the deployment's (STRIPE_MODE) is recorded as ignored.
+- Only the order's own user's story is printed: an order whose story is another user's (or is
+  gone) is failed by a guarded statement at payment and at each print claim, its payment kept
+  on the row and the reason saying it needs a refund decision (db.order_transitions.OWN_STORY).
 - Print files only for a ``completed`` story: a paid order waits for a story in progress (up to
   ORDER_STORY_WAIT_SECONDS after payment) and fails, saying why, if the story failed.
 - The print job is created once per order and print run: the step claims it like a page step
