@@ -15,8 +15,10 @@ app.config_from_object("celeryconfig")
 @signals.setup_logging.connect
 def _setup_logging(**_: Any) -> None:
     # Our own format; one line per step comes from workers.tasks (no names, no image bytes).
+    level = os.environ.get("LOG_LEVEL", "INFO").strip().upper()
     logging.basicConfig(
-        level=os.environ.get("LOG_LEVEL", "INFO"),
+        # an unknown level is refused at boot by _warm_up (pipeline.boot_check), in one line
+        level=level if isinstance(logging.getLevelName(level), int) else "INFO",
         format="%(asctime)s %(levelname)s %(processName)s %(name)s: %(message)s",
     )
 
@@ -29,9 +31,13 @@ def _warm_up(**_: Any) -> None:
     First, a worker that cannot work must not take messages: with the database misconfigured,
     unreachable or without its schema, the worker exits non-zero with one line, before its
     consumer starts (worker_init runs before any bootstep). SystemExit, because Celery's signal
-    dispatch logs and swallows an Exception raised by a receiver and the worker would go on."""
+    dispatch logs and swallows an Exception raised by a receiver and the worker would go on.
+    Every other setting the worker reads is checked before that (pipeline.boot_check): a
+    misconfigured worker stops here with one line naming the variable, not inside its tasks."""
     from db.engine import DatabaseNotReady, check_database
+    from pipeline.boot_check import check_worker_configuration
 
+    check_worker_configuration()  # SystemExit("configuration error: NAME ...")
     try:
         check_database()
     except DatabaseNotReady as e:
