@@ -56,7 +56,7 @@ def get_engine() -> Engine:
             _engine = None
         if _engine is None:
             # Threads pool: one connection per worker thread plus a little headroom; prefork: 2.
-            size = int(os.environ.get("DB_POOL_SIZE", "0")) or 8
+            size = pool_size()
             _engine = make_engine(
                 None,
                 pool_size=size,
@@ -70,6 +70,15 @@ def get_engine() -> Engine:
             )
             _engine_pid = pid
         return _engine
+
+
+def pool_size() -> int:
+    """DB_POOL_SIZE: connections per worker process (as many again as overflow); 0 or unset: 8.
+
+    Raises SystemExit("configuration error: …") for anything but a whole number 0–1000."""
+    from pipeline.config import env_int
+
+    return env_int("DB_POOL_SIZE", 0, 0, 1000) or 8
 
 
 def dispose_engine() -> None:

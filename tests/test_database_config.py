@@ -322,3 +322,63 @@ def test_what_counts_as_the_database_unavailable(clean_db: Db) -> None:
         make_engine(_url("postgresql", port=1)).connect()
     assert unavailable(refused.value)
     check_database(os.environ["DATABASE_URL"])  # the test database passes the boot check
+
+
+# --- fault 2's kind: any setting a worker cannot work with, not only the database's -------------
+
+BAD_SETTINGS = {
+    # read by the first step that touches the database: each task raised ValueError and was acked
+    "DB_POOL_SIZE=abc": ({"DB_POOL_SIZE": "abc"}, "DB_POOL_SIZE"),
+    "DB_POOL_SIZE=-3": ({"DB_POOL_SIZE": "-3"}, "DB_POOL_SIZE"),
+    # the book's CPU processes: every story's completion failed
+    "CPU_PROCESSES=abc": ({"CPU_PROCESSES": "abc"}, "CPU_PROCESSES"),
+    "CPU_PROCESSES=-1": ({"CPU_PROCESSES": "-1"}, "CPU_PROCESSES"),
+    # the metrics endpoint silently not served
+    "METRICS_PORT=abc": ({"METRICS_PORT": "abc"}, "METRICS_PORT"),
+    # every provider call
+    "QUOTA_MAX_INLINE_WAIT=abc": ({"QUOTA_MAX_INLINE_WAIT": "abc"}, "QUOTA_MAX_INLINE_WAIT"),
+    # the orders' settings, read only when a payment arrives
+    "ORDER_POLL_INTERVAL=nan": ({"ORDER_POLL_INTERVAL": "nan"}, "ORDER_POLL_INTERVAL"),
+    "LULU_PRODUCTION_DELAY=abc": ({"LULU_PRODUCTION_DELAY": "abc"}, "LULU_PRODUCTION_DELAY"),
+    "LOCAL_PRINT_SHOP_STAGE_SECONDS=x": ({"LOCAL_PRINT_SHOP_STAGE_SECONDS": "x"}, "LOCAL_PRINT_SHOP_STAGE_SECONDS"),
+    "STRIPE_MODE contradicting the key": ({"STRIPE_MODE": "test", "STRIPE_SECRET_KEY": "sk_live_" + SECRET},
+                                         "STRIPE_MODE"),
+    "LOG_LEVEL=verbose": ({"LOG_LEVEL": "verbose"}, "LOG_LEVEL"),
+}
+
+
+def test_worker_with_a_bad_setting_exits_at_boot_and_keeps_the_messages(
+        clean_db: Db, broker: str, tmp_path: Path) -> None:
+    """A worker that booted "ready" with DB_POOL_SIZE=abc took each story's message, raised
+    ValueError and acked it: the story stayed pending with nothing recorded. Every setting is
+    checked before the consumer starts: exit non-zero with one line naming the variable."""
+    story = clean_db.story(clean_db.photo(astronaut_png()))
+    external_send(broker, "stories.generate", {"story_id": story})
+    failures = []
+    for case, (env, says) in BAD_SETTINGS.items():
+        log = tmp_path / f"{case.split('=')[0].replace(' ', '_')}.log"
+        t0 = time.monotonic()
+        with open(log, "wb") as fh:
+            p = subprocess.Popen(
+                [CELERY, "-A", "workers.app", "worker", "--pool", "threads", "--concurrency", "4",
+                 "-Q", ALL_QUEUES, "--loglevel", "INFO", "-E", "-n", f"bad-{uuid.uuid4().hex[:6]}@localhost"],
+                cwd=ROOT, env={**os.environ, "CELERY_BROKER_URL": broker, "REDIS_URL": broker, **env},
+                stdout=fh, stderr=subprocess.STDOUT, start_new_session=True)
+            try:
+                code = p.wait(40)
+            except subprocess.TimeoutExpired:
+                os.killpg(p.pid, 9)
+                p.wait()
+                code = None
+        out = log.read_text(errors="replace")
+        lines = [ln for ln in out.splitlines() if "configuration error" in ln]
+        ok = (code not in (None, 0) and len(lines) == 1 and says in lines[0] and "Traceback" not in out
+              and SECRET not in out and _queued(broker) == 1)
+        if not ok:
+            failures.append(f"{case}: exit {code} after {time.monotonic() - t0:.0f}s, queued {_queued(broker)}, "
+                            f"lines {lines}\n{out[-1500:]}")
+            # put the message back if this worker ate it, so the next case is judged alone
+            if _queued(broker) == 0:
+                external_send(broker, "stories.generate", {"story_id": story})
+    assert not failures, "\n\n".join(failures)
+    assert clean_db.story_row(story)["status"] == "pending"

@@ -3,7 +3,6 @@ workers.tasks, and the database engine is built lazily in each worker process.""
 from __future__ import annotations
 
 import logging
-import os
 from typing import Any
 
 from celery import Celery, signals
@@ -15,8 +14,10 @@ app.config_from_object("celeryconfig")
 @signals.setup_logging.connect
 def _setup_logging(**_: Any) -> None:
     # Our own format; one line per step comes from workers.tasks (no names, no image bytes).
+    from pipeline.config import log_level
+
     logging.basicConfig(
-        level=os.environ.get("LOG_LEVEL", "INFO"),
+        level=log_level(),  # SystemExit (one line) for a level logging does not know
         format="%(asctime)s %(levelname)s %(processName)s %(name)s: %(message)s",
     )
 
@@ -31,7 +32,9 @@ def _warm_up(**_: Any) -> None:
     consumer starts (worker_init runs before any bootstep). SystemExit, because Celery's signal
     dispatch logs and swallows an Exception raised by a receiver and the worker would go on."""
     from db.engine import DatabaseNotReady, check_database
+    from pipeline.config import check_settings
 
+    check_settings()  # every setting, as the steps will read it: SystemExit with one line
     try:
         check_database()
     except DatabaseNotReady as e:
@@ -49,10 +52,13 @@ def _warm_up(**_: Any) -> None:
     import pipeline.providers.local_vision  # noqa: F401  (OpenCV; its JSON helpers serve every analyzer)
 
     cpu.warm_up()
-    if port := os.environ.get("METRICS_PORT"):
-        from pipeline import metrics
+    from pipeline import metrics
 
-        metrics.serve(int(port))  # Prometheus text format at http://<host>:<port>/metrics
+    if port := metrics.metrics_port():
+        try:
+            metrics.serve(port)  # Prometheus text format at http://<host>:<port>/metrics
+        except OSError as e:  # taken by another process: a worker nobody can watch is misconfigured
+            raise SystemExit(f"configuration error: METRICS_PORT={port} cannot be served: {e}") from None
 
     from db.engine import get_engine
 
