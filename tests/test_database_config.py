@@ -382,3 +382,59 @@ def test_worker_with_a_bad_setting_exits_at_boot_and_keeps_the_messages(
                 external_send(broker, "stories.generate", {"story_id": story})
     assert not failures, "\n\n".join(failures)
     assert clean_db.story_row(story)["status"] == "pending"
+
+
+# --- fault 2's kind: a database role that may not use the tables ---------------------------------
+
+@pytest.fixture()
+def read_only_role(clean_db: Db) -> Iterator[str]:
+    """A login role that may only read the tables (a read replica's or a reporting user's
+    credentials given to the workers by mistake), its password with URL-encoded specials."""
+    role = f"ro_{uuid.uuid4().hex[:8]}"
+    admin = make_engine(os.environ["DATABASE_URL"], isolation_level="AUTOCOMMIT")
+    with admin.connect() as c:
+        c.execute(text(f"CREATE ROLE {role} LOGIN PASSWORD 'p@ss:w/rd%?#&'"))
+        c.execute(text(f"GRANT SELECT ON ALL TABLES IN SCHEMA public TO {role}"))
+    u = make_url(os.environ["DATABASE_URL"])
+    yield f"postgresql://{role}:p%40ss%3Aw%2Frd%25%3F%23%26@{u.host}:{u.port or 5432}/{u.database}"
+    with admin.connect() as c:
+        c.execute(text(f"DROP OWNED BY {role}"))
+        c.execute(text(f"DROP ROLE {role}"))
+    admin.dispose()
+
+
+def test_worker_whose_role_may_not_write_exits_at_boot_and_keeps_the_message(
+        clean_db: Db, broker: str, tmp_path: Path, read_only_role: str) -> None:
+    """The boot check read information_schema (which shows a role only what it may use) and
+    not the privileges: a read-only role booted a "ready" worker whose every step raised
+    InsufficientPrivilege and was acked, the story left pending with nothing recorded."""
+    story = clean_db.story(clean_db.photo(astronaut_png()))
+    external_send(broker, "stories.generate", {"story_id": story})
+    log = tmp_path / "ro.log"
+    with open(log, "wb") as fh:
+        p = subprocess.Popen(
+            [CELERY, "-A", "workers.app", "worker", "--pool", "threads", "--concurrency", "4",
+             "-Q", ALL_QUEUES, "--loglevel", "INFO", "-E", "-n", f"ro-{uuid.uuid4().hex[:6]}@localhost"],
+            cwd=ROOT, env={**os.environ, "DATABASE_URL": read_only_role, "CELERY_BROKER_URL": broker,
+                           "REDIS_URL": broker},
+            stdout=fh, stderr=subprocess.STDOUT, start_new_session=True)
+        try:
+            code = p.wait(40)
+        except subprocess.TimeoutExpired:
+            os.killpg(p.pid, 9)
+            p.wait()
+            code = None
+    out = log.read_text(errors="replace")
+    lines = [ln for ln in out.splitlines() if "configuration error" in ln]
+    assert code not in (None, 0), out[-3000:]
+    assert len(lines) == 1 and "privilege" in lines[0] and "p@ss" not in out and "Traceback" not in out, out[-3000:]
+    assert _queued(broker) == 1
+    assert clean_db.story_row(story)["status"] == "pending"
+    # and a step that meets such a role mid-run (privileges revoked) is re-sent, not acked as done
+    eng = make_engine(read_only_role)
+    try:
+        with pytest.raises(Exception) as denied, eng.begin() as c:
+            c.execute(text("UPDATE stories SET status = status WHERE id = :s"), {"s": story})
+        assert unavailable(denied.value)
+    finally:
+        eng.dispose()
