@@ -521,7 +521,7 @@ def _set_shaping(pdf: FPDF, on: bool) -> None:
     direction is left to right, and a right-to-left name inside it (Arabic, Hebrew) is
     reordered as a run of its own (Unicode bidirectional algorithm, UAX #9). _draw_lines ends
     each such run with a LEFT-TO-RIGHT MARK, so the punctuation after a name stays after it
-    ("said محمد. محمد counted", not "said محمد .محمد counted"), as HTML's bidi isolation does."""
+    ("said محمد. محمد counted", not "said محمد .محمد counted"), as <bdi> does in the HTML book."""
     if on:
         pdf.set_text_shaping(True, direction="ltr")
     else:
@@ -719,9 +719,14 @@ def _url(url: str | None) -> str | None:
 
 
 def _paragraphs(text: str) -> Iterable[str]:
+    """The page's paragraphs as HTML, escaped, each right-to-left run (an Arabic or Hebrew
+    name) isolated in <bdi>: HTML does not isolate text by itself, so in "said محمد. محمد
+    counted" the period between two such names would be shown before the first one (UAX #9;
+    https://html.spec.whatwg.org/#the-bdi-element). The PDF ends each run with an LRM instead."""
     for para in re.split(r"\n\s*\n", text.strip()):
         if para.strip():
-            yield html.escape(" ".join(para.split()), quote=True)
+            escaped = html.escape(" ".join(para.split()), quote=True)
+            yield _RTL_RUN.sub(lambda m: f"<bdi>{m.group(0)}</bdi>", escaped)
 
 
 def render_html(book: Book, image_urls: list[str], cover_url: str | None) -> str:
