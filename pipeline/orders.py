@@ -132,10 +132,12 @@ class OrderSettings:
 
 @lru_cache(maxsize=1)
 def order_settings() -> OrderSettings:
-    from pipeline.config import _choice, _float
+    from pipeline.config import _choice, _float, _int
 
     e = os.environ
     delay = e.get("LULU_PRODUCTION_DELAY", "").strip()
+    if delay:  # minutes; a whole number (Lulu's print-job field is an integer)
+        _int("LULU_PRODUCTION_DELAY", 60, 0, 100_000)
     return OrderSettings(
         pod_provider=_choice("POD_PROVIDER", "local", ("local", "lulu")),
         poll_interval=_float("ORDER_POLL_INTERVAL", 300.0, 0.05, 86400.0),

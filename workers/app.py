@@ -3,7 +3,6 @@ workers.tasks, and the database engine is built lazily in each worker process.""
 from __future__ import annotations
 
 import logging
-import os
 from typing import Any
 
 from celery import Celery, signals
@@ -15,10 +14,10 @@ app.config_from_object("celeryconfig")
 @signals.setup_logging.connect
 def _setup_logging(**_: Any) -> None:
     # Our own format; one line per step comes from workers.tasks (no names, no image bytes).
-    level = os.environ.get("LOG_LEVEL", "INFO").strip().upper()
+    from pipeline.config import log_level
+
     logging.basicConfig(
-        # an unknown level is refused at boot by _warm_up (pipeline.boot_check), in one line
-        level=level if isinstance(logging.getLevelName(level), int) else "INFO",
+        level=log_level(),  # SystemExit (one line) for a level logging does not know
         format="%(asctime)s %(levelname)s %(processName)s %(name)s: %(message)s",
     )
 
@@ -36,8 +35,10 @@ def _warm_up(**_: Any) -> None:
     misconfigured worker stops here with one line naming the variable, not inside its tasks."""
     from db.engine import DatabaseNotReady, check_database
     from pipeline.boot_check import check_worker_configuration
+    from pipeline.config import check_settings
 
-    check_worker_configuration()  # SystemExit("configuration error: NAME ...")
+    check_worker_configuration()  # SystemExit("configuration error: NAME ..."): orders, providers, quotas
+    check_settings()  # every setting as the steps will read it (pool size, CPU processes, ports...)
     try:
         check_database()
     except DatabaseNotReady as e:
@@ -55,10 +56,13 @@ def _warm_up(**_: Any) -> None:
     import pipeline.providers.local_vision  # noqa: F401  (OpenCV; its JSON helpers serve every analyzer)
 
     cpu.warm_up()
-    if port := os.environ.get("METRICS_PORT"):
-        from pipeline import metrics
+    from pipeline import metrics
 
-        metrics.serve(int(port))  # Prometheus text format at http://<host>:<port>/metrics
+    if port := metrics.metrics_port():
+        try:
+            metrics.serve(port)  # Prometheus text format at http://<host>:<port>/metrics
+        except OSError as e:  # taken by another process: a worker nobody can watch is misconfigured
+            raise SystemExit(f"configuration error: METRICS_PORT={port} cannot be served: {e}") from None
 
     from db.engine import get_engine
 

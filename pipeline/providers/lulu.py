@@ -483,6 +483,14 @@ class _LocalJob:
     canceled: float | None = None
 
 
+def print_shop_stage_seconds() -> float:
+    """LOCAL_PRINT_SHOP_STAGE_SECONDS: seconds the offline print shop spends in each status
+    (default 3). Raises SystemExit("configuration error: …") outside 0–86400."""
+    from pipeline.config import env_float
+
+    return env_float("LOCAL_PRINT_SHOP_STAGE_SECONDS", 3.0, 0.0, 86400.0)
+
+
 class LocalPrintShop:
     """A print shop on this machine that behaves like Lulu over time (see the module doc).
 
@@ -497,7 +505,7 @@ class LocalPrintShop:
 
     @classmethod
     def from_env(cls, root: Path) -> LocalPrintShop:
-        return cls(root, stage_seconds=env_number(os.environ, "LOCAL_PRINT_SHOP_STAGE_SECONDS", 3.0, 0.0, 86400.0))
+        return cls(root, stage_seconds=print_shop_stage_seconds())
 
     def cover_dimensions(self, pod_package_id: str, page_count: int) -> tuple[float, float]:
         from pipeline.print_files import cover_size_pt, parse_pod_package
