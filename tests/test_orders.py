@@ -501,7 +501,7 @@ def test_a_test_mode_payment_never_moves_a_live_order(orders_db: Db, story: str,
     assert out.split() == ["test", "live", "test", "live"]
 
 
-def checkout_session(pi: str, etype: str = se.CHECKOUT_COMPLETED, *, order: str | None = None,
+def checkout_session(pi: str, etype: str = "checkout.session.completed", *, order: str | None = None,
                      client_reference_id: str | None = None, amount: int = 2999, currency: str = "usd",
                      payment_status: str = "paid", livemode: bool = True) -> str:
     """A checkout.session.* event body shaped as Stripe's API reference gives the Checkout
@@ -575,7 +575,7 @@ def test_stripe_checkout_pays_the_order_once(orders_db: Db, story: str, fake: Fa
     wait_for("unpaid session noted", lambda: any(e["outcome"] == "noted" for e in events(db, delayed)))
     assert order_row(db, delayed)["status"] == "pending_payment" and not fake.jobs_for(delayed)
     publish(BROKER, "orders.confirm_payment",
-            signed(delayed, checkout_session(pi6, se.CHECKOUT_ASYNC_SUCCEEDED, order=delayed)))
+            signed(delayed, checkout_session(pi6, "checkout.session.async_payment_succeeded", order=delayed)))
     wait_job(fake, delayed)
     assert order_row(db, delayed)["payment_intent_id"] == pi6
 
