@@ -56,7 +56,7 @@ def get_engine() -> Engine:
             _engine = None
         if _engine is None:
             # Threads pool: one connection per worker thread plus a little headroom; prefork: 2.
-            size = int(os.environ.get("DB_POOL_SIZE", "0")) or 8
+            size = pool_size()
             _engine = make_engine(
                 None,
                 pool_size=size,
@@ -70,6 +70,15 @@ def get_engine() -> Engine:
             )
             _engine_pid = pid
         return _engine
+
+
+def pool_size() -> int:
+    """DB_POOL_SIZE: connections per worker process (as many again as overflow); 0 or unset: 8.
+
+    Raises SystemExit("configuration error: …") for anything but a whole number 0–1000."""
+    from pipeline.config import env_int
+
+    return env_int("DB_POOL_SIZE", 0, 0, 1000) or 8
 
 
 def dispose_engine() -> None:
@@ -131,8 +140,10 @@ def ensure_database(url: str | None = None) -> None:
 # --- a database that cannot be used -------------------------------------------------------------
 
 # SQLSTATEs that say the schema is not (yet) there, not that a statement is wrong: undefined_table,
-# invalid_schema_name (PostgreSQL Appendix A, https://www.postgresql.org/docs/current/errcodes-appendix.html).
-_SCHEMA_MISSING = {"42P01", "3F000"}
+# invalid_schema_name; and insufficient_privilege (the configured role may not use the tables:
+# a configuration to fix, after which the step runs) (PostgreSQL Appendix A,
+# https://www.postgresql.org/docs/current/errcodes-appendix.html).
+_SCHEMA_MISSING = {"42P01", "3F000", "42501"}
 
 
 def unavailable(exc: BaseException) -> bool:
@@ -164,7 +175,8 @@ def check_database(url: str | URL | None = None, *, timeout: float = 10.0) -> No
     """Connect once and check the schema is applied (every table and column db.models declares
     exists). For a worker's boot: a worker that cannot work must not take messages.
 
-    Raises DatabaseNotReady saying what is wrong (bad URL, unreachable, schema missing)."""
+    Raises DatabaseNotReady saying what is wrong (bad URL, unreachable, schema missing, the role
+    lacking privileges on a table)."""
     from db.models import Base
 
     try:
@@ -176,13 +188,30 @@ def check_database(url: str | URL | None = None, *, timeout: float = 10.0) -> No
     shown = redact(written) + (" (password hidden)" if target.password else "")
     try:
         with eng.connect() as conn:
+            # pg_catalog, not information_schema: the latter shows a role only the columns it
+            # may use, so a role without privileges looked like a database without the schema.
             rows = conn.execute(text(
-                "SELECT table_name, column_name FROM information_schema.columns "
-                "WHERE table_schema = current_schema()")).all()
+                "SELECT c.relname, a.attname FROM pg_attribute a JOIN pg_class c ON c.oid = a.attrelid "
+                "WHERE c.relnamespace = current_schema()::regnamespace AND c.relkind IN ('r', 'p') "
+                "AND a.attnum > 0 AND NOT a.attisdropped")).all()
+            denied = conn.execute(text(
+                "SELECT c.relname, current_user FROM pg_class c "
+                "WHERE c.relnamespace = current_schema()::regnamespace AND c.relname = ANY(:tables) "
+                "AND c.relkind IN ('r', 'p') "
+                # one call per privilege: with a list, has_table_privilege is true if ANY is held
+                "AND NOT (has_table_privilege(c.oid, 'SELECT') AND has_table_privilege(c.oid, 'INSERT') "
+                "AND has_table_privilege(c.oid, 'UPDATE') AND has_table_privilege(c.oid, 'DELETE'))"),
+                {"tables": [t.name for t in Base.metadata.sorted_tables]}).all()
     except Exception as e:  # noqa: BLE001 - whatever the driver raises, one line says why
         raise DatabaseNotReady(f"cannot reach the database at {shown}: {reason(e)}") from None
     finally:
         eng.dispose()
+    if denied:
+        names = sorted(t for t, _ in denied)
+        raise DatabaseNotReady(
+            f"the role {denied[0][1]!r} at {shown} lacks the privileges SELECT, INSERT, UPDATE, DELETE on "
+            f"{len(names)} table(s) ({', '.join(names[:8])}{', …' if len(names) > 8 else ''}): grant them "
+            "or use the role that owns the schema")
     have = {(t, c) for t, c in rows}
     missing = sorted(f"{t.name}.{c.name}" for t in Base.metadata.sorted_tables for c in t.columns
                      if (t.name, c.name) not in have)

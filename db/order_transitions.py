@@ -107,7 +107,7 @@ def lock_order(conn: Connection, order_id: str) -> RowMapping | None:
     return conn.execute(
         text(
             """
-            SELECT o.id, o.status, o.amount, lower(o.currency) AS currency, o.payment_intent_id,
+            SELECT o.id, o.status, o.story_id, o.amount, lower(o.currency) AS currency, o.payment_intent_id,
                    o.paid_at, o.pod_order_id, j.status AS job_step
               FROM orders o LEFT JOIN order_steps j ON j.order_id = o.id AND j.step = 'print_job'
              WHERE o.id = :id
@@ -171,6 +171,65 @@ def fail_order(conn: Connection, order_id: str, message: str, *, from_statuses: 
     ).first() is not None
 
 
+# --- whose book: an order prints only its own user's story ---------------------------------------
+
+# The order's story exists and is its user's (a story's owner is stories.user_id). Part of every
+# guarded statement that lets an order be paid into print or printed (claim_print_files,
+# claim_print_job, refuse_not_printable), so no path skips it: a redelivery, the sweep, backfill,
+# an operator's retry.
+OWN_STORY = "EXISTS (SELECT 1 FROM stories os WHERE os.id = o.story_id AND os.user_id = o.user_id)"
+
+# Kind of the order_events row that says why an order was refused (status --order shows it;
+# order_summary counts the paid ones: each needs a refund decision).
+NOT_PRINTABLE = "order.not_printable"
+
+
+def refuse_not_printable(conn: Connection, order_id: str, from_statuses: tuple[str, ...] = ("paid",), *,
+                         payment: tuple[str, str] | None = None) -> str | None:
+    """Fail the order, in one guarded statement, if its story is not its user's or no longer
+    exists; returns the reason recorded (an ``order_events`` row, outcome ``failed``, kind
+    NOT_PRINTABLE), or None when the story is the order's own (nothing changes). A paid order
+    says that its payment was taken and needs a refund decision; ids only, no names.
+
+    ``payment`` = (payment_intent_id, provider): the order is being paid by this statement
+    (pending_payment -> failed with paid_at, as mark_paid records a payment), so a payment for
+    an order that will not be printed is kept on the row, never dropped."""
+    return conn.execute(
+        text(
+            f"""
+            WITH o AS (
+                UPDATE orders o SET status = 'failed',
+                       paid_at = CASE WHEN :paying THEN now() ELSE o.paid_at END,
+                       payment_provider = CASE WHEN :paying THEN COALESCE(o.payment_provider, :provider)
+                                               ELSE o.payment_provider END,
+                       payment_intent_id = CASE WHEN :paying THEN COALESCE(o.payment_intent_id, :pi)
+                                                ELSE o.payment_intent_id END
+                 WHERE o.id = :id AND o.status = ANY(:from) AND NOT {OWN_STORY}
+                   AND (NOT :paying OR o.payment_intent_id IS NULL OR o.payment_intent_id = :pi)
+                RETURNING o.id, o.user_id, o.story_id, o.paid_at, o.amount, upper(o.currency) AS currency,
+                          o.payment_intent_id, (SELECT s.user_id FROM stories s WHERE s.id = o.story_id) AS owner
+            )
+            INSERT INTO order_events (order_id, source, kind, outcome, message, detail)
+            SELECT id, 'worker', :kind, 'failed',
+                   CASE WHEN owner IS NULL
+                        THEN format('Not printed: the order''s story %s no longer exists.', story_id)
+                        ELSE format('Not printed: the order''s user %s is not the owner of its story %s '
+                                    '(the story is user %s''s).', user_id, story_id, owner) END
+                   || CASE WHEN paid_at IS NULL THEN ' Nothing was paid; correct the order (user_id, story_id).'
+                           ELSE format(' The payment of %s %s (%s) was taken: refund it, or correct the order '
+                                       '(user_id, story_id) and retry it (retry --order).',
+                                       amount, currency, coalesce(payment_intent_id, 'no intent id')) END,
+                   jsonb_build_object('user_id', user_id, 'story_id', story_id, 'story_user_id', owner,
+                                      'paid', paid_at IS NOT NULL)
+              FROM o
+            RETURNING message
+            """
+        ),
+        {"id": order_id, "from": list(from_statuses), "kind": NOT_PRINTABLE, "paying": payment is not None,
+         "pi": payment[0] if payment else None, "provider": payment[1] if payment else None},
+    ).scalar()
+
+
 # --- print steps -------------------------------------------------------------------------------
 
 def _claim_sql(step: Step, ready: str) -> str:
@@ -189,21 +248,24 @@ def _claim_sql(step: Step, ready: str) -> str:
 
 
 def claim_print_files(conn: Connection, order_id: str, lease: float) -> RowMapping | None:
-    """Only for a paid order whose story is completed: never a half book."""
+    """Only for a paid order whose story is completed and its user's: never a half book, never
+    another family's."""
     return conn.execute(
         text(_claim_sql("print_files", """
             SELECT o.id FROM orders o JOIN stories s ON s.id = o.story_id
-             WHERE o.id = :id AND o.status = 'paid' AND s.status = 'completed'""")),
+             WHERE o.id = :id AND o.status = 'paid' AND s.status = 'completed' AND s.user_id = o.user_id""")),
         {"id": order_id, "lease": lease},
     ).mappings().first()
 
 
 def claim_print_job(conn: Connection, order_id: str, lease: float) -> RowMapping | None:
-    """Only for a paid order with its print files and no print job yet."""
+    """Only for a paid order with its print files and no print job yet, whose story is (still)
+    completed and its user's."""
     return conn.execute(
         text(_claim_sql("print_job", """
             SELECT o.id FROM orders o
               JOIN order_steps f ON f.order_id = o.id AND f.step = 'print_files' AND f.status = 'completed'
+              JOIN stories s ON s.id = o.story_id AND s.status = 'completed' AND s.user_id = o.user_id
              WHERE o.id = :id AND o.status = 'paid' AND o.pod_order_id IS NULL""")),
         {"id": order_id, "lease": lease},
     ).mappings().first()
@@ -217,11 +279,11 @@ def print_state(conn: Connection, order_id: str) -> RowMapping | None:
             SELECT o.id, o.status, o.story_id, o.product_type, o.shipping_address, o.pod_provider,
                    o.pod_order_id, o.created_at, o.paid_at, now() - o.paid_at AS paid_for,
                    s.status AS story_status, s.error_message AS story_error, s.title, s.child_name,
-                   s.story_theme, u.email,
+                   s.story_theme, u.email, o.user_id, s.user_id AS story_user_id,
                    f.status AS files_status, f.result AS files, now() - f.updated_at AS files_age,
                    j.status AS job_status, j.result AS job, j.run AS job_run, j.checked_at,
                    now() - j.updated_at AS job_age
-              FROM orders o JOIN stories s ON s.id = o.story_id JOIN users u ON u.id = o.user_id
+              FROM orders o LEFT JOIN stories s ON s.id = o.story_id LEFT JOIN users u ON u.id = o.user_id
               LEFT JOIN order_steps f ON f.order_id = o.id AND f.step = 'print_files'
               LEFT JOIN order_steps j ON j.order_id = o.id AND j.step = 'print_job'
              WHERE o.id = :id

@@ -522,7 +522,7 @@ def _set_shaping(pdf: FPDF, on: bool) -> None:
     direction is left to right, and a right-to-left name inside it (Arabic, Hebrew) is
     reordered as a run of its own (Unicode bidirectional algorithm, UAX #9). _draw_lines ends
     each such run with a LEFT-TO-RIGHT MARK, so the punctuation after a name stays after it
-    ("said محمد. محمد counted", not "said محمد .محمد counted"), as HTML's bidi isolation does."""
+    ("said محمد. محمد counted", not "said محمد .محمد counted"), as <bdi> does in the HTML book."""
     if on:
         pdf.set_text_shaping(True, direction="ltr")
     else:

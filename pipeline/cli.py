@@ -147,6 +147,9 @@ def _summary(args: argparse.Namespace) -> int:
     if orders.get("payment_needs_confirmation") or orders.get("payment_wrong_mode"):
         print(f"payments        needs confirmation {orders.get('payment_needs_confirmation', 0)} order(s) "
               f"(retry --order)  wrong Stripe mode {orders.get('payment_wrong_mode', 0)} event(s) ignored")
+    if orders.get("paid_not_printable"):
+        print(f"refunds         {orders['paid_not_printable']} paid order(s) not printed: their story is not "
+              "their user's (status --order ID; refund, or correct and retry --order)")
     return 0
 
 

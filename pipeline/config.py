@@ -60,6 +60,54 @@ def _choice(name: str, default: str, choices: tuple[str, ...]) -> str:
     return value
 
 
+def env_int(name: str, default: int, lo: int, hi: int) -> int:
+    """A whole-number setting ``name`` within [lo, hi] (``default`` when unset or blank).
+
+    Raises SystemExit("configuration error: …") naming the variable otherwise."""
+    return _int(name, default, lo, hi)
+
+
+def env_float(name: str, default: float, lo: float, hi: float) -> float:
+    """A numeric setting ``name`` within [lo, hi] (NaN and infinities refused), ``default``
+    when unset or blank. Raises SystemExit("configuration error: …") naming the variable."""
+    return _float(name, default, lo, hi)
+
+
+def log_level() -> str:
+    """LOG_LEVEL as a logging level name (DEBUG, INFO, WARNING, ERROR, CRITICAL; any case).
+
+    Raises SystemExit("configuration error: …") for another word."""
+    raw = os.environ.get("LOG_LEVEL", "").strip().upper() or "INFO"
+    if raw not in ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"):
+        raise SystemExit(f"configuration error: LOG_LEVEL={raw[:40]!r}; choose one of DEBUG, INFO, WARNING, "
+                         "ERROR, CRITICAL")
+    return raw
+
+
+def check_settings() -> None:
+    """Read every setting a worker uses, as its steps will, so that a worker with one it cannot
+    work with exits at boot (workers/app.py) instead of taking messages and failing each one:
+    a setting read lazily (the database pool, the book's CPU processes, the quotas, the orders'
+    settings read when a payment arrives) raised inside a task, which was then acked and lost.
+
+    Raises SystemExit("configuration error: …") with one line naming the variable."""
+    from db.engine import pool_size
+    from pipeline.cpu import processes
+    from pipeline.metrics import metrics_port
+    from pipeline.orders import order_settings
+    from pipeline.providers.lulu import print_shop_stage_seconds
+    from pipeline.quota import max_inline_wait
+
+    settings()
+    log_level()
+    pool_size()
+    processes()
+    metrics_port()
+    max_inline_wait()
+    order_settings()
+    print_shop_stage_seconds()
+
+
 @dataclass(frozen=True)
 class Settings:
     database_url: str

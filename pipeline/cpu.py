@@ -24,8 +24,11 @@ _pool: tuple[int, ProcessPoolExecutor] | None = None
 
 
 def processes() -> int:
-    raw = os.environ.get("CPU_PROCESSES", "")
-    return int(raw) if raw.strip() else min(2, os.cpu_count() or 1)
+    """CPU_PROCESSES: spawned processes per worker for CPU-heavy work; 0 runs it inline;
+    default min(2, cores). Raises SystemExit("configuration error: …") outside 0–64."""
+    from pipeline.config import env_int
+
+    return env_int("CPU_PROCESSES", min(2, os.cpu_count() or 1), 0, 64)
 
 
 def _get_pool() -> ProcessPoolExecutor:

@@ -6,6 +6,8 @@ outcome and provider role, never ids.
 """
 from __future__ import annotations
 
+import os
+
 from prometheus_client import Counter, Histogram, start_http_server
 
 STEPS = Counter("storycreator_steps_total", "Pipeline steps run, by stage and outcome",
@@ -22,6 +24,13 @@ def observe(stage: str, outcome: str, seconds: float, phases: dict[str, float] |
     STEP_SECONDS.labels(stage).observe(seconds)
     if phases and "provider" in phases:
         PROVIDER_SECONDS.labels(stage).observe(phases["provider"] / 1000)
+
+
+def metrics_port() -> int | None:
+    """METRICS_PORT (1–65535) or None when unset. Raises SystemExit("configuration error: …")."""
+    from pipeline.config import env_int
+
+    return env_int("METRICS_PORT", 0, 1, 65535) if os.environ.get("METRICS_PORT", "").strip() else None
 
 
 def serve(port: int) -> None:

@@ -30,6 +30,9 @@ Policies (README, "Orders"):
   ``payment_status`` "paid" is the same payment as its intent's ``payment_intent.succeeded``
   (``amount_total``, the order by ``metadata.order_id`` or ``client_reference_id``); whichever
   comes first pays, and records the intent.
+- Only the order's own user's story is printed: an order whose story is another user's (or is
+  gone) is failed by a guarded statement at payment and at each print claim, its payment kept
+  on the row and the reason saying it needs a refund decision (db.order_transitions.OWN_STORY).
 - Print files only for a ``completed`` story: a paid order waits for a story in progress (up to
   ORDER_STORY_WAIT_SECONDS after payment) and fails, saying why, if the story failed.
 - The print job is created once per order and print run: the step claims it like a page step
@@ -138,17 +141,19 @@ class OrderSettings:
 
 @lru_cache(maxsize=1)
 def order_settings() -> OrderSettings:
-    from pipeline.config import _choice, _float
+    from pipeline.config import _choice, _float, _int
 
     e = os.environ
     delay = e.get("LULU_PRODUCTION_DELAY", "").strip()
+    if delay:  # minutes; a whole number (Lulu's print-job field is an integer)
+        _int("LULU_PRODUCTION_DELAY", 60, 0, 100_000)
     return OrderSettings(
         pod_provider=_choice("POD_PROVIDER", "local", ("local", "lulu")),
         poll_interval=_float("ORDER_POLL_INTERVAL", 300.0, 0.05, 86400.0),
         story_wait=_float("ORDER_STORY_WAIT_SECONDS", 86400.0, 1.0, 30 * 86400.0),
         shipping_level=e.get("LULU_SHIPPING_LEVEL", "MAIL").strip().upper() or "MAIL",
         contact_email=e.get("LULU_CONTACT_EMAIL", "").strip() or None,
-        production_delay=int(delay) if delay else None,
+        production_delay=int(float(delay)) if delay else None,  # checked at boot (pipeline.boot_check)
         files_base_url=e.get("PRINT_FILES_BASE_URL", "").strip() or None,
         stripe_secrets=tuple(s.strip() for s in e.get("STRIPE_WEBHOOK_SECRET", "").split(",") if s.strip()),
         stripe_tolerance=_float("STRIPE_SIGNATURE_TOLERANCE", 300.0, 1.0, 86400.0),
@@ -440,7 +445,16 @@ def confirm_payment(order_id: str | None, event: Any = None, payload: str | None
             outcome = outcomes.get(action, "ignored")
             done = otx.record_event(c, oid, "stripe", ev.type, outcome, msg, detail, ev.event_id)
             if done and action == "pay":
-                done = otx.mark_paid(c, oid, ev.payment_intent_id or ev.object_id, "stripe")
+                intent = ev.payment_intent_id or ev.object_id
+                # The money is taken either way (recorded on the row); an order whose story is not
+                # its user's (or is gone) is never printed: failed, saying it needs a refund decision.
+                refused = otx.refuse_not_printable(c, oid, ("pending_payment",), payment=(intent, "stripe"))
+                if refused:
+                    action, msg = "fail", refused
+                    log.warning("order %s: paid but not printable (story %s): needs a refund decision", oid,
+                                row["story_id"])
+                else:
+                    done = otx.mark_paid(c, oid, intent, "stripe")
     if not done:  # the guarded move found the order changed (cannot happen under the row lock)
         return StepResult(Outcome.STOPPED, f"order changed: {msg}", timer.timings, context=ctx)
     if action == "pay":
@@ -471,6 +485,20 @@ def _step_release(order_id: str, step: otx.Step, attempt: Attempt) -> Any:
     return release
 
 
+def _not_printable(order_id: str, state: Any, timer: _Timer, ctx: dict[str, Any]) -> StepResult | None:
+    """A paid order whose story is not its user's (or is gone) failed with the reason (the
+    guarded statement decides), as a StepResult; None when the story is the order's own."""
+    if state["status"] != "paid" or (state["story_status"] is not None
+                                     and state["story_user_id"] == state["user_id"]):
+        return None
+    with autocommit() as c:
+        refused = otx.refuse_not_printable(c, order_id, ("paid",))
+    if refused is None:  # corrected meanwhile, or no longer paid: the caller's next look decides
+        return None
+    log.warning("order %s: not printable (story %s): failed, needs a refund decision", order_id, state["story_id"])
+    return StepResult(Outcome.FAILED, refused, timer.timings, context=ctx)
+
+
 def make_print_files(order_id: str, attempt: Attempt = FIRST_TRY) -> StepResult:
     """Print-ready interior and cover PDFs at orders/<order_id>/print/, for a paid order whose
     story is completed."""
@@ -484,6 +512,8 @@ def make_print_files(order_id: str, attempt: Attempt = FIRST_TRY) -> StepResult:
         return StepResult(Outcome.STOPPED, "order not found", timer.timings)
     ctx = {"order": order_id, "story": str(state["story_id"])}
     if claim is None:
+        if refused := _not_printable(order_id, state, timer, ctx):
+            return refused
         if state["status"] != "paid":
             return StepResult(Outcome.STOPPED, f"order is {state['status']}", timer.timings, context=ctx)
         if state["files_status"] == "completed":
@@ -674,6 +704,8 @@ def submit_print_job(order_id: str, attempt: Attempt = FIRST_TRY) -> StepResult:
     if claim is None:
         if state["pod_order_id"] and state["status"] in ("paid", "fulfilled"):
             return StepResult(Outcome.ALREADY_DONE, f"print job {state['pod_order_id']}", timer.timings, context=ctx)
+        if refused := _not_printable(order_id, state, timer, ctx):
+            return refused
         if state["status"] != "paid":
             return StepResult(Outcome.STOPPED, f"order is {state['status']}", timer.timings, context=ctx)
         if state["files_status"] != "completed":
@@ -681,6 +713,9 @@ def submit_print_job(order_id: str, attempt: Attempt = FIRST_TRY) -> StepResult:
                               timer.timings, context=ctx)
         if state["job_status"] == "processing":
             return _held_elsewhere("print job being created", state["job_age"], attempt, timer)
+        if state["story_status"] != "completed":
+            return StepResult(Outcome.STOPPED, f"the story is {state['story_status']}, not completed", timer.timings,
+                              context=ctx)
         return StepResult(Outcome.STOPPED, f"print job step is {state['job_status']}", timer.timings, context=ctx)
 
     o = order_settings()
@@ -861,11 +896,12 @@ def handle_lulu_webhook(payload: str, headers: Mapping[str, Any] | None, attempt
 
 def _stuck_queries() -> tuple[tuple[str, str], ...]:
     return (
-        # paid, story finished (either way), print files never made or their worker died
-        ("orders.prepare_print", """
-            SELECT o.id FROM orders o JOIN stories s ON s.id = o.story_id
+        # paid, story finished (either way) or not the order's own (its claim refuses it), print
+        # files never made or their worker died
+        ("orders.prepare_print", f"""
+            SELECT o.id FROM orders o LEFT JOIN stories s ON s.id = o.story_id
               LEFT JOIN order_steps f ON f.order_id = o.id AND f.step = 'print_files'
-             WHERE o.status = 'paid' AND s.status IN ('completed', 'failed') AND (
+             WHERE o.status = 'paid' AND (s.status IN ('completed', 'failed') OR NOT {otx.OWN_STORY}) AND (
                    (f.order_id IS NULL AND o.updated_at < now() - make_interval(secs => :pending_after))
                 OR (f.status = 'pending' AND f.updated_at < now() - make_interval(secs => :pending_after))
                 OR (f.status = 'processing' AND f.updated_at < now() - make_interval(secs => :lease)))
@@ -944,9 +980,10 @@ def retry_order(order_id: str, *, dry_run: bool = False) -> OrderRetry:
     Stripe's API (needs STRIPE_SECRET_KEY). A payment that never came cannot be retried here."""
     with transaction() as c:
         row = c.execute(text(
-            """SELECT o.status, o.paid_at, o.fulfilled_at, o.pod_order_id, s.status AS story_status,
-                      j.status AS job_status, j.result->>'status' AS provider_status, j.run
-                 FROM orders o JOIN stories s ON s.id = o.story_id
+            f"""SELECT o.status, o.paid_at, o.fulfilled_at, o.pod_order_id, s.status AS story_status,
+                      j.status AS job_status, j.result->>'status' AS provider_status, j.run,
+                      {otx.OWN_STORY} AS own_story
+                 FROM orders o LEFT JOIN stories s ON s.id = o.story_id
                  LEFT JOIN order_steps j ON j.order_id = o.id AND j.step = 'print_job'
                 WHERE o.id = :id FOR UPDATE OF o"""), {"id": order_id}).mappings().first()
         if row is None:
@@ -960,6 +997,10 @@ def retry_order(order_id: str, *, dry_run: bool = False) -> OrderRetry:
         if row["paid_at"] is None:
             return OrderRetry(order_id, False, f"not retried: the payment was never confirmed ({reason}); "
                                                "a retry cannot take a payment")
+        if not row["own_story"]:
+            return OrderRetry(order_id, False, f"not retried: the order's story is not its user's, or no longer "
+                                               f"exists ({reason}); correct orders.user_id / story_id first, or "
+                                               "refund the payment")
         if row["story_status"] == "failed":
             return OrderRetry(order_id, False, "not retried: the order's story failed; retry the story first "
                                                "(retry --story), then the order")
@@ -1019,8 +1060,9 @@ def order_report(order_id: str) -> dict[str, Any] | None:
 
 def order_summary() -> dict[str, int]:
     """Orders by status, plus ``payment_needs_confirmation`` (orders with a genuine payment event
-    waiting for confirmation) and ``payment_wrong_mode`` (payment events ignored because their
-    Stripe mode is not the deployment's)."""
+    waiting for confirmation), ``payment_wrong_mode`` (payment events ignored because their
+    Stripe mode is not the deployment's) and ``paid_not_printable`` (paid orders refused because
+    their story is not their user's or is gone: each needs a refund decision)."""
     with transaction() as c:
         counts = otx.summary(c)
         held = c.execute(text(f"SELECT count(DISTINCT x.order_id) FROM ({otx.OPEN_HELD_SQL}) x"),
@@ -1028,6 +1070,13 @@ def order_summary() -> dict[str, int]:
         counts["payment_needs_confirmation"] = int(held or 0)
         counts["payment_wrong_mode"] = int(c.execute(text(
             "SELECT count(*) FROM order_events WHERE source = 'stripe' AND detail->>'ignored' = 'mode'")).scalar() or 0)
+        counts["paid_not_printable"] = int(c.execute(text(
+            """SELECT count(*) FROM orders o WHERE o.status = 'failed' AND o.paid_at IS NOT NULL
+                  AND EXISTS (SELECT 1 FROM order_events e WHERE e.order_id = o.id AND e.kind = :kind)
+                  AND NOT EXISTS (SELECT 1 FROM order_events r WHERE r.order_id = o.id AND r.kind = 'retry'
+                                     AND r.created_at > (SELECT max(e.created_at) FROM order_events e
+                                                          WHERE e.order_id = o.id AND e.kind = :kind))"""),
+            {"kind": otx.NOT_PRINTABLE}).scalar() or 0)
         return counts
 
 

@@ -134,6 +134,24 @@ def products(env: Mapping[str, str] | None = None) -> dict[str, str]:
     return out
 
 
+def check_products(env: Mapping[str, str] | None = None) -> None:
+    """PRINT_PRODUCTS as a worker's boot checks it (products() skips what it cannot read):
+    comma-separated ``product_type=pod_package_id`` items, each SKU one this shop can make;
+    SystemExit("configuration error: PRINT_PRODUCTS ...") otherwise."""
+    raw = (os.environ if env is None else env).get("PRINT_PRODUCTS", "")
+    for item in (i.strip() for i in raw.split(",")):
+        name, sep, sku = item.partition("=")
+        if not item:
+            continue
+        if not sep or not name.strip() or not sku.strip():
+            raise SystemExit(f"configuration error: PRINT_PRODUCTS item {item[:60]!r} is not "
+                             "product_type=pod_package_id")
+        try:
+            parse_pod_package(sku.strip())
+        except ValueError as e:
+            raise SystemExit(f"configuration error: PRINT_PRODUCTS {name.strip()[:40]}: {e}") from None
+
+
 def product_spec(product_type: str) -> PrintSpec:
     """The spec of an order's product; PermanentStepError naming the products on offer."""
     catalog = products()

@@ -128,6 +128,14 @@ return math.max(1, tonumber(first[2]) - now)
 """
 
 
+def max_inline_wait() -> float:
+    """QUOTA_MAX_INLINE_WAIT: seconds a step waits for its quota in its thread (default 1);
+    longer, it is re-scheduled. Raises SystemExit("configuration error: …") outside 0–3600."""
+    from pipeline.config import env_float
+
+    return env_float("QUOTA_MAX_INLINE_WAIT", 1.0, 0.0, 3600.0)
+
+
 class Quotas:
     """The shared limits of every provider. One per process (``quotas()``)."""
 
@@ -137,7 +145,7 @@ class Quotas:
         self._prefix = prefix
         self._gcra = self._redis.register_script(_GCRA)
         self._acquire = self._redis.register_script(_ACQUIRE)
-        self.max_inline_wait = float(os.environ.get("QUOTA_MAX_INLINE_WAIT", "1.0"))
+        self.max_inline_wait = max_inline_wait()
 
     def _call(self, fn: object, *args: object) -> int:
         try:

@@ -322,3 +322,119 @@ def test_what_counts_as_the_database_unavailable(clean_db: Db) -> None:
         make_engine(_url("postgresql", port=1)).connect()
     assert unavailable(refused.value)
     check_database(os.environ["DATABASE_URL"])  # the test database passes the boot check
+
+
+# --- fault 2's kind: any setting a worker cannot work with, not only the database's -------------
+
+BAD_SETTINGS = {
+    # read by the first step that touches the database: each task raised ValueError and was acked
+    "DB_POOL_SIZE=abc": ({"DB_POOL_SIZE": "abc"}, "DB_POOL_SIZE"),
+    "DB_POOL_SIZE=-3": ({"DB_POOL_SIZE": "-3"}, "DB_POOL_SIZE"),
+    # the book's CPU processes: every story's completion failed
+    "CPU_PROCESSES=abc": ({"CPU_PROCESSES": "abc"}, "CPU_PROCESSES"),
+    "CPU_PROCESSES=-1": ({"CPU_PROCESSES": "-1"}, "CPU_PROCESSES"),
+    # the metrics endpoint silently not served
+    "METRICS_PORT=abc": ({"METRICS_PORT": "abc"}, "METRICS_PORT"),
+    # every provider call
+    "QUOTA_MAX_INLINE_WAIT=abc": ({"QUOTA_MAX_INLINE_WAIT": "abc"}, "QUOTA_MAX_INLINE_WAIT"),
+    # the orders' settings, read only when a payment arrives
+    "ORDER_POLL_INTERVAL=nan": ({"ORDER_POLL_INTERVAL": "nan"}, "ORDER_POLL_INTERVAL"),
+    "LULU_PRODUCTION_DELAY=abc": ({"LULU_PRODUCTION_DELAY": "abc"}, "LULU_PRODUCTION_DELAY"),
+    "LOCAL_PRINT_SHOP_STAGE_SECONDS=x": ({"LOCAL_PRINT_SHOP_STAGE_SECONDS": "x"}, "LOCAL_PRINT_SHOP_STAGE_SECONDS"),
+    "STRIPE_MODE contradicting the key": ({"STRIPE_MODE": "test", "STRIPE_SECRET_KEY": "sk_live_" + SECRET},
+                                         "STRIPE_MODE"),
+    "LOG_LEVEL=verbose": ({"LOG_LEVEL": "verbose"}, "LOG_LEVEL"),
+}
+
+
+def test_worker_with_a_bad_setting_exits_at_boot_and_keeps_the_messages(
+        clean_db: Db, broker: str, tmp_path: Path) -> None:
+    """A worker that booted "ready" with DB_POOL_SIZE=abc took each story's message, raised
+    ValueError and acked it: the story stayed pending with nothing recorded. Every setting is
+    checked before the consumer starts: exit non-zero with one line naming the variable."""
+    story = clean_db.story(clean_db.photo(astronaut_png()))
+    external_send(broker, "stories.generate", {"story_id": story})
+    failures = []
+    for case, (env, says) in BAD_SETTINGS.items():
+        log = tmp_path / f"{case.split('=')[0].replace(' ', '_')}.log"
+        t0 = time.monotonic()
+        with open(log, "wb") as fh:
+            p = subprocess.Popen(
+                [CELERY, "-A", "workers.app", "worker", "--pool", "threads", "--concurrency", "4",
+                 "-Q", ALL_QUEUES, "--loglevel", "INFO", "-E", "-n", f"bad-{uuid.uuid4().hex[:6]}@localhost"],
+                cwd=ROOT, env={**os.environ, "CELERY_BROKER_URL": broker, "REDIS_URL": broker, **env},
+                stdout=fh, stderr=subprocess.STDOUT, start_new_session=True)
+            try:
+                code = p.wait(40)
+            except subprocess.TimeoutExpired:
+                os.killpg(p.pid, 9)
+                p.wait()
+                code = None
+        out = log.read_text(errors="replace")
+        lines = [ln for ln in out.splitlines() if "configuration error" in ln]
+        ok = (code not in (None, 0) and len(lines) == 1 and says in lines[0] and "Traceback" not in out
+              and SECRET not in out and _queued(broker) == 1)
+        if not ok:
+            failures.append(f"{case}: exit {code} after {time.monotonic() - t0:.0f}s, queued {_queued(broker)}, "
+                            f"lines {lines}\n{out[-1500:]}")
+            # put the message back if this worker ate it, so the next case is judged alone
+            if _queued(broker) == 0:
+                external_send(broker, "stories.generate", {"story_id": story})
+    assert not failures, "\n\n".join(failures)
+    assert clean_db.story_row(story)["status"] == "pending"
+
+
+# --- fault 2's kind: a database role that may not use the tables ---------------------------------
+
+@pytest.fixture()
+def read_only_role(clean_db: Db) -> Iterator[str]:
+    """A login role that may only read the tables (a read replica's or a reporting user's
+    credentials given to the workers by mistake), its password with URL-encoded specials."""
+    role = f"ro_{uuid.uuid4().hex[:8]}"
+    admin = make_engine(os.environ["DATABASE_URL"], isolation_level="AUTOCOMMIT")
+    with admin.connect() as c:
+        c.execute(text(f"CREATE ROLE {role} LOGIN PASSWORD 'p@ss:w/rd%?#&'"))
+        c.execute(text(f"GRANT SELECT ON ALL TABLES IN SCHEMA public TO {role}"))
+    u = make_url(os.environ["DATABASE_URL"])
+    yield f"postgresql://{role}:p%40ss%3Aw%2Frd%25%3F%23%26@{u.host}:{u.port or 5432}/{u.database}"
+    with admin.connect() as c:
+        c.execute(text(f"DROP OWNED BY {role}"))
+        c.execute(text(f"DROP ROLE {role}"))
+    admin.dispose()
+
+
+def test_worker_whose_role_may_not_write_exits_at_boot_and_keeps_the_message(
+        clean_db: Db, broker: str, tmp_path: Path, read_only_role: str) -> None:
+    """The boot check read information_schema (which shows a role only what it may use) and
+    not the privileges: a read-only role booted a "ready" worker whose every step raised
+    InsufficientPrivilege and was acked, the story left pending with nothing recorded."""
+    story = clean_db.story(clean_db.photo(astronaut_png()))
+    external_send(broker, "stories.generate", {"story_id": story})
+    log = tmp_path / "ro.log"
+    with open(log, "wb") as fh:
+        p = subprocess.Popen(
+            [CELERY, "-A", "workers.app", "worker", "--pool", "threads", "--concurrency", "4",
+             "-Q", ALL_QUEUES, "--loglevel", "INFO", "-E", "-n", f"ro-{uuid.uuid4().hex[:6]}@localhost"],
+            cwd=ROOT, env={**os.environ, "DATABASE_URL": read_only_role, "CELERY_BROKER_URL": broker,
+                           "REDIS_URL": broker},
+            stdout=fh, stderr=subprocess.STDOUT, start_new_session=True)
+        try:
+            code = p.wait(40)
+        except subprocess.TimeoutExpired:
+            os.killpg(p.pid, 9)
+            p.wait()
+            code = None
+    out = log.read_text(errors="replace")
+    lines = [ln for ln in out.splitlines() if "configuration error" in ln]
+    assert code not in (None, 0), out[-3000:]
+    assert len(lines) == 1 and "privilege" in lines[0] and "p@ss" not in out and "Traceback" not in out, out[-3000:]
+    assert _queued(broker) == 1
+    assert clean_db.story_row(story)["status"] == "pending"
+    # and a step that meets such a role mid-run (privileges revoked) is re-sent, not acked as done
+    eng = make_engine(read_only_role)
+    try:
+        with pytest.raises(Exception) as denied, eng.begin() as c:
+            c.execute(text("UPDATE stories SET status = status WHERE id = :s"), {"s": story})
+        assert unavailable(denied.value)
+    finally:
+        eng.dispose()

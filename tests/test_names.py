@@ -12,6 +12,7 @@ import io
 import json
 import logging
 import os
+import re
 import unicodedata
 from datetime import UTC, datetime
 from pathlib import Path
@@ -347,3 +348,27 @@ def test_a_worker_without_the_fonts_refuses_to_start(tmp_path: Path) -> None:
     with pytest.raises(RuntimeError, match="exited with"):
         w.start(timeout=60)
     assert "configuration error: fonts for" in w.log.read_text() and "fonts-noto-core" in w.log.read_text()
+
+
+@pytest.mark.parametrize("name", ["محمد", "אריאל", "عبد الله"])
+def test_html_book_isolates_a_right_to_left_name_in_the_english_sentences(name: str) -> None:
+    """HTML does not isolate a run of text by itself: in "said محمد. محمد followed" the period
+    and space between two right-to-left names take their direction, and a browser shows
+    "said محمد .محمد followed". The PDF ends each such run with an LRM (_draw_lines); the HTML
+    book must isolate each one (<bdi>, https://html.spec.whatwg.org/#the-bdi-element)."""
+    b = book(name, pages=12)
+    texts = " ".join(p.text for p in b.pages)
+    html = render_html(b, [f"p{i}.png" for i in range(1, 13)], None)
+    body = html.split("</header>", 1)[1]
+    paragraphs = re.findall(r'<p class="text">(.*?)</p>', body, re.S)
+    assert paragraphs and name in texts
+    for p in paragraphs:
+        outside = re.sub(r"<bdi>[^<]*</bdi>", "", p)
+        assert not re.search("[\u0590-\u08ff]", outside), p  # every right-to-left letter is isolated
+        for run in re.findall(r"<bdi>([^<]*)</bdi>", p):
+            assert run.strip() == run and not re.search(r"[.,!?;:\"“”]", run), p  # only the name's own text
+    # the text reads the same once the isolation is taken away (nothing added, nothing lost)
+    plain = " ".join(re.sub(r"</?bdi>", "", p) for p in paragraphs)
+    assert plain.replace("&#x27;", "'").replace("&quot;", '"') == " ".join(
+        " ".join(t.split()) for t in (p.text for p in b.pages)).replace("&", "&amp;").replace(
+        "<", "&lt;").replace(">", "&gt;")

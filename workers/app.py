@@ -3,7 +3,6 @@ workers.tasks, and the database engine is built lazily in each worker process.""
 from __future__ import annotations
 
 import logging
-import os
 from typing import Any
 
 from celery import Celery, signals
@@ -15,8 +14,10 @@ app.config_from_object("celeryconfig")
 @signals.setup_logging.connect
 def _setup_logging(**_: Any) -> None:
     # Our own format; one line per step comes from workers.tasks (no names, no image bytes).
+    from pipeline.config import log_level
+
     logging.basicConfig(
-        level=os.environ.get("LOG_LEVEL", "INFO"),
+        level=log_level(),  # SystemExit (one line) for a level logging does not know
         format="%(asctime)s %(levelname)s %(processName)s %(name)s: %(message)s",
     )
 
@@ -29,9 +30,15 @@ def _warm_up(**_: Any) -> None:
     First, a worker that cannot work must not take messages: with the database misconfigured,
     unreachable or without its schema, the worker exits non-zero with one line, before its
     consumer starts (worker_init runs before any bootstep). SystemExit, because Celery's signal
-    dispatch logs and swallows an Exception raised by a receiver and the worker would go on."""
+    dispatch logs and swallows an Exception raised by a receiver and the worker would go on.
+    Every other setting the worker reads is checked before that (pipeline.boot_check): a
+    misconfigured worker stops here with one line naming the variable, not inside its tasks."""
     from db.engine import DatabaseNotReady, check_database
+    from pipeline.boot_check import check_worker_configuration
+    from pipeline.config import check_settings
 
+    check_worker_configuration()  # SystemExit("configuration error: NAME ..."): orders, providers, quotas
+    check_settings()  # every setting as the steps will read it (pool size, CPU processes, ports...)
     try:
         check_database()
     except DatabaseNotReady as e:
@@ -39,7 +46,7 @@ def _warm_up(**_: Any) -> None:
 
     from pipeline.orders import order_settings
 
-    o = order_settings()  # a STRIPE_MODE that contradicts STRIPE_SECRET_KEY stops the worker here
+    o = order_settings()  # checked by check_worker_configuration above
     if o.stripe_mode == "live" and not o.stripe_secrets:
         # Not an error: a worker for stories alone needs no Stripe settings. Payment events are
         # then refused one by one (or confirmed with Stripe's API when STRIPE_SECRET_KEY is set).
@@ -59,10 +66,13 @@ def _warm_up(**_: Any) -> None:
     import pipeline.providers.local_vision  # noqa: F401  (OpenCV; its JSON helpers serve every analyzer)
 
     cpu.warm_up()
-    if port := os.environ.get("METRICS_PORT"):
-        from pipeline import metrics
+    from pipeline import metrics
 
-        metrics.serve(int(port))  # Prometheus text format at http://<host>:<port>/metrics
+    if port := metrics.metrics_port():
+        try:
+            metrics.serve(port)  # Prometheus text format at http://<host>:<port>/metrics
+        except OSError as e:  # taken by another process: a worker nobody can watch is misconfigured
+            raise SystemExit(f"configuration error: METRICS_PORT={port} cannot be served: {e}") from None
 
     from db.engine import get_engine
 

@@ -48,6 +48,7 @@ from urllib.parse import unquote, urlsplit
 
 import requests
 
+from pipeline.config import env_number
 from pipeline.errors import PermanentStepError, TransientStepError, retry_after_seconds
 from pipeline.providers.base import NoHooks, RequestHooks
 
@@ -290,8 +291,8 @@ class LuluClient:
         e = os.environ if env is None else env
         return cls(
             e.get("LULU_API_URL", "https://api.lulu.com"), e.get("LULU_CLIENT_KEY", ""),
-            e.get("LULU_CLIENT_SECRET", ""), timeout=float(e.get("LULU_TIMEOUT", "30")),
-            connect_timeout=float(e.get("LULU_CONNECT_TIMEOUT", "5")), hooks=hooks,
+            e.get("LULU_CLIENT_SECRET", ""), timeout=env_number(e, "LULU_TIMEOUT", 30.0, 0.1, 600.0),
+            connect_timeout=env_number(e, "LULU_CONNECT_TIMEOUT", 5.0, 0.1, 600.0), hooks=hooks,
             allow_file_urls=e.get("LULU_ALLOW_FILE_URLS", "") in ("1", "true", "yes"),
         )
 
@@ -482,6 +483,14 @@ class _LocalJob:
     canceled: float | None = None
 
 
+def print_shop_stage_seconds() -> float:
+    """LOCAL_PRINT_SHOP_STAGE_SECONDS: seconds the offline print shop spends in each status
+    (default 3). Raises SystemExit("configuration error: …") outside 0–86400."""
+    from pipeline.config import env_float
+
+    return env_float("LOCAL_PRINT_SHOP_STAGE_SECONDS", 3.0, 0.0, 86400.0)
+
+
 class LocalPrintShop:
     """A print shop on this machine that behaves like Lulu over time (see the module doc).
 
@@ -496,7 +505,7 @@ class LocalPrintShop:
 
     @classmethod
     def from_env(cls, root: Path) -> LocalPrintShop:
-        return cls(root, stage_seconds=float(os.environ.get("LOCAL_PRINT_SHOP_STAGE_SECONDS", "3")))
+        return cls(root, stage_seconds=print_shop_stage_seconds())
 
     def cover_dimensions(self, pod_package_id: str, page_count: int) -> tuple[float, float]:
         from pipeline.print_files import cover_size_pt, parse_pod_package
