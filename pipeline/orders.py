@@ -24,6 +24,12 @@ Policies (README, "Orders"):
   by Stripe's API's own copy (STRIPE_SECRET_KEY) when the timing cannot be shown; otherwise it
   is recorded as needing confirmation (retry --order, backfill and the sweep confirm it later).
   An event of the other Stripe mode than the deployment's (STRIPE_MODE) is recorded as ignored.
+  An unverifiable event (no STRIPE_WEBHOOK_SECRET, a pre-parsed event) counts only in test mode;
+  in live mode it is confirmed with Stripe's API (STRIPE_SECRET_KEY) or refused and recorded.
+- Stripe Checkout: ``checkout.session.completed`` / ``async_payment_succeeded`` with
+  ``payment_status`` "paid" is the same payment as its intent's ``payment_intent.succeeded``
+  (``amount_total``, the order by ``metadata.order_id`` or ``client_reference_id``); whichever
+  comes first pays, and records the intent.
 - Only the order's own user's story is printed: an order whose story is another user's (or is
   gone) is failed by a guarded statement at payment and at each print claim, its payment kept
   on the row and the reason saying it needs a refund decision (db.order_transitions.OWN_STORY).
@@ -75,6 +81,9 @@ from pipeline.steps import (
 )
 from pipeline.stripe_events import (
     CHARGE_REFUNDED,
+    CHECKOUT_ASYNC_FAILED,
+    CHECKOUT_ASYNC_SUCCEEDED,
+    CHECKOUT_COMPLETED,
     PAYMENT_CANCELED,
     PAYMENT_FAILED,
     PAYMENT_SUCCEEDED,
@@ -215,11 +224,25 @@ def _decide(row: Any, ev: PaymentEvent, order_id: str, other_order: str | None) 
             return "reject", (f"The event is for payment {intent or '(none)'}, the order's payment is "
                               f"{row['payment_intent_id']}.")
     elif ev.order_id != order_id:
-        return "reject", (f"The payment {intent or '(none)'} cannot be tied to this order: its metadata.order_id is "
-                          f"{ev.order_id or 'missing'} and the order has no payment_intent_id.")
+        return "reject", (f"The payment {intent or '(none)'} cannot be tied to this order: its metadata.order_id "
+                          f"(or client_reference_id) is {ev.order_id or 'missing'} and the order has no "
+                          "payment_intent_id.")
     elif other_order is not None:
         return "reject", f"The payment {intent} already belongs to order {other_order}."
-    if ev.type == PAYMENT_SUCCEEDED:
+    if ev.type in (CHECKOUT_COMPLETED, CHECKOUT_ASYNC_SUCCEEDED) and ev.payment_status != "paid":
+        if status == "pending_payment":
+            return "note", (f"The Checkout Session {ev.object_id} completed with payment_status "
+                            f"{ev.payment_status or 'missing'}: the order waits for the payment "
+                            f"({CHECKOUT_ASYNC_SUCCEEDED}).")
+        return "ignore", f"An unpaid Checkout Session reported for an order that is {status}."
+    if ev.type == CHECKOUT_ASYNC_FAILED:
+        if status == "pending_payment":
+            return "note", (f"The delayed payment of Checkout Session {ev.object_id} failed; the order waits for "
+                            "another payment.")
+        return "ignore", f"A failed delayed payment reported for an order that is {status}."
+    if ev.type in (PAYMENT_SUCCEEDED, CHECKOUT_COMPLETED, CHECKOUT_ASYNC_SUCCEEDED):
+        # The same payment is often reported twice (the session's completion, then its intent's
+        # success): the first pays, the other finds the order paid (or its intent taken).
         if status != "pending_payment":
             return "ignore", f"Payment confirmation for an order that is already {status}."
         received = ev.amount_received if ev.amount_received is not None else ev.amount
@@ -259,16 +282,47 @@ NEEDS_CONFIRMATION = "payment.needs_confirmation"
 
 
 def _authentic(event: Any, payload: str | None, signature: str | None, received_at: float | None) -> PaymentEvent:
+    """The event, authentic by its signature; or InvalidEvent; or UnconfirmedEvent (to be
+    confirmed with Stripe's API: the caller uses Stripe's copy, never the payload's content).
+
+    An event the worker cannot verify (a raw payload with no STRIPE_WEBHOOK_SECRET configured,
+    a pre-parsed ``event``) counts as it is only on a test-mode deployment (the offline demo,
+    development) without STRIPE_REQUIRE_SIGNATURE. On a live-mode one (STRIPE_MODE) it never
+    moves an order: with STRIPE_SECRET_KEY it is confirmed with Stripe's API, otherwise refused."""
     o = order_settings()
+    trust_unsigned = o.stripe_mode == "test" and not o.stripe_require_signature
     if payload is not None:
-        if o.stripe_secrets or signature is not None or o.stripe_require_signature:
+        if o.stripe_secrets or signature is not None or not trust_unsigned:
+            if not o.stripe_secrets and o.stripe_mode == "live":
+                raise _unverifiable(parse_event(payload), "no Stripe webhook secret is configured "
+                                    "(STRIPE_WEBHOOK_SECRET), so its signature cannot be checked", o)
             return verify_event(payload, signature, o.stripe_secrets, tolerance=o.stripe_tolerance,
                                 received_at=received_at)
         return parse_event(payload)
     if o.stripe_require_signature:
         raise InvalidEvent("an unsigned event is refused (STRIPE_REQUIRE_SIGNATURE): send the raw payload "
                            "with its Stripe-Signature header")
+    if not trust_unsigned:
+        raise _unverifiable(parse_event(event), "a pre-parsed event carries no signature", o)
     return parse_event(event)
+
+
+class _Unverified(InvalidEvent):
+    """Refused unverified; ``event`` (content unproven) only says which order to record it on."""
+
+    def __init__(self, message: str, event: PaymentEvent) -> None:
+        super().__init__(message)
+        self.event = event
+
+
+def _unverifiable(ev: PaymentEvent, why: str, o: OrderSettings) -> InvalidEvent:
+    """A live-mode deployment never takes an unverified event's word: UnconfirmedEvent (Stripe's
+    API will say) when STRIPE_SECRET_KEY is set, else InvalidEvent (refused, recorded)."""
+    if o.stripe_secret_key:
+        return UnconfirmedEvent(f"unverified event on a live-mode deployment: {why}", ev)
+    return _Unverified(f"an unverified event on a live-mode deployment (STRIPE_MODE) is never applied: {why}; "
+                        "set STRIPE_WEBHOOK_SECRET and send the raw payload with its Stripe-Signature header "
+                        "(or set STRIPE_SECRET_KEY to confirm events with Stripe's API)", ev)
 
 
 def _order_of(order_id: str | None, ev: PaymentEvent) -> str | None:
@@ -352,6 +406,9 @@ def confirm_payment(order_id: str | None, event: Any = None, payload: str | None
             return ev_or_result
         ev = ev_or_result
     except InvalidEvent as e:
+        if isinstance(e, _Unverified):  # recorded where operators look (status --order); nothing moves
+            # Not under its event id: the genuine event, signed or resent, must still count later.
+            return _refuse(_order_of(order_id, e.event), f"Stripe event {e.event.event_id} refused: {e}", timer)
         return _refuse(order_id, f"Stripe event refused: {e}", timer)
     oid = _order_of(order_id, ev)
     if oid is None:

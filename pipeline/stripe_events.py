@@ -42,7 +42,15 @@ PAYMENT_SUCCEEDED = "payment_intent.succeeded"
 PAYMENT_FAILED = "payment_intent.payment_failed"
 PAYMENT_CANCELED = "payment_intent.canceled"
 CHARGE_REFUNDED = "charge.refunded"
-HANDLED = (PAYMENT_SUCCEEDED, PAYMENT_FAILED, PAYMENT_CANCELED, CHARGE_REFUNDED)
+# Stripe Checkout (https://docs.stripe.com/api/checkout/sessions/object,
+# https://docs.stripe.com/checkout/fulfillment): a session is completed when the customer
+# finishes it; ``payment_status`` "paid" says the money is there. A delayed payment method
+# completes "unpaid" and sends async_payment_succeeded (or _failed) later.
+CHECKOUT_COMPLETED = "checkout.session.completed"
+CHECKOUT_ASYNC_SUCCEEDED = "checkout.session.async_payment_succeeded"
+CHECKOUT_ASYNC_FAILED = "checkout.session.async_payment_failed"
+HANDLED = (PAYMENT_SUCCEEDED, PAYMENT_FAILED, PAYMENT_CANCELED, CHARGE_REFUNDED, CHECKOUT_COMPLETED,
+           CHECKOUT_ASYNC_SUCCEEDED, CHECKOUT_ASYNC_FAILED)
 
 
 class InvalidEvent(ValueError):
@@ -70,11 +78,17 @@ def sign(payload: str | bytes, secret: str, timestamp: int | None = None) -> str
     return str(stripe.WebhookSignature.generate_signature_header(body, secret, timestamp))
 
 
+# A number of at least this is Unix milliseconds (JavaScript's ``Date.now()``): as seconds it
+# would be after the year 5138, and as milliseconds it is after 1973-03-03.
+MILLISECONDS_FROM = 1e11
+
+
 def parse_received_at(value: Any) -> float | None:
     """``received_at`` of the task (when the API received the webhook) as Unix seconds: a number
-    (Unix seconds) or an ISO 8601 string (a time without an offset is UTC). ValueError if it is
-    neither, or not finite ("NaN" compares false with every bound, so it would pass any age as
-    fresh; an infinity cannot be dated)."""
+    or numeric string of Unix seconds, or of Unix milliseconds when it is at least 1e11
+    (``MILLISECONDS_FROM``: ``Date.now()``, ``System.currentTimeMillis()``), or an ISO 8601 string
+    (a time without an offset is UTC). ValueError if it is neither, or not finite ("NaN" compares
+    false with every bound, so it would pass any age as fresh; an infinity cannot be dated)."""
     if value is None:
         return None
     if isinstance(value, bool):
@@ -100,7 +114,7 @@ def parse_received_at(value: Any) -> float | None:
 def _finite(seconds: float) -> float:
     if not math.isfinite(seconds):
         raise ValueError(f"received_at {seconds!r} is not a finite number of Unix seconds")
-    return seconds
+    return seconds / 1000.0 if abs(seconds) >= MILLISECONDS_FROM else seconds
 
 
 def _timestamp(header: str) -> int:
@@ -212,17 +226,19 @@ class PaymentEvent:
     type: str
     created: int | None
     livemode: bool
-    object_type: str  # "payment_intent" or "charge"
-    object_id: str  # pi_... or ch_...
-    payment_intent_id: str | None  # the intent itself, or the charge's intent
-    amount: int | None  # smallest currency unit
-    amount_received: int | None  # payment_intent: what was captured
+    object_type: str  # "payment_intent", "charge" or "checkout.session"
+    object_id: str  # pi_..., ch_... or cs_...
+    payment_intent_id: str | None  # the intent itself, or the charge's / Checkout Session's intent
+    amount: int | None  # smallest currency unit (a Checkout Session's amount_total)
+    amount_received: int | None  # payment_intent: what was captured; checkout.session: amount_total once paid
     amount_refunded: int | None  # charge: refunded so far
     refunded: bool  # charge: fully refunded
     currency: str | None  # lower case, as Stripe writes it
     metadata: dict[str, str] = field(default_factory=dict)
     reason: str | None = None  # last_payment_error.message / cancellation_reason, for people
     confirmed_by_api: bool = False  # read from Stripe's API (retrieve_event), not from a webhook
+    payment_status: str | None = None  # checkout.session: "paid", "unpaid" or "no_payment_required"
+    client_reference_id: str | None = None  # checkout.session: the API's reference (our order id)
 
     @classmethod
     def unknown(cls, event_id: str) -> PaymentEvent:
@@ -233,8 +249,9 @@ class PaymentEvent:
 
     @property
     def order_id(self) -> str | None:
-        """The order the API attached to the intent (``metadata.order_id``), if any."""
-        return self.metadata.get("order_id") or None
+        """The order the API attached to the intent or Checkout Session (``metadata.order_id``,
+        else a session's ``client_reference_id``), if any."""
+        return self.metadata.get("order_id") or self.client_reference_id or None
 
     def summary(self) -> dict[str, Any]:
         """What is kept in the order's history (no card details, no customer data)."""
@@ -243,7 +260,7 @@ class PaymentEvent:
             "object": self.object_id, "payment_intent": self.payment_intent_id, "amount": self.amount,
             "amount_received": self.amount_received, "amount_refunded": self.amount_refunded,
             "refunded": self.refunded if self.object_type == "charge" else None,
-            "currency": self.currency, "reason": self.reason,
+            "currency": self.currency, "reason": self.reason, "payment_status": self.payment_status,
         }.items() if v is not None}
 
 
@@ -303,21 +320,31 @@ def parse_event(event: stripe.StripeObject | Mapping[str, Any] | str | bytes) ->
     elif object_type == "charge":
         intent = _str(obj.get("payment_intent"), "the charge's payment_intent")
         reason = _str(obj.get("failure_message"), "failure_message", 1000)
+    amount, received = _int(obj.get("amount"), "the amount"), _int(obj.get("amount_received"), "amount_received")
+    payment_status = client_ref = None
+    if object_type == "checkout.session":
+        pi = obj.get("payment_intent")  # an id, or the intent itself when expanded
+        intent = _str(pi.get("id") if isinstance(pi, Mapping) else pi, "the session's payment_intent")
+        payment_status = _str(obj.get("payment_status"), "payment_status")
+        client_ref = _str(obj.get("client_reference_id"), "client_reference_id")
+        amount = _int(obj.get("amount_total"), "amount_total")
+        received = amount if payment_status == "paid" else None
     if etype in HANDLED and not object_id:
         raise InvalidEvent(f"{etype} without an object id")
     if etype.startswith("payment_intent.") and object_type != "payment_intent":
         raise InvalidEvent(f"{etype} does not carry a payment_intent")
     if etype.startswith("charge.") and object_type != "charge":
         raise InvalidEvent(f"{etype} does not carry a charge")
+    if etype.startswith("checkout.session.") and object_type != "checkout.session":
+        raise InvalidEvent(f"{etype} does not carry a Checkout Session")
     return PaymentEvent(
         event_id=event_id, type=etype, created=_int(event.get("created"), "created"),
         livemode=bool(event.get("livemode", False)), object_type=object_type, object_id=object_id,
-        payment_intent_id=intent, amount=_int(obj.get("amount"), "the amount"),
-        amount_received=_int(obj.get("amount_received"), "amount_received"),
+        payment_intent_id=intent, amount=amount, amount_received=received,
         amount_refunded=_int(obj.get("amount_refunded"), "amount_refunded"),
         refunded=bool(obj.get("refunded", False)),
         currency=currency.lower() if currency else None, metadata=metadata,
-        reason=reason[:300] if reason else None,
+        reason=reason[:300] if reason else None, payment_status=payment_status, client_reference_id=client_ref,
     )
 
 

@@ -69,6 +69,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.order_print:  # a print shop that takes seconds, not days, and a worker that looks often
         os.environ.setdefault("ORDER_POLL_INTERVAL", "1")
         os.environ.setdefault("LOCAL_PRINT_SHOP_STAGE_SECONDS", "2")
+        if not os.environ.get("STRIPE_MODE", "").strip() and not os.environ.get("STRIPE_SECRET_KEY", "").strip():
+            # a simulated payment is a test-mode one: unsigned events count only in test mode
+            os.environ["STRIPE_MODE"] = "test"
 
     from db.engine import ensure_database, make_engine
     from db.url import redact

@@ -119,9 +119,20 @@ def operator(fake: FakeLulu, code: str, broker: str = BROKER) -> str:
 
 
 def new_order(db: Db, story_id: str, *, amount: int = 2999, currency: str = "usd",
-              address: dict[str, Any] | None = ADDRESS, status: str = "pending_payment") -> tuple[str, str]:
-    """An order row as the external API inserts it at checkout (its payment intent created)."""
+              address: dict[str, Any] | None = ADDRESS, status: str = "pending_payment",
+              with_intent: bool = True) -> tuple[str, str]:
+    """An order row as the external API inserts it at checkout (its payment intent created; with
+    ``with_intent=False`` none is stored, as with Stripe Checkout, which creates the intent: the
+    returned id is the one Checkout will make)."""
     pi = f"pi_test_{uuid.uuid4().hex[:18]}"
+    if not with_intent:
+        row = db.one(
+            """INSERT INTO orders (user_id, story_id, product_type, amount, currency, shipping_address,
+                                   payment_provider, status)
+               SELECT user_id, id, 'hardcover_book', :a, :c, CAST(:addr AS jsonb), 'stripe', 'pending_payment'
+                 FROM stories WHERE id = :s RETURNING id""",
+            s=story_id, a=amount, c=currency, addr=json.dumps(address))
+        return str(row["id"]), pi
     row = db.one(
         """INSERT INTO orders (user_id, story_id, product_type, amount, currency, shipping_address,
                                payment_provider, payment_intent_id, status, paid_at)
@@ -153,7 +164,8 @@ def stripe_header(payload: str, timestamp: int | None = None, secret: str = STRI
     return str(stripe_pkg.WebhookSignature.generate_signature_header(payload, secret, timestamp))
 
 
-def signed(order: str, payload: str, signature: str | None = "stripe", received_at: Any = "now") -> dict[str, Any]:
+def signed(order: str | None, payload: str, signature: str | None = "stripe",
+           received_at: Any = "now") -> dict[str, Any]:
     """The kwargs the API publishes after its webhook endpoint received ``payload``."""
     sig = stripe_header(payload) if signature == "stripe" else signature
     kwargs: dict[str, Any] = {"order_id": order, "payload": payload, "signature": sig}
@@ -389,16 +401,22 @@ def test_a_payment_that_waited_in_the_queue_past_the_tolerance_is_applied(
     # and one whose timestamp is two minutes ahead of the API's clock (skew Stripe's libraries accept)
     ahead, pi3 = new_order(db, story)
     body3 = stripe(ahead, pi3)
+    # and received_at in Unix milliseconds (JavaScript's Date.now()), as a number and as a string
+    millis, pi4 = new_order(db, story)
+    millis_str, pi5 = new_order(db, story)
+    body4, body5 = stripe(millis, pi4), stripe(millis_str, pi5)
     publish(BROKER, "orders.confirm_payment",
             signed(queued, body1, stripe_header(body1, signed_at), received_at=signed_at + 1),
             signed(iso, body2, stripe_header(body2, signed_at), received_at=iso_at),
-            signed(ahead, body3, stripe_header(body3, int(now) + 120), received_at=now))
+            signed(ahead, body3, stripe_header(body3, int(now) + 120), received_at=now),
+            signed(millis, body4, stripe_header(body4, signed_at), received_at=(signed_at + 1) * 1000 + 250),
+            signed(millis_str, body5, stripe_header(body5, signed_at), received_at=str((signed_at + 1) * 1000)))
     # then each is paid and printed, with no call to Stripe's API: the signature was fresh on arrival
-    for order in (queued, iso, ahead):
+    for order in (queued, iso, ahead, millis, millis_str):
         wait_job(fake, order)
         assert order_row(db, order)["paid_at"] is not None
         assert [e["outcome"] for e in events(db, order) if e["source"] == "stripe"] == ["applied"]
-    assert not any(stripe_api.lookups(json.loads(b)["id"]) for b in (body1, body2, body3))
+    assert not any(stripe_api.lookups(json.loads(b)["id"]) for b in (body1, body2, body3, body4, body5))
 
 
 def test_an_old_event_without_its_arrival_time_is_confirmed_with_stripe_or_held_and_recoverable(
@@ -481,6 +499,168 @@ def test_a_test_mode_payment_never_moves_a_live_order(orders_db: Db, story: str,
                          "print(stripe_mode({'STRIPE_SECRET_KEY': 'sk_test_x'}), stripe_mode({}), "
                          "stripe_mode({'STRIPE_MODE': 'test'}), stripe_mode({'STRIPE_SECRET_KEY': 'rk_live_x'}))")
     assert out.split() == ["test", "live", "test", "live"]
+
+
+def checkout_session(pi: str, etype: str = "checkout.session.completed", *, order: str | None = None,
+                     client_reference_id: str | None = None, amount: int = 2999, currency: str = "usd",
+                     payment_status: str = "paid", livemode: bool = True) -> str:
+    """A checkout.session.* event body shaped as Stripe's API reference gives the Checkout
+    Session object (https://docs.stripe.com/api/checkout/sessions/object), mode "payment"."""
+    cs = f"cs_{'live' if livemode else 'test'}_{uuid.uuid4().hex[:24]}"
+    obj = {"id": cs, "object": "checkout.session", "after_expiration": None, "allow_promotion_codes": None,
+           "amount_subtotal": amount, "amount_total": amount, "automatic_tax": {"enabled": False, "status": None},
+           "billing_address_collection": None, "cancel_url": "https://storycreator.test/cancel",
+           "client_reference_id": client_reference_id, "consent": None, "created": int(time.time()) - 60,
+           "currency": currency, "customer": None, "customer_creation": "if_required",
+           "customer_details": {"email": "parent@storycreator.test", "name": None, "phone": None,
+                                "tax_exempt": "none", "tax_ids": []},
+           "customer_email": None, "expires_at": int(time.time()) + 86000, "invoice": None, "livemode": livemode,
+           "locale": None, "metadata": {"order_id": order} if order else {}, "mode": "payment",
+           "payment_intent": pi, "payment_method_types": ["card"], "payment_status": payment_status,
+           "status": "complete", "submit_type": None, "subscription": None,
+           "success_url": "https://storycreator.test/success", "total_details": {
+               "amount_discount": 0, "amount_shipping": 0, "amount_tax": 0}, "url": None}
+    return se.event_payload(f"evt_{uuid.uuid4().hex[:16]}", etype, obj, livemode=livemode)
+
+
+def test_stripe_checkout_pays_the_order_once(orders_db: Db, story: str, fake: FakeLulu) -> None:
+    """checkout.session.completed was ignored: an API using Stripe Checkout never got a paid order."""
+    db = orders_db
+    # given an order whose payment Stripe Checkout will create (no intent stored), tied by
+    # client_reference_id; and one tied by the session's metadata.order_id
+    by_ref, pi1 = new_order(db, story, with_intent=False)
+    by_meta, pi2 = new_order(db, story, with_intent=False)
+    publish(BROKER, "orders.confirm_payment",
+            signed(None, checkout_session(pi1, client_reference_id=by_ref)),  # no order_id: the session says
+            signed(by_meta, checkout_session(pi2, order=by_meta)))
+    # then each is paid, its payment intent recorded, and printed
+    for order, pi in ((by_ref, pi1), (by_meta, pi2)):
+        wait_job(fake, order)
+        row = order_row(db, order)
+        assert row["paid_at"] is not None and row["payment_intent_id"] == pi
+    # when the same payment's payment_intent.succeeded follows (the intent carries no metadata)
+    publish(BROKER, "orders.confirm_payment", signed(None, stripe(by_ref, pi1, metadata={})),
+            signed(by_meta, stripe(by_meta, pi2)))
+    wait_for("late intents recorded", lambda: all(
+        len([e for e in events(db, o) if e["source"] == "stripe"]) == 2 for o in (by_ref, by_meta)))
+    # then it is recorded as already paid: paid once, one print job
+    for order in (by_ref, by_meta):
+        assert [e["outcome"] for e in events(db, order) if e["source"] == "stripe"] == ["applied", "ignored"]
+        assert len(fake.creates_for(order)) == 1
+
+    # given the intent's success first, then the session's completion of the same payment
+    first, pi3 = new_order(db, story, with_intent=False)
+    publish(BROKER, "orders.confirm_payment", signed(first, stripe(first, pi3)))
+    wait_job(fake, first)
+    publish(BROKER, "orders.confirm_payment", signed(first, checkout_session(pi3, order=first)))
+    wait_for("session recorded", lambda: len([e for e in events(db, first) if e["source"] == "stripe"]) == 2)
+    assert [e["outcome"] for e in events(db, first) if e["source"] == "stripe"] == ["applied", "ignored"]
+    assert len(fake.creates_for(first)) == 1
+
+    # given a session whose total is not the order's amount, or whose currency differs
+    short, pi4 = new_order(db, story, with_intent=False)
+    euros, pi5 = new_order(db, story, with_intent=False)
+    publish(BROKER, "orders.confirm_payment", signed(short, checkout_session(pi4, order=short, amount=999)),
+            signed(euros, checkout_session(pi5, client_reference_id=euros, currency="eur")))
+    # then the order fails, saying both
+    wait_status(db, short, "failed")
+    assert "Stripe received 999 USD, the order is for 2999 USD" in error_of(db, short)
+    wait_status(db, euros, "failed")
+    assert "Stripe received 2999 EUR, the order is for 2999 USD" in error_of(db, euros)
+
+    # given a delayed payment method: the session completes unpaid, and is paid later
+    delayed, pi6 = new_order(db, story, with_intent=False)
+    publish(BROKER, "orders.confirm_payment",
+            signed(delayed, checkout_session(pi6, order=delayed, payment_status="unpaid")))
+    wait_for("unpaid session noted", lambda: any(e["outcome"] == "noted" for e in events(db, delayed)))
+    assert order_row(db, delayed)["status"] == "pending_payment" and not fake.jobs_for(delayed)
+    publish(BROKER, "orders.confirm_payment",
+            signed(delayed, checkout_session(pi6, "checkout.session.async_payment_succeeded", order=delayed)))
+    wait_job(fake, delayed)
+    assert order_row(db, delayed)["payment_intent_id"] == pi6
+
+    # and a test-mode session never pays a live order; one for another order is refused
+    test_mode, pi7 = new_order(db, story, with_intent=False)
+    other, _ = new_order(db, story, with_intent=False)
+    publish(BROKER, "orders.confirm_payment",
+            signed(test_mode, checkout_session(pi7, order=test_mode, livemode=False)),
+            signed(other, checkout_session(f"pi_x_{uuid.uuid4().hex[:10]}", order=test_mode)))
+    wait_for("test-mode session ignored", lambda: any(e["outcome"] == "ignored" for e in events(db, test_mode)))
+    wait_for("foreign session refused", lambda: any(e["outcome"] == "rejected" for e in events(db, other)))
+    time.sleep(0.5)
+    for order in (test_mode, other):
+        assert order_row(db, order)["status"] == "pending_payment" and not fake.jobs_for(order)
+
+
+def test_unsigned_events_never_move_a_live_order(orders_db: Db, story: str, fake: FakeLulu, stripe_api: FakeStripe,
+                                                 tmp_path: Path) -> None:
+    """With STRIPE_WEBHOOK_SECRET unset, a raw payload without a signature paid an order. A
+    live-mode worker refuses it (or confirms it with Stripe's API when it has a key), recorded
+    where operators look; only a test-mode deployment (the offline demo) takes it as it is."""
+    db = orders_db
+    base = {**worker_env(fake, KILL_BROKER), "STRIPE_WEBHOOK_SECRET": ""}
+
+    def worker(name: str, **env: str) -> WorkerProcess:
+        flush_redis(KILL_BROKER)
+        w = WorkerProcess(tmp_path / f"{name}.log", env={**base, **env}, concurrency=4)
+        w.start()
+        return w
+
+    # given a live-mode worker with no webhook secret and no key
+    w = worker("nokey", STRIPE_SECRET_KEY="", STRIPE_MODE="live")
+    try:
+        order, pi = new_order(db, story)
+        meta_only, pi2 = new_order(db, story)
+        body = stripe(order, pi)
+        publish(KILL_BROKER, "orders.confirm_payment",
+                {"order_id": order, "payload": body, "received_at": time.time()},  # the raw body, unsigned
+                {"payload": stripe(meta_only, pi2)},  # no order_id: metadata.order_id names it
+                {"order_id": order, "event": json.loads(stripe(order, pi))})  # pre-parsed
+        refused = wait_for("refusals", lambda: len(r := [e for e in events(db, order) if e["outcome"] == "rejected"])
+                           == 2 and r)
+        wait_for("refusal on the metadata's order", lambda: any(e["outcome"] == "rejected"
+                                                                 for e in events(db, meta_only)))
+    finally:
+        w.stop()
+    # then nothing moved, and each refusal says why
+    for o in (order, meta_only):
+        assert order_row(db, o)["status"] == "pending_payment" and not fake.jobs_for(o)
+    assert all("unverified event on a live-mode deployment" in e["message"] for e in refused)
+    assert any("STRIPE_WEBHOOK_SECRET" in e["message"] for e in refused)
+    code, out = cli(fake, "status", "--order", order)
+    assert code == 0 and "invalid_event" in out and "unverified event on a live-mode deployment" in out
+    # and once the secret is set, the same event, signed, still counts (its id was not spent)
+    publish(BROKER, "orders.confirm_payment", signed(order, body))
+    wait_job(fake, order)
+
+    # given a live-mode worker with no webhook secret and a key that may read Events
+    w = worker("key", STRIPE_MODE="live")
+    try:
+        confirmed, pi3 = new_order(db, story)
+        unknown, pi4 = new_order(db, story)
+        genuine = stripe(confirmed, pi3)
+        stripe_api.add(genuine)
+        forged = genuine.replace('"amount": 2999', '"amount": 1')  # what the payload says is not used
+        publish(KILL_BROKER, "orders.confirm_payment", {"order_id": confirmed, "payload": forged},
+                {"order_id": unknown, "payload": stripe(unknown, pi4)})  # Stripe never sent it
+        # then Stripe's own copy pays the genuine one, and the one Stripe does not know is refused
+        wait_job(fake, confirmed)
+        applied = [e for e in events(db, confirmed) if e["outcome"] == "applied" and e["source"] == "stripe"]
+        assert applied[0]["detail"]["confirmed"] == "stripe_api" and applied[0]["detail"]["amount"] == 2999
+        rej = wait_for("unknown refused", lambda: [e for e in events(db, unknown) if e["outcome"] == "rejected"])
+        assert "Stripe has no event" in rej[0]["message"] and order_row(db, unknown)["status"] == "pending_payment"
+    finally:
+        w.stop()
+
+    # given a test-mode deployment without a secret (the offline demo): unsigned test events count
+    w = worker("test", STRIPE_SECRET_KEY="", STRIPE_MODE="test")
+    try:
+        demo, pi5 = new_order(db, story)
+        publish(KILL_BROKER, "orders.confirm_payment", {"order_id": demo, "payload": stripe(demo, pi5, livemode=False)})
+        wait_for("demo paid", lambda: order_row(db, demo)["paid_at"], timeout=30)
+    finally:
+        w.stop()
+        flush_redis(KILL_BROKER)
 
 
 # --- the story ------------------------------------------------------------------------------------

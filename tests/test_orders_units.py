@@ -117,6 +117,31 @@ def test_stripe_events_are_parsed_strictly() -> None:
             se.parse_event(bad)
 
 
+def test_checkout_session_events_are_parsed() -> None:
+    """A Checkout Session (https://docs.stripe.com/api/checkout/sessions/object): its
+    amount_total, its payment_intent (an id or expanded), the order by metadata or
+    client_reference_id; unpaid means nothing received."""
+    def session(**extra: object) -> str:
+        obj = {"id": "cs_test_1", "object": "checkout.session", "amount_total": 2999, "amount_subtotal": 2999,
+               "currency": "usd", "payment_intent": "pi_1", "payment_status": "paid", "status": "complete",
+               "mode": "payment", "client_reference_id": None, "metadata": {}, **extra}
+        return se.event_payload("evt_cs", se.CHECKOUT_COMPLETED, obj)
+
+    ev = se.parse_event(session(client_reference_id="o-2"))
+    assert (ev.object_type, ev.object_id, ev.payment_intent_id, ev.amount, ev.amount_received, ev.currency,
+            ev.order_id, ev.payment_status) == ("checkout.session", "cs_test_1", "pi_1", 2999, 2999, "usd", "o-2",
+                                                "paid")
+    assert se.parse_event(session(metadata={"order_id": "o-3"}, client_reference_id="o-2")).order_id == "o-3"
+    assert se.parse_event(session(payment_intent={"id": "pi_9", "object": "payment_intent"})).payment_intent_id \
+        == "pi_9"
+    unpaid = se.parse_event(session(payment_status="unpaid"))
+    assert unpaid.amount_received is None and unpaid.summary()["payment_status"] == "unpaid"
+    with pytest.raises(se.InvalidEvent, match="does not carry a Checkout Session"):
+        se.parse_event(se.event_payload("evt_x", se.CHECKOUT_COMPLETED, {"id": "pi_1", "object": "payment_intent"}))
+    with pytest.raises(se.InvalidEvent, match="amount_total"):
+        se.parse_event(session(amount_total="29.99"))
+
+
 # --- print files -------------------------------------------------------------------------------
 
 def test_products_bindings_and_page_counts() -> None:

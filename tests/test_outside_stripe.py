@@ -54,3 +54,31 @@ def test_a_non_finite_arrival_never_makes_an_old_signature_fresh(received_at: fl
 def test_a_fresh_signature_with_a_non_finite_arrival_still_verifies() -> None:
     header = se.sign(BODY, SECRET, int(time.time()))
     assert se.verify_event(BODY, header, [SECRET], received_at=float("nan")).event_id == "evt_outside"
+
+
+@pytest.mark.parametrize(("value", "seconds"), [
+    (1_796_021_741_123, 1_796_021_741.123),  # JavaScript's Date.now(), Java's System.currentTimeMillis()
+    (1_796_021_741_123.0, 1_796_021_741.123),
+    ("1796021741123", 1_796_021_741.123),  # the same, sent as a string
+    (" 1796021741123.5 ", 1_796_021_741.1235),
+    (100_000_000_000, 100_000_000.0),  # the threshold: 1973-03-03 in ms (year 5138 as seconds)
+    (99_999_999_999, 99_999_999_999.0),  # just below it: still seconds
+])
+def test_received_at_in_unix_milliseconds(value: object, seconds: float) -> None:
+    assert se.parse_received_at(value) == pytest.approx(seconds, abs=1e-6)
+
+
+def test_an_arrival_in_milliseconds_is_not_read_as_the_far_future() -> None:
+    """Date.now() (ms) was read as seconds, ~57,000 years ahead: every payment whose webhook was
+    signed more than 300 s before the worker ran it needed confirmation or was held."""
+    received_ms = int(NOW * 1000)
+    header = se.sign(BODY, SECRET, int(NOW) - 1)
+    for received in (received_ms, str(received_ms)):
+        arrived = se.parse_received_at(received)
+        # the worker runs an hour later (a backlog): the signature was fresh when it arrived
+        ev = se.verify_event(BODY, header, [SECRET], received_at=arrived, now=NOW + 3600)
+        assert ev.event_id == "evt_outside" and not ev.confirmed_by_api
+    # and a replay stays a replay in milliseconds too
+    old = se.sign(BODY, SECRET, int(NOW) - 3600)
+    with pytest.raises(se.UnconfirmedEvent, match="3600 s old when the webhook arrived"):
+        se.verify_event(BODY, old, [SECRET], received_at=se.parse_received_at(received_ms), now=NOW + 5)

@@ -44,6 +44,16 @@ def _warm_up(**_: Any) -> None:
     except DatabaseNotReady as e:
         raise SystemExit(f"configuration error: {e}") from None
 
+    from pipeline.orders import order_settings
+
+    o = order_settings()  # checked by check_worker_configuration above
+    if o.stripe_mode == "live" and not o.stripe_secrets:
+        # Not an error: a worker for stories alone needs no Stripe settings. Payment events are
+        # then refused one by one (or confirmed with Stripe's API when STRIPE_SECRET_KEY is set).
+        logging.getLogger("pipeline.orders").warning(
+            "live-mode Stripe (STRIPE_MODE) without STRIPE_WEBHOOK_SECRET: unsigned payment events will be %s",
+            "confirmed with Stripe's API" if o.stripe_secret_key else "refused")
+
     from pipeline import cpu
     from pipeline.fonts import FontConfigError, check_fonts
     from pipeline.providers.registry import providers

@@ -7,7 +7,7 @@ From the external API (published by name to the default queue, like stories.gene
 - ``orders.confirm_payment(order_id, payload + signature + received_at | event | event_id)``: a
   Stripe event as the API's webhook endpoint received it: ``payload`` = the raw body (str),
   ``signature`` = its ``Stripe-Signature`` header (verified with STRIPE_WEBHOOK_SECRET) and
-  ``received_at`` = when the endpoint received it (Unix seconds, or ISO 8601): the signature's
+  ``received_at`` = when the endpoint received it (Unix seconds or milliseconds, or ISO 8601): the signature's
   tolerance is judged against that arrival, not against the queue's delay. Or ``event`` = the
   parsed event when the API verified it itself (refused when STRIPE_REQUIRE_SIGNATURE is set),
   or ``event_id`` = ``evt_...`` to be read from Stripe's API (STRIPE_SECRET_KEY).
