@@ -24,6 +24,7 @@ from typing import Any, TypeVar
 
 from db import transitions as tx
 from db.engine import autocommit, transaction
+from db.engine import unavailable as db_unavailable
 from pipeline import cpu, metrics, upload_wait
 from pipeline.config import settings
 from pipeline.errors import OutputGoneError, PermanentStepError, TransientStepError
@@ -823,6 +824,12 @@ def finish_story(story_id: str, attempt: Attempt = Attempt()) -> StepResult:
                 state = tx.story_state(c, story_id)
                 if state is not None and state["status"] == "completed":
                     return StepResult(Outcome.ALREADY_DONE, "story already completed", timer.timings)
+                if attempt.redelivered and tx.story_ready(c, story_id):
+                    # Ready but locked: another finisher holds the row. A fresh duplicate leaves it
+                    # to that one; a re-sent copy may be the only one left (its first run was cut
+                    # off mid-transaction and the lock belongs to a session PostgreSQL has not yet
+                    # ended), so it looks again rather than leave the story processing.
+                    raise RetryLater(backoff(0, None), "story row locked by another finisher", waiting=True)
                 return StepResult(Outcome.STOPPED, "pages still running or story not processing",
                                   timer.timings)
             with timer.phase("book"):
@@ -843,7 +850,11 @@ def finish_story(story_id: str, attempt: Attempt = Attempt()) -> StepResult:
                 tx.fail_story(c, story_id, msg, "finish", attempt=attempt.number, task_id=attempt.task_id)
             return StepResult(Outcome.FAILED, msg, timer.timings)
         raise RetryLater(backoff(attempt.number, None), str(e)) from None
+    except RetryLater:
+        raise
     except Exception as e:  # noqa: BLE001 - record, don't loop: an operator can retry
+        if db_unavailable(e):
+            raise  # not the book's fault: the task layer re-sends the step (workers/tasks.py)
         log.exception("book assembly failed for story %s", story_id)
         msg = f"The book could not be assembled ({type(e).__name__}); an operator can retry it."
         with autocommit() as c:
