@@ -263,7 +263,7 @@ class _Proxy:
 @pytest.mark.xfail(strict=False, reason=(
     "known, issue 12: in about 1 run of 4 a page step cut off mid-claim by the outage stays "
     "'processing' after the database is back (seen: image step, story still processing 45 s later; "
-    "the sweeper, not run here, recovers it after the lease). Fencing/lease work is issue 12."))
+    "the sweeper, not run here, should re-send it after the lease: not verified). Issue 12: fencing, leases."))
 def test_database_lost_mid_run_loses_no_message(clean_db: Db, broker: str, tmp_path: Path) -> None:
     u = make_url(os.environ["DATABASE_URL"])
     proxy = _Proxy((u.host or "127.0.0.1", u.port or 5432))
