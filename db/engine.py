@@ -203,7 +203,14 @@ def check_database(url: str | URL | None = None, *, timeout: float = 10.0) -> No
                 "AND has_table_privilege(c.oid, 'UPDATE') AND has_table_privilege(c.oid, 'DELETE'))"),
                 {"tables": [t.name for t in Base.metadata.sorted_tables]}).all()
     except Exception as e:  # noqa: BLE001 - whatever the driver raises, one line says why
-        raise DatabaseNotReady(f"cannot reach the database at {shown}: {reason(e)}") from None
+        why = reason(e)
+        if "database" in why and "does not exist" in why:
+            # The server answers, the database is missing (PostgreSQL's FATAL at connect; psycopg2
+            # gives no SQLSTATE there). Not created here: a mistyped name would get an empty one.
+            raise DatabaseNotReady(
+                f"the database at {shown} does not exist: create it and apply schema.sql "
+                f"(./run demo does both for its own), or correct DATABASE_URL") from None
+        raise DatabaseNotReady(f"cannot reach the database at {shown}: {why}") from None
     finally:
         eng.dispose()
     if denied:
