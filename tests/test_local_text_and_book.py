@@ -13,9 +13,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from pipeline.stories.book import Book, BookPage, FontSet, find_fonts, render_html, render_pdf
 from pipeline.kernel.errors import PermanentStepError
-from pipeline.stories.fonts import UnprintableTextError
 from pipeline.providers import local_text
 from pipeline.providers.base import Outline, PageRequest, StoryRequest
 from pipeline.providers.local_text import (
@@ -25,6 +23,8 @@ from pipeline.providers.local_text import (
     normalize_name,
     plan_story,
 )
+from pipeline.stories.book import Book, BookPage, FontSet, find_fonts, render_html, render_pdf
+from pipeline.stories.fonts import UnprintableTextError
 from pipeline.stories.themes import THEMES, Theme, resolve_theme
 
 AGES = (2, 6, 11)

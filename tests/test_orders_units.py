@@ -16,9 +16,8 @@ import pytest
 import stripe
 from fpdf import FPDF
 
-from pipeline.orders import stripe_events as se
 from pipeline.kernel.errors import PermanentStepError
-from pipeline.orders.steps import lulu_address
+from pipeline.orders import stripe_events as se
 from pipeline.orders.print_files import (
     PrintBook,
     PrintPage,
@@ -30,6 +29,7 @@ from pipeline.orders.print_files import (
     product_spec,
     render_print_files,
 )
+from pipeline.orders.steps import lulu_address
 from pipeline.providers.lulu import LocalPrintShop, PrintJobRequest
 
 HARDCOVER = "0850X0850FCPRECW080CW444GXX"

@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.stories import steps
 from pipeline.kernel.storage import book_key
+from pipeline.stories import steps
 from tests.support import ROOT, Db, WorkerProcess, astronaut_png, done_lines, external_send, faceless_png, flush_redis
 
 REDIS = os.environ.get("TEST_REDIS_URL", "redis://127.0.0.1:6379")

@@ -16,6 +16,7 @@ import pytest
 
 from db import stories as tx
 from db.engine import autocommit
+from pipeline.kernel import step
 from tests.support import ROOT, Db, WorkerProcess, astronaut_png, external_send, flush_redis
 
 REDIS = os.environ.get("TEST_REDIS_URL", "redis://127.0.0.1:6379")
@@ -263,11 +264,11 @@ def test_personalization_never_uses_a_photo_that_is_not_the_storys_own(clean_db:
 
     story = clean_db.story(clean_db.photo(astronaut_png()))
     page = steps.generate_story(story).fanout[0]
-    assert steps.write_text(page).outcome is steps.Outcome.DONE
-    assert steps.draw_base(page).outcome is steps.Outcome.DONE
+    assert steps.write_text(page).outcome is step.Outcome.DONE
+    assert steps.draw_base(page).outcome is step.Outcome.DONE
     if change == "another_users_photo":
         theirs = clean_db.photo(astronaut_png())
-        assert steps.analyze_photo(theirs).outcome is steps.Outcome.DONE
+        assert steps.analyze_photo(theirs).outcome is step.Outcome.DONE
         clean_db.exec("UPDATE stories SET protagonist_photo_id = :p WHERE id = :s", p=theirs, s=story)
         expected = tx.PHOTO_NOT_YOURS
     else:
@@ -275,7 +276,7 @@ def test_personalization_never_uses_a_photo_that_is_not_the_storys_own(clean_db:
                       "FROM stories WHERE id = :s)", s=story)
         expected = tx.PHOTO_DELETED
     result = steps.personalize(page)
-    assert result.outcome is steps.Outcome.STOPPED
+    assert result.outcome is step.Outcome.STOPPED
     row = clean_db.story_row(story)
     assert (row["status"], row["error_message"]) == ("failed", expected)
     p = clean_db.one("SELECT * FROM story_pages WHERE id = :p", p=page)
@@ -358,13 +359,13 @@ def test_generate_story_waits_without_using_a_try_and_one_message_waits(clean_db
     from pipeline.stories import steps
 
     story = clean_db.story(clean_db.photo(astronaut_png(), status="pending_upload"))
-    with pytest.raises(steps.RetryLater) as first:
-        steps.generate_story(story, steps.Attempt(0, 5, "message-a"))
+    with pytest.raises(step.RetryLater) as first:
+        steps.generate_story(story, step.Attempt(0, 5, "message-a"))
     assert first.value.waiting and 0.2 <= first.value.countdown <= 15
-    with pytest.raises(steps.RetryLater):  # the same message, looking again
-        steps.generate_story(story, steps.Attempt(0, 5, "message-a", redelivered=True))
-    other = steps.generate_story(story, steps.Attempt(0, 5, "message-b"))  # a duplicate
-    assert other.outcome is steps.Outcome.STOPPED and "waits for the photo" in other.detail
+    with pytest.raises(step.RetryLater):  # the same message, looking again
+        steps.generate_story(story, step.Attempt(0, 5, "message-a", redelivered=True))
+    other = steps.generate_story(story, step.Attempt(0, 5, "message-b"))  # a duplicate
+    assert other.outcome is step.Outcome.STOPPED and "waits for the photo" in other.detail
     assert clean_db.story_row(story)["status"] == "pending"
 
 

@@ -126,9 +126,8 @@ def test_a_misconfigured_worker_exits_at_boot_in_one_line_and_keeps_the_messages
 
 
 def _clear_caches() -> None:
-    from pipeline.kernel import config
+    from pipeline.kernel import config, quota
     from pipeline.orders import steps as orders
-    from pipeline.kernel import quota
 
     config.settings.cache_clear()
     orders.order_settings.cache_clear()

@@ -34,8 +34,8 @@ def _warm_up(**_: Any) -> None:
     Every other setting the worker reads is checked before that (pipeline.operations.boot_check): a
     misconfigured worker stops here with one line naming the variable, not inside its tasks."""
     from db.engine import DatabaseNotReady, check_database
-    from pipeline.operations.boot_check import check_worker_configuration
     from pipeline.kernel.config import check_settings
+    from pipeline.operations.boot_check import check_worker_configuration
 
     check_worker_configuration()  # SystemExit("configuration error: NAME ..."): orders, providers, quotas
     check_settings()  # every setting as the steps will read it (pool size, CPU processes, ports...)
@@ -55,8 +55,8 @@ def _warm_up(**_: Any) -> None:
             "confirmed with Stripe's API" if o.stripe_secret_key else "refused")
 
     from pipeline.kernel import cpu
-    from pipeline.stories.fonts import FontConfigError, check_fonts
     from pipeline.providers.registry import providers
+    from pipeline.stories.fonts import FontConfigError, check_fonts
 
     try:
         check_fonts()  # a worker that cannot print names must not take stories

@@ -27,8 +27,8 @@ from typing import Any
 
 from celery import Task
 
+from pipeline.kernel import step
 from pipeline.orders import steps as orders
-from pipeline.stories import steps
 from pipeline.orders import stripe_events as se
 from workers.app import app
 from workers.tasks import StepTask, _run
@@ -44,7 +44,7 @@ def _order_id(name: str, value: Any, extra: dict[str, Any], *, required: bool = 
         log.error("%s: ignoring unexpected arguments %s", name, sorted(extra))
     if value is None and not required:
         return None, None
-    oid = steps.valid_uuid(value)
+    oid = step.valid_uuid(value)
     if oid is None:
         log.error("%s needs kwargs {'order_id': '<uuid>'}; got order_id=%r", name, str(value)[:80])
         return None, "rejected: order_id must be a UUID"
@@ -55,7 +55,7 @@ def _enqueue(task: Any, order_id: str, countdown: float | None = None) -> None:
     task.apply_async(kwargs={"order_id": order_id}, countdown=countdown)
 
 
-def _again(task: Any, order_id: str, result: steps.StepResult) -> None:
+def _again(task: Any, order_id: str, result: step.StepResult) -> None:
     """The step waits (for its story, on a print job): a fresh message after the countdown.
     If this worker dies before sending it, orders.sweep starts the chain again."""
     delay = result.context.get(orders.AGAIN_IN)
@@ -88,7 +88,7 @@ def confirm_payment(self: Task, order_id: str | None = None, event: Any = None, 
         log.error("orders.confirm_payment: %s; judged as if it were not given", e)
         arrived = None
 
-    def then(result: steps.StepResult) -> None:
+    def then(result: step.StepResult) -> None:
         # Only now: the paid status is committed.
         if result.moves_on:
             _enqueue(prepare_print, result.context["order"])
@@ -104,7 +104,7 @@ def prepare_print(self: Task, order_id: str | None = None, tries: int = 0, **ext
     if bad or oid is None:
         return bad or "rejected"
 
-    def then(result: steps.StepResult) -> None:
+    def then(result: step.StepResult) -> None:
         if result.moves_on:
             _enqueue(submit_print, oid)
         _again(prepare_print, oid, result)
@@ -118,7 +118,7 @@ def submit_print(self: Task, order_id: str | None = None, tries: int = 0, **extr
     if bad or oid is None:
         return bad or "rejected"
 
-    def then(result: steps.StepResult) -> None:
+    def then(result: step.StepResult) -> None:
         # The provider needs a while (file checks, payment, production delay): first look later.
         if result.moves_on:
             _enqueue(poll_print, oid, orders.order_settings().poll_countdown)

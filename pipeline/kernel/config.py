@@ -94,9 +94,9 @@ def check_settings() -> None:
     from db.engine import pool_size
     from pipeline.kernel.cpu import processes
     from pipeline.kernel.metrics import metrics_port
+    from pipeline.kernel.quota import max_inline_wait
     from pipeline.orders.steps import order_settings
     from pipeline.providers.lulu import print_shop_stage_seconds
-    from pipeline.kernel.quota import max_inline_wait
 
     settings()
     log_level()

@@ -83,10 +83,10 @@ def check_environment(env: Mapping[str, str] | None = None) -> None:
 def check_worker_configuration() -> None:
     """Everything a worker reads, read now: SystemExit("configuration error: ...") naming the
     first variable that is wrong. No network, no database (check_database does that)."""
-    from pipeline.orders import steps as orders
-    from pipeline.orders import print_files
     from pipeline.kernel import quota
     from pipeline.kernel.config import settings
+    from pipeline.orders import print_files
+    from pipeline.orders import steps as orders
 
     settings()  # STEP_*, STORY_PAGE_COUNT, providers' names, leases, timeouts...
     check_environment()

@@ -17,7 +17,7 @@ CELL = {"completed": "done", "processing": "working", "pending": "waiting", "fai
 
 def cmd_status(args: argparse.Namespace) -> int:
     from db.engine import transaction
-    from pipeline.stories.steps import valid_uuid
+    from pipeline.kernel.step import valid_uuid
 
     if args.order is not None:
         return _order_status(args)
@@ -114,8 +114,8 @@ def cmd_status(args: argparse.Namespace) -> int:
 
 def _book_links(story_id: str) -> dict[str, str]:
     """Where to read the finished book: a time-limited URL (S3, 24 h) or the local file."""
-    from pipeline.providers.registry import output_storage
     from pipeline.kernel.storage import book_key
+    from pipeline.providers.registry import output_storage
 
     storage = output_storage()
     links = {}
@@ -154,8 +154,8 @@ def _summary(args: argparse.Namespace) -> int:
 
 
 def _order_status(args: argparse.Namespace) -> int:
+    from pipeline.kernel.step import valid_uuid
     from pipeline.orders.steps import format_report, order_report
-    from pipeline.stories.steps import valid_uuid
 
     oid = valid_uuid(args.order)
     if oid is None:
@@ -170,8 +170,8 @@ def _order_status(args: argparse.Namespace) -> int:
 
 
 def _retry_order(args: argparse.Namespace) -> int:
+    from pipeline.kernel.step import valid_uuid
     from pipeline.orders.steps import retry_order
-    from pipeline.stories.steps import valid_uuid
 
     oid = valid_uuid(args.order)
     if oid is None:
@@ -212,8 +212,8 @@ def _duration(raw: str) -> float:
 
 
 def cmd_retry(args: argparse.Namespace) -> int:
+    from pipeline.kernel.step import valid_uuid
     from pipeline.operations.ops import failed_stories, retry_story
-    from pipeline.stories.steps import valid_uuid
 
     if args.order is not None:
         return _retry_order(args)

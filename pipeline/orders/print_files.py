@@ -45,8 +45,8 @@ from fpdf import FPDF
 from fpdf.enums import Align
 from PIL import Image, UnidentifiedImageError
 
-from pipeline.stories.book import _draw_lines, _Fonts, _line_h, _mix, find_fonts
 from pipeline.kernel.errors import PermanentStepError
+from pipeline.stories.book import _draw_lines, _Fonts, _line_h, _mix, find_fonts
 
 Rgb = tuple[int, int, int]
 

@@ -65,20 +65,20 @@ from db.engine import autocommit, transaction
 from pipeline.kernel import cpu
 from pipeline.kernel.config import settings
 from pipeline.kernel.errors import PermanentStepError, TransientStepError
-from pipeline.orders.print_files import interior_plan, product_spec
-from pipeline.providers import lulu
-from pipeline.stories.steps import (
+from pipeline.kernel.step import (
+    FIRST_TRY,
     Attempt,
     Outcome,
     RetryLater,
+    StepFailed,
     StepResult,
-    _Failed,
-    _guarded,
-    _held_elsewhere,
-    _Timer,
+    Timer,
     backoff,
+    guarded,
+    held_elsewhere,
     valid_uuid,
 )
+from pipeline.orders.print_files import interior_plan, product_spec
 from pipeline.orders.stripe_events import (
     CHARGE_REFUNDED,
     CHECKOUT_ASYNC_FAILED,
@@ -95,12 +95,12 @@ from pipeline.orders.stripe_events import (
     retrieve_event,
     verify_event,
 )
+from pipeline.providers import lulu
 from pipeline.stories.themes import resolve_theme
 
 log = logging.getLogger("pipeline.orders.steps")
 
 PROVIDER_LABEL = {"lulu": "Lulu", "local": "the local print shop"}
-FIRST_TRY = Attempt()  # Attempt is frozen: one shared default
 # StepResult.context key: "run this step again in N seconds" (waiting for a story, following a
 # print job). The task layer sends a fresh message with that countdown rather than retrying the
 # same one: Celery caps a task's retries (StepTask.max_retries), and a print job is followed for
@@ -333,7 +333,7 @@ def _order_of(order_id: str | None, ev: PaymentEvent) -> str | None:
     return oid
 
 
-def _hold(order_id: str | None, ev: PaymentEvent, why: str, timer: _Timer) -> StepResult:
+def _hold(order_id: str | None, ev: PaymentEvent, why: str, timer: Timer) -> StepResult:
     """A genuine event that cannot count yet: recorded on its order as needing confirmation
     (visible in ``status``; confirmed later by retry --order, backfill or the sweep)."""
     oid = _order_of(order_id, ev)
@@ -350,7 +350,7 @@ def _hold(order_id: str | None, ev: PaymentEvent, why: str, timer: _Timer) -> St
     return StepResult(Outcome.STOPPED, msg, timer.timings, context={"order": oid, "event": ev.event_id})
 
 
-def _refuse(order_id: str | None, msg: str, timer: _Timer, event_id: str | None = None) -> StepResult:
+def _refuse(order_id: str | None, msg: str, timer: Timer, event_id: str | None = None) -> StepResult:
     if order_id is not None:
         with autocommit() as c:
             if otx.print_state(c, order_id) is not None:
@@ -359,7 +359,7 @@ def _refuse(order_id: str | None, msg: str, timer: _Timer, event_id: str | None 
     return StepResult(Outcome.STOPPED, msg, timer.timings)
 
 
-def _confirm(order_id: str | None, claimed: PaymentEvent, why: str, attempt: Attempt, timer: _Timer
+def _confirm(order_id: str | None, claimed: PaymentEvent, why: str, attempt: Attempt, timer: Timer
              ) -> PaymentEvent | StepResult:
     """The event from Stripe's API (STRIPE_SECRET_KEY), or a StepResult: held (no key, or
     Stripe unavailable after the tries), rejected (Stripe has no such event)."""
@@ -389,7 +389,7 @@ def confirm_payment(order_id: str | None, event: Any = None, payload: str | None
     the event (stripe_events' docstring). A genuine event whose timing cannot be shown and that
     cannot be confirmed now is recorded as needing confirmation, never dropped. An event of the
     other Stripe mode (livemode) than the deployment's (STRIPE_MODE) is recorded as ignored."""
-    timer = _Timer()
+    timer = Timer()
     o = order_settings()
     try:
         if event_id is not None:
@@ -485,7 +485,7 @@ def _step_release(order_id: str, step: otx.Step, attempt: Attempt) -> Any:
     return release
 
 
-def _not_printable(order_id: str, state: Any, timer: _Timer, ctx: dict[str, Any]) -> StepResult | None:
+def _not_printable(order_id: str, state: Any, timer: Timer, ctx: dict[str, Any]) -> StepResult | None:
     """A paid order whose story is not its user's (or is gone) failed with the reason (the
     guarded statement decides), as a StepResult; None when the story is the order's own."""
     if state["status"] != "paid" or (state["story_status"] is not None
@@ -503,7 +503,7 @@ def make_print_files(order_id: str, attempt: Attempt = FIRST_TRY) -> StepResult:
     """Print-ready interior and cover PDFs at orders/<order_id>/print/, for a paid order whose
     story is completed."""
     s = settings()
-    timer = _Timer()
+    timer = Timer()
     with timer.phase("claim"), autocommit() as c:
         claim = otx.claim_print_files(c, order_id, s.step_lease_seconds)
         state = otx.print_state(c, order_id)
@@ -537,7 +537,7 @@ def make_print_files(order_id: str, attempt: Attempt = FIRST_TRY) -> StepResult:
             return StepResult(Outcome.STOPPED, f"waiting for the story ({state['story_status']})", timer.timings,
                               context={**ctx, AGAIN_IN: o.story_wait_poll})
         if state["files_status"] == "processing":
-            return _held_elsewhere("print files in progress", state["files_age"], attempt, timer)
+            return held_elsewhere("print files in progress", state["files_age"], attempt, timer)
         return StepResult(Outcome.STOPPED, f"print files are {state['files_status']}", timer.timings, context=ctx)
     try:
         # An address the print shop cannot ship to is the operator's to correct: say so now,
@@ -565,9 +565,9 @@ def make_print_files(order_id: str, attempt: Attempt = FIRST_TRY) -> StepResult:
                            cover_pt, state["created_at"].isoformat(), timeout=300)
 
     try:
-        info = _guarded(work, attempt=attempt, fail=_step_fail(order_id, "print_files", "Print files", attempt),
+        info = guarded(work, attempt=attempt, fail=_step_fail(order_id, "print_files", "Print files", attempt),
                         release=_step_release(order_id, "print_files", attempt), what="Making the print files")
-    except _Failed as e:
+    except StepFailed as e:
         return StepResult(Outcome.FAILED, str(e), timer.timings, context=ctx)
     timer.timings.update({k: info.pop(k) for k in ("render_ms", "store_ms") if k in info})
     with timer.phase("record"), autocommit() as c:
@@ -694,7 +694,7 @@ def line_item_id(order_id: str, run: int) -> str:
 def submit_print_job(order_id: str, attempt: Attempt = FIRST_TRY) -> StepResult:
     """The order's print job at the provider, created once; pod_order_id recorded."""
     s = settings()
-    timer = _Timer()
+    timer = Timer()
     with timer.phase("claim"), autocommit() as c:
         claim = otx.claim_print_job(c, order_id, s.step_lease_seconds)
         state = otx.print_state(c, order_id)
@@ -712,7 +712,7 @@ def submit_print_job(order_id: str, attempt: Attempt = FIRST_TRY) -> StepResult:
             return StepResult(Outcome.STOPPED, f"print files are {state['files_status'] or 'not made'}",
                               timer.timings, context=ctx)
         if state["job_status"] == "processing":
-            return _held_elsewhere("print job being created", state["job_age"], attempt, timer)
+            return held_elsewhere("print job being created", state["job_age"], attempt, timer)
         if state["story_status"] != "completed":
             return StepResult(Outcome.STOPPED, f"the story is {state['story_status']}, not completed", timer.timings,
                               context=ctx)
@@ -745,9 +745,9 @@ def submit_print_job(order_id: str, attempt: Attempt = FIRST_TRY) -> StepResult:
         return job
 
     try:
-        job = _guarded(work, attempt=attempt, fail=_step_fail(order_id, "print_job", "Print job", attempt),
+        job = guarded(work, attempt=attempt, fail=_step_fail(order_id, "print_job", "Print job", attempt),
                        release=_step_release(order_id, "print_job", attempt), what="Sending the print job")
-    except _Failed as e:
+    except StepFailed as e:
         return StepResult(Outcome.FAILED, str(e), timer.timings, context=ctx)
     with timer.phase("record"), autocommit() as c:
         recorded = otx.record_print_job(c, order_id, provider.name, job.id, job.to_json())
@@ -803,7 +803,7 @@ def poll_print_job(order_id: str, attempt: Attempt = FIRST_TRY) -> StepResult:
     """Ask the provider how the print job is doing and move the order; asks to come back
     (``AGAIN_IN``) every ORDER_POLL_INTERVAL until the order is shipped or failed."""
     o = order_settings()
-    timer = _Timer()
+    timer = Timer()
     with timer.phase("claim"), autocommit() as c:
         claim = otx.claim_poll(c, order_id, 0.5 * o.poll_interval)
         state = None if claim else otx.print_state(c, order_id)
@@ -853,7 +853,7 @@ def handle_lulu_webhook(payload: str, headers: Mapping[str, Any] | None, attempt
     """A PRINT_JOB_STATUS_CHANGED webhook, as the external API received it (raw body and
     headers): verified (HMAC-SHA256 of the raw body with the API secret, header
     Lulu-HMAC-SHA256), then the same move as a poll."""
-    timer = _Timer()
+    timer = Timer()
     wanted = lulu.WEBHOOK_HEADER.lower()
     signature = next((str(v) for k, v in (headers or {}).items() if str(k).lower() == wanted), None)
     if not lulu.verify_webhook(payload, signature, order_settings().lulu_webhook_secret):

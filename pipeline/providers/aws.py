@@ -72,11 +72,11 @@ from PIL import Image
 
 from pipeline.kernel.config import env_number
 from pipeline.kernel.errors import PermanentStepError, StepError, TransientStepError, retry_after_seconds
-from pipeline.stories.faces import MIN_FACE_PIXELS as FACE_PIXELS_FLOOR
-from pipeline.stories.faces import face_pixels, face_problems, problems_message
+from pipeline.kernel.storage import ObjectMissing, check_key
 from pipeline.providers.base import BoundingBox, Face, Label, Landmark, NoHooks, PhotoAnalysis, RequestHooks
 from pipeline.providers.local_vision import MAX_PIXELS, decode_photo, open_photo
-from pipeline.kernel.storage import ObjectMissing, check_key
+from pipeline.stories.faces import MIN_FACE_PIXELS as FACE_PIXELS_FLOOR
+from pipeline.stories.faces import face_pixels, face_problems, problems_message
 
 T = TypeVar("T")
 

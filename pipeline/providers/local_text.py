@@ -31,8 +31,8 @@ from dataclasses import dataclass
 from functools import lru_cache
 
 from pipeline.kernel.errors import PermanentStepError
-from pipeline.stories.names import capitalize_name, title_with_name
 from pipeline.providers.base import Outline, PageRequest, StoryRequest
+from pipeline.stories.names import capitalize_name, title_with_name
 from pipeline.stories.themes import THEMES, resolve_theme
 
 log = logging.getLogger(__name__)

@@ -52,8 +52,8 @@ import pillow_heif
 from PIL import Image, ImageOps, JpegImagePlugin, UnidentifiedImageError, features
 
 from pipeline.kernel.errors import PermanentStepError
-from pipeline.stories.faces import MIN_FACE_PIXELS, face_pixels, face_problems
 from pipeline.providers.base import BoundingBox, Face, Label, Landmark, PhotoAnalysis
+from pipeline.stories.faces import MIN_FACE_PIXELS, face_pixels, face_problems
 
 DETECTOR_NAME = "opencv-haar"
 

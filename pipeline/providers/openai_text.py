@@ -38,8 +38,8 @@ from openai.types.shared_params import ResponseFormatJSONSchema
 
 from pipeline.kernel.config import env_number
 from pipeline.kernel.errors import PermanentStepError, StepError, TransientStepError, retry_after_seconds
-from pipeline.stories.names import capitalize_name, title_with_name
 from pipeline.providers.base import NoHooks, Outline, PageRequest, RequestHooks, StoryRequest
+from pipeline.stories.names import capitalize_name, title_with_name
 from pipeline.stories.themes import resolve_theme
 
 PROVIDER = "openai"

@@ -10,8 +10,8 @@ from typing import Any
 
 from pipeline.kernel.config import Settings, settings
 from pipeline.kernel.errors import PermanentStepError
-from pipeline.providers.base import Face, Illustrator, ImageJobs, PageRequest, PhotoAnalyzer, StoryWriter
 from pipeline.kernel.storage import LocalStorage, Storage, check_key
+from pipeline.providers.base import Face, Illustrator, ImageJobs, PageRequest, PhotoAnalyzer, StoryWriter
 
 
 @dataclass(frozen=True)
@@ -73,8 +73,8 @@ def _build(s: Settings) -> Providers:
 
         vision = LocalPhotoAnalyzer()
     elif s.vision_provider == "rekognition":
-        from pipeline.providers.aws import RekognitionAnalyzer
         from pipeline.kernel.quota import QuotaHooks
+        from pipeline.providers.aws import RekognitionAnalyzer
 
         vision = RekognitionAnalyzer.from_env(hooks=QuotaHooks())
     else:
@@ -89,8 +89,8 @@ def _build(s: Settings) -> Providers:
 
         writer = LocalStoryWriter()
     elif s.text_provider == "openai":
-        from pipeline.providers.openai_text import OpenAIStoryWriter
         from pipeline.kernel.quota import QuotaHooks
+        from pipeline.providers.openai_text import OpenAIStoryWriter
 
         writer = OpenAIStoryWriter.from_env(hooks=QuotaHooks())
     else:
@@ -105,8 +105,8 @@ def _build(s: Settings) -> Providers:
 
         illustrator = LocalIllustrator()
     elif s.image_provider == "replicate":
-        from pipeline.providers.replicate_images import ReplicateImageJobs
         from pipeline.kernel.quota import QuotaHooks
+        from pipeline.providers.replicate_images import ReplicateImageJobs
 
         # The cap on concurrent predictions is held by the step for each job's life, not per call.
         image_jobs = ReplicateImageJobs.from_env(hooks=QuotaHooks(concurrent_calls=False))
@@ -124,8 +124,8 @@ def output_storage() -> Storage:
     """Where generated images and books go (cheap to build: no provider SDKs are loaded)."""
     s = settings()
     if s.storage_backend == "s3":
-        from pipeline.providers.aws import S3Storage
         from pipeline.kernel.quota import QuotaHooks
+        from pipeline.providers.aws import S3Storage
 
         storage: Any = S3Storage.from_env(hooks=QuotaHooks())
     else:
@@ -175,8 +175,8 @@ def _s3_reader() -> Any:
     """An S3 client for photos in any bucket (the uploads bucket need not be our output one)."""
     global _s3
     if _s3 is None or _s3[0] != os.getpid():
-        from pipeline.providers.aws import S3Objects
         from pipeline.kernel.quota import QuotaHooks
+        from pipeline.providers.aws import S3Objects
 
         _s3 = (os.getpid(), S3Objects.from_env(hooks=QuotaHooks()))
     return _s3[1]

@@ -1,6 +1,7 @@
 """The pipeline's steps as plain functions of ids: claim -> provider -> store -> record.
 
-Celery-free on purpose: the task layer (workers/tasks.py) maps a StepResult to "enqueue the
+Built from the step kernel (pipeline.kernel.step). Celery-free on purpose: the task layer
+(workers/tasks.py) maps a StepResult to "enqueue the
 next step" / "stop here" and RetryLater to a delayed retry; tests and tools can call these
 directly. Every step is idempotent: a completed column returns at once, a column another live
 copy holds is left alone, and results go to deterministic keys before the column completes.
@@ -12,30 +13,37 @@ import contextlib
 import hashlib
 import json
 import logging
-import random
-import time
 import unicodedata
 import uuid
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from datetime import timedelta
-from enum import StrEnum
 from typing import Any, TypeVar
 
 from db import stories as tx
 from db.engine import autocommit, transaction
 from db.engine import unavailable as db_unavailable
 from pipeline.kernel import cpu
-from pipeline.kernel import metrics
-from pipeline.stories import upload_wait
 from pipeline.kernel.config import settings
 from pipeline.kernel.errors import OutputGoneError, PermanentStepError, TransientStepError
-from pipeline.stories.faces import ProtagonistChoice, choose_protagonist, too_small_message
-from pipeline.stories.fonts import printable_text
+from pipeline.kernel.quota import QuotaWait, quotas
+from pipeline.kernel.step import (
+    FIRST_TRY,
+    Attempt,
+    Outcome,
+    RetryLater,
+    StepFailed,
+    StepResult,
+    Timer,
+    backoff,
+    guarded,
+    held_elsewhere,
+)
+from pipeline.kernel.storage import ObjectMissing, book_key, page_image_key
 from pipeline.providers.base import Face, Outline, PageRequest, StoryRequest
 from pipeline.providers.registry import image_ref, output_storage, providers, read_photo
-from pipeline.kernel.quota import QuotaWait, quotas
-from pipeline.kernel.storage import ObjectMissing, book_key, page_image_key
+from pipeline.stories import upload_wait
+from pipeline.stories.faces import ProtagonistChoice, choose_protagonist, too_small_message
+from pipeline.stories.fonts import printable_text
 from pipeline.stories.themes import THEMES, resolve_theme
 
 log = logging.getLogger("pipeline.stories.steps")
@@ -53,141 +61,6 @@ STAGE_LABEL: dict[str, str] = {
 }
 
 
-class Outcome(StrEnum):
-    DONE = "done"  # did the work; the next step is enqueued
-    ALREADY_DONE = "already_done"  # idempotent no-op; the next step is still enqueued
-    STOPPED = "stopped"  # nothing to do now (failed, held by another copy, not ready)
-    FAILED = "failed"  # recorded a permanent failure; the page stops here
-
-
-@dataclass
-class StepResult:
-    outcome: Outcome
-    detail: str = ""
-    timings: dict[str, float] = field(default_factory=dict)  # phase -> ms
-    fanout: list[str] = field(default_factory=list)  # stories.generate: pages to run
-    context: dict[str, Any] = field(default_factory=dict)  # ids for the log line (story, page number)
-
-    @property
-    def moves_on(self) -> bool:
-        return self.outcome in (Outcome.DONE, Outcome.ALREADY_DONE)
-
-
-@dataclass(frozen=True)
-class Attempt:
-    """Which try of a step this is (0 = first), as the task layer knows it."""
-
-    number: int = 0
-    max_retries: int = 5
-    task_id: str | None = None
-    # The broker delivered this message before (its worker died, or on Redis the visibility
-    # timeout passed), or this is our own retry: the claim we find may be our own dead one.
-    redelivered: bool = False
-
-    @property
-    def last(self) -> bool:
-        return self.number >= self.max_retries
-
-
-class RetryLater(Exception):
-    """The step released its claim after a transient error; run it again after ``countdown``."""
-
-    def __init__(self, countdown: float, reason: str, *, waiting: bool = False) -> None:
-        super().__init__(reason)
-        self.countdown = countdown
-        self.reason = reason
-        self.waiting = waiting  # waiting on another step, not an error: not counted as a failure
-
-
-class _Timer:
-    def __init__(self) -> None:
-        self.timings: dict[str, float] = {}
-
-    def phase(self, name: str) -> _Phase:
-        return _Phase(self, name)
-
-
-class _Phase:
-    def __init__(self, timer: _Timer, name: str) -> None:
-        self.timer, self.name = timer, name
-
-    def __enter__(self) -> None:
-        self.t0 = time.perf_counter()
-
-    def __exit__(self, *exc: object) -> None:
-        ms = (time.perf_counter() - self.t0) * 1000
-        self.timer.timings[self.name] = round(self.timer.timings.get(self.name, 0.0) + ms, 1)
-
-
-def backoff(attempt: int, retry_after: float | None) -> float:
-    """Exponential backoff with full jitter, capped; a provider's Retry-After is a floor."""
-    cap = settings().retry_backoff_cap
-    delay = random.uniform(0.5, 1.0) * min(cap, 1.0 * 2**attempt)
-    if retry_after is not None and retry_after > 0:
-        # Honour the provider's hint, plus a little jitter so released workers don't stampede.
-        delay = max(delay, retry_after + random.uniform(0, min(1.0, retry_after * 0.1)))
-    return round(delay, 3)
-
-
-def _held_elsewhere(what: str, age: Any, attempt: Attempt, timer: _Timer) -> StepResult:
-    """A live-looking claim by another copy. A fresh duplicate leaves it to that copy. A
-    redelivered message may be the only copy left (its first run died holding the claim: on
-    RabbitMQ it comes back at once, long before the lease runs out), so it comes back when the
-    lease has expired and takes over then, or finds the step done by a healthy holder."""
-    if not attempt.redelivered:
-        return StepResult(Outcome.STOPPED, f"{what} (held by another worker)", timer.timings)
-    left = settings().step_lease_seconds - (age.total_seconds() if age is not None else 0.0)
-    raise RetryLater(max(0.5, left) + random.uniform(0.2, 1.0), f"{what}: waiting for its lease",
-                     waiting=True)
-
-
-def valid_uuid(value: object) -> str | None:
-    try:
-        return str(uuid.UUID(str(value)))
-    except (ValueError, TypeError, AttributeError):
-        return None
-
-
-def _guarded(
-    fn: Callable[[], T],
-    *,
-    attempt: Attempt,
-    fail: Callable[[str], None],
-    release: Callable[[str | None], None],
-    what: str,
-) -> T:
-    """Run a provider call under the error policy: permanent -> recorded failure; transient ->
-    release and retry with backoff until the tries run out; anything else is a bug or an
-    unexpected reply: recorded as a failure (an operator can retry), never a crash loop."""
-    try:
-        return fn()
-    except QuotaWait as e:
-        # The shared provider quota, not the provider, said "not now": free the step for
-        # whoever comes first when it refills, without using up a try or recording an error.
-        release(None)
-        metrics.QUOTA_WAITS.labels(e.provider).inc()
-        raise RetryLater(backoff(0, e.retry_after), str(e), waiting=True) from None
-    except PermanentStepError as e:
-        fail(str(e))
-        raise _Failed(str(e)) from None
-    except TransientStepError as e:
-        if attempt.last:
-            msg = f"{what} kept failing after {attempt.number + 1} tries: {e}"
-            fail(msg)
-            raise _Failed(msg) from None
-        release(str(e))
-        raise RetryLater(backoff(attempt.number, e.retry_after), str(e)) from None
-    except Exception as e:  # noqa: BLE001 - the policy above is the point of this function
-        log.exception("unexpected error in %s", what)
-        msg = f"{what} failed with an internal error ({type(e).__name__}); an operator can retry it."
-        fail(msg)
-        raise _Failed(msg) from None
-
-
-class _Failed(Exception):
-    pass
-
-
 # --- photo analysis ---------------------------------------------------------------------------
 
 NO_FACE = (
@@ -196,11 +69,11 @@ NO_FACE = (
 )
 
 
-def analyze_photo(photo_id: str, attempt: Attempt = Attempt(), analysed: dict[str, Any] | None = None) -> StepResult:
+def analyze_photo(photo_id: str, attempt: Attempt = FIRST_TRY, analysed: dict[str, Any] | None = None) -> StepResult:
     """photos.ai_processing_status: pending -> processing -> completed | failed. ``analysed``
     (the story start's) receives the stored ``face_details`` when this run completed it."""
     s = settings()
-    timer = _Timer()
+    timer = Timer()
     with timer.phase("claim"), autocommit() as c:
         claim = tx.claim_photo(c, photo_id, s.step_lease_seconds)
         state = None if claim else tx.photo_state(c, photo_id)
@@ -220,7 +93,7 @@ def analyze_photo(photo_id: str, attempt: Attempt = Attempt(), analysed: dict[st
                 tx.fail_photo(c, photo_id, msg, from_statuses=("pending", "processing"),
                               attempt=attempt.number, task_id=attempt.task_id)
             return StepResult(Outcome.FAILED, msg, timer.timings)
-        return _held_elsewhere("photo analysis in progress", state["age"], attempt, timer)
+        return held_elsewhere("photo analysis in progress", state["age"], attempt, timer)
 
     def fail(msg: str) -> None:
         with autocommit() as c:
@@ -250,9 +123,9 @@ def analyze_photo(photo_id: str, attempt: Attempt = Attempt(), analysed: dict[st
         return analysis_to_json(analysis)
 
     try:
-        faces, labels, objects = _guarded(work, attempt=attempt, fail=fail, release=release,
+        faces, labels, objects = guarded(work, attempt=attempt, fail=fail, release=release,
                                           what="Photo analysis")
-    except _Failed as e:
+    except StepFailed as e:
         return StepResult(Outcome.FAILED, str(e), timer.timings)
     with timer.phase("record"), autocommit() as c:
         done = tx.complete_photo(c, photo_id, faces, labels, objects)
@@ -296,11 +169,11 @@ def story_seed(story_id: str) -> int:
     return uuid.UUID(story_id).int % (2**31)
 
 
-def generate_story(story_id: str, attempt: Attempt = Attempt()) -> StepResult:
+def generate_story(story_id: str, attempt: Attempt = FIRST_TRY) -> StepResult:
     """stories.status pending -> processing; the photo analysed (inline if nobody has); the
     outline, title and page rows written once; returns the pages to run (fan-out)."""
     s = settings()
-    timer = _Timer()
+    timer = Timer()
     with timer.phase("claim"), autocommit() as c:
         # The claim also refuses (fails) a story whose photo is not its own user's, was deleted,
         # or whose upload failed or never finished within PHOTO_UPLOAD_WAIT_SECONDS.
@@ -319,7 +192,7 @@ def generate_story(story_id: str, attempt: Attempt = Attempt()) -> StepResult:
             if not upload_wait.hold(story_id, state["pending_since"], attempt.task_id, countdown):
                 return StepResult(Outcome.STOPPED, "another message waits for the photo's upload", timer.timings)
             raise RetryLater(countdown, "waiting for the photo's upload", waiting=True)
-        return _held_elsewhere("story start in progress", state["age"], attempt, timer)
+        return held_elsewhere("story start in progress", state["age"], attempt, timer)
     if claim["refused"]:
         return StepResult(Outcome.FAILED, claim["refused"], timer.timings)
 
@@ -398,9 +271,9 @@ def generate_story(story_id: str, attempt: Attempt = Attempt()) -> StepResult:
             fail(msg)
 
         try:
-            outline = _guarded(write, attempt=attempt, fail=record_failure, release=release,
+            outline = guarded(write, attempt=attempt, fail=record_failure, release=release,
                                what="Story outline")
-        except _Failed as e:
+        except StepFailed as e:
             return StepResult(Outcome.FAILED, str(e), timer.timings)
         with timer.phase("record"), autocommit() as c:
             pages = tx.save_outline_and_pages(c, story_id, outline.title, outline.style, list(outline.beats),
@@ -467,7 +340,7 @@ def _page_request(claim: tx.PageClaim) -> PageRequest:
     return PageRequest(story, Outline(claim.title, tuple(claim.beats), claim.style), claim.page_number)
 
 
-def _not_claimed(state: Any, attempt: Attempt, timer: _Timer) -> StepResult:
+def _not_claimed(state: Any, attempt: Attempt, timer: Timer) -> StepResult:
     """Why a page step could not be claimed, and what that means for this copy."""
     if state["status"] == "completed":
         return StepResult(Outcome.ALREADY_DONE, "already done", timer.timings,
@@ -477,16 +350,16 @@ def _not_claimed(state: Any, attempt: Attempt, timer: _Timer) -> StepResult:
     if state["prereq_status"] != "completed":
         return StepResult(Outcome.STOPPED, f"previous step is {state['prereq_status']}", timer.timings)
     if state["status"] == "processing":
-        return _held_elsewhere("step in progress", state["age"], attempt, timer)
+        return held_elsewhere("step in progress", state["age"], attempt, timer)
     return StepResult(Outcome.STOPPED, f"step is {state['status']}", timer.timings)
 
 
 def _page_step(
-    page_id: str, stage: tx.Stage, attempt: Attempt, work: Callable[[tx.PageClaim, _Timer], dict[str, Any]]
+    page_id: str, stage: tx.Stage, attempt: Attempt, work: Callable[[tx.PageClaim, Timer], dict[str, Any]]
 ) -> StepResult:
     s = settings()
     col = tx.PAGE_STAGES[stage]
-    timer = _Timer()
+    timer = Timer()
     with timer.phase("claim"), autocommit() as c:
         claim = tx.claim_page(c, page_id, col, s.step_lease_seconds)
         state = None if claim else tx.page_state(c, page_id, col)
@@ -508,19 +381,19 @@ def _page_step(
             tx.release_page(c, page_id, col, stage, msg, attempt.number, attempt.task_id)
 
     try:
-        values = _guarded(lambda: work(claim, timer), attempt=attempt, fail=fail, release=release,
+        values = guarded(lambda: work(claim, timer), attempt=attempt, fail=fail, release=release,
                           what=label.capitalize())
-    except _Failed as e:
+    except StepFailed as e:
         return StepResult(Outcome.FAILED, str(e), timer.timings, context=ctx)
     with timer.phase("record"), autocommit() as c:
         done = tx.complete_page(c, page_id, col, values)
     return StepResult(Outcome.DONE if done else Outcome.ALREADY_DONE, "", timer.timings, context=ctx)
 
 
-def write_text(page_id: str, attempt: Attempt = Attempt()) -> StepResult:
+def write_text(page_id: str, attempt: Attempt = FIRST_TRY) -> StepResult:
     fixed: dict[str, int] = {}  # characters printable_text changed: counts for the log line
 
-    def work(claim: tx.PageClaim, timer: _Timer) -> dict[str, Any]:
+    def work(claim: tx.PageClaim, timer: Timer) -> dict[str, Any]:
         with timer.phase("provider"):
             page_text = providers().writer.write_page(_page_request(claim))
         # Characters no font draws (emoji, ...): dropped or mapped before the text is stored.
@@ -535,11 +408,11 @@ def write_text(page_id: str, attempt: Attempt = Attempt()) -> StepResult:
     return result
 
 
-def draw_base(page_id: str, attempt: Attempt = Attempt()) -> StepResult:
+def draw_base(page_id: str, attempt: Attempt = FIRST_TRY) -> StepResult:
     if providers().image_jobs is not None:
         return _job_step(page_id, "image", attempt)
 
-    def work(claim: tx.PageClaim, timer: _Timer) -> dict[str, Any]:
+    def work(claim: tx.PageClaim, timer: Timer) -> dict[str, Any]:
         p = providers()
         with timer.phase("provider"):
             png = p.illustrator.draw_base(_page_request(claim))
@@ -551,8 +424,8 @@ def draw_base(page_id: str, attempt: Attempt = Attempt()) -> StepResult:
     return _page_step(page_id, "image", attempt, work)
 
 
-def personalize(page_id: str, attempt: Attempt = Attempt()) -> StepResult:
-    def work(claim: tx.PageClaim, timer: _Timer) -> dict[str, Any]:
+def personalize(page_id: str, attempt: Attempt = FIRST_TRY) -> StepResult:
+    def work(claim: tx.PageClaim, timer: Timer) -> dict[str, Any]:
         p = providers()
         assert claim.photo is not None and claim.base_image_key
         face = _story_face(claim)
@@ -590,7 +463,7 @@ def personalize(page_id: str, attempt: Attempt = Attempt()) -> StepResult:
 # between the provider's reply and recording the id, by listing the provider's recent jobs for
 # the same (deterministic) input. The shared cap on concurrent jobs is held for the job's life.
 
-def _job_input(stage: str, claim: tx.PageClaim, timer: _Timer) -> dict[str, Any]:
+def _job_input(stage: str, claim: tx.PageClaim, timer: Timer) -> dict[str, Any]:
     p = providers()
     jobs = p.image_jobs
     assert jobs is not None
@@ -618,7 +491,7 @@ def _job_step(page_id: str, stage: tx.JobStage, attempt: Attempt) -> StepResult:
     col = tx.PAGE_STAGES[stage]
     jobs = providers().image_jobs
     assert jobs is not None
-    timer = _Timer()
+    timer = Timer()
     with timer.phase("claim"), autocommit() as c:
         claim = tx.claim_page(c, page_id, col, s.step_lease_seconds)
         state = None if claim else tx.page_state(c, page_id, col)  # why not, when not
@@ -684,8 +557,8 @@ def _job_step(page_id: str, stage: tx.JobStage, attempt: Attempt) -> StepResult:
         return external_id, sha
 
     try:
-        external_id, sha = _guarded(start, attempt=attempt, fail=fail, release=release, what=label.capitalize())
-    except _Failed as e:
+        external_id, sha = guarded(start, attempt=attempt, fail=fail, release=release, what=label.capitalize())
+    except StepFailed as e:
         return StepResult(Outcome.FAILED, str(e), timer.timings, context=ctx)
     assert job is not None
     if external_id:
@@ -695,7 +568,7 @@ def _job_step(page_id: str, stage: tx.JobStage, attempt: Attempt) -> StepResult:
     raise RetryLater(s.job_poll_interval, f"{label} job started", waiting=True)
 
 
-def _follow_job(page_id: str, stage: tx.JobStage, job: Any, attempt: Attempt, timer: _Timer,
+def _follow_job(page_id: str, stage: tx.JobStage, job: Any, attempt: Attempt, timer: Timer,
                 ctx: dict[str, Any], fail: Callable[[str], None]) -> StepResult:
     s = settings()
     p = providers()
@@ -725,9 +598,9 @@ def _follow_job(page_id: str, stage: tx.JobStage, job: Any, attempt: Attempt, ti
         return st.state, None, st.error
 
     try:
-        state, image, error = _guarded(look, attempt=attempt, fail=fail, release=note_error,
+        state, image, error = guarded(look, attempt=attempt, fail=fail, release=note_error,
                                        what=label.capitalize())
-    except _Failed as e:
+    except StepFailed as e:
         return StepResult(Outcome.FAILED, str(e), timer.timings, context=ctx)
 
     if state == "expired":
@@ -777,7 +650,7 @@ def _follow_job(page_id: str, stage: tx.JobStage, job: Any, attempt: Attempt, ti
 JOB_PRODUCT = {"image": "illustration", "personalization": "personalized picture"}
 
 
-def _replace_expired_job(page_id: str, stage: tx.JobStage, job: Any, attempt: Attempt, timer: _Timer,
+def _replace_expired_job(page_id: str, stage: tx.JobStage, job: Any, attempt: Attempt, timer: Timer,
                          ctx: dict[str, Any], fail: Callable[[str], None], why: str) -> StepResult:
     """The job succeeded but its output was gone before we copied it (Replicate deletes outputs
     after about an hour: a backlog or an outage is enough). Only a new job can make the picture
@@ -812,12 +685,12 @@ def _replace_expired_job(page_id: str, stage: tx.JobStage, job: Any, attempt: At
 
 # --- story completion -------------------------------------------------------------------------
 
-def finish_story(story_id: str, attempt: Attempt = Attempt()) -> StepResult:
+def finish_story(story_id: str, attempt: Attempt = FIRST_TRY) -> StepResult:
     """processing -> completed once every page is personalized, after writing the book.
 
     Enqueued by the personalization that finds every page done (two may, at the same moment):
     only the one that wins the row lock assembles the book and completes the story."""
-    timer = _Timer()
+    timer = Timer()
     try:
         with transaction() as c:
             with timer.phase("lock"):
@@ -872,7 +745,7 @@ def write_book(story_id: str, title: str, child_name: str, theme_raw: str,
     storage client."""
     from pipeline.stories.book import Book, BookPage, render_html, render_pdf
 
-    timer = _Timer()
+    timer = Timer()
     storage = output_storage()
     with timer.phase("book_read"):
         images = [storage.get(p["personalized_image_key"]) for p in pages]
