@@ -35,7 +35,7 @@ from pipeline.print_files import (
     render_print_files,
 )
 from pipeline.providers.base import Outline, PageRequest, StoryRequest
-from pipeline.providers.local_text import LocalStoryWriter
+from pipeline.providers.offline_text import LocalStoryWriter
 from tests.support import Db, WorkerProcess, astronaut_png, external_send
 
 BROKER = os.environ["CELERY_BROKER_URL"]

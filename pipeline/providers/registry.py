@@ -85,7 +85,7 @@ def _build(s: Settings) -> Providers:
 
         writer = InstantWriter()
     elif s.text_provider == "local":
-        from pipeline.providers.local_text import LocalStoryWriter
+        from pipeline.providers.offline_text import LocalStoryWriter
 
         writer = LocalStoryWriter()
     elif s.text_provider == "openai":
