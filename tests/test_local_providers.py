@@ -1,4 +1,4 @@
-"""Tests for the offline providers: OpenCV Haar photo analysis and the Pillow illustrator."""
+"""Tests for the offline providers: OpenCV Haar photo analysis and the Pillow illustrator (offline_images)."""
 
 from __future__ import annotations
 
@@ -20,15 +20,6 @@ from skimage import data as skdata
 
 from pipeline.errors import PermanentStepError
 from pipeline.providers.base import BoundingBox, Face, Outline, PageRequest, PhotoAnalysis, StoryRequest
-from pipeline.providers.local_images import (
-    ANCHOR_KEY,
-    CHARACTER_KEY,
-    FACE_MARGIN,
-    PLACEHOLDER_SKIN,
-    LocalIllustrator,
-    default_anchor,
-    read_anchor,
-)
 from pipeline.providers.local_vision import (
     GROUP_EPS,
     LocalPhotoAnalyzer,
@@ -37,6 +28,15 @@ from pipeline.providers.local_vision import (
     analysis_from_json,
     analysis_to_json,
     face_from_json,
+)
+from pipeline.providers.offline_images import (
+    ANCHOR_KEY,
+    CHARACTER_KEY,
+    FACE_MARGIN,
+    PLACEHOLDER_SKIN,
+    LocalIllustrator,
+    default_anchor,
+    read_anchor,
 )
 from pipeline.themes import THEMES
 
@@ -495,7 +495,7 @@ def test_draw_base_is_deterministic_in_process_and_across_processes(illustrator:
     code = (
         "import hashlib, sys\n"
         "from pipeline.providers.base import StoryRequest, Outline, PageRequest\n"
-        "from pipeline.providers.local_images import LocalIllustrator\n"
+        "from pipeline.providers.offline_images import LocalIllustrator\n"
         "story = StoryRequest('Mia', 5, 'pirates', 4, 987654321)\n"
         "req = PageRequest(story, Outline('t', ('a', 'b', 'c', 'd')), 3)\n"
         "sys.stdout.write(hashlib.sha256(LocalIllustrator().draw_base(req)).hexdigest())\n"

@@ -163,7 +163,7 @@ def test_products_bindings_and_page_counts() -> None:
 
 def _story_pages(n: int) -> list[PrintPage]:
     from pipeline.providers.base import PageRequest, StoryRequest
-    from pipeline.providers.local_images import LocalIllustrator
+    from pipeline.providers.offline_images import LocalIllustrator
     from pipeline.providers.offline_text import LocalStoryWriter
 
     writer, ill = LocalStoryWriter(), LocalIllustrator()

@@ -27,8 +27,8 @@ from pipeline.errors import PermanentStepError
 from pipeline.faces import choose_protagonist
 from pipeline.providers.aws import RekognitionAnalyzer
 from pipeline.providers.base import BoundingBox, Face
-from pipeline.providers.local_images import read_anchor
 from pipeline.providers.local_vision import LocalPhotoAnalyzer, decode_photo, photo_format
+from pipeline.providers.offline_images import read_anchor
 from tests.fakes.rekognition_server import FakeRekognition, face_detail
 from tests.support import Db, WorkerProcess, external_send, flush_redis
 

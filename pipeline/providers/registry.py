@@ -101,7 +101,7 @@ def _build(s: Settings) -> Providers:
 
         illustrator = InstantIllustrator()
     elif s.image_provider == "local":
-        from pipeline.providers.local_images import LocalIllustrator
+        from pipeline.providers.offline_images import LocalIllustrator
 
         illustrator = LocalIllustrator()
     elif s.image_provider == "replicate":
