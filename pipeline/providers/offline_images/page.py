@@ -16,6 +16,8 @@ from pipeline.providers.offline_images.painter import RGB, Painter
 
 @dataclass(frozen=True)
 class Outfit:
+    """The child's clothes for a whole story (RGB colours); ``accent`` trims cap, cape or scarf."""
+
     shirt: RGB
     pants: RGB
     shoes: RGB
@@ -30,6 +32,7 @@ _SHOES: tuple[RGB, ...] = ((214, 60, 60), (250, 250, 245), (60, 52, 64), (64, 12
 
 
 def pick_outfit(story_rng: random.Random) -> Outfit:
+    """An outfit drawn from the story's style generator (so every page of a story matches)."""
     shirt = story_rng.choice(_SHIRTS)
     accent = story_rng.choice([c for c in _SHIRTS if c != shirt])
     return Outfit(shirt=shirt, pants=story_rng.choice(_PANTS), shoes=story_rng.choice(_SHOES), accent=accent)
@@ -37,6 +40,8 @@ def pick_outfit(story_rng: random.Random) -> Outfit:
 
 @dataclass(frozen=True)
 class ThemeStyle:
+    """A theme's outline colour and its sky gradients (one drawn per story)."""
+
     ink: RGB
     skies: tuple[tuple[RGB, RGB, RGB], ...]  # (top, middle, bottom) options, one per story
 
@@ -89,6 +94,8 @@ class Page:
 
 @dataclass(frozen=True)
 class Placement:
+    """Where ``draw_child`` put the head circle and the bare hands, in page pixels."""
+
     anchor: Anchor
     hands: tuple[tuple[float, float, float], ...]  # bare hands to recolour (x, y, r)
 

@@ -13,6 +13,7 @@ from pipeline.providers.offline_images.painter import HEIGHT, RGB, WIDTH, Painte
 
 
 def scene_forest(pg: Page) -> None:
+    """Paint the enchanted forest behind the child onto ``pg.canvas`` (page pixels, randomness from ``pg.rng``)."""
     p, rng = pg.p, pg.rng
     moon_x = rng.uniform(120, WIDTH - 120)
     p.glow(moon_x, 110, 120, (255, 240, 200), strength=90)
@@ -90,6 +91,7 @@ def _mushroom(p: Painter, x: float, y: float, s: float, cap: RGB) -> None:
 
 
 def scene_dinosaurs(pg: Page) -> None:
+    """Paint the dinosaur valley behind the child onto ``pg.canvas`` (page pixels, randomness from ``pg.rng``)."""
     p, rng = pg.p, pg.rng
     sun_x = rng.uniform(80, WIDTH - 80)
     p.glow(sun_x, 90, 110, (255, 240, 170), strength=100)

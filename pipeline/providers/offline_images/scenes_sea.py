@@ -27,6 +27,7 @@ from pipeline.providers.offline_images.painter import (
 
 
 def scene_underwater(pg: Page) -> None:
+    """Paint the sea floor behind the child onto ``pg.canvas`` (page pixels, randomness from ``pg.rng``)."""
     p, rng = pg.p, pg.rng
     for _ in range(5):
         x = rng.uniform(-100, WIDTH)
@@ -127,6 +128,7 @@ def _jellyfish(p: Painter, x: float, y: float, col: RGB) -> None:
 
 
 def scene_pirates(pg: Page) -> None:
+    """Paint the pirate sea behind the child onto ``pg.canvas`` (page pixels, randomness from ``pg.rng``)."""
     p, rng = pg.p, pg.rng
     sun_x = rng.uniform(80, WIDTH - 80)
     p.glow(sun_x, 100, 110, (255, 236, 170), strength=100)

@@ -28,6 +28,7 @@ from pipeline.providers.offline_images.painter import (
 
 
 def scene_space(pg: Page) -> None:
+    """Paint space behind the child onto ``pg.canvas`` (page pixels, randomness from ``pg.rng``)."""
     p, rng = pg.p, pg.rng
     for _ in range(3):
         p.glow(rng.uniform(0, WIDTH), rng.uniform(60, 420), rng.uniform(160, 260),
@@ -122,6 +123,7 @@ def _rocket(p: Painter, x: float, base_y: float, s: float, tilt: float, accent: 
 
 
 def scene_superhero(pg: Page) -> None:
+    """Paint the hero city behind the child onto ``pg.canvas`` (page pixels, randomness from ``pg.rng``)."""
     p, rng = pg.p, pg.rng
     sun_x = rng.uniform(100, WIDTH - 100)
     p.glow(sun_x, 150, 160, (255, 250, 220), strength=90)

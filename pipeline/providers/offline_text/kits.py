@@ -209,24 +209,28 @@ class _Table:
         return self.raw[key]
 
     def string(self, key: str, required: bool = True) -> str:
+        """The string at ``key``; non-empty unless not ``required`` (then ``""`` if absent)."""
         value = self._get(key, "", required)
         if not isinstance(value, str) or (required and not value.strip()):
             raise KitError(f"{self.where}.{key}: expected a non-empty string, got {value!r}")
         return value
 
     def integer(self, key: str) -> int:
+        """The integer at ``key`` (a bool is not one)."""
         value = self._get(key)
         if not isinstance(value, int) or isinstance(value, bool):
             raise KitError(f"{self.where}.{key}: expected an integer, got {value!r}")
         return value
 
     def boolean(self, key: str) -> bool:
+        """The ``true``/``false`` at ``key``."""
         value = self._get(key)
         if not isinstance(value, bool):
             raise KitError(f"{self.where}.{key}: expected true or false, got {value!r}")
         return value
 
     def strings(self, key: str) -> tuple[str, ...]:
+        """The non-empty list of non-empty strings at ``key``, as a tuple."""
         value = self._get(key)
         if (not isinstance(value, list) or not value
                 or not all(isinstance(s, str) and s.strip() for s in value)):
@@ -234,9 +238,11 @@ class _Table:
         return tuple(value)
 
     def table(self, key: str) -> _Table:
+        """The sub-table at ``key``."""
         return _Table(self._get(key), f"{self.where}.{key}")
 
     def tables(self, key: str, count: int | None = None) -> list[_Table]:
+        """The array of tables at ``key``, of exactly ``count`` entries if given."""
         value = self._get(key)
         if not isinstance(value, list) or not value:
             raise KitError(f"{self.where}.{key}: expected a non-empty array of tables")
