@@ -18,7 +18,7 @@ import pytest
 from PIL import Image
 from skimage import data as skdata
 
-from pipeline.errors import PermanentStepError
+from pipeline.kernel.errors import PermanentStepError
 from pipeline.providers.base import BoundingBox, Face, Outline, PageRequest, PhotoAnalysis, StoryRequest
 from pipeline.providers.local_vision import (
     GROUP_EPS,
@@ -38,7 +38,7 @@ from pipeline.providers.offline_images import (
     default_anchor,
     read_anchor,
 )
-from pipeline.themes import THEMES
+from pipeline.stories.themes import THEMES
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -23,8 +23,8 @@ import pytest
 from PIL import Image
 from skimage import data as skdata
 
-from pipeline.errors import PermanentStepError
-from pipeline.faces import choose_protagonist
+from pipeline.kernel.errors import PermanentStepError
+from pipeline.stories.faces import choose_protagonist
 from pipeline.providers.aws import RekognitionAnalyzer
 from pipeline.providers.base import BoundingBox, Face
 from pipeline.providers.local_vision import LocalPhotoAnalyzer, decode_photo, photo_format
@@ -461,7 +461,7 @@ def test_offline_detector_parent_and_child_uses_the_largest_and_says_so(clean_db
     assert chosen["rule"] == "largest face" and chosen["age_range"] is None
     assert "largest one (on the left)" in chosen["notice"] and "photo of your child alone" in chosen["notice"]
     assert _disc_blueness(clean_db, story) < 0  # the untinted (larger) face
-    status = subprocess.run([sys.executable, "-m", "pipeline.cli", "status", story], cwd=ROOT, capture_output=True,
+    status = subprocess.run([sys.executable, "-m", "pipeline.operations.cli", "status", story], cwd=ROOT, capture_output=True,
                             text=True, timeout=60, env=os.environ)
     assert "largest one (on the left)" in status.stdout, status.stdout + status.stderr
 

@@ -51,8 +51,8 @@ import numpy as np
 import pillow_heif
 from PIL import Image, ImageOps, JpegImagePlugin, UnidentifiedImageError, features
 
-from pipeline.errors import PermanentStepError
-from pipeline.faces import MIN_FACE_PIXELS, face_pixels, face_problems
+from pipeline.kernel.errors import PermanentStepError
+from pipeline.stories.faces import MIN_FACE_PIXELS, face_pixels, face_problems
 from pipeline.providers.base import BoundingBox, Face, Label, Landmark, PhotoAnalysis
 
 DETECTOR_NAME = "opencv-haar"
@@ -76,7 +76,7 @@ FACE_SCALE_FACTOR = 1.1
 FACE_MIN_NEIGHBORS = 5
 FACE_MIN_SIZE_RATIO = 0.06  # of the shorter side of the photo: smaller faces are too small to use
 # Faces down to this (or 24 px, the cascade's window) are still looked for, only to tell the parent
-# "too small, take a closer photo" instead of "no face" (pipeline/faces.py).
+# "too small, take a closer photo" instead of "no face" (pipeline/stories/faces.py).
 FACE_DETECT_MIN_RATIO = 0.03
 EYE_MIN_NEIGHBORS = 4
 # The smile cascade is notoriously trigger-happy on lips and chins; only strong groups count.
@@ -604,7 +604,7 @@ def _primary_index(faces: tuple[Face, ...]) -> int | None:
     if not faces:
         return None
     # The first of the largest faces that can be drawn from (PhotoAnalysis.primary_face when it
-    # can); the story start chooses the child's face itself (pipeline/faces.py).
+    # can); the story start chooses the child's face itself (pipeline/stories/faces.py).
     areas = [(not face_problems(f), f.box.width * f.box.height) for f in faces]
     return areas.index(max(areas))
 

@@ -15,7 +15,7 @@ https://api.sandbox.lulu.com) with ``requests``:
   ``GET /print-jobs/?search=<order id>`` (Lulu has no exact ``external_id`` filter: ``search``
   matches it among other fields and the client keeps exact matches only),
   ``PUT /print-jobs/{id}/status/`` to cancel, ``POST /cover-dimensions/``.
-- Errors, for the pipeline's policy (pipeline.steps): timeouts, connection errors, 429 and 5xx
+- Errors, for the pipeline's policy (pipeline.stories.steps): timeouts, connection errors, 429 and 5xx
   and unreadable replies -> TransientStepError (``Retry-After`` honoured); 400/404/422 and
   credentials Lulu refuses -> PermanentStepError with Lulu's reason (truncated) and the status.
   No retries inside the client: the step layer retries with backoff. Secrets and tokens never
@@ -48,8 +48,8 @@ from urllib.parse import unquote, urlsplit
 
 import requests
 
-from pipeline.config import env_number
-from pipeline.errors import PermanentStepError, TransientStepError, retry_after_seconds
+from pipeline.kernel.config import env_number
+from pipeline.kernel.errors import PermanentStepError, TransientStepError, retry_after_seconds
 from pipeline.providers.base import NoHooks, RequestHooks
 
 log = logging.getLogger(__name__)
@@ -79,7 +79,7 @@ class PrintJobRequest:
     interior_md5: str
     cover_url: str
     cover_md5: str
-    shipping_address: dict[str, Any]  # Lulu's field names (pipeline.orders.lulu_address)
+    shipping_address: dict[str, Any]  # Lulu's field names (pipeline.orders.steps.lulu_address)
     shipping_level: str
     contact_email: str
     quantity: int = 1
@@ -486,7 +486,7 @@ class _LocalJob:
 def print_shop_stage_seconds() -> float:
     """LOCAL_PRINT_SHOP_STAGE_SECONDS: seconds the offline print shop spends in each status
     (default 3). Raises SystemExit("configuration error: …") outside 0–86400."""
-    from pipeline.config import env_float
+    from pipeline.kernel.config import env_float
 
     return env_float("LOCAL_PRINT_SHOP_STAGE_SECONDS", 3.0, 0.0, 86400.0)
 
@@ -508,7 +508,7 @@ class LocalPrintShop:
         return cls(root, stage_seconds=print_shop_stage_seconds())
 
     def cover_dimensions(self, pod_package_id: str, page_count: int) -> tuple[float, float]:
-        from pipeline.print_files import cover_size_pt, parse_pod_package
+        from pipeline.orders.print_files import cover_size_pt, parse_pod_package
 
         try:
             return cover_size_pt(parse_pod_package(pod_package_id), page_count)
@@ -575,7 +575,7 @@ class LocalPrintShop:
         return None
 
     def create_job(self, req: PrintJobRequest) -> PrintJob:
-        from pipeline.print_files import check_print_files
+        from pipeline.orders.print_files import check_print_files
 
         interior, cover = self._read(req.interior_url), self._read(req.cover_url)
         errors: list[str] = []

@@ -36,11 +36,11 @@ import openai
 from openai.types.chat import ChatCompletionMessageParam
 from openai.types.shared_params import ResponseFormatJSONSchema
 
-from pipeline.config import env_number
-from pipeline.errors import PermanentStepError, StepError, TransientStepError, retry_after_seconds
-from pipeline.names import capitalize_name, title_with_name
+from pipeline.kernel.config import env_number
+from pipeline.kernel.errors import PermanentStepError, StepError, TransientStepError, retry_after_seconds
+from pipeline.stories.names import capitalize_name, title_with_name
 from pipeline.providers.base import NoHooks, Outline, PageRequest, RequestHooks, StoryRequest
-from pipeline.themes import resolve_theme
+from pipeline.stories.themes import resolve_theme
 
 PROVIDER = "openai"
 OPERATION = "chat"

@@ -58,7 +58,7 @@ from PIL import Image, UnidentifiedImageError
 from replicate.client import Client
 from replicate.exceptions import ReplicateError
 
-from pipeline.errors import (
+from pipeline.kernel.errors import (
     OutputGoneError,
     PermanentStepError,
     StepError,
@@ -66,7 +66,7 @@ from pipeline.errors import (
     retry_after_seconds,
 )
 from pipeline.providers.base import Face, JobStatus, NoHooks, PageRequest, RequestHooks
-from pipeline.themes import THEMES, resolve_theme
+from pipeline.stories.themes import THEMES, resolve_theme
 
 log = logging.getLogger(__name__)
 

@@ -13,7 +13,7 @@ from typing import cast
 import numpy as np
 from PIL import Image, ImageDraw, ImageEnhance, UnidentifiedImageError
 
-from pipeline.errors import PermanentStepError
+from pipeline.kernel.errors import PermanentStepError
 from pipeline.providers.base import Face
 from pipeline.providers.local_vision import decode_photo
 from pipeline.providers.offline_images.anchor import (

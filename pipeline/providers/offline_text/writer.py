@@ -32,8 +32,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import lru_cache
 
-from pipeline.errors import PermanentStepError
-from pipeline.names import capitalize_name, title_with_name
+from pipeline.kernel.errors import PermanentStepError
 from pipeline.providers.base import Outline, PageRequest, StoryRequest
 from pipeline.providers.offline_text.kits import (
     MAX_PAGES,
@@ -47,7 +46,8 @@ from pipeline.providers.offline_text.kits import (
     Slot,
     material,
 )
-from pipeline.themes import THEMES, resolve_theme
+from pipeline.stories.names import capitalize_name, title_with_name
+from pipeline.stories.themes import THEMES, resolve_theme
 
 log = logging.getLogger(__name__)
 

@@ -10,7 +10,7 @@ import tempfile
 from pathlib import Path
 from typing import Protocol
 
-from pipeline.errors import PermanentStepError
+from pipeline.kernel.errors import PermanentStepError
 
 
 class UnsafeKey(PermanentStepError):
