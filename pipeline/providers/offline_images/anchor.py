@@ -88,4 +88,6 @@ def read_character(info: dict[str, object]) -> dict[str, Any]:
         ink_width = float(d.get("ink_width", 2.4))
     except (ValueError, TypeError, AttributeError):
         return {}
+    if len(ink) != 3:  # e.g. "ink": [1, 2] once failed personalize with an IndexError
+        return {}
     return {"hands": hands, "ink": ink, "ink_width": ink_width}
