@@ -32,7 +32,7 @@ from pipeline.orders.print_files import (
     render_print_files,
 )
 from pipeline.providers.base import Outline, PageRequest, StoryRequest
-from pipeline.providers.local_text import LocalStoryWriter
+from pipeline.providers.offline_text import LocalStoryWriter
 from pipeline.stories.book import Book, BookPage, render_html, render_pdf
 from pipeline.stories.fonts import UnprintableTextError, check_fonts, unprintable
 from pipeline.stories.names import capitalize_name, title_with_name

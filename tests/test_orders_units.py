@@ -163,8 +163,8 @@ def test_products_bindings_and_page_counts() -> None:
 
 def _story_pages(n: int) -> list[PrintPage]:
     from pipeline.providers.base import PageRequest, StoryRequest
-    from pipeline.providers.local_images import LocalIllustrator
-    from pipeline.providers.local_text import LocalStoryWriter
+    from pipeline.providers.offline_images import LocalIllustrator
+    from pipeline.providers.offline_text import LocalStoryWriter
 
     writer, ill = LocalStoryWriter(), LocalIllustrator()
     req = StoryRequest("Zoë", 6, "underwater", n, 11)

@@ -26,8 +26,8 @@ from skimage import data as skdata
 from pipeline.kernel.errors import PermanentStepError
 from pipeline.providers.aws import RekognitionAnalyzer
 from pipeline.providers.base import BoundingBox, Face
-from pipeline.providers.local_images import read_anchor
 from pipeline.providers.local_vision import LocalPhotoAnalyzer, decode_photo, photo_format
+from pipeline.providers.offline_images import read_anchor
 from pipeline.stories.faces import choose_protagonist
 from tests.fakes.rekognition_server import FakeRekognition, face_detail
 from tests.support import Db, WorkerProcess, external_send, flush_redis

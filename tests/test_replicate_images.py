@@ -13,8 +13,8 @@ from PIL import Image
 
 from pipeline.kernel.errors import OutputGoneError, PermanentStepError, StepError, TransientStepError
 from pipeline.providers.base import Face, JobStatus, Outline, PageRequest, StoryRequest
-from pipeline.providers.local_text import LocalStoryWriter
 from pipeline.providers.local_vision import LocalPhotoAnalyzer
+from pipeline.providers.offline_text import LocalStoryWriter
 from pipeline.providers.replicate_images import (
     OutputExpiredError,
     ReplicateImageJobs,

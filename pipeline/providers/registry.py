@@ -85,7 +85,7 @@ def _build(s: Settings) -> Providers:
 
         writer = InstantWriter()
     elif s.text_provider == "local":
-        from pipeline.providers.local_text import LocalStoryWriter
+        from pipeline.providers.offline_text import LocalStoryWriter
 
         writer = LocalStoryWriter()
     elif s.text_provider == "openai":
@@ -101,7 +101,7 @@ def _build(s: Settings) -> Providers:
 
         illustrator = InstantIllustrator()
     elif s.image_provider == "local":
-        from pipeline.providers.local_images import LocalIllustrator
+        from pipeline.providers.offline_images import LocalIllustrator
 
         illustrator = LocalIllustrator()
     elif s.image_provider == "replicate":
