@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any, TypeVar
 
+from db.engine import unavailable as db_unavailable
 from pipeline.kernel import metrics
 from pipeline.kernel.config import settings
 from pipeline.kernel.errors import PermanentStepError, TransientStepError
@@ -140,7 +141,8 @@ def guarded(
 ) -> T:
     """Run a provider call under the error policy: permanent -> recorded failure; transient ->
     release and retry with backoff until the tries run out; anything else is a bug or an
-    unexpected reply: recorded as a failure (an operator can retry), never a crash loop."""
+    unexpected reply: recorded as a failure (an operator can retry), never a crash loop.
+    The database unavailable (db.engine.unavailable) is none of these: re-raised as it is."""
     try:
         return fn()
     except QuotaWait as e:
@@ -160,6 +162,10 @@ def guarded(
         release(str(e))
         raise RetryLater(backoff(attempt.number, e.retry_after), str(e)) from None
     except Exception as e:  # noqa: BLE001 - the policy above is the point of this function
+        if db_unavailable(e):
+            # The database, not the provider (a job step's own statements run in here): nothing
+            # to record; the task layer re-sends the step, which finds its claim again.
+            raise
         log.exception("unexpected error in %s", what)
         msg = f"{what} failed with an internal error ({type(e).__name__}); an operator can retry it."
         fail(msg)
