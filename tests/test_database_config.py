@@ -344,12 +344,13 @@ def test_connection_lost_right_after_a_committed_claim_is_an_outage(clean_db: Db
     from sqlalchemy import event
 
     from db.engine import autocommit, dispose_engine, get_engine
-    from pipeline import steps
+    from pipeline.kernel import step
+    from pipeline.stories import steps
 
     # given a page whose text is done, and a pool whose one connection has served a step before
     story = clean_db.story(clean_db.photo(astronaut_png()))
     page = steps.generate_story(story).fanout[0]
-    assert steps.write_text(page).outcome is steps.Outcome.DONE
+    assert steps.write_text(page).outcome is step.Outcome.DONE
     dispose_engine()
     with autocommit() as c:
         c.execute(text("SELECT 1"))
@@ -359,7 +360,7 @@ def test_connection_lost_right_after_a_committed_claim_is_an_outage(clean_db: Db
     try:
         # when the connection is lost right after the image step's claim committed
         with pytest.raises(Exception) as lost:
-            steps.draw_base(page, steps.Attempt(task_id="first"))
+            steps.draw_base(page, step.Attempt(task_id="first"))
     finally:
         event.remove(engine, "after_cursor_execute", cut)
     assert cut.cut, "the claim statement was not seen"
@@ -370,18 +371,18 @@ def test_connection_lost_right_after_a_committed_claim_is_an_outage(clean_db: Db
     # and the pool got its connection back (it was lost for good, one slot per outage)
     assert engine.pool.checkedout() == 0  # type: ignore[attr-defined]
     # and the re-sent copy waits for the lease, then takes the step over and completes it
-    with pytest.raises(steps.RetryLater) as wait:
-        steps.draw_base(page, steps.Attempt(task_id="first", redelivered=True))
+    with pytest.raises(step.RetryLater) as wait:
+        steps.draw_base(page, step.Attempt(task_id="first", redelivered=True))
     assert wait.value.waiting
     clean_db.exec("UPDATE story_pages SET updated_at = now() - interval '1 hour' WHERE id = :p", p=page)
-    assert steps.draw_base(page, steps.Attempt(task_id="first", redelivered=True)).outcome is steps.Outcome.DONE
+    assert steps.draw_base(page, step.Attempt(task_id="first", redelivered=True)).outcome is step.Outcome.DONE
 
 
 def test_provider_error_policy_leaves_a_database_outage_to_the_task_layer(clean_db: Db) -> None:
     """A job step's own statements (reserving its job) run inside the provider error policy: a
     database outage there was taken for an internal error and, once the database answered the
     failure's own statement, the page was failed for good. It is re-raised, nothing recorded."""
-    from pipeline import steps
+    from pipeline.kernel import step
 
     with pytest.raises(Exception) as refused:
         make_engine(_url("postgresql", port=1)).connect()
@@ -391,7 +392,7 @@ def test_provider_error_policy_leaves_a_database_outage_to_the_task_layer(clean_
         raise refused.value
 
     with pytest.raises(Exception) as raised:
-        steps._guarded(outage, attempt=steps.Attempt(), fail=recorded.append,
+        step.guarded(outage, attempt=step.Attempt(), fail=recorded.append,
                        release=lambda m: recorded.append(f"release {m}"), what="Illustration")
     assert raised.value is refused.value and unavailable(raised.value)
     assert recorded == []
