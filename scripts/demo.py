@@ -134,7 +134,7 @@ def order_print(engine, story: str, storage_root: Path, timeout: float,  # type:
     signed when STRIPE_WEBHOOK_SECRET is set) and follow it until it ships."""
     from sqlalchemy import text
 
-    from pipeline.orders.steps import simulated_payment, submit_order
+    from pipeline.operations.orders import simulated_payment, submit_order
     from workers.app import app
 
     order, intent = submit_order(story, amount=2999, currency="usd")

@@ -127,7 +127,7 @@ def test_a_misconfigured_worker_exits_at_boot_in_one_line_and_keeps_the_messages
 
 def _clear_caches() -> None:
     from pipeline.kernel import config, quota
-    from pipeline.orders import steps as orders
+    from pipeline.orders import settings as orders
 
     config.settings.cache_clear()
     orders.order_settings.cache_clear()

@@ -28,6 +28,7 @@ from typing import Any
 from celery import Task
 
 from pipeline.kernel import step
+from pipeline.operations.orders import sweep_orders
 from pipeline.orders import steps as orders
 from pipeline.orders import stripe_events as se
 from workers.app import app
@@ -150,7 +151,7 @@ def lulu_webhook(self: Task, payload: str | None = None, headers: dict[str, Any]
 def sweep() -> str:
     """Periodic (celery beat): re-enqueue stuck orders (print files never made, paid with no
     print job, print jobs nobody has asked about for two poll intervals)."""
-    found = orders.sweep_orders()
+    found = sweep_orders()
     if found:
         log.warning("sweep %s", json.dumps({"requeued": len(found), "tasks": sorted({i.task for i in found})}))
     return f"requeued {len(found)}"

@@ -131,7 +131,7 @@ def _book_links(story_id: str) -> dict[str, str]:
 
 def _summary(args: argparse.Namespace) -> int:
     from pipeline.operations.ops import summary
-    from pipeline.orders.steps import order_summary
+    from pipeline.operations.orders import order_summary
 
     counts = summary()
     orders = order_summary()
@@ -155,7 +155,7 @@ def _summary(args: argparse.Namespace) -> int:
 
 def _order_status(args: argparse.Namespace) -> int:
     from pipeline.kernel.step import valid_uuid
-    from pipeline.orders.steps import format_report, order_report
+    from pipeline.operations.orders import format_report, order_report
 
     oid = valid_uuid(args.order)
     if oid is None:
@@ -171,7 +171,7 @@ def _order_status(args: argparse.Namespace) -> int:
 
 def _retry_order(args: argparse.Namespace) -> int:
     from pipeline.kernel.step import valid_uuid
-    from pipeline.orders.steps import retry_order
+    from pipeline.operations.orders import retry_order
 
     oid = valid_uuid(args.order)
     if oid is None:
@@ -249,7 +249,7 @@ def cmd_retry(args: argparse.Namespace) -> int:
 def cmd_backfill(args: argparse.Namespace) -> int:
     from pipeline.kernel.config import settings
     from pipeline.operations.ops import BackfillProgress, backfill
-    from pipeline.orders.steps import sweep_orders
+    from pipeline.operations.orders import sweep_orders
 
     lease = args.stale_after if args.stale_after is not None else settings().step_lease_seconds
     pending_after = args.pending_after if args.pending_after is not None else lease
