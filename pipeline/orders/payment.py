@@ -282,7 +282,7 @@ def confirm_payment(order_id: str | None, event: Any = None, payload: str | None
             detail["confirmed"] = "stripe_api"
         if action == "fail":
             done = orders_db.fail_order(c, oid, msg, from_statuses=("pending_payment", "paid"), source="stripe",
-                                  kind=ev.type, detail=detail, event_id=ev.event_id)
+                                        kind=ev.type, detail=detail, event_id=ev.event_id)
         else:
             outcomes: dict[str, orders_db.Outcome] = {"pay": "applied", "reject": "rejected", "note": "noted"}
             outcome = outcomes.get(action, "ignored")

@@ -124,9 +124,9 @@ def submit_print_job(order_id: str, attempt: Attempt = FIRST_TRY) -> StepResult:
         recorded = steps_db.record_print_job(c, order_id, provider.name, job.id, job.to_json())
         if recorded:
             events.record_event(c, order_id, "worker", "print_job", "applied",
-                             f"Print job {job.id} {'found' if found else 'created'} at "
-                             f"{PROVIDER_LABEL.get(provider.name, provider.name)} ({job.status}).",
-                             {"job": job.id, "run": claim["run"], "found": found})
+                                f"Print job {job.id} {'found' if found else 'created'} at "
+                                f"{PROVIDER_LABEL.get(provider.name, provider.name)} ({job.status}).",
+                                {"job": job.id, "run": claim["run"], "found": found})
         after = steps_db.print_state(c, order_id) if not recorded else None
     ctx["print_job"] = job.id
     if recorded:
@@ -161,12 +161,12 @@ def _apply_status(order_id: str, job: lulu.PrintJob, source: str) -> str:
         if job.problem:
             msg = f"The print job {job.id} was {job.status.lower()} by {label}: {job.reason()}"
             moved = orders_db.fail_order(c, order_id, msg, from_statuses=("paid", "fulfilled"), source=src,
-                                   kind=f"print_job.{job.status.lower()}", detail=seen, pod_order_id=job.id)
+                                         kind=f"print_job.{job.status.lower()}", detail=seen, pod_order_id=job.id)
             steps_db.note_job_seen(c, order_id, seen)
             return "failed" if moved else "unchanged"
         events.record_event(c, order_id, src, f"print_job.{job.status.lower()}", "noted",
-                         f"Print job {job.id} is {job.status}" + (f": {job.message[:200]}" if job.message else "."),
-                         seen, event_id=f"{job.id}:{job.status}:{job.changed or ''}")
+                            f"Print job {job.id} is {job.status}" + (f": {job.message[:200]}" if job.message else "."),
+                            seen, event_id=f"{job.id}:{job.status}:{job.changed or ''}")
         return steps_db.apply_job_status(c, order_id, job.id, job.status, job.changed, job.tracking_id, seen)
 
 
@@ -202,7 +202,7 @@ def poll_print_job(order_id: str, attempt: Attempt = FIRST_TRY) -> StepResult:
         # shared quota's waits (QuotaWait) are transient errors too.
         with autocommit() as c:
             events.record_event(c, order_id, "worker", "print_status", "retried", str(e)[:500],
-                             {"attempt": attempt.number})
+                                {"attempt": attempt.number})
         return StepResult(Outcome.STOPPED, f"print job {job_id}: {e}", timer.timings,
                           context={**ctx, AGAIN_IN: max(o.poll_countdown, backoff(0, e.retry_after))})
     except PermanentStepError as e:
@@ -250,7 +250,7 @@ def handle_lulu_webhook(payload: str, headers: Mapping[str, Any] | None, attempt
             # between): it is this order's job for this print run, so record it now.
             if steps_db.record_print_job(c, order_id, "lulu", job.id, job.to_json()):
                 events.record_event(c, order_id, "lulu", "print_job", "applied",
-                                 f"Print job {job.id} recorded from Lulu's webhook.", {"job": job.id})
+                                    f"Print job {job.id} recorded from Lulu's webhook.", {"job": job.id})
             state = steps_db.print_state(c, order_id)
     if state is None:
         return StepResult(Outcome.STOPPED, "order not found", timer.timings, context=ctx)
