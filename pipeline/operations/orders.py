@@ -114,7 +114,7 @@ def retry_order(order_id: str, *, dry_run: bool = False) -> OrderRetry:
         else:
             repair.resume_following(c, order_id)
         events.record_event(c, order_id, "operator", "retry", "retried", f"Retried ({action}) after: {reason}",
-                         {"previous_pod_order_id": row["pod_order_id"], "run": row["run"]})
+                            {"previous_pod_order_id": row["pod_order_id"], "run": row["run"]})
     stage = ORDER_FLOW["print_files" if job_dead else "print_status"]
     _publish(stage.task, {stage.id_kwarg: order_id})  # after the commit
     return OrderRetry(order_id, True, f"retried ({action})", action)
