@@ -73,7 +73,7 @@ def _build(s: Settings) -> Providers:
 
         vision = LocalPhotoAnalyzer()
     elif s.vision_provider == "rekognition":
-        from pipeline.providers.aws import RekognitionAnalyzer
+        from pipeline.providers.rekognition import RekognitionAnalyzer
         from pipeline.quota import QuotaHooks
 
         vision = RekognitionAnalyzer.from_env(hooks=QuotaHooks())
@@ -124,7 +124,7 @@ def output_storage() -> Storage:
     """Where generated images and books go (cheap to build: no provider SDKs are loaded)."""
     s = settings()
     if s.storage_backend == "s3":
-        from pipeline.providers.aws import S3Storage
+        from pipeline.providers.s3 import S3Storage
         from pipeline.quota import QuotaHooks
 
         storage: Any = S3Storage.from_env(hooks=QuotaHooks())
@@ -175,7 +175,7 @@ def _s3_reader() -> Any:
     """An S3 client for photos in any bucket (the uploads bucket need not be our output one)."""
     global _s3
     if _s3 is None or _s3[0] != os.getpid():
-        from pipeline.providers.aws import S3Objects
+        from pipeline.providers.s3 import S3Objects
         from pipeline.quota import QuotaHooks
 
         _s3 = (os.getpid(), S3Objects.from_env(hooks=QuotaHooks()))

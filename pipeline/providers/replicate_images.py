@@ -324,7 +324,7 @@ def face_photo_data_uri(photo: bytes, face: Face, max_side: int = 512, margin: f
 
     Only the face leaves our storage, the swap model cannot pick a sibling in a group photo,
     and the input stays far below Replicate's data: URI size limit."""
-    from pipeline.providers.local_vision import decode_photo
+    from pipeline.providers.photo_decode import decode_photo
 
     decoded = decode_photo(photo, target_long_side=2048, exact=False)  # EXIF-upright, like the box
     img = decoded.image
