@@ -37,7 +37,6 @@ step layer's own backoff takes over.
 from __future__ import annotations
 
 import functools
-import json
 import logging
 import os
 import time
@@ -48,9 +47,10 @@ import httpx
 from replicate.client import Client
 from replicate.exceptions import ReplicateError
 
-from pipeline.errors import PermanentStepError, StepError, TransientStepError, retry_after_seconds
+from pipeline.errors import PermanentStepError, TransientStepError
 from pipeline.providers.base import Face, JobStatus, NoHooks, PageRequest, RequestHooks
-from pipeline.providers.http_retry import RetryableError, retry_transient, retryable_status
+from pipeline.providers.http_retry import RetryableError, retry_transient
+from pipeline.providers.replicate_http import HTTPStatusError, TooLarge, raise_for_status, status_error, status_outcome
 
 # The prediction JSON and the inputs live in their own modules (issue 11); the names callers
 # outside this package use stay importable from here.
@@ -91,46 +91,6 @@ MAX_DOWNLOAD_BYTES = 25 * 1024 * 1024
 MAX_LIST_PAGES = 20  # find() stops here even if created_after is further back (cost bound)
 
 T = TypeVar("T")
-
-
-class _HTTPStatus(Exception):
-    """An HTTP error response, raised from httpx's response hook (before the SDK sees it) so
-    the status, the provider's reason and Retry-After survive; ReplicateError drops headers."""
-
-    def __init__(self, status: int, reason: str, retry_after: float | None) -> None:
-        super().__init__(f"HTTP {status}")
-        self.status = status
-        self.reason = reason
-        self.retry_after = retry_after
-
-
-class _TooLarge(Exception):
-    pass
-
-
-def _raise_for_status(response: httpx.Response) -> None:
-    if response.status_code >= 400:
-        response.read()
-        raise _HTTPStatus(response.status_code, _reason(response), _retry_after(response.headers))
-
-
-def _reason(response: httpx.Response) -> str:
-    """Replicate's problem details (title: detail), or the start of whatever body came back."""
-    try:
-        data = response.json()
-    except ValueError:
-        return " ".join(response.text.split())[:REASON_CHARS]
-    if not isinstance(data, dict):
-        return json.dumps(data)[:REASON_CHARS]
-    detail = data.get("detail")
-    if detail is not None and not isinstance(detail, str):
-        detail = json.dumps(detail)
-    parts = [str(p) for p in (data.get("title"), detail) if p]
-    return (": ".join(parts) or json.dumps(data))[:REASON_CHARS]
-
-
-def _retry_after(headers: httpx.Headers) -> float | None:
-    return retry_after_seconds(headers.get("retry-after"))
 
 
 # --- the adapter ------------------------------------------------------------------------------
@@ -186,7 +146,7 @@ class ReplicateImageJobs:
             api_token=api_token,
             base_url=root,
             timeout=http_timeout,
-            event_hooks={"request": [enforce_timeout], "response": [_raise_for_status]},
+            event_hooks={"request": [enforce_timeout], "response": [raise_for_status]},
         )
         # Build the httpx client now (the SDK builds it lazily, racily under worker threads) and
         # turn off the SDK's RetryTransport: it would re-send GETs on 429/503/504 up to 10 times,
@@ -200,7 +160,7 @@ class ReplicateImageJobs:
         # Outputs are fetched without our token: they live on another host (replicate.delivery).
         self._http = httpx.Client(
             timeout=http_timeout, follow_redirects=True, max_redirects=5,
-            event_hooks={"response": [_raise_for_status]},
+            event_hooks={"response": [raise_for_status]},
         )
 
     @classmethod
@@ -339,12 +299,12 @@ class ReplicateImageJobs:
             with self._http.stream("GET", url) as r:
                 declared = r.headers.get("content-length", "")
                 if declared.isdigit() and int(declared) > self._max_download_bytes:
-                    raise _TooLarge(declared)
+                    raise TooLarge(declared)
                 buf = bytearray()
                 for chunk in r.iter_bytes():
                     buf += chunk
                     if len(buf) > self._max_download_bytes:
-                        raise _TooLarge(str(len(buf)))
+                        raise TooLarge(str(len(buf)))
                 return bytes(buf)
 
         # An idempotent GET of a file: tried again at once on a hiccup (http_retry.py), each try
@@ -381,14 +341,14 @@ class ReplicateImageJobs:
             result = fn()
             outcome = "ok"
             return result
-        except _HTTPStatus as exc:
-            outcome = _status_outcome(exc.status)
-            raise self._status_error(op, exc.status, exc.reason, exc.retry_after, target, job_id) from exc
+        except HTTPStatusError as exc:
+            outcome = status_outcome(exc.status)
+            raise status_error(op, exc.status, self._safe(exc.reason), exc.retry_after, target, job_id) from exc
         except ReplicateError as exc:  # only if an error response ever bypassed our hook
             status = exc.status or 500
-            outcome = _status_outcome(status)
+            outcome = status_outcome(status)
             reason = ": ".join(str(p) for p in (exc.title, exc.detail) if p)
-            raise self._status_error(op, status, reason, None, target, job_id) from exc
+            raise status_error(op, status, self._safe(reason), None, target, job_id) from exc
         except httpx.ConnectTimeout as exc:
             outcome = "timeout"
             raise RetryableError(f"Replicate did not answer in time ({op}: {type(exc).__name__}).") from exc
@@ -404,7 +364,7 @@ class ReplicateImageJobs:
             raise RetryableError(
                 self._safe(f"Could not reach Replicate ({op}: {type(exc).__name__}: {exc})")[:REASON_CHARS]
             ) from exc
-        except _TooLarge as exc:
+        except TooLarge as exc:
             outcome = "malformed"
             raise PermanentStepError(
                 f"The image from the image service is larger than {self._max_download_bytes // (1024 * 1024)} MB."
@@ -415,41 +375,3 @@ class ReplicateImageJobs:
             raise TransientStepError(f"Replicate sent a malformed reply ({op}: {type(exc).__name__}).") from exc
         finally:
             self._hooks.after(PROVIDER, op, outcome, time.monotonic() - t0)
-
-    def _status_error(self, op: str, status: int, reason: str, retry_after: float | None,
-                      target: ModelTarget | None, job_id: str | None) -> StepError:
-        reason = self._safe(reason or "no details")[:REASON_CHARS]
-        if status == 429:
-            return TransientStepError(f"Replicate is rate-limiting requests (HTTP 429, {op}): {reason}",
-                                      retry_after=retry_after)
-        if status >= 500 or status in (408, 425):
-            error = RetryableError if retryable_status(status, retry_after) else TransientStepError
-            return error(f"Replicate had a server error (HTTP {status}, {op}): {reason}", retry_after=retry_after)
-        if op == "download" and status in (401, 403, 404, 410):
-            # The output host is asked without our token: 401/403 is an expired signed URL, not
-            # our credentials; 404/410 a deleted file.
-            return OutputExpiredError(f"the output file answered HTTP {status}")
-        if op == "get" and status == 404 and job_id is not None:
-            return OutputExpiredError(f"Replicate no longer has prediction {job_id} (HTTP 404)")
-        if status in (401, 403):
-            return PermanentStepError(
-                f"Replicate refused our credentials (HTTP {status}, {op}): {reason}. Check REPLICATE_API_TOKEN."
-            )
-        if status == 404 and op == "create" and target is not None:
-            return PermanentStepError(
-                f"Replicate does not know the model {target.spec!r} set in {target.source} (HTTP 404): {reason}"
-            )
-        if status == 404 and job_id is not None:
-            return PermanentStepError(f"Replicate has no prediction {job_id!r} (HTTP 404, {op}): {reason}")
-        if status == 422:
-            what = f" for {target.spec}" if target is not None else ""
-            return PermanentStepError(f"Replicate rejected the input{what} (HTTP 422): {reason}")
-        return PermanentStepError(f"Replicate refused the request (HTTP {status}, {op}): {reason}")
-
-
-def _status_outcome(status: int) -> str:
-    if status == 429:
-        return "throttled"
-    if status >= 500:
-        return "server_error"
-    return "client_error"
