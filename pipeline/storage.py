@@ -53,7 +53,9 @@ class Storage(Protocol):
         """The object's bytes; ObjectMissing if there is none."""
         ...
 
-    def exists(self, key: str) -> bool: ...
+    def exists(self, key: str) -> bool:
+        """Is there an object at ``key``?"""
+        ...
 
     def url(self, key: str, expires_in: int = 3600) -> str:
         """Where a reader finds the object: a presigned https URL (S3, ``expires_in`` seconds) or a

@@ -127,6 +127,7 @@ def _redact(text: str) -> str:
 
 
 def reason(text: object) -> str:
+    """``text`` on one line, credentials redacted, at most ``REASON_CHARS`` (300) characters."""
     one_line = " ".join(str(text).split())
     return _redact(one_line)[:REASON_CHARS]
 
@@ -145,6 +146,8 @@ _UNREADABLE = (Malformed, ResponseParserError, KeyError, TypeError, ValueError, 
 
 
 def client_error_parts(exc: ClientError) -> tuple[str, int, str, Mapping[str, str]]:
+    """(AWS error code, HTTP status, AWS's message, response headers) of a botocore ClientError;
+    the code falls back to the status (HEAD errors have no body) or "Unknown"."""
     error = exc.response.get("Error") or {}
     meta = exc.response.get("ResponseMetadata") or {}
     status = int(meta.get("HTTPStatusCode") or 0)

@@ -133,6 +133,9 @@ class LuluClient:
 
     @classmethod
     def from_env(cls, hooks: RequestHooks | None = None, env: Mapping[str, str] | None = None) -> LuluClient:
+        """A client from ``LULU_API_URL`` (default https://api.lulu.com), ``LULU_CLIENT_KEY``,
+        ``LULU_CLIENT_SECRET``, ``LULU_TIMEOUT`` (s, default 30), ``LULU_CONNECT_TIMEOUT`` (s, default 5)
+        and ``LULU_ALLOW_FILE_URLS``; SystemExit("configuration error: ...") for a number out of range."""
         e = os.environ if env is None else env
         return cls(
             e.get("LULU_API_URL", "https://api.lulu.com"), e.get("LULU_CLIENT_KEY", ""),
@@ -143,6 +146,7 @@ class LuluClient:
 
     @property
     def webhook_secret(self) -> str:
+        """The key Lulu signs webhooks with: the API client secret."""
         return self._secret
 
     # --- HTTP ---------------------------------------------------------------------------------
@@ -265,6 +269,8 @@ class LuluClient:
     # --- PrintProvider ------------------------------------------------------------------------
 
     def cover_dimensions(self, pod_package_id: str, page_count: int) -> tuple[float, float]:
+        """``POST /cover-dimensions/``: the one-piece cover's (width, height) in points for this
+        product and page count. TransientStepError for an unreadable reply."""
         body = self._api("cover_dimensions", "POST", "/cover-dimensions/", ok=(200, 201),
                          json={"pod_package_id": pod_package_id, "interior_page_count": page_count, "unit": "pt"})
         try:
@@ -275,6 +281,9 @@ class LuluClient:
             raise TransientStepError("Lulu sent unreadable cover dimensions") from None
 
     def find_job(self, external_id: str, line_item_external_id: str) -> PrintJob | None:
+        """The newest job whose ``external_id`` is ``external_id`` and that has a line item
+        ``line_item_external_id`` (``GET /print-jobs/?search=``, following ``next`` for at most 20
+        pages), or None."""
         params: dict[str, Any] | None = {"search": external_id, "page_size": 100}
         url = "/print-jobs/"
         best: tuple[str, PrintJob] | None = None
@@ -297,6 +306,10 @@ class LuluClient:
         return best[1] if best else None
 
     def create_job(self, req: PrintJobRequest) -> PrintJob:
+        """``POST /print-jobs/`` (Lulu's print job shape: external ids, contact email, shipping level
+        and address, one line item with ``printable_normalization`` source URLs and MD5 sums). Not
+        retried in the call (not idempotent: ``find_job`` recognises a job created by a lost reply).
+        PermanentStepError for non-http(s) file URLs (unless allowed) and Lulu's validation errors."""
         for url in (req.interior_url, req.cover_url):
             if urlsplit(url).scheme not in ("https", "http") and not self._allow_file_urls:
                 raise PermanentStepError(
@@ -323,9 +336,12 @@ class LuluClient:
         return self._job("create_job", self._api("create_job", "POST", "/print-jobs/", ok=(200, 201), json=payload))
 
     def get_job(self, job_id: str) -> PrintJob:
+        """``GET /print-jobs/{id}/`` as a PrintJob; PermanentStepError (HTTP 404) for an unknown id."""
         return self._job("get_job", self._api("get_job", "GET", f"/print-jobs/{job_id}/"))
 
     def cancel_job(self, job_id: str) -> None:
+        """``PUT /print-jobs/{id}/status/`` with ``{"name": "CANCELED"}`` (Lulu cancels only before
+        production; it refuses later with an error, raised as PermanentStepError)."""
         self._api("cancel_job", "PUT", f"/print-jobs/{job_id}/status/", json={"name": "CANCELED"})
 
 

@@ -64,9 +64,12 @@ class LocalPrintShop:
 
     @classmethod
     def from_env(cls, root: Path) -> LocalPrintShop:
+        """A shop under ``root`` with ``LOCAL_PRINT_SHOP_STAGE_SECONDS`` per status."""
         return cls(root, stage_seconds=print_shop_stage_seconds())
 
     def cover_dimensions(self, pod_package_id: str, page_count: int) -> tuple[float, float]:
+        """The one-piece cover's (width, height) in points, as Lulu computes it for this product
+        (pipeline/print_files.py); PermanentStepError for a product the shop does not make."""
         from pipeline.print_files import cover_size_pt, parse_pod_package
 
         try:
@@ -134,6 +137,8 @@ class LocalPrintShop:
         return None
 
     def create_job(self, req: PrintJobRequest) -> PrintJob:
+        """Download and check the print files (MD5, page size, page count, fonts, cover size), then
+        record the job: it moves through Lulu's statuses over time, or is REJECTED with the reasons."""
         from pipeline.print_files import check_print_files
 
         interior, cover = self._read(req.interior_url), self._read(req.cover_url)
@@ -161,6 +166,7 @@ class LocalPrintShop:
         return self._view(job)
 
     def find_job(self, external_id: str, line_item_external_id: str) -> PrintJob | None:
+        """The newest job of this order and print run, or None."""
         index = self.root / "orders" / external_id
         if not index.is_dir():
             return None
@@ -169,9 +175,11 @@ class LocalPrintShop:
         return self._view(jobs[-1]) if jobs else None
 
     def get_job(self, job_id: str) -> PrintJob:
+        """The job as it stands now; PermanentStepError for an unknown id."""
         return self._view(self._load(job_id))
 
     def cancel_job(self, job_id: str) -> None:
+        """Cancel a job that is not yet in production (later: no effect, as at Lulu)."""
         job = self._load(job_id)
         if job.canceled is None and self._view(job).status in ACTIVE:
             job.canceled = time.time()

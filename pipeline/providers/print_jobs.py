@@ -60,6 +60,7 @@ class PrintJob:
 
     @property
     def problem(self) -> bool:
+        """Is the job in a problem status (REJECTED, CANCELED, ERROR)?"""
         return self.status in PROBLEMS
 
     def reason(self) -> str:
@@ -67,6 +68,7 @@ class PrintJob:
         return (self.message or self.status)[:REASON_CHARS]
 
     def to_json(self) -> dict[str, Any]:
+        """The fields the order history records (message bounded to 300 characters)."""
         return {"id": self.id, "status": self.status, "message": self.message[:REASON_CHARS],
                 "changed": self.changed, "tracking_id": self.tracking_id,
                 "tracking_urls": list(self.tracking_urls), "carrier": self.carrier}
@@ -85,8 +87,14 @@ class PrintProvider(Protocol):
         """The newest job created for this order and print run, if any (after a crash)."""
         ...
 
-    def create_job(self, req: PrintJobRequest) -> PrintJob: ...
+    def create_job(self, req: PrintJobRequest) -> PrintJob:
+        """Create the print job for ``req`` and return it as first seen."""
+        ...
 
-    def get_job(self, job_id: str) -> PrintJob: ...
+    def get_job(self, job_id: str) -> PrintJob:
+        """The job as it stands now."""
+        ...
 
-    def cancel_job(self, job_id: str) -> None: ...
+    def cancel_job(self, job_id: str) -> None:
+        """Cancel the job if the shop still can."""
+        ...

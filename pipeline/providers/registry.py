@@ -16,6 +16,9 @@ from pipeline.storage import LocalStorage, Storage, check_key
 
 @dataclass(frozen=True)
 class Providers:
+    """The configured providers of this process (VISION_PROVIDER, TEXT_PROVIDER,
+    IMAGE_PROVIDER, STORAGE_BACKEND), built once by ``providers()``."""
+
     vision: PhotoAnalyzer
     writer: StoryWriter
     illustrator: Illustrator
@@ -136,6 +139,8 @@ def output_storage() -> Storage:
 
 
 def providers() -> Providers:
+    """This process's providers, built on first use from the settings and rebuilt after a fork
+    (thread-safe). SystemExit("configuration error: ...") for an unknown or misconfigured provider."""
     global _cached
     pid = os.getpid()
     if _cached is not None and _cached[0] == pid:

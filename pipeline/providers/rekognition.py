@@ -195,6 +195,8 @@ class RekognitionAnalyzer:
 
     @classmethod
     def from_env(cls, hooks: RequestHooks | None = None, env: Mapping[str, str] | None = None) -> RekognitionAnalyzer:
+        """An analyzer from the AWS variables (``make_client``) and
+        ``REKOGNITION_MIN_FACE_CONFIDENCE`` / ``REKOGNITION_MIN_LABEL_CONFIDENCE`` (0..100)."""
         e = os.environ if env is None else env
         return cls(
             client=make_client(REKOGNITION, e),

@@ -201,12 +201,14 @@ class ReplicateImageJobs:
         )
 
     def close(self) -> None:
+        """Close the SDK's and the download client's connections."""
         self._sdk._client.close()
         self._http.close()
 
     # --- inputs (deterministic for a page, so find() can recognise an earlier create) ------------
 
     def base_input(self, req: PageRequest) -> dict[str, Any]:
+        """The page's base illustration input (``replicate_inputs.base_input``)."""
         return base_input(req)
 
     def personalize_input(self, base_ref: str, photo_ref: str, face: Face, req: PageRequest) -> dict[str, Any]:
@@ -217,6 +219,9 @@ class ReplicateImageJobs:
     # --- jobs ------------------------------------------------------------------------------------
 
     def create(self, kind: str, model_input: dict[str, Any]) -> str:
+        """``POST /v1/models/{owner}/{name}/predictions`` (a model) or ``POST /v1/predictions``
+        (a pinned version), without waiting; returns the prediction id. One request, never retried
+        in the call (``find`` recognises a job whose reply was lost)."""
         target = self._target(kind)
         if target.version is not None:
             version = target.version
@@ -281,6 +286,7 @@ class ReplicateImageJobs:
         return JobStatus(st.state, st.output_url, self._safe(st.error) if st.error else None)
 
     def cancel(self, job_id: str) -> None:
+        """``POST /v1/predictions/{id}/cancel``."""
         self._call("cancel", lambda: self._sdk.predictions.cancel(job_id), job_id=job_id)
 
     def download(self, url: str) -> bytes:

@@ -126,6 +126,7 @@ def as_png(data: bytes) -> bytes:
 
 
 def decode_data_uri(uri: str) -> bytes:
+    """The bytes of a base64 ``data:`` URI; PermanentStepError if it is not one."""
     header, sep, payload = uri.partition(",")
     if not sep or not header.endswith(";base64"):
         raise PermanentStepError("The image service returned a data: URI that is not base64.")

@@ -52,6 +52,8 @@ class ModelTarget:
 
     @classmethod
     def parse(cls, spec: str, source: str) -> ModelTarget:
+        """A target from ``owner/name``, ``owner/name:<version>`` or a 64-hex version id; ValueError
+        naming ``source`` otherwise."""
         spec = spec.strip()
         name, sep, version = spec.partition(":")
         if sep:
@@ -90,6 +92,7 @@ def as_utc(value: Any) -> datetime | None:
 
 
 def parse_time(raw: str | None) -> datetime | None:
+    """An API timestamp (ISO 8601) as aware UTC, or None when absent or unreadable."""
     if not raw:
         return None
     try:

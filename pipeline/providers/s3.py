@@ -50,6 +50,7 @@ class S3Objects:
 
     @classmethod
     def from_env(cls, hooks: RequestHooks | None = None, env: Mapping[str, str] | None = None) -> S3Objects:
+        """A reader with the AWS variables' client (``make_client``)."""
         return cls(client=make_client(S3, env), hooks=hooks)
 
     def read_object(self, bucket: str, key: str) -> bytes:
@@ -129,18 +130,22 @@ class S3Storage(S3Objects):
         return cls(bucket, prefix=e.get("S3_PREFIX", ""), client=make_client(S3, e), hooks=hooks)
 
     def object_key(self, key: str) -> str:
+        """The S3 key for a storage key: the prefix + the checked key (UnsafeKey if unsafe)."""
         return self.prefix + check_key(key)
 
     def put(self, key: str, data: bytes, content_type: str) -> None:
+        """``PutObject`` (atomic: a reader never sees half an object)."""
         k = self.object_key(key)
         self._call("PutObject", self.bucket, k,
                    lambda: self.client.put_object(Bucket=self.bucket, Key=k, Body=data, ContentType=content_type),
                    lambda _reply: None)
 
     def get(self, key: str) -> bytes:
+        """``GetObject``'s bytes; ObjectMissing for NoSuchKey."""
         return self._read(self.bucket, self.object_key(key), None)
 
     def exists(self, key: str) -> bool:
+        """``HeadObject``: True if the object is there, False for a 404."""
         k = self.object_key(key)
 
         def head() -> bool:
