@@ -92,7 +92,7 @@ def test_unusable_urls_are_one_clear_configuration_error(written: str, says: str
 
 def test_cli_says_configuration_error_in_one_line(monkeypatch: pytest.MonkeyPatch) -> None:
     env = {**os.environ, "DATABASE_URL": f"postgresql+asyncpg://app:{SECRET}@127.0.0.1/books"}
-    r = subprocess.run([str(Path(CELERY).parent / "python"), "-m", "pipeline.cli", "status"], cwd=ROOT, env=env,
+    r = subprocess.run([str(Path(CELERY).parent / "python"), "-m", "pipeline.operations.cli", "status"], cwd=ROOT, env=env,
                        capture_output=True, text=True, timeout=60)
     assert r.returncode == 2, r.stderr
     assert r.stderr.strip().startswith("configuration error:") and len(r.stderr.strip().splitlines()) == 1

@@ -18,7 +18,7 @@ import pytest
 from PIL import Image
 from skimage import data as skdata
 
-from pipeline.errors import PermanentStepError
+from pipeline.kernel.errors import PermanentStepError
 from pipeline.providers.base import BoundingBox, Face, Outline, PageRequest, PhotoAnalysis, StoryRequest
 from pipeline.providers.local_images import (
     ANCHOR_KEY,
@@ -38,7 +38,7 @@ from pipeline.providers.local_vision import (
     analysis_to_json,
     face_from_json,
 )
-from pipeline.themes import THEMES
+from pipeline.stories.themes import THEMES
 
 REPO = Path(__file__).resolve().parents[1]
 

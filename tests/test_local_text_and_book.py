@@ -1,4 +1,4 @@
-"""The offline story writer (pipeline.providers.local_text) and the book renderer (pipeline.book).
+"""The offline story writer (pipeline.providers.local_text) and the book renderer (pipeline.stories.book).
 
 No services needed: these are pure functions over hand-written material, Pillow and fpdf2.
 """
@@ -13,9 +13,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from pipeline.book import Book, BookPage, FontSet, find_fonts, render_html, render_pdf
-from pipeline.errors import PermanentStepError
-from pipeline.fonts import UnprintableTextError
+from pipeline.stories.book import Book, BookPage, FontSet, find_fonts, render_html, render_pdf
+from pipeline.kernel.errors import PermanentStepError
+from pipeline.stories.fonts import UnprintableTextError
 from pipeline.providers import local_text
 from pipeline.providers.base import Outline, PageRequest, StoryRequest
 from pipeline.providers.local_text import (
@@ -25,7 +25,7 @@ from pipeline.providers.local_text import (
     normalize_name,
     plan_story,
 )
-from pipeline.themes import THEMES, Theme, resolve_theme
+from pipeline.stories.themes import THEMES, Theme, resolve_theme
 
 AGES = (2, 6, 11)
 PAGE_COUNTS = (1, 3, 12, 24)

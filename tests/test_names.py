@@ -23,10 +23,10 @@ import pypdfium2.raw as pdfium_c
 import pytest
 from PIL import Image
 
-from pipeline.book import Book, BookPage, render_html, render_pdf
-from pipeline.fonts import UnprintableTextError, check_fonts, unprintable
-from pipeline.names import capitalize_name, title_with_name
-from pipeline.print_files import (
+from pipeline.stories.book import Book, BookPage, render_html, render_pdf
+from pipeline.stories.fonts import UnprintableTextError, check_fonts, unprintable
+from pipeline.stories.names import capitalize_name, title_with_name
+from pipeline.orders.print_files import (
     PrintBook,
     PrintPage,
     check_print_files,

@@ -10,8 +10,8 @@ from typing import Any
 
 import pytest
 
-from pipeline.errors import PermanentStepError, TransientStepError
-from pipeline.print_files import cover_size_pt, parse_pod_package
+from pipeline.kernel.errors import PermanentStepError, TransientStepError
+from pipeline.orders.print_files import cover_size_pt, parse_pod_package
 from pipeline.providers import lulu
 from pipeline.providers.lulu import LuluClient, PrintJobRequest
 from tests.fakes.lulu_server import CLIENT_KEY, CLIENT_SECRET, FakeLulu
@@ -297,7 +297,7 @@ SHIPPING_ADDRESS_MAX = {"country_code": 2, "postcode": 64, "phone_number": 20}
 
 
 def test_the_print_job_request_meets_lulus_published_schema(fake: FakeLulu) -> None:
-    from pipeline.orders import lulu_address
+    from pipeline.orders.steps import lulu_address
 
     # stored addresses as the API keeps them (Lulu's names, Stripe's shipping shape), no email:
     # the parent's is at hand

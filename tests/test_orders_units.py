@@ -16,10 +16,10 @@ import pytest
 import stripe
 from fpdf import FPDF
 
-from pipeline import stripe_events as se
-from pipeline.errors import PermanentStepError
-from pipeline.orders import lulu_address
-from pipeline.print_files import (
+from pipeline.orders import stripe_events as se
+from pipeline.kernel.errors import PermanentStepError
+from pipeline.orders.steps import lulu_address
+from pipeline.orders.print_files import (
     PrintBook,
     PrintPage,
     check_print_files,

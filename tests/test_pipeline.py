@@ -221,7 +221,7 @@ def test_one_story_enqueued_five_times_at_once(clean_db: Db, worker: WorkerProce
 
 def test_steps_called_twice_are_idempotent(clean_db: Db) -> None:
     """Each step function run twice in a row, in-process: the second run is a no-op."""
-    from pipeline import steps
+    from pipeline.stories import steps
 
     story = clean_db.story(clean_db.photo(astronaut_png()))
     photo = str(clean_db.story_row(story)["protagonist_photo_id"])
@@ -248,7 +248,7 @@ def test_steps_called_twice_are_idempotent(clean_db: Db) -> None:
 
 
 def test_page_step_waits_for_its_previous_step(clean_db: Db) -> None:
-    from pipeline import steps
+    from pipeline.stories import steps
 
     story = clean_db.story(clean_db.photo(astronaut_png()))
     pages = steps.generate_story(story).fanout
@@ -261,7 +261,7 @@ def test_page_step_waits_for_its_previous_step(clean_db: Db) -> None:
 
 def test_stale_claim_is_taken_over_but_fresh_one_is_not(clean_db: Db) -> None:
     """The lease: a dead worker's claim (old updated_at) is taken over; a live one is not."""
-    from pipeline import steps
+    from pipeline.stories import steps
 
     story = clean_db.story(clean_db.photo(astronaut_png()))
     page = steps.generate_story(story).fanout[0]
@@ -276,7 +276,7 @@ def test_stale_claim_is_taken_over_but_fresh_one_is_not(clean_db: Db) -> None:
 def test_redelivered_copy_waits_for_the_lease_instead_of_dropping_the_step(clean_db: Db) -> None:
     """On RabbitMQ a dead worker's message comes back at once, while its claim still looks
     fresh: that copy must come back after the lease, not give up (the step would be lost)."""
-    from pipeline import steps
+    from pipeline.stories import steps
 
     story = clean_db.story(clean_db.photo(astronaut_png()))
     page = steps.generate_story(story).fanout[0]

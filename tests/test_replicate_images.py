@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from pipeline.errors import OutputGoneError, PermanentStepError, StepError, TransientStepError
+from pipeline.kernel.errors import OutputGoneError, PermanentStepError, StepError, TransientStepError
 from pipeline.providers.base import Face, JobStatus, Outline, PageRequest, StoryRequest
 from pipeline.providers.local_text import LocalStoryWriter
 from pipeline.providers.local_vision import LocalPhotoAnalyzer

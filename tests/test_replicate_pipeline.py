@@ -101,7 +101,7 @@ def test_worker_killed_after_creating_a_prediction_does_not_create_a_second(
     # cycle, which took over a minute here)
     _worker(tmp_path, request, env, "second")
     time.sleep(3.5)
-    backfill = subprocess.run([sys.executable, "-m", "pipeline.cli", "backfill", "--stale-after", "3",
+    backfill = subprocess.run([sys.executable, "-m", "pipeline.operations.cli", "backfill", "--stale-after", "3",
                                "--pending-after", "3"], cwd=ROOT, env={**os.environ, **env},
                               capture_output=True, text=True, timeout=60)
     assert backfill.returncode == 0, backfill.stderr
@@ -155,7 +155,7 @@ def test_a_run_that_died_before_recording_the_prediction_id_finds_it(
         clean_db: Db, fake: FakeReplicate, monkeypatch: pytest.MonkeyPatch) -> None:
     """The narrowest crash window, made deterministic in-process: Replicate created the
     prediction, and the worker died before writing its id down."""
-    from pipeline import steps
+    from pipeline.stories import steps
     from pipeline.providers import registry
     from pipeline.providers.replicate_images import ReplicateImageJobs
 
@@ -209,7 +209,7 @@ def test_a_long_prediction_is_followed_for_as_many_looks_as_it_takes(
 
 
 def _cli(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "pipeline.cli", *args], cwd=ROOT, env={**os.environ, **env},
+    return subprocess.run([sys.executable, "-m", "pipeline.operations.cli", *args], cwd=ROOT, env={**os.environ, **env},
                           capture_output=True, text=True, timeout=60)
 
 
@@ -309,7 +309,7 @@ def test_a_run_that_died_while_recreating_finds_the_new_prediction_not_the_expir
     """The re-creation keeps "recorded before created": a run that died between creating the new
     prediction and recording its id finds that one (the expired one has the same input) and
     creates no third."""
-    from pipeline import steps
+    from pipeline.stories import steps
     from pipeline.providers import registry
     from pipeline.providers.replicate_images import ReplicateImageJobs
 

@@ -1,5 +1,5 @@
 """Local storage tries a read or a write again when the filesystem fails for a moment (tenacity in
-pipeline/storage.py), and gives up after its bound with the error unchanged.
+pipeline/kernel/storage.py), and gives up after its bound with the error unchanged.
 
 The fault is real, not simulated: a child process lowers its own file-descriptor limit and fills
 its descriptor table, so ``open()`` fails with EMFILE exactly as in a busy worker; a timer thread
@@ -14,14 +14,14 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.storage import ATTEMPTS, LocalStorage
+from pipeline.kernel.storage import ATTEMPTS, LocalStorage
 
 ROOT = Path(__file__).resolve().parent.parent
 
 CHILD = r"""
 import json, logging, os, resource, sys, threading, time
 from pathlib import Path
-from pipeline.storage import LocalStorage
+from pipeline.kernel.storage import LocalStorage
 
 root, op, fault = Path(sys.argv[1]), sys.argv[2], sys.argv[3]
 logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(message)s")
@@ -92,11 +92,11 @@ def test_a_lasting_filesystem_fault_gives_up_after_the_bound_with_the_error_unch
 
 
 def test_missing_files_and_folders_are_not_retried(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
-    from pipeline.storage import ObjectMissing
+    from pipeline.kernel.storage import ObjectMissing
 
     storage = LocalStorage(tmp_path)
     (tmp_path / "folder").mkdir()
-    with caplog.at_level("INFO", logger="pipeline.storage"):
+    with caplog.at_level("INFO", logger="pipeline.kernel.storage"):
         with pytest.raises(ObjectMissing, match="does not exist"):
             storage.get("nothing/here.png")
         with pytest.raises(ObjectMissing, match="folder"):

@@ -1,5 +1,5 @@
 """Celery tasks for orders (payment -> print files -> print-on-demand -> shipped): thin wrappers
-around pipeline.orders, like workers/tasks.py. Each moves only its own state, is safe to run
+around pipeline.orders.steps, like workers/tasks.py. Each moves only its own state, is safe to run
 twice, and logs one line per run.
 
 From the external API (published by name to the default queue, like stories.generate):
@@ -27,8 +27,9 @@ from typing import Any
 
 from celery import Task
 
-from pipeline import orders, steps
-from pipeline import stripe_events as se
+from pipeline.orders import steps as orders
+from pipeline.stories import steps
+from pipeline.orders import stripe_events as se
 from workers.app import app
 from workers.tasks import StepTask, _run
 

@@ -1,4 +1,4 @@
-"""The Celery tasks: thin wrappers around pipeline.steps. Each one moves only its own status
+"""The Celery tasks: thin wrappers around pipeline.stories.steps. Each one moves only its own status
 column, is safe to run twice, and logs one line per run.
 
 Names are the contract with the external API: ``photos.analyze(photo_id)`` and
@@ -18,8 +18,9 @@ from celery import Task
 
 from db.engine import reason as db_reason
 from db.engine import unavailable as db_unavailable
-from pipeline import metrics, steps
-from pipeline.config import settings
+from pipeline.kernel import metrics
+from pipeline.stories import steps
+from pipeline.kernel.config import settings
 from workers.app import app
 
 log = logging.getLogger("storycreator.step")
@@ -32,7 +33,7 @@ class StepTask(Task):  # type: ignore[misc]
     # A step the database kept from starting (or finishing: PostgreSQL restarting, a dropped
     # connection, a database renamed, the schema missing) is re-sent by _run with capped backoff
     # and no bound, never acked as failed: its message is the only record that the work is due.
-    # Provider errors are classified inside pipeline.steps, not here.
+    # Provider errors are classified inside pipeline.stories.steps, not here.
     # Our own re-schedules (RetryLater) are bounded by the step (tries, leases, a job's time
     # limit), not by Celery: `task.retry(max_retries=None)` means "the task's max_retries",
     # so with a number here a step that polls a long remote job would die after that many looks.
@@ -221,7 +222,7 @@ def _then(enqueue: Callable[[steps.StepResult], Any]) -> Callable[[steps.StepRes
 def sweep() -> str:
     """Periodic (celery beat, celeryconfig.beat_schedule): re-enqueue stuck work, so a story
     never waits for the broker's visibility timeout after a worker dies."""
-    from pipeline.ops import sweep as run_sweep
+    from pipeline.operations.ops import sweep as run_sweep
 
     found = run_sweep()
     if found:

@@ -65,14 +65,14 @@ class PhotoAnalysis:
     faces: tuple[Face, ...]
     labels: tuple[Label, ...]
     detector: str  # which implementation produced it, e.g. "opencv-haar" or "aws-rekognition"
-    # Faces found but too small to use (pipeline/faces.py), largest first: a photo with only these
+    # Faces found but too small to use (pipeline/stories/faces.py), largest first: a photo with only these
     # is refused as "too small, take a closer photo" rather than "no face".
     small_faces: tuple[Face, ...] = ()
 
     @property
     def primary_face(self) -> Face | None:
         """The largest face. Which face a story uses is chosen with the child's age at the story start
-        (pipeline/faces.py choose_protagonist)."""
+        (pipeline/stories/faces.py choose_protagonist)."""
         if not self.faces:
             return None
         return max(self.faces, key=lambda f: f.box.width * f.box.height)

@@ -21,15 +21,15 @@ from __future__ import annotations
 import copy
 from typing import Any
 
-from pipeline.faces import face_problems
 from pipeline.providers.base import BoundingBox, Face, Label, Landmark, PhotoAnalysis
+from pipeline.stories.faces import face_problems
 
 
 def _primary_index(faces: tuple[Face, ...]) -> int | None:
     if not faces:
         return None
     # The first of the largest faces that can be drawn from (PhotoAnalysis.primary_face when it
-    # can); the story start chooses the child's face itself (pipeline/faces.py).
+    # can); the story start chooses the child's face itself (pipeline/stories/faces.py).
     areas = [(not face_problems(f), f.box.width * f.box.height) for f in faces]
     return areas.index(max(areas))
 

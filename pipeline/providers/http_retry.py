@@ -23,7 +23,7 @@ from typing import TypeVar
 
 import tenacity
 
-from pipeline.errors import TransientStepError
+from pipeline.kernel.errors import TransientStepError
 
 log = logging.getLogger(__name__)
 

@@ -29,10 +29,10 @@ from typing import Any, cast
 import numpy as np
 from PIL import Image, ImageDraw, ImageEnhance, PngImagePlugin, UnidentifiedImageError
 
-from pipeline.errors import PermanentStepError
+from pipeline.kernel.errors import PermanentStepError
 from pipeline.providers.base import Face, PageRequest
 from pipeline.providers.local_vision import decode_photo
-from pipeline.themes import THEMES, resolve_theme
+from pipeline.stories.themes import THEMES, resolve_theme
 
 WIDTH, HEIGHT = 960, 720
 SS = 2  # supersampling factor

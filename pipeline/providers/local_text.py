@@ -30,10 +30,10 @@ import unicodedata
 from dataclasses import dataclass
 from functools import lru_cache
 
-from pipeline.errors import PermanentStepError
-from pipeline.names import capitalize_name, title_with_name
+from pipeline.kernel.errors import PermanentStepError
+from pipeline.stories.names import capitalize_name, title_with_name
 from pipeline.providers.base import Outline, PageRequest, StoryRequest
-from pipeline.themes import THEMES, resolve_theme
+from pipeline.stories.themes import THEMES, resolve_theme
 
 log = logging.getLogger(__name__)
 

@@ -49,7 +49,6 @@ from typing import Any
 import cv2
 import numpy as np
 
-from pipeline.faces import MIN_FACE_PIXELS, face_pixels
 from pipeline.providers.base import BoundingBox, Face, Label, Landmark, PhotoAnalysis
 
 # Photo decoding and the JSON of an analysis are vendor-neutral and live in their own modules
@@ -63,6 +62,7 @@ from pipeline.providers.photo_decode import (  # noqa: F401
     open_photo,
     photo_format,
 )
+from pipeline.stories.faces import MIN_FACE_PIXELS, face_pixels
 
 DETECTOR_NAME = "opencv-haar"
 
@@ -77,7 +77,7 @@ FACE_SCALE_FACTOR = 1.1
 FACE_MIN_NEIGHBORS = 5
 FACE_MIN_SIZE_RATIO = 0.06  # of the shorter side of the photo: smaller faces are too small to use
 # Faces down to this (or 24 px, the cascade's window) are still looked for, only to tell the parent
-# "too small, take a closer photo" instead of "no face" (pipeline/faces.py).
+# "too small, take a closer photo" instead of "no face" (pipeline/stories/faces.py).
 FACE_DETECT_MIN_RATIO = 0.03
 EYE_MIN_NEIGHBORS = 4
 # The smile cascade is notoriously trigger-happy on lips and chins; only strong groups count.

@@ -15,7 +15,7 @@ https://api.sandbox.lulu.com) with ``httpx``:
   ``GET /print-jobs/?search=<order id>`` (Lulu has no exact ``external_id`` filter: ``search``
   matches it among other fields and the client keeps exact matches only),
   ``PUT /print-jobs/{id}/status/`` to cancel, ``POST /cover-dimensions/``.
-- Errors, for the pipeline's policy (pipeline.steps): timeouts, connection errors, 429 and 5xx
+- Errors, for the pipeline's policy (pipeline.stories.steps): timeouts, connection errors, 429 and 5xx
   and unreadable replies -> TransientStepError (``Retry-After`` honoured); 400/404/422 and
   credentials Lulu refuses -> PermanentStepError with Lulu's reason (truncated) and the status.
   Secrets and tokens never appear in messages.
@@ -39,8 +39,8 @@ from urllib.parse import urlsplit
 
 import httpx
 
-from pipeline.config import env_number
-from pipeline.errors import PermanentStepError, TransientStepError, retry_after_seconds
+from pipeline.kernel.config import env_number
+from pipeline.kernel.errors import PermanentStepError, TransientStepError, retry_after_seconds
 from pipeline.providers.base import NoHooks, RequestHooks
 from pipeline.providers.http_retry import RetryableError, retry_transient, retryable_status
 

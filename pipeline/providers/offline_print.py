@@ -3,7 +3,7 @@
 A print shop on this machine that behaves like Lulu over time. Jobs are JSON files under
 ``$LOCAL_STORAGE_ROOT/printshop/``; their files are checked like Lulu's normalization does (page
 size = trim + bleed, page count within the product's range, fonts embedded, cover size;
-pipeline/print_files.py) and a job moves through Lulu's statuses over time
+pipeline/orders/print_files.py) and a job moves through Lulu's statuses over time
 (``LOCAL_PRINT_SHOP_STAGE_SECONDS`` per stage), ending SHIPPED with a tracking number, or
 REJECTED with the reasons. The demo orders from it.
 """
@@ -22,7 +22,7 @@ from urllib.parse import unquote, urlsplit
 
 import httpx
 
-from pipeline.errors import PermanentStepError
+from pipeline.kernel.errors import PermanentStepError
 from pipeline.providers.print_jobs import ACTIVE, IN_PRODUCTION, SHIPPED, PrintJob, PrintJobRequest
 
 log = logging.getLogger(__name__)
@@ -45,7 +45,7 @@ class _LocalJob:
 def print_shop_stage_seconds() -> float:
     """LOCAL_PRINT_SHOP_STAGE_SECONDS: seconds the offline print shop spends in each status
     (default 3). Raises SystemExit("configuration error: …") outside 0–86400."""
-    from pipeline.config import env_float
+    from pipeline.kernel.config import env_float
 
     return env_float("LOCAL_PRINT_SHOP_STAGE_SECONDS", 3.0, 0.0, 86400.0)
 
@@ -69,8 +69,8 @@ class LocalPrintShop:
 
     def cover_dimensions(self, pod_package_id: str, page_count: int) -> tuple[float, float]:
         """The one-piece cover's (width, height) in points, as Lulu computes it for this product
-        (pipeline/print_files.py); PermanentStepError for a product the shop does not make."""
-        from pipeline.print_files import cover_size_pt, parse_pod_package
+        (pipeline/orders/print_files.py); PermanentStepError for a product the shop does not make."""
+        from pipeline.orders.print_files import cover_size_pt, parse_pod_package
 
         try:
             return cover_size_pt(parse_pod_package(pod_package_id), page_count)
@@ -139,7 +139,7 @@ class LocalPrintShop:
     def create_job(self, req: PrintJobRequest) -> PrintJob:
         """Download and check the print files (MD5, page size, page count, fonts, cover size), then
         record the job: it moves through Lulu's statuses over time, or is REJECTED with the reasons."""
-        from pipeline.print_files import check_print_files
+        from pipeline.orders.print_files import check_print_files
 
         interior, cover = self._read(req.interior_url), self._read(req.cover_url)
         errors: list[str] = []

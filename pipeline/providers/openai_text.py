@@ -35,9 +35,8 @@ import openai
 from openai.types.chat import ChatCompletionMessageParam
 from openai.types.shared_params import ResponseFormatJSONSchema
 
-from pipeline.config import env_number
-from pipeline.errors import PermanentStepError, StepError, TransientStepError, retry_after_seconds
-from pipeline.names import capitalize_name, title_with_name
+from pipeline.kernel.config import env_number
+from pipeline.kernel.errors import PermanentStepError, StepError, TransientStepError, retry_after_seconds
 from pipeline.providers.base import NoHooks, Outline, PageRequest, RequestHooks, StoryRequest
 
 # The prompts and schemas are vendor-neutral and live in text_prompts.py (issue 11); the names
@@ -50,7 +49,8 @@ from pipeline.providers.text_prompts import (  # noqa: F401
     page_band,
     page_system_prompt,
 )
-from pipeline.themes import resolve_theme
+from pipeline.stories.names import capitalize_name, title_with_name
+from pipeline.stories.themes import resolve_theme
 
 PROVIDER = "openai"
 OPERATION = "chat"

@@ -27,7 +27,7 @@ import numpy as np
 import pillow_heif
 from PIL import Image, ImageOps, JpegImagePlugin, UnidentifiedImageError, features
 
-from pipeline.errors import PermanentStepError
+from pipeline.kernel.errors import PermanentStepError
 
 # Memory bound: at most this many pixels are ever decoded at once (a decoded 64 MP RGB image is
 # already ~190 MB). Formats that must be decoded in full (PNG, HEIC, WebP, progressive JPEG...)

@@ -36,7 +36,7 @@ class PrintJobRequest:
     interior_md5: str
     cover_url: str
     cover_md5: str
-    shipping_address: dict[str, Any]  # Lulu's field names (pipeline.orders.lulu_address)
+    shipping_address: dict[str, Any]  # Lulu's field names (pipeline.orders.steps.lulu_address)
     shipping_level: str
     contact_email: str
     quantity: int = 1

@@ -14,10 +14,10 @@ photo is usable (a rejected photo costs one request, not two).
   dropped: Rekognition scores real faces ~99, lower scores are mostly posters, patterns, pets.
 - No face left -> an analysis with no faces (no labels); the step fails it with NO_FACE.
 - Faces too small to use (under 2% of the photo's area, or under 64 pixels across: why in
-  pipeline/faces.py; Rekognition itself only promises faces >= 40 px at 1080p) are returned apart
+  pipeline/stories/faces.py; Rekognition itself only promises faces >= 40 px at 1080p) are returned apart
   (``small_faces``): a photo with only those is refused as "too small, take a closer photo".
 - Several usable faces -> all kept, with their ``AgeRange``; the story start picks the child's face
-  by age (pipeline/faces.py). The photo is refused here (PermanentStepError, saying which problem and
+  by age (pipeline/stories/faces.py). The photo is refused here (PermanentStepError, saying which problem and
   what photo to send instead) only when every usable face, the largest named, is unusable:
   * sunglasses (``Sunglasses`` true with confidence >= 80): the likeness needs the eyes;
   * heavily covered (``FaceOccluded`` true with confidence >= 80): a hand, hair, a mask;
@@ -43,13 +43,13 @@ from typing import Any, TypeVar
 from botocore.exceptions import ClientError
 from PIL import Image
 
-from pipeline.config import env_number
-from pipeline.errors import PermanentStepError, StepError
-from pipeline.faces import MIN_FACE_PIXELS as FACE_PIXELS_FLOOR
-from pipeline.faces import face_pixels, face_problems, problems_message
+from pipeline.kernel.config import env_number
+from pipeline.kernel.errors import PermanentStepError, StepError
 from pipeline.providers.aws import REKOGNITION, Malformed, call, client_error_parts, make_client, reason
 from pipeline.providers.base import BoundingBox, Face, Label, Landmark, NoHooks, PhotoAnalysis, RequestHooks
 from pipeline.providers.photo_decode import MAX_PIXELS, decode_photo, exif_orientation, open_photo
+from pipeline.stories.faces import MIN_FACE_PIXELS as FACE_PIXELS_FLOOR
+from pipeline.stories.faces import face_pixels, face_problems, problems_message
 
 T = TypeVar("T")
 
@@ -68,7 +68,7 @@ MAX_LABELS = 50
 ATTRIBUTE_CONFIDENCE = 80.0  # sunglasses / occlusion must be this sure before we refuse a photo
 MAX_ABS_YAW = 60.0
 MIN_FACE_AREA = 0.02
-MIN_FACE_PIXELS = FACE_PIXELS_FLOOR  # pipeline/faces.py says why
+MIN_FACE_PIXELS = FACE_PIXELS_FLOOR  # pipeline/stories/faces.py says why
 TOP_EMOTIONS = 3
 
 
@@ -231,7 +231,7 @@ class RekognitionAnalyzer:
                              detector=DETECTOR_NAME, small_faces=small)
 
     def too_small(self, face: Face, width: int, height: int) -> bool:
-        """Under ``min_face_area`` of the photo or ``min_face_pixels`` across (pipeline/faces.py)."""
+        """Under ``min_face_area`` of the photo or ``min_face_pixels`` across (pipeline/stories/faces.py)."""
         return (face.box.width * face.box.height < self.min_face_area
                 or face_pixels(face, width, height) < self.min_face_pixels)
 
@@ -281,7 +281,7 @@ class RekognitionAnalyzer:
             raise PermanentStepError(problems_message(problems))
 
     def problems(self, face: Face) -> list[tuple[str, str]]:
-        """pipeline.faces.face_problems with this adapter's thresholds."""
+        """pipeline.stories.faces.face_problems with this adapter's thresholds."""
         return face_problems(face, attribute_confidence=self.attribute_confidence, max_abs_yaw=self.max_abs_yaw)
 
     def _call(self, op: str, parse: Callable[[Any], T], send: Callable[[], Any]) -> T:

@@ -11,7 +11,7 @@ import json
 
 import httpx
 
-from pipeline.errors import PermanentStepError, StepError, TransientStepError, retry_after_seconds
+from pipeline.kernel.errors import PermanentStepError, StepError, TransientStepError, retry_after_seconds
 from pipeline.providers.http_retry import RetryableError, retryable_status
 from pipeline.providers.replicate_predictions import REASON_CHARS, ModelTarget, OutputExpiredError
 

@@ -47,7 +47,7 @@ import httpx
 from replicate.client import Client
 from replicate.exceptions import ReplicateError
 
-from pipeline.errors import PermanentStepError, TransientStepError
+from pipeline.kernel.errors import PermanentStepError, TransientStepError
 from pipeline.providers.base import Face, JobStatus, NoHooks, PageRequest, RequestHooks
 from pipeline.providers.http_retry import RetryableError, retry_transient
 from pipeline.providers.replicate_http import HTTPStatusError, TooLarge, raise_for_status, status_error, status_outcome

@@ -14,11 +14,11 @@ from typing import Any
 
 from PIL import Image, UnidentifiedImageError
 
-from pipeline.errors import PermanentStepError
+from pipeline.kernel.errors import PermanentStepError
 from pipeline.providers.base import Face, PageRequest
 from pipeline.providers.http_retry import RetryableError
 from pipeline.providers.photo_decode import decode_photo
-from pipeline.themes import THEMES, resolve_theme
+from pipeline.stories.themes import THEMES, resolve_theme
 
 MAX_OUTPUT_PIXELS = 40_000_000  # far above any model's output; stops a decompression bomb
 WIDTH, HEIGHT = 960, 720  # the offline illustrator's page size; multiples of 16 for diffusion models

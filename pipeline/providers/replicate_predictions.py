@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from pipeline.errors import OutputGoneError, TransientStepError
+from pipeline.kernel.errors import OutputGoneError, TransientStepError
 from pipeline.providers.base import JobStatus
 
 REASON_CHARS = 300

@@ -14,7 +14,8 @@ from typing import Any, TypeVar
 
 from botocore.exceptions import ClientError
 
-from pipeline.errors import PermanentStepError, StepError
+from pipeline.kernel.errors import PermanentStepError, StepError
+from pipeline.kernel.storage import ObjectMissing, check_key
 from pipeline.providers.aws import (
     CREDENTIAL_CODES,
     CREDENTIAL_HINT,
@@ -25,7 +26,6 @@ from pipeline.providers.aws import (
     make_client,
 )
 from pipeline.providers.base import NoHooks, RequestHooks
-from pipeline.storage import ObjectMissing, check_key
 
 T = TypeVar("T")
 

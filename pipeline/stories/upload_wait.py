@@ -21,9 +21,9 @@ import os
 
 import redis
 
-from pipeline.config import settings
+from pipeline.kernel.config import settings
 
-log = logging.getLogger("pipeline.upload_wait")
+log = logging.getLogger("pipeline.stories.upload_wait")
 
 MIN_POLL = 1.0  # seconds: the first looks, when an upload confirmation is most likely
 

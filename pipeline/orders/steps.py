@@ -1,5 +1,5 @@
 """Orders: from a confirmed payment to a printed, shipped book. Plain functions of ids, like
-pipeline.steps (the task layer, workers/order_tasks.py, maps results to successors).
+pipeline.stories.steps (the task layer, workers/order_tasks.py, maps results to successors).
 
     orders.confirm_payment(order_id, event | payload+signature)   pending_payment -> paid
         -> orders.prepare_print(order_id)    print files (interior + cover PDFs) for the story
@@ -32,7 +32,7 @@ Policies (README, "Orders"):
   comes first pays, and records the intent.
 - Only the order's own user's story is printed: an order whose story is another user's (or is
   gone) is failed by a guarded statement at payment and at each print claim, its payment kept
-  on the row and the reason saying it needs a refund decision (db.order_transitions.OWN_STORY).
+  on the row and the reason saying it needs a refund decision (db.orders.OWN_STORY).
 - Print files only for a ``completed`` story: a paid order waits for a story in progress (up to
   ORDER_STORY_WAIT_SECONDS after payment) and fails, saying why, if the story failed.
 - The print job is created once per order and print run: the step claims it like a page step
@@ -60,14 +60,14 @@ from typing import Any
 
 from sqlalchemy import text
 
-from db import order_transitions as otx
+from db import orders as otx
 from db.engine import autocommit, transaction
-from pipeline import cpu
-from pipeline.config import settings
-from pipeline.errors import PermanentStepError, TransientStepError
-from pipeline.print_files import interior_plan, product_spec
+from pipeline.kernel import cpu
+from pipeline.kernel.config import settings
+from pipeline.kernel.errors import PermanentStepError, TransientStepError
+from pipeline.orders.print_files import interior_plan, product_spec
 from pipeline.providers import lulu
-from pipeline.steps import (
+from pipeline.stories.steps import (
     Attempt,
     Outcome,
     RetryLater,
@@ -79,7 +79,7 @@ from pipeline.steps import (
     backoff,
     valid_uuid,
 )
-from pipeline.stripe_events import (
+from pipeline.orders.stripe_events import (
     CHARGE_REFUNDED,
     CHECKOUT_ASYNC_FAILED,
     CHECKOUT_ASYNC_SUCCEEDED,
@@ -95,9 +95,9 @@ from pipeline.stripe_events import (
     retrieve_event,
     verify_event,
 )
-from pipeline.themes import resolve_theme
+from pipeline.stories.themes import resolve_theme
 
-log = logging.getLogger("pipeline.orders")
+log = logging.getLogger("pipeline.orders.steps")
 
 PROVIDER_LABEL = {"lulu": "Lulu", "local": "the local print shop"}
 FIRST_TRY = Attempt()  # Attempt is frozen: one shared default
@@ -141,7 +141,7 @@ class OrderSettings:
 
 @lru_cache(maxsize=1)
 def order_settings() -> OrderSettings:
-    from pipeline.config import _choice, _float, _int
+    from pipeline.kernel.config import _choice, _float, _int
 
     e = os.environ
     delay = e.get("LULU_PRODUCTION_DELAY", "").strip()
@@ -153,7 +153,7 @@ def order_settings() -> OrderSettings:
         story_wait=_float("ORDER_STORY_WAIT_SECONDS", 86400.0, 1.0, 30 * 86400.0),
         shipping_level=e.get("LULU_SHIPPING_LEVEL", "MAIL").strip().upper() or "MAIL",
         contact_email=e.get("LULU_CONTACT_EMAIL", "").strip() or None,
-        production_delay=int(float(delay)) if delay else None,  # checked at boot (pipeline.boot_check)
+        production_delay=int(float(delay)) if delay else None,  # checked at boot (pipeline.operations.boot_check)
         files_base_url=e.get("PRINT_FILES_BASE_URL", "").strip() or None,
         stripe_secrets=tuple(s.strip() for s in e.get("STRIPE_WEBHOOK_SECRET", "").split(",") if s.strip()),
         stripe_tolerance=_float("STRIPE_SIGNATURE_TOLERANCE", 300.0, 1.0, 86400.0),
@@ -195,7 +195,7 @@ def print_provider(name: str | None = None) -> lulu.PrintProvider:
         if key not in _providers:
             if key[1] == "lulu":
                 try:
-                    from pipeline.quota import QuotaHooks
+                    from pipeline.kernel.quota import QuotaHooks
 
                     hooks: Any = QuotaHooks()
                 except ImportError:  # quotas are optional for the client itself
@@ -558,7 +558,7 @@ def make_print_files(order_id: str, attempt: Attempt = FIRST_TRY) -> StepResult:
             cover_pt = print_provider().cover_dimensions(spec.pod_package_id, plan.total)
         theme = resolve_theme(state["story_theme"] or "")
         with timer.phase("render"):
-            from pipeline.print_files import make_print_files as render
+            from pipeline.orders.print_files import make_print_files as render
 
             return cpu.run(render, order_id, state["title"] or "", state["child_name"],
                            theme.title if theme else state["story_theme"], pages, spec.pod_package_id,
@@ -929,8 +929,8 @@ def _stuck_queries() -> tuple[tuple[str, str], ...]:
 
 def find_stuck_orders(*, lease: float | None = None, pending_after: float | None = None,
                       limit: int = 500) -> list[Any]:
-    """Orders that should be moving and are not (read-only), as pipeline.ops.Stuck items."""
-    from pipeline.ops import Stuck
+    """Orders that should be moving and are not (read-only), as pipeline.operations.ops.Stuck items."""
+    from pipeline.operations.ops import Stuck
 
     s, o = settings(), order_settings()
     params = {"lease": lease if lease is not None else s.step_lease_seconds,
@@ -1134,7 +1134,7 @@ def simulated_payment(order_id: str, payment_intent_id: str, amount: int, curren
     """The kwargs the external API publishes orders.confirm_payment with after Stripe's
     ``payment_intent.succeeded`` webhook: the raw body and its signature (signed with
     STRIPE_WEBHOOK_SECRET when set, so the worker verifies it as it would Stripe's)."""
-    from pipeline.stripe_events import event_payload, sign
+    from pipeline.orders.stripe_events import event_payload, sign
 
     o = order_settings()
     body = event_payload(f"evt_demo_{uuid.uuid4().hex[:20]}", PAYMENT_SUCCEEDED, {

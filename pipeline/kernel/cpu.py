@@ -15,7 +15,7 @@ from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from typing import Any, TypeVar
 
-from pipeline.errors import TransientStepError
+from pipeline.kernel.errors import TransientStepError
 
 T = TypeVar("T")
 
@@ -26,7 +26,7 @@ _pool: tuple[int, ProcessPoolExecutor] | None = None
 def processes() -> int:
     """CPU_PROCESSES: spawned processes per worker for CPU-heavy work; 0 runs it inline;
     default min(2, cores). Raises SystemExit("configuration error: …") outside 0–64."""
-    from pipeline.config import env_int
+    from pipeline.kernel.config import env_int
 
     return env_int("CPU_PROCESSES", min(2, os.cpu_count() or 1), 0, 64)
 
@@ -50,8 +50,8 @@ def _child_init() -> None:
 
     from PIL import Image
 
-    import pipeline.steps  # noqa: F401  (what the calls are pickled against: ~0.5 s of imports)
-    from pipeline.book import Book, BookPage, render_pdf
+    import pipeline.stories.steps  # noqa: F401  (what the calls are pickled against: ~0.5 s of imports)
+    from pipeline.stories.book import Book, BookPage, render_pdf
 
     buf = io.BytesIO()
     Image.new("RGB", (8, 6), "white").save(buf, "PNG")

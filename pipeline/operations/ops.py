@@ -152,7 +152,7 @@ NO_CURSOR = "00000000-0000-0000-0000-000000000000"
 def stuck_batch(kind: int, *, lease: float, pending_after: float, limit: int,
                 after: str = NO_CURSOR) -> list[Stuck]:
     """Up to ``limit`` stuck steps of one kind (an index into _STUCK_QUERIES), after id ``after``."""
-    from pipeline.config import settings
+    from pipeline.kernel.config import settings
 
     task, key, sql = _STUCK_QUERIES[kind]
     with transaction() as c:
@@ -175,7 +175,7 @@ def sweep(*, lease: float | None = None, pending_after: float | None = None, lim
     and safe to run twice: each step's own guarded claim decides (a stale claim is taken over,
     a live or finished one is left alone), so a duplicate message is a no-op, never duplicate
     work."""
-    from pipeline.config import settings
+    from pipeline.kernel.config import settings
     from workers.app import app
 
     s = settings()
@@ -213,7 +213,7 @@ def backfill(*, lease: float, pending_after: float, batch_size: int = 200, rate:
     starts over. Safe beside live workers and when run twice at once, as ``sweep`` is."""
     import redis
 
-    from pipeline.config import settings
+    from pipeline.kernel.config import settings
     from workers.app import app
 
     r = redis.Redis.from_url(settings().redis_url, decode_responses=True)
@@ -263,8 +263,8 @@ def submit_story(photo: bytes, content_type: str, filename: str, name: str, age:
     exactly what the external API does (the same validation happens in the worker)."""
     import uuid
 
-    from pipeline.config import settings
-    from pipeline.storage import LocalStorage
+    from pipeline.kernel.config import settings
+    from pipeline.kernel.storage import LocalStorage
     from workers.app import app
 
     key = f"uploads/{uuid.uuid4()}.{_EXTENSIONS.get(content_type.split(';')[0].strip().lower(), 'bin')}"

@@ -16,7 +16,7 @@ import os
 from collections.abc import Mapping
 from urllib.parse import urlsplit
 
-from pipeline.config import env_number
+from pipeline.kernel.config import env_number
 
 # Stripe's secret (sk_) and restricted (rk_) API keys (https://docs.stripe.com/keys); a
 # publishable key (pk_) cannot read Events.
@@ -83,8 +83,10 @@ def check_environment(env: Mapping[str, str] | None = None) -> None:
 def check_worker_configuration() -> None:
     """Everything a worker reads, read now: SystemExit("configuration error: ...") naming the
     first variable that is wrong. No network, no database (check_database does that)."""
-    from pipeline import orders, print_files, quota
-    from pipeline.config import settings
+    from pipeline.orders import steps as orders
+    from pipeline.orders import print_files
+    from pipeline.kernel import quota
+    from pipeline.kernel.config import settings
 
     settings()  # STEP_*, STORY_PAGE_COUNT, providers' names, leases, timeouts...
     check_environment()

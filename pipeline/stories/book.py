@@ -6,12 +6,12 @@ below it in a size chosen for its length, the page number at the bottom. The pag
 come from its illustration (a pale tint behind, a deep shade for the text accents), so every
 theme gets a matching book without a colour table.
 
-Fonts (pipeline.fonts): DejaVu Serif for Latin, Greek and Cyrillic, one Noto font per other
+Fonts (pipeline.stories.fonts): DejaVu Serif for Latin, Greek and Cyrillic, one Noto font per other
 script (Arabic, Hebrew, Devanagari, Thai, CJK, ...) loaded only for a book that needs it, with
 fpdf2's text shaping (HarfBuzz, ``uharfbuzz``) and bidirectional text for those books. A
 character no font can draw fails the render with UnprintableTextError (a PermanentStepError):
 a book never prints "?" or empty boxes. Stories with such a name are refused at their start
-(pipeline.steps), so this is the last line of defence. Without any TrueType font (``fonts=``
+(pipeline.stories.steps), so this is the last line of defence. Without any TrueType font (``fonts=``
 in tests) the PDF core font is used, which covers Latin-1.
 """
 from __future__ import annotations
@@ -89,7 +89,7 @@ class Book:
 
 @dataclass(frozen=True)
 class Fallback:
-    """A font for the characters the body font lacks (one script's, see pipeline.fonts)."""
+    """A font for the characters the body font lacks (one script's, see pipeline.stories.fonts)."""
 
     regular: Path
     bold: Path | None = None
@@ -107,9 +107,9 @@ class FontSet:
 
 @lru_cache(maxsize=1)
 def find_fonts() -> FontSet:
-    """The fonts on this machine (pipeline.fonts): DejaVu Serif for the story, then one Noto font
+    """The fonts on this machine (pipeline.stories.fonts): DejaVu Serif for the story, then one Noto font
     per script for what it lacks. Raises FontConfigError when the body font is missing."""
-    from pipeline import fonts as f
+    from pipeline.stories import fonts as f
 
     regular = f.locate(*f.BASE.regular)
     if regular is None:
@@ -265,7 +265,7 @@ class _Fonts:
     bidirectional algorithm (Arabic and Hebrew drawn right to left inside a line)."""
 
     def __init__(self, pdf: FPDF, fonts: FontSet, text: str) -> None:
-        from pipeline import fonts as script_fonts
+        from pipeline.stories import fonts as script_fonts
 
         self.pdf = pdf
         self.family = "helvetica"
@@ -420,7 +420,7 @@ class _Fonts:
         """``text`` (NFC) if every character of it has a glyph in one of the book's fonts; else
         UnprintableTextError saying where (``what``: "Page 3's text") and which kinds of
         characters, never the text (never "?" in a printed book)."""
-        from pipeline.fonts import JOINERS, UnprintableTextError, unprintable_message
+        from pipeline.stories.fonts import JOINERS, UnprintableTextError, unprintable_message
 
         text = unicodedata.normalize("NFC", text)
         if self.covered is None:
@@ -437,7 +437,7 @@ class _Fonts:
         """After drawing, before output: UnprintableTextError if fpdf2 met a character no font
         had (it would draw an empty box). Clears fpdf2's list, so its warning, which quotes
         the text, is never logged."""
-        from pipeline.fonts import UnprintableTextError, unprintable_message
+        from pipeline.stories.fonts import UnprintableTextError, unprintable_message
 
         lost: list[str] = []
         for font in self.pdf.fonts.values():

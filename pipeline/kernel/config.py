@@ -13,7 +13,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
-PROJECT_ROOT = Path(__file__).resolve().parent.parent
+PROJECT_ROOT = Path(__file__).resolve().parents[2]
 
 
 def _number(name: str, default: float, lo: float, hi: float, kind: type = float) -> Any:
@@ -92,11 +92,11 @@ def check_settings() -> None:
 
     Raises SystemExit("configuration error: …") with one line naming the variable."""
     from db.engine import pool_size
-    from pipeline.cpu import processes
-    from pipeline.metrics import metrics_port
-    from pipeline.orders import order_settings
+    from pipeline.kernel.cpu import processes
+    from pipeline.kernel.metrics import metrics_port
+    from pipeline.orders.steps import order_settings
     from pipeline.providers.lulu import print_shop_stage_seconds
-    from pipeline.quota import max_inline_wait
+    from pipeline.kernel.quota import max_inline_wait
 
     settings()
     log_level()

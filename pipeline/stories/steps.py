@@ -22,21 +22,23 @@ from datetime import timedelta
 from enum import StrEnum
 from typing import Any, TypeVar
 
-from db import transitions as tx
+from db import stories as tx
 from db.engine import autocommit, transaction
 from db.engine import unavailable as db_unavailable
-from pipeline import cpu, metrics, upload_wait
-from pipeline.config import settings
-from pipeline.errors import OutputGoneError, PermanentStepError, TransientStepError
-from pipeline.faces import ProtagonistChoice, choose_protagonist, too_small_message
-from pipeline.fonts import printable_text
+from pipeline.kernel import cpu
+from pipeline.kernel import metrics
+from pipeline.stories import upload_wait
+from pipeline.kernel.config import settings
+from pipeline.kernel.errors import OutputGoneError, PermanentStepError, TransientStepError
+from pipeline.stories.faces import ProtagonistChoice, choose_protagonist, too_small_message
+from pipeline.stories.fonts import printable_text
 from pipeline.providers.base import Face, Outline, PageRequest, StoryRequest
 from pipeline.providers.registry import image_ref, output_storage, providers, read_photo
-from pipeline.quota import QuotaWait, quotas
-from pipeline.storage import ObjectMissing, book_key, page_image_key
-from pipeline.themes import THEMES, resolve_theme
+from pipeline.kernel.quota import QuotaWait, quotas
+from pipeline.kernel.storage import ObjectMissing, book_key, page_image_key
+from pipeline.stories.themes import THEMES, resolve_theme
 
-log = logging.getLogger("pipeline.steps")
+log = logging.getLogger("pipeline.stories.steps")
 T = TypeVar("T")
 
 MAX_NAME_LENGTH = 40
@@ -270,7 +272,7 @@ def _validate_story(name: str, age: int, theme_raw: str) -> tuple[str, str]:
         raise PermanentStepError(
             f"The child's name is too long ({len(clean)} characters; at most {MAX_NAME_LENGTH})."
         )
-    from pipeline.fonts import JOINERS, unprintable, unprintable_message
+    from pipeline.stories.fonts import JOINERS, unprintable, unprintable_message
 
     if any(unicodedata.category(ch) in ("Cc", "Cf", "Cs", "Zl", "Zp") and ch not in JOINERS for ch in clean):
         raise PermanentStepError("The child's name contains control characters.")
@@ -412,7 +414,7 @@ def generate_story(story_id: str, attempt: Attempt = Attempt()) -> StepResult:
 
 
 def _protagonist_choice(photo_id: str, face_details: Any, child_age: int) -> ProtagonistChoice:
-    """The story's face (pipeline/faces.py) from its analysed photo; PermanentStepError with the
+    """The story's face (pipeline/stories/faces.py) from its analysed photo; PermanentStepError with the
     parent's message when the face that is the child's cannot be used."""
     from pipeline.providers.local_vision import analysis_from_json
 
@@ -866,9 +868,9 @@ def finish_story(story_id: str, attempt: Attempt = Attempt()) -> StepResult:
 def write_book(story_id: str, title: str, child_name: str, theme_raw: str,
                pages: list[Any]) -> dict[str, float]:
     """The book as PDF and HTML at deterministic keys beside the page images; returns its
-    phase timings (ms). Runs in a CPU process (pipeline.cpu): plain arguments, its own
+    phase timings (ms). Runs in a CPU process (pipeline.kernel.cpu): plain arguments, its own
     storage client."""
-    from pipeline.book import Book, BookPage, render_html, render_pdf
+    from pipeline.stories.book import Book, BookPage, render_html, render_pdf
 
     timer = _Timer()
     storage = output_storage()

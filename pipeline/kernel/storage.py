@@ -22,7 +22,7 @@ from typing import Protocol, TypeVar
 
 import tenacity
 
-from pipeline.errors import PermanentStepError
+from pipeline.kernel.errors import PermanentStepError
 
 log = logging.getLogger(__name__)
 

@@ -26,8 +26,8 @@ from functools import cache
 
 import redis
 
-from pipeline.config import settings
-from pipeline.errors import TransientStepError
+from pipeline.kernel.config import settings
+from pipeline.kernel.errors import TransientStepError
 
 # Defaults sit below each provider's documented starting limits, so a fresh account is not
 # throttled by the provider itself (429s cost a round trip and a retry; waiting here is free).
@@ -131,7 +131,7 @@ return math.max(1, tonumber(first[2]) - now)
 def max_inline_wait() -> float:
     """QUOTA_MAX_INLINE_WAIT: seconds a step waits for its quota in its thread (default 1);
     longer, it is re-scheduled. Raises SystemExit("configuration error: …") outside 0–3600."""
-    from pipeline.config import env_float
+    from pipeline.kernel.config import env_float
 
     return env_float("QUOTA_MAX_INLINE_WAIT", 1.0, 0.0, 3600.0)
 
@@ -224,7 +224,7 @@ class QuotaHooks:
     the concurrent cap around synchronous calls, and per-provider request metrics after.
 
     Concurrent caps on remote *jobs* (Replicate predictions) are held by the step for the job's
-    whole life instead (pipeline.steps), so ``concurrent_calls`` is off for those providers."""
+    whole life instead (pipeline.stories.steps), so ``concurrent_calls`` is off for those providers."""
 
     def __init__(self, concurrent_calls: bool = True, call_lease: float = 120.0) -> None:
         self._local = threading.local()
@@ -249,7 +249,7 @@ class QuotaHooks:
             raise
 
     def after(self, provider: str, operation: str, outcome: str, seconds: float) -> None:
-        from pipeline import metrics
+        from pipeline.kernel import metrics
 
         self._drop(provider)
         metrics.provider_request(provider, operation, outcome, seconds)

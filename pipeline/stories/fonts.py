@@ -31,7 +31,7 @@ from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 
-from pipeline.errors import PermanentStepError
+from pipeline.kernel.errors import PermanentStepError
 
 
 class FontConfigError(RuntimeError):

@@ -33,7 +33,7 @@ from typing import Any
 
 import stripe
 
-from pipeline.errors import TransientStepError
+from pipeline.kernel.errors import TransientStepError
 
 DEFAULT_TOLERANCE = 300
 
@@ -212,7 +212,7 @@ def retrieve_event(event_id: str, api_key: str, *, api_base: str | None = None, 
 
 
 def _retry_after(e: stripe.StripeError) -> float | None:
-    from pipeline.errors import retry_after_seconds
+    from pipeline.kernel.errors import retry_after_seconds
 
     headers = e.headers or {}
     return retry_after_seconds(headers.get("Retry-After") or headers.get("retry-after"))

@@ -1,5 +1,5 @@
 """Guarded transitions of orders and their steps (schema.sql: order_steps, order_events), in the style of
-db/transitions.py: each status move is one conditional UPDATE, so two copies of a task cannot
+db/stories.py: each status move is one conditional UPDATE, so two copies of a task cannot
 both win and a lost race is a no-op (no row), not an error.
 
 orders.status: pending_payment -> paid -> fulfilled -> shipped, or -> failed from any but

@@ -17,7 +17,7 @@ CELL = {"completed": "done", "processing": "working", "pending": "waiting", "fai
 
 def cmd_status(args: argparse.Namespace) -> int:
     from db.engine import transaction
-    from pipeline.steps import valid_uuid
+    from pipeline.stories.steps import valid_uuid
 
     if args.order is not None:
         return _order_status(args)
@@ -91,7 +91,7 @@ def cmd_status(args: argparse.Namespace) -> int:
     if story["error_message"]:
         print(f"  error: {story['error_message']}")
     face = story["protagonist_face"]
-    if face:  # which face of the photo the book uses (pipeline/faces.py), and what the parent was told
+    if face:  # which face of the photo the book uses (pipeline/stories/faces.py), and what the parent was told
         print(f"  face: #{face['index'] + 1} ({face['rule']})" + (f": {face['notice']}" if face.get("notice") else ""))
     for kind, link in book.items():
         print(f"  book ({kind}): {link}")
@@ -115,7 +115,7 @@ def cmd_status(args: argparse.Namespace) -> int:
 def _book_links(story_id: str) -> dict[str, str]:
     """Where to read the finished book: a time-limited URL (S3, 24 h) or the local file."""
     from pipeline.providers.registry import output_storage
-    from pipeline.storage import book_key
+    from pipeline.kernel.storage import book_key
 
     storage = output_storage()
     links = {}
@@ -130,8 +130,8 @@ def _book_links(story_id: str) -> dict[str, str]:
 
 
 def _summary(args: argparse.Namespace) -> int:
-    from pipeline.ops import summary
-    from pipeline.orders import order_summary
+    from pipeline.operations.ops import summary
+    from pipeline.orders.steps import order_summary
 
     counts = summary()
     orders = order_summary()
@@ -154,8 +154,8 @@ def _summary(args: argparse.Namespace) -> int:
 
 
 def _order_status(args: argparse.Namespace) -> int:
-    from pipeline.orders import format_report, order_report
-    from pipeline.steps import valid_uuid
+    from pipeline.orders.steps import format_report, order_report
+    from pipeline.stories.steps import valid_uuid
 
     oid = valid_uuid(args.order)
     if oid is None:
@@ -170,8 +170,8 @@ def _order_status(args: argparse.Namespace) -> int:
 
 
 def _retry_order(args: argparse.Namespace) -> int:
-    from pipeline.orders import retry_order
-    from pipeline.steps import valid_uuid
+    from pipeline.orders.steps import retry_order
+    from pipeline.stories.steps import valid_uuid
 
     oid = valid_uuid(args.order)
     if oid is None:
@@ -186,7 +186,7 @@ def _retry_order(args: argparse.Namespace) -> int:
 def cmd_submit(args: argparse.Namespace) -> int:
     import mimetypes
 
-    from pipeline.ops import submit_story
+    from pipeline.operations.ops import submit_story
 
     if not args.photo.is_file():
         print(f"error: no such photo file: {args.photo}", file=sys.stderr)
@@ -212,8 +212,8 @@ def _duration(raw: str) -> float:
 
 
 def cmd_retry(args: argparse.Namespace) -> int:
-    from pipeline.ops import failed_stories, retry_story
-    from pipeline.steps import valid_uuid
+    from pipeline.operations.ops import failed_stories, retry_story
+    from pipeline.stories.steps import valid_uuid
 
     if args.order is not None:
         return _retry_order(args)
@@ -247,9 +247,9 @@ def cmd_retry(args: argparse.Namespace) -> int:
 
 
 def cmd_backfill(args: argparse.Namespace) -> int:
-    from pipeline.config import settings
-    from pipeline.ops import BackfillProgress, backfill
-    from pipeline.orders import sweep_orders
+    from pipeline.kernel.config import settings
+    from pipeline.operations.ops import BackfillProgress, backfill
+    from pipeline.orders.steps import sweep_orders
 
     lease = args.stale_after if args.stale_after is not None else settings().step_lease_seconds
     pending_after = args.pending_after if args.pending_after is not None else lease
@@ -358,7 +358,7 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     from db.engine import reason, unavailable
     from db.url import DatabaseURLError, redact
-    from pipeline.config import settings
+    from pipeline.kernel.config import settings
 
     try:
         return int(args.fn(args))

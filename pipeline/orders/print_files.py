@@ -28,7 +28,7 @@ casewrap adds a 0.75 in board wrap + bleed around and a spine from Lulu's page-c
 The front is the first page's illustration full-bleed with the title on a panel; the spine is
 a band of the book's colour, with the title when it is at least 0.5 in wide.
 
-Rendering is CPU work (~0.15 s per 300 dpi picture): the step runs it through pipeline.cpu.
+Rendering is CPU work (~0.15 s per 300 dpi picture): the step runs it through pipeline.kernel.cpu.
 """
 from __future__ import annotations
 
@@ -45,8 +45,8 @@ from fpdf import FPDF
 from fpdf.enums import Align
 from PIL import Image, UnidentifiedImageError
 
-from pipeline.book import _draw_lines, _Fonts, _line_h, _mix, find_fonts
-from pipeline.errors import PermanentStepError
+from pipeline.stories.book import _draw_lines, _Fonts, _line_h, _mix, find_fonts
+from pipeline.kernel.errors import PermanentStepError
 
 Rgb = tuple[int, int, int]
 
