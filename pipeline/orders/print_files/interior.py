@@ -108,6 +108,7 @@ class Interior:
         self.pdf.image(io.BytesIO(jpeg), x=x, y=y, w=w, h=h)
 
     def title_page(self) -> None:
+        """Page 1 (recto): the first picture framed, the title balanced, "A story for <name>"."""
         pdf, fonts, art = self.pdf, self.fonts, self.arts[0]
         pdf.add_page()
         self._fill(art.tint)
@@ -131,6 +132,7 @@ class Interior:
                     mix(art.shade, art.tint, 0.25))
 
     def text_page(self, page: PrintPage, art: Art, number: int) -> None:
+        """A verso: the page's text at the largest size that fits the safe area, and its number."""
         pdf, fonts = self.pdf, self.fonts
         pdf.add_page()
         self._fill(art.tint)
@@ -147,11 +149,13 @@ class Interior:
         draw_lines(pdf, [str(number)], x0, y1 - 6, x1 - x0, 6, Align.C, mix(art.shade, art.tint, 0.45))
 
     def picture_page(self, art: Art) -> None:
+        """A recto: the picture full bleed, cropped to the page around the child's face."""
         self.pdf.add_page()
         # Full bleed: the picture covers the page to its bleed edges; the trim cuts inside it.
         self._image(crop(art.image, self.w / self.h, art.focus_x), 0, 0, self.w, self.h)
 
     def end_page(self, art: Art) -> None:
+        """"The End" and "Made for <name>", in the last picture's colours."""
         pdf, fonts = self.pdf, self.fonts
         pdf.add_page()
         self._fill(art.tint)
@@ -165,6 +169,7 @@ class Interior:
                     mix(art.shade, art.tint, 0.3))
 
     def render(self) -> bytes:
+        """All pages, blanks included, as PDF bytes; UnprintableTextError for a glyph no font has."""
         self.title_page()
         self.fonts.check_drawn("The title page's text")
         for i, (page, art) in enumerate(zip(self.book.pages, self.arts, strict=True)):

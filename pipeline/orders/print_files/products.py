@@ -68,13 +68,16 @@ class PrintSpec:
 
     @property
     def page_w_mm(self) -> float:
+        """An interior page's width with bleed, mm."""
         return (self.trim_w_in + 2 * BLEED_IN) * MM_PER_IN
 
     @property
     def page_h_mm(self) -> float:
+        """An interior page's height with bleed, mm."""
         return (self.trim_h_in + 2 * BLEED_IN) * MM_PER_IN
 
     def to_json(self) -> dict[str, Any]:
+        """The fields as a dict of JSON values."""
         return dict(self.__dict__)
 
 
