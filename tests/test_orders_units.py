@@ -346,7 +346,7 @@ def test_order_domain_modules_build_no_sql_and_never_import_workers() -> None:
     import ast
 
     root = Path(__file__).resolve().parent.parent
-    modules = [p for p in (root / "pipeline" / "orders").glob("*.py")]
+    modules = [p for p in (root / "pipeline" / "orders").rglob("*.py")]
     assert len(modules) >= 8
     for path in modules:
         tree = ast.parse(path.read_text())

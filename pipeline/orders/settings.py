@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any
 
-from pipeline.kernel.config import settings
+from pipeline.kernel.config import _choice, env_float, env_int, settings
 from pipeline.kernel.errors import PermanentStepError
 from pipeline.providers import lulu
 
@@ -61,22 +61,20 @@ class OrderSettings:
 def order_settings() -> OrderSettings:
     """The process's OrderSettings (cached; ``order_settings.cache_clear()`` reads again).
     Raises SystemExit("configuration error: ...") for a bad value."""
-    from pipeline.kernel.config import _choice, _float, _int
-
     e = os.environ
     delay = e.get("LULU_PRODUCTION_DELAY", "").strip()
     if delay:  # minutes; a whole number (Lulu's print-job field is an integer)
-        _int("LULU_PRODUCTION_DELAY", 60, 0, 100_000)
+        env_int("LULU_PRODUCTION_DELAY", 60, 0, 100_000)
     return OrderSettings(
         pod_provider=_choice("POD_PROVIDER", "local", ("local", "lulu")),
-        poll_interval=_float("ORDER_POLL_INTERVAL", 300.0, 0.05, 86400.0),
-        story_wait=_float("ORDER_STORY_WAIT_SECONDS", 86400.0, 1.0, 30 * 86400.0),
+        poll_interval=env_float("ORDER_POLL_INTERVAL", 300.0, 0.05, 86400.0),
+        story_wait=env_float("ORDER_STORY_WAIT_SECONDS", 86400.0, 1.0, 30 * 86400.0),
         shipping_level=e.get("LULU_SHIPPING_LEVEL", "MAIL").strip().upper() or "MAIL",
         contact_email=e.get("LULU_CONTACT_EMAIL", "").strip() or None,
         production_delay=int(float(delay)) if delay else None,  # checked at boot (pipeline.operations.boot_check)
         files_base_url=e.get("PRINT_FILES_BASE_URL", "").strip() or None,
         stripe_secrets=tuple(s.strip() for s in e.get("STRIPE_WEBHOOK_SECRET", "").split(",") if s.strip()),
-        stripe_tolerance=_float("STRIPE_SIGNATURE_TOLERANCE", 300.0, 1.0, 86400.0),
+        stripe_tolerance=env_float("STRIPE_SIGNATURE_TOLERANCE", 300.0, 1.0, 86400.0),
         stripe_require_signature=e.get("STRIPE_REQUIRE_SIGNATURE", "").lower() in ("1", "true", "yes"),
         stripe_mode=stripe_mode(e),
         stripe_secret_key=e.get("STRIPE_SECRET_KEY", "").strip() or None,
