@@ -26,10 +26,11 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 CELERY = str(Path(sys.executable).parent / "celery")
-QUEUES = "celery,photos,stories,text,images,personalize,orders"
+# None: the worker consumes every queue celeryconfig declares (no -Q), as the Procfile starts it.
+QUEUES = None
 
 
-def start_worker(app: str, queues: str, concurrency: int, env: dict[str, str], log: Path) -> subprocess.Popen:  # type: ignore[type-arg]
+def start_worker(app: str, queues: str | None, concurrency: int, env: dict[str, str], log: Path) -> subprocess.Popen:  # type: ignore[type-arg]
     from celery import Celery
 
     fh = open(log, "wb")
@@ -44,8 +45,7 @@ def start_worker(app: str, queues: str, concurrency: int, env: dict[str, str], l
             "threads",
             "--concurrency",
             str(concurrency),
-            "-Q",
-            queues,
+            *(["-Q", queues] if queues else []),
             "-n",
             name,
             "--without-gossip",
