@@ -117,6 +117,10 @@ def _run(task: Task, stage: str, ids: dict[str, Any], body: Body, ident: str | N
     # counts the re-schedules of a step that waits (a quota, a running remote job, a lease).
     tries = _tries((req.kwargs or {}).get("tries"))
     attempt = step.Attempt(tries, settings().max_retries, req.id, redelivered)
+    if req.root_id and req.root_id != req.id:
+        # The message that started this chain of work (a page's chain, the story's fan-out): the
+        # id Flower groups the task under, so an operator finds a page's steps together.
+        ids = {**ids, "root": req.root_id}
     t0 = time.perf_counter()
     try:
         result = body(attempt)

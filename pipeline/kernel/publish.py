@@ -38,26 +38,32 @@ def app() -> Celery:
         return _client
 
 
-def send(task: str, kwargs: dict[str, Any], *, countdown: float | None = None, queue: str | None = None) -> str:
+def send(task: str, kwargs: dict[str, Any], *, countdown: float | None = None, queue: str | None = None,
+         via: Celery | None = None) -> str:
     """Publish task ``task`` (a name, e.g. ``"stories.generate"``) with ``kwargs`` (JSON: ids and
     small values only), after ``countdown`` seconds if given, to its routed queue unless ``queue``
-    is given. Returns the message's task id. Raises kombu's connection errors when the broker
-    cannot be reached (after Celery's publish retries)."""
+    is given, with ``via`` (another app: tools, benchmarks) instead of :func:`app`. Returns the
+    message's task id. Raises kombu's connection errors when the broker cannot be reached (after
+    Celery's publish retries)."""
     options: dict[str, Any] = {}
     if countdown is not None:
         options["countdown"] = countdown
     if queue is not None:
         options["queue"] = queue
-    return str(app().send_task(task, kwargs=kwargs, **options).id)
+    return str((via or app()).send_task(task, kwargs=kwargs, **options).id)
 
 
-def send_signature(sig: Signature) -> str:
+def send_signature(sig: Signature, *, via: Celery | None = None) -> str:
     """Publish a signature or canvas built by name (e.g. ``pipeline.stories.stages.page_chain``)
     with the publishing app. Returns the first message's task id; for a chain, every link's
-    message shares that message's ``root_id`` (Flower shows the page's steps as one chain)."""
-    a = app()
+    message shares that message's ``root_id`` (Flower shows the page's steps as one chain).
+    ``via``: another app to publish with, as in :func:`send`."""
+    a = via or app()
     sig = sig.clone()
     sig._app = a  # bound to our app: routes from celeryconfig, not an unconfigured default app
     for task in getattr(sig, "tasks", ()):
         task._app = a
-    return str(sig.apply_async().id)
+    result = sig.apply_async()
+    while result.parent is not None:  # a chain answers with its last link's result
+        result = result.parent
+    return str(result.id)
