@@ -14,7 +14,7 @@ app.config_from_object("celeryconfig")
 
 @signals.setup_logging.connect
 def _setup_logging(**_: Any) -> None:
-    # Our own format; one line per step comes from workers.tasks (no names, no image bytes).
+    # Our own format; one line per step comes from workers.step_task (no names, no image bytes).
     from pipeline.kernel.config import log_level
 
     logging.basicConfig(

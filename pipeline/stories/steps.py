@@ -723,7 +723,7 @@ def finish_story(story_id: str, attempt: Attempt = FIRST_TRY) -> StepResult:
         raise
     except Exception as e:  # noqa: BLE001 - record, don't loop: an operator can retry
         if db_unavailable(e):
-            raise  # not the book's fault: the task layer re-sends the step (workers/tasks.py)
+            raise  # not the book's fault: the task layer re-sends the step (workers/step_task.py)
         log.exception("book assembly failed for story %s", story_id)
         msg = f"The book could not be assembled ({type(e).__name__}); an operator can retry it."
         with autocommit() as c:
