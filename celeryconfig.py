@@ -35,7 +35,7 @@ def _flows() -> tuple[Flow, ...]:
     from pipeline.stories.stages import STORY
 
     try:
-        from pipeline.orders import stages as order_stages
+        from pipeline.orders import stages as order_stages  # type: ignore[attr-defined,unused-ignore]
     except ImportError:
         return (STORY,)
     return (STORY, *(v for v in vars(order_stages).values() if isinstance(v, Flow)))

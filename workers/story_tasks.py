@@ -48,7 +48,7 @@ def analyze_photo(photo_id: str | None = None, tries: int = 0, **extra: Any) -> 
     """Analyse an uploaded photo (faces, labels, objects): photos.ai_processing_status."""
     if bad := bad_id("photos.analyze", "photo_id", photo_id, extra):
         return bad
-    return partial(steps.analyze_photo, step.valid_uuid(photo_id))
+    return partial(steps.analyze_photo, str(step.valid_uuid(photo_id)))
 
 
 @step_task("stories.generate", "outline", key="story_id", then=fan_out)
@@ -57,7 +57,7 @@ def generate_story(story_id: str | None = None, tries: int = 0, **extra: Any) ->
     page's chain (fan_out)."""
     if bad := bad_id("stories.generate", "story_id", story_id, extra):
         return bad
-    return partial(steps.generate_story, step.valid_uuid(story_id))
+    return partial(steps.generate_story, str(step.valid_uuid(story_id)))
 
 
 # --- internal steps: the links of a page's chain -------------------------------------------------
