@@ -6,6 +6,12 @@ next links are sent by Celery with what is left).
     .venv/bin/python -m bench.bench_messages     # BENCH_REDIS_URL, default redis://127.0.0.1:6379/10
 
 Sends to the queues of an otherwise unused Redis database, reads the items back, deletes them.
+
+Measured (issue 11): pages.write_text 1166 B alone vs 1998 B as the first link of the page's chain
+(it carries the two links after it), draw_base 1167 vs 1579 B, personalize 1174 vs 1170 B; per page
+3507 B in three single-step messages vs 4747 B as one chain (1.35x, +1.2 KB), all ids. The cost buys
+a page whose remaining steps travel with it: a redelivered or retried link still runs the rest, and
+any re-sent step resumes the whole page.
 """
 from __future__ import annotations
 
