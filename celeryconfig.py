@@ -5,6 +5,7 @@ from __future__ import annotations
 from kombu import Exchange, Queue
 
 from pipeline.kernel.config import settings
+from pipeline.kernel.stages import Flow
 
 _s = settings()
 
@@ -26,22 +27,34 @@ broker_transport_options = {
 
 # The external API publishes by name to the default queue: keep Celery's default name.
 task_default_queue = "celery"
-# Each queue with its own direct exchange and routing key. (A bare Queue(name) gets Celery's
-# default routing key "celery" on the default exchange: every queue would receive every message.)
-# Kept in sync with the Procfile's and ./run's -Q lists.
-QUEUES = ("celery", "photos", "stories", "text", "images", "personalize", "orders")
-task_queues = [Queue(q, Exchange(q, type="direct"), routing_key=q) for q in QUEUES]
-task_routes = {
-    "photos.analyze": {"queue": "photos"},
-    "stories.generate": {"queue": "stories"},
-    "stories.finish": {"queue": "stories"},
-    "pages.write_text": {"queue": "text"},
-    "pages.draw_base": {"queue": "images"},
-    "pages.personalize": {"queue": "personalize"},
-    "ops.sweep": {"queue": "stories"},
-}
 
-# Stuck-work detection (pipeline/operations/ops.py), run by `celery beat` (Procfile: beat).
+
+def _flows() -> tuple[Flow, ...]:
+    """Every flow's stage table: the story's, and the orders' once pipeline.orders.stages
+    declares it (until then the order tasks pin their queue, "orders", in workers/order_tasks.py)."""
+    from pipeline.stories.stages import STORY
+
+    try:
+        from pipeline.orders import stages as order_stages  # type: ignore[attr-defined,unused-ignore]
+    except ImportError:
+        return (STORY,)
+    return (STORY, *(v for v in vars(order_stages).values() if isinstance(v, Flow)))
+
+
+FLOWS = _flows()
+# Task name -> queue, from the stage tables, plus the operations task (ops.sweep, beat).
+task_routes = {stage.task: {"queue": stage.queue} for flow in FLOWS for stage in flow}
+task_routes["ops.sweep"] = {"queue": "stories"}
+# The one queue list: a worker started without -Q consumes every queue here (Celery's default:
+# "-Q: by default all configured queues are enabled"), as the Procfile, ./run, the demo, the tests
+# and the benchmarks start it. Each queue with its own direct exchange and routing key. (A bare
+# Queue(name) gets Celery's default routing key "celery" on the default exchange: every queue
+# would receive every message.)
+QUEUES = tuple(dict.fromkeys((task_default_queue, "photos", "stories",
+                              *(q for flow in FLOWS for q in flow.queues()), "orders")))
+task_queues = [Queue(q, Exchange(q, type="direct"), routing_key=q) for q in QUEUES]
+
+# Stuck-work detection (pipeline/operations/sweep.py), run by `celery beat` (Procfile: beat).
 beat_schedule = {
     "sweep-stuck-work": {"task": "ops.sweep", "schedule": _s.sweep_interval},
     # Stuck orders (pipeline/orders/steps.py): paid with no print files or print job, lost poll chains.

@@ -9,6 +9,13 @@
     .venv/bin/python -m bench.bench_pipeline [--stories 20] [--latency 2.0] [--concurrency 16]
 
 Uses its own database (storycreator_bench) and Redis database 10; starts and stops its workers.
+
+Measured for issue 11 (page steps as one Celery chain instead of each step sending its successor),
+``--stories 10 --latency 1.0``, this 2-core machine shared with other test runs (load 4-6),
+before/after runs interleaved: orchestration ratio before 0.22, 0.22, 0.30, 0.27 (pipeline 144-217
+tasks/s), after 0.29, 0.30, 0.23 (169-188 tasks/s); latency ratio before 1.03-1.06x, after
+1.05-1.08x. The difference is inside the run-to-run noise (the bare no-op rate alone moved
+487-810 tasks/s). Message sizes: ``python -m bench.bench_messages``.
 """
 
 from __future__ import annotations
@@ -26,10 +33,11 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 CELERY = str(Path(sys.executable).parent / "celery")
-QUEUES = "celery,photos,stories,text,images,personalize,orders"
+# None: the worker consumes every queue celeryconfig declares (no -Q), as the Procfile starts it.
+QUEUES = None
 
 
-def start_worker(app: str, queues: str, concurrency: int, env: dict[str, str], log: Path) -> subprocess.Popen:  # type: ignore[type-arg]
+def start_worker(app: str, queues: str | None, concurrency: int, env: dict[str, str], log: Path) -> subprocess.Popen:  # type: ignore[type-arg]
     from celery import Celery
 
     fh = open(log, "wb")
@@ -44,8 +52,7 @@ def start_worker(app: str, queues: str, concurrency: int, env: dict[str, str], l
             "threads",
             "--concurrency",
             str(concurrency),
-            "-Q",
-            queues,
+            *(["-Q", queues] if queues else []),
             "-n",
             name,
             "--without-gossip",

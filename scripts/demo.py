@@ -23,7 +23,6 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 VAR = ROOT / "var"
-QUEUES = "celery,photos,stories,text,images,personalize,orders"
 CELL = {"completed": "█", "processing": "▒", "pending": "·", "failed": "✗", None: "·"}
 
 
@@ -85,7 +84,7 @@ def main(argv: list[str] | None = None) -> int:
     log = open(log_path, "ab")
     worker = subprocess.Popen(
         [str(Path(sys.executable).parent / "celery"), "-A", "workers.app", "worker", "--pool", "threads",
-         "--concurrency", os.environ.get("WORKER_CONCURRENCY", "12"), "-Q", QUEUES, "-n",
+         "--concurrency", os.environ.get("WORKER_CONCURRENCY", "12"), "-n",
          f"demo-{uuid.uuid4().hex[:6]}@%h", "--without-gossip", "--without-mingle", "-E", "--loglevel", "INFO"],
         cwd=ROOT, env=os.environ.copy(), stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
     )
@@ -94,7 +93,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"worker    pid {worker.pid} (threads pool), log {log_path}")
         # What the external API does: store the photo, insert user/photo/story rows, then
         # publish stories.generate by name after the commit.
-        from pipeline.operations.ops import submit_story
+        from pipeline.operations.submit import submit_story
 
         photo_bytes, ctype = (args.photo.read_bytes(), mimetypes.guess_type(args.photo.name)[0] or "image/jpeg") \
             if args.photo else sample_photo()

@@ -17,12 +17,13 @@ from typing import Any
 import redis
 from sqlalchemy import text
 
+import celeryconfig
 from db.engine import make_engine
 from db.url import database_url
 
 ROOT = Path(__file__).resolve().parent.parent
 CELERY = str(Path(sys.executable).parent / "celery")
-ALL_QUEUES = "celery,photos,stories,text,images,personalize,orders"
+ALL_QUEUES = ",".join(celeryconfig.QUEUES)  # the one queue list (a worker without -Q consumes them all)
 
 
 def flush_redis(url: str) -> None:
@@ -183,7 +184,7 @@ class WorkerProcess:
         env: dict[str, str] | None = None,
         pool: str = "threads",
         concurrency: int = 8,
-        queues: str = ALL_QUEUES,
+        queues: str | None = None,
     ) -> None:
         self.log = log
         self.env = {**os.environ, **(env or {})}
@@ -204,8 +205,7 @@ class WorkerProcess:
                 self.pool,
                 "--concurrency",
                 str(self.concurrency),
-                "-Q",
-                self.queues,
+                *(["-Q", self.queues] if self.queues else []),  # none: every queue of celeryconfig
                 "-n",
                 self.name,
                 "--without-gossip",

@@ -83,7 +83,7 @@ def test_flower_shows_our_tasks_behind_basic_auth(clean_db: Db, worker: WorkerPr
 def test_flower_finds_every_task_of_a_story_by_its_id(clean_db: Db, worker: WorkerProcess, tmp_path: Path) -> None:
     """An operator searching Flower for a story id finds all of its tasks: the page steps too, also
     when the sweeper re-sent them (issue 10: it found 2 of 38). Flower started by the Procfile line."""
-    from pipeline.operations import ops
+    from pipeline.operations.sweep import sweep
     from tests.test_procfile import AUTH, Proc, procfile
     from tests.test_sweep import _stuck_story
 
@@ -110,7 +110,7 @@ def test_flower_finds_every_task_of_a_story_by_its_id(clean_db: Db, worker: Work
         assert clean_db.wait_story(sent)["status"] == "completed"
         # and a story whose messages were lost, re-sent by the sweeper
         swept, _ = _stuck_story(clean_db)
-        assert ops.sweep()
+        assert sweep()
         assert clean_db.wait_story(swept)["status"] == "completed"
         expected = {sent: 2 + 3 * pages, swept: 3 * pages + 1}  # (generate,) pages x 3 steps, finish
         for story, least in expected.items():

@@ -379,7 +379,7 @@ def test_poll_interval_starts_fast_and_grows_to_its_cap() -> None:
 
 
 def test_sweep_leaves_a_waiting_story_alone_and_resends_it_when_its_photo_arrives(clean_db: Db) -> None:
-    from pipeline.operations.ops import find_stuck
+    from pipeline.operations.stuck import find_stuck
 
     photo = clean_db.photo(astronaut_png(), status="pending_upload")
     story = clean_db.story(photo)

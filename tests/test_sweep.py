@@ -78,10 +78,13 @@ def test_beat_sweeps_stuck_work_unattended(clean_db: Db, worker: WorkerProcess, 
 
 def test_backfill_goes_in_batches_at_a_bounded_rate_and_resumes(clean_db: Db, monkeypatch: pytest.MonkeyPatch,
                                                                 capsys: pytest.CaptureFixture[str]) -> None:
-    from workers.app import app
+    from pipeline.kernel import publish
 
     sent: list[tuple[str, str]] = []
-    monkeypatch.setattr(app, "send_task", lambda name, kwargs: sent.append((name, next(iter(kwargs.values())))))
+    monkeypatch.setattr(publish, "send", lambda name, kwargs, **_: sent.append((name, next(iter(kwargs.values())))))
+    # a page step goes out as the rest of its page's chain: recorded as its first link
+    monkeypatch.setattr(publish, "send_signature", lambda sig, **_: sent.append(
+        (sig.tasks[0]["task"], next(iter(sig.tasks[0]["kwargs"].values())))))
     # given two stuck stories (8 page steps) and a lost story start
     pages = _stuck_story(clean_db)[1] + _stuck_story(clean_db)[1]
     lost = clean_db.story(clean_db.photo(astronaut_png()))

@@ -1,5 +1,6 @@
-"""Builds the Celery app. Imports no models: settings come from celeryconfig, tasks from
-workers.tasks, and the database engine is built lazily in each worker process."""
+"""Builds the Celery app. Imports no models: settings come from celeryconfig, tasks from one
+module per queue family (workers.story_tasks, workers.order_tasks, workers.ops_tasks), and the
+database engine is built lazily in each worker process."""
 from __future__ import annotations
 
 import logging
@@ -7,13 +8,13 @@ from typing import Any
 
 from celery import Celery, signals
 
-app = Celery("storycreator", include=["workers.tasks", "workers.order_tasks"])
+app = Celery("storycreator", include=["workers.story_tasks", "workers.order_tasks", "workers.ops_tasks"])
 app.config_from_object("celeryconfig")
 
 
 @signals.setup_logging.connect
 def _setup_logging(**_: Any) -> None:
-    # Our own format; one line per step comes from workers.tasks (no names, no image bytes).
+    # Our own format; one line per step comes from workers.step_task (no names, no image bytes).
     from pipeline.kernel.config import log_level
 
     logging.basicConfig(

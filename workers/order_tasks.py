@@ -1,6 +1,8 @@
 """Celery tasks for orders (payment -> print files -> print-on-demand -> shipped): thin wrappers
-around pipeline.orders.steps, like workers/tasks.py. Each moves only its own state, is safe to run
-twice, and logs one line per run.
+around pipeline.orders.steps, declared with workers/step_task.py like workers/story_tasks.py. Each
+moves only its own state, is safe to run twice, and logs one line per run. The order flow is not a
+chain: its steps wait (for the story, on a print job) and loop, so each sends its successor by
+name (pipeline.kernel.publish) from a named hook once its result is committed.
 
 From the external API (published by name to the default queue, like stories.generate):
 
@@ -23,16 +25,15 @@ from __future__ import annotations
 
 import json
 import logging
+from functools import partial
 from typing import Any
 
-from celery import Task
-
-from pipeline.kernel import step
+from pipeline.kernel import publish, step
 from pipeline.operations.orders import sweep_orders
 from pipeline.orders import steps as orders
 from pipeline.orders import stripe_events as se
 from workers.app import app
-from workers.tasks import StepTask, _run
+from workers.step_task import Body, step_task
 
 log = logging.getLogger("storycreator.step")
 
@@ -52,22 +53,55 @@ def _order_id(name: str, value: Any, extra: dict[str, Any], *, required: bool = 
     return oid, None
 
 
-def _enqueue(task: Any, order_id: str, countdown: float | None = None) -> None:
-    task.apply_async(kwargs={"order_id": order_id}, countdown=countdown)
+def _send(task: str, order_id: str, countdown: float | None = None) -> None:
+    publish.send(task, {"order_id": order_id}, countdown=countdown, queue=QUEUE)
 
 
-def _again(task: Any, order_id: str, result: step.StepResult) -> None:
+def _again_in(result: step.StepResult) -> float | None:
+    """The countdown a waiting order step asked for (typed field; the log-context key
+    ``orders.AGAIN_IN`` until pipeline.orders sets the field)."""
+    if result.again_in is not None:
+        return result.again_in
+    delay = result.context.get(orders.AGAIN_IN)
+    return float(delay) if delay is not None else None
+
+
+def _again(task: str, order_id: str | None, result: step.StepResult) -> None:
     """The step waits (for its story, on a print job): a fresh message after the countdown.
     If this worker dies before sending it, orders.sweep starts the chain again."""
-    delay = result.context.get(orders.AGAIN_IN)
-    if delay is not None:
-        _enqueue(task, order_id, float(delay))
+    delay = _again_in(result)
+    if delay is not None and order_id is not None:
+        _send(task, order_id, delay)
 
 
-@app.task(base=StepTask, bind=True, name="orders.confirm_payment", queue=QUEUE)
-def confirm_payment(self: Task, order_id: str | None = None, event: Any = None, payload: str | None = None,
+def paid(_order_id: str | None, result: step.StepResult) -> None:
+    """Only now: the paid status is committed. The order id is the one the step confirmed (the
+    message may have named none: the payment intent said which)."""
+    if result.moves_on:
+        _send("orders.prepare_print", result.context["order"])
+
+
+def print_files_made(order_id: str | None, result: step.StepResult) -> None:
+    if result.moves_on and order_id is not None:
+        _send("orders.submit_print", order_id)
+    _again("orders.prepare_print", order_id, result)
+
+
+def print_job_submitted(order_id: str | None, result: step.StepResult) -> None:
+    # The provider needs a while (file checks, payment, production delay): first look later.
+    if result.moves_on and order_id is not None:
+        _send("orders.poll_print", order_id, orders.order_settings().poll_countdown)
+
+
+def print_job_polled(order_id: str | None, result: step.StepResult) -> None:
+    _again("orders.poll_print", order_id, result)
+
+
+@step_task("orders.confirm_payment", "payment", key="order_id", queue=QUEUE, then=paid)
+def confirm_payment(order_id: str | None = None, event: Any = None, payload: str | None = None,
                     signature: str | None = None, received_at: Any = None, event_id: str | None = None,
-                    tries: int = 0, **extra: Any) -> str:
+                    tries: int = 0, **extra: Any) -> Body | str:
+    """A Stripe payment event (see the module's docstring) -> the order paid."""
     oid, bad = _order_id("orders.confirm_payment", order_id, extra, required=False)
     if bad:
         return bad
@@ -89,65 +123,56 @@ def confirm_payment(self: Task, order_id: str | None = None, event: Any = None, 
         log.error("orders.confirm_payment: %s; judged as if it were not given", e)
         arrived = None
 
-    def then(result: step.StepResult) -> None:
-        # Only now: the paid status is committed.
-        if result.moves_on:
-            _enqueue(prepare_print, result.context["order"])
+    def confirm(a: step.Attempt) -> step.StepResult:
+        return orders.confirm_payment(oid, event, payload, signature, a, received_at=arrived, event_id=event_id)
 
-    return _run(self, "payment", {"order": oid},
-                lambda a: orders.confirm_payment(oid, event, payload, signature, a, received_at=arrived,
-                                                 event_id=event_id), then)
+    return confirm
 
 
-@app.task(base=StepTask, bind=True, name="orders.prepare_print", queue=QUEUE)
-def prepare_print(self: Task, order_id: str | None = None, tries: int = 0, **extra: Any) -> str:
+@step_task("orders.prepare_print", "print_files", key="order_id", queue=QUEUE, then=print_files_made)
+def prepare_print(order_id: str | None = None, tries: int = 0, **extra: Any) -> Body | str:
+    """The print files (interior and cover PDFs) of a paid order."""
     oid, bad = _order_id("orders.prepare_print", order_id, extra)
     if bad or oid is None:
         return bad or "rejected"
-
-    def then(result: step.StepResult) -> None:
-        if result.moves_on:
-            _enqueue(submit_print, oid)
-        _again(prepare_print, oid, result)
-
-    return _run(self, "print_files", {"order": oid}, lambda a: orders.make_print_files(oid, a), then)
+    return partial(orders.make_print_files, oid)
 
 
-@app.task(base=StepTask, bind=True, name="orders.submit_print", queue=QUEUE)
-def submit_print(self: Task, order_id: str | None = None, tries: int = 0, **extra: Any) -> str:
+@step_task("orders.submit_print", "print_job", key="order_id", queue=QUEUE, then=print_job_submitted)
+def submit_print(order_id: str | None = None, tries: int = 0, **extra: Any) -> Body | str:
+    """The print job at the print-on-demand provider."""
     oid, bad = _order_id("orders.submit_print", order_id, extra)
     if bad or oid is None:
         return bad or "rejected"
-
-    def then(result: step.StepResult) -> None:
-        # The provider needs a while (file checks, payment, production delay): first look later.
-        if result.moves_on:
-            _enqueue(poll_print, oid, orders.order_settings().poll_countdown)
-
-    return _run(self, "print_job", {"order": oid}, lambda a: orders.submit_print_job(oid, a), then)
+    return partial(orders.submit_print_job, oid)
 
 
-@app.task(base=StepTask, bind=True, name="orders.poll_print", queue=QUEUE)
-def poll_print(self: Task, order_id: str | None = None, tries: int = 0, **extra: Any) -> str:
+@step_task("orders.poll_print", "print_status", key="order_id", queue=QUEUE, then=print_job_polled)
+def poll_print(order_id: str | None = None, tries: int = 0, **extra: Any) -> Body | str:
+    """How the print job is doing; sent again while it prints."""
     oid, bad = _order_id("orders.poll_print", order_id, extra)
     if bad or oid is None:
         return bad or "rejected"
-    return _run(self, "print_status", {"order": oid}, lambda a: orders.poll_print_job(oid, a),
-                lambda result: _again(poll_print, oid, result))
+    return partial(orders.poll_print_job, oid)
 
 
-@app.task(base=StepTask, bind=True, name="orders.lulu_webhook", queue=QUEUE)
-def lulu_webhook(self: Task, payload: str | None = None, headers: dict[str, Any] | None = None, tries: int = 0,
-                 **extra: Any) -> str:
+@step_task("orders.lulu_webhook", "print_webhook", queue=QUEUE)
+def lulu_webhook(payload: str | None = None, headers: dict[str, Any] | None = None, tries: int = 0,
+                 **extra: Any) -> Body | str:
+    """Lulu's PRINT_JOB_STATUS_CHANGED webhook (raw body and headers; HMAC verified)."""
     if extra:
         log.error("orders.lulu_webhook: ignoring unexpected arguments %s", sorted(extra))
     if not isinstance(payload, str) or not isinstance(headers or {}, dict):
         log.error("orders.lulu_webhook needs kwargs {'payload': '<raw body>', 'headers': {...}}")
         return "rejected: payload must be the raw body as a string"
-    return _run(self, "print_webhook", {}, lambda a: orders.handle_lulu_webhook(payload, headers or {}, a))
+
+    def handle(a: step.Attempt) -> step.StepResult:
+        return orders.handle_lulu_webhook(payload, headers or {}, a)
+
+    return handle
 
 
-@app.task(name="orders.sweep", queue=QUEUE, acks_late=True, ignore_result=True, expires=120)
+@app.task(name="orders.sweep", queue=QUEUE, expires=120)
 def sweep() -> str:
     """Periodic (celery beat): re-enqueue stuck orders (print files never made, paid with no
     print job, print jobs nobody has asked about for two poll intervals)."""

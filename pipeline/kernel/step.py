@@ -41,6 +41,12 @@ class StepResult:
     timings: dict[str, float] = field(default_factory=dict)  # phase -> ms
     fanout: list[str] = field(default_factory=list)  # stories.generate: pages to run
     context: dict[str, Any] = field(default_factory=dict)  # ids for the log line (story, page number)
+    # pages.personalize: the id of this page's story when every one of its pages is done (the
+    # Postgres barrier, checked after this page's commit): the task layer sends stories.finish.
+    story_ready: str | None = None
+    # A step that waits (an order for its story, a print job in production): send a fresh message
+    # of this same task after this many seconds (not a retry: no growing retry count).
+    again_in: float | None = None
 
     @property
     def moves_on(self) -> bool:

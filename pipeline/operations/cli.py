@@ -130,8 +130,8 @@ def _book_links(story_id: str) -> dict[str, str]:
 
 
 def _summary(args: argparse.Namespace) -> int:
-    from pipeline.operations.ops import summary
     from pipeline.operations.orders import order_summary
+    from pipeline.operations.submit import summary
 
     counts = summary()
     orders = order_summary()
@@ -186,7 +186,7 @@ def _retry_order(args: argparse.Namespace) -> int:
 def cmd_submit(args: argparse.Namespace) -> int:
     import mimetypes
 
-    from pipeline.operations.ops import submit_story
+    from pipeline.operations.submit import submit_story
 
     if not args.photo.is_file():
         print(f"error: no such photo file: {args.photo}", file=sys.stderr)
@@ -213,7 +213,7 @@ def _duration(raw: str) -> float:
 
 def cmd_retry(args: argparse.Namespace) -> int:
     from pipeline.kernel.step import valid_uuid
-    from pipeline.operations.ops import failed_stories, retry_story
+    from pipeline.operations.retry import failed_stories, retry_story
 
     if args.order is not None:
         return _retry_order(args)
@@ -248,7 +248,7 @@ def cmd_retry(args: argparse.Namespace) -> int:
 
 def cmd_backfill(args: argparse.Namespace) -> int:
     from pipeline.kernel.config import settings
-    from pipeline.operations.ops import BackfillProgress, backfill
+    from pipeline.operations.backfill import BackfillProgress, backfill
     from pipeline.operations.orders import sweep_orders
 
     lease = args.stale_after if args.stale_after is not None else settings().step_lease_seconds

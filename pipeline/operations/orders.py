@@ -14,8 +14,9 @@ from typing import Any
 from db import order_events as events
 from db import order_repair as repair
 from db.engine import transaction
+from pipeline.kernel import publish
 from pipeline.kernel.config import settings
-from pipeline.operations.ops import Stuck
+from pipeline.operations.stuck import Stuck
 from pipeline.orders.payment import NEEDS_CONFIRMATION
 from pipeline.orders.settings import order_settings
 from pipeline.orders.stages import ORDER_FLOW, QUEUE, SWEPT
@@ -25,14 +26,12 @@ from pipeline.providers import lulu
 
 def _publish(task: str, kwargs: dict[str, Any]) -> None:
     """Send an order task by name to the orders queue (no task objects: the Celery layer is on top)."""
-    from workers.app import app  # to become pipeline.kernel.publish (issue 11): the only workers import here
-
-    app.send_task(task, kwargs=kwargs, queue=QUEUE)
+    publish.send(task, kwargs, queue=QUEUE)
 
 
 def find_stuck_orders(*, lease: float | None = None, pending_after: float | None = None,
                       limit: int = 500) -> list[Stuck]:
-    """Orders that should be moving and are not (read-only), as pipeline.operations.ops.Stuck
+    """Orders that should be moving and are not (read-only), as pipeline.operations.stuck.Stuck
     items: for each swept stage of the order flow (pipeline.orders.stages), its task with the
     order's id; and, with STRIPE_SECRET_KEY, genuine payment events that wait for confirmation
     (``orders.confirm_payment`` with the event id). ``lease`` / ``pending_after``: seconds,

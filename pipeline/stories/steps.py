@@ -1,8 +1,8 @@
 """The pipeline's steps as plain functions of ids: claim -> provider -> store -> record.
 
 Built from the step kernel (pipeline.kernel.step). Celery-free on purpose: the task layer
-(workers/tasks.py) maps a StepResult to "enqueue the
-next step" / "stop here" and RetryLater to a delayed retry; tests and tools can call these
+(workers/step_task.py) maps a StepResult to "the page's chain goes
+on" / "stop here" and RetryLater to a delayed retry; tests and tools can call these
 directly. Every step is idempotent: a completed column returns at once, a column another live
 copy holds is left alone, and results go to deterministic keys before the column completes.
 No database connection is held while a provider works.
@@ -44,6 +44,7 @@ from pipeline.providers.registry import image_ref, output_storage, providers, re
 from pipeline.stories import upload_wait
 from pipeline.stories.faces import ProtagonistChoice, choose_protagonist, too_small_message
 from pipeline.stories.fonts import printable_text
+from pipeline.stories.stages import STAGE_LABEL
 from pipeline.stories.themes import THEMES, resolve_theme
 
 log = logging.getLogger("pipeline.stories.steps")
@@ -51,14 +52,6 @@ T = TypeVar("T")
 
 MAX_NAME_LENGTH = 40
 
-STAGE_LABEL: dict[str, str] = {
-    "analysis": "photo analysis",
-    "outline": "story outline",
-    "text": "story text",
-    "image": "illustration",
-    "personalization": "personalization",
-    "finish": "book assembly",
-}
 
 
 # --- photo analysis ---------------------------------------------------------------------------
@@ -448,7 +441,8 @@ def personalize(page_id: str, attempt: Attempt = FIRST_TRY) -> StepResult:
         # finish at the same moment, at least the last to get here sees them all done. Also on
         # a redelivered copy (already done): its first run may have died before enqueueing.
         with autocommit() as c:
-            result.context["story_ready"] = tx.story_ready(c, result.context["story"])
+            if tx.story_ready(c, result.context["story"]):
+                result.story_ready = result.context["story"]
     return result
 
 
@@ -729,7 +723,7 @@ def finish_story(story_id: str, attempt: Attempt = FIRST_TRY) -> StepResult:
         raise
     except Exception as e:  # noqa: BLE001 - record, don't loop: an operator can retry
         if db_unavailable(e):
-            raise  # not the book's fault: the task layer re-sends the step (workers/tasks.py)
+            raise  # not the book's fault: the task layer re-sends the step (workers/step_task.py)
         log.exception("book assembly failed for story %s", story_id)
         msg = f"The book could not be assembled ({type(e).__name__}); an operator can retry it."
         with autocommit() as c:

@@ -1,0 +1,195 @@
+"""SQL of the operator actions (pipeline/operations): retrying a failed story, the stuck-work
+queries, submitting a story as the external API does, and the counts an operator reads.
+
+Every change is a guarded transition (only failed steps go back to pending; completed work is
+kept). Functions take an open connection (``db.engine.transaction``/``autocommit``) and commit
+nothing themselves.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+from sqlalchemy import text
+from sqlalchemy.engine import Connection, RowMapping
+
+# --- retry ---------------------------------------------------------------------------------------
+
+
+def lock_failed_story(c: Connection, story_id: str) -> RowMapping | None:
+    """The story's status and its photo's (``FOR UPDATE`` of the story row), or None when there is
+    no such story. Keys: status, error_message, photo_id, photo_status, own_photo (the photo is its
+    user's), ai_error_message, photo_changed (the photo row moved since its last recorded error)."""
+    return c.execute(text(
+        """SELECT s.status, s.error_message, p.id AS photo_id, p.ai_processing_status AS photo_status,
+                  p.user_id = s.user_id AS own_photo,
+                  p.ai_error_message, p.updated_at > COALESCE(
+                    (SELECT max(created_at) FROM step_errors e WHERE e.photo_id = p.id), '-infinity')
+                    AS photo_changed
+             FROM stories s JOIN photos p ON p.id = s.protagonist_photo_id
+            WHERE s.id = :id FOR UPDATE OF s"""), {"id": story_id}).mappings().first()
+
+
+def count_failed_pages(c: Connection, story_id: str) -> int:
+    """Pages of the story with at least one failed step."""
+    return int(c.execute(text(
+        """SELECT count(*) FROM story_pages WHERE story_id = :id AND 'failed' IN
+           (text_generation_status, image_generation_status, personalization_status)"""),
+        {"id": story_id}).scalar() or 0)
+
+
+def reset_failed_photo(c: Connection, photo_id: str) -> None:
+    """A failed photo analysis back to pending."""
+    c.execute(text("""UPDATE photos SET ai_processing_status = 'pending', ai_error_message = NULL
+                      WHERE id = :p AND ai_processing_status = 'failed'"""), {"p": photo_id})
+
+
+def reset_failed_story(c: Connection, story_id: str) -> int:
+    """Every failed page step of the story back to pending (completed ones kept), then the story
+    failed -> pending. Returns how many pages were reset."""
+    n = c.execute(text(
+        """UPDATE story_pages SET
+               text_generation_status = CASE WHEN text_generation_status = 'failed' THEN 'pending'
+                                             ELSE text_generation_status END,
+               image_generation_status = CASE WHEN image_generation_status = 'failed' THEN 'pending'
+                                              ELSE image_generation_status END,
+               personalization_status = CASE WHEN personalization_status = 'failed' THEN 'pending'
+                                             ELSE personalization_status END
+         WHERE story_id = :id AND 'failed' IN
+               (text_generation_status, image_generation_status, personalization_status)"""),
+        {"id": story_id}).rowcount
+    c.execute(text("""UPDATE stories SET status = 'pending', error_message = NULL
+                      WHERE id = :id AND status = 'failed'"""), {"id": story_id})
+    return int(n)
+
+
+def failed_stories(c: Connection, *, page: str | None = None, photo: str | None = None,
+                   since_seconds: float | None = None, stage: str | None = None, theme: str | None = None,
+                   limit: int = 1000) -> list[str]:
+    """Ids of failed stories selected by a page, a photo, or by when/where they failed (their
+    latest permanent error, the story's own or its photo's), oldest update first."""
+    where = ["s.status = 'failed'"]
+    params: dict[str, object] = {"limit": limit}
+    if page is not None:
+        where.append("s.id = (SELECT story_id FROM story_pages WHERE id = :page)")
+        params["page"] = page
+    if photo is not None:
+        where.append("s.protagonist_photo_id = :photo")
+        params["photo"] = photo
+    if theme is not None:
+        where.append("s.story_theme = :theme")
+        params["theme"] = theme
+    if since_seconds is not None or stage is not None:
+        cond = ["e.permanent"]
+        if since_seconds is not None:
+            cond.append("e.created_at >= now() - make_interval(secs => :since)")
+            params["since"] = since_seconds
+        if stage is not None:
+            cond.append("e.stage = :stage")
+            params["stage"] = stage
+        where.append(f"""EXISTS (SELECT 1 FROM step_errors e
+                                 WHERE (e.story_id = s.id OR e.photo_id = s.protagonist_photo_id)
+                                   AND {' AND '.join(cond)})""")
+    sql = f"SELECT s.id FROM stories s WHERE {' AND '.join(where)} ORDER BY s.updated_at LIMIT :limit"
+    return [str(r[0]) for r in c.execute(text(sql), params)]
+
+
+# --- stuck work ----------------------------------------------------------------------------------
+# Each query finds one kind of stuck work. "processing" older than the lease: the worker holding
+# it died (its message may only come back after the broker's visibility timeout). "pending"
+# older than :pending_after with everything it needs done: its message was lost (enqueue failed
+# after commit, a broker restart, a row inserted by a backfill of old data).
+#
+# At 100,000+ stories almost every row is finished, so each query is driven by a partial index
+# that holds only unfinished rows (schema.sql: ix_*_unfinished) and pages through it by id
+# (keyset: "id > :after ORDER BY id LIMIT :limit"), which is what lets a backfill resume where
+# it stopped. Each WHERE repeats its index's predicate word for word, so the planner can use it.
+# Parameters: :after, :limit, :lease, :pending_after, :upload_wait (seconds).
+
+STUCK_PHOTOS = """
+        SELECT id FROM photos
+         WHERE ai_processing_status IS DISTINCT FROM 'completed' AND id > :after AND status = 'uploaded'
+           AND ((ai_processing_status = 'processing' AND updated_at < now() - make_interval(secs => :lease))
+             OR (COALESCE(ai_processing_status, 'pending') = 'pending'
+                 AND updated_at < now() - make_interval(secs => :pending_after)))
+         ORDER BY id LIMIT :limit"""
+
+STUCK_STORY_STARTS = """
+        SELECT s.id FROM stories s
+         WHERE s.status IN ('pending', 'processing') AND s.id > :after
+           AND ((s.status = 'pending' AND s.updated_at < now() - make_interval(secs => :pending_after)
+                 -- not while it waits for its photo's upload (its message looks again by itself);
+                 -- once the photo is uploaded, or the wait is over, a lost message is re-sent
+                 AND NOT EXISTS (SELECT 1 FROM photos ph WHERE ph.id = s.protagonist_photo_id
+                                    AND ph.status = 'pending_upload'
+                                    AND s.updated_at >= now() - make_interval(secs => :upload_wait)))
+             OR (s.status = 'processing' AND s.updated_at < now() - make_interval(secs => :lease)
+                 AND NOT EXISTS (SELECT 1 FROM story_pages p WHERE p.story_id = s.id)))
+         ORDER BY s.id LIMIT :limit"""
+
+# Every page done, the story not: the personalization that should have sent the finish died
+# first (or its message was lost).
+STUCK_FINISHES = """
+        SELECT s.id FROM stories s
+         WHERE s.status IN ('pending', 'processing') AND s.id > :after AND s.status = 'processing'
+           AND s.updated_at < now() - make_interval(secs => :pending_after)
+           AND EXISTS (SELECT 1 FROM story_pages p WHERE p.story_id = s.id)
+           AND NOT EXISTS (SELECT 1 FROM story_pages p WHERE p.story_id = s.id
+                            AND (p.personalization_status IS DISTINCT FROM 'completed'
+                                 OR p.updated_at > now() - make_interval(secs => :pending_after)))
+         ORDER BY s.id LIMIT :limit"""
+
+
+def stuck_page_steps(column: str, prerequisite: str | None) -> str:
+    """The stuck-work query of one page step: its status column ``column`` unfinished (the
+    partial index ix_story_pages_<column>_unfinished's predicate), its ``prerequisite`` column
+    completed (None for the page's first step), the story processing. Rows: (page id, story id).
+    Column names come from the stage table (pipeline/stories/stages.py), never from input."""
+    return f"""
+        SELECT p.id, p.story_id FROM story_pages p JOIN stories s ON s.id = p.story_id
+         WHERE p.{column} IS DISTINCT FROM 'completed' AND p.id > :after
+           AND s.status = 'processing' {f"AND p.{prerequisite} = 'completed'" if prerequisite else ""}
+           AND ((p.{column} = 'processing' AND p.updated_at < now() - make_interval(secs => :lease))
+             OR (COALESCE(p.{column}, 'pending') = 'pending'
+                 AND p.updated_at < now() - make_interval(secs => :pending_after)))
+         ORDER BY p.id LIMIT :limit"""
+
+
+def stuck_rows(c: Connection, sql: str, params: dict[str, Any]) -> list[tuple[str, ...]]:
+    """The rows of one stuck-work query, as strings."""
+    return [tuple(str(v) for v in r) for r in c.execute(text(sql), params)]
+
+
+# --- submit, as the external API does ------------------------------------------------------------
+
+def insert_story(c: Connection, email: str, object_key: str, filename: str, content_type: str,
+                 name: str, age: int, theme: str) -> str:
+    """The user (by email, created if new), an uploaded local photo at ``object_key`` and a pending
+    story of it. Returns the story id."""
+    user = c.execute(text(
+        """INSERT INTO users (email) VALUES (:e)
+           ON CONFLICT (email) DO UPDATE SET email = EXCLUDED.email RETURNING id"""), {"e": email}).scalar()
+    photo_id = c.execute(text(
+        """INSERT INTO photos (user_id, storage_provider, object_key, filename, content_type, status)
+           VALUES (:u, 'local', :k, :f, :ct, 'uploaded') RETURNING id"""),
+        {"u": user, "k": object_key, "f": filename, "ct": content_type}).scalar()
+    return str(c.execute(text(
+        """INSERT INTO stories (user_id, child_name, child_age, story_theme, protagonist_photo_id)
+           VALUES (:u, :n, :a, :t, :p) RETURNING id"""),
+        {"u": user, "n": name, "a": age, "t": theme, "p": photo_id}).scalar())
+
+
+# --- the whole picture ---------------------------------------------------------------------------
+
+_SUMMARY = (
+    ("photo analysis", "SELECT COALESCE(ai_processing_status, 'pending'), count(*) FROM photos GROUP BY 1"),
+    ("story", "SELECT status, count(*) FROM stories GROUP BY 1"),
+    ("text", "SELECT COALESCE(text_generation_status, 'pending'), count(*) FROM story_pages GROUP BY 1"),
+    ("image", "SELECT COALESCE(image_generation_status, 'pending'), count(*) FROM story_pages GROUP BY 1"),
+    ("personalization",
+     "SELECT COALESCE(personalization_status, 'pending'), count(*) FROM story_pages GROUP BY 1"),
+)
+
+
+def summary(c: Connection) -> dict[str, dict[str, int]]:
+    """Counts per stage and status: {"story": {"completed": 3, ...}, ...}."""
+    return {stage: {str(k): int(v) for k, v in c.execute(text(sql)).all()} for stage, sql in _SUMMARY}

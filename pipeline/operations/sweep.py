@@ -1,0 +1,22 @@
+"""The periodic sweep (``ops.sweep`` under celery beat): one bounded pass over stuck work."""
+from __future__ import annotations
+
+from pipeline.operations.stuck import Stuck, find_stuck, resend
+
+
+def sweep(*, lease: float | None = None, pending_after: float | None = None, limit: int = 500,
+          dry_run: bool = False) -> list[Stuck]:
+    """Re-enqueue stuck work (up to ``limit`` of each kind; thresholds in seconds, default
+    STEP_LEASE_SECONDS) and return what was found. Safe beside live workers and safe to run twice:
+    each step's own guarded claim decides (a stale claim is taken over, a live or finished one is
+    left alone), so a duplicate message is a no-op, never duplicate work."""
+    from pipeline.kernel.config import settings
+
+    s = settings()
+    stuck = find_stuck(lease=lease if lease is not None else s.step_lease_seconds,
+                       pending_after=pending_after if pending_after is not None else s.step_lease_seconds,
+                       limit=limit)
+    if not dry_run:
+        for item in stuck:
+            resend(item)
+    return stuck

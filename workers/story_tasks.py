@@ -1,0 +1,103 @@
+"""The story flow's Celery tasks (pipeline/stories/stages.py declares the flow): thin
+declarations around pipeline.stories.steps. Each moves only its own status column, is safe to
+run twice, and logs one line per run (workers/step_task.py).
+
+Names are the contract with the external API: ``photos.analyze(photo_id)`` and
+``stories.generate(story_id)`` are published by name to the default queue; the rest are internal
+and routed to per-stage queues (celeryconfig.task_routes, from the stage table). A page's steps
+run as one Celery chain (``pipeline.stories.stages.page_chain``): text -> illustration ->
+personalization, each link sent by Celery when the previous one returned.
+"""
+from __future__ import annotations
+
+import logging
+from functools import partial
+from typing import Any
+
+from pipeline.kernel import publish, step
+from pipeline.stories import steps
+from pipeline.stories.stages import STORY, page_chain
+from workers.step_task import Body, bad_id, step_task
+
+log = logging.getLogger("storycreator.step")
+
+
+def fan_out(story_id: str | None, result: step.StepResult) -> None:
+    """After the story's start committed every row the pages need: each unfinished page's chain,
+    all at once (pipelined, no stage barrier). A story with nothing left but its completion (a
+    re-run after every page finished) goes straight to stories.finish."""
+    assert story_id is not None
+    for page_id in result.fanout:
+        publish.send_signature(page_chain(page_id, "text", story_id))
+    if result.outcome is step.Outcome.DONE and not result.fanout:
+        publish.send(STORY["finish"].task, {"story_id": story_id})
+
+
+def finish_when_ready(_page_id: str | None, result: step.StepResult) -> None:
+    """The barrier is a Postgres query (steps.personalize), not a chord: only a personalization
+    that finds every page of its story done (also a redelivered, already-done copy: its first run
+    may have died before sending) sends the story's completion."""
+    if result.moves_on and result.story_ready:
+        publish.send(STORY["finish"].task, {"story_id": result.story_ready})
+
+
+# --- the external contract ---------------------------------------------------------------------
+
+@step_task("photos.analyze", "analysis", key="photo_id")
+def analyze_photo(photo_id: str | None = None, tries: int = 0, **extra: Any) -> Body | str:
+    """Analyse an uploaded photo (faces, labels, objects): photos.ai_processing_status."""
+    if bad := bad_id("photos.analyze", "photo_id", photo_id, extra):
+        return bad
+    return partial(steps.analyze_photo, str(step.valid_uuid(photo_id)))
+
+
+@step_task("stories.generate", "outline", key="story_id", then=fan_out)
+def generate_story(story_id: str | None = None, tries: int = 0, **extra: Any) -> Body | str:
+    """Start a story: claim it, its photo analysed, the outline and page rows; then every
+    page's chain (fan_out)."""
+    if bad := bad_id("stories.generate", "story_id", story_id, extra):
+        return bad
+    return partial(steps.generate_story, str(step.valid_uuid(story_id)))
+
+
+# --- internal steps: the links of a page's chain -------------------------------------------------
+# Page tasks carry their story's id too (optional: messages queued before it existed have none),
+# so an operator finds every task of a story by its id in Flower's search.
+
+@step_task("pages.write_text", "text", key="page_id")
+def write_text(page_id: str, tries: int = 0, story_id: str | None = None) -> Body:
+    """A page's text (story_pages.text_generation_status)."""
+    _story_label("pages.write_text", story_id)
+    return partial(steps.write_text, page_id)
+
+
+@step_task("pages.draw_base", "image", key="page_id")
+def draw_base(page_id: str, tries: int = 0, story_id: str | None = None) -> Body:
+    """A page's illustration (story_pages.image_generation_status)."""
+    _story_label("pages.draw_base", story_id)
+    return partial(steps.draw_base, page_id)
+
+
+@step_task("pages.personalize", "personalization", key="page_id", then=finish_when_ready)
+def personalize(page_id: str, tries: int = 0, story_id: str | None = None) -> Body:
+    """The child's face in a page's illustration (story_pages.personalization_status); the
+    story's completion when every page is done."""
+    _story_label("pages.personalize", story_id)
+    return partial(steps.personalize, page_id)
+
+
+@step_task("stories.finish", "finish", key="story_id")
+def finish_story(story_id: str, tries: int = 0) -> Body:
+    """The book, then stories.status completed (a SKIP LOCKED row lock: one finisher)."""
+    return partial(steps.finish_story, story_id)
+
+
+def _story_label(name: str, story_id: Any) -> str | None:
+    """A page task's ``story_id``: a label for operators (the page's row says which story it is
+    in). A malformed one is logged and ignored."""
+    if story_id is None:
+        return None
+    sid = step.valid_uuid(story_id)
+    if sid is None:
+        log.error("%s: ignoring story_id %r (not a UUID)", name, str(story_id)[:80])
+    return sid
