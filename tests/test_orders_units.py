@@ -18,6 +18,7 @@ from fpdf import FPDF
 
 from pipeline.kernel.errors import PermanentStepError
 from pipeline.orders import stripe_events as se
+from pipeline.orders.offline_print_shop import LocalPrintShop
 from pipeline.orders.print_files import (
     PrintBook,
     PrintPage,
@@ -30,7 +31,7 @@ from pipeline.orders.print_files import (
     render_print_files,
 )
 from pipeline.orders.steps import lulu_address
-from pipeline.providers.lulu import LocalPrintShop, PrintJobRequest
+from pipeline.providers.lulu import PrintJobRequest
 
 HARDCOVER = "0850X0850FCPRECW080CW444GXX"
 SECRET = "whsec_test_0123456789abcdef"

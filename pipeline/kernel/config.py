@@ -103,8 +103,8 @@ def check_settings() -> None:
     from pipeline.kernel.cpu import processes
     from pipeline.kernel.metrics import metrics_port
     from pipeline.kernel.quota import max_inline_wait
+    from pipeline.orders.offline_print_shop import print_shop_stage_seconds
     from pipeline.orders.steps import order_settings
-    from pipeline.providers.lulu import print_shop_stage_seconds
 
     settings()
     log_level()

@@ -11,6 +11,7 @@ from typing import Any
 
 from pipeline.kernel.config import _choice, env_float, env_int, settings
 from pipeline.kernel.errors import PermanentStepError
+from pipeline.orders.offline_print_shop import LocalPrintShop
 from pipeline.providers import lulu
 
 PROVIDER_LABEL = {"lulu": "Lulu", "local": "the local print shop"}
@@ -120,7 +121,7 @@ def print_provider(name: str | None = None) -> lulu.PrintProvider:
                     hooks = None
                 _providers[key] = lulu.LuluClient.from_env(hooks=hooks)
             elif key[1] == "local":
-                _providers[key] = lulu.LocalPrintShop.from_env(settings().local_storage_root)
+                _providers[key] = LocalPrintShop.from_env(settings().local_storage_root)
             else:
                 raise PermanentStepError(f"Unknown print provider {key[1]!r} (POD_PROVIDER: local or lulu).")
         return _providers[key]

@@ -1,7 +1,7 @@
 """The Lulu Print API client (``LuluClient``).
 
 The vendor-neutral interface it implements is in pipeline/providers/print_jobs.py; the offline
-print shop is pipeline/providers/offline_print.py.
+print shop (orders without a print provider account) is pipeline/orders/offline_print_shop.py.
 
 ``LuluClient`` speaks the Lulu Print API (https://api.lulu.com/docs/, sandbox
 https://api.sandbox.lulu.com) with ``httpx``:
@@ -34,7 +34,7 @@ import os
 import threading
 import time
 from collections.abc import Mapping
-from typing import TYPE_CHECKING, Any
+from typing import Any
 from urllib.parse import urlsplit
 
 import httpx
@@ -58,9 +58,6 @@ from pipeline.providers.print_jobs import (  # noqa: F401
     PrintProvider,
 )
 from pipeline.providers.print_jobs import REASON_CHARS as _REASON_CHARS
-
-if TYPE_CHECKING:  # served lazily by __getattr__ below
-    from pipeline.providers.offline_print import LocalPrintShop, print_shop_stage_seconds  # noqa: F401
 
 TOKEN_PATH = "/auth/realms/glasstree/protocol/openid-connect/token"
 # Reads that are safe to send twice: tried again at once on a dropped connection or a 5xx.
@@ -344,13 +341,3 @@ class LuluClient:
         production; it refuses later with an error, raised as PermanentStepError)."""
         self._api("cancel_job", "PUT", f"/print-jobs/{job_id}/status/", json={"name": "CANCELED"})
 
-
-def __getattr__(name: str) -> Any:
-    """``lulu.LocalPrintShop`` and ``lulu.print_shop_stage_seconds`` for callers written before the
-    offline print shop moved to pipeline/providers/offline_print.py (issue 11); imported only when
-    asked for, so this module does not load the offline shop. AttributeError for anything else."""
-    if name in ("LocalPrintShop", "print_shop_stage_seconds"):
-        from pipeline.providers import offline_print
-
-        return getattr(offline_print, name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -3,7 +3,7 @@
 ``PrintProvider`` is the interface (the cover size for a book, create a print job once and find
 it again by our order id, read its status, cancel it); ``PrintJobRequest`` and ``PrintJob`` are
 what crosses it. Implementations: ``pipeline.providers.lulu.LuluClient`` (the Lulu Print API) and
-``pipeline.providers.offline_print.LocalPrintShop`` (offline, the default).
+``pipeline.orders.offline_print_shop.LocalPrintShop`` (offline, the default).
 
 Job statuses use Lulu's names (https://api.lulu.com/docs/, print job ``status.name``), the most
 detailed public vocabulary for this; the offline shop moves through the same ones.
