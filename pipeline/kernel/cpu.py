@@ -50,7 +50,7 @@ def _child_init() -> None:
 
     from PIL import Image
 
-    import pipeline.stories.steps  # noqa: F401  (what the calls are pickled against: ~0.5 s of imports)
+    import pipeline.stories.finish  # noqa: F401  (what the calls are pickled against: ~0.5 s of imports)
     from pipeline.stories.book import Book, BookPage, render_pdf
 
     buf = io.BytesIO()
