@@ -196,12 +196,14 @@ class Quotas:
         return self._call(self._acquire, [key], [cap, holder, int(lease * 1000)]) / 1000.0
 
     def release(self, provider: str, holder: str) -> None:
+        """Give back ``holder``'s concurrent-job slot (best effort: its lease frees it anyway)."""
         if limits(provider).concurrent <= 0:
             return
         with contextlib.suppress(redis.RedisError):  # the slot's lease frees it anyway
             self._redis.zrem(f"{self._prefix}:{provider}:jobs", holder)
 
     def holders(self, provider: str) -> int:
+        """How many of ``provider``'s concurrent-job slots are held now."""
         return int(self._redis.zcard(f"{self._prefix}:{provider}:jobs"))
 
 
@@ -210,6 +212,7 @@ _cached: tuple[int, Quotas] | None = None
 
 
 def quotas() -> Quotas:
+    """The process's :class:`Quotas` on REDIS_URL (one per process: a forked child makes its own)."""
     global _cached
     pid = os.getpid()
     if _cached is None or _cached[0] != pid:
@@ -224,7 +227,7 @@ class QuotaHooks:
     the concurrent cap around synchronous calls, and per-provider request metrics after.
 
     Concurrent caps on remote *jobs* (Replicate predictions) are held by the step for the job's
-    whole life instead (pipeline.stories.steps), so ``concurrent_calls`` is off for those providers."""
+    whole life instead (pipeline/stories/remote_jobs.py), so ``concurrent_calls`` is off for those providers."""
 
     def __init__(self, concurrent_calls: bool = True, call_lease: float = 120.0) -> None:
         self._local = threading.local()
