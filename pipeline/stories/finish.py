@@ -22,6 +22,24 @@ from pipeline.stories.themes import resolve_theme
 log = logging.getLogger("pipeline.stories.finish")
 
 
+def warm_up_book() -> None:
+    """Render a one-page book once: imports, font discovery and the per-process font templates
+    (~0.5 s) are paid by each CPU process as it starts (pipeline.kernel.cpu.warm_with), not by the
+    first story's completion."""
+    import io
+
+    from PIL import Image
+
+    from pipeline.stories.book import Book, BookPage, render_pdf
+
+    buf = io.BytesIO()
+    Image.new("RGB", (8, 6), "white").save(buf, "PNG")
+    render_pdf(Book("Warm-up", "Mia", "Warm-up", [BookPage(1, "Mia.", buf.getvalue())]))
+
+
+cpu.warm_with(warm_up_book)
+
+
 def finish_story(story_id: str, attempt: Attempt = FIRST_TRY) -> StepResult:
     """processing -> completed once every page is personalized, after writing the book.
 
