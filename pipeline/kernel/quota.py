@@ -47,12 +47,15 @@ SAFETY = 1.1
 
 @dataclass(frozen=True)
 class Limits:
+    """A provider's limits: requests per second and per minute, concurrent calls or jobs (0: none)."""
+
     rps: float
     rpm: float
     concurrent: int
 
     @property
     def any(self) -> bool:
+        """Is any limit set?"""
         return self.rps > 0 or self.rpm > 0 or self.concurrent > 0
 
 
@@ -71,6 +74,8 @@ def _limit(name: str, default: float) -> float:
 
 @cache
 def limits(provider: str) -> Limits:
+    """``provider``'s limits: QUOTA_<PROVIDER>_RPS / _RPM / _CONCURRENT, else DEFAULTS (cached).
+    Raises SystemExit("configuration error: ...") for a value that is not a number >= 0."""
     rps, rpm, conc = DEFAULTS.get(provider, (0.0, 0.0, 0))
     p = provider.upper()
     return Limits(_limit(f"QUOTA_{p}_RPS", rps), _limit(f"QUOTA_{p}_RPM", rpm),
@@ -235,6 +240,8 @@ class QuotaHooks:
         self._call_lease = call_lease
 
     def before(self, provider: str, operation: str) -> None:
+        """Before a request: a concurrent slot (when capped) and one request of the rate limits;
+        raises QuotaWait when they are not free within the inline wait."""
         q = quotas()
         if self._concurrent_calls and limits(provider).concurrent > 0:
             holder = uuid.uuid4().hex
@@ -252,6 +259,7 @@ class QuotaHooks:
             raise
 
     def after(self, provider: str, operation: str, outcome: str, seconds: float) -> None:
+        """After a request: its concurrent slot freed and its metrics recorded (``seconds``: its time)."""
         from pipeline.kernel import metrics
 
         self._drop(provider)

@@ -48,6 +48,7 @@ class StepResult:
 
     @property
     def moves_on(self) -> bool:
+        """Does the flow go on to the next step (DONE or ALREADY_DONE)?"""
         return self.outcome in (Outcome.DONE, Outcome.ALREADY_DONE)
 
 
@@ -64,6 +65,7 @@ class Attempt:
 
     @property
     def last(self) -> bool:
+        """Is this the last try (no retries left)?"""
         return self.number >= self.max_retries
 
 
@@ -88,6 +90,7 @@ class Timer:
         self.timings: dict[str, float] = {}
 
     def phase(self, name: str) -> Phase:
+        """A context manager timing phase ``name`` (repeated phases add up)."""
         return Phase(self, name)
 
 
@@ -145,9 +148,11 @@ class Recorder(Protocol):
     Implementations: pipeline/stories/recorders.py (photo, story, page step, remote job);
     :class:`Callbacks` wraps two plain functions."""
 
-    def fail(self, message: str) -> None: ...
+    def fail(self, message: str) -> None:
+        """Record a permanent failure with ``message`` (the words people will read)."""
 
-    def release(self, note: str | None) -> None: ...
+    def release(self, note: str | None) -> None:
+        """Give the claim back; record ``note`` (a transient error) unless it is None."""
 
 
 @dataclass(frozen=True)
