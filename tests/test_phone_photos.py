@@ -24,10 +24,11 @@ from PIL import Image
 from skimage import data as skdata
 
 from pipeline.kernel.errors import PermanentStepError
-from pipeline.providers.aws import RekognitionAnalyzer
 from pipeline.providers.base import BoundingBox, Face
-from pipeline.providers.local_vision import LocalPhotoAnalyzer, decode_photo, photo_format
+from pipeline.providers.local_vision import LocalPhotoAnalyzer
 from pipeline.providers.offline_images import read_anchor
+from pipeline.providers.photo_decode import decode_photo, photo_format
+from pipeline.providers.rekognition import RekognitionAnalyzer
 from pipeline.stories.faces import choose_protagonist
 from tests.fakes.rekognition_server import FakeRekognition, face_detail
 from tests.support import Db, WorkerProcess, external_send, flush_redis

@@ -16,41 +16,62 @@ from typing import Any
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
 
 
-def _number(name: str, default: float, lo: float, hi: float, kind: type = float) -> Any:
-    raw = os.environ.get(name)
-    if raw is None or raw.strip() == "":
-        return kind(default)
-    try:
-        value = kind(raw)
-    except ValueError:
-        what = "a whole number" if kind is int else "a number"
-        raise SystemExit(f"configuration error: {name}={raw!r} is not {what}") from None
-    if not lo <= value <= hi:
-        raise SystemExit(f"configuration error: {name}={value} must be between {lo} and {hi}")
-    return value
+def _allowed(lo: float, hi: float, whole: bool) -> str:
+    kind = "a whole number" if whole else "a number"
+    if hi == math.inf:
+        return f"{kind} >= {lo:g}"
+    return f"{kind} from {lo:g} to {hi:g}"
 
 
-def env_number(env: Mapping[str, str], name: str, default: float, lo: float, hi: float) -> float:
-    """A number from ``env`` (the adapters' own variables, read from a mapping so tests can pass
-    one), within [lo, hi]; SystemExit naming the variable otherwise."""
-    raw = env.get(name, "").strip()
-    if not raw:
+def parse_number(name: str, raw: str | None, default: float, lo: float, hi: float, *, whole: bool = False,
+                 note: str = "") -> Any:
+    """The one parser of numeric settings: ``raw`` (a variable's text, None when unset) as a
+    number within [lo, hi]; ``default`` (returned as given) when unset or blank.
+
+    ``whole``: an int, written as one ("5", not "5.0" or "5e0"); else a float (NaN refused;
+    infinities only inside the range, i.e. ``hi=math.inf``). Surrounding spaces are ignored.
+    ``note`` adds what a value means ("0 = no limit") to the error. Raises SystemExit with one
+    line naming the variable, its value (first 40 characters) and what is allowed:
+    ``configuration error: CPU_PROCESSES='two' is not a whole number; allowed: a whole number
+    from 0 to 64``."""
+    text = (raw or "").strip()
+    if not text:
         return default
+    allowed = _allowed(lo, hi, whole) + (f" ({note})" if note else "")
     try:
-        value = float(raw)
+        value: float = int(text) if whole else float(text)
     except ValueError:
-        raise SystemExit(f"configuration error: {name} must be a number (got {raw[:40]!r})") from None
-    if not (math.isfinite(value) and lo <= value <= hi):
-        raise SystemExit(f"configuration error: {name} must be between {lo:g} and {hi:g} (got {raw[:40]!r})")
+        kind = "a whole number" if whole else "a number"
+        raise SystemExit(f"configuration error: {name}={text[:40]!r} is not {kind}; allowed: {allowed}") from None
+    if math.isnan(value) or not lo <= value <= hi:
+        raise SystemExit(f"configuration error: {name}={text[:40]!r} is out of range; allowed: {allowed}")
     return value
 
 
-def _int(name: str, default: int, lo: int, hi: int) -> int:
-    return int(_number(name, default, lo, hi, int))
+def env_number(env: Mapping[str, str], name: str, default: float, lo: float, hi: float, *,
+               whole: bool = False, note: str = "") -> Any:
+    """A number from ``env`` (the adapters' own variables and the boot check read a mapping, so
+    tests can pass one) within [lo, hi]: ``parse_number`` of ``env[name]``; SystemExit naming the
+    variable, its value and the allowed range otherwise."""
+    return parse_number(name, env.get(name), default, lo, hi, whole=whole, note=note)
 
 
-def _float(name: str, default: float, lo: float, hi: float) -> float:
-    return float(_number(name, default, lo, hi, float))
+def env_int(name: str, default: int, lo: int, hi: int, *, env: Mapping[str, str] | None = None) -> int:
+    """A whole-number setting ``name`` (os.environ, or ``env``) within [lo, hi], ``default`` when
+    unset or blank. Raises SystemExit("configuration error: …") naming the variable (parse_number)."""
+    return int(parse_number(name, (os.environ if env is None else env).get(name), default, lo, hi, whole=True))
+
+
+def env_float(name: str, default: float, lo: float, hi: float, *, env: Mapping[str, str] | None = None,
+              note: str = "") -> float:
+    """A numeric setting ``name`` (os.environ, or ``env``) within [lo, hi] (NaN refused), ``default``
+    when unset or blank. Raises SystemExit("configuration error: …") naming the variable (parse_number)."""
+    return float(parse_number(name, (os.environ if env is None else env).get(name), default, lo, hi, note=note))
+
+
+# The names steps used before the parser was one (pipeline/orders/steps.py still imports them).
+_int = env_int
+_float = env_float
 
 
 def _choice(name: str, default: str, choices: tuple[str, ...]) -> str:
@@ -58,19 +79,6 @@ def _choice(name: str, default: str, choices: tuple[str, ...]) -> str:
     if value not in choices:
         raise SystemExit(f"configuration error: {name}={value!r}; choose one of {', '.join(choices)}")
     return value
-
-
-def env_int(name: str, default: int, lo: int, hi: int) -> int:
-    """A whole-number setting ``name`` within [lo, hi] (``default`` when unset or blank).
-
-    Raises SystemExit("configuration error: …") naming the variable otherwise."""
-    return _int(name, default, lo, hi)
-
-
-def env_float(name: str, default: float, lo: float, hi: float) -> float:
-    """A numeric setting ``name`` within [lo, hi] (NaN and infinities refused), ``default``
-    when unset or blank. Raises SystemExit("configuration error: …") naming the variable."""
-    return _float(name, default, lo, hi)
 
 
 def log_level() -> str:

@@ -60,16 +60,9 @@ class Limits:
 
 
 def _limit(name: str, default: float) -> float:
-    raw = os.environ.get(name, "").strip()
-    if not raw:
-        return default
-    try:
-        value = float(raw)
-    except ValueError:
-        raise SystemExit(f"configuration error: {name}={raw!r} is not a number") from None
-    if value < 0:
-        raise SystemExit(f"configuration error: {name} must be >= 0 (0 = no limit)")
-    return value
+    from pipeline.kernel.config import env_float
+
+    return env_float(name, default, 0.0, float("inf"), note="0 = no limit")
 
 
 @cache

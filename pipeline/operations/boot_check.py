@@ -45,21 +45,15 @@ def _url(env: Mapping[str, str], name: str) -> None:
         raise _fail(f"{name} must be an http(s) URL (got {value[:60]!r})")
 
 
-def _whole(env: Mapping[str, str], name: str, lo: int, hi: int) -> None:
-    raw = env.get(name, "").strip()
-    if raw and env_number(env, name, 0, lo, hi) != int(float(raw)):
-        raise _fail(f"{name} must be a whole number (got {raw[:40]!r})")
-
-
 def check_environment(env: Mapping[str, str] | None = None) -> None:
     """The settings read outside the cached readers (SystemExit naming the variable)."""
     e = os.environ if env is None else env
     level = e.get("LOG_LEVEL", "INFO").strip()
     if not isinstance(logging.getLevelName(level.upper()), int):
         raise _fail(f"LOG_LEVEL={level[:40]!r}; choose one of DEBUG, INFO, WARNING, ERROR, CRITICAL")
-    _whole(e, "CPU_PROCESSES", 0, 64)
-    _whole(e, "DB_POOL_SIZE", 0, 1000)
-    _whole(e, "METRICS_PORT", 1, 65535)
+    env_number(e, "CPU_PROCESSES", 0, 0, 64, whole=True)
+    env_number(e, "DB_POOL_SIZE", 0, 0, 1000, whole=True)
+    env_number(e, "METRICS_PORT", 0, 1, 65535, whole=True)
     env_number(e, "QUOTA_MAX_INLINE_WAIT", 1.0, 0.0, 60.0)
     # orders: what order_settings() and the print provider take as given
     _flag(e, "STRIPE_REQUIRE_SIGNATURE")
@@ -73,7 +67,7 @@ def check_environment(env: Mapping[str, str] | None = None) -> None:
     level = e.get("LULU_SHIPPING_LEVEL", "").strip().upper()
     if level and level not in LULU_SHIPPING_LEVELS:
         raise _fail(f"LULU_SHIPPING_LEVEL={level[:40]!r}; choose one of {', '.join(LULU_SHIPPING_LEVELS)}")
-    _whole(e, "LULU_PRODUCTION_DELAY", 0, 43200)
+    env_number(e, "LULU_PRODUCTION_DELAY", 0, 0, 43200, whole=True)
     if e.get("POD_PROVIDER", "").strip().lower() == "lulu":
         missing = [n for n in ("LULU_CLIENT_KEY", "LULU_CLIENT_SECRET") if not e.get(n, "").strip()]
         if missing:

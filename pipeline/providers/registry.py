@@ -16,6 +16,9 @@ from pipeline.providers.base import Face, Illustrator, ImageJobs, PageRequest, P
 
 @dataclass(frozen=True)
 class Providers:
+    """The configured providers of this process (VISION_PROVIDER, TEXT_PROVIDER,
+    IMAGE_PROVIDER, STORAGE_BACKEND), built once by ``providers()``."""
+
     vision: PhotoAnalyzer
     writer: StoryWriter
     illustrator: Illustrator
@@ -74,7 +77,7 @@ def _build(s: Settings) -> Providers:
         vision = LocalPhotoAnalyzer()
     elif s.vision_provider == "rekognition":
         from pipeline.kernel.quota import QuotaHooks
-        from pipeline.providers.aws import RekognitionAnalyzer
+        from pipeline.providers.rekognition import RekognitionAnalyzer
 
         vision = RekognitionAnalyzer.from_env(hooks=QuotaHooks())
     else:
@@ -125,7 +128,7 @@ def output_storage() -> Storage:
     s = settings()
     if s.storage_backend == "s3":
         from pipeline.kernel.quota import QuotaHooks
-        from pipeline.providers.aws import S3Storage
+        from pipeline.providers.s3 import S3Storage
 
         storage: Any = S3Storage.from_env(hooks=QuotaHooks())
     else:
@@ -136,6 +139,8 @@ def output_storage() -> Storage:
 
 
 def providers() -> Providers:
+    """This process's providers, built on first use from the settings and rebuilt after a fork
+    (thread-safe). SystemExit("configuration error: ...") for an unknown or misconfigured provider."""
     global _cached
     pid = os.getpid()
     if _cached is not None and _cached[0] == pid:
@@ -176,7 +181,7 @@ def _s3_reader() -> Any:
     global _s3
     if _s3 is None or _s3[0] != os.getpid():
         from pipeline.kernel.quota import QuotaHooks
-        from pipeline.providers.aws import S3Objects
+        from pipeline.providers.s3 import S3Objects
 
         _s3 = (os.getpid(), S3Objects.from_env(hooks=QuotaHooks()))
     return _s3[1]

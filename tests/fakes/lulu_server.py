@@ -46,6 +46,8 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, unquote, urlencode, urlsplit
 
+import httpx
+
 from pipeline.orders.print_files import check_print_files, cover_size_pt, parse_pod_package
 from tests.fakes.base import LocalHTTPFake
 
@@ -182,11 +184,9 @@ class FakeLulu(LocalHTTPFake):
             if parts.scheme == "file":
                 return Path(unquote(parts.path)).read_bytes()
             if parts.scheme in ("http", "https"):
-                import requests
-
-                r = requests.get(url, timeout=5)
-                return r.content if r.ok else None
-        except OSError:
+                r = httpx.get(url, timeout=5)
+                return r.content if r.is_success else None
+        except (OSError, httpx.HTTPError):
             return None
         return None
 
