@@ -163,7 +163,7 @@ def test_a_run_that_died_before_recording_the_prediction_id_finds_it(
     real = registry.providers()
     jobs = ReplicateImageJobs(TOKEN, base_url=fake.base_url, timeout=5)
     with_jobs = registry.Providers(real.vision, real.writer, real.illustrator, real.storage, jobs)
-    monkeypatch.setattr(steps, "providers", lambda: with_jobs)
+    monkeypatch.setattr(registry, "providers", lambda: with_jobs)
     story = clean_db.story(clean_db.photo(astronaut_png()))
     page = steps.generate_story(story).fanout[0]
     assert steps.write_text(page).moves_on
@@ -317,7 +317,7 @@ def test_a_run_that_died_while_recreating_finds_the_new_prediction_not_the_expir
     real = registry.providers()
     jobs = ReplicateImageJobs(TOKEN, base_url=fake.base_url, timeout=5)
     with_jobs = registry.Providers(real.vision, real.writer, real.illustrator, real.storage, jobs)
-    monkeypatch.setattr(steps, "providers", lambda: with_jobs)
+    monkeypatch.setattr(registry, "providers", lambda: with_jobs)
     story = clean_db.story(clean_db.photo(astronaut_png()))
     page = steps.generate_story(story).fanout[0]
     assert steps.write_text(page).moves_on

@@ -31,6 +31,19 @@ def processes() -> int:
     return env_int("CPU_PROCESSES", min(2, os.cpu_count() or 1), 0, 64)
 
 
+_warmers: list[Callable[[], None]] = []
+
+
+def warm_with(fn: Callable[[], None]) -> None:
+    """Run ``fn()`` in each CPU process as it starts, so its imports and one-time setup are paid
+    there and not by the first real call. ``fn`` must be a module-level function (pickled by
+    reference: the process imports its module). Domain modules register theirs when imported
+    (pipeline/stories/finish.py: a one-page book); a pool already started keeps the warmers it
+    started with. Registering the same function twice runs it once."""
+    if fn not in _warmers:
+        _warmers.append(fn)
+
+
 def _get_pool() -> ProcessPoolExecutor:
     global _pool
     pid = os.getpid()
@@ -39,27 +52,20 @@ def _get_pool() -> ProcessPoolExecutor:
             # spawn, not fork: forking a process with live threads can copy held locks.
             ctx = multiprocessing.get_context("spawn")
             _pool = (pid, ProcessPoolExecutor(max_workers=processes(), mp_context=ctx,
-                                              initializer=_child_init))
+                                              initializer=_child_init, initargs=(tuple(_warmers),)))
         return _pool[1]
 
 
-def _child_init() -> None:
-    """Render a one-page book once: imports, font discovery and the per-process font
-    templates (~0.5 s) are paid here, not by the first story's completion."""
-    import io
-
-    from PIL import Image
-
-    import pipeline.stories.steps  # noqa: F401  (what the calls are pickled against: ~0.5 s of imports)
-    from pipeline.stories.book import Book, BookPage, render_pdf
-
-    buf = io.BytesIO()
-    Image.new("RGB", (8, 6), "white").save(buf, "PNG")
-    render_pdf(Book("Warm-up", "Mia", "Warm-up", [BookPage(1, "Mia.", buf.getvalue())]))
+def _child_init(warmers: tuple[Callable[[], None], ...]) -> None:
+    """Each registered warmer, once, as the process starts (see :func:`warm_with`)."""
+    for fn in warmers:
+        fn()
 
 
 def run(fn: Callable[..., T], *args: Any, timeout: float = 120) -> T:
-    """fn(*args) in a CPU process (fn and args must pickle: plain data and module functions)."""
+    """fn(*args) in a CPU process (fn and args must pickle: plain data and module functions);
+    waits at most ``timeout`` s. Raises TransientStepError when a process died (the pool is
+    replaced), and whatever ``fn`` raised."""
     if processes() == 0:
         return fn(*args)
     try:
@@ -79,6 +85,7 @@ def warm_up() -> None:
 
 
 def shutdown() -> None:
+    """Stop this process's pool (without waiting for running calls); the next call starts one."""
     global _pool
     with _lock:
         if _pool is not None and _pool[0] == os.getpid():

@@ -47,12 +47,15 @@ SAFETY = 1.1
 
 @dataclass(frozen=True)
 class Limits:
+    """A provider's limits: requests per second and per minute, concurrent calls or jobs (0: none)."""
+
     rps: float
     rpm: float
     concurrent: int
 
     @property
     def any(self) -> bool:
+        """Is any limit set?"""
         return self.rps > 0 or self.rpm > 0 or self.concurrent > 0
 
 
@@ -64,6 +67,8 @@ def _limit(name: str, default: float) -> float:
 
 @cache
 def limits(provider: str) -> Limits:
+    """``provider``'s limits: QUOTA_<PROVIDER>_RPS / _RPM / _CONCURRENT, else DEFAULTS (cached).
+    Raises SystemExit("configuration error: ...") for a value that is not a number >= 0."""
     rps, rpm, conc = DEFAULTS.get(provider, (0.0, 0.0, 0))
     p = provider.upper()
     return Limits(_limit(f"QUOTA_{p}_RPS", rps), _limit(f"QUOTA_{p}_RPM", rpm),
@@ -189,12 +194,14 @@ class Quotas:
         return self._call(self._acquire, [key], [cap, holder, int(lease * 1000)]) / 1000.0
 
     def release(self, provider: str, holder: str) -> None:
+        """Give back ``holder``'s concurrent-job slot (best effort: its lease frees it anyway)."""
         if limits(provider).concurrent <= 0:
             return
         with contextlib.suppress(redis.RedisError):  # the slot's lease frees it anyway
             self._redis.zrem(f"{self._prefix}:{provider}:jobs", holder)
 
     def holders(self, provider: str) -> int:
+        """How many of ``provider``'s concurrent-job slots are held now."""
         return int(self._redis.zcard(f"{self._prefix}:{provider}:jobs"))
 
 
@@ -203,6 +210,7 @@ _cached: tuple[int, Quotas] | None = None
 
 
 def quotas() -> Quotas:
+    """The process's :class:`Quotas` on REDIS_URL (one per process: a forked child makes its own)."""
     global _cached
     pid = os.getpid()
     if _cached is None or _cached[0] != pid:
@@ -217,7 +225,7 @@ class QuotaHooks:
     the concurrent cap around synchronous calls, and per-provider request metrics after.
 
     Concurrent caps on remote *jobs* (Replicate predictions) are held by the step for the job's
-    whole life instead (pipeline.stories.steps), so ``concurrent_calls`` is off for those providers."""
+    whole life instead (pipeline/stories/remote_jobs.py), so ``concurrent_calls`` is off for those providers."""
 
     def __init__(self, concurrent_calls: bool = True, call_lease: float = 120.0) -> None:
         self._local = threading.local()
@@ -225,6 +233,8 @@ class QuotaHooks:
         self._call_lease = call_lease
 
     def before(self, provider: str, operation: str) -> None:
+        """Before a request: a concurrent slot (when capped) and one request of the rate limits;
+        raises QuotaWait when they are not free within the inline wait."""
         q = quotas()
         if self._concurrent_calls and limits(provider).concurrent > 0:
             holder = uuid.uuid4().hex
@@ -242,6 +252,7 @@ class QuotaHooks:
             raise
 
     def after(self, provider: str, operation: str, outcome: str, seconds: float) -> None:
+        """After a request: its concurrent slot freed and its metrics recorded (``seconds``: its time)."""
         from pipeline.kernel import metrics
 
         self._drop(provider)

@@ -15,7 +15,7 @@ import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from enum import StrEnum
-from typing import Any, TypeVar
+from typing import Any, Protocol, TypeVar
 
 from db.engine import unavailable as db_unavailable
 from pipeline.kernel import metrics
@@ -28,6 +28,8 @@ T = TypeVar("T")
 
 
 class Outcome(StrEnum):
+    """How a step run ended, for the task layer: move the flow on (DONE, ALREADY_DONE) or not."""
+
     DONE = "done"  # did the work; the next step is enqueued
     ALREADY_DONE = "already_done"  # idempotent no-op; the next step is still enqueued
     STOPPED = "stopped"  # nothing to do now (failed, held by another copy, not ready)
@@ -36,6 +38,8 @@ class Outcome(StrEnum):
 
 @dataclass
 class StepResult:
+    """What one step run did: its :class:`Outcome`, a detail for the log line, its phase timings."""
+
     outcome: Outcome
     detail: str = ""
     timings: dict[str, float] = field(default_factory=dict)  # phase -> ms
@@ -50,6 +54,7 @@ class StepResult:
 
     @property
     def moves_on(self) -> bool:
+        """Does the flow go on to the next step (DONE or ALREADY_DONE)?"""
         return self.outcome in (Outcome.DONE, Outcome.ALREADY_DONE)
 
 
@@ -66,6 +71,7 @@ class Attempt:
 
     @property
     def last(self) -> bool:
+        """Is this the last try (no retries left)?"""
         return self.number >= self.max_retries
 
 
@@ -90,6 +96,7 @@ class Timer:
         self.timings: dict[str, float] = {}
 
     def phase(self, name: str) -> Phase:
+        """A context manager timing phase ``name`` (repeated phases add up)."""
         return Phase(self, name)
 
 
@@ -137,35 +144,80 @@ def valid_uuid(value: object) -> str | None:
         return None
 
 
+class Recorder(Protocol):
+    """Where a step's provider call records what happened to its claim, for :func:`guarded`.
+
+    ``fail(message)``: record a permanent failure (the claimed column -> failed, the reason in
+    step_errors and, where the flow says so, on the parent row). ``release(note)``: give the claim
+    back (processing -> pending) so a retried message claims it again; ``note`` is the transient
+    error to record, or None when nothing failed (a quota wait: nothing is recorded).
+    Implementations: pipeline/stories/recorders.py (photo, story, page step, remote job);
+    :class:`Callbacks` wraps two plain functions."""
+
+    def fail(self, message: str) -> None:
+        """Record a permanent failure with ``message`` (the words people will read)."""
+
+    def release(self, note: str | None) -> None:
+        """Give the claim back; record ``note`` (a transient error) unless it is None."""
+
+
+@dataclass(frozen=True)
+class Callbacks:
+    """A :class:`Recorder` made of two functions (``fail(message)``, ``release(note)``)."""
+
+    on_fail: Callable[[str], None]
+    on_release: Callable[[str | None], None]
+
+    def fail(self, message: str) -> None:
+        """Call ``on_fail(message)``."""
+        self.on_fail(message)
+
+    def release(self, note: str | None) -> None:
+        """Call ``on_release(note)``."""
+        self.on_release(note)
+
+
 def guarded(
     fn: Callable[[], T],
     *,
     attempt: Attempt,
-    fail: Callable[[str], None],
-    release: Callable[[str | None], None],
+    record: Recorder | None = None,
     what: str,
+    fail: Callable[[str], None] | None = None,
+    release: Callable[[str | None], None] | None = None,
 ) -> T:
     """Run a provider call under the error policy: permanent -> recorded failure; transient ->
     release and retry with backoff until the tries run out; anything else is a bug or an
     unexpected reply: recorded as a failure (an operator can retry), never a crash loop.
-    The database unavailable (db.engine.unavailable) is none of these: re-raised as it is."""
+    The database unavailable (db.engine.unavailable) is none of these: re-raised as it is.
+
+    ``record`` says where failures and releases go (a :class:`Recorder`). The older form,
+    ``fail=`` and ``release=`` functions instead of ``record``, is still accepted (wrapped in
+    :class:`Callbacks`). Raises :class:`StepFailed` after recording a failure, :class:`RetryLater`
+    after a release, TypeError when neither or both forms are given."""
+    if record is None:
+        if fail is None or release is None:
+            raise TypeError("guarded() needs record= (or both fail= and release=)")
+        record = Callbacks(fail, release)
+    elif fail is not None or release is not None:
+        raise TypeError("guarded() takes record= or fail=/release=, not both")
     try:
         return fn()
     except QuotaWait as e:
         # The shared provider quota, not the provider, said "not now": free the step for
         # whoever comes first when it refills, without using up a try or recording an error.
-        release(None)
+        record.release(None)
         metrics.QUOTA_WAITS.labels(e.provider).inc()
         raise RetryLater(backoff(0, e.retry_after), str(e), waiting=True) from None
     except PermanentStepError as e:
-        fail(str(e))
+        record.fail(str(e))
         raise StepFailed(str(e)) from None
     except TransientStepError as e:
         if attempt.last:
             msg = f"{what} kept failing after {attempt.number + 1} tries: {e}"
-            fail(msg)
+            record.fail(msg)
             raise StepFailed(msg) from None
-        release(str(e))
+        record.release(str(e))
         raise RetryLater(backoff(attempt.number, e.retry_after), str(e)) from None
     except Exception as e:  # noqa: BLE001 - the policy above is the point of this function
         if db_unavailable(e):
@@ -174,10 +226,10 @@ def guarded(
             raise
         log.exception("unexpected error in %s", what)
         msg = f"{what} failed with an internal error ({type(e).__name__}); an operator can retry it."
-        fail(msg)
+        record.fail(msg)
         raise StepFailed(msg) from None
 
 
 class StepFailed(Exception):
-    """Raised by :func:`guarded` after the failure was recorded (through its ``fail`` callback):
+    """Raised by :func:`guarded` after the failure was recorded (through its recorder's ``fail``):
     the step stops and returns a FAILED result; the message is the recorded one."""

@@ -22,7 +22,7 @@ import copy
 from typing import Any
 
 from pipeline.providers.base import BoundingBox, Face, Label, Landmark, PhotoAnalysis
-from pipeline.stories.faces import face_problems
+from pipeline.providers.face_quality import face_problems
 
 
 def _primary_index(faces: tuple[Face, ...]) -> int | None:

@@ -54,6 +54,7 @@ from pipeline.providers.base import BoundingBox, Face, Label, Landmark, PhotoAna
 # Photo decoding and the JSON of an analysis are vendor-neutral and live in their own modules
 # (issue 11); the names stay importable from here until every caller imports them from there.
 from pipeline.providers.face_json import analysis_from_json, analysis_to_json, face_from_json  # noqa: F401
+from pipeline.providers.face_quality import MIN_FACE_PIXELS, face_pixels
 from pipeline.providers.photo_decode import (  # noqa: F401
     MAX_JPEG_PIXELS,
     MAX_PIXELS,
@@ -62,7 +63,6 @@ from pipeline.providers.photo_decode import (  # noqa: F401
     open_photo,
     photo_format,
 )
-from pipeline.stories.faces import MIN_FACE_PIXELS, face_pixels
 
 DETECTOR_NAME = "opencv-haar"
 

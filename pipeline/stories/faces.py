@@ -33,15 +33,18 @@ from dataclasses import dataclass
 from typing import Any
 
 from pipeline.providers.base import Face
+from pipeline.providers.face_quality import (  # the size and drawability rules, beside the detectors
+    ATTRIBUTE_CONFIDENCE,
+    MAX_ABS_YAW,
+    MIN_FACE_PIXELS,
+    face_pixels,
+    face_problems,
+)
 
-MIN_FACE_PIXELS = 64
-ATTRIBUTE_CONFIDENCE = 80.0  # sunglasses / occlusion must be this sure before a face is refused
-MAX_ABS_YAW = 60.0  # degrees: a face turned further gives half a face to draw from
-
-
-def face_pixels(face: Face, width: int, height: int) -> int:
-    """The shorter side of the face's box in pixels of the (upright) original photo."""
-    return int(min(face.box.width * width, face.box.height * height))
+__all__ = [
+    "ATTRIBUTE_CONFIDENCE", "MAX_ABS_YAW", "MIN_FACE_PIXELS", "ProtagonistChoice", "age_distance", "age_range",
+    "choose_protagonist", "face_pixels", "face_problems", "problems_message", "too_small_message",
+]
 
 
 def too_small_message(face: Face | None, width: int, height: int) -> str:
@@ -57,30 +60,8 @@ def too_small_message(face: Face | None, width: int, height: int) -> str:
     )
 
 
-def face_problems(face: Face, *, attribute_confidence: float = ATTRIBUTE_CONFIDENCE,
-                  max_abs_yaw: float = MAX_ABS_YAW) -> list[tuple[str, str]]:
-    """(problem, what photo to send instead) for each reason ``face`` cannot be drawn from, using
-    the attributes a detector reported (Rekognition's Sunglasses, FaceOccluded, Pose.Yaw; the
-    offline detector reports none of these, so its faces have no such problems)."""
-    problems: list[tuple[str, str]] = []
-    a = face.attributes
-
-    def sure(flag: Any) -> bool:
-        return bool(isinstance(flag, dict) and flag.get("value") is True
-                    and float(flag.get("confidence", 0.0)) >= attribute_confidence)
-
-    if sure(a.get("sunglasses")):
-        problems.append(("the child seems to be wearing sunglasses", "without sunglasses"))
-    if sure(a.get("face_occluded")):
-        problems.append(("part of the child's face is covered (for example by a hand, hair or an object)",
-                         "with the whole face visible"))
-    yaw = (a.get("pose") or {}).get("yaw")
-    if yaw is not None and abs(float(yaw)) > max_abs_yaw:
-        problems.append(("the child's face is turned too far to the side", "with the child facing the camera"))
-    return problems
-
-
 def problems_message(problems: list[tuple[str, str]]) -> str:
+    """The parent's message for :func:`face_problems`' list: what is wrong, and what to send."""
     return (f"We could not use this photo: {'; '.join(p for p, _ in problems)}. "
             f"Please upload a clear photo {', '.join(f for _, f in problems)}.")
 

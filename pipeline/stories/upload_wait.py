@@ -4,7 +4,7 @@ The external API often confirms an upload asynchronously, so ``stories.generate`
 while the photo row still says ``pending_upload``. The story then stays ``pending`` and its
 message is re-scheduled (pipeline.kernel.step.RetryLater with ``waiting=True``: no error try is used) until
 the photo says ``uploaded`` (the story starts) or ``PHOTO_UPLOAD_WAIT_SECONDS`` have passed
-since the story became pending (its claim fails it, db/transitions.claim_story). The wait is
+since the story became pending (its claim fails it, db/stories.py: claim_story). The wait is
 measured from the story's row, not from the message, so worker restarts and redeliveries do
 not extend it.
 

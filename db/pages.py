@@ -1,0 +1,187 @@
+"""Page step transitions (story_pages' three status columns, text -> image -> personalization):
+the claim that returns all a step needs, why a claim failed, completion, failure and release.
+Each one guarded statement (see db/claims.py).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from sqlalchemy import text
+from sqlalchemy.engine import Connection, RowMapping
+
+from db.claims import Stage, claimable
+from db.stories import REFUSALS, photo_refusal
+
+PageColumn = Literal["text_generation_status", "image_generation_status", "personalization_status"]
+
+PAGE_STAGES: dict[Stage, PageColumn] = {
+    "text": "text_generation_status",
+    "image": "image_generation_status",
+    "personalization": "personalization_status",
+}
+# The column a page step needs completed before it may start (text -> image -> personalization).
+PREREQUISITE: dict[PageColumn, PageColumn | None] = {
+    "text_generation_status": None,
+    "image_generation_status": "text_generation_status",
+    "personalization_status": "image_generation_status",
+}
+
+
+@dataclass(frozen=True)
+class PageClaim:
+    """A claimed page step and everything it needs, read by the claim's own statement."""
+
+    page_id: str
+    story_id: str
+    page_number: int
+    child_name: str
+    child_age: int
+    story_theme: str
+    title: str
+    style: str
+    beats: list[str]
+    text: str | None
+    base_image_key: str | None
+    photo: dict[str, Any] | None  # personalization only: the protagonist photo's location + faces
+    protagonist_face: dict[str, Any] | None = None  # personalization only: the story's face choice
+
+
+def claim_page(conn: Connection, page_id: str, col: PageColumn, lease: float) -> PageClaim | None:
+    """Claim one page step, in one round trip that also returns all the step needs."""
+    prereq = PREREQUISITE[col]
+    prereq_sql = f"AND p.{prereq} = 'completed'" if prereq else ""
+    want_photo = col == "personalization_status"
+    # Only the story's own, live photo is ever handed to the step (its face is cropped and
+    # sent on); a story whose photo is not (another user's, deleted, upload failed) is failed
+    # by the same statement, and the page is not claimed.
+    photo_join = (f"JOIN photos ph ON ph.id = s.protagonist_photo_id AND {photo_refusal()} IS NULL"
+                  if want_photo else "")
+    photo_cols = (
+        ", ph.storage_provider, ph.bucket, ph.object_key, ph.face_details, o.protagonist_face" if want_photo else ""
+    )
+    refuse = f"""
+            WITH refused AS (
+                UPDATE stories s SET status = 'failed', error_message = {photo_refusal()}
+                  FROM story_pages rp, photos ph
+                 WHERE rp.id = :id AND s.id = rp.story_id AND ph.id = s.protagonist_photo_id
+                   AND s.status = 'processing' AND {photo_refusal()} IS NOT NULL
+                RETURNING s.id, s.error_message
+            ), refusal_logged AS (
+                INSERT INTO step_errors (story_id, page_id, stage, permanent, message)
+                SELECT id, CAST(:id AS uuid), 'personalization', true, error_message FROM refused
+            )""" if want_photo else ""
+    claimable_sql = claimable(f"p.{col}", "p.updated_at")
+    row = conn.execute(
+        text(
+            f"""{refuse}
+            UPDATE story_pages p SET {col} = 'processing'
+              FROM stories s JOIN story_outlines o ON o.story_id = s.id {photo_join}
+             WHERE p.id = :id AND s.id = p.story_id AND s.status = 'processing'
+               {prereq_sql} AND {claimable_sql}
+            RETURNING p.id, p.story_id, p.page_number, p.text, p.base_image_key,
+                      s.child_name, s.child_age, s.story_theme, o.title, o.style, o.beats{photo_cols}
+            """
+        ),
+        {"id": page_id, "lease": lease, **(REFUSALS if want_photo else {})},
+    ).mappings().first()
+    if row is None:
+        return None
+    photo = (
+        {k: row[k] for k in ("storage_provider", "bucket", "object_key", "face_details")}
+        if want_photo
+        else None
+    )
+    return PageClaim(
+        page_id=str(row["id"]), story_id=str(row["story_id"]), page_number=row["page_number"],
+        child_name=row["child_name"], child_age=row["child_age"], story_theme=row["story_theme"],
+        title=row["title"], style=row["style"], beats=list(row["beats"]), text=row["text"],
+        base_image_key=row["base_image_key"], photo=photo,
+        protagonist_face=row["protagonist_face"] if want_photo else None,
+    )
+
+
+def page_state(conn: Connection, page_id: str, col: PageColumn) -> RowMapping | None:
+    """Why a page step was not claimed: its status, its prerequisite's, the story's, and ``age``
+    (interval since the page row moved); None when there is no such page."""
+    prereq = PREREQUISITE[col]
+    return conn.execute(
+        text(
+            f"""
+            SELECT p.story_id, p.page_number, COALESCE(p.{col}, 'pending') AS status,
+                   {f"COALESCE(p.{prereq}, 'pending')" if prereq else "'completed'"} AS prereq_status,
+                   s.status AS story_status, now() - p.updated_at AS age
+              FROM story_pages p JOIN stories s ON s.id = p.story_id
+             WHERE p.id = :id
+            """
+        ),
+        {"id": page_id},
+    ).mappings().first()
+
+
+def complete_page(conn: Connection, page_id: str, col: PageColumn, values: dict[str, Any]) -> bool:
+    """processing -> completed with the step's result columns (text or an image key)."""
+    allowed = {"text", "base_image_key", "personalized_image_key"}
+    assert set(values) <= allowed, values
+    sets = ", ".join(f"{k} = :{k}" for k in values)
+    return conn.execute(
+        text(
+            f"""
+            UPDATE story_pages SET {sets}, {col} = 'completed'
+             WHERE id = :id AND {col} = 'processing' RETURNING id
+            """
+        ),
+        {"id": page_id, **values},
+    ).first() is not None
+
+
+def fail_page(
+    conn: Connection, page_id: str, col: PageColumn, stage: Stage, message: str,
+    story_message: str, attempt: int, task_id: str | None,
+) -> bool:
+    """processing -> failed, and the story failed with the page's reason, in one statement."""
+    return conn.execute(
+        text(
+            f"""
+            WITH p AS (
+                UPDATE story_pages SET {col} = 'failed'
+                 WHERE id = :id AND {col} = 'processing' RETURNING id, story_id, page_number
+            ), s AS (
+                UPDATE stories SET status = 'failed', error_message = :story_msg
+                 WHERE id = (SELECT story_id FROM p) AND status IN ('pending', 'processing')
+                RETURNING id
+            )
+            INSERT INTO step_errors (story_id, page_id, stage, permanent, message, attempt, task_id)
+            SELECT story_id, id, :stage, true, :msg, :attempt, :task FROM p
+            RETURNING page_id
+            """
+        ),
+        {"id": page_id, "msg": message, "story_msg": story_message, "stage": stage,
+         "attempt": attempt, "task": task_id},
+    ).first() is not None
+
+
+def release_page(
+    conn: Connection, page_id: str, col: PageColumn, stage: Stage, message: str | None,
+    attempt: int, task_id: str | None,
+) -> None:
+    """processing -> pending after a transient error, recording the attempt (no record when
+    ``message`` is None: the step only waits for a quota, nothing failed)."""
+    if message is None:
+        conn.execute(text(f"UPDATE story_pages SET {col} = 'pending' WHERE id = :id AND {col} = 'processing'"),
+                     {"id": page_id})
+        return
+    conn.execute(
+        text(
+            f"""
+            WITH p AS (
+                UPDATE story_pages SET {col} = 'pending'
+                 WHERE id = :id AND {col} = 'processing' RETURNING id, story_id
+            )
+            INSERT INTO step_errors (story_id, page_id, stage, permanent, message, attempt, task_id)
+            SELECT story_id, id, :stage, false, :msg, :attempt, :task FROM p
+            """
+        ),
+        {"id": page_id, "msg": message, "stage": stage, "attempt": attempt, "task": task_id},
+    )
+

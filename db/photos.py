@@ -1,0 +1,116 @@
+"""Photo analysis transitions (photos.ai_processing_status): pending -> processing ->
+completed | failed, each one guarded statement (see db/claims.py).
+"""
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from sqlalchemy import text
+from sqlalchemy.engine import Connection, RowMapping
+
+from db.claims import claimable
+
+# The start of the failure message for a photo analysed before its upload finished. Such a
+# failure is not final: once the row says 'uploaded', the photo may be claimed again.
+NOT_UPLOADED_PREFIX = "The photo is not ready to analyse"
+
+
+def claim_photo(conn: Connection, photo_id: str, lease: float) -> RowMapping | None:
+    """pending (or a processing claim older than ``lease`` s, or a not-uploaded failure once the
+    photo is uploaded) -> processing; returns where the photo is stored, None when not claimed."""
+    return conn.execute(
+        text(
+            f"""
+            UPDATE photos SET ai_processing_status = 'processing', ai_error_message = NULL
+             WHERE id = :id AND status = 'uploaded'
+               AND ({claimable('ai_processing_status')}
+                    OR (ai_processing_status = 'failed' AND starts_with(ai_error_message, :not_uploaded)))
+            RETURNING id, storage_provider, bucket, object_key, content_type
+            """
+        ),
+        {"id": photo_id, "lease": lease, "not_uploaded": NOT_UPLOADED_PREFIX},
+    ).mappings().first()
+
+
+def photo_state(conn: Connection, photo_id: str) -> RowMapping | None:
+    """The photo's upload and analysis state, stored faces and location, and ``age`` (an interval:
+    time since its row last moved); None when there is no such photo."""
+    return conn.execute(
+        text(
+            """
+            SELECT status, COALESCE(ai_processing_status, 'pending') AS ai_status, ai_error_message,
+                   face_details, storage_provider, bucket, object_key,
+                   now() - updated_at AS age
+              FROM photos WHERE id = :id
+            """
+        ),
+        {"id": photo_id},
+    ).mappings().first()
+
+
+def complete_photo(
+    conn: Connection, photo_id: str, face_details: Any, labels: Any, objects: Any
+) -> bool:
+    """processing -> completed with the analysis (JSON-serialisable values); False when the photo
+    was not processing (another copy finished or failed it)."""
+    row = conn.execute(
+        text(
+            """
+            UPDATE photos
+               SET ai_processing_status = 'completed', ai_error_message = NULL,
+                   face_details = CAST(:faces AS jsonb), detected_labels = CAST(:labels AS jsonb),
+                   detected_objects = CAST(:objects AS jsonb)
+             WHERE id = :id AND ai_processing_status = 'processing'
+            RETURNING id
+            """
+        ),
+        {
+            "id": photo_id,
+            "faces": json.dumps(face_details),
+            "labels": json.dumps(labels),
+            "objects": json.dumps(objects),
+        },
+    ).first()
+    return row is not None
+
+
+def fail_photo(
+    conn: Connection, photo_id: str, message: str, *, from_statuses: tuple[str, ...] = ("processing",),
+    attempt: int = 0, task_id: str | None = None,
+) -> bool:
+    """processing -> failed (or pending -> failed for a photo that can't be analysed at all)."""
+    row = conn.execute(
+        text(
+            """
+            WITH p AS (
+                UPDATE photos SET ai_processing_status = 'failed', ai_error_message = :msg
+                 WHERE id = :id AND COALESCE(ai_processing_status, 'pending') = ANY(:from)
+                RETURNING id
+            )
+            INSERT INTO step_errors (photo_id, stage, permanent, message, attempt, task_id)
+            SELECT id, 'analysis', true, :msg, :attempt, :task FROM p
+            RETURNING photo_id
+            """
+        ),
+        {"id": photo_id, "msg": message, "from": list(from_statuses), "attempt": attempt, "task": task_id},
+    ).first()
+    return row is not None
+
+
+def release_photo(conn: Connection, photo_id: str, message: str | None, attempt: int, task_id: str | None) -> None:
+    """processing -> pending after a transient error: the retried message claims it again."""
+    conn.execute(
+        text(
+            """
+            WITH p AS (
+                UPDATE photos SET ai_processing_status = 'pending'
+                 WHERE id = :id AND ai_processing_status = 'processing' RETURNING id
+            )
+            INSERT INTO step_errors (photo_id, stage, permanent, message, attempt, task_id)
+            SELECT id, 'analysis', false, :msg, :attempt, :task FROM p WHERE CAST(:msg AS text) IS NOT NULL
+            """
+        ),
+        {"id": photo_id, "msg": message, "attempt": attempt, "task": task_id},
+    )
+

@@ -1,0 +1,125 @@
+"""The story's completion (``stories.finish``): once every page is personalized, assemble the book
+(PDF and HTML, in a CPU process: pipeline/kernel/cpu.py) and complete the story.
+
+The barrier lives in PostgreSQL (db/stories.py: lock_story_if_done, complete_story), not in a
+chord counter: whichever finisher wins the story's row lock writes the book.
+"""
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from db import stories as stories_db
+from db.engine import autocommit, transaction
+from db.engine import unavailable as db_unavailable
+from pipeline.kernel import cpu
+from pipeline.kernel.errors import PermanentStepError, TransientStepError
+from pipeline.kernel.step import FIRST_TRY, Attempt, Outcome, RetryLater, StepResult, Timer, backoff
+from pipeline.kernel.storage import book_key
+from pipeline.providers import registry
+from pipeline.stories.themes import resolve_theme
+
+log = logging.getLogger("pipeline.stories.finish")
+
+
+def warm_up_book() -> None:
+    """Render a one-page book once: imports, font discovery and the per-process font templates
+    (~0.5 s) are paid by each CPU process as it starts (pipeline.kernel.cpu.warm_with), not by the
+    first story's completion."""
+    import io
+
+    from PIL import Image
+
+    from pipeline.stories.book import Book, BookPage, render_pdf
+
+    buf = io.BytesIO()
+    Image.new("RGB", (8, 6), "white").save(buf, "PNG")
+    render_pdf(Book("Warm-up", "Mia", "Warm-up", [BookPage(1, "Mia.", buf.getvalue())]))
+
+
+cpu.warm_with(warm_up_book)
+
+
+def finish_story(story_id: str, attempt: Attempt = FIRST_TRY) -> StepResult:
+    """processing -> completed once every page is personalized, after writing the book.
+
+    Enqueued by the personalization that finds every page done (two may, at the same moment):
+    only the one that wins the row lock assembles the book and completes the story. Returns DONE,
+    ALREADY_DONE, STOPPED (pages still running) or FAILED (recorded: the book could not be made);
+    raises RetryLater for a transient error or a redelivered copy facing another finisher's lock."""
+    timer = Timer()
+    try:
+        with transaction() as c:
+            with timer.phase("lock"):
+                story = stories_db.lock_story_if_done(c, story_id)
+            if story is None:
+                state = stories_db.story_state(c, story_id)
+                if state is not None and state["status"] == "completed":
+                    return StepResult(Outcome.ALREADY_DONE, "story already completed", timer.timings)
+                if attempt.redelivered and stories_db.story_ready(c, story_id):
+                    # Ready but locked: another finisher holds the row. A fresh duplicate leaves it
+                    # to that one; a re-sent copy may be the only one left (its first run was cut
+                    # off mid-transaction and the lock belongs to a session PostgreSQL has not yet
+                    # ended), so it looks again rather than leave the story processing.
+                    raise RetryLater(backoff(0, None), "story row locked by another finisher", waiting=True)
+                return StepResult(Outcome.STOPPED, "pages still running or story not processing",
+                                  timer.timings)
+            with timer.phase("book"):
+                pages = [dict(p) for p in stories_db.book_pages(c, story_id)]
+                timer.timings.update(cpu.run(write_book, story_id, story["title"] or "",
+                                             story["child_name"], story["story_theme"], pages))
+            with timer.phase("record"):
+                stories_db.complete_story(c, story_id)
+    except PermanentStepError as e:  # e.g. which page has a character no font draws: says what
+        msg = f"The book could not be assembled: {e}"
+        with autocommit() as c:
+            stories_db.fail_story(c, story_id, msg, "finish", attempt=attempt.number, task_id=attempt.task_id)
+        return StepResult(Outcome.FAILED, msg, timer.timings)
+    except TransientStepError as e:
+        if attempt.last:
+            msg = f"The book could not be assembled after {attempt.number + 1} tries: {e}"
+            with autocommit() as c:
+                stories_db.fail_story(c, story_id, msg, "finish", attempt=attempt.number, task_id=attempt.task_id)
+            return StepResult(Outcome.FAILED, msg, timer.timings)
+        raise RetryLater(backoff(attempt.number, None), str(e)) from None
+    except RetryLater:
+        raise
+    except Exception as e:  # noqa: BLE001 - record, don't loop: an operator can retry
+        if db_unavailable(e):
+            raise  # not the book's fault: the task layer re-sends the step (workers/step_task.py)
+        log.exception("book assembly failed for story %s", story_id)
+        msg = f"The book could not be assembled ({type(e).__name__}); an operator can retry it."
+        with autocommit() as c:
+            stories_db.fail_story(c, story_id, msg, "finish", attempt=attempt.number, task_id=attempt.task_id)
+        return StepResult(Outcome.FAILED, msg, timer.timings)
+    return StepResult(Outcome.DONE, "story completed", timer.timings)
+
+
+def write_book(story_id: str, title: str, child_name: str, theme_raw: str,
+               pages: list[Any]) -> dict[str, float]:
+    """The book as PDF and HTML at deterministic keys beside the page images; returns its
+    phase timings (ms). Runs in a CPU process (pipeline.kernel.cpu): plain arguments, its own
+    storage client."""
+    from pipeline.stories.book import Book, BookPage, render_html, render_pdf
+
+    timer = Timer()
+    storage = registry.output_storage()
+    with timer.phase("book_read"):
+        images = [storage.get(p["personalized_image_key"]) for p in pages]
+    theme = resolve_theme(theme_raw)
+    book = Book(
+        title=title, child_name=" ".join(child_name.split()),
+        theme_title=theme.title if theme else theme_raw,
+        pages=[BookPage(p["page_number"], p["text"] or "", img) for p, img in zip(pages, images, strict=True)],
+        cover_image=images[0] if images else None,
+    )
+    prefix = f"stories/{story_id}/"
+    urls = [p["personalized_image_key"].removeprefix(prefix) for p in pages]
+    with timer.phase("book_pdf"):
+        pdf = render_pdf(book)
+    with timer.phase("book_html"):
+        page = render_html(book, urls, urls[0] if urls else None).encode()
+    with timer.phase("book_store"):
+        storage.put(book_key(story_id, "pdf"), pdf, "application/pdf")
+        storage.put(book_key(story_id, "html"), page, "text/html; charset=utf-8")
+    return timer.timings

@@ -1,0 +1,104 @@
+"""The machinery every page step shares (write_text, draw_base, personalize; pipeline/stories/pages.py
+and, for remote jobs, pipeline/stories/remote_jobs.py): claim the page's column, explain a claim
+that failed, run the provider work under the error policy with a :class:`PageRecorder`, record
+the result.
+
+story_pages has one status column per stage (text -> image -> personalization); a step claims its
+own column only once the previous one is completed (db/pages.py). Results go to deterministic
+storage keys before the column completes, so a re-run overwrites rather than duplicates.
+"""
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from db import pages as pages_db
+from db.claims import Stage
+from db.engine import autocommit
+from pipeline.kernel.config import settings
+from pipeline.kernel.errors import PermanentStepError
+from pipeline.kernel.step import Attempt, Outcome, StepFailed, StepResult, Timer, guarded, held_elsewhere
+from pipeline.providers.base import Face, Outline, PageRequest, StoryRequest
+from pipeline.stories.recorders import PageRecorder
+from pipeline.stories.stages import STAGE_LABEL
+from pipeline.stories.start import story_seed
+from pipeline.stories.themes import THEMES, resolve_theme
+
+# Each stage as people read it (logs, the story's failure message "Page 2 (illustration): ...").
+
+# What a page step's work returns: the story_pages columns to set with the completion.
+Work = Callable[[pages_db.PageClaim, Timer], dict[str, Any]]
+
+
+def story_face(claim: pages_db.PageClaim) -> Face:
+    """The face this story uses: the one its start recorded (story_outlines.protagonist_face), or,
+    for a story started before choices were recorded, the photo's primary face."""
+    from pipeline.providers.local_vision import face_from_json
+
+    assert claim.photo is not None
+    details = claim.photo["face_details"] or {}
+    chosen = claim.protagonist_face
+    try:
+        face = (face_from_json({**details, "primary_face_index": int(chosen["index"])}) if chosen
+                else face_from_json(details))
+    except (ValueError, KeyError, TypeError) as exc:
+        raise PermanentStepError(f"The story's recorded face does not match its photo's analysis ({exc}).") from exc
+    if face is None:
+        raise PermanentStepError("The photo has no analysed face; re-run the photo analysis.")
+    if chosen and face.box.to_json() != chosen.get("bounding_box"):
+        raise PermanentStepError("The photo was analysed again after the story started; retry the story.")
+    return face
+
+
+def page_request(claim: pages_db.PageClaim) -> PageRequest:
+    """What the providers are asked for this page: the story (name, age, theme, pages, seed),
+    its outline, and the page number."""
+    story = StoryRequest(
+        " ".join(claim.child_name.split()), claim.child_age,
+        (resolve_theme(claim.story_theme) or THEMES["space_adventure"]).id,
+        len(claim.beats), story_seed(claim.story_id),
+    )
+    return PageRequest(story, Outline(claim.title, tuple(claim.beats), claim.style), claim.page_number)
+
+
+def not_claimed(state: Any, attempt: Attempt, timer: Timer) -> StepResult:
+    """Why a page step could not be claimed, and what that means for this copy."""
+    if state["status"] == "completed":
+        return StepResult(Outcome.ALREADY_DONE, "already done", timer.timings,
+                          context={"story": str(state["story_id"]), "page_number": state["page_number"]})
+    if state["story_status"] != "processing":
+        return StepResult(Outcome.STOPPED, f"story is {state['story_status']}", timer.timings)
+    if state["prereq_status"] != "completed":
+        return StepResult(Outcome.STOPPED, f"previous step is {state['prereq_status']}", timer.timings)
+    if state["status"] == "processing":
+        return held_elsewhere("step in progress", state["age"], attempt, timer)
+    return StepResult(Outcome.STOPPED, f"step is {state['status']}", timer.timings)
+
+
+def run_page_step(page_id: str, stage: Stage, attempt: Attempt, work: Work) -> StepResult:
+    """Claim page ``page_id``'s ``stage`` column, run ``work(claim, timer)`` under the error policy,
+    complete the column with the values it returns. STOPPED / ALREADY_DONE when not claimed (see
+    :func:`not_claimed`); FAILED with the recorded message; raises RetryLater after a transient
+    error (the claim released). The result's context carries the story id and page number."""
+    s = settings()
+    col = pages_db.PAGE_STAGES[stage]
+    timer = Timer()
+    with timer.phase("claim"), autocommit() as c:
+        claim = pages_db.claim_page(c, page_id, col, s.step_lease_seconds)
+        state = None if claim else pages_db.page_state(c, page_id, col)
+    if claim is None:
+        if state is None:
+            return StepResult(Outcome.STOPPED, "page not found", timer.timings)
+        return not_claimed(state, attempt, timer)
+
+    label = STAGE_LABEL[stage]
+    ctx = {"story": claim.story_id, "page_number": claim.page_number}
+
+    record = PageRecorder(page_id, stage, claim.page_number, label, attempt)
+    try:
+        values = guarded(lambda: work(claim, timer), attempt=attempt, record=record, what=label.capitalize())
+    except StepFailed as e:
+        return StepResult(Outcome.FAILED, str(e), timer.timings, context=ctx)
+    with timer.phase("record"), autocommit() as c:
+        done = pages_db.complete_page(c, page_id, col, values)
+    return StepResult(Outcome.DONE if done else Outcome.ALREADY_DONE, "", timer.timings, context=ctx)

@@ -1,0 +1,131 @@
+"""The story flow's :class:`~pipeline.kernel.step.Recorder` s: where a step's provider call records
+a permanent failure (``fail``) or gives its claim back after a transient error (``release``).
+
+One per kind of claim: a photo's analysis, a story's start (its outline), a page step, and a page
+step run as a remote job (which also ends the job and frees its provider slot). Each statement is
+one guarded transition in db/ (db/photos.py, db/stories.py, db/pages.py, db/provider_jobs.py), on
+its own autocommitted connection: a recorder never runs inside the caller's transaction.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from db import pages as pages_db
+from db import photos as photos_db
+from db import provider_jobs as jobs_db
+from db import stories as stories_db
+from db.claims import Stage
+from db.engine import autocommit
+from pipeline.kernel.quota import quotas
+from pipeline.kernel.step import Attempt
+
+
+@dataclass(frozen=True)
+class PhotoRecorder:
+    """photos.ai_processing_status: failed with the reason, or processing -> pending."""
+
+    photo_id: str
+    attempt: Attempt
+
+    def fail(self, message: str) -> None:
+        """processing -> failed; the reason goes to photos.ai_error_message and step_errors."""
+        with autocommit() as c:
+            photos_db.fail_photo(c, self.photo_id, message, attempt=self.attempt.number, task_id=self.attempt.task_id)
+
+    def release(self, note: str | None) -> None:
+        """processing -> pending; ``note`` (a transient error) goes to step_errors when given."""
+        with autocommit() as c:
+            photos_db.release_photo(c, self.photo_id, note, self.attempt.number, self.attempt.task_id)
+
+
+@dataclass(frozen=True)
+class StoryRecorder:
+    """stories.status for the story's start: failed with the reason, or processing -> pending."""
+
+    story_id: str
+    attempt: Attempt
+
+    def fail(self, message: str, stage: Stage = "outline") -> None:
+        """pending|processing -> failed with the parent's message, recorded for ``stage``."""
+        with autocommit() as c:
+            stories_db.fail_story(c, self.story_id, message, stage, attempt=self.attempt.number,
+                                  task_id=self.attempt.task_id)
+
+    def release(self, note: str | None) -> None:
+        """processing -> pending (the start runs again); ``note`` recorded when given."""
+        with autocommit() as c:
+            stories_db.release_story(c, self.story_id, note, self.attempt.number, self.attempt.task_id)
+
+
+@dataclass
+class PageRecorder:
+    """One page step's column: failed (and its story failed with "Page N (label): reason"), or
+    processing -> pending."""
+
+    page_id: str
+    stage: Stage
+    page_number: int
+    label: str  # the stage as people read it ("illustration")
+    attempt: Attempt
+
+    @property
+    def column(self) -> pages_db.PageColumn:
+        """The story_pages status column this step moves."""
+        return pages_db.PAGE_STAGES[self.stage]
+
+    def fail(self, message: str) -> None:
+        """processing -> failed; the story fails with the page's reason (one statement)."""
+        with autocommit() as c:
+            self._fail(c, message)
+
+    def _fail(self, c: Any, message: str) -> None:
+        pages_db.fail_page(c, self.page_id, self.column, self.stage, message,
+                           f"Page {self.page_number} ({self.label}): {message}",
+                           self.attempt.number, self.attempt.task_id)
+
+    def release(self, note: str | None) -> None:
+        """processing -> pending; ``note`` (a transient error) recorded when given."""
+        with autocommit() as c:
+            pages_db.release_page(c, self.page_id, self.column, self.stage, note, self.attempt.number,
+                                  self.attempt.task_id)
+
+
+@dataclass
+class JobRecorder(PageRecorder):
+    """A page step run as a remote job (pipeline/stories/remote_jobs.py). ``fail`` also ends the
+    step's live job (``job``, once there is one: the step sets it when it reserves one) and frees
+    the job's slot in the provider's concurrency quota (``provider``, the quota's name)."""
+
+    provider: str = ""
+    job: Any = None  # the provider_jobs row (db/provider_jobs.py), or None before one is reserved
+
+    @property
+    def holder(self) -> str:
+        """The quota holder name of this page step's job: ``"<page id>:<stage>"``."""
+        return f"{self.page_id}:{self.stage}"
+
+    def fail(self, message: str) -> None:
+        """The job (if any) -> failed, the page step -> failed, then the quota slot freed."""
+        with autocommit() as c:
+            if self.job is not None:
+                jobs_db.job_finished(c, str(self.job["id"]), "failed", message)
+            self._fail(c, message)
+        quotas().release(self.provider, self.holder)
+
+    def following(self) -> FollowRecorder:
+        """The recorder for following this job while it runs remotely."""
+        return FollowRecorder(self.page_id, self.stage, self.page_number, self.label, self.attempt,
+                              self.provider, self.job)
+
+
+@dataclass
+class FollowRecorder(JobRecorder):
+    """Following a running job: a transient error looking at it releases nothing (the job keeps
+    running remotely and the page keeps its claim); it is only counted on the job row."""
+
+    def release(self, note: str | None) -> None:
+        """Count the error on the job (provider_jobs.errors); nothing when ``note`` is None."""
+        if note is not None:
+            with autocommit() as c:
+                jobs_db.job_error(c, str(self.job["id"]))

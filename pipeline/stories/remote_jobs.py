@@ -1,0 +1,257 @@
+"""Page steps run as remote jobs (Replicate predictions): ``draw_base`` and ``personalize`` when
+the image provider has image jobs.
+
+A prediction can take minutes, so a step does not wait for it in a worker slot. It records the
+job *before* creating it (provider_jobs, one live job per page step), creates it, and returns;
+the same task comes back every JOB_POLL_INTERVAL to look at it (no claim needed: the live job
+row is the guard, and each look renews the page's lease), and when the job has succeeded it
+copies the output into our storage at once (the provider deletes it within the hour) and
+completes the column. A run that dies anywhere finds the job again: by its id, or, if it died
+between the provider's reply and recording the id, by listing the provider's recent jobs for
+the same (deterministic) input. The shared cap on concurrent jobs is held for the job's life.
+
+A job step's recorder (pipeline/stories/recorders.py: JobRecorder) fails the job with the page
+and frees the job's quota slot; while following a running job, a transient error is only counted.
+"""
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import logging
+from datetime import timedelta
+from typing import Any
+
+from db import pages as pages_db
+from db import provider_jobs as jobs_db
+from db.engine import autocommit, transaction
+from db.pages import PageClaim
+from pipeline.kernel.config import settings
+from pipeline.kernel.errors import OutputGoneError
+from pipeline.kernel.quota import QuotaWait, quotas
+from pipeline.kernel.step import (
+    Attempt,
+    Outcome,
+    RetryLater,
+    StepFailed,
+    StepResult,
+    Timer,
+    backoff,
+    guarded,
+)
+from pipeline.kernel.storage import page_image_key
+from pipeline.providers import registry
+from pipeline.stories.page_step import STAGE_LABEL, not_claimed, page_request, story_face
+from pipeline.stories.recorders import JobRecorder
+
+log = logging.getLogger("pipeline.stories.remote_jobs")
+
+# What a page step's remote job makes, for the message when its outputs kept expiring.
+JOB_PRODUCT = {"image": "illustration", "personalization": "personalized picture"}
+
+
+def _job_input(stage: str, claim: PageClaim, timer: Timer) -> dict[str, Any]:
+    p = registry.providers()
+    jobs = p.image_jobs
+    assert jobs is not None
+    req = page_request(claim)
+    if stage == "image":
+        return jobs.base_input(req)
+    assert claim.photo is not None and claim.base_image_key
+    face = story_face(claim)
+    from pipeline.providers.replicate_images import face_photo_data_uri
+
+    with timer.phase("read"):
+        base_ref = registry.image_ref(p.storage, claim.base_image_key, "image/png")
+        photo = registry.read_photo(claim.photo["storage_provider"], claim.photo["bucket"], claim.photo["object_key"])
+    # Only the child's face leaves us, cropped (not the whole family photo), and the swap
+    # model cannot pick a sibling's face.
+    return jobs.personalize_input(base_ref, face_photo_data_uri(photo, face), face, req)
+
+
+def _input_sha(model_input: dict[str, Any]) -> str:
+    return hashlib.sha256(json.dumps(model_input, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
+
+
+def job_step(page_id: str, stage: jobs_db.JobStage, attempt: Attempt) -> StepResult:
+    """Run page step ``stage`` of ``page_id`` as a remote job: claim the page, reserve the job row,
+    create the job (or find the one a dead run created), and come back later: raises RetryLater
+    (waiting) every JOB_POLL_INTERVAL s until the job ends. Then the output is stored and the
+    column completed (DONE), or the page fails (FAILED, recorded), or, when the output expired,
+    a new job is made (bounded by JOB_OUTPUT_RECREATIONS)."""
+    s = settings()
+    col = pages_db.PAGE_STAGES[stage]
+    jobs = registry.providers().image_jobs
+    assert jobs is not None
+    timer = Timer()
+    with timer.phase("claim"), autocommit() as c:
+        claim = pages_db.claim_page(c, page_id, col, s.step_lease_seconds)
+        state = None if claim else pages_db.page_state(c, page_id, col)  # why not, when not
+        job = jobs_db.live_job(c, page_id, stage)
+    if claim is not None:
+        ctx: dict[str, Any] = {"story": claim.story_id, "page_number": claim.page_number}
+    elif state is not None:
+        ctx = {"story": str(state["story_id"]), "page_number": state["page_number"]}
+    else:
+        return StepResult(Outcome.STOPPED, "page not found", timer.timings)
+    label = STAGE_LABEL[stage]
+
+    record = JobRecorder(page_id, stage, ctx["page_number"], label, attempt, provider=jobs.name, job=job)
+
+    if claim is None:
+        assert state is not None
+        if state["status"] == "processing" and job is not None and job["external_id"]:
+            return _follow_job(record.following(), timer, ctx)
+        return not_claimed(state, attempt, timer)
+
+    if job is not None and job["external_id"]:  # a dead run's job: follow it, don't pay twice
+        return _follow_job(record.following(), timer, ctx)
+
+    holder = record.holder
+
+    def start() -> tuple[str, str]:
+        model_input = _job_input(stage, claim, timer)
+        sha = _input_sha(model_input)
+        wait = quotas().acquire(jobs.name, holder, s.job_max_seconds + 60)
+        if wait > 0:
+            raise QuotaWait(jobs.name, f"{jobs.name} has its maximum of concurrent jobs running", min(wait, 10.0))
+        reserved_now = False
+        if record.job is None:
+            with autocommit() as c:
+                record.job = jobs_db.reserve_job(c, page_id, stage, jobs.name, sha)
+                reserved_now = record.job is not None
+                if record.job is None:  # lost a race to another run of this step: follow its job
+                    record.job = jobs_db.live_job(c, page_id, stage)
+            if record.job is None or record.job["external_id"]:
+                return "", ""
+        kind = "base" if stage == "image" else "personalize"
+        with timer.phase("provider"):
+            # An intent recorded by an earlier run that has no id: that run died (or timed out)
+            # between asking the provider and recording the reply. Its job may exist: find it
+            # (never an earlier job of this step, such as one whose output expired).
+            found = None
+            if not reserved_now:
+                with autocommit() as c:
+                    earlier = jobs_db.job_external_ids(c, page_id, stage)
+                found = jobs.find(kind, model_input, record.job["created_at"] - timedelta(minutes=5), exclude=earlier)
+            external_id = found or jobs.create(kind, model_input)
+        return external_id, sha
+
+    try:
+        external_id, sha = guarded(start, attempt=attempt, record=record, what=label.capitalize())
+    except StepFailed as e:
+        return StepResult(Outcome.FAILED, str(e), timer.timings, context=ctx)
+    job = record.job
+    assert job is not None
+    if external_id:
+        with autocommit() as c:
+            jobs_db.job_started(c, str(job["id"]), external_id, sha)
+    # Come back when the job has had time to run; the page keeps its claim meanwhile.
+    raise RetryLater(s.job_poll_interval, f"{label} job started", waiting=True)
+
+
+def _follow_job(record: JobRecorder, timer: Timer, ctx: dict[str, Any]) -> StepResult:
+    """Look at the page step's running job (``record.job``): still running -> come back later
+    (RetryLater, the page's lease renewed); succeeded -> store its output and complete the column;
+    expired -> :func:`_replace_expired_job`; failed -> retry with a new job or fail the page."""
+    page_id, stage, job, attempt = record.page_id, record.stage, record.job, record.attempt
+    s = settings()
+    p = registry.providers()
+    jobs = p.image_jobs
+    assert jobs is not None
+    col = pages_db.PAGE_STAGES[stage]
+    job_id, external_id = str(job["id"]), str(job["external_id"])
+    label = STAGE_LABEL[stage]
+
+    def look() -> tuple[str, bytes | None, str | None]:
+        with timer.phase("provider"):
+            st = jobs.status(external_id)
+        if st.state == "succeeded":
+            if not st.output_url:
+                return "expired", None, "the output was empty"
+            with timer.phase("download"):
+                try:
+                    return "succeeded", jobs.download(st.output_url), None
+                except OutputGoneError as e:
+                    return "expired", None, str(e)
+        return st.state, None, st.error
+
+    try:
+        state, image, error = guarded(look, attempt=attempt, record=record, what=label.capitalize())
+    except StepFailed as e:
+        return StepResult(Outcome.FAILED, str(e), timer.timings, context=ctx)
+
+    if state == "expired":
+        return _replace_expired_job(record, timer, ctx, error or "the output was gone")
+
+    if state == "running":
+        if job["age"].total_seconds() > s.job_max_seconds:
+            with contextlib.suppress(Exception):
+                jobs.cancel(external_id)  # best effort: stop paying for it
+            msg = (f"The {label} job did not finish within {int(s.job_max_seconds)} s "
+                   f"(job {external_id}); an operator can retry it.")
+            record.fail(msg)
+            return StepResult(Outcome.FAILED, msg, timer.timings, context=ctx)
+        with autocommit() as c:
+            jobs_db.job_polled(c, job_id, page_id, col)
+        quotas().acquire(jobs.name, f"{page_id}:{stage}", s.job_max_seconds + 60)  # renew the slot
+        raise RetryLater(s.job_poll_interval, f"{label} job {external_id} still running", waiting=True)
+
+    if state != "succeeded":
+        from pipeline.providers.base import JobStatus
+        from pipeline.providers.replicate_images import failure_message, is_retryable_failure
+
+        msg = failure_message(error) if state == "failed" else f"The {label} job was {state}: {error or 'no reason'}"
+        if is_retryable_failure(JobStatus(state, None, error)) and not attempt.last:
+            # The provider's own hiccup (interrupted, out of memory): a new job may pass. The
+            # dead job is closed first, so the next run creates a new one rather than finding it.
+            with autocommit() as c:
+                jobs_db.job_finished(c, job_id, "failed", msg)
+                pages_db.release_page(c, page_id, col, stage, msg, attempt.number, attempt.task_id)
+            raise RetryLater(backoff(attempt.number, None), msg)
+        record.fail(msg)
+        return StepResult(Outcome.FAILED, msg, timer.timings, context=ctx)
+
+    assert image is not None
+    variant = "base" if stage == "image" else "personalized"
+    key = page_image_key(ctx["story"], ctx["page_number"], variant)
+    with timer.phase("store"):
+        p.storage.put(key, image, "image/png")
+    with timer.phase("record"), transaction() as c:
+        jobs_db.job_finished(c, job_id, "succeeded")
+        done = pages_db.complete_page(c, page_id, col, {f"{variant}_image_key": key})
+    quotas().release(jobs.name, f"{page_id}:{stage}")
+    return StepResult(Outcome.DONE if done else Outcome.ALREADY_DONE, "", timer.timings, context=ctx)
+
+
+def _replace_expired_job(record: JobRecorder, timer: Timer, ctx: dict[str, Any], why: str) -> StepResult:
+    """The job succeeded but its output was gone before we copied it (Replicate deletes outputs
+    after about an hour: a backlog or an outage is enough). Only a new job can make the picture
+    again: the old one is marked 'expired' (with why) and the page step released in one
+    transaction, and the step's next run records a new job *before* creating it (recreation + 1),
+    as any first job. Bounded by JOB_OUTPUT_RECREATIONS, then the page fails saying so."""
+    page_id, stage, job, attempt = record.page_id, record.stage, record.job, record.attempt
+    s = settings()
+    jobs = registry.providers().image_jobs
+    assert jobs is not None
+    col = pages_db.PAGE_STAGES[stage]
+    provider = jobs.name.capitalize()
+    made = int(job["recreation"]) + 1  # jobs this step has made in a row, this one included
+    if made > s.job_output_recreations:
+        msg = (f"The {JOB_PRODUCT[stage]} for page {ctx['page_number']} was made but expired at {provider} "
+               f"before it could be saved, {made} time{'s' if made > 1 else ''}; last: {why}. "
+               "An operator can retry it.")
+        record.fail(msg)
+        return StepResult(Outcome.FAILED, msg, timer.timings, context=ctx)
+    note = (f"{STAGE_LABEL[stage].capitalize()} job {job['external_id']} finished but its output expired at "
+            f"{provider} before it was saved: {why}. Making a new one ({made + 1} of at most "
+            f"{s.job_output_recreations + 1}).")
+    with transaction() as c:
+        if not jobs_db.job_finished(c, str(job["id"]), "expired", why):
+            # Another copy of this step ended the job first and decides what follows.
+            return StepResult(Outcome.STOPPED, "job already ended", timer.timings, context=ctx)
+        pages_db.release_page(c, page_id, col, stage, note, attempt.number, attempt.task_id)
+    quotas().release(jobs.name, f"{page_id}:{stage}")  # this job is over; the next one queues anew
+    log.warning("page %s %s: job %s output expired (%s); re-creating (%d of %d)", page_id, stage,
+                job["external_id"], why, made, s.job_output_recreations)
+    raise RetryLater(min(s.job_poll_interval, 1.0), note, waiting=True)
