@@ -392,8 +392,8 @@ def test_provider_error_policy_leaves_a_database_outage_to_the_task_layer(clean_
         raise refused.value
 
     with pytest.raises(Exception) as raised:
-        step.guarded(outage, attempt=step.Attempt(), fail=recorded.append,
-                       release=lambda m: recorded.append(f"release {m}"), what="Illustration")
+        step.guarded(outage, attempt=step.Attempt(), what="Illustration",
+                     record=step.Callbacks(recorded.append, lambda m: recorded.append(f"release {m}")))
     assert raised.value is refused.value and unavailable(raised.value)
     assert recorded == []
 

@@ -63,19 +63,14 @@ def test_a_recorder_is_told_what_the_policy_decided() -> None:
     assert rec.calls == [("fail", "Story text failed with an internal error (KeyError); an operator can retry it.")]
 
 
-def test_the_callback_form_still_works_and_the_two_forms_do_not_mix() -> None:
+def test_two_functions_make_a_recorder() -> None:
     seen: list[str] = []
+    rec = step.Callbacks(seen.append, lambda n: seen.append(f"release {n}"))
     with pytest.raises(step.StepFailed):
-        step.guarded(_raise(PermanentStepError("bad")), attempt=step.Attempt(), fail=seen.append,
-                     release=lambda n: seen.append(f"release {n}"), what="X")
+        step.guarded(_raise(PermanentStepError("bad")), attempt=step.Attempt(), record=rec, what="X")
     with pytest.raises(step.RetryLater):
-        step.guarded(_raise(TransientStepError("slow")), attempt=step.Attempt(), fail=seen.append,
-                     release=lambda n: seen.append(f"release {n}"), what="X")
+        step.guarded(_raise(TransientStepError("slow")), attempt=step.Attempt(), record=rec, what="X")
     assert seen == ["bad", "release slow"]
-    with pytest.raises(TypeError):
-        step.guarded(lambda: 1, attempt=step.Attempt(), what="X")
-    with pytest.raises(TypeError):
-        step.guarded(lambda: 1, attempt=step.Attempt(), record=Notes(), fail=seen.append, what="X")
 
 
 def test_the_job_recorders_end_the_job_with_the_page(clean_db: Db) -> None:

@@ -181,26 +181,17 @@ def guarded(
     fn: Callable[[], T],
     *,
     attempt: Attempt,
-    record: Recorder | None = None,
+    record: Recorder,
     what: str,
-    fail: Callable[[str], None] | None = None,
-    release: Callable[[str | None], None] | None = None,
 ) -> T:
     """Run a provider call under the error policy: permanent -> recorded failure; transient ->
     release and retry with backoff until the tries run out; anything else is a bug or an
     unexpected reply: recorded as a failure (an operator can retry), never a crash loop.
     The database unavailable (db.engine.unavailable) is none of these: re-raised as it is.
 
-    ``record`` says where failures and releases go (a :class:`Recorder`). The older form,
-    ``fail=`` and ``release=`` functions instead of ``record``, is still accepted (wrapped in
-    :class:`Callbacks`). Raises :class:`StepFailed` after recording a failure, :class:`RetryLater`
-    after a release, TypeError when neither or both forms are given."""
-    if record is None:
-        if fail is None or release is None:
-            raise TypeError("guarded() needs record= (or both fail= and release=)")
-        record = Callbacks(fail, release)
-    elif fail is not None or release is not None:
-        raise TypeError("guarded() takes record= or fail=/release=, not both")
+    ``record`` says where failures and releases go (a :class:`Recorder`; :class:`Callbacks` makes
+    one of two functions). Raises :class:`StepFailed` after recording a failure, :class:`RetryLater`
+    after a release."""
     try:
         return fn()
     except QuotaWait as e:

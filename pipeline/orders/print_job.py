@@ -116,7 +116,7 @@ def submit_print_job(order_id: str, attempt: Attempt = FIRST_TRY) -> StepResult:
 
     recorder = StepRecorder(order_id, "print_job", "Print job", attempt)
     try:
-        job = guarded(work, attempt=attempt, fail=recorder.fail, release=recorder.release,
+        job = guarded(work, attempt=attempt, record=recorder,
                       what="Sending the print job")
     except StepFailed as e:
         return StepResult(Outcome.FAILED, str(e), timer.timings, context=ctx)

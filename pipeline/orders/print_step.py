@@ -91,7 +91,7 @@ def make_print_files(order_id: str, attempt: Attempt = FIRST_TRY) -> StepResult:
 
     recorder = StepRecorder(order_id, "print_files", "Print files", attempt)
     try:
-        info = guarded(work, attempt=attempt, fail=recorder.fail, release=recorder.release,
+        info = guarded(work, attempt=attempt, record=recorder,
                        what="Making the print files")
     except StepFailed as e:
         return StepResult(Outcome.FAILED, str(e), timer.timings, context=ctx)
