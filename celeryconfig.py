@@ -1,10 +1,10 @@
 """Celery settings only (the app is built in workers/app.py). Values come from the environment
-through pipeline.kernel.config, so the worker, the tests and the demo agree on them."""
+through pipeline.config, so the worker, the tests and the demo agree on them."""
 from __future__ import annotations
 
 from kombu import Exchange, Queue
 
-from pipeline.kernel.config import settings
+from pipeline.config import settings
 from pipeline.kernel.stages import Flow
 
 _s = settings()

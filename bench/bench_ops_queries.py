@@ -41,7 +41,7 @@ def main(argv: list[str] | None = None) -> int:
     base = os.environ.get("SCALE_PG_URL", "postgresql+psycopg2://postgres@127.0.0.1:5432")
     name = args.database or f"storycreator_scale_{args.stories}_{args.pages}"
     url = f"{base}/{name}"
-    os.environ["DATABASE_URL"] = url  # before pipeline.kernel.config is read: the commands use this database
+    os.environ["DATABASE_URL"] = url  # before pipeline.config is read: the commands use this database
 
     from sqlalchemy import event, text
 

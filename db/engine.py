@@ -23,7 +23,7 @@ from sqlalchemy.engine import URL, Connection
 from sqlalchemy.pool import NullPool
 
 from db.url import DatabaseURLError, database_url, redact
-from pipeline.kernel.config import PROJECT_ROOT, settings
+from pipeline.config import PROJECT_ROOT, settings
 
 _lock = threading.Lock()
 _engine: Engine | None = None
@@ -76,7 +76,7 @@ def pool_size() -> int:
     """DB_POOL_SIZE: connections per worker process (as many again as overflow); 0 or unset: 8.
 
     Raises SystemExit("configuration error: …") for anything but a whole number 0–1000."""
-    from pipeline.kernel.config import env_int
+    from pipeline.config import env_int
 
     return env_int("DB_POOL_SIZE", 0, 0, 1000) or 8
 

@@ -27,7 +27,7 @@ CELL = {"completed": "█", "processing": "▒", "pending": "·", "failed": "✗
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
-    from pipeline.stories.themes import THEMES
+    from pipeline.providers.themes import THEMES
 
     p = argparse.ArgumentParser(prog="./run demo", description=__doc__.split("\n\n")[0])
     p.add_argument("--photo", type=Path, help="a photo of the child (JPEG/PNG); default: a sample face photo")
@@ -74,7 +74,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from db.engine import ensure_database, make_engine
     from db.url import redact
-    from pipeline.kernel.config import settings
+    from pipeline.config import settings
 
     s = settings()
     ensure_database(s.database_url)

@@ -29,7 +29,8 @@ import pytest
 from PIL import Image
 
 from pipeline.orders.print_files import PrintBook, PrintPage, cover_size_pt, parse_pod_package, render_print_files
-from pipeline.stories.book import Book, BookPage, render_html, render_pdf
+from pipeline.stories.book import Book, BookPage, render_pdf
+from pipeline.stories.book_html import render_html
 
 pytestmark = [pytest.mark.unit, pytest.mark.slow]
 

@@ -1,6 +1,6 @@
 """The queue list is written once, in celeryconfig (from the flows' stage tables): every worker
 command consumes it by giving no -Q, and every routed task goes to a queue a worker consumes;
-every numeric setting goes through one parser (pipeline.kernel.config.parse_number)."""
+every numeric setting goes through one parser (pipeline.config.parse_number)."""
 from __future__ import annotations
 
 import math
@@ -9,8 +9,8 @@ import re
 import pytest
 
 import celeryconfig
-from pipeline.kernel import config
-from pipeline.kernel.config import env_float, env_int, env_number, parse_number
+from pipeline import config
+from pipeline.config import env_float, env_int, env_number, parse_number
 from pipeline.stories.stages import STORY
 from tests.support import ALL_QUEUES, ROOT
 

@@ -38,7 +38,7 @@ from pipeline.providers.offline_images import (
     default_anchor,
     read_anchor,
 )
-from pipeline.stories.themes import THEMES
+from pipeline.providers.themes import THEMES
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -25,9 +25,10 @@ from pipeline.providers.offline_text import (
 )
 from pipeline.providers.offline_text.kits import Passage
 from pipeline.providers.offline_text.writer import fill
-from pipeline.stories.book import Book, BookPage, render_html, render_pdf
+from pipeline.providers.themes import THEMES, Theme, resolve_theme
+from pipeline.stories.book import Book, BookPage, render_pdf
+from pipeline.stories.book_html import render_html
 from pipeline.stories.fonts import UnprintableTextError
-from pipeline.stories.themes import THEMES, Theme, resolve_theme
 from pipeline.stories.typeset import FontSet, find_fonts
 
 AGES = (2, 6, 11)

@@ -32,10 +32,11 @@ from pipeline.orders.print_files import (
     render_print_files,
 )
 from pipeline.providers.base import Outline, PageRequest, StoryRequest
+from pipeline.providers.names import capitalize_name, title_with_name
 from pipeline.providers.offline_text import LocalStoryWriter
-from pipeline.stories.book import Book, BookPage, render_html, render_pdf
+from pipeline.stories.book import Book, BookPage, render_pdf
+from pipeline.stories.book_html import render_html
 from pipeline.stories.fonts import UnprintableTextError, check_fonts, unprintable
-from pipeline.stories.names import capitalize_name, title_with_name
 from tests.support import Db, WorkerProcess, astronaut_png, external_send
 
 BROKER = os.environ["CELERY_BROKER_URL"]

@@ -24,7 +24,7 @@ from skimage import data as skdata
 
 from pipeline.providers.base import BoundingBox, Face, Outline, PageRequest, StoryRequest
 from pipeline.providers.offline_images import LocalIllustrator
-from pipeline.stories.themes import THEMES
+from pipeline.providers.themes import THEMES
 
 GOLDEN = Path(__file__).with_name("golden") / "offline_images.json"
 SEEDS = (1, 987654321)

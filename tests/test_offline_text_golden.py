@@ -20,7 +20,7 @@ import pytest
 
 from pipeline.providers.base import PageRequest, StoryRequest
 from pipeline.providers.offline_text import LocalStoryWriter
-from pipeline.stories.themes import THEMES
+from pipeline.providers.themes import THEMES
 
 GOLDEN = Path(__file__).with_name("golden") / "offline_text.json"
 NAMES = ("Mia", "Pip", "Zoe\u0308", "李明", "{comp}")  # Pip: a companion's name; {comp}: not a template

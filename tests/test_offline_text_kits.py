@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.kernel import config
+from pipeline import config
 from pipeline.providers.base import StoryRequest
 from pipeline.providers.offline_text import kits, writer
 from pipeline.providers.offline_text.kits import (
@@ -30,7 +30,7 @@ from pipeline.providers.offline_text.kits import (
     material,
     texts,
 )
-from pipeline.stories.themes import THEMES
+from pipeline.providers.themes import THEMES
 
 # ---------------------------------------------------------------------------------------------
 # The shipped kits

@@ -17,7 +17,8 @@ from typing import Any
 import pytest
 from PIL import Image
 
-from pipeline.stories.book import Book, BookPage, render_html, render_pdf
+from pipeline.stories.book import Book, BookPage, render_pdf
+from pipeline.stories.book_html import render_html
 from pipeline.stories.fonts import UnprintableTextError, printable_text, unprintable
 from tests.fakes.openai_server import DEFAULT_KEY, FakeOpenAI
 from tests.support import Db, WorkerProcess, astronaut_png, external_send, flush_redis

@@ -126,7 +126,8 @@ def test_a_misconfigured_worker_exits_at_boot_in_one_line_and_keeps_the_messages
 
 
 def _clear_caches() -> None:
-    from pipeline.kernel import config, quota
+    from pipeline import config
+    from pipeline.kernel import quota
     from pipeline.orders import settings as orders
 
     config.settings.cache_clear()

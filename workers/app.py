@@ -15,7 +15,7 @@ app.config_from_object("celeryconfig")
 @signals.setup_logging.connect
 def _setup_logging(**_: Any) -> None:
     # Our own format; one line per step comes from workers.step_task (no names, no image bytes).
-    from pipeline.kernel.config import log_level
+    from pipeline.config import log_level
 
     logging.basicConfig(
         level=log_level(),  # SystemExit (one line) for a level logging does not know
@@ -35,11 +35,9 @@ def _warm_up(**_: Any) -> None:
     Every other setting the worker reads is checked before that (pipeline.operations.boot_check): a
     misconfigured worker stops here with one line naming the variable, not inside its tasks."""
     from db.engine import DatabaseNotReady, check_database
-    from pipeline.kernel.config import check_settings
     from pipeline.operations.boot_check import check_worker_configuration
 
-    check_worker_configuration()  # SystemExit("configuration error: NAME ..."): orders, providers, quotas
-    check_settings()  # every setting as the steps will read it (pool size, CPU processes, ports...)
+    check_worker_configuration()  # SystemExit("configuration error: NAME ..."): every setting a step reads
     try:
         check_database()
     except DatabaseNotReady as e:

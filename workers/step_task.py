@@ -34,8 +34,8 @@ from celery.exceptions import Ignore
 
 from db.engine import reason as db_reason
 from db.engine import unavailable as db_unavailable
+from pipeline.config import settings
 from pipeline.kernel import metrics, step
-from pipeline.kernel.config import settings
 from workers.app import app
 
 log = logging.getLogger("storycreator.step")

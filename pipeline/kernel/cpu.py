@@ -26,7 +26,7 @@ _pool: tuple[int, ProcessPoolExecutor] | None = None
 def processes() -> int:
     """CPU_PROCESSES: spawned processes per worker for CPU-heavy work; 0 runs it inline;
     default min(2, cores). Raises SystemExit("configuration error: …") outside 0–64."""
-    from pipeline.kernel.config import env_int
+    from pipeline.config import env_int
 
     return env_int("CPU_PROCESSES", min(2, os.cpu_count() or 1), 0, 64)
 

@@ -28,7 +28,7 @@ def observe(stage: str, outcome: str, seconds: float, phases: dict[str, float] |
 
 def metrics_port() -> int | None:
     """METRICS_PORT (1–65535) or None when unset. Raises SystemExit("configuration error: …")."""
-    from pipeline.kernel.config import env_int
+    from pipeline.config import env_int
 
     return env_int("METRICS_PORT", 0, 1, 65535) if os.environ.get("METRICS_PORT", "").strip() else None
 

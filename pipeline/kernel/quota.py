@@ -26,7 +26,7 @@ from functools import cache
 
 import redis
 
-from pipeline.kernel.config import settings
+from pipeline.config import settings
 from pipeline.kernel.errors import TransientStepError
 
 # Defaults sit below each provider's documented starting limits, so a fresh account is not
@@ -60,7 +60,7 @@ class Limits:
 
 
 def _limit(name: str, default: float) -> float:
-    from pipeline.kernel.config import env_float
+    from pipeline.config import env_float
 
     return env_float(name, default, 0.0, float("inf"), note="0 = no limit")
 
@@ -129,7 +129,7 @@ return math.max(1, tonumber(first[2]) - now)
 def max_inline_wait() -> float:
     """QUOTA_MAX_INLINE_WAIT: seconds a step waits for its quota in its thread (default 1);
     longer, it is re-scheduled. Raises SystemExit("configuration error: …") outside 0–3600."""
-    from pipeline.kernel.config import env_float
+    from pipeline.config import env_float
 
     return env_float("QUOTA_MAX_INLINE_WAIT", 1.0, 0.0, 3600.0)
 

@@ -18,8 +18,8 @@ from enum import StrEnum
 from typing import Any, Protocol, TypeVar
 
 from db.engine import unavailable as db_unavailable
+from pipeline.config import settings
 from pipeline.kernel import metrics
-from pipeline.kernel.config import settings
 from pipeline.kernel.errors import PermanentStepError, TransientStepError
 from pipeline.kernel.quota import QuotaWait
 

@@ -36,7 +36,7 @@ def backfill(*, lease: float, pending_after: float, batch_size: int = 200, rate:
     starts over. Safe beside live workers and when run twice at once, as ``sweep`` is."""
     import redis
 
-    from pipeline.kernel.config import settings
+    from pipeline.config import settings
 
     r = redis.Redis.from_url(settings().redis_url, decode_responses=True)
     signature = f"lease={lease}|pending_after={pending_after}"

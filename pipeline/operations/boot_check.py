@@ -16,7 +16,7 @@ import os
 from collections.abc import Mapping
 from urllib.parse import urlsplit
 
-from pipeline.kernel.config import env_number
+from pipeline.config import env_number
 
 # Stripe's secret (sk_) and restricted (rk_) API keys (https://docs.stripe.com/keys); a
 # publishable key (pk_) cannot read Events.
@@ -75,14 +75,27 @@ def check_environment(env: Mapping[str, str] | None = None) -> None:
 
 
 def check_worker_configuration() -> None:
-    """Everything a worker reads, read now: SystemExit("configuration error: ...") naming the
-    first variable that is wrong. No network, no database (check_database does that)."""
+    """Everything a worker reads, read now, as its steps will read it: SystemExit("configuration
+    error: ...") naming the first variable that is wrong. No network, no database (check_database
+    does that). A setting read lazily (the database pool, the book's CPU processes, the quotas, the
+    orders' settings read when a payment arrives) used to raise inside a task, which was then acked
+    and lost: a worker with one it cannot work with exits at boot (workers/app.py) instead."""
+    from db.engine import pool_size
+    from pipeline.config import log_level, settings
     from pipeline.kernel import quota
-    from pipeline.kernel.config import settings
+    from pipeline.kernel.cpu import processes
+    from pipeline.kernel.metrics import metrics_port
     from pipeline.orders import print_files
     from pipeline.orders import steps as orders
+    from pipeline.orders.offline_print_shop import print_shop_stage_seconds
 
     settings()  # STEP_*, STORY_PAGE_COUNT, providers' names, leases, timeouts...
+    log_level()
+    pool_size()  # DB_POOL_SIZE
+    processes()  # CPU_PROCESSES
+    metrics_port()  # METRICS_PORT
+    quota.max_inline_wait()  # QUOTA_MAX_INLINE_WAIT
+    print_shop_stage_seconds()  # LOCAL_PRINT_SHOP_STAGE_SECONDS
     check_environment()
     orders.order_settings()  # POD_PROVIDER, ORDER_*, STRIPE_MODE vs STRIPE_SECRET_KEY...
     orders.print_provider()  # LULU_* (timeouts) or LOCAL_PRINT_SHOP_STAGE_SECONDS

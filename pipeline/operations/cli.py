@@ -247,7 +247,7 @@ def cmd_retry(args: argparse.Namespace) -> int:
 
 
 def cmd_backfill(args: argparse.Namespace) -> int:
-    from pipeline.kernel.config import settings
+    from pipeline.config import settings
     from pipeline.operations.backfill import BackfillProgress, backfill
     from pipeline.operations.orders import sweep_orders
 
@@ -358,7 +358,7 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     from db.engine import reason, unavailable
     from db.url import DatabaseURLError, redact
-    from pipeline.kernel.config import settings
+    from pipeline.config import settings
 
     try:
         return int(args.fn(args))

@@ -14,8 +14,8 @@ from typing import Any
 from db import order_events as events
 from db import order_repair as repair
 from db.engine import transaction
+from pipeline.config import settings
 from pipeline.kernel import publish
-from pipeline.kernel.config import settings
 from pipeline.operations.stuck import Stuck
 from pipeline.orders.payment import NEEDS_CONFIRMATION
 from pipeline.orders.settings import order_settings

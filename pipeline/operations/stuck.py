@@ -41,7 +41,7 @@ def stuck_batch(kind: int, *, lease: float, pending_after: float, limit: int,
                 after: str = NO_CURSOR) -> list[Stuck]:
     """Up to ``limit`` stuck steps of one kind (an index into KINDS) with ids after ``after``;
     ``lease`` and ``pending_after`` in seconds (see db/operations.py)."""
-    from pipeline.kernel.config import settings
+    from pipeline.config import settings
 
     stage, sql = KINDS[kind]
     with transaction() as c:

@@ -17,7 +17,7 @@ def submit_story(photo: bytes, content_type: str, filename: str, name: str, age:
     """Store the photo, insert user/photo/story rows and publish stories.generate by name:
     exactly what the external API does (the same validation happens in the worker). Returns the
     story id."""
-    from pipeline.kernel.config import settings
+    from pipeline.config import settings
     from pipeline.kernel.storage import LocalStorage
 
     key = f"uploads/{uuid.uuid4()}.{_EXTENSIONS.get(content_type.split(';')[0].strip().lower(), 'bin')}"

@@ -10,7 +10,7 @@ def sweep(*, lease: float | None = None, pending_after: float | None = None, lim
     STEP_LEASE_SECONDS) and return what was found. Safe beside live workers and safe to run twice:
     each step's own guarded claim decides (a stale claim is taken over, a live or finished one is
     left alone), so a duplicate message is a no-op, never duplicate work."""
-    from pipeline.kernel.config import settings
+    from pipeline.config import settings
 
     s = settings()
     stuck = find_stuck(lease=lease if lease is not None else s.step_lease_seconds,

@@ -45,7 +45,7 @@ class _LocalJob:
 def print_shop_stage_seconds() -> float:
     """LOCAL_PRINT_SHOP_STAGE_SECONDS: seconds the offline print shop spends in each status
     (default 3). Raises SystemExit("configuration error: …") outside 0–86400."""
-    from pipeline.kernel.config import env_float
+    from pipeline.config import env_float
 
     return env_float("LOCAL_PRINT_SHOP_STAGE_SECONDS", 3.0, 0.0, 86400.0)
 

@@ -20,7 +20,7 @@ from db import order_events as events
 from db import order_steps as steps_db
 from db import orders as orders_db
 from db.engine import autocommit, transaction
-from pipeline.kernel.config import settings
+from pipeline.config import settings
 from pipeline.kernel.errors import PermanentStepError, TransientStepError
 from pipeline.kernel.step import (
     FIRST_TRY,

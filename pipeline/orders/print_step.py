@@ -14,8 +14,8 @@ from typing import Any
 from db import order_steps as steps_db
 from db import orders as orders_db
 from db.engine import autocommit
+from pipeline.config import settings
 from pipeline.kernel import cpu
-from pipeline.kernel.config import settings
 from pipeline.kernel.errors import PermanentStepError
 from pipeline.kernel.step import FIRST_TRY, Attempt, Outcome, StepFailed, StepResult, Timer, guarded, held_elsewhere
 from pipeline.orders.lulu_address import lulu_address
@@ -23,7 +23,7 @@ from pipeline.orders.print_files import interior_plan, product_spec
 from pipeline.orders.print_files import make_print_files as render
 from pipeline.orders.records import StepRecorder, not_printable
 from pipeline.orders.settings import AGAIN_IN, order_settings, print_provider
-from pipeline.stories.themes import resolve_theme
+from pipeline.providers.themes import resolve_theme
 
 
 def make_print_files(order_id: str, attempt: Attempt = FIRST_TRY) -> StepResult:

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any
 
-from pipeline.kernel.config import _choice, env_float, env_int, settings
+from pipeline.config import _choice, env_float, env_int, settings
 from pipeline.kernel.errors import PermanentStepError
 from pipeline.orders.offline_print_shop import LocalPrintShop
 from pipeline.providers import lulu

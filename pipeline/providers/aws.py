@@ -40,7 +40,7 @@ from botocore.exceptions import (
 )
 from botocore.parsers import ResponseParserError
 
-from pipeline.kernel.config import env_number
+from pipeline.config import env_number
 from pipeline.kernel.errors import PermanentStepError, StepError, TransientStepError, retry_after_seconds
 from pipeline.providers.base import RequestHooks
 

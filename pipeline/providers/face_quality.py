@@ -41,3 +41,9 @@ def face_problems(face: Face, *, attribute_confidence: float = ATTRIBUTE_CONFIDE
     if yaw is not None and abs(float(yaw)) > max_abs_yaw:
         problems.append(("the child's face is turned too far to the side", "with the child facing the camera"))
     return problems
+
+
+def problems_message(problems: list[tuple[str, str]]) -> str:
+    """The parent's message for :func:`face_problems`' list: what is wrong, and what to send."""
+    return (f"We could not use this photo: {'; '.join(p for p, _ in problems)}. "
+            f"Please upload a clear photo {', '.join(f for _, f in problems)}.")

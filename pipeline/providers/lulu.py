@@ -39,7 +39,7 @@ from urllib.parse import urlsplit
 
 import httpx
 
-from pipeline.kernel.config import env_number
+from pipeline.config import env_number
 from pipeline.kernel.errors import PermanentStepError, TransientStepError, retry_after_seconds
 from pipeline.providers.base import NoHooks, RequestHooks
 from pipeline.providers.http_retry import RetryableError, retry_transient, retryable_status

@@ -35,9 +35,10 @@ import openai
 from openai.types.chat import ChatCompletionMessageParam
 from openai.types.shared_params import ResponseFormatJSONSchema
 
-from pipeline.kernel.config import env_number
+from pipeline.config import env_number
 from pipeline.kernel.errors import PermanentStepError, StepError, TransientStepError, retry_after_seconds
 from pipeline.providers.base import NoHooks, Outline, PageRequest, RequestHooks, StoryRequest
+from pipeline.providers.names import capitalize_name, title_with_name
 
 # The prompts and schemas are vendor-neutral and live in text_prompts.py (issue 11); the names
 # stay importable from here.
@@ -49,8 +50,7 @@ from pipeline.providers.text_prompts import (  # noqa: F401
     page_band,
     page_system_prompt,
 )
-from pipeline.stories.names import capitalize_name, title_with_name
-from pipeline.stories.themes import resolve_theme
+from pipeline.providers.themes import resolve_theme
 
 PROVIDER = "openai"
 OPERATION = "chat"

@@ -8,7 +8,7 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-from pipeline.kernel.config import Settings, settings
+from pipeline.config import Settings, settings
 from pipeline.kernel.errors import PermanentStepError
 from pipeline.kernel.storage import LocalStorage, Storage, check_key
 from pipeline.providers.base import Face, Illustrator, ImageJobs, PageRequest, PhotoAnalyzer, StoryWriter

@@ -43,13 +43,13 @@ from typing import Any, TypeVar
 from botocore.exceptions import ClientError
 from PIL import Image
 
-from pipeline.kernel.config import env_number
+from pipeline.config import env_number
 from pipeline.kernel.errors import PermanentStepError, StepError
 from pipeline.providers.aws import REKOGNITION, Malformed, call, client_error_parts, make_client, reason
 from pipeline.providers.base import BoundingBox, Face, Label, Landmark, NoHooks, PhotoAnalysis, RequestHooks
+from pipeline.providers.face_quality import MIN_FACE_PIXELS as FACE_PIXELS_FLOOR
+from pipeline.providers.face_quality import face_pixels, face_problems, problems_message
 from pipeline.providers.photo_decode import MAX_PIXELS, decode_photo, exif_orientation, open_photo
-from pipeline.stories.faces import MIN_FACE_PIXELS as FACE_PIXELS_FLOOR
-from pipeline.stories.faces import face_pixels, face_problems, problems_message
 
 T = TypeVar("T")
 
@@ -281,7 +281,7 @@ class RekognitionAnalyzer:
             raise PermanentStepError(problems_message(problems))
 
     def problems(self, face: Face) -> list[tuple[str, str]]:
-        """pipeline.stories.faces.face_problems with this adapter's thresholds."""
+        """pipeline.providers.face_quality.face_problems with this adapter's thresholds."""
         return face_problems(face, attribute_confidence=self.attribute_confidence, max_abs_yaw=self.max_abs_yaw)
 
     def _call(self, op: str, parse: Callable[[Any], T], send: Callable[[], Any]) -> T:

@@ -18,7 +18,7 @@ from pipeline.kernel.errors import PermanentStepError
 from pipeline.providers.base import Face, PageRequest
 from pipeline.providers.http_retry import RetryableError
 from pipeline.providers.photo_decode import decode_photo
-from pipeline.stories.themes import THEMES, resolve_theme
+from pipeline.providers.themes import THEMES, resolve_theme
 
 MAX_OUTPUT_PIXELS = 40_000_000  # far above any model's output; stops a decompression bomb
 WIDTH, HEIGHT = 960, 720  # the offline illustrator's page size; multiples of 16 for diffusion models

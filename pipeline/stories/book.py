@@ -1,5 +1,5 @@
 """Render a finished picture book: a PDF to print or download (here), and one self-contained HTML
-page (pipeline.stories.book_html, ``render_html`` is importable from here too).
+page (pipeline.stories.book_html, which imports this module: never the reverse).
 
 PDF: 8.5 x 8.5 in square pages (a common picture-book trim). A cover (theme, illustration,
 title, "A story for <name>"), then one page per story page: the illustration on top, the text
@@ -20,7 +20,6 @@ from fpdf import FPDF
 from fpdf.enums import Align
 from PIL import Image, UnidentifiedImageError
 
-from pipeline.stories.book_html import render_html  # the HTML page: callers take both renderers from here
 from pipeline.stories.typeset import (
     FontSet,
     Rgb,
@@ -228,4 +227,4 @@ def render_pdf(book: Book, *, fonts: FontSet | None = None) -> bytes:
         font.check_drawn(f"Page {page.number}'s text")
     return bytes(pdf.output())
 
-__all__ = ["Book", "BookPage", "FontSet", "find_fonts", "render_html", "render_pdf"]
+__all__ = ["Book", "BookPage", "FontSet", "find_fonts", "render_pdf"]

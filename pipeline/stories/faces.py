@@ -34,17 +34,10 @@ from typing import Any
 
 from pipeline.providers.base import Face
 from pipeline.providers.face_quality import (  # the size and drawability rules, beside the detectors
-    ATTRIBUTE_CONFIDENCE,
-    MAX_ABS_YAW,
     MIN_FACE_PIXELS,
-    face_pixels,
     face_problems,
+    problems_message,
 )
-
-__all__ = [
-    "ATTRIBUTE_CONFIDENCE", "MAX_ABS_YAW", "MIN_FACE_PIXELS", "ProtagonistChoice", "age_distance", "age_range",
-    "choose_protagonist", "face_pixels", "face_problems", "problems_message", "too_small_message",
-]
 
 
 def too_small_message(face: Face | None, width: int, height: int) -> str:
@@ -58,12 +51,6 @@ def too_small_message(face: Face | None, width: int, height: int) -> str:
         "Please upload a photo taken closer, in which your child's face fills more of the picture "
         f"(at least {MIN_FACE_PIXELS} pixels across, ideally a head-and-shoulders shot)."
     )
-
-
-def problems_message(problems: list[tuple[str, str]]) -> str:
-    """The parent's message for :func:`face_problems`' list: what is wrong, and what to send."""
-    return (f"We could not use this photo: {'; '.join(p for p, _ in problems)}. "
-            f"Please upload a clear photo {', '.join(f for _, f in problems)}.")
 
 
 def age_range(face: Face) -> tuple[int, int] | None:

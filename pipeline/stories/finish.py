@@ -17,7 +17,7 @@ from pipeline.kernel.errors import PermanentStepError, TransientStepError
 from pipeline.kernel.step import FIRST_TRY, Attempt, Outcome, RetryLater, StepResult, Timer, backoff
 from pipeline.kernel.storage import book_key
 from pipeline.providers import registry
-from pipeline.stories.themes import resolve_theme
+from pipeline.providers.themes import resolve_theme
 
 log = logging.getLogger("pipeline.stories.finish")
 
@@ -100,7 +100,8 @@ def write_book(story_id: str, title: str, child_name: str, theme_raw: str,
     """The book as PDF and HTML at deterministic keys beside the page images; returns its
     phase timings (ms). Runs in a CPU process (pipeline.kernel.cpu): plain arguments, its own
     storage client."""
-    from pipeline.stories.book import Book, BookPage, render_html, render_pdf
+    from pipeline.stories.book import Book, BookPage, render_pdf
+    from pipeline.stories.book_html import render_html
 
     timer = Timer()
     storage = registry.output_storage()

@@ -15,14 +15,14 @@ from typing import Any
 from db import pages as pages_db
 from db.claims import Stage
 from db.engine import autocommit
-from pipeline.kernel.config import settings
+from pipeline.config import settings
 from pipeline.kernel.errors import PermanentStepError
 from pipeline.kernel.step import Attempt, Outcome, StepFailed, StepResult, Timer, guarded, held_elsewhere
 from pipeline.providers.base import Face, Outline, PageRequest, StoryRequest
+from pipeline.providers.themes import THEMES, resolve_theme
 from pipeline.stories.recorders import PageRecorder
 from pipeline.stories.stages import STAGE_LABEL
 from pipeline.stories.start import story_seed
-from pipeline.stories.themes import THEMES, resolve_theme
 
 # Each stage as people read it (logs, the story's failure message "Page 2 (illustration): ...").
 

@@ -10,7 +10,7 @@ from typing import Any
 
 from db import photos as photos_db
 from db.engine import autocommit
-from pipeline.kernel.config import settings
+from pipeline.config import settings
 from pipeline.kernel.errors import PermanentStepError
 from pipeline.kernel.step import (
     FIRST_TRY,

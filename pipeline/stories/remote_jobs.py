@@ -26,7 +26,7 @@ from db import pages as pages_db
 from db import provider_jobs as jobs_db
 from db.engine import autocommit, transaction
 from db.pages import PageClaim
-from pipeline.kernel.config import settings
+from pipeline.config import settings
 from pipeline.kernel.errors import OutputGoneError
 from pipeline.kernel.quota import QuotaWait, quotas
 from pipeline.kernel.step import (

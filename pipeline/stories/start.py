@@ -14,7 +14,7 @@ from typing import Any
 from db import photos as photos_db
 from db import stories as stories_db
 from db.engine import autocommit
-from pipeline.kernel.config import settings
+from pipeline.config import settings
 from pipeline.kernel.errors import PermanentStepError
 from pipeline.kernel.step import (
     FIRST_TRY,
@@ -29,12 +29,12 @@ from pipeline.kernel.step import (
 )
 from pipeline.providers import registry
 from pipeline.providers.base import Outline, StoryRequest
+from pipeline.providers.themes import THEMES, resolve_theme
 from pipeline.stories import upload_wait
 from pipeline.stories.faces import ProtagonistChoice, choose_protagonist
 from pipeline.stories.fonts import printable_text
 from pipeline.stories.photo_step import NO_FACE, analyze_photo
 from pipeline.stories.recorders import StoryRecorder
-from pipeline.stories.themes import THEMES, resolve_theme
 
 MAX_NAME_LENGTH = 40
 

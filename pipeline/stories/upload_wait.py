@@ -21,7 +21,7 @@ import os
 
 import redis
 
-from pipeline.kernel.config import settings
+from pipeline.config import settings
 
 log = logging.getLogger("pipeline.stories.upload_wait")
 

@@ -295,7 +295,7 @@ class FakeReplicate(LocalHTTPFake):
         from pipeline.providers.base import Outline, PageRequest, StoryRequest
         from pipeline.providers.local_vision import LocalPhotoAnalyzer
         from pipeline.providers.offline_images import LocalIllustrator
-        from pipeline.stories.themes import THEMES
+        from pipeline.providers.themes import THEMES
 
         target = next((model_input[k] for k in TARGET_KEYS if model_input.get(k)), None)
         face_ref = next((model_input[k] for k in FACE_KEYS if model_input.get(k)), None)

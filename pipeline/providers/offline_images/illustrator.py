@@ -28,7 +28,7 @@ from pipeline.providers.offline_images.painter import SS, WIDTH, Painter, gradie
 from pipeline.providers.offline_images.scenes_land import scene_dinosaurs, scene_forest
 from pipeline.providers.offline_images.scenes_sea import scene_pirates, scene_underwater
 from pipeline.providers.offline_images.scenes_sky import scene_space, scene_superhero
-from pipeline.stories.themes import THEMES, resolve_theme
+from pipeline.providers.themes import THEMES, resolve_theme
 
 # Theme id -> the painter of its scenery (everything but the child).
 SCENES: dict[str, Callable[[Page], None]] = {
@@ -49,7 +49,7 @@ class LocalIllustrator:
         """The page's scene with the child's head left as an empty circle: a 960x720 RGB PNG
         with the ``face_anchor`` and ``character`` chunks (``anchor``).
 
-        Raises PermanentStepError for a theme ``pipeline.stories.themes`` does not know.
+        Raises PermanentStepError for a theme ``pipeline.providers.themes`` does not know.
         """
         theme = resolve_theme(req.story.theme)
         if theme is None:

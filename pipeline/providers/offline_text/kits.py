@@ -7,7 +7,7 @@ reads them with ``tomllib`` (stdlib) and checks everything a story will need, so
 file fails at load time with the file and field, not in the middle of a story:
 
 - every field present, of the right type, and no unknown field (a misspelt key is an error);
-- every theme of ``pipeline.stories.themes.THEMES`` has a kit, and no kit lacks a theme;
+- every theme of ``pipeline.providers.themes.THEMES`` has a kit, and no kit lacks a theme;
 - the arc has ``MAX_PAGES`` slots whose ranks are 1..``MAX_PAGES`` (every page count
   1..``MAX_PAGES`` picks distinct slots), and every slot has a passage (shared or per theme);
 - every ``{placeholder}`` in any text is one the writer fills (``CONTEXT_KEYS``);
@@ -27,7 +27,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any, NamedTuple, TypeVar
 
-from pipeline.stories.themes import THEMES
+from pipeline.providers.themes import THEMES
 
 DATA_DIR = Path(__file__).with_name("data")
 ARC_FILE = "arc.toml"
@@ -352,7 +352,7 @@ def load_material(data_dir: Path = DATA_DIR) -> Material:
     extra = sorted(p.stem for p in data_dir.glob("*.toml")
                    if p.name != ARC_FILE and p.stem not in THEMES)
     if extra:
-        raise KitError(f"{', '.join(extra)}: kit file(s) for no theme of pipeline.stories.themes.THEMES")
+        raise KitError(f"{', '.join(extra)}: kit file(s) for no theme of pipeline.providers.themes.THEMES")
     kits = {}
     for theme in THEMES:
         t = _read(data_dir / f"{theme}.toml")

@@ -34,6 +34,7 @@ from functools import lru_cache
 
 from pipeline.kernel.errors import PermanentStepError
 from pipeline.providers.base import Outline, PageRequest, StoryRequest
+from pipeline.providers.names import capitalize_name, title_with_name
 from pipeline.providers.offline_text.kits import (
     MAX_PAGES,
     PLACEHOLDER,
@@ -46,8 +47,7 @@ from pipeline.providers.offline_text.kits import (
     Slot,
     material,
 )
-from pipeline.stories.names import capitalize_name, title_with_name
-from pipeline.stories.themes import THEMES, resolve_theme
+from pipeline.providers.themes import THEMES, resolve_theme
 
 log = logging.getLogger(__name__)
 

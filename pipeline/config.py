@@ -13,7 +13,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
-PROJECT_ROOT = Path(__file__).resolve().parents[2]
+PROJECT_ROOT = Path(__file__).resolve().parents[1]
 
 
 def _allowed(lo: float, hi: float, whole: bool) -> str:
@@ -91,29 +91,6 @@ def log_level() -> str:
                          "ERROR, CRITICAL")
     return raw
 
-
-def check_settings() -> None:
-    """Read every setting a worker uses, as its steps will, so that a worker with one it cannot
-    work with exits at boot (workers/app.py) instead of taking messages and failing each one:
-    a setting read lazily (the database pool, the book's CPU processes, the quotas, the orders'
-    settings read when a payment arrives) raised inside a task, which was then acked and lost.
-
-    Raises SystemExit("configuration error: …") with one line naming the variable."""
-    from db.engine import pool_size
-    from pipeline.kernel.cpu import processes
-    from pipeline.kernel.metrics import metrics_port
-    from pipeline.kernel.quota import max_inline_wait
-    from pipeline.orders.offline_print_shop import print_shop_stage_seconds
-    from pipeline.orders.steps import order_settings
-
-    settings()
-    log_level()
-    pool_size()
-    processes()
-    metrics_port()
-    max_inline_wait()
-    order_settings()
-    print_shop_stage_seconds()
 
 
 @dataclass(frozen=True)
