@@ -7,8 +7,11 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
+pytestmark = pytest.mark.unit  # ruff, mypy and git are processes, but no services: the fast loop runs them
 
 
 def test_ruff_clean() -> None:
@@ -16,6 +19,7 @@ def test_ruff_clean() -> None:
     assert r.returncode == 0, r.stdout + r.stderr
 
 
+@pytest.mark.slow
 def test_mypy_clean() -> None:
     r = subprocess.run([str(BIN / "mypy"), "pipeline", "db", "workers", "celeryconfig.py"],
                        cwd=ROOT, capture_output=True, text=True)
