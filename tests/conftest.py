@@ -30,6 +30,15 @@ from urllib.parse import urlsplit
 
 import pytest
 
+# pytest-xdist (./run test runs the non-chaos tiers on 2 workers): each worker process has its own
+# PostgreSQL database (the random name below) and its own Redis databases: a run uses
+# TEST_REDIS_DB .. TEST_REDIS_DB + 4, so gw0 11-15 and gw1 1-5 (0 is the demo's, 10 the benches').
+_XDIST = os.environ.get("PYTEST_XDIST_WORKER", "")
+if _XDIST:
+    _base = int(os.environ.get("TEST_REDIS_DB", "11")) - 10 * int(_XDIST.removeprefix("gw"))
+    if _base < 0:
+        raise pytest.UsageError("at most 2 xdist workers: each needs 5 Redis databases of the 16")
+    os.environ["TEST_REDIS_DB"] = str(_base)
 _RUN = uuid.uuid4().hex[:8]
 TEST_DB = f"storycreator_test_{_RUN}"
 PG = os.environ.get("TEST_PG_URL", "postgresql+psycopg2://postgres@127.0.0.1:5432")
@@ -191,7 +200,11 @@ _UNUSABLE = "127.0.0.1:9"  # the discard port: nothing listens, a connection is 
 
 def pytest_collection_finish(session: pytest.Session) -> None:
     """A run of unit tests only has no services: every service URL points at an unusable address,
-    so nothing can reach the real ones even past the per-test guard below."""
+    so nothing can reach the real ones even past the per-test guard below. Chaos tests restart the
+    services every other test uses, so they never run beside others (under xdist)."""
+    if _XDIST and any(item.stash.get(_TIER, "") == "chaos" for item in session.items):
+        raise pytest.UsageError("chaos tests restart Redis and PostgreSQL under the other tests: run them without "
+                                "-n (./run test runs `-m 'not chaos'` on xdist workers, then `-m chaos` alone)")
     if session.items and all(item.stash.get(_TIER, "") == "unit" for item in session.items):
         os.environ.update(
             DATABASE_URL=f"postgresql+psycopg2://unit-tier@{_UNUSABLE}/no_database_in_the_unit_tier",
