@@ -200,11 +200,7 @@ _UNUSABLE = "127.0.0.1:9"  # the discard port: nothing listens, a connection is 
 
 def pytest_collection_finish(session: pytest.Session) -> None:
     """A run of unit tests only has no services: every service URL points at an unusable address,
-    so nothing can reach the real ones even past the per-test guard below. Chaos tests restart the
-    services every other test uses, so they never run beside others (under xdist)."""
-    if _XDIST and any(item.stash.get(_TIER, "") == "chaos" for item in session.items):
-        raise pytest.UsageError("chaos tests restart Redis and PostgreSQL under the other tests: run them without "
-                                "-n (./run test runs `-m 'not chaos'` on xdist workers, then `-m chaos` alone)")
+    so nothing can reach the real ones even past the per-test guard below."""
     if session.items and all(item.stash.get(_TIER, "") == "unit" for item in session.items):
         os.environ.update(
             DATABASE_URL=f"postgresql+psycopg2://unit-tier@{_UNUSABLE}/no_database_in_the_unit_tier",
@@ -298,6 +294,10 @@ def pytest_configure(config: pytest.Config) -> None:
 @pytest.hookimpl(tryfirst=True)
 def pytest_runtest_setup(item: pytest.Item) -> None:
     support.CURRENT_TIER = item.stash.get(_TIER, None)
+    if _XDIST and support.CURRENT_TIER == "chaos":
+        # it restarts Redis and PostgreSQL under whatever runs beside it
+        raise TierViolation("a chaos test never runs beside others: run the chaos tier without -n "
+                            "(./run test runs `-m 'not chaos'` on xdist workers, then `-m chaos` alone)")
 
 
 @pytest.hookimpl(tryfirst=True)
