@@ -111,7 +111,27 @@ _SERVICE_SOURCE = re.compile(r"\bDb\b|clean_db|get_engine|autocommit\(|transacti
                              r"\.delay\(")
 _SERVICE_FIXTURES = {"db", "clean_db", "worker"}
 _CALLED = re.compile(r"\b([A-Za-z_]\w*)\s*\(")
-_source_cache: dict[tuple[int, str], bool] = {}
+_SOURCES: dict[int, tuple[str, list[object]]] = {}  # id(obj) -> its source and the tests.* objects it calls
+
+
+def _source_and_calls(obj: object) -> tuple[str, list[object]]:
+    """The source of a function or class and the tests.* functions and classes it calls by name
+    (memoized: inspect.getsource is slow, and 650 tests share their fixtures and helpers)."""
+    key = id(obj)
+    if key not in _SOURCES:
+        try:
+            source = inspect.getsource(obj)  # type: ignore[arg-type]
+        except (OSError, TypeError):
+            source = ""
+        module = inspect.getmodule(obj)
+        calls = []
+        for name in set(_CALLED.findall(source)):
+            called = getattr(module, name, None)
+            owner = getattr(called, "__module__", "") or ""
+            if (inspect.isfunction(called) or inspect.isclass(called)) and owner.startswith("tests"):
+                calls.append(called)
+        _SOURCES[key] = (source, calls)
+    return _SOURCES[key]
 
 
 def _matches(roots: list[object], pattern: re.Pattern[str]) -> bool:
@@ -122,47 +142,27 @@ def _matches(roots: list[object], pattern: re.Pattern[str]) -> bool:
         if id(obj) in seen:
             continue
         seen.add(id(obj))
-        key = (id(obj), pattern.pattern)
-        if key in _source_cache:
-            if _source_cache[key]:
-                return True
-            continue
-        try:
-            source = inspect.getsource(obj)  # type: ignore[arg-type]
-        except (OSError, TypeError):
-            continue
+        source, calls = _source_and_calls(obj)
         if pattern.search(source):
-            _source_cache[key] = True
             return True
-        module = inspect.getmodule(obj)
-        for name in set(_CALLED.findall(source)):
-            called = getattr(module, name, None)
-            owner = getattr(called, "__module__", "") or ""
-            if (inspect.isfunction(called) or inspect.isclass(called)) and owner.startswith("tests"):
-                stack.append(called)
+        stack.extend(calls)
     return False
 
 
 def _kills(function: Callable[..., Any]) -> bool:
     """Whether the test, or a helper of its own module that it calls, kills a process mid-run or
     restarts a service (cleanup lines that kill what the test started do not count)."""
-    module = inspect.getmodule(function)
+    module = getattr(function, "__module__", None)
     stack, seen = [function], set()
     while stack:
         obj = stack.pop()
         if id(obj) in seen:
             continue
         seen.add(id(obj))
-        try:
-            source = inspect.getsource(obj)
-        except (OSError, TypeError):
-            continue
+        source, calls = _source_and_calls(obj)
         if any(_CHAOS_LINE.search(line) and "addfinalizer" not in line for line in source.splitlines()):
             return True
-        for name in set(_CALLED.findall(source)):
-            called = getattr(module, name, None)
-            if inspect.isfunction(called) and called.__module__ == getattr(module, "__name__", None):
-                stack.append(called)
+        stack.extend(c for c in calls if inspect.isfunction(c) and c.__module__ == module)
     return False
 
 
