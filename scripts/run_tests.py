@@ -1,9 +1,11 @@
 """The README's test command.
 
-Without arguments, the whole suite as CI runs it (``.ci/run``): the unit, db and workers tiers on
-``TEST_WORKERS`` pytest-xdist processes (default 2; each has its own PostgreSQL database and Redis
-databases, tests/conftest.py; a test module stays on one process), then the chaos tier alone,
-since it restarts Redis and PostgreSQL under whatever else runs. With arguments, one pytest run
+Without arguments, the whole suite as CI runs it (``.ci/run``): every test but
+``tests/test_chaos.py`` on ``TEST_WORKERS`` pytest-xdist processes (default 2; each has its own
+PostgreSQL database and Redis databases; a test module stays on one process, and the modules that
+use RabbitMQ share one: tests/conftest.py),
+then ``tests/test_chaos.py`` alone, since it restarts Redis and PostgreSQL under whatever else runs
+(the other chaos-tier tests kill only their own worker processes). With arguments, one pytest run
 with exactly those arguments (``./run test -m unit``, ``./run test tests/test_names.py -k book``).
 
 Fails loudly when pytest collected nothing (its exit code 5 would otherwise look like a quiet pass
@@ -16,6 +18,7 @@ import subprocess
 import sys
 
 NO_TESTS_COLLECTED = 5
+CHAOS = "tests/test_chaos.py"  # restarts the machine's Redis and PostgreSQL: never beside other tests
 
 
 def pytest(*args: str) -> int:
@@ -33,9 +36,9 @@ def main() -> int:
     if args:
         return pytest(*args)
     workers = int(os.environ.get("TEST_WORKERS", "2"))
-    parallel = ["-n", str(workers), "--dist", "loadfile"] if workers > 1 else []
-    first = pytest(*parallel, "-m", "not chaos")
-    second = pytest("-m", "chaos")
+    parallel = ["-n", str(workers)] if workers > 1 else []  # scheduled per module: tests/conftest.py
+    first = pytest(*parallel, "--ignore", CHAOS)
+    second = pytest(CHAOS)
     return first or second
 
 

@@ -124,7 +124,7 @@ def _source_and_calls(obj: object) -> tuple[str, list[object]]:
         except (OSError, TypeError):
             source = ""
         module = inspect.getmodule(obj)
-        calls = []
+        calls: list[object] = []
         for name in set(_CALLED.findall(source)):
             called = getattr(module, name, None)
             owner = getattr(called, "__module__", "") or ""
@@ -190,11 +190,16 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     for item in items:
         tier = tier_of(item)
         item.stash[_TIER] = tier
+        function = getattr(item, "function", None)
+        item.stash[_RESTARTS] = item.path.name == "test_chaos.py" or (
+            function is not None and _matches([function], _RESTART_SOURCE))
         if not item.get_closest_marker(tier):
             item.add_marker(getattr(pytest.mark, tier))
 
 
 _TIER = pytest.StashKey[str]()
+_RESTARTS = pytest.StashKey[bool]()
+_RESTART_SOURCE = re.compile(r"_restart_(?:redis|postgres)|pg_ctlcluster|\.shutdown\(nosave")
 _UNUSABLE = "127.0.0.1:9"  # the discard port: nothing listens, a connection is refused at once
 
 
@@ -215,6 +220,27 @@ def pytest_collection_finish(session: pytest.Session) -> None:
 
         settings.cache_clear()
         dispose_engine()
+
+
+# Scheduling under xdist: a test module stays on one process (its module-scoped workers and Redis
+# databases), and the modules that use RabbitMQ share one process: they share its vhost's queues.
+try:
+    from xdist.scheduler import LoadScopeScheduling
+except ImportError:  # pytest-xdist not installed: serial runs only
+    pass
+else:
+    _AMQP_MODULES: dict[str, bool] = {}
+
+    class _ModuleScheduling(LoadScopeScheduling):  # type: ignore[misc]
+        def _split_scope(self, nodeid: str) -> str:
+            path = nodeid.split("::", 1)[0]
+            if path not in _AMQP_MODULES:
+                file = Path(__file__).resolve().parent.parent / path
+                _AMQP_MODULES[path] = file.is_file() and "TEST_AMQP_URL" in file.read_text()
+            return "rabbitmq" if _AMQP_MODULES[path] else path
+
+    def pytest_xdist_make_scheduler(config: pytest.Config, log: Any) -> _ModuleScheduling:
+        return _ModuleScheduling(config, log)
 
 
 # The guard: while a test of a tier sets up and runs, what that tier may not use raises. Installed
@@ -294,10 +320,11 @@ def pytest_configure(config: pytest.Config) -> None:
 @pytest.hookimpl(tryfirst=True)
 def pytest_runtest_setup(item: pytest.Item) -> None:
     support.CURRENT_TIER = item.stash.get(_TIER, None)
-    if _XDIST and support.CURRENT_TIER == "chaos":
-        # it restarts Redis and PostgreSQL under whatever runs beside it
-        raise TierViolation("a chaos test never runs beside others: run the chaos tier without -n "
-                            "(./run test runs `-m 'not chaos'` on xdist workers, then `-m chaos` alone)")
+    if _XDIST and item.stash.get(_RESTARTS, False):
+        # it restarts Redis and PostgreSQL under whatever runs beside it (a test that kills its
+        # own worker process disturbs nobody else: each xdist process has its own databases)
+        raise TierViolation("a test that restarts services never runs beside others: keep it in tests/test_chaos.py, "
+                            "which ./run test runs alone after the rest")
 
 
 @pytest.hookimpl(tryfirst=True)
