@@ -1,10 +1,10 @@
 """Celery settings only (the app is built in workers/app.py). Values come from the environment
-through pipeline.config, so the worker, the tests and the demo agree on them."""
+through pipeline.kernel.config, so the worker, the tests and the demo agree on them."""
 from __future__ import annotations
 
 from kombu import Exchange, Queue
 
-from pipeline.config import settings
+from pipeline.kernel.config import settings
 
 _s = settings()
 
@@ -41,10 +41,10 @@ task_routes = {
     "ops.sweep": {"queue": "stories"},
 }
 
-# Stuck-work detection (pipeline/ops.py), run by `celery beat` (Procfile: beat).
+# Stuck-work detection (pipeline/operations/ops.py), run by `celery beat` (Procfile: beat).
 beat_schedule = {
     "sweep-stuck-work": {"task": "ops.sweep", "schedule": _s.sweep_interval},
-    # Stuck orders (pipeline/orders.py): paid with no print files or print job, lost poll chains.
+    # Stuck orders (pipeline/orders/steps.py): paid with no print files or print job, lost poll chains.
     "sweep-stuck-orders": {"task": "orders.sweep", "schedule": _s.sweep_interval, "options": {"queue": "orders"}},
 }
 

@@ -61,7 +61,7 @@ def _step_costs(pages: int) -> dict[str, Any]:
     from sqlalchemy import event
 
     from db.engine import get_engine
-    from pipeline import steps
+    from pipeline.stories import steps
 
     counts: dict[str, list[int]] = {}
     current = [""]

@@ -41,14 +41,14 @@ def main(argv: list[str] | None = None) -> int:
     base = os.environ.get("SCALE_PG_URL", "postgresql+psycopg2://postgres@127.0.0.1:5432")
     name = args.database or f"storycreator_scale_{args.stories}_{args.pages}"
     url = f"{base}/{name}"
-    os.environ["DATABASE_URL"] = url  # before pipeline.config is read: the commands use this database
+    os.environ["DATABASE_URL"] = url  # before pipeline.kernel.config is read: the commands use this database
 
     from sqlalchemy import event, text
 
     from bench.scale_data import populate
     from db.engine import dispose_engine, ensure_database, get_engine, make_engine
     from db.url import database_url
-    from pipeline.cli import main as cli
+    from pipeline.operations.cli import main as cli
 
     ensure_database(url)
     admin = make_engine(url)

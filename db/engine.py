@@ -23,7 +23,7 @@ from sqlalchemy.engine import URL, Connection
 from sqlalchemy.pool import NullPool
 
 from db.url import DatabaseURLError, database_url, redact
-from pipeline.config import PROJECT_ROOT, settings
+from pipeline.kernel.config import PROJECT_ROOT, settings
 
 _lock = threading.Lock()
 _engine: Engine | None = None
@@ -76,7 +76,7 @@ def pool_size() -> int:
     """DB_POOL_SIZE: connections per worker process (as many again as overflow); 0 or unset: 8.
 
     Raises SystemExit("configuration error: …") for anything but a whole number 0–1000."""
-    from pipeline.config import env_int
+    from pipeline.kernel.config import env_int
 
     return env_int("DB_POOL_SIZE", 0, 0, 1000) or 8
 
@@ -99,9 +99,30 @@ def transaction() -> Iterator[Connection]:
 @contextmanager
 def autocommit() -> Iterator[Connection]:
     """A Core connection in autocommit mode, for a single guarded statement: one round trip
-    instead of three (BEGIN, statement, COMMIT). The statement is atomic by itself."""
-    with get_engine().connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
-        yield conn
+    instead of three (BEGIN, statement, COMMIT). The statement is atomic by itself.
+
+    Autocommit is psycopg2's own client-side flag (``connection.autocommit``), switched on here
+    and off before the connection goes back to the pool. Not SQLAlchemy's
+    ``isolation_level="AUTOCOMMIT"`` option: once a connection's isolation level had been reset
+    explicitly, psycopg2 sent ``SET default_transaction_isolation`` to the server at each switch,
+    and the switch back ran inside the pool's check-in, unwrapped and uncaught. A connection
+    lost just after a committed claim then raised a bare psycopg2.OperationalError from the
+    ``with`` exit (the task acked as failed, the step left 'processing'), and the pool never got
+    that slot back. With the isolation level left at the server's default, the flag is a
+    client-side switch (psycopg2 ``conn_set_session``): no round trip, nothing to lose.
+    Errors of the statements themselves come wrapped by SQLAlchemy as before."""
+    with get_engine().connect() as conn:
+        dbapi_conn = conn.connection.dbapi_connection
+        assert dbapi_conn is not None
+        dbapi_conn.autocommit = True
+        try:
+            yield conn
+        finally:
+            if not conn.invalidated:
+                try:
+                    dbapi_conn.autocommit = False  # never back to the pool in autocommit
+                except Exception:  # noqa: BLE001 - psycopg2 knows it closed: drop it, don't pool it
+                    conn.invalidate()
 
 
 SCHEMA_PATH = PROJECT_ROOT / "schema.sql"
@@ -145,6 +166,14 @@ def ensure_database(url: str | None = None) -> None:
 # https://www.postgresql.org/docs/current/errcodes-appendix.html).
 _SCHEMA_MISSING = {"42P01", "3F000", "42501"}
 
+try:  # the one driver the project ships (db.url); DB-API 2.0 (PEP 249) exception classes
+    import psycopg2 as _dbapi
+
+    _DBAPI_UNAVAILABLE: tuple[type[BaseException], ...] = (_dbapi.OperationalError, _dbapi.InterfaceError)
+    _DBAPI_PROGRAMMING: tuple[type[BaseException], ...] = (_dbapi.ProgrammingError,)
+except ImportError:  # a broken install: make_engine says so (DatabaseURLError)
+    _DBAPI_UNAVAILABLE = _DBAPI_PROGRAMMING = ()
+
 
 def unavailable(exc: BaseException) -> bool:
     """True when ``exc`` says the database could not be used at all (unreachable, restarting,
@@ -156,7 +185,12 @@ def unavailable(exc: BaseException) -> bool:
         return True
     if isinstance(exc, sa_exc.DBAPIError) and exc.connection_invalidated:
         return True
-    return isinstance(exc, sa_exc.ProgrammingError) and getattr(exc.orig, "pgcode", None) in _SCHEMA_MISSING
+    # The driver's own errors, unwrapped: psycopg2 calls SQLAlchemy makes outside a statement (a
+    # connection's session settings, its reset on return to the pool) raise them as they are.
+    if isinstance(exc, _DBAPI_UNAVAILABLE):
+        return True
+    orig = exc.orig if isinstance(exc, sa_exc.ProgrammingError) else exc
+    return isinstance(orig, _DBAPI_PROGRAMMING) and getattr(orig, "pgcode", None) in _SCHEMA_MISSING
 
 
 def reason(exc: BaseException) -> str:

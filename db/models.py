@@ -1,7 +1,7 @@
 """SQLAlchemy 2.0 typed models matching schema.sql (tests/test_schema.py proves they agree).
 
 schema.sql is the source of truth and is what gets applied; these models exist for typed reads
-and for operators' tools. Status moves go through db/transitions.py, never through the ORM.
+and for operators' tools. Status moves go through db/stories.py, never through the ORM.
 """
 from __future__ import annotations
 
@@ -185,7 +185,7 @@ class StoryOutline(Base):
     title: Mapped[str] = mapped_column(String, nullable=False)
     style: Mapped[str] = mapped_column(String, nullable=False, server_default=text("''"))
     beats: Mapped[Any] = mapped_column(JSONB, nullable=False)
-    protagonist_face: Mapped[Any | None] = mapped_column(JSONB)  # pipeline/faces.py ProtagonistChoice
+    protagonist_face: Mapped[Any | None] = mapped_column(JSONB)  # pipeline/stories/faces.py ProtagonistChoice
     created_at: Mapped[datetime] = _ts()
     updated_at: Mapped[datetime] = _ts()
 

@@ -28,7 +28,7 @@ CELL = {"completed": "█", "processing": "▒", "pending": "·", "failed": "✗
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
-    from pipeline.themes import THEMES
+    from pipeline.stories.themes import THEMES
 
     p = argparse.ArgumentParser(prog="./run demo", description=__doc__.split("\n\n")[0])
     p.add_argument("--photo", type=Path, help="a photo of the child (JPEG/PNG); default: a sample face photo")
@@ -75,7 +75,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from db.engine import ensure_database, make_engine
     from db.url import redact
-    from pipeline.config import settings
+    from pipeline.kernel.config import settings
 
     s = settings()
     ensure_database(s.database_url)
@@ -94,7 +94,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"worker    pid {worker.pid} (threads pool), log {log_path}")
         # What the external API does: store the photo, insert user/photo/story rows, then
         # publish stories.generate by name after the commit.
-        from pipeline.ops import submit_story
+        from pipeline.operations.ops import submit_story
 
         photo_bytes, ctype = (args.photo.read_bytes(), mimetypes.guess_type(args.photo.name)[0] or "image/jpeg") \
             if args.photo else sample_photo()
@@ -134,7 +134,7 @@ def order_print(engine, story: str, storage_root: Path, timeout: float,  # type:
     signed when STRIPE_WEBHOOK_SECRET is set) and follow it until it ships."""
     from sqlalchemy import text
 
-    from pipeline.orders import simulated_payment, submit_order
+    from pipeline.operations.orders import simulated_payment, submit_order
     from workers.app import app
 
     order, intent = submit_order(story, amount=2999, currency="usd")

@@ -46,7 +46,7 @@ REDIS = os.environ.get("TEST_REDIS_URL", "redis://127.0.0.1:6379")
 REDIS_DB = int(os.environ.get("TEST_REDIS_DB", "11"))
 STORAGE = Path(tempfile.mkdtemp(prefix="storycreator-test-storage-"))
 
-# Before anything reads pipeline.config.settings() (cached per process).
+# Before anything reads pipeline.kernel.config.settings() (cached per process).
 os.environ.update(
     DATABASE_URL=f"{PG}/{TEST_DB}",
     CELERY_BROKER_URL=f"{REDIS}/{REDIS_DB}",

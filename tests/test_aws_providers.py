@@ -25,10 +25,12 @@ import pytest
 from moto.server import ThreadedMotoServer
 from PIL import Image
 
-from pipeline.errors import PermanentStepError, StepError, TransientStepError
-from pipeline.providers.aws import DETECTOR_NAME, RekognitionAnalyzer, S3Objects, S3Storage, make_client
-from pipeline.providers.local_vision import analysis_from_json, analysis_to_json
-from pipeline.storage import ObjectMissing, UnsafeKey
+from pipeline.kernel.errors import PermanentStepError, StepError, TransientStepError
+from pipeline.kernel.storage import ObjectMissing, UnsafeKey
+from pipeline.providers.aws import make_client
+from pipeline.providers.face_json import analysis_from_json, analysis_to_json
+from pipeline.providers.rekognition import DETECTOR_NAME, RekognitionAnalyzer
+from pipeline.providers.s3 import S3Objects, S3Storage
 from tests.fakes.rekognition_server import FakeRekognition, face_detail
 from tests.support import astronaut_png, faceless_png
 

@@ -223,7 +223,7 @@ def test_service_restarted_mid_run(service: str, clean_db: Db, replicate: FakeRe
         row = clean_db.wait_story(s, timeout=150)
         if row["status"] == "failed":
             assert row["error_message"], row
-            retry = subprocess.run([sys.executable, "-m", "pipeline.cli", "retry", "--story", s], cwd=ROOT,
+            retry = subprocess.run([sys.executable, "-m", "pipeline.operations.cli", "retry", "--story", s], cwd=ROOT,
                                    env={**os.environ, **cluster.env}, capture_output=True, text=True, timeout=60)
             assert retry.returncode == 0, retry.stdout + retry.stderr
             row = clean_db.wait_story(s, timeout=150)

@@ -83,7 +83,7 @@ def test_flower_shows_our_tasks_behind_basic_auth(clean_db: Db, worker: WorkerPr
 def test_flower_finds_every_task_of_a_story_by_its_id(clean_db: Db, worker: WorkerProcess, tmp_path: Path) -> None:
     """An operator searching Flower for a story id finds all of its tasks: the page steps too, also
     when the sweeper re-sent them (issue 10: it found 2 of 38). Flower started by the Procfile line."""
-    from pipeline import ops
+    from pipeline.operations import ops
     from tests.test_procfile import AUTH, Proc, procfile
     from tests.test_sweep import _stuck_story
 

@@ -1,4 +1,4 @@
-"""Tests for the offline providers: OpenCV Haar photo analysis and the Pillow illustrator."""
+"""Tests for the offline providers: OpenCV Haar photo analysis and the Pillow illustrator (offline_images)."""
 
 from __future__ import annotations
 
@@ -15,20 +15,11 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
-from PIL import Image
+from PIL import Image, PngImagePlugin
 from skimage import data as skdata
 
-from pipeline.errors import PermanentStepError
+from pipeline.kernel.errors import PermanentStepError
 from pipeline.providers.base import BoundingBox, Face, Outline, PageRequest, PhotoAnalysis, StoryRequest
-from pipeline.providers.local_images import (
-    ANCHOR_KEY,
-    CHARACTER_KEY,
-    FACE_MARGIN,
-    PLACEHOLDER_SKIN,
-    LocalIllustrator,
-    default_anchor,
-    read_anchor,
-)
 from pipeline.providers.local_vision import (
     GROUP_EPS,
     LocalPhotoAnalyzer,
@@ -38,7 +29,16 @@ from pipeline.providers.local_vision import (
     analysis_to_json,
     face_from_json,
 )
-from pipeline.themes import THEMES
+from pipeline.providers.offline_images import (
+    ANCHOR_KEY,
+    CHARACTER_KEY,
+    FACE_MARGIN,
+    PLACEHOLDER_SKIN,
+    LocalIllustrator,
+    default_anchor,
+    read_anchor,
+)
+from pipeline.stories.themes import THEMES
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -495,7 +495,7 @@ def test_draw_base_is_deterministic_in_process_and_across_processes(illustrator:
     code = (
         "import hashlib, sys\n"
         "from pipeline.providers.base import StoryRequest, Outline, PageRequest\n"
-        "from pipeline.providers.local_images import LocalIllustrator\n"
+        "from pipeline.providers.offline_images import LocalIllustrator\n"
         "story = StoryRequest('Mia', 5, 'pirates', 4, 987654321)\n"
         "req = PageRequest(story, Outline('t', ('a', 'b', 'c', 'd')), 3)\n"
         "sys.stdout.write(hashlib.sha256(LocalIllustrator().draw_base(req)).hexdigest())\n"
@@ -657,6 +657,31 @@ def test_personalize_without_anchor_uses_the_default_position(
     outside = ~_disc_mask((720, 960), anchor.cx, anchor.cy, anchor.r * 1.25)
     assert np.abs(after - base_img.astype(np.int16))[head].mean() > 30
     assert np.array_equal(after[outside], base_img.astype(np.int16)[outside])
+
+
+def test_a_malformed_character_chunk_is_ignored_like_a_missing_one(
+    illustrator: LocalIllustrator, astronaut_jpeg: bytes, astronaut_face: Face
+) -> None:
+    # given a drawn base, and copies whose character chunk is missing or has a two-value ink
+    base = illustrator.draw_base(_page())
+    with Image.open(io.BytesIO(base)) as im:
+        im.load()
+        anchor = im.info[ANCHOR_KEY]
+        img = im.copy()
+
+    def with_chunks(**text: str) -> bytes:
+        info = PngImagePlugin.PngInfo()
+        for k, v in text.items():
+            info.add_text(k, v)
+        buf = io.BytesIO()
+        img.save(buf, "PNG", pnginfo=info)
+        return buf.getvalue()
+
+    missing = with_chunks(face_anchor=anchor)
+    short_ink = with_chunks(face_anchor=anchor, character='{"ink": [1, 2], "hands": [[10, 20, 5]]}')
+    # when both are personalised, then the malformed one is not an error and looks like the missing one
+    assert _rgb(illustrator.personalize(short_ink, astronaut_jpeg, astronaut_face, _page())).tolist() == _rgb(
+        illustrator.personalize(missing, astronaut_jpeg, astronaut_face, _page())).tolist()
 
 
 def test_personalize_from_a_large_jpeg_matches_the_small_photo(

@@ -1,4 +1,4 @@
-"""The offline story writer (pipeline.providers.local_text) and the book renderer (pipeline.book).
+"""The offline story writer (pipeline.providers.offline_text) and the book renderer (pipeline.stories.book).
 
 No services needed: these are pure functions over hand-written material, Pillow and fpdf2.
 """
@@ -13,19 +13,22 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from pipeline.book import Book, BookPage, FontSet, find_fonts, render_html, render_pdf
-from pipeline.errors import PermanentStepError
-from pipeline.fonts import UnprintableTextError
-from pipeline.providers import local_text
+from pipeline.kernel.errors import PermanentStepError
 from pipeline.providers.base import Outline, PageRequest, StoryRequest
-from pipeline.providers.local_text import (
+from pipeline.providers.offline_text import (
     MAX_PAGES,
     LocalStoryWriter,
     age_band,
+    material,
     normalize_name,
     plan_story,
 )
-from pipeline.themes import THEMES, Theme, resolve_theme
+from pipeline.providers.offline_text.kits import Passage
+from pipeline.providers.offline_text.writer import fill
+from pipeline.stories.book import Book, BookPage, render_html, render_pdf
+from pipeline.stories.fonts import UnprintableTextError
+from pipeline.stories.themes import THEMES, Theme, resolve_theme
+from pipeline.stories.typeset import FontSet, find_fonts
 
 AGES = (2, 6, 11)
 PAGE_COUNTS = (1, 3, 12, 24)
@@ -56,22 +59,22 @@ def words(text: str) -> int:
 # ---------------------------------------------------------------------------------------------
 
 
-def filled_passages() -> list[tuple[str, local_text.Passage, dict[str, str]]]:
+def filled_passages() -> list[tuple[str, Passage, dict[str, str]]]:
     """(where, passage, context) for every passage of every theme x companion x quest."""
     out = []
-    for theme_id, kit in local_text._KITS.items():
+    for theme_id, kit in material().kits.items():
         for comp in kit.companions:
             for qi, quest in enumerate(kit.quests):
-                ctx = {"name": "Mia", "name_s": "Mia’s", **kit.facts, **comp.facts(),
+                ctx = {"name": "Mia", "name_s": "Mia’s", **kit.facts.as_context(), **comp.facts(),
                        "q_fixed_s": quest.fixed_simple, "q_fixed_r": quest.fixed_rich}
                 for letter, (simple, rich) in zip("ABCDEF", kit.sights, strict=True):
                     ctx[f"sight{letter}_s"], ctx[f"sight{letter}_r"] = simple, rich
                 passages = {
-                    **local_text._GENERIC, "opening": kit.opening, "call": kit.call,
+                    **material().generic, "opening": kit.opening, "call": kit.call,
                     "journey": kit.journey, "arrival": kit.arrival, "home": kit.home,
                     "quest": quest.quest, "low": quest.low, "solution": quest.solution,
                     **{f"challenge{i}": c for i, c in enumerate(kit.challenges)},
-                    **{f"closing{i}": c for i, c in enumerate(local_text._CLOSINGS)},
+                    **{f"closing{i}": c for i, c in enumerate(material().closings)},
                 }
                 for key, p in passages.items():
                     out.append((f"{theme_id}/{comp.name}/quest{qi}/{key}", p, ctx))
@@ -83,15 +86,15 @@ def all_filled_material() -> list[tuple[str, str]]:
     out: list[tuple[str, str]] = []
     for where, p, ctx in filled_passages():
         for field in ("beat", "gist_simple", "gist_rich", "ending_simple", "ending_rich"):
-            out.append((f"{where}.{field}", local_text._fill(getattr(p, field), ctx)))
+            out.append((f"{where}.{field}", fill(getattr(p, field), ctx)))
         for i, s in enumerate(p.simple):
-            out.append((f"{where}.simple[{i}]", local_text._fill(s, ctx)))
+            out.append((f"{where}.simple[{i}]", fill(s, ctx)))
         for i, s in enumerate(p.rich):
-            out.append((f"{where}.rich[{i}]", local_text._fill(s, ctx)))
-    for theme_id, kit in local_text._KITS.items():
+            out.append((f"{where}.rich[{i}]", fill(s, ctx)))
+    for theme_id, kit in material().kits.items():
         for quest in kit.quests:
             for title in quest.titles:
-                out.append((f"{theme_id}/title", local_text._fill(title, {"name": "Mia"})))
+                out.append((f"{theme_id}/title", fill(title, {"name": "Mia"})))
     return out
 
 
@@ -109,8 +112,8 @@ def test_material_fills_cleanly_and_never_uses_a_pronoun_for_anyone() -> None:
 def test_every_passage_names_the_child_first_and_fills_a_page_of_its_own() -> None:
     # Given every passage of every theme x companion x quest, filled for "Mia"
     for where, p, ctx in filled_passages():
-        simple = [local_text._fill(s, ctx) for s in (*p.simple, p.ending_simple)]
-        rich = [local_text._fill(s, ctx) for s in (*p.rich, p.ending_rich)]
+        simple = [fill(s, ctx) for s in (*p.simple, p.ending_simple)]
+        rich = [fill(s, ctx) for s in (*p.rich, p.ending_rich)]
         # Then its first sentence (always printed) names the child in both registers
         assert "Mia" in simple[0] and "Mia" in rich[0], where
         # And it has enough text for a page of its own in a 24-page book, with a margin
@@ -217,10 +220,10 @@ def test_each_page_follows_its_beat() -> None:
 @pytest.mark.parametrize("age", AGES)
 def test_short_books_still_solve_the_problem_on_the_solution_page(age: int) -> None:
     rich = age_band(age).rich
-    for theme_id, kit in local_text._KITS.items():
+    for theme_id, kit in material().kits.items():
         # Given the line of each quest where the child solves the problem, for any companion
         resolutions = {
-            local_text._fill((q.solution.rich if rich else q.solution.simple)[-1],
+            fill((q.solution.rich if rich else q.solution.simple)[-1],
                              {"name": "Mia", "name_s": "Mia’s", **c.facts()})
             for q in kit.quests for c in kit.companions
         }

@@ -23,10 +23,7 @@ import pypdfium2.raw as pdfium_c
 import pytest
 from PIL import Image
 
-from pipeline.book import Book, BookPage, render_html, render_pdf
-from pipeline.fonts import UnprintableTextError, check_fonts, unprintable
-from pipeline.names import capitalize_name, title_with_name
-from pipeline.print_files import (
+from pipeline.orders.print_files import (
     PrintBook,
     PrintPage,
     check_print_files,
@@ -35,7 +32,10 @@ from pipeline.print_files import (
     render_print_files,
 )
 from pipeline.providers.base import Outline, PageRequest, StoryRequest
-from pipeline.providers.local_text import LocalStoryWriter
+from pipeline.providers.offline_text import LocalStoryWriter
+from pipeline.stories.book import Book, BookPage, render_html, render_pdf
+from pipeline.stories.fonts import UnprintableTextError, check_fonts, unprintable
+from pipeline.stories.names import capitalize_name, title_with_name
 from tests.support import Db, WorkerProcess, astronaut_png, external_send
 
 BROKER = os.environ["CELERY_BROKER_URL"]

@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from pipeline.errors import PermanentStepError, StepError, TransientStepError
+from pipeline.kernel.errors import PermanentStepError, StepError, TransientStepError
 from pipeline.providers.base import Outline, PageRequest, StoryRequest
 from pipeline.providers.openai_text import (
     OpenAIStoryWriter,

@@ -22,8 +22,8 @@ from urllib.parse import unquote, urlsplit
 
 import pytest
 
-from pipeline import stripe_events as se
-from pipeline.print_files import inspect_pdf
+from pipeline.orders import stripe_events as se
+from pipeline.orders.print_files import inspect_pdf
 from tests.fakes.lulu_server import CLIENT_KEY, CLIENT_SECRET, FakeLulu
 from tests.fakes.stripe_server import LIVE_KEY, FakeStripe
 from tests.support import ROOT, Db, WorkerProcess, astronaut_png, faceless_png, flush_redis
@@ -326,7 +326,7 @@ def test_a_payment_that_does_not_match_fails_the_order_clearly(orders_db: Db, st
     assert "the order's payment is pi_test_" in events(db, misrouted)[0]["message"]
     assert not fake.jobs_for(short) and not fake.jobs_for(euros) and not fake.jobs_for(misrouted)
     # and an operator cannot "retry" a payment that never came
-    out = operator(fake, f"from pipeline.orders import retry_order; print(retry_order('{short}').message)")
+    out = operator(fake, f"from pipeline.operations.orders import retry_order; print(retry_order('{short}').message)")
     assert "the payment was never confirmed" in out and order_row(db, short)["status"] == "failed"
 
 
@@ -380,7 +380,7 @@ def test_a_refund_before_printing_cancels_the_order_even_when_it_arrives_first(
 
 def cli(fake: FakeLulu, *args: str, env: dict[str, str] | None = None) -> tuple[int, str]:
     """The operator's CLI, as written in the README (``storycreator ...``), configured like the workers."""
-    r = subprocess.run([sys.executable, "-m", "pipeline.cli", *args], cwd=ROOT,
+    r = subprocess.run([sys.executable, "-m", "pipeline.operations.cli", *args], cwd=ROOT,
                        env={**os.environ, **worker_env(fake, BROKER), **(env or {})},
                        capture_output=True, text=True, timeout=60)
     return r.returncode, r.stdout + r.stderr
@@ -468,7 +468,7 @@ def test_an_old_event_without_its_arrival_time_is_confirmed_with_stripe_or_held_
     stripe_api.fail_next(503, times=4)
     publish(BROKER, "orders.confirm_payment", signed(swept, body3, stripe_header(body3, old), received_at=None))
     wait_for("held", lambda: any(e["kind"] == "payment.needs_confirmation" for e in events(db, swept)))
-    operator(fake, "from pipeline.orders import sweep_orders; print(sweep_orders())")
+    operator(fake, "from pipeline.operations.orders import sweep_orders; print(sweep_orders())")
     wait_job(fake, swept)
 
 
@@ -495,7 +495,7 @@ def test_a_test_mode_payment_never_moves_a_live_order(orders_db: Db, story: str,
     publish(BROKER, "orders.confirm_payment", signed(order, stripe(order, pi)))
     wait_job(fake, order)
     # and a test-mode deployment ignores live events the same way (the setting, or the key's prefix)
-    out = operator(fake, "from pipeline.orders import stripe_mode; "
+    out = operator(fake, "from pipeline.orders.steps import stripe_mode; "
                          "print(stripe_mode({'STRIPE_SECRET_KEY': 'sk_test_x'}), stripe_mode({}), "
                          "stripe_mode({'STRIPE_MODE': 'test'}), stripe_mode({'STRIPE_SECRET_KEY': 'rk_live_x'}))")
     assert out.split() == ["test", "live", "test", "live"]
@@ -705,7 +705,7 @@ def test_a_job_rejected_for_bad_files_fails_the_order_and_a_retry_prints_a_new_r
     assert "interior: 24 pages; at most 20 are allowed" in msg
     # when the rule is fixed and an operator retries the order
     fake.max_interior_pages = None
-    out = operator(fake, f"from pipeline.orders import retry_order; print(retry_order('{order}').message)")
+    out = operator(fake, f"from pipeline.operations.orders import retry_order; print(retry_order('{order}').message)")
     assert "retried (new print run)" in out
     # then a second job (run 2) is created and the order ships with it
     second = wait_job(fake, order, count=2)
@@ -728,7 +728,7 @@ def test_an_incomplete_address_fails_before_lulu_and_a_retry_after_fixing_it_pri
             "and retry") in error_of(db, order)
     assert not fake.creates_for(order)
     db.exec("UPDATE orders SET shipping_address = CAST(:a AS jsonb) WHERE id = :o", a=json.dumps(ADDRESS), o=order)
-    out = operator(fake, f"from pipeline.orders import retry_order; print(retry_order('{order}').message)")
+    out = operator(fake, f"from pipeline.operations.orders import retry_order; print(retry_order('{order}').message)")
     assert "retried" in out
     job = wait_job(fake, order)
     assert job["line_items"][0]["external_id"] == f"{order}-1"  # no job existed: same print run
@@ -835,11 +835,11 @@ def test_a_paid_order_whose_messages_were_lost_is_swept_and_printed(orders_db: D
     stale = "UPDATE orders SET updated_at = now() - interval '1 hour' WHERE id = :o"
     db.exec(stale, o=lost)
     # when an operator looks first (dry run), then runs the sweep (backfill)
-    listed = json.loads(operator(fake, "import json; from pipeline.orders import sweep_orders; "
+    listed = json.loads(operator(fake, "import json; from pipeline.operations.orders import sweep_orders; "
                                        "print(json.dumps([[i.task, i.kwargs] for i in sweep_orders(dry_run=True)]))"))
     assert ["orders.prepare_print", {"order_id": lost}] in listed and not fake.jobs_for(lost)
     assert ["orders.prepare_print", {"order_id": beat}] not in listed  # fresh: its message may yet come
-    operator(fake, "from pipeline.orders import sweep_orders; sweep_orders()")
+    operator(fake, "from pipeline.operations.orders import sweep_orders; sweep_orders()")
     # and, for the other order, celery beat's orders.sweep runs once it is stale
     db.exec(stale, o=beat)
     publish(BROKER, "orders.sweep", {})
@@ -849,7 +849,7 @@ def test_a_paid_order_whose_messages_were_lost_is_swept_and_printed(orders_db: D
         wait_for("job recorded", lambda o=order, j=job: order_row(db, o)["pod_order_id"] == job_key(j))
     time.sleep(0.5)
     assert len(fake.creates_for(lost)) == 1 and len(fake.creates_for(beat)) == 1
-    out = operator(fake, f"from pipeline.orders import order_report, format_report; "
+    out = operator(fake, f"from pipeline.operations.orders import order_report, format_report; "
                          f"print(format_report(order_report('{lost}')))")
     assert any("print_job" in ln and "completed" in ln for ln in out.splitlines())
     assert f"print job     lulu {order_row(db, lost)['pod_order_id']}" in out

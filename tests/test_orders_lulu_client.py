@@ -10,8 +10,8 @@ from typing import Any
 
 import pytest
 
-from pipeline.errors import PermanentStepError, TransientStepError
-from pipeline.print_files import cover_size_pt, parse_pod_package
+from pipeline.kernel.errors import PermanentStepError, TransientStepError
+from pipeline.orders.print_files import cover_size_pt, parse_pod_package
 from pipeline.providers import lulu
 from pipeline.providers.lulu import LuluClient, PrintJobRequest
 from tests.fakes.lulu_server import CLIENT_KEY, CLIENT_SECRET, FakeLulu
@@ -143,10 +143,11 @@ def test_missing_credentials_fail_clearly_without_a_request(fake: FakeLulu) -> N
 
 def test_throttling_and_server_errors_are_transient_with_retry_after(fake: FakeLulu) -> None:
     c = client(fake)
+    # (a read is tried 3 times in the call on a 5xx: http_retry.py; each 5xx below is sent to all 3)
     fake.script("get_job", [
         ("status", 429, {"Retry-After": "7"}, {"detail": "Request was throttled."}),
-        ("status", 503, {}, "<html>Service Unavailable</html>"),
-        ("status", 502, {"Retry-After": "Wed, 21 Oct 2015 07:28:00 GMT"}, {"detail": "Bad gateway"}),
+        *[("status", 503, {}, "<html>Service Unavailable</html>")] * 3,
+        *[("status", 502, {"Retry-After": "Wed, 21 Oct 2015 07:28:00 GMT"}, {"detail": "Bad gateway"})] * 3,
     ])
     with pytest.raises(TransientStepError) as e:
         c.get_job("5001")
@@ -161,7 +162,8 @@ def test_throttling_and_server_errors_are_transient_with_retry_after(fake: FakeL
 
 def test_timeouts_and_dropped_connections_are_transient(fake: FakeLulu) -> None:
     c = client(fake, timeout=0.5)
-    fake.script("get_job", [("hang", 3), ("close",)])
+    # (a dropped connection is tried 3 times in the call: http_retry.py; a read timeout is not retried)
+    fake.script("get_job", [("hang", 3), *[("close",)] * 3])
     t0 = time.monotonic()
     with pytest.raises(TransientStepError, match="did not answer within 0.5 s"):
         c.get_job("5001")
@@ -219,6 +221,59 @@ def test_file_urls_are_refused_before_anything_is_sent(fake: FakeLulu) -> None:
     assert fake.requests == []
 
 
+# --- short in-call retries of the idempotent reads (tenacity, pipeline/providers/http_retry.py) -----
+
+def test_a_read_is_tried_again_at_once_after_a_dropped_connection_or_a_5xx(fake: FakeLulu) -> None:
+    c = client(fake)
+    job = c.create_job(job_request(str(uuid.uuid4())))
+    # given Lulu's API failing twice for a read: a gateway's 503, then a dropped connection
+    fake.script("get_job", [("status", 503, {}, {"detail": "Service temporarily unavailable"}), ("close",)])
+    cut = len(fake.requests)
+    # when the job is read, it is read (no error for the step to retry)
+    t0 = time.monotonic()
+    assert c.get_job(job.id).id == job.id
+    assert [op for op, _ in ops(fake)[cut:]] == ["get_job"] * 3
+    assert [s for _, s in ops(fake)[cut:]][::2] == [503, 200]
+    assert time.monotonic() - t0 < 2.0  # short waits: at most 0.5 s each
+
+
+def test_a_read_gives_up_after_three_tries_as_the_transient_error_it_was(fake: FakeLulu) -> None:
+    hooks = Hooks()
+    c = client(fake, hooks=hooks)
+    fake.script("get_job", [("status", 502, {}, {"detail": "Bad gateway"})] * 3)
+    with pytest.raises(TransientStepError, match="HTTP 502"):
+        c.get_job("5001")
+    assert [op for op, _ in ops(fake)].count("get_job") == 3  # the bound: 3 tries, then the step's backoff
+    assert hooks.calls.count(("after", "get_job", "server_error")) == 3  # every try is metered and quota'd
+
+
+def test_the_token_is_tried_again_after_a_dropped_connection(fake: FakeLulu) -> None:
+    fake.script("token", [("close",), ("close",)])
+    c = client(fake)
+    job = c.create_job(job_request(str(uuid.uuid4())))
+    assert [op for op, _ in ops(fake)] == ["token", "token", "token", "create_job"]
+    assert job.status == "CREATED"
+    lulu.forget_tokens()
+    fake.script("token", [("close",)] * 3)
+    with pytest.raises(TransientStepError, match="could not be reached"):
+        c.get_job(job.id)
+
+
+def test_throttling_long_waits_and_writes_are_not_retried_in_the_call(fake: FakeLulu) -> None:
+    c = client(fake)
+    fake.script("get_job", [("status", 429, {}, {"detail": "slow down"}),
+                            ("status", 503, {"Retry-After": "30"}, {"detail": "maintenance"})])
+    with pytest.raises(TransientStepError, match="HTTP 429"):
+        c.get_job("5001")
+    with pytest.raises(TransientStepError, match="HTTP 503") as e:
+        c.get_job("5001")
+    assert e.value.retry_after == 30.0  # a long wait is the step's (re-scheduled), not a sleep here
+    fake.script("create_job", [("status", 503, {}, {"detail": "Service temporarily unavailable"})])
+    with pytest.raises(TransientStepError, match="HTTP 503"):
+        c.create_job(job_request(str(uuid.uuid4())))
+    assert [op for op, _ in ops(fake)].count("get_job") == 2 and [op for op, _ in ops(fake)].count("create_job") == 1
+
+
 # --- print jobs ----------------------------------------------------------------------------------
 
 def test_create_sends_lulus_print_job_shape(fake: FakeLulu) -> None:
@@ -242,7 +297,7 @@ SHIPPING_ADDRESS_MAX = {"country_code": 2, "postcode": 64, "phone_number": 20}
 
 
 def test_the_print_job_request_meets_lulus_published_schema(fake: FakeLulu) -> None:
-    from pipeline.orders import lulu_address
+    from pipeline.orders.steps import lulu_address
 
     # stored addresses as the API keeps them (Lulu's names, Stripe's shipping shape), no email:
     # the parent's is at hand

@@ -104,7 +104,8 @@ def _by_name(db: Db, order: str, fake: FakeLulu) -> None:
 
 def _swept(db: Db, order: str, fake: FakeLulu) -> None:
     db.exec("UPDATE orders SET updated_at = now() - interval '1 hour' WHERE id = :o", o=order)
-    listed = operator(fake, "from pipeline.orders import sweep_orders; print([i.kwargs for i in sweep_orders()])")
+    listed = operator(fake, "from pipeline.operations.orders import sweep_orders; "
+                            "print([i.kwargs for i in sweep_orders()])")
     assert order in listed
 
 

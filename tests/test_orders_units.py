@@ -16,10 +16,9 @@ import pytest
 import stripe
 from fpdf import FPDF
 
-from pipeline import stripe_events as se
-from pipeline.errors import PermanentStepError
-from pipeline.orders import lulu_address
-from pipeline.print_files import (
+from pipeline.kernel.errors import PermanentStepError
+from pipeline.orders import stripe_events as se
+from pipeline.orders.print_files import (
     PrintBook,
     PrintPage,
     check_print_files,
@@ -30,6 +29,7 @@ from pipeline.print_files import (
     product_spec,
     render_print_files,
 )
+from pipeline.orders.steps import lulu_address
 from pipeline.providers.lulu import LocalPrintShop, PrintJobRequest
 
 HARDCOVER = "0850X0850FCPRECW080CW444GXX"
@@ -163,8 +163,8 @@ def test_products_bindings_and_page_counts() -> None:
 
 def _story_pages(n: int) -> list[PrintPage]:
     from pipeline.providers.base import PageRequest, StoryRequest
-    from pipeline.providers.local_images import LocalIllustrator
-    from pipeline.providers.local_text import LocalStoryWriter
+    from pipeline.providers.offline_images import LocalIllustrator
+    from pipeline.providers.offline_text import LocalStoryWriter
 
     writer, ill = LocalStoryWriter(), LocalIllustrator()
     req = StoryRequest("Zoë", 6, "underwater", n, 11)
@@ -318,3 +318,41 @@ def test_local_print_shop_prints_over_time_and_rejects_bad_files(
                                             (tmp_path / "c.pdf").as_uri(), interior, cover))
     slow.cancel_job(pending.id)
     assert slow.get_job(pending.id).status == "CANCELED"
+
+
+# --- the order flow, declared once --------------------------------------------------------------
+
+def test_the_order_flow_names_the_tasks_the_worker_registers_and_the_sweep_queries() -> None:
+    import workers.order_tasks  # noqa: F401 - registers the order tasks
+    from db.order_repair import STUCK_SQL
+    from pipeline.orders.stages import LULU_WEBHOOK_TASK, ORDER_FLOW, QUEUE, SWEEP_TASK, SWEPT
+    from workers.app import app
+
+    # given the order flow's table
+    tasks = [s.task for s in ORDER_FLOW]
+    # then each stage is a task the worker registers, in the flow's order, all on the orders queue
+    assert tasks == ["orders.confirm_payment", "orders.prepare_print", "orders.submit_print", "orders.poll_print"]
+    for name in [*tasks, LULU_WEBHOOK_TASK, SWEEP_TASK]:
+        assert name in app.tasks, name
+    assert ORDER_FLOW.queues() == (QUEUE,) == ("orders",)
+    # and each print step is an order_steps row named as its stage (print_files, print_job)
+    assert [s.name for s in ORDER_FLOW if s.table == "order_steps" and s.status_column == "status"] == [
+        "print_files", "print_job"]
+    # and the sweep has a stuck-order query for exactly the stages it sweeps
+    assert set(STUCK_SQL) == set(SWEPT) and all(ORDER_FLOW[n] for n in SWEPT)
+
+
+def test_order_domain_modules_build_no_sql_and_never_import_workers() -> None:
+    import ast
+
+    root = Path(__file__).resolve().parent.parent
+    modules = [p for p in (root / "pipeline" / "orders").rglob("*.py")]
+    assert len(modules) >= 8
+    for path in modules:
+        tree = ast.parse(path.read_text())
+        imported = {a.name for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names}
+        imported |= {n.module or "" for n in ast.walk(tree) if isinstance(n, ast.ImportFrom)}
+        # the Celery layer is on top: the order domain never imports it (not even lazily)
+        assert not any(m == "workers" or m.startswith("workers.") for m in imported), path.name
+        # all SQL of the order domain is in db/: no sqlalchemy text() built here
+        assert "sqlalchemy" not in imported, path.name

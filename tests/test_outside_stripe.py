@@ -1,7 +1,7 @@
 """Stripe webhooks as an outside API passes them: ``received_at`` in the forms people send
 (Unix seconds as a number or a string, ISO 8601 with and without an offset, JavaScript's
 ``toISOString()``), and the values that are numbers but not times. Signed by Stripe's own
-``stripe.WebhookSignature`` (pipeline.stripe_events.sign)."""
+``stripe.WebhookSignature`` (pipeline.orders.stripe_events.sign)."""
 from __future__ import annotations
 
 import json
@@ -9,7 +9,7 @@ import time
 
 import pytest
 
-from pipeline import stripe_events as se
+from pipeline.orders import stripe_events as se
 
 SECRET = "whsec_outside"
 NOW = 1_796_021_741.0  # 2026-11-30T06:55:41Z

@@ -23,12 +23,13 @@ import pytest
 from PIL import Image
 from skimage import data as skdata
 
-from pipeline.errors import PermanentStepError
-from pipeline.faces import choose_protagonist
-from pipeline.providers.aws import RekognitionAnalyzer
+from pipeline.kernel.errors import PermanentStepError
 from pipeline.providers.base import BoundingBox, Face
-from pipeline.providers.local_images import read_anchor
-from pipeline.providers.local_vision import LocalPhotoAnalyzer, decode_photo, photo_format
+from pipeline.providers.local_vision import LocalPhotoAnalyzer
+from pipeline.providers.offline_images import read_anchor
+from pipeline.providers.photo_decode import decode_photo, photo_format
+from pipeline.providers.rekognition import RekognitionAnalyzer
+from pipeline.stories.faces import choose_protagonist
 from tests.fakes.rekognition_server import FakeRekognition, face_detail
 from tests.support import Db, WorkerProcess, external_send, flush_redis
 
@@ -462,7 +463,8 @@ def test_offline_detector_parent_and_child_uses_the_largest_and_says_so(clean_db
     assert chosen["rule"] == "largest face" and chosen["age_range"] is None
     assert "largest one (on the left)" in chosen["notice"] and "photo of your child alone" in chosen["notice"]
     assert _disc_blueness(clean_db, story) < 0  # the untinted (larger) face
-    status = subprocess.run([sys.executable, "-m", "pipeline.cli", "status", story], cwd=ROOT, capture_output=True,
+    status = subprocess.run([sys.executable, "-m", "pipeline.operations.cli", "status", story], cwd=ROOT,
+                            capture_output=True,
                             text=True, timeout=60, env=os.environ)
     assert "largest one (on the left)" in status.stdout, status.stdout + status.stderr
 

@@ -8,6 +8,7 @@ import uuid
 
 import pytest
 
+from pipeline.kernel import step
 from tests.support import Db, WorkerProcess, astronaut_png, external_send, faceless_png
 
 BROKER = os.environ["CELERY_BROKER_URL"]
@@ -221,25 +222,25 @@ def test_one_story_enqueued_five_times_at_once(clean_db: Db, worker: WorkerProce
 
 def test_steps_called_twice_are_idempotent(clean_db: Db) -> None:
     """Each step function run twice in a row, in-process: the second run is a no-op."""
-    from pipeline import steps
+    from pipeline.stories import steps
 
     story = clean_db.story(clean_db.photo(astronaut_png()))
     photo = str(clean_db.story_row(story)["protagonist_photo_id"])
-    assert steps.analyze_photo(photo).outcome is steps.Outcome.DONE
-    assert steps.analyze_photo(photo).outcome is steps.Outcome.ALREADY_DONE
+    assert steps.analyze_photo(photo).outcome is step.Outcome.DONE
+    assert steps.analyze_photo(photo).outcome is step.Outcome.ALREADY_DONE
     first = steps.generate_story(story)
-    assert first.outcome is steps.Outcome.DONE and len(first.fanout) == PAGES
+    assert first.outcome is step.Outcome.DONE and len(first.fanout) == PAGES
     # a second generate while the story is being worked on leaves it to the holder
-    assert steps.generate_story(story).outcome is steps.Outcome.STOPPED
+    assert steps.generate_story(story).outcome is step.Outcome.STOPPED
     for page in first.fanout:
         for fn in (steps.write_text, steps.draw_base, steps.personalize):
-            assert fn(page).outcome is steps.Outcome.DONE
+            assert fn(page).outcome is step.Outcome.DONE
             snapshot = clean_db.one("SELECT * FROM story_pages WHERE id = :p", p=page)
-            assert fn(page).outcome is steps.Outcome.ALREADY_DONE
+            assert fn(page).outcome is step.Outcome.ALREADY_DONE
             assert clean_db.one("SELECT * FROM story_pages WHERE id = :p", p=page) == snapshot
-    assert steps.finish_story(story).outcome is steps.Outcome.DONE
-    assert steps.finish_story(story).outcome is steps.Outcome.ALREADY_DONE
-    assert steps.generate_story(story).outcome is steps.Outcome.ALREADY_DONE
+    assert steps.finish_story(story).outcome is step.Outcome.DONE
+    assert steps.finish_story(story).outcome is step.Outcome.ALREADY_DONE
+    assert steps.generate_story(story).outcome is step.Outcome.ALREADY_DONE
     assert clean_db.story_row(story)["status"] == "completed"
     # each image was written once, at its deterministic key, and nothing else was stored
     files = sorted(str(p.relative_to(clean_db.storage)) for p in (clean_db.storage / "stories" / story).rglob("*")
@@ -248,41 +249,41 @@ def test_steps_called_twice_are_idempotent(clean_db: Db) -> None:
 
 
 def test_page_step_waits_for_its_previous_step(clean_db: Db) -> None:
-    from pipeline import steps
+    from pipeline.stories import steps
 
     story = clean_db.story(clean_db.photo(astronaut_png()))
     pages = steps.generate_story(story).fanout
     # personalization before the base image exists does nothing and claims nothing
     r = steps.personalize(pages[0])
-    assert r.outcome is steps.Outcome.STOPPED and "previous step" in r.detail
+    assert r.outcome is step.Outcome.STOPPED and "previous step" in r.detail
     assert clean_db.one("SELECT personalization_status FROM story_pages WHERE id = :p",
                         p=pages[0])["personalization_status"] == "pending"
 
 
 def test_stale_claim_is_taken_over_but_fresh_one_is_not(clean_db: Db) -> None:
     """The lease: a dead worker's claim (old updated_at) is taken over; a live one is not."""
-    from pipeline import steps
+    from pipeline.stories import steps
 
     story = clean_db.story(clean_db.photo(astronaut_png()))
     page = steps.generate_story(story).fanout[0]
     # given a text step claimed just now by another (live) worker
     clean_db.exec("UPDATE story_pages SET text_generation_status = 'processing' WHERE id = :p", p=page)
-    assert steps.write_text(page).outcome is steps.Outcome.STOPPED
+    assert steps.write_text(page).outcome is step.Outcome.STOPPED
     # given the same claim, but its row untouched for longer than the lease (the worker died)
     clean_db.exec("UPDATE story_pages SET updated_at = now() - interval '1 hour' WHERE id = :p", p=page)
-    assert steps.write_text(page).outcome is steps.Outcome.DONE
+    assert steps.write_text(page).outcome is step.Outcome.DONE
 
 
 def test_redelivered_copy_waits_for_the_lease_instead_of_dropping_the_step(clean_db: Db) -> None:
     """On RabbitMQ a dead worker's message comes back at once, while its claim still looks
     fresh: that copy must come back after the lease, not give up (the step would be lost)."""
-    from pipeline import steps
+    from pipeline.stories import steps
 
     story = clean_db.story(clean_db.photo(astronaut_png()))
     page = steps.generate_story(story).fanout[0]
     clean_db.exec("UPDATE story_pages SET text_generation_status = 'processing' WHERE id = :p", p=page)
-    with pytest.raises(steps.RetryLater) as waited:
-        steps.write_text(page, steps.Attempt(redelivered=True))
+    with pytest.raises(step.RetryLater) as waited:
+        steps.write_text(page, step.Attempt(redelivered=True))
     lease = float(os.environ.get("STEP_LEASE_SECONDS", "300"))
     assert waited.value.waiting and lease - 5 < waited.value.countdown <= lease + 1.5
     # and nothing was changed meanwhile

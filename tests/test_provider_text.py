@@ -17,8 +17,8 @@ from typing import Any
 import pytest
 from PIL import Image
 
-from pipeline.book import Book, BookPage, render_html, render_pdf
-from pipeline.fonts import UnprintableTextError, printable_text, unprintable
+from pipeline.stories.book import Book, BookPage, render_html, render_pdf
+from pipeline.stories.fonts import UnprintableTextError, printable_text, unprintable
 from tests.fakes.openai_server import DEFAULT_KEY, FakeOpenAI
 from tests.support import Db, WorkerProcess, astronaut_png, external_send, flush_redis
 
@@ -37,7 +37,7 @@ def png() -> bytes:
 
 
 # ---------------------------------------------------------------------------------------------
-# The policy (pipeline.fonts.printable_text)
+# The policy (pipeline.stories.fonts.printable_text)
 # ---------------------------------------------------------------------------------------------
 
 
@@ -209,7 +209,7 @@ def test_emoji_from_the_model_are_dropped_at_the_text_step_and_the_book_complete
 
 def test_a_book_meeting_an_undrawable_character_records_which_page_not_a_generic_error(
         clean_db: Db, openai_worker: WorkerProcess) -> None:
-    from pipeline.steps import finish_story
+    from pipeline.stories.steps import finish_story
 
     # Given a finished story whose page 2 text holds an emoji (stored before this check existed)
     story = clean_db.story(clean_db.photo(astronaut_png()), name=NAME)

@@ -1,4 +1,4 @@
-"""The shared provider quotas (pipeline/quota.py) on the real Redis, across processes."""
+"""The shared provider quotas (pipeline/kernel/quota.py) on the real Redis, across processes."""
 from __future__ import annotations
 
 import multiprocessing as mp
@@ -10,7 +10,7 @@ from collections.abc import Iterator
 import pytest
 import redis
 
-from pipeline import quota
+from pipeline.kernel import quota
 from tests.support import peak_in_window
 
 

@@ -104,7 +104,7 @@ def test_a_story_completes_with_all_four_real_adapters(clean_db: Db, servers: di
     assert len(servers["openai"].requests) - n_openai == 1 + len(pages)  # outline + one per page
     assert any(r.target.endswith("DetectFaces") for r in servers["rekognition"].requests)
     # and the operator's status command hands out a time-limited link to the book
-    status = subprocess.run([sys.executable, "-m", "pipeline.cli", "status", story, "--json"], cwd=ROOT,
+    status = subprocess.run([sys.executable, "-m", "pipeline.operations.cli", "status", story, "--json"], cwd=ROOT,
                             env={**os.environ, **env}, capture_output=True, text=True, timeout=60)
     assert status.returncode == 0, status.stderr
     link = json.loads(status.stdout)["book"]["pdf"]

@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from pipeline import steps
-from pipeline.storage import book_key
+from pipeline.kernel.storage import book_key
+from pipeline.stories import steps
 from tests.support import ROOT, Db, WorkerProcess, astronaut_png, done_lines, external_send, faceless_png, flush_redis
 
 REDIS = os.environ.get("TEST_REDIS_URL", "redis://127.0.0.1:6379")
@@ -27,7 +27,7 @@ IN_FLIGHT = """SELECT count(*) AS n FROM story_pages WHERE story_id = :s AND 'pr
 
 def _cli(*args: str) -> subprocess.CompletedProcess[str]:
     """The operator's command, as a process of its own (its broker and lease: this test's)."""
-    return subprocess.run([sys.executable, "-m", "pipeline.cli", *args], cwd=ROOT, env={**os.environ, **ENV},
+    return subprocess.run([sys.executable, "-m", "pipeline.operations.cli", *args], cwd=ROOT, env={**os.environ, **ENV},
                           capture_output=True, text=True, timeout=120)
 
 

@@ -11,10 +11,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from pipeline.errors import OutputGoneError, PermanentStepError, StepError, TransientStepError
+from pipeline.kernel.errors import OutputGoneError, PermanentStepError, StepError, TransientStepError
 from pipeline.providers.base import Face, JobStatus, Outline, PageRequest, StoryRequest
-from pipeline.providers.local_text import LocalStoryWriter
 from pipeline.providers.local_vision import LocalPhotoAnalyzer
+from pipeline.providers.offline_text import LocalStoryWriter
 from pipeline.providers.replicate_images import (
     OutputExpiredError,
     ReplicateImageJobs,
@@ -366,14 +366,16 @@ def test_output_file_gone_codes_are_output_expired_not_credentials(fake: FakeRep
     assert "REPLICATE_API_TOKEN" not in str(info.value)
 
 
-@pytest.mark.parametrize("step", [("status", 500, {}, "oops"), ("status", 429, {}, "slow down"), ("close",),
-                                  ("hang", 2.0)])
+@pytest.mark.parametrize(("step", "tries"), [(("status", 500, {}, "oops"), 3), (("status", 429, {}, "slow down"), 1),
+                                             (("close",), 3), (("hang", 2.0), 1)])
 def test_output_download_hiccups_stay_transient(fake: FakeReplicate, quick: ReplicateImageJobs,
-                                                step: tuple[Any, ...]) -> None:
-    """Not gone, just not now: the same download is tried again, no new prediction."""
-    fake.script([step])
+                                                step: tuple[Any, ...], tries: int) -> None:
+    """Not gone, just not now: the same download is tried again, no new prediction. (A 5xx or a
+    dropped connection is first tried 3 times in the call; throttling and a read timeout once.)"""
+    fake.script([step] * tries)
     with pytest.raises(TransientStepError):
         quick.download(f"{fake.root}/files/abc.png")
+    assert len(fake.requests_to("GET", "/files/")) == tries
 
 
 def test_purged_prediction_is_expired_and_never_found(fake: FakeReplicate, jobs: ReplicateImageJobs,
@@ -586,7 +588,8 @@ def test_download_checks_what_it_gets(fake: FakeReplicate, outline: Outline) -> 
     png = Image.new("RGB", (64, 48), (10, 200, 30))
     buf = io.BytesIO()
     png.save(buf, "PNG")
-    fake.script([("status", 200, {"Content-Type": "image/png"}, buf.getvalue()[:60])])
+    # (a truncated image is tried 3 times in the call before it is the step's to retry)
+    fake.script([("status", 200, {"Content-Type": "image/png"}, buf.getvalue()[:60])] * 3)
     with pytest.raises(TransientStepError, match="incomplete"):
         adapter.download(url)
     fake.script([("status", 200, {}, b"\x89PNG\r\n\x1a\n" + b"\0" * 300_000)])
@@ -596,12 +599,42 @@ def test_download_checks_what_it_gets(fake: FakeReplicate, outline: Outline) -> 
     png.save(jpeg, "JPEG")
     fake.script([("status", 200, {"Content-Type": "image/jpeg"}, jpeg.getvalue())])
     assert png_size(adapter.download(url)) == (64, 48)  # a JPEG output is stored as PNG
-    fake.script([("status", 503, {}, "busy")])
+    fake.script([("status", 503, {}, "busy")] * 3)
     with pytest.raises(TransientStepError, match="503"):
         adapter.download(url)
     with pytest.raises(OutputExpiredError):
         adapter.download(f"{fake.root}/files/never-existed.png")
     assert adapter.download(data_uri(buf.getvalue())) == buf.getvalue()
+
+
+def test_a_download_hiccup_is_tried_again_at_once_and_the_output_copied(
+        fake: FakeReplicate, jobs: ReplicateImageJobs, hooks: RecordingHooks, outline: Outline) -> None:
+    """tenacity inside download(): a 503, a dropped connection, then the file (a real HTTP server)."""
+    done = wait_done(jobs, jobs.create("base", jobs.base_input(page(outline))))
+    fake.script([("status", 503, {}, "busy"), ("close",)])
+    t0 = time.monotonic()
+    png = jobs.download(done.output_url or "")
+    assert png_size(png) == (960, 720)
+    assert len(fake.requests_to("GET", "/files/")) == 3 and time.monotonic() - t0 < 3.0
+    assert [o for o in hooks.outcomes() if o[0] == "download"] == [
+        ("download", "server_error"), ("download", "connection_error"), ("download", "ok")]
+
+
+def test_a_download_gives_up_after_three_tries_and_never_retries_a_gone_file(
+        fake: FakeReplicate, jobs: ReplicateImageJobs, outline: Outline) -> None:
+    done = wait_done(jobs, jobs.create("base", jobs.base_input(page(outline))))
+    fake.script([("status", 502, {}, "bad gateway")] * 3)
+    with pytest.raises(TransientStepError, match="HTTP 502"):
+        jobs.download(done.output_url or "")
+    assert len(fake.requests_to("GET", "/files/")) == 3  # the bound: then the step layer retries
+    fake.script([("status", 410, {}, "Gone")])
+    with pytest.raises(OutputExpiredError):
+        jobs.download(done.output_url or "")
+    assert len(fake.requests_to("GET", "/files/")) == 4
+    fake.script([("status", 503, {"Retry-After": "20"}, "maintenance")])
+    with pytest.raises(TransientStepError, match="HTTP 503") as info:
+        jobs.download(done.output_url or "")
+    assert info.value.retry_after == 20.0 and len(fake.requests_to("GET", "/files/")) == 5  # a long wait: the step's
 
 
 # --- configuration --------------------------------------------------------------------------------

@@ -15,6 +15,7 @@ from typing import Any
 
 import pytest
 
+from pipeline.kernel import step
 from tests.fakes.replicate_server import FakeReplicate
 from tests.support import ROOT, Db, WorkerProcess, astronaut_png, external_send, flush_redis
 
@@ -101,7 +102,7 @@ def test_worker_killed_after_creating_a_prediction_does_not_create_a_second(
     # cycle, which took over a minute here)
     _worker(tmp_path, request, env, "second")
     time.sleep(3.5)
-    backfill = subprocess.run([sys.executable, "-m", "pipeline.cli", "backfill", "--stale-after", "3",
+    backfill = subprocess.run([sys.executable, "-m", "pipeline.operations.cli", "backfill", "--stale-after", "3",
                                "--pending-after", "3"], cwd=ROOT, env={**os.environ, **env},
                               capture_output=True, text=True, timeout=60)
     assert backfill.returncode == 0, backfill.stderr
@@ -155,9 +156,9 @@ def test_a_run_that_died_before_recording_the_prediction_id_finds_it(
         clean_db: Db, fake: FakeReplicate, monkeypatch: pytest.MonkeyPatch) -> None:
     """The narrowest crash window, made deterministic in-process: Replicate created the
     prediction, and the worker died before writing its id down."""
-    from pipeline import steps
     from pipeline.providers import registry
     from pipeline.providers.replicate_images import ReplicateImageJobs
+    from pipeline.stories import steps
 
     real = registry.providers()
     jobs = ReplicateImageJobs(TOKEN, base_url=fake.base_url, timeout=5)
@@ -167,7 +168,7 @@ def test_a_run_that_died_before_recording_the_prediction_id_finds_it(
     page = steps.generate_story(story).fanout[0]
     assert steps.write_text(page).moves_on
     # given a first run that created the prediction...
-    with pytest.raises(steps.RetryLater):
+    with pytest.raises(step.RetryLater):
         steps.draw_base(page)
     assert len(fake.created) == 1
     # ...but died before recording its id (and its claim's lease ran out)
@@ -177,9 +178,9 @@ def test_a_run_that_died_before_recording_the_prediction_id_finds_it(
     deadline = time.monotonic() + 30
     while True:
         try:
-            result = steps.draw_base(page, steps.Attempt(redelivered=True))
+            result = steps.draw_base(page, step.Attempt(redelivered=True))
             break
-        except steps.RetryLater:
+        except step.RetryLater:
             assert time.monotonic() < deadline
             time.sleep(0.2)
     # then it found and followed that prediction: still one, and the page has its picture
@@ -209,7 +210,7 @@ def test_a_long_prediction_is_followed_for_as_many_looks_as_it_takes(
 
 
 def _cli(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "pipeline.cli", *args], cwd=ROOT, env={**os.environ, **env},
+    return subprocess.run([sys.executable, "-m", "pipeline.operations.cli", *args], cwd=ROOT, env={**os.environ, **env},
                           capture_output=True, text=True, timeout=60)
 
 
@@ -309,9 +310,9 @@ def test_a_run_that_died_while_recreating_finds_the_new_prediction_not_the_expir
     """The re-creation keeps "recorded before created": a run that died between creating the new
     prediction and recording its id finds that one (the expired one has the same input) and
     creates no third."""
-    from pipeline import steps
     from pipeline.providers import registry
     from pipeline.providers.replicate_images import ReplicateImageJobs
+    from pipeline.stories import steps
 
     real = registry.providers()
     jobs = ReplicateImageJobs(TOKEN, base_url=fake.base_url, timeout=5)
@@ -321,22 +322,22 @@ def test_a_run_that_died_while_recreating_finds_the_new_prediction_not_the_expir
     page = steps.generate_story(story).fanout[0]
     assert steps.write_text(page).moves_on
 
-    def run_until_done(deadline: float) -> steps.StepResult:
+    def run_until_done(deadline: float) -> step.StepResult:
         while True:
             try:
-                return steps.draw_base(page, steps.Attempt(redelivered=True))
-            except steps.RetryLater:
+                return steps.draw_base(page, step.Attempt(redelivered=True))
+            except step.RetryLater:
                 assert time.monotonic() < deadline
                 time.sleep(0.1)
 
     # given a first prediction whose output file is gone when it is copied (its URL still listed)
     fake.next_retention(file_ttl=0.0)
-    with pytest.raises(steps.RetryLater):
+    with pytest.raises(step.RetryLater):
         steps.draw_base(page)
     deadline = time.monotonic() + 30
     while len(fake.created) < 2:  # followed, found expired, re-created
-        with contextlib.suppress(steps.RetryLater):
-            steps.draw_base(page, steps.Attempt(redelivered=True))
+        with contextlib.suppress(step.RetryLater):
+            steps.draw_base(page, step.Attempt(redelivered=True))
         assert time.monotonic() < deadline
         time.sleep(0.1)
     # ...and the run that created the second one died before recording its id

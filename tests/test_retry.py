@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import os
 
-from pipeline.cli import main as cli
+from pipeline.operations.cli import main as cli
 from tests.support import Db, WorkerProcess, astronaut_png, external_send, faceless_png
 
 BROKER = os.environ["CELERY_BROKER_URL"]
@@ -94,7 +94,7 @@ def test_retry_selects_failed_stories_by_stage_theme_photo_page_and_time(
         clean_db: Db, worker: WorkerProcess, capsys) -> None:
     import json
 
-    from pipeline import steps
+    from pipeline.stories import steps
 
     # given a story failed at its outline (unknown theme) and one failed at analysis (no face)
     bad_theme = clean_db.story(clean_db.photo(astronaut_png()), theme="zombies")
@@ -104,7 +104,7 @@ def test_retry_selects_failed_stories_by_stage_theme_photo_page_and_time(
     page_story = clean_db.story(clean_db.photo(astronaut_png()))
     page = steps.generate_story(page_story).fanout[0]
     clean_db.exec("UPDATE story_pages SET personalization_status = 'processing' WHERE id = :p", p=page)
-    from db import transitions as tx
+    from db import stories as tx
     from db.engine import autocommit
 
     with autocommit() as c:

@@ -1,6 +1,6 @@
 """A story's start and its photo: whose photo it is (issue 10, fault 6) and a story that arrives
 before its photo's upload is confirmed (fault 7). Through real worker processes and the external
-contract client, plus the guarded SQL itself (db/transitions.py) on the real database."""
+contract client, plus the guarded SQL itself (db/stories.py) on the real database."""
 from __future__ import annotations
 
 import json
@@ -14,8 +14,9 @@ from typing import Any
 
 import pytest
 
-from db import transitions as tx
+from db import stories as tx
 from db.engine import autocommit
+from pipeline.kernel import step
 from tests.support import ROOT, Db, WorkerProcess, astronaut_png, external_send, flush_redis
 
 REDIS = os.environ.get("TEST_REDIS_URL", "redis://127.0.0.1:6379")
@@ -64,7 +65,7 @@ def workers(db: Db, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Worker
 
 def _cli(*args: str) -> subprocess.CompletedProcess[str]:
     """The operator's command, as a process of its own (this module's broker)."""
-    return subprocess.run([sys.executable, "-m", "pipeline.cli", *args], cwd=ROOT, env={**os.environ, **ENV},
+    return subprocess.run([sys.executable, "-m", "pipeline.operations.cli", *args], cwd=ROOT, env={**os.environ, **ENV},
                           capture_output=True, text=True, timeout=120)
 
 
@@ -259,15 +260,15 @@ def test_story_with_another_users_photo_fails_before_any_work(clean_db: Db, work
 def test_personalization_never_uses_a_photo_that_is_not_the_storys_own(clean_db: Db, change: str) -> None:
     """Defence in depth for a story whose photo changes mid-way: the personalization's claim
     (which hands the step the photo whose face it crops) refuses it and fails the story."""
-    from pipeline import steps
+    from pipeline.stories import steps
 
     story = clean_db.story(clean_db.photo(astronaut_png()))
     page = steps.generate_story(story).fanout[0]
-    assert steps.write_text(page).outcome is steps.Outcome.DONE
-    assert steps.draw_base(page).outcome is steps.Outcome.DONE
+    assert steps.write_text(page).outcome is step.Outcome.DONE
+    assert steps.draw_base(page).outcome is step.Outcome.DONE
     if change == "another_users_photo":
         theirs = clean_db.photo(astronaut_png())
-        assert steps.analyze_photo(theirs).outcome is steps.Outcome.DONE
+        assert steps.analyze_photo(theirs).outcome is step.Outcome.DONE
         clean_db.exec("UPDATE stories SET protagonist_photo_id = :p WHERE id = :s", p=theirs, s=story)
         expected = tx.PHOTO_NOT_YOURS
     else:
@@ -275,7 +276,7 @@ def test_personalization_never_uses_a_photo_that_is_not_the_storys_own(clean_db:
                       "FROM stories WHERE id = :s)", s=story)
         expected = tx.PHOTO_DELETED
     result = steps.personalize(page)
-    assert result.outcome is steps.Outcome.STOPPED
+    assert result.outcome is step.Outcome.STOPPED
     row = clean_db.story_row(story)
     assert (row["status"], row["error_message"]) == ("failed", expected)
     p = clean_db.one("SELECT * FROM story_pages WHERE id = :p", p=page)
@@ -355,21 +356,21 @@ def test_claim_story_does_not_restart_a_story_failed_for_another_reason(clean_db
 
 
 def test_generate_story_waits_without_using_a_try_and_one_message_waits(clean_db: Db) -> None:
-    from pipeline import steps
+    from pipeline.stories import steps
 
     story = clean_db.story(clean_db.photo(astronaut_png(), status="pending_upload"))
-    with pytest.raises(steps.RetryLater) as first:
-        steps.generate_story(story, steps.Attempt(0, 5, "message-a"))
+    with pytest.raises(step.RetryLater) as first:
+        steps.generate_story(story, step.Attempt(0, 5, "message-a"))
     assert first.value.waiting and 0.2 <= first.value.countdown <= 15
-    with pytest.raises(steps.RetryLater):  # the same message, looking again
-        steps.generate_story(story, steps.Attempt(0, 5, "message-a", redelivered=True))
-    other = steps.generate_story(story, steps.Attempt(0, 5, "message-b"))  # a duplicate
-    assert other.outcome is steps.Outcome.STOPPED and "waits for the photo" in other.detail
+    with pytest.raises(step.RetryLater):  # the same message, looking again
+        steps.generate_story(story, step.Attempt(0, 5, "message-a", redelivered=True))
+    other = steps.generate_story(story, step.Attempt(0, 5, "message-b"))  # a duplicate
+    assert other.outcome is step.Outcome.STOPPED and "waits for the photo" in other.detail
     assert clean_db.story_row(story)["status"] == "pending"
 
 
 def test_poll_interval_starts_fast_and_grows_to_its_cap() -> None:
-    from pipeline.upload_wait import poll_interval
+    from pipeline.stories.upload_wait import poll_interval
 
     assert poll_interval(0.5, 899.5) == 1.0
     assert poll_interval(60.0, 840.0) == 6.0
@@ -378,7 +379,7 @@ def test_poll_interval_starts_fast_and_grows_to_its_cap() -> None:
 
 
 def test_sweep_leaves_a_waiting_story_alone_and_resends_it_when_its_photo_arrives(clean_db: Db) -> None:
-    from pipeline.ops import find_stuck
+    from pipeline.operations.ops import find_stuck
 
     photo = clean_db.photo(astronaut_png(), status="pending_upload")
     story = clean_db.story(photo)

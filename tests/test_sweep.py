@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from pipeline import steps
-from pipeline.cli import main as cli
+from pipeline.operations.cli import main as cli
+from pipeline.stories import steps
 from tests.support import ROOT, Db, WorkerProcess, astronaut_png
 from tests.test_pipeline import step_log_lines
 

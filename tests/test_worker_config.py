@@ -126,7 +126,8 @@ def test_a_misconfigured_worker_exits_at_boot_in_one_line_and_keeps_the_messages
 
 
 def _clear_caches() -> None:
-    from pipeline import config, orders, quota
+    from pipeline.kernel import config, quota
+    from pipeline.orders import settings as orders
 
     config.settings.cache_clear()
     orders.order_settings.cache_clear()
@@ -137,7 +138,7 @@ def _clear_caches() -> None:
 @pytest.mark.parametrize(("bad", "names"), MORE_CASES, ids=_ids)
 def test_the_boot_check_names_each_bad_setting(monkeypatch: pytest.MonkeyPatch, bad: dict[str, str],
                                                 names: str) -> None:
-    from pipeline.boot_check import check_worker_configuration
+    from pipeline.operations.boot_check import check_worker_configuration
 
     # given the test configuration (which passes) and one setting wrong
     _clear_caches()

@@ -14,7 +14,7 @@ app.config_from_object("celeryconfig")
 @signals.setup_logging.connect
 def _setup_logging(**_: Any) -> None:
     # Our own format; one line per step comes from workers.tasks (no names, no image bytes).
-    from pipeline.config import log_level
+    from pipeline.kernel.config import log_level
 
     logging.basicConfig(
         level=log_level(),  # SystemExit (one line) for a level logging does not know
@@ -31,11 +31,11 @@ def _warm_up(**_: Any) -> None:
     unreachable or without its schema, the worker exits non-zero with one line, before its
     consumer starts (worker_init runs before any bootstep). SystemExit, because Celery's signal
     dispatch logs and swallows an Exception raised by a receiver and the worker would go on.
-    Every other setting the worker reads is checked before that (pipeline.boot_check): a
+    Every other setting the worker reads is checked before that (pipeline.operations.boot_check): a
     misconfigured worker stops here with one line naming the variable, not inside its tasks."""
     from db.engine import DatabaseNotReady, check_database
-    from pipeline.boot_check import check_worker_configuration
-    from pipeline.config import check_settings
+    from pipeline.kernel.config import check_settings
+    from pipeline.operations.boot_check import check_worker_configuration
 
     check_worker_configuration()  # SystemExit("configuration error: NAME ..."): orders, providers, quotas
     check_settings()  # every setting as the steps will read it (pool size, CPU processes, ports...)
@@ -44,19 +44,19 @@ def _warm_up(**_: Any) -> None:
     except DatabaseNotReady as e:
         raise SystemExit(f"configuration error: {e}") from None
 
-    from pipeline.orders import order_settings
+    from pipeline.orders.steps import order_settings
 
     o = order_settings()  # checked by check_worker_configuration above
     if o.stripe_mode == "live" and not o.stripe_secrets:
         # Not an error: a worker for stories alone needs no Stripe settings. Payment events are
         # then refused one by one (or confirmed with Stripe's API when STRIPE_SECRET_KEY is set).
-        logging.getLogger("pipeline.orders").warning(
+        logging.getLogger("pipeline.orders.steps").warning(
             "live-mode Stripe (STRIPE_MODE) without STRIPE_WEBHOOK_SECRET: unsigned payment events will be %s",
             "confirmed with Stripe's API" if o.stripe_secret_key else "refused")
 
-    from pipeline import cpu
-    from pipeline.fonts import FontConfigError, check_fonts
+    from pipeline.kernel import cpu
     from pipeline.providers.registry import providers
+    from pipeline.stories.fonts import FontConfigError, check_fonts
 
     try:
         check_fonts()  # a worker that cannot print names must not take stories
@@ -66,7 +66,7 @@ def _warm_up(**_: Any) -> None:
     import pipeline.providers.local_vision  # noqa: F401  (OpenCV; its JSON helpers serve every analyzer)
 
     cpu.warm_up()
-    from pipeline import metrics
+    from pipeline.kernel import metrics
 
     if port := metrics.metrics_port():
         try:
@@ -93,7 +93,7 @@ def _fresh_engine_after_fork(**_: Any) -> None:
 @signals.worker_shutdown.connect
 def _dispose_engine(**_: Any) -> None:
     from db.engine import dispose_engine
-    from pipeline import cpu
+    from pipeline.kernel import cpu
 
     dispose_engine()
     cpu.shutdown()

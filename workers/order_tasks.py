@@ -1,5 +1,5 @@
 """Celery tasks for orders (payment -> print files -> print-on-demand -> shipped): thin wrappers
-around pipeline.orders, like workers/tasks.py. Each moves only its own state, is safe to run
+around pipeline.orders.steps, like workers/tasks.py. Each moves only its own state, is safe to run
 twice, and logs one line per run.
 
 From the external API (published by name to the default queue, like stories.generate):
@@ -27,8 +27,10 @@ from typing import Any
 
 from celery import Task
 
-from pipeline import orders, steps
-from pipeline import stripe_events as se
+from pipeline.kernel import step
+from pipeline.operations.orders import sweep_orders
+from pipeline.orders import steps as orders
+from pipeline.orders import stripe_events as se
 from workers.app import app
 from workers.tasks import StepTask, _run
 
@@ -43,7 +45,7 @@ def _order_id(name: str, value: Any, extra: dict[str, Any], *, required: bool = 
         log.error("%s: ignoring unexpected arguments %s", name, sorted(extra))
     if value is None and not required:
         return None, None
-    oid = steps.valid_uuid(value)
+    oid = step.valid_uuid(value)
     if oid is None:
         log.error("%s needs kwargs {'order_id': '<uuid>'}; got order_id=%r", name, str(value)[:80])
         return None, "rejected: order_id must be a UUID"
@@ -54,7 +56,7 @@ def _enqueue(task: Any, order_id: str, countdown: float | None = None) -> None:
     task.apply_async(kwargs={"order_id": order_id}, countdown=countdown)
 
 
-def _again(task: Any, order_id: str, result: steps.StepResult) -> None:
+def _again(task: Any, order_id: str, result: step.StepResult) -> None:
     """The step waits (for its story, on a print job): a fresh message after the countdown.
     If this worker dies before sending it, orders.sweep starts the chain again."""
     delay = result.context.get(orders.AGAIN_IN)
@@ -87,7 +89,7 @@ def confirm_payment(self: Task, order_id: str | None = None, event: Any = None, 
         log.error("orders.confirm_payment: %s; judged as if it were not given", e)
         arrived = None
 
-    def then(result: steps.StepResult) -> None:
+    def then(result: step.StepResult) -> None:
         # Only now: the paid status is committed.
         if result.moves_on:
             _enqueue(prepare_print, result.context["order"])
@@ -103,7 +105,7 @@ def prepare_print(self: Task, order_id: str | None = None, tries: int = 0, **ext
     if bad or oid is None:
         return bad or "rejected"
 
-    def then(result: steps.StepResult) -> None:
+    def then(result: step.StepResult) -> None:
         if result.moves_on:
             _enqueue(submit_print, oid)
         _again(prepare_print, oid, result)
@@ -117,7 +119,7 @@ def submit_print(self: Task, order_id: str | None = None, tries: int = 0, **extr
     if bad or oid is None:
         return bad or "rejected"
 
-    def then(result: steps.StepResult) -> None:
+    def then(result: step.StepResult) -> None:
         # The provider needs a while (file checks, payment, production delay): first look later.
         if result.moves_on:
             _enqueue(poll_print, oid, orders.order_settings().poll_countdown)
@@ -149,7 +151,7 @@ def lulu_webhook(self: Task, payload: str | None = None, headers: dict[str, Any]
 def sweep() -> str:
     """Periodic (celery beat): re-enqueue stuck orders (print files never made, paid with no
     print job, print jobs nobody has asked about for two poll intervals)."""
-    found = orders.sweep_orders()
+    found = sweep_orders()
     if found:
         log.warning("sweep %s", json.dumps({"requeued": len(found), "tasks": sorted({i.task for i in found})}))
     return f"requeued {len(found)}"

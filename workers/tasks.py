@@ -1,4 +1,4 @@
-"""The Celery tasks: thin wrappers around pipeline.steps. Each one moves only its own status
+"""The Celery tasks: thin wrappers around pipeline.stories.steps. Each one moves only its own status
 column, is safe to run twice, and logs one line per run.
 
 Names are the contract with the external API: ``photos.analyze(photo_id)`` and
@@ -18,8 +18,9 @@ from celery import Task
 
 from db.engine import reason as db_reason
 from db.engine import unavailable as db_unavailable
-from pipeline import metrics, steps
-from pipeline.config import settings
+from pipeline.kernel import metrics, step
+from pipeline.kernel.config import settings
+from pipeline.stories import steps
 from workers.app import app
 
 log = logging.getLogger("storycreator.step")
@@ -32,7 +33,7 @@ class StepTask(Task):  # type: ignore[misc]
     # A step the database kept from starting (or finishing: PostgreSQL restarting, a dropped
     # connection, a database renamed, the schema missing) is re-sent by _run with capped backoff
     # and no bound, never acked as failed: its message is the only record that the work is due.
-    # Provider errors are classified inside pipeline.steps, not here.
+    # Provider errors are classified inside pipeline.stories.steps, not here.
     # Our own re-schedules (RetryLater) are bounded by the step (tries, leases, a job's time
     # limit), not by Celery: `task.retry(max_retries=None)` means "the task's max_retries",
     # so with a number here a step that polls a long remote job would die after that many looks.
@@ -42,7 +43,7 @@ class StepTask(Task):  # type: ignore[misc]
     time_limit = 300
 
 
-def _log_line(stage: str, ids: dict[str, Any], attempt: int, result: steps.StepResult | None,
+def _log_line(stage: str, ids: dict[str, Any], attempt: int, result: step.StepResult | None,
               outcome: str, total_ms: float) -> None:
     metrics.observe(stage, outcome, total_ms / 1000, result.timings if result is not None else None)
     level = logging.WARNING if outcome in ("failed", "retry") else logging.INFO
@@ -59,8 +60,8 @@ def _log_line(stage: str, ids: dict[str, Any], attempt: int, result: steps.StepR
 
 
 def _run(task: Task, stage: str, ids: dict[str, Any],
-         body: Callable[[steps.Attempt], steps.StepResult],
-         after: Callable[[steps.StepResult], None] | None = None) -> str:
+         body: Callable[[step.Attempt], step.StepResult],
+         after: Callable[[step.StepResult], None] | None = None) -> str:
     """Run one step; ``after`` enqueues what comes next (only after the step committed), and
     RetryLater becomes a delayed retry of this same task."""
     req = task.request
@@ -68,11 +69,11 @@ def _run(task: Task, stage: str, ids: dict[str, Any],
     # Tries count transient errors only, carried in the message: Celery's own retry count also
     # counts the re-schedules of a step that waits (a quota, a running remote job, a lease).
     tries = _tries((req.kwargs or {}).get("tries"))
-    attempt = steps.Attempt(tries, settings().max_retries, req.id, redelivered)
+    attempt = step.Attempt(tries, settings().max_retries, req.id, redelivered)
     t0 = time.perf_counter()
     try:
         result = body(attempt)
-    except steps.RetryLater as r:
+    except step.RetryLater as r:
         _log_line(stage, ids, attempt.number, None, "waiting" if r.waiting else "retry",
                   (time.perf_counter() - t0) * 1000)
         # Errors are bounded by the tries (steps give up at Attempt.last); waiting is bounded by
@@ -114,7 +115,7 @@ def _bad_args(stage: str, name: str, key: str, value: Any, extra: dict[str, Any]
     """A readable complaint for a malformed external call (nothing in Postgres to mark)."""
     if extra:
         log.error("%s: ignoring unexpected arguments %s", name, sorted(extra))
-    if steps.valid_uuid(value) is None:
+    if step.valid_uuid(value) is None:
         log.error("%s needs kwargs {'%s': '<uuid>'}; got %s=%r", name, key, key, str(value)[:80])
         return f"rejected: {key} must be a UUID"
     return None
@@ -126,7 +127,7 @@ def _bad_args(stage: str, name: str, key: str, value: Any, extra: dict[str, Any]
 def analyze_photo(self: Task, photo_id: str | None = None, tries: int = 0, **extra: Any) -> str:
     if (bad := _bad_args("analysis", "photos.analyze", "photo_id", photo_id, extra)):
         return bad
-    pid = steps.valid_uuid(photo_id)
+    pid = step.valid_uuid(photo_id)
     assert pid is not None
     return _run(self, "analysis", {"photo": pid}, lambda a: steps.analyze_photo(pid, a))
 
@@ -135,16 +136,16 @@ def analyze_photo(self: Task, photo_id: str | None = None, tries: int = 0, **ext
 def generate_story(self: Task, story_id: str | None = None, tries: int = 0, **extra: Any) -> str:
     if (bad := _bad_args("outline", "stories.generate", "story_id", story_id, extra)):
         return bad
-    sid = steps.valid_uuid(story_id)
+    sid = step.valid_uuid(story_id)
     assert sid is not None
 
-    def fan_out(result: steps.StepResult) -> None:
+    def fan_out(result: step.StepResult) -> None:
         # Only now: every row the pages need is committed. All pages start at once and each
         # moves on by itself (text -> illustration -> personalization): pipelined, no stage
         # barrier. A page with nothing left but the story's completion goes straight there.
         for page_id in result.fanout:
             write_text.apply_async(kwargs={"page_id": page_id, "story_id": sid})
-        if result.outcome is steps.Outcome.DONE and not result.fanout:
+        if result.outcome is step.Outcome.DONE and not result.fanout:
             finish_story.apply_async(kwargs={"story_id": sid})
 
     return _run(self, "outline", {"story": sid}, lambda a: steps.generate_story(sid, a), fan_out)
@@ -173,7 +174,7 @@ def draw_base(self: Task, page_id: str, tries: int = 0, story_id: str | None = N
 def personalize(self: Task, page_id: str, tries: int = 0, story_id: str | None = None) -> str:
     _story_label("pages.personalize", story_id)
 
-    def maybe_finish(result: steps.StepResult) -> None:
+    def maybe_finish(result: step.StepResult) -> None:
         # The barrier is a Postgres query (steps.personalize), not a Redis chord counter:
         # only a personalization that finds every page done enqueues the story's completion.
         if result.moves_on and result.context.get("story_ready"):
@@ -188,13 +189,13 @@ def _story_label(name: str, story_id: Any) -> str | None:
     in, and the successors get that one). A malformed one is logged and ignored."""
     if story_id is None:
         return None
-    sid = steps.valid_uuid(story_id)
+    sid = step.valid_uuid(story_id)
     if sid is None:
         log.error("%s: ignoring story_id %r (not a UUID)", name, str(story_id)[:80])
     return sid
 
 
-def page_kwargs(page_id: str, result: steps.StepResult | None = None, story_id: str | None = None) -> dict[str, str]:
+def page_kwargs(page_id: str, result: step.StepResult | None = None, story_id: str | None = None) -> dict[str, str]:
     """The kwargs of a page task: ``page_id`` first (backfill resumes from the first value), then
     ``story_id``: the story the step's claim read from the page's row, else the one received."""
     story = (result.context.get("story") if result is not None else None) or story_id
@@ -206,11 +207,11 @@ def finish_story(self: Task, story_id: str, tries: int = 0) -> str:
     return _run(self, "finish", {"story": story_id}, lambda a: steps.finish_story(story_id, a))
 
 
-def _then(enqueue: Callable[[steps.StepResult], Any]) -> Callable[[steps.StepResult], None]:
+def _then(enqueue: Callable[[step.StepResult], Any]) -> Callable[[step.StepResult], None]:
     """The next step of this page, when this one is done (or was already done: a redelivered
     copy whose first run died before enqueueing must still move the page on). Ids only."""
 
-    def after(result: steps.StepResult) -> None:
+    def after(result: step.StepResult) -> None:
         if result.moves_on:
             enqueue(result)
 
@@ -221,7 +222,7 @@ def _then(enqueue: Callable[[steps.StepResult], Any]) -> Callable[[steps.StepRes
 def sweep() -> str:
     """Periodic (celery beat, celeryconfig.beat_schedule): re-enqueue stuck work, so a story
     never waits for the broker's visibility timeout after a worker dies."""
-    from pipeline.ops import sweep as run_sweep
+    from pipeline.operations.ops import sweep as run_sweep
 
     found = run_sweep()
     if found:

@@ -20,11 +20,14 @@ class BoundingBox:
     height: float
 
     def to_json(self) -> dict[str, float]:
+        """``{"left", "top", "width", "height"}`` as ratios (the JSONB shape, face_json.py)."""
         return {"left": self.left, "top": self.top, "width": self.width, "height": self.height}
 
 
 @dataclass(frozen=True)
 class Landmark:
+    """A face landmark: Rekognition's ``type`` name at (x, y), ratios of the image size."""
+
     type: str  # e.g. "eyeLeft", "eyeRight", "mouth", "nose" (Rekognition's names)
     x: float  # ratio of image width
     y: float  # ratio of image height
@@ -32,6 +35,9 @@ class Landmark:
 
 @dataclass(frozen=True)
 class Face:
+    """One detected face: its box, a 0..100 confidence, the landmarks the detector found and
+    its JSON-ready ``attributes`` (e.g. ``{"smile": {"value": true, "confidence": 93.1}}``)."""
+
     box: BoundingBox
     confidence: float  # 0..100
     landmarks: tuple[Landmark, ...] = ()
@@ -40,6 +46,9 @@ class Face:
 
 @dataclass(frozen=True)
 class Label:
+    """A label for the photo ("Person", "Face", "Smile"...), 0..100 confidence; ``instances``
+    are boxes of labelled objects (stored as detected_objects), ``parents`` Rekognition's hierarchy."""
+
     name: str
     confidence: float  # 0..100
     instances: tuple[BoundingBox, ...] = ()  # labelled objects with boxes -> detected_objects
@@ -48,19 +57,22 @@ class Label:
 
 @dataclass(frozen=True)
 class PhotoAnalysis:
+    """What an analyzer found in one photo: the upright image size in pixels, the usable faces
+    (largest first), labels, which detector ran, and faces too small to use."""
+
     image_width: int
     image_height: int
     faces: tuple[Face, ...]
     labels: tuple[Label, ...]
     detector: str  # which implementation produced it, e.g. "opencv-haar" or "aws-rekognition"
-    # Faces found but too small to use (pipeline/faces.py), largest first: a photo with only these
+    # Faces found but too small to use (pipeline/stories/faces.py), largest first: a photo with only these
     # is refused as "too small, take a closer photo" rather than "no face".
     small_faces: tuple[Face, ...] = ()
 
     @property
     def primary_face(self) -> Face | None:
         """The largest face. Which face a story uses is chosen with the child's age at the story start
-        (pipeline/faces.py choose_protagonist)."""
+        (pipeline/stories/faces.py choose_protagonist)."""
         if not self.faces:
             return None
         return max(self.faces, key=lambda f: f.box.width * f.box.height)
@@ -68,6 +80,9 @@ class PhotoAnalysis:
 
 @dataclass(frozen=True)
 class StoryRequest:
+    """One story as a writer or illustrator sees it: the child's name and age (years), the
+    theme name, how many pages, and a seed stable per story (a re-run writes the same story)."""
+
     child_name: str
     child_age: int
     theme: str
@@ -77,6 +92,9 @@ class StoryRequest:
 
 @dataclass(frozen=True)
 class Outline:
+    """A story's plan: title, one beat per page (``len(beats) == page_count``) and a visual style
+    line shared by all pages."""
+
     title: str
     beats: tuple[str, ...]  # one short plan line per page, len == page_count
     style: str = ""  # a visual style note shared by all pages (consistent look)
@@ -84,12 +102,16 @@ class Outline:
 
 @dataclass(frozen=True)
 class PageRequest:
+    """One page to write or draw: the story, its outline and the 1-based page number."""
+
     story: StoryRequest
     outline: Outline
     page_number: int  # 1-based
 
 
 class PhotoAnalyzer(Protocol):
+    """Finds faces and labels in a photo (OpenCV offline, Amazon Rekognition)."""
+
     def analyze_photo(self, image: bytes) -> PhotoAnalysis:
         """Raise PermanentStepError for an unreadable image; an image with no face returns
         an analysis with no faces (the caller decides the policy)."""
@@ -97,12 +119,21 @@ class PhotoAnalyzer(Protocol):
 
 
 class StoryWriter(Protocol):
-    def write_outline(self, req: StoryRequest) -> Outline: ...
+    """Writes a story's outline, then each page's text (offline kits, OpenAI)."""
 
-    def write_page(self, req: PageRequest) -> str: ...
+    def write_outline(self, req: StoryRequest) -> Outline:
+        """The title, ``req.page_count`` beats and a style line; PermanentStepError for a request
+        that cannot be written (unknown theme), TransientStepError for a provider hiccup."""
+        ...
+
+    def write_page(self, req: PageRequest) -> str:
+        """The text of page ``req.page_number`` (a few sentences sized to the child's age)."""
+        ...
 
 
 class Illustrator(Protocol):
+    """Draws pages synchronously (offline illustrator); remote job providers use ImageJobs."""
+
     def draw_base(self, req: PageRequest) -> bytes:
         """A PNG of the page's illustration with a place for the child's face."""
         ...
@@ -122,16 +153,24 @@ class RequestHooks(Protocol):
     ``outcome`` is one of "ok", "throttled", "server_error", "timeout", "connection_error",
     "client_error", "malformed"."""
 
-    def before(self, provider: str, operation: str) -> None: ...
+    def before(self, provider: str, operation: str) -> None:
+        """Called before each request; may block briefly or raise TransientStepError (quota spent)."""
+        ...
 
-    def after(self, provider: str, operation: str, outcome: str, seconds: float) -> None: ...
+    def after(self, provider: str, operation: str, outcome: str, seconds: float) -> None:
+        """Called after each request with its outcome and duration in seconds (metrics)."""
+        ...
 
 
 class NoHooks:
+    """RequestHooks that do nothing (tests, tools)."""
+
     def before(self, provider: str, operation: str) -> None:
+        """Nothing."""
         return None
 
     def after(self, provider: str, operation: str, outcome: str, seconds: float) -> None:
+        """Nothing."""
         return None
 
 
@@ -157,7 +196,9 @@ class ImageJobs(Protocol):
 
     name: str
 
-    def base_input(self, req: PageRequest) -> dict[str, Any]: ...
+    def base_input(self, req: PageRequest) -> dict[str, Any]:
+        """The model input for a page's base illustration; deterministic for a page."""
+        ...
 
     def personalize_input(self, base_ref: str, photo_ref: str, face: Face, req: PageRequest) -> dict[str, Any]:
         """``*_ref``: an https URL the provider can read, or a data: URI."""
@@ -177,7 +218,9 @@ class ImageJobs(Protocol):
         """The job now; state "expired" when its output is gone (never raises for that)."""
         ...
 
-    def cancel(self, job_id: str) -> None: ...
+    def cancel(self, job_id: str) -> None:
+        """Ask the provider to stop the job (best effort; a finished job stays finished)."""
+        ...
 
     def download(self, url: str) -> bytes:
         """The output's bytes; ``OutputGoneError`` (a PermanentStepError) when the output was

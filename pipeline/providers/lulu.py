@@ -1,10 +1,10 @@
-"""Print-on-demand: the PrintProvider interface, the Lulu Print API client, an offline print shop.
+"""The Lulu Print API client (``LuluClient``).
 
-``PrintProvider`` is what the order workers need from a print shop: the cover size for a book,
-create a print job once (and find it again by our order id), read its status, cancel it.
+The vendor-neutral interface it implements is in pipeline/providers/print_jobs.py; the offline
+print shop is pipeline/providers/offline_print.py.
 
-``LuluClient`` speaks the Lulu Print API (https://api.lulu.com, sandbox
-https://api.sandbox.lulu.com) with ``requests``:
+``LuluClient`` speaks the Lulu Print API (https://api.lulu.com/docs/, sandbox
+https://api.sandbox.lulu.com) with ``httpx``:
 
 - OAuth client credentials: ``POST /auth/realms/glasstree/protocol/openid-connect/token`` with
   HTTP Basic ``client_key:client_secret``. The token is cached per process (per API URL and key)
@@ -15,216 +15,59 @@ https://api.sandbox.lulu.com) with ``requests``:
   ``GET /print-jobs/?search=<order id>`` (Lulu has no exact ``external_id`` filter: ``search``
   matches it among other fields and the client keeps exact matches only),
   ``PUT /print-jobs/{id}/status/`` to cancel, ``POST /cover-dimensions/``.
-- Errors, for the pipeline's policy (pipeline.steps): timeouts, connection errors, 429 and 5xx
+- Errors, for the pipeline's policy (pipeline.stories.steps): timeouts, connection errors, 429 and 5xx
   and unreadable replies -> TransientStepError (``Retry-After`` honoured); 400/404/422 and
   credentials Lulu refuses -> PermanentStepError with Lulu's reason (truncated) and the status.
-  No retries inside the client: the step layer retries with backoff. Secrets and tokens never
-  appear in messages.
+  Secrets and tokens never appear in messages.
+- Retries: the idempotent reads (the token, ``get_job``, ``find_job``'s pages) are tried again
+  at once, at most 3 tries and 1 s of waiting in all, when the connection dropped or was refused,
+  the connect timed out or Lulu answered 500/502/503/504 without a longer Retry-After
+  (pipeline/providers/http_retry.py, tenacity). Everything else, and whatever is still failing
+  after that, is the step layer's: it retries with backoff.
 - Webhooks (``PRINT_JOB_STATUS_CHANGED``) are signed with HMAC-SHA256 of the raw body keyed with
-  the API secret, in the ``Lulu-HMAC-SHA256`` header: ``verify_webhook``.
-
-``LocalPrintShop`` is the offline default (``POD_PROVIDER=local``): jobs are JSON files under
-``$LOCAL_STORAGE_ROOT/printshop/``, their files are checked like Lulu's normalization does (page
-size = trim + bleed, page count within the product's range, fonts embedded, cover size) and a job
-moves through Lulu's statuses over time (``LOCAL_PRINT_SHOP_STAGE_SECONDS`` per stage), ending
-SHIPPED with a tracking number, or REJECTED with the reasons. The demo orders from it.
+  the API secret, in the ``Lulu-HMAC-SHA256`` header: ``verify_webhook`` (lulu_jobs.py, with
+  ``parse_job``).
 """
 from __future__ import annotations
 
-import base64
-import hashlib
-import hmac
-import json
-import logging
 import os
 import threading
 import time
-import uuid
 from collections.abc import Mapping
-from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Any, Protocol
-from urllib.parse import unquote, urlsplit
+from typing import TYPE_CHECKING, Any
+from urllib.parse import urlsplit
 
-import requests
+import httpx
 
-from pipeline.config import env_number
-from pipeline.errors import PermanentStepError, TransientStepError, retry_after_seconds
+from pipeline.kernel.config import env_number
+from pipeline.kernel.errors import PermanentStepError, TransientStepError, retry_after_seconds
 from pipeline.providers.base import NoHooks, RequestHooks
+from pipeline.providers.http_retry import RetryableError, retry_transient, retryable_status
 
-log = logging.getLogger(__name__)
+# Lulu's job JSON and webhooks (lulu_jobs.py) and the neutral print job types (print_jobs.py),
+# importable from here as before (the order code uses lulu.parse_job, lulu.PrintJob, ...).
+from pipeline.providers.lulu_jobs import WEBHOOK_HEADER, parse_job, verify_webhook, webhook_signature  # noqa: F401
+from pipeline.providers.print_jobs import (  # noqa: F401
+    ACTIVE,
+    IN_PRODUCTION,
+    KNOWN,
+    PROBLEMS,
+    SHIPPED,
+    PrintJob,
+    PrintJobRequest,
+    PrintProvider,
+)
+from pipeline.providers.print_jobs import REASON_CHARS as _REASON_CHARS
 
-# Lulu's print job statuses. A job is followed until it is SHIPPED or in a problem status.
-ACTIVE = ("CREATED", "UNPAID", "PAYMENT_IN_PROGRESS", "PRODUCTION_DELAYED", "PRODUCTION_READY")
-IN_PRODUCTION = "IN_PRODUCTION"
-SHIPPED = "SHIPPED"
-PROBLEMS = ("REJECTED", "CANCELED", "ERROR")
-KNOWN = (*ACTIVE, IN_PRODUCTION, SHIPPED, *PROBLEMS)
+if TYPE_CHECKING:  # served lazily by __getattr__ below
+    from pipeline.providers.offline_print import LocalPrintShop, print_shop_stage_seconds  # noqa: F401
 
 TOKEN_PATH = "/auth/realms/glasstree/protocol/openid-connect/token"
-WEBHOOK_HEADER = "Lulu-HMAC-SHA256"
-_REASON_CHARS = 300
-
-
-@dataclass(frozen=True)
-class PrintJobRequest:
-    """One book to print and ship, as the order workers ask for it."""
-
-    external_id: str  # our order id
-    line_item_external_id: str  # order id + print run: tells this run's job from an earlier run's
-    title: str
-    pod_package_id: str
-    page_count: int
-    interior_url: str
-    interior_md5: str
-    cover_url: str
-    cover_md5: str
-    shipping_address: dict[str, Any]  # Lulu's field names (pipeline.orders.lulu_address)
-    shipping_level: str
-    contact_email: str
-    quantity: int = 1
-    production_delay: int | None = None  # minutes; Lulu's default (60) when None
-
-
-@dataclass(frozen=True)
-class PrintJob:
-    """A print job as last seen at the provider."""
-
-    id: str
-    external_id: str | None
-    status: str  # one of KNOWN (an unknown name is kept as is and treated as still active)
-    message: str = ""  # the provider's words on the status (why it was rejected, ...)
-    changed: str | None = None  # ISO 8601 time of the last status change, as the provider says
-    line_item_external_ids: tuple[str, ...] = ()
-    tracking_id: str | None = None
-    tracking_urls: tuple[str, ...] = ()
-    carrier: str | None = None
-    created: str | None = None
-
-    @property
-    def problem(self) -> bool:
-        return self.status in PROBLEMS
-
-    def reason(self) -> str:
-        """The provider's reason, for a person (bounded)."""
-        return (self.message or self.status)[:_REASON_CHARS]
-
-    def to_json(self) -> dict[str, Any]:
-        return {"id": self.id, "status": self.status, "message": self.message[:_REASON_CHARS],
-                "changed": self.changed, "tracking_id": self.tracking_id,
-                "tracking_urls": list(self.tracking_urls), "carrier": self.carrier}
-
-
-class PrintProvider(Protocol):
-    """A print-on-demand shop, as the order workers use it."""
-
-    name: str  # stored in orders.pod_provider
-
-    def cover_dimensions(self, pod_package_id: str, page_count: int) -> tuple[float, float]:
-        """The one-piece cover's (width, height) in points for this book."""
-        ...
-
-    def find_job(self, external_id: str, line_item_external_id: str) -> PrintJob | None:
-        """The newest job created for this order and print run, if any (after a crash)."""
-        ...
-
-    def create_job(self, req: PrintJobRequest) -> PrintJob: ...
-
-    def get_job(self, job_id: str) -> PrintJob: ...
-
-    def cancel_job(self, job_id: str) -> None: ...
-
-
-# --- parsing Lulu's print job JSON --------------------------------------------------------------
-
-def _as_list(value: Any) -> tuple[str, ...]:
-    if isinstance(value, str):
-        return (value,) if value else ()
-    if isinstance(value, list):
-        return tuple(str(v) for v in value if v)
-    return ()
-
-
-def _messages(status: Any) -> dict[str, Any]:
-    msgs = status.get("messages") if isinstance(status, Mapping) else None
-    return dict(msgs) if isinstance(msgs, Mapping) else {}
-
-
-def _reasons(msgs: Mapping[str, Any]) -> list[str]:
-    """A line item's status messages that explain a problem (Lulu: error, info, and the
-    normalization messages per file)."""
-    out: list[str] = []
-    for key in ("error", "info"):
-        if isinstance(msgs.get(key), str) and msgs[key]:
-            out.append(msgs[key])
-    norm = msgs.get("printable_normalization")
-    if isinstance(norm, Mapping):
-        for part in ("interior", "cover"):
-            for m in _as_list(norm.get(part)):
-                out.append(f"{part}: {m}")
-    return out
-
-
-def parse_job(data: Any) -> PrintJob:
-    """A PrintJob from Lulu's print job JSON (details endpoint, list results, webhook data).
-    ValueError if it is not one."""
-    if not isinstance(data, Mapping) or data.get("id") in (None, ""):
-        raise ValueError("not a print job (no id)")
-    status = data.get("status")
-    if isinstance(status, str):  # tolerate a flattened status
-        status = {"name": status}
-    if not isinstance(status, Mapping) or not isinstance(status.get("name"), str):
-        raise ValueError("a print job without a status name")
-    name = status["name"].strip().upper()
-    message = status.get("message") if isinstance(status.get("message"), str) else ""
-    reasons: list[str] = [message] if message else []
-    tracking_id: str | None = None
-    urls: tuple[str, ...] = ()
-    carrier: str | None = None
-    line_ids: list[str] = []
-    items: list[Any] = data["line_items"] if isinstance(data.get("line_items"), list) else []
-    statuses: list[Any] = data["line_item_statuses"] if isinstance(data.get("line_item_statuses"), list) else []
-    for item in [*items, *statuses]:
-        if not isinstance(item, Mapping):
-            continue
-        if isinstance(item.get("external_id"), str):
-            line_ids.append(item["external_id"])
-        msgs = _messages(item.get("status") if "status" in item else item)
-        tracking_id = tracking_id or item.get("tracking_id") or msgs.get("tracking_id") or None
-        urls = urls or _as_list(item.get("tracking_urls")) or _as_list(msgs.get("tracking_urls"))
-        carrier = carrier or item.get("carrier_name") or msgs.get("carrier_name") or None
-        if name in PROBLEMS:
-            reasons += [r for r in _reasons(msgs) if r not in reasons]
-    return PrintJob(
-        id=str(data["id"]), external_id=str(data["external_id"]) if data.get("external_id") else None,
-        status=name, message="; ".join(reasons)[:1000],
-        changed=str(status["changed"]) if status.get("changed") else None,
-        line_item_external_ids=tuple(line_ids), tracking_id=str(tracking_id) if tracking_id else None,
-        tracking_urls=urls, carrier=str(carrier) if carrier else None,
-        created=str(data["date_created"]) if data.get("date_created") else None,
-    )
-
-
-def verify_webhook(payload: str | bytes, signature: str | None, secret: str) -> bool:
-    """Is ``signature`` (the ``Lulu-HMAC-SHA256`` header) Lulu's HMAC-SHA256 of the raw body,
-    keyed with our API secret? Accepts the hex digest (Lulu's) or its base64 form."""
-    if not signature or not secret:
-        return False
-    body = payload.encode() if isinstance(payload, str) else payload
-    digest = hmac.new(secret.encode(), body, hashlib.sha256).digest()
-    offered = signature.strip()
-    return hmac.compare_digest(digest.hex(), offered.lower()) or hmac.compare_digest(
-        base64.b64encode(digest).decode(), offered)
-
-
-def webhook_signature(payload: str | bytes, secret: str) -> str:
-    """The header value Lulu would send for ``payload`` (tests, tools)."""
-    body = payload.encode() if isinstance(payload, str) else payload
-    return hmac.new(secret.encode(), body, hashlib.sha256).hexdigest()
+# Reads that are safe to send twice: tried again at once on a dropped connection or a 5xx.
+RETRIED_OPS = frozenset({"token", "get_job", "find_job"})
 
 
 # --- the Lulu Print API --------------------------------------------------------------------------
-
 
 
 def _flatten(body: Any, prefix: str = "") -> list[str]:
@@ -246,12 +89,14 @@ def _flatten(body: Any, prefix: str = "") -> list[str]:
     return [f"{prefix}: {body}" if prefix and prefix != "detail" else str(body)]
 
 
-def _reason(resp: requests.Response) -> str:
+def _reason(resp: httpx.Response) -> str:
+    """Lulu's reason for an error reply, one line, at most 300 characters: Keycloak's
+    ``error: error_description``, the validation errors as ``field: message``, or the body's text."""
     try:
         body = resp.json()
     except ValueError:
         text = " ".join(resp.text.split())
-        return text[:_REASON_CHARS] or resp.reason or ""
+        return text[:_REASON_CHARS] or resp.reason_phrase or ""
     if isinstance(body, Mapping) and ("error" in body or "error_description" in body):
         # Keycloak's token errors: {"error": "unauthorized_client", "error_description": "..."}
         parts = [str(body.get("error") or ""), str(body.get("error_description") or "")]
@@ -281,13 +126,16 @@ class LuluClient:
         self.base_url = base_url.rstrip("/")
         self._key = client_key
         self._secret = client_secret
-        self._timeout = (min(connect_timeout, timeout), timeout)
+        self._timeout = httpx.Timeout(timeout, connect=min(connect_timeout, timeout))
         self._hooks: RequestHooks = hooks if hooks is not None else NoHooks()
         self._allow_file_urls = allow_file_urls
         self._local = threading.local()
 
     @classmethod
     def from_env(cls, hooks: RequestHooks | None = None, env: Mapping[str, str] | None = None) -> LuluClient:
+        """A client from ``LULU_API_URL`` (default https://api.lulu.com), ``LULU_CLIENT_KEY``,
+        ``LULU_CLIENT_SECRET``, ``LULU_TIMEOUT`` (s, default 30), ``LULU_CONNECT_TIMEOUT`` (s, default 5)
+        and ``LULU_ALLOW_FILE_URLS``; SystemExit("configuration error: ...") for a number out of range."""
         e = os.environ if env is None else env
         return cls(
             e.get("LULU_API_URL", "https://api.lulu.com"), e.get("LULU_CLIENT_KEY", ""),
@@ -298,29 +146,47 @@ class LuluClient:
 
     @property
     def webhook_secret(self) -> str:
+        """The key Lulu signs webhooks with: the API client secret."""
         return self._secret
 
     # --- HTTP ---------------------------------------------------------------------------------
 
-    def _session(self) -> requests.Session:
-        s = getattr(self._local, "session", None)
-        if s is None:
-            s = self._local.session = requests.Session()
-            s.headers["User-Agent"] = "storycreator-workers (+print orders)"
-        return s
+    def _client(self) -> httpx.Client:
+        """This thread's HTTP client (connections are kept alive between calls)."""
+        c: httpx.Client | None = getattr(self._local, "client", None)
+        if c is None:
+            c = self._local.client = httpx.Client(
+                timeout=self._timeout, follow_redirects=False,
+                headers={"User-Agent": "storycreator-workers (+print orders)"})
+        return c
 
-    def _send(self, op: str, method: str, url: str, **kwargs: Any) -> requests.Response:
+    def _send(self, op: str, method: str, url: str, **kwargs: Any) -> httpx.Response:
+        """One HTTP request under the hooks (``_send_once``); the idempotent reads in
+        ``RETRIED_OPS`` are tried again at once on a dropped connection or a 5xx
+        (pipeline/providers/http_retry.py), each try under the hooks."""
+        if op in RETRIED_OPS:
+            return retry_transient(lambda: self._send_once(op, method, url, **kwargs), f"lulu {op}")
+        return self._send_once(op, method, url, **kwargs)
+
+    def _send_once(self, op: str, method: str, url: str, **kwargs: Any) -> httpx.Response:
         """One HTTP request under the hooks; transport failures and 429/5xx become
-        TransientStepError. Other statuses are returned for the caller to judge."""
+        TransientStepError (RetryableError when one more immediate try may pass). Other statuses
+        are returned for the caller to judge."""
         self._hooks.before("lulu", op)
         t0 = time.perf_counter()
         outcome = "ok"
         try:
-            resp = self._session().request(method, url, timeout=self._timeout, allow_redirects=False, **kwargs)
-        except requests.Timeout:
+            resp = self._client().request(method, url, **kwargs)
+        except httpx.ConnectTimeout:
             outcome = "timeout"
-            raise TransientStepError(f"Lulu did not answer within {self._timeout[1]:g} s ({op})") from None
-        except requests.RequestException as e:
+            raise RetryableError(f"Lulu could not be reached within {self._timeout.connect:g} s ({op})") from None
+        except httpx.TimeoutException:
+            outcome = "timeout"
+            raise TransientStepError(f"Lulu did not answer within {self._timeout.read:g} s ({op})") from None
+        except (httpx.ConnectError, httpx.ReadError, httpx.WriteError, httpx.RemoteProtocolError) as e:
+            outcome = "connection_error"
+            raise RetryableError(f"Lulu could not be reached ({op}: {type(e).__name__})") from None
+        except (httpx.HTTPError, httpx.InvalidURL) as e:
             outcome = "connection_error"
             raise TransientStepError(f"Lulu could not be reached ({op}: {type(e).__name__})") from None
         finally:
@@ -329,8 +195,9 @@ class LuluClient:
         code = resp.status_code
         if code == 429 or code >= 500:
             self._hooks.after("lulu", op, "throttled" if code == 429 else "server_error", time.perf_counter() - t0)
-            raise TransientStepError(f"Lulu answered HTTP {code} to {op}: {_reason(resp)}",
-                                     retry_after=retry_after_seconds(resp.headers.get("Retry-After")))
+            retry_after = retry_after_seconds(resp.headers.get("Retry-After"))
+            error = RetryableError if retryable_status(code, retry_after) else TransientStepError
+            raise error(f"Lulu answered HTTP {code} to {op}: {_reason(resp)}", retry_after=retry_after)
         self._hooks.after("lulu", op, "ok" if code < 400 else "client_error", time.perf_counter() - t0)
         return resp
 
@@ -402,6 +269,8 @@ class LuluClient:
     # --- PrintProvider ------------------------------------------------------------------------
 
     def cover_dimensions(self, pod_package_id: str, page_count: int) -> tuple[float, float]:
+        """``POST /cover-dimensions/``: the one-piece cover's (width, height) in points for this
+        product and page count. TransientStepError for an unreadable reply."""
         body = self._api("cover_dimensions", "POST", "/cover-dimensions/", ok=(200, 201),
                          json={"pod_package_id": pod_package_id, "interior_page_count": page_count, "unit": "pt"})
         try:
@@ -412,6 +281,9 @@ class LuluClient:
             raise TransientStepError("Lulu sent unreadable cover dimensions") from None
 
     def find_job(self, external_id: str, line_item_external_id: str) -> PrintJob | None:
+        """The newest job whose ``external_id`` is ``external_id`` and that has a line item
+        ``line_item_external_id`` (``GET /print-jobs/?search=``, following ``next`` for at most 20
+        pages), or None."""
         params: dict[str, Any] | None = {"search": external_id, "page_size": 100}
         url = "/print-jobs/"
         best: tuple[str, PrintJob] | None = None
@@ -434,6 +306,10 @@ class LuluClient:
         return best[1] if best else None
 
     def create_job(self, req: PrintJobRequest) -> PrintJob:
+        """``POST /print-jobs/`` (Lulu's print job shape: external ids, contact email, shipping level
+        and address, one line item with ``printable_normalization`` source URLs and MD5 sums). Not
+        retried in the call (not idempotent: ``find_job`` recognises a job created by a lost reply).
+        PermanentStepError for non-http(s) file URLs (unless allowed) and Lulu's validation errors."""
         for url in (req.interior_url, req.cover_url):
             if urlsplit(url).scheme not in ("https", "http") and not self._allow_file_urls:
                 raise PermanentStepError(
@@ -460,160 +336,21 @@ class LuluClient:
         return self._job("create_job", self._api("create_job", "POST", "/print-jobs/", ok=(200, 201), json=payload))
 
     def get_job(self, job_id: str) -> PrintJob:
+        """``GET /print-jobs/{id}/`` as a PrintJob; PermanentStepError (HTTP 404) for an unknown id."""
         return self._job("get_job", self._api("get_job", "GET", f"/print-jobs/{job_id}/"))
 
     def cancel_job(self, job_id: str) -> None:
+        """``PUT /print-jobs/{id}/status/`` with ``{"name": "CANCELED"}`` (Lulu cancels only before
+        production; it refuses later with an error, raised as PermanentStepError)."""
         self._api("cancel_job", "PUT", f"/print-jobs/{job_id}/status/", json={"name": "CANCELED"})
 
 
-# --- the offline print shop -----------------------------------------------------------------------
+def __getattr__(name: str) -> Any:
+    """``lulu.LocalPrintShop`` and ``lulu.print_shop_stage_seconds`` for callers written before the
+    offline print shop moved to pipeline/providers/offline_print.py (issue 11); imported only when
+    asked for, so this module does not load the offline shop. AttributeError for anything else."""
+    if name in ("LocalPrintShop", "print_shop_stage_seconds"):
+        from pipeline.providers import offline_print
 
-_TIMELINE = (  # (status, stages it lasts); then SHIPPED
-    ("CREATED", 1), ("UNPAID", 1), ("PAYMENT_IN_PROGRESS", 1), ("PRODUCTION_DELAYED", 1),
-    ("PRODUCTION_READY", 1), ("IN_PRODUCTION", 2),
-)
-
-
-@dataclass
-class _LocalJob:
-    id: str
-    created: float
-    request: dict[str, Any]
-    errors: list[str] = field(default_factory=list)
-    canceled: float | None = None
-
-
-def print_shop_stage_seconds() -> float:
-    """LOCAL_PRINT_SHOP_STAGE_SECONDS: seconds the offline print shop spends in each status
-    (default 3). Raises SystemExit("configuration error: …") outside 0–86400."""
-    from pipeline.config import env_float
-
-    return env_float("LOCAL_PRINT_SHOP_STAGE_SECONDS", 3.0, 0.0, 86400.0)
-
-
-class LocalPrintShop:
-    """A print shop on this machine that behaves like Lulu over time (see the module doc).
-
-    Jobs live in ``<root>/printshop/jobs/<id>.json``; ``<root>/printshop/orders/<external id>/``
-    lists the jobs of each order, so ``find_job`` works after a crash like Lulu's search does."""
-
-    name = "local"
-
-    def __init__(self, root: Path, *, stage_seconds: float = 3.0) -> None:
-        self.root = root / "printshop"
-        self.stage_seconds = stage_seconds
-
-    @classmethod
-    def from_env(cls, root: Path) -> LocalPrintShop:
-        return cls(root, stage_seconds=print_shop_stage_seconds())
-
-    def cover_dimensions(self, pod_package_id: str, page_count: int) -> tuple[float, float]:
-        from pipeline.print_files import cover_size_pt, parse_pod_package
-
-        try:
-            return cover_size_pt(parse_pod_package(pod_package_id), page_count)
-        except ValueError as e:
-            raise PermanentStepError(f"The print shop does not make {pod_package_id!r}: {e}") from None
-
-    def _path(self, job_id: str) -> Path:
-        if not job_id.isalnum():
-            raise PermanentStepError(f"No print job {job_id[:40]!r} at the local print shop.")
-        return self.root / "jobs" / f"{job_id}.json"
-
-    def _load(self, job_id: str) -> _LocalJob:
-        try:
-            raw = json.loads(self._path(job_id).read_text())
-        except FileNotFoundError:
-            raise PermanentStepError(f"No print job {job_id!r} at the local print shop.") from None
-        return _LocalJob(raw["id"], raw["created"], raw["request"], raw.get("errors", []), raw.get("canceled"))
-
-    def _save(self, job: _LocalJob) -> None:
-        path = self._path(job.id)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(f".tmp-{uuid.uuid4().hex[:6]}")
-        tmp.write_text(json.dumps(job.__dict__))
-        os.replace(tmp, path)  # atomic: a reader never sees half a job
-
-    def _view(self, job: _LocalJob) -> PrintJob:
-        elapsed = (time.time() - job.created) / max(self.stage_seconds, 1e-6)
-        status, message, changed_at = "SHIPPED", "All line-items were shipped", job.created
-        if job.errors and elapsed >= 1:
-            status, message = "REJECTED", "; ".join(job.errors)
-            changed_at = job.created + self.stage_seconds
-        else:
-            t = 0.0
-            for name, stages in _TIMELINE:
-                if elapsed < t + stages:
-                    status, message = name, ""
-                    break
-                t += stages
-            changed_at = job.created + min(elapsed, t) * self.stage_seconds
-        if job.canceled is not None and status not in (IN_PRODUCTION, SHIPPED, "REJECTED"):
-            status, message, changed_at = "CANCELED", "Canceled at our request", job.canceled
-        req = job.request
-        shipped = status == SHIPPED
-        return PrintJob(
-            id=job.id, external_id=req["external_id"], status=status, message=message,
-            changed=time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(changed_at)) + f".{int(changed_at % 1 * 1e6):06d}Z",
-            line_item_external_ids=(req["line_item_external_id"],),
-            tracking_id=f"LP{job.id[:12].upper()}" if shipped else None,
-            tracking_urls=(f"https://tracking.invalid/LP{job.id[:12].upper()}",) if shipped else (),
-            carrier="Local Post" if shipped else None,
-            created=time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(job.created)),
-        )
-
-    def _read(self, url: str) -> bytes | None:
-        parts = urlsplit(url)
-        try:
-            if parts.scheme == "file":
-                return Path(unquote(parts.path)).read_bytes()
-            if parts.scheme in ("http", "https"):
-                resp = requests.get(url, timeout=30)
-                return resp.content if resp.status_code == 200 else None
-        except (OSError, requests.RequestException):
-            return None
-        return None
-
-    def create_job(self, req: PrintJobRequest) -> PrintJob:
-        from pipeline.print_files import check_print_files
-
-        interior, cover = self._read(req.interior_url), self._read(req.cover_url)
-        errors: list[str] = []
-        if interior is None or cover is None:
-            errors.append("The print files could not be downloaded.")
-        else:
-            if hashlib.md5(interior).hexdigest() != req.interior_md5:  # noqa: S324 - Lulu's own checksum
-                errors.append("interior: the file does not match its MD5 checksum")
-            try:
-                errors += check_print_files(interior, cover, req.pod_package_id,
-                                            self.cover_dimensions(req.pod_package_id, req.page_count))
-            except ImportError:  # pypdfium2 reads the PDFs; without it the shop trusts them
-                log.warning("local print shop: pypdfium2 is not installed; print files not checked")
-        job = _LocalJob(uuid.uuid4().hex[:16], time.time(), {
-            "external_id": req.external_id, "line_item_external_id": req.line_item_external_id,
-            "title": req.title, "pod_package_id": req.pod_package_id, "shipping_level": req.shipping_level,
-            "country": req.shipping_address.get("country_code"),
-        }, errors)
-        self._save(job)
-        index = self.root / "orders" / req.external_id
-        index.mkdir(parents=True, exist_ok=True)
-        (index / job.id).write_text(req.line_item_external_id)
-        log.info("local print shop: job %s created (%s)", job.id, "files rejected" if errors else "files ok")
-        return self._view(job)
-
-    def find_job(self, external_id: str, line_item_external_id: str) -> PrintJob | None:
-        index = self.root / "orders" / external_id
-        if not index.is_dir():
-            return None
-        mine = [p.name for p in index.iterdir() if p.read_text() == line_item_external_id]
-        jobs = sorted((self._load(j) for j in mine), key=lambda j: j.created)
-        return self._view(jobs[-1]) if jobs else None
-
-    def get_job(self, job_id: str) -> PrintJob:
-        return self._view(self._load(job_id))
-
-    def cancel_job(self, job_id: str) -> None:
-        job = self._load(job_id)
-        if job.canceled is None and self._view(job).status in ACTIVE:
-            job.canceled = time.time()
-            self._save(job)
+        return getattr(offline_print, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -8,20 +8,23 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-from pipeline.config import Settings, settings
-from pipeline.errors import PermanentStepError
+from pipeline.kernel.config import Settings, settings
+from pipeline.kernel.errors import PermanentStepError
+from pipeline.kernel.storage import LocalStorage, Storage, check_key
 from pipeline.providers.base import Face, Illustrator, ImageJobs, PageRequest, PhotoAnalyzer, StoryWriter
-from pipeline.storage import LocalStorage, Storage, check_key
 
 
 @dataclass(frozen=True)
 class Providers:
+    """The configured providers of this process (VISION_PROVIDER, TEXT_PROVIDER,
+    IMAGE_PROVIDER, STORAGE_BACKEND), built once by ``providers()``."""
+
     vision: PhotoAnalyzer
     writer: StoryWriter
     illustrator: Illustrator
     storage: Storage  # where generated images and books are written
     # Set when images come from a remote job provider (Replicate): the image steps then create,
-    # follow and collect jobs (pipeline.steps._job_step) instead of calling ``illustrator``.
+    # follow and collect jobs (pipeline.stories.steps._job_step) instead of calling ``illustrator``.
     image_jobs: ImageJobs | None = None
 
 
@@ -73,8 +76,8 @@ def _build(s: Settings) -> Providers:
 
         vision = LocalPhotoAnalyzer()
     elif s.vision_provider == "rekognition":
-        from pipeline.providers.aws import RekognitionAnalyzer
-        from pipeline.quota import QuotaHooks
+        from pipeline.kernel.quota import QuotaHooks
+        from pipeline.providers.rekognition import RekognitionAnalyzer
 
         vision = RekognitionAnalyzer.from_env(hooks=QuotaHooks())
     else:
@@ -85,12 +88,12 @@ def _build(s: Settings) -> Providers:
 
         writer = InstantWriter()
     elif s.text_provider == "local":
-        from pipeline.providers.local_text import LocalStoryWriter
+        from pipeline.providers.offline_text import LocalStoryWriter
 
         writer = LocalStoryWriter()
     elif s.text_provider == "openai":
+        from pipeline.kernel.quota import QuotaHooks
         from pipeline.providers.openai_text import OpenAIStoryWriter
-        from pipeline.quota import QuotaHooks
 
         writer = OpenAIStoryWriter.from_env(hooks=QuotaHooks())
     else:
@@ -101,12 +104,12 @@ def _build(s: Settings) -> Providers:
 
         illustrator = InstantIllustrator()
     elif s.image_provider == "local":
-        from pipeline.providers.local_images import LocalIllustrator
+        from pipeline.providers.offline_images import LocalIllustrator
 
         illustrator = LocalIllustrator()
     elif s.image_provider == "replicate":
+        from pipeline.kernel.quota import QuotaHooks
         from pipeline.providers.replicate_images import ReplicateImageJobs
-        from pipeline.quota import QuotaHooks
 
         # The cap on concurrent predictions is held by the step for each job's life, not per call.
         image_jobs = ReplicateImageJobs.from_env(hooks=QuotaHooks(concurrent_calls=False))
@@ -124,8 +127,8 @@ def output_storage() -> Storage:
     """Where generated images and books go (cheap to build: no provider SDKs are loaded)."""
     s = settings()
     if s.storage_backend == "s3":
-        from pipeline.providers.aws import S3Storage
-        from pipeline.quota import QuotaHooks
+        from pipeline.kernel.quota import QuotaHooks
+        from pipeline.providers.s3 import S3Storage
 
         storage: Any = S3Storage.from_env(hooks=QuotaHooks())
     else:
@@ -136,6 +139,8 @@ def output_storage() -> Storage:
 
 
 def providers() -> Providers:
+    """This process's providers, built on first use from the settings and rebuilt after a fork
+    (thread-safe). SystemExit("configuration error: ...") for an unknown or misconfigured provider."""
     global _cached
     pid = os.getpid()
     if _cached is not None and _cached[0] == pid:
@@ -175,8 +180,8 @@ def _s3_reader() -> Any:
     """An S3 client for photos in any bucket (the uploads bucket need not be our output one)."""
     global _s3
     if _s3 is None or _s3[0] != os.getpid():
-        from pipeline.providers.aws import S3Objects
-        from pipeline.quota import QuotaHooks
+        from pipeline.kernel.quota import QuotaHooks
+        from pipeline.providers.s3 import S3Objects
 
         _s3 = (os.getpid(), S3Objects.from_env(hooks=QuotaHooks()))
     return _s3[1]

@@ -13,7 +13,7 @@ What it speaks, like api.lulu.com:
   ``GET /print-jobs/?search=&page=&page_size=`` (paginated, ``next`` absolute),
   ``GET /print-jobs/{id}/``, ``GET|PUT /print-jobs/{id}/status/``, ``POST /cover-dimensions/``.
 - The files: on create it downloads ``source_url`` (``file:`` or ``http:``), checks the MD5 and
-  runs the checks of pipeline.print_files (page size = trim + bleed, page count in the
+  runs the checks of pipeline.orders.print_files (page size = trim + bleed, page count in the
   binding's range, fonts embedded, cover size). A job is CREATED, then on the first read after
   ``validation_seconds`` UNPAID, or REJECTED with the reasons. Tests move it on with
   ``set_status`` (IN_PRODUCTION, SHIPPED with tracking, ERROR, ...).
@@ -46,7 +46,9 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, unquote, urlencode, urlsplit
 
-from pipeline.print_files import check_print_files, cover_size_pt, parse_pod_package
+import httpx
+
+from pipeline.orders.print_files import check_print_files, cover_size_pt, parse_pod_package
 from tests.fakes.base import LocalHTTPFake
 
 CLIENT_KEY = "lulu-test-client-key"
@@ -182,11 +184,9 @@ class FakeLulu(LocalHTTPFake):
             if parts.scheme == "file":
                 return Path(unquote(parts.path)).read_bytes()
             if parts.scheme in ("http", "https"):
-                import requests
-
-                r = requests.get(url, timeout=5)
-                return r.content if r.ok else None
-        except OSError:
+                r = httpx.get(url, timeout=5)
+                return r.content if r.is_success else None
+        except (OSError, httpx.HTTPError):
             return None
         return None
 
@@ -274,7 +274,7 @@ class FakeLulu(LocalHTTPFake):
                 md5 = pn[part].get("source_md5_sum") or pn[part].get("source_md5sum")
                 if md5 and hashlib.md5(data).hexdigest() != md5:  # noqa: S324 - Lulu's own checksum
                     problems.append(f"{part}: the file does not match source_md5_sum")
-            from pipeline.print_files import inspect_pdf
+            from pipeline.orders.print_files import inspect_pdf
 
             try:
                 pages = inspect_pdf(interior).pages

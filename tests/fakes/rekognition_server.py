@@ -58,7 +58,8 @@ import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 from pipeline.providers.base import Face, Landmark
-from pipeline.providers.local_vision import LocalPhotoAnalyzer, decode_photo
+from pipeline.providers.local_vision import LocalPhotoAnalyzer
+from pipeline.providers.photo_decode import decode_photo
 from tests.fakes.base import LocalHTTPFake
 
 MAX_IMAGE_BYTES = 5 * 1024 * 1024  # ImageBlob max in botocore's model for Rekognition

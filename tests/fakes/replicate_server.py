@@ -293,9 +293,9 @@ class FakeReplicate(LocalHTTPFake):
 
     def _render(self, model_input: dict[str, Any]) -> bytes:
         from pipeline.providers.base import Outline, PageRequest, StoryRequest
-        from pipeline.providers.local_images import LocalIllustrator
         from pipeline.providers.local_vision import LocalPhotoAnalyzer
-        from pipeline.themes import THEMES
+        from pipeline.providers.offline_images import LocalIllustrator
+        from pipeline.stories.themes import THEMES
 
         target = next((model_input[k] for k in TARGET_KEYS if model_input.get(k)), None)
         face_ref = next((model_input[k] for k in FACE_KEYS if model_input.get(k)), None)

@@ -1,0 +1,175 @@
+"""The operators' queries on orders (pipeline/operations/orders.py): stuck orders, the retry's
+resets, the status report and summary, and an order inserted as the external API does it.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+from sqlalchemy import text
+from sqlalchemy.engine import Connection, RowMapping
+
+from db.order_events import OPEN_HELD_SQL, last_failure
+from db.orders import NOT_PRINTABLE, OWN_STORY, json_param
+
+# --- stuck orders ------------------------------------------------------------------------------
+
+# Orders that should be moving into a stage and are not, by the order flow's stage name
+# (pipeline/orders/stages.py). Parameters: :pending_after and :lease (seconds), :poll_stale
+# (seconds), :limit.
+STUCK_SQL: dict[str, str] = {
+    # paid, story finished (either way) or not the order's own (its claim refuses it), print
+    # files never made or their worker died
+    "print_files": f"""
+        SELECT o.id FROM orders o LEFT JOIN stories s ON s.id = o.story_id
+          LEFT JOIN order_steps f ON f.order_id = o.id AND f.step = 'print_files'
+         WHERE o.status = 'paid' AND (s.status IN ('completed', 'failed') OR NOT {OWN_STORY}) AND (
+               (f.order_id IS NULL AND o.updated_at < now() - make_interval(secs => :pending_after))
+            OR (f.status = 'pending' AND f.updated_at < now() - make_interval(secs => :pending_after))
+            OR (f.status = 'processing' AND f.updated_at < now() - make_interval(secs => :lease)))
+         LIMIT :limit""",
+    # paid with print files and no print job (pod_order_id): the message was lost or the
+    # worker died creating it (the re-run finds the job it may have created)
+    "print_job": """
+        SELECT o.id FROM orders o
+          JOIN order_steps f ON f.order_id = o.id AND f.step = 'print_files' AND f.status = 'completed'
+          LEFT JOIN order_steps j ON j.order_id = o.id AND j.step = 'print_job'
+         WHERE o.status = 'paid' AND o.pod_order_id IS NULL AND (
+               (j.order_id IS NULL AND f.updated_at < now() - make_interval(secs => :pending_after))
+            OR (j.status = 'pending' AND j.updated_at < now() - make_interval(secs => :pending_after))
+            OR (j.status = 'processing' AND j.updated_at < now() - make_interval(secs => :lease)))
+         LIMIT :limit""",
+    # a print job nobody has asked about for two poll intervals: its poll chain was lost
+    "print_status": """
+        SELECT o.id FROM orders o
+          JOIN order_steps j ON j.order_id = o.id AND j.step = 'print_job' AND j.status = 'completed'
+         WHERE o.status IN ('paid', 'fulfilled') AND o.pod_order_id IS NOT NULL
+           AND COALESCE(j.checked_at, j.updated_at) < now() - make_interval(secs => :poll_stale)
+         LIMIT :limit""",
+}
+
+
+def stuck_orders(conn: Connection, stage: str, params: dict[str, Any]) -> list[str]:
+    """Ids of the orders stuck before the order flow's ``stage`` (a key of STUCK_SQL; KeyError
+    otherwise). ``params``: lease, pending_after, poll_stale (seconds) and limit."""
+    return [str(r[0]) for r in conn.execute(text(STUCK_SQL[stage]), params)]
+
+
+def unconfirmed_payments(conn: Connection, kind: str, limit: int) -> list[tuple[str, str]]:
+    """(order id, event id) of genuine payment events that wait for confirmation (``kind``, see
+    db.order_events.record_held), for orders still waiting for a payment."""
+    return [(str(r[0]), str(r[1])) for r in conn.execute(text(
+        f"""SELECT x.order_id, x.event_id FROM ({OPEN_HELD_SQL}) x JOIN orders o ON o.id = x.order_id
+             WHERE o.status = 'pending_payment' LIMIT :limit"""), {"kind": kind, "limit": limit})]
+
+
+# --- retry -------------------------------------------------------------------------------------
+
+def lock_for_retry(conn: Connection, order_id: str) -> RowMapping | None:
+    """The order, locked, with what a retry decides on: status, paid_at, fulfilled_at,
+    pod_order_id, story_status, the print_job step's job_status / provider_status / run, and
+    own_story (its story exists and is its user's)."""
+    return conn.execute(text(
+        f"""SELECT o.status, o.paid_at, o.fulfilled_at, o.pod_order_id, s.status AS story_status,
+                  j.status AS job_status, j.result->>'status' AS provider_status, j.run,
+                  {OWN_STORY} AS own_story
+             FROM orders o LEFT JOIN stories s ON s.id = o.story_id
+             LEFT JOIN order_steps j ON j.order_id = o.id AND j.step = 'print_job'
+            WHERE o.id = :id FOR UPDATE OF o"""), {"id": order_id}).mappings().first()
+
+
+def restart_print_run(conn: Connection, order_id: str, *, new_run: bool) -> None:
+    """A failed order back to paid with its steps pending, from its print files: the print job's
+    result forgotten and (``new_run``: a recorded job that is dead) a new print run counted."""
+    conn.execute(text(
+        """UPDATE order_steps SET status = 'pending', checked_at = NULL,
+                  run = run + CASE WHEN step = 'print_job' AND :new_run THEN 1 ELSE 0 END,
+                  result = CASE WHEN step = 'print_job' THEN NULL ELSE result END
+            WHERE order_id = :id"""), {"id": order_id, "new_run": new_run})
+    conn.execute(text(
+        """UPDATE orders SET status = 'paid', pod_order_id = NULL, fulfilled_at = NULL
+            WHERE id = :id AND status = 'failed'"""), {"id": order_id})
+
+
+def resume_following(conn: Connection, order_id: str) -> None:
+    """A failed order whose print job is fine back to paid (or fulfilled), its next poll due now."""
+    conn.execute(text("UPDATE order_steps SET checked_at = NULL WHERE order_id = :id AND step = 'print_job'"),
+                 {"id": order_id})
+    conn.execute(text(
+        """UPDATE orders SET status = CASE WHEN fulfilled_at IS NULL THEN 'paid' ELSE 'fulfilled' END
+            WHERE id = :id AND status = 'failed'"""), {"id": order_id})
+
+
+# --- status ------------------------------------------------------------------------------------
+
+def orders_with_held_payments(conn: Connection, kind: str) -> int:
+    """How many orders have a genuine payment event waiting for confirmation (``kind``)."""
+    return int(conn.execute(text(f"SELECT count(DISTINCT x.order_id) FROM ({OPEN_HELD_SQL}) x"),
+                            {"kind": kind}).scalar() or 0)
+
+
+def wrong_mode_events(conn: Connection) -> int:
+    """How many Stripe events were ignored for their mode (livemode vs STRIPE_MODE)."""
+    return int(conn.execute(text(
+        "SELECT count(*) FROM order_events WHERE source = 'stripe' AND detail->>'ignored' = 'mode'")).scalar() or 0)
+
+
+def paid_not_printable(conn: Connection) -> int:
+    """How many paid orders were failed as not printable (db.orders.NOT_PRINTABLE) and not
+    retried since: each needs a refund decision."""
+    return int(conn.execute(text(
+        """SELECT count(*) FROM orders o WHERE o.status = 'failed' AND o.paid_at IS NOT NULL
+              AND EXISTS (SELECT 1 FROM order_events e WHERE e.order_id = o.id AND e.kind = :kind)
+              AND NOT EXISTS (SELECT 1 FROM order_events r WHERE r.order_id = o.id AND r.kind = 'retry'
+                                 AND r.created_at > (SELECT max(e.created_at) FROM order_events e
+                                                      WHERE e.order_id = o.id AND e.kind = :kind))"""),
+        {"kind": NOT_PRINTABLE}).scalar() or 0)
+
+
+# --- as the external API does it ---------------------------------------------------------------
+
+def insert_order(conn: Connection, story_id: str, *, product_type: str, amount: int, currency: str,
+                 shipping_address: dict[str, Any], payment_intent_id: str) -> str:
+    """An order for a story, as the external API inserts it when checkout starts (the story's
+    user orders it, paid with Stripe); returns its id."""
+    return str(conn.execute(text(
+        """INSERT INTO orders (user_id, story_id, product_type, amount, currency, shipping_address,
+                               payment_provider, payment_intent_id)
+           SELECT user_id, id, :product, :amount, :currency, CAST(:address AS jsonb), 'stripe', :pi
+             FROM stories WHERE id = :story RETURNING id"""),
+        {"story": story_id, "product": product_type, "amount": amount, "currency": currency,
+         "address": json_param(shipping_address), "pi": payment_intent_id}).scalar())
+
+
+def summary(conn: Connection) -> dict[str, int]:
+    """Orders by status (only the statuses that have any)."""
+    return {str(k): int(v) for k, v in conn.execute(text("SELECT status, count(*) FROM orders GROUP BY 1"))}
+
+
+def report(conn: Connection, order_id: str) -> dict[str, Any] | None:
+    """An order for people: ``{"order": row, "steps": [...], "events": [...], "error": reason or
+    None}``, or None when there is no such order."""
+    order = conn.execute(
+        text(
+            """
+            SELECT id, user_id, story_id, product_type, status, amount, currency, payment_provider,
+                   payment_intent_id, pod_provider, pod_order_id, tracking_number, paid_at,
+                   fulfilled_at, shipped_at, created_at, updated_at
+              FROM orders WHERE id = :id
+            """
+        ),
+        {"id": order_id},
+    ).mappings().first()
+    if order is None:
+        return None
+    steps = conn.execute(
+        text("SELECT step, status, run, result, checked_at, updated_at FROM order_steps WHERE order_id = :id "
+             "ORDER BY step DESC"),
+        {"id": order_id},
+    ).mappings().all()
+    events = conn.execute(
+        text("SELECT created_at, source, kind, outcome, message, event_id FROM order_events WHERE order_id = :id "
+             "ORDER BY created_at, id"),
+        {"id": order_id},
+    ).mappings().all()
+    return {"order": dict(order), "steps": [dict(s) for s in steps], "events": [dict(e) for e in events],
+            "error": last_failure(conn, order_id) if order["status"] == "failed" else None}

@@ -1,0 +1,198 @@
+"""Configuration from the environment. Defaults work on a machine of this kind (local services).
+
+Read once per process through ``settings()``; tests and the demo set variables before workers
+start, so nothing here is cached across processes.
+"""
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
+
+PROJECT_ROOT = Path(__file__).resolve().parents[2]
+
+
+def _allowed(lo: float, hi: float, whole: bool) -> str:
+    kind = "a whole number" if whole else "a number"
+    if hi == math.inf:
+        return f"{kind} >= {lo:g}"
+    return f"{kind} from {lo:g} to {hi:g}"
+
+
+def parse_number(name: str, raw: str | None, default: float, lo: float, hi: float, *, whole: bool = False,
+                 note: str = "") -> Any:
+    """The one parser of numeric settings: ``raw`` (a variable's text, None when unset) as a
+    number within [lo, hi]; ``default`` (returned as given) when unset or blank.
+
+    ``whole``: an int, written as one ("5", not "5.0" or "5e0"); else a float (NaN refused;
+    infinities only inside the range, i.e. ``hi=math.inf``). Surrounding spaces are ignored.
+    ``note`` adds what a value means ("0 = no limit") to the error. Raises SystemExit with one
+    line naming the variable, its value (first 40 characters) and what is allowed:
+    ``configuration error: CPU_PROCESSES='two' is not a whole number; allowed: a whole number
+    from 0 to 64``."""
+    text = (raw or "").strip()
+    if not text:
+        return default
+    allowed = _allowed(lo, hi, whole) + (f" ({note})" if note else "")
+    try:
+        value: float = int(text) if whole else float(text)
+    except ValueError:
+        kind = "a whole number" if whole else "a number"
+        raise SystemExit(f"configuration error: {name}={text[:40]!r} is not {kind}; allowed: {allowed}") from None
+    if math.isnan(value) or not lo <= value <= hi:
+        raise SystemExit(f"configuration error: {name}={text[:40]!r} is out of range; allowed: {allowed}")
+    return value
+
+
+def env_number(env: Mapping[str, str], name: str, default: float, lo: float, hi: float, *,
+               whole: bool = False, note: str = "") -> Any:
+    """A number from ``env`` (the adapters' own variables and the boot check read a mapping, so
+    tests can pass one) within [lo, hi]: ``parse_number`` of ``env[name]``; SystemExit naming the
+    variable, its value and the allowed range otherwise."""
+    return parse_number(name, env.get(name), default, lo, hi, whole=whole, note=note)
+
+
+def env_int(name: str, default: int, lo: int, hi: int, *, env: Mapping[str, str] | None = None) -> int:
+    """A whole-number setting ``name`` (os.environ, or ``env``) within [lo, hi], ``default`` when
+    unset or blank. Raises SystemExit("configuration error: …") naming the variable (parse_number)."""
+    return int(parse_number(name, (os.environ if env is None else env).get(name), default, lo, hi, whole=True))
+
+
+def env_float(name: str, default: float, lo: float, hi: float, *, env: Mapping[str, str] | None = None,
+              note: str = "") -> float:
+    """A numeric setting ``name`` (os.environ, or ``env``) within [lo, hi] (NaN refused), ``default``
+    when unset or blank. Raises SystemExit("configuration error: …") naming the variable (parse_number)."""
+    return float(parse_number(name, (os.environ if env is None else env).get(name), default, lo, hi, note=note))
+
+
+# The names steps used before the parser was one (pipeline/orders/steps.py still imports them).
+_int = env_int
+_float = env_float
+
+
+def _choice(name: str, default: str, choices: tuple[str, ...]) -> str:
+    value = os.environ.get(name, "").strip().lower() or default
+    if value not in choices:
+        raise SystemExit(f"configuration error: {name}={value!r}; choose one of {', '.join(choices)}")
+    return value
+
+
+def log_level() -> str:
+    """LOG_LEVEL as a logging level name (DEBUG, INFO, WARNING, ERROR, CRITICAL; any case).
+
+    Raises SystemExit("configuration error: …") for another word."""
+    raw = os.environ.get("LOG_LEVEL", "").strip().upper() or "INFO"
+    if raw not in ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"):
+        raise SystemExit(f"configuration error: LOG_LEVEL={raw[:40]!r}; choose one of DEBUG, INFO, WARNING, "
+                         "ERROR, CRITICAL")
+    return raw
+
+
+def check_settings() -> None:
+    """Read every setting a worker uses, as its steps will, so that a worker with one it cannot
+    work with exits at boot (workers/app.py) instead of taking messages and failing each one:
+    a setting read lazily (the database pool, the book's CPU processes, the quotas, the orders'
+    settings read when a payment arrives) raised inside a task, which was then acked and lost.
+
+    Raises SystemExit("configuration error: …") with one line naming the variable."""
+    from db.engine import pool_size
+    from pipeline.kernel.cpu import processes
+    from pipeline.kernel.metrics import metrics_port
+    from pipeline.kernel.quota import max_inline_wait
+    from pipeline.orders.steps import order_settings
+    from pipeline.providers.lulu import print_shop_stage_seconds
+
+    settings()
+    log_level()
+    pool_size()
+    processes()
+    metrics_port()
+    max_inline_wait()
+    order_settings()
+    print_shop_stage_seconds()
+
+
+@dataclass(frozen=True)
+class Settings:
+    database_url: str
+    broker_url: str
+    redis_url: str  # for what only Redis does here (quotas, locks), whatever the broker is
+    local_storage_root: Path
+    page_count: int
+    # Provider choice per role. "local" draws/writes/detects offline; "instant" does the least
+    # possible work (orchestration benchmarks); the real SDK adapters come with their own names.
+    vision_provider: str
+    text_provider: str
+    image_provider: str
+    storage_backend: str
+    simulated_latency: float  # seconds added to each offline provider call (benchmarks, tests)
+    simulated_storage_latency: float  # seconds added to each storage call (fault tests: a slow S3)
+    # A claimed step whose row has not moved for this long is presumed dead and may be taken
+    # over by a redelivered copy. Must exceed the longest healthy step (provider timeouts bound it).
+    step_lease_seconds: float
+    visibility_timeout: int  # Redis broker: an unacked message comes back after this long
+    max_retries: int  # transient provider errors, per step
+    sweep_interval: float  # seconds between stuck-work sweeps (celery beat)
+    retry_backoff_cap: float
+    db_retry_backoff_max: float  # seconds: cap of the backoff of a step the database kept from running
+    job_poll_interval: float  # remote image jobs: seconds between looks (a re-scheduled task each)
+    job_max_seconds: float  # a remote job still running after this long is canceled and failed
+    # new remote jobs a page step makes, in a row, when a job's output expired before it was
+    # copied (Replicate deletes outputs after about an hour); then the step fails
+    job_output_recreations: int
+    min_child_age: int
+    max_child_age: int
+    # A story sent before its photo's upload was confirmed (photos.status 'pending_upload') waits
+    # this long, counted from when the story became pending (stories.updated_at: its insert or
+    # an operator's retry), then fails; looks at the photo at most every upload_poll_interval s.
+    photo_upload_wait_seconds: float
+    photo_upload_poll_interval: float
+
+
+@lru_cache(maxsize=1)
+def settings() -> Settings:
+    broker = os.environ.get("CELERY_BROKER_URL", "redis://127.0.0.1:6379/0")
+    st = Settings(
+        database_url=os.environ.get(
+            "DATABASE_URL", "postgresql+psycopg2://postgres@127.0.0.1:5432/storycreator"
+        ),
+        broker_url=broker,
+        redis_url=os.environ.get(
+            "REDIS_URL", broker if broker.startswith(("redis://", "rediss://", "unix://")) else "redis://127.0.0.1:6379/0"
+        ),
+        local_storage_root=Path(
+            os.environ.get("LOCAL_STORAGE_ROOT", str(PROJECT_ROOT / "var" / "storage"))
+        ).resolve(),
+        page_count=_int("STORY_PAGE_COUNT", 12, 1, 24),
+        vision_provider=_choice("VISION_PROVIDER", "local", ("local", "instant", "rekognition")),
+        text_provider=_choice("TEXT_PROVIDER", "local", ("local", "instant", "openai")),
+        image_provider=_choice("IMAGE_PROVIDER", "local", ("local", "instant", "replicate")),
+        storage_backend=_choice("STORAGE_BACKEND", "local", ("local", "s3")),
+        simulated_latency=_float("SIMULATED_PROVIDER_LATENCY", 0.0, 0.0, 600.0),
+        simulated_storage_latency=_float("SIMULATED_STORAGE_LATENCY", 0.0, 0.0, 600.0),
+        step_lease_seconds=_float("STEP_LEASE_SECONDS", 300.0, 0.5, 86400.0),
+        visibility_timeout=_int("BROKER_VISIBILITY_TIMEOUT", 900, 1, 86400),
+        max_retries=_int("STEP_MAX_RETRIES", 5, 0, 50),
+        sweep_interval=_float("SWEEP_INTERVAL", 60.0, 1.0, 86400.0),
+        retry_backoff_cap=_float("STEP_RETRY_BACKOFF_CAP", 120.0, 0.1, 3600.0),
+        db_retry_backoff_max=_float("DB_RETRY_BACKOFF_MAX", 60.0, 0.1, 3600.0),
+        # Default: every 3 s, or more often under a short lease (tests use 3 s leases).
+        job_poll_interval=_float("JOB_POLL_INTERVAL",
+                                 min(3.0, _float("STEP_LEASE_SECONDS", 300.0, 0.5, 86400.0) / 4), 0.05, 600.0),
+        job_max_seconds=_float("JOB_MAX_SECONDS", 900.0, 1.0, 86400.0),
+        job_output_recreations=_int("JOB_OUTPUT_RECREATIONS", 2, 0, 10),
+        min_child_age=0,
+        max_child_age=14,
+        photo_upload_wait_seconds=_float("PHOTO_UPLOAD_WAIT_SECONDS", 900.0, 0.0, 7 * 86400.0),
+        photo_upload_poll_interval=_float("PHOTO_UPLOAD_POLL_INTERVAL", 15.0, 0.1, 600.0),
+    )
+    if st.job_poll_interval * 2 >= st.step_lease_seconds:
+        # Each look at a running job renews the page's lease; looks further apart than the lease
+        # would let the sweeper take a healthy job for a dead worker's.
+        raise SystemExit(f"configuration error: JOB_POLL_INTERVAL ({st.job_poll_interval}) must be under half "
+                         f"of STEP_LEASE_SECONDS ({st.step_lease_seconds})")
+    return st

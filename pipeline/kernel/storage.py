@@ -1,0 +1,159 @@
+"""Object storage: where photos are read from and generated images are written to.
+
+Keys are relative, '/'-separated paths. A key that would leave the storage root (absolute,
+'..', NUL, backslashes) is refused: photo keys come from rows written by another service.
+
+``LocalStorage`` reads and writes are tried again at once (tenacity, at most ``ATTEMPTS`` tries,
+waits of 0.05-0.5 s) when the filesystem fails for a moment: a shared or network mount (NFS, EFS)
+answering EIO, ESTALE, ETIMEDOUT, EAGAIN or EBUSY, or the process briefly out of file descriptors
+(EMFILE, ENFILE). A missing file, a folder or a permission error is never retried, and what still
+fails after the last try is raised unchanged. S3 storage (pipeline/providers/s3.py) is not retried
+here: its errors go to the step layer's backoff like every provider's.
+"""
+from __future__ import annotations
+
+import errno
+import logging
+import os
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+from typing import Protocol, TypeVar
+
+import tenacity
+
+from pipeline.kernel.errors import PermanentStepError
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+ATTEMPTS = 3  # tries in all of one read or write, the first included
+# errno values a filesystem gives for a moment (Linux names; see errno(3) and nfs(5)).
+TRANSIENT_ERRNOS = frozenset({errno.EIO, errno.ESTALE, errno.ETIMEDOUT, errno.EAGAIN, errno.EBUSY,
+                              errno.EMFILE, errno.ENFILE})
+
+
+class UnsafeKey(PermanentStepError):
+    """A storage key that is not a safe relative path (absolute, '..', NUL, backslash, > 1024 chars)."""
+
+
+class ObjectMissing(PermanentStepError):
+    """The stored object asked for does not exist (or is a folder)."""
+
+
+class Storage(Protocol):
+    """Where photos are read and generated images and books written (LocalStorage, S3Storage)."""
+
+    def put(self, key: str, data: bytes, content_type: str) -> None:
+        """Store ``data`` (a MIME ``content_type``) at ``key``, atomically replacing any object there."""
+        ...
+
+    def get(self, key: str) -> bytes:
+        """The object's bytes; ObjectMissing if there is none."""
+        ...
+
+    def exists(self, key: str) -> bool:
+        """Is there an object at ``key``?"""
+        ...
+
+    def url(self, key: str, expires_in: int = 3600) -> str:
+        """Where a reader finds the object: a presigned https URL (S3, ``expires_in`` seconds) or a
+        file: URI (local)."""
+        ...
+
+
+def _transient_os_error(exc: BaseException) -> bool:
+    return (isinstance(exc, OSError) and exc.errno in TRANSIENT_ERRNOS
+            and not isinstance(exc, FileNotFoundError | IsADirectoryError | PermissionError))
+
+
+def _log_retry(state: tenacity.RetryCallState) -> None:
+    exc = state.outcome.exception() if state.outcome is not None else None
+    log.info("storage: try %d failed (%s); trying again", state.attempt_number, exc)
+
+
+def retry_filesystem(fn: Callable[[], T]) -> T:
+    """``fn()`` (one local read or write), tried again while it raises a transient OSError
+    (``TRANSIENT_ERRNOS``), at most ``ATTEMPTS`` tries; the last error is raised unchanged."""
+    retrying = tenacity.Retrying(
+        stop=tenacity.stop_after_attempt(ATTEMPTS),
+        wait=tenacity.wait_exponential(multiplier=0.05, min=0.05, max=0.5) + tenacity.wait_random(0, 0.05),
+        retry=tenacity.retry_if_exception(_transient_os_error),
+        reraise=True,
+        before_sleep=_log_retry,
+    )
+    return retrying(fn)
+
+
+def check_key(key: str) -> str:
+    """The key itself if it is a safe relative path; UnsafeKey otherwise."""
+    if not key or "\x00" in key or "\\" in key or key.startswith("/") or len(key) > 1024:
+        raise UnsafeKey(f"Refusing unsafe storage key {key[:80]!r}.")
+    parts = key.split("/")
+    if any(p in ("", ".", "..") for p in parts):
+        raise UnsafeKey(f"Refusing unsafe storage key {key[:80]!r}.")
+    return key
+
+
+class LocalStorage:
+    """Files under one root directory; writes are atomic (temp file + rename)."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root.resolve()
+
+    def path(self, key: str) -> Path:
+        """The file for ``key`` under the root; UnsafeKey if it (or a symlink on the way) leaves it."""
+        p = (self.root / check_key(key)).resolve()
+        # Symlinks inside the root could still point outside it.
+        if not p.is_relative_to(self.root):
+            raise UnsafeKey(f"Refusing storage key {key[:80]!r}: it leaves the storage root.")
+        return p
+
+    def put(self, key: str, data: bytes, content_type: str) -> None:
+        """Write ``data`` at ``key`` atomically (temp file + rename); transient filesystem errors
+        are tried again (module doc). UnsafeKey for a key leaving the root."""
+        target = self.path(key)
+        retry_filesystem(lambda: self._put(target, data))
+
+    @staticmethod
+    def _put(target: Path, data: bytes) -> None:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        # Atomic replace: a reader (or a concurrent re-run of the same step) never sees half a file.
+        fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=".tmp-", suffix=target.suffix)
+        try:
+            with os.fdopen(fd, "wb") as f:
+                f.write(data)
+            os.replace(tmp, target)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+
+    def get(self, key: str) -> bytes:
+        """The file's bytes; ObjectMissing if there is none (or it is a folder), transient
+        filesystem errors tried again (module doc), UnsafeKey for a key leaving the root."""
+        p = self.path(key)
+        try:
+            return retry_filesystem(p.read_bytes)
+        except FileNotFoundError:
+            raise ObjectMissing(f"The stored file {key!r} does not exist.") from None
+        except IsADirectoryError:
+            raise ObjectMissing(f"The stored key {key!r} is a folder, not a file.") from None
+
+    def exists(self, key: str) -> bool:
+        """Is there a file at ``key``?"""
+        return self.path(key).is_file()
+
+    def url(self, key: str, expires_in: int = 3600) -> str:
+        """The file's ``file:`` URI (``expires_in`` does not apply: local files do not expire)."""
+        return self.path(key).as_uri()
+
+
+def page_image_key(story_id: str, page_number: int, kind: str) -> str:
+    """Deterministic: a re-run of a step overwrites its own object, never adds a second."""
+    return f"stories/{story_id}/pages/{page_number:02d}/{kind}.png"
+
+
+def book_key(story_id: str, ext: str) -> str:
+    """Where a story's book goes: ``stories/<id>/book.<ext>`` (ext "pdf" or "html")."""
+    return f"stories/{story_id}/book.{ext}"

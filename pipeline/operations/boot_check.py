@@ -1,0 +1,91 @@
+"""Every setting a worker reads, checked once at boot (workers/app.py ``_warm_up``, on
+``worker_init``, before the consumer starts): a misconfigured worker exits non-zero with one
+line naming the variable, and takes no message, rather than failing inside tasks later (an
+order that cannot be printed because POD_PROVIDER is misspelt, a payment refused because
+STRIPE_MODE contradicts the key).
+
+Each check is the reader the tasks themselves use (``settings()``, ``order_settings()``,
+``print_provider()``, ``products()``, quota ``limits()``...), called here so its SystemExit
+("configuration error: NAME ...") happens at boot; only what those readers accept silently is
+checked here on its own terms.
+"""
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Mapping
+from urllib.parse import urlsplit
+
+from pipeline.kernel.config import env_number
+
+# Stripe's secret (sk_) and restricted (rk_) API keys (https://docs.stripe.com/keys); a
+# publishable key (pk_) cannot read Events.
+STRIPE_KEY_PREFIXES = ("sk_live_", "sk_test_", "rk_live_", "rk_test_")
+# Lulu's print job shipping levels (https://api.lulu.com/docs/, "shipping_level").
+LULU_SHIPPING_LEVELS = ("MAIL", "PRIORITY_MAIL", "GROUND_HD", "GROUND_BUS", "GROUND", "EXPEDITED", "EXPRESS")
+_FLAGS = ("", "0", "1", "false", "true", "no", "yes", "off", "on")
+
+
+def _fail(message: str) -> SystemExit:
+    return SystemExit(f"configuration error: {message}")
+
+
+def _flag(env: Mapping[str, str], name: str) -> None:
+    value = env.get(name, "").strip().lower()
+    if value not in _FLAGS:
+        raise _fail(f"{name}={value[:40]!r}; use 1/true/yes or 0/false/no")
+
+
+def _url(env: Mapping[str, str], name: str) -> None:
+    value = env.get(name, "").strip()
+    if not value:
+        return
+    parts = urlsplit(value)
+    if parts.scheme not in ("http", "https") or not parts.netloc:
+        raise _fail(f"{name} must be an http(s) URL (got {value[:60]!r})")
+
+
+def check_environment(env: Mapping[str, str] | None = None) -> None:
+    """The settings read outside the cached readers (SystemExit naming the variable)."""
+    e = os.environ if env is None else env
+    level = e.get("LOG_LEVEL", "INFO").strip()
+    if not isinstance(logging.getLevelName(level.upper()), int):
+        raise _fail(f"LOG_LEVEL={level[:40]!r}; choose one of DEBUG, INFO, WARNING, ERROR, CRITICAL")
+    env_number(e, "CPU_PROCESSES", 0, 0, 64, whole=True)
+    env_number(e, "DB_POOL_SIZE", 0, 0, 1000, whole=True)
+    env_number(e, "METRICS_PORT", 0, 1, 65535, whole=True)
+    env_number(e, "QUOTA_MAX_INLINE_WAIT", 1.0, 0.0, 60.0)
+    # orders: what order_settings() and the print provider take as given
+    _flag(e, "STRIPE_REQUIRE_SIGNATURE")
+    _flag(e, "LULU_ALLOW_FILE_URLS")
+    key = e.get("STRIPE_SECRET_KEY", "").strip()
+    if key and not key.startswith(STRIPE_KEY_PREFIXES):
+        raise _fail(f"STRIPE_SECRET_KEY must be a secret (sk_live_/sk_test_) or restricted (rk_live_/rk_test_) "
+                    f"key (got one starting {key[:3]!r})")
+    for name in ("STRIPE_API_BASE", "LULU_API_URL", "PRINT_FILES_BASE_URL"):
+        _url(e, name)
+    level = e.get("LULU_SHIPPING_LEVEL", "").strip().upper()
+    if level and level not in LULU_SHIPPING_LEVELS:
+        raise _fail(f"LULU_SHIPPING_LEVEL={level[:40]!r}; choose one of {', '.join(LULU_SHIPPING_LEVELS)}")
+    env_number(e, "LULU_PRODUCTION_DELAY", 0, 0, 43200, whole=True)
+    if e.get("POD_PROVIDER", "").strip().lower() == "lulu":
+        missing = [n for n in ("LULU_CLIENT_KEY", "LULU_CLIENT_SECRET") if not e.get(n, "").strip()]
+        if missing:
+            raise _fail(f"{' and '.join(missing)} not set (POD_PROVIDER=lulu needs the API keys)")
+
+
+def check_worker_configuration() -> None:
+    """Everything a worker reads, read now: SystemExit("configuration error: ...") naming the
+    first variable that is wrong. No network, no database (check_database does that)."""
+    from pipeline.kernel import quota
+    from pipeline.kernel.config import settings
+    from pipeline.orders import print_files
+    from pipeline.orders import steps as orders
+
+    settings()  # STEP_*, STORY_PAGE_COUNT, providers' names, leases, timeouts...
+    check_environment()
+    orders.order_settings()  # POD_PROVIDER, ORDER_*, STRIPE_MODE vs STRIPE_SECRET_KEY...
+    orders.print_provider()  # LULU_* (timeouts) or LOCAL_PRINT_SHOP_STAGE_SECONDS
+    print_files.check_products()  # PRINT_PRODUCTS
+    for provider in (*quota.DEFAULTS, "lulu"):
+        quota.limits(provider)  # QUOTA_<PROVIDER>_RPS / _RPM / _CONCURRENT

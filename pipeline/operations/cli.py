@@ -1,0 +1,377 @@
+"""storycreator: operator commands. `storycreator COMMAND --help` for each.
+
+Exit codes: 0 done, 1 nothing done / not found, 2 usage error.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from sqlalchemy import text
+
+CELL = {"completed": "done", "processing": "working", "pending": "waiting", "failed": "FAILED", None: "waiting"}
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    from db.engine import transaction
+    from pipeline.kernel.step import valid_uuid
+
+    if args.order is not None:
+        return _order_status(args)
+    if args.story is None:
+        return _summary(args)
+    sid = valid_uuid(args.story)
+    if sid is None:
+        print(f"error: {args.story!r} is not a story id (UUID)", file=sys.stderr)
+        return 2
+    with transaction() as c:
+        story = (
+            c.execute(
+                text(
+                    "SELECT s.id, s.status, s.title, s.error_message, s.child_age, s.story_theme, s.updated_at, "
+                    "o.protagonist_face FROM stories s LEFT JOIN story_outlines o ON o.story_id = s.id "
+                    "WHERE s.id = :s"
+                ),
+                {"s": sid},
+            )
+            .mappings()
+            .first()
+        )
+        if story is None:
+            print(f"no story {sid}", file=sys.stderr)
+            return 1
+        pages = (
+            c.execute(
+                text(
+                    "SELECT page_number, text_generation_status AS text, image_generation_status AS image, "
+                    "personalization_status AS personalization, updated_at FROM story_pages "
+                    "WHERE story_id = :s ORDER BY page_number"
+                ),
+                {"s": sid},
+            )
+            .mappings()
+            .all()
+        )
+        errors = (
+            c.execute(
+                text(
+                    "SELECT e.stage, p.page_number, e.permanent, e.message, e.created_at FROM step_errors e "
+                    "LEFT JOIN story_pages p ON p.id = e.page_id WHERE e.story_id = :s OR e.photo_id = "
+                    "(SELECT protagonist_photo_id FROM stories WHERE id = :s) ORDER BY e.created_at"
+                ),
+                {"s": sid},
+            )
+            .mappings()
+            .all()
+        )
+        # Remote jobs (Replicate predictions): each one made, and why any ended without its picture.
+        jobs = c.execute(
+            text(
+                "SELECT p.page_number, j.stage, j.provider, j.external_id, j.status, j.recreation, "
+                "j.error_message, j.created_at FROM provider_jobs j JOIN story_pages p ON p.id = j.page_id "
+                "WHERE p.story_id = :s ORDER BY j.created_at"
+            ),
+            {"s": sid},
+        ).mappings().all()
+    book = _book_links(sid) if story["status"] == "completed" else {}
+    if args.json:
+        print(
+            json.dumps(
+                {"story": dict(story), "pages": [dict(p) for p in pages], "errors": [dict(e) for e in errors],
+                 "jobs": [dict(j) for j in jobs], "book": book},
+                default=str,
+                indent=2,
+            )
+        )
+        return 0
+    print(f"story {story['id']}  {story['status']}  “{story['title'] or ''}”")
+    if story["error_message"]:
+        print(f"  error: {story['error_message']}")
+    face = story["protagonist_face"]
+    if face:  # which face of the photo the book uses (pipeline/stories/faces.py), and what the parent was told
+        print(f"  face: #{face['index'] + 1} ({face['rule']})" + (f": {face['notice']}" if face.get("notice") else ""))
+    for kind, link in book.items():
+        print(f"  book ({kind}): {link}")
+    print(f"  {'page':>4}  {'text':<8} {'image':<8} {'personal.':<9}")
+    for p in pages:
+        print(f"  {p['page_number']:>4}  {CELL[p['text']]:<8} {CELL[p['image']]:<8} {CELL[p['personalization']]:<9}")
+    for e in errors:
+        where = f"page {e['page_number']}" if e["page_number"] else "story"
+        kind = "failed" if e["permanent"] else "retried"
+        print(f"  {e['created_at']:%H:%M:%S} {e['stage']} ({where}) {kind}: {e['message']}")
+    ended = [j for j in jobs if j["status"] in ("expired", "failed", "canceled")]
+    if jobs:
+        print(f"  {len(jobs)} remote jobs, {sum(j['status'] == 'expired' for j in jobs)} re-created after "
+              "their output expired")
+    for j in ended:
+        print(f"  {j['created_at']:%H:%M:%S} {j['stage']} (page {j['page_number']}) {j['provider']} job "
+              f"{j['external_id'] or '(not created)'} {j['status']}: {j['error_message'] or ''}")
+    return 0
+
+
+def _book_links(story_id: str) -> dict[str, str]:
+    """Where to read the finished book: a time-limited URL (S3, 24 h) or the local file."""
+    from pipeline.kernel.storage import book_key
+    from pipeline.providers.registry import output_storage
+
+    storage = output_storage()
+    links = {}
+    for ext in ("pdf", "html"):
+        key = book_key(story_id, ext)
+        url = getattr(storage, "url", None)
+        if callable(url):
+            links[ext] = str(url(key, expires_in=24 * 3600))
+        elif hasattr(storage, "path"):
+            links[ext] = str(storage.path(key))
+    return links
+
+
+def _summary(args: argparse.Namespace) -> int:
+    from pipeline.operations.ops import summary
+    from pipeline.operations.orders import order_summary
+
+    counts = summary()
+    orders = order_summary()
+    if args.json:
+        print(json.dumps({**counts, "orders": orders}))
+        return 0
+    statuses = ("pending", "processing", "completed", "failed")
+    print(f"{'stage':<16}" + "".join(f"{st:>12}" for st in statuses))
+    for stage, by_status in counts.items():
+        print(f"{stage:<16}" + "".join(f"{by_status.get(st, 0):>12}" for st in statuses))
+    print("orders          " + "  ".join(f"{st} {orders.get(st, 0)}" for st in
+                                         ("pending_payment", "paid", "fulfilled", "shipped", "failed")))
+    if orders.get("payment_needs_confirmation") or orders.get("payment_wrong_mode"):
+        print(f"payments        needs confirmation {orders.get('payment_needs_confirmation', 0)} order(s) "
+              f"(retry --order)  wrong Stripe mode {orders.get('payment_wrong_mode', 0)} event(s) ignored")
+    if orders.get("paid_not_printable"):
+        print(f"refunds         {orders['paid_not_printable']} paid order(s) not printed: their story is not "
+              "their user's (status --order ID; refund, or correct and retry --order)")
+    return 0
+
+
+def _order_status(args: argparse.Namespace) -> int:
+    from pipeline.kernel.step import valid_uuid
+    from pipeline.operations.orders import format_report, order_report
+
+    oid = valid_uuid(args.order)
+    if oid is None:
+        print(f"error: {args.order!r} is not an order id (UUID)", file=sys.stderr)
+        return 2
+    report = order_report(oid)
+    if report is None:
+        print(f"no order {oid}", file=sys.stderr)
+        return 1
+    print(json.dumps(report, default=str, indent=2) if args.json else format_report(report))
+    return 0
+
+
+def _retry_order(args: argparse.Namespace) -> int:
+    from pipeline.kernel.step import valid_uuid
+    from pipeline.operations.orders import retry_order
+
+    oid = valid_uuid(args.order)
+    if oid is None:
+        print(f"error: --order {args.order!r} is not an id (UUID)", file=sys.stderr)
+        return 2
+    plan = retry_order(oid, dry_run=args.dry_run)
+    print(json.dumps({"dry_run": args.dry_run, "order": oid, "ok": plan.ok, "message": plan.message,
+                      "action": plan.action}) if args.json else f"{oid}: {plan.message}")
+    return 0 if plan.ok else 1
+
+
+def cmd_submit(args: argparse.Namespace) -> int:
+    import mimetypes
+
+    from pipeline.operations.ops import submit_story
+
+    if not args.photo.is_file():
+        print(f"error: no such photo file: {args.photo}", file=sys.stderr)
+        return 2
+    from pipeline.providers.local_vision import photo_format
+
+    data = args.photo.read_bytes()
+    # What the bytes are (an iPhone's .HEIC, a .jpg that is a PNG), else what the name suggests.
+    sniffed = photo_format(data)
+    ctype = sniffed[1] if sniffed else mimetypes.guess_type(args.photo.name)[0] or "application/octet-stream"
+    story = submit_story(data, ctype, args.photo.name, args.name, args.age, args.theme)
+    print(json.dumps({"story_id": story}) if args.json else f"submitted story {story}")
+    return 0
+
+
+def _duration(raw: str) -> float:
+    """'90s', '15m', '6h', '2d' or plain seconds."""
+    units = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+    try:
+        return float(raw[:-1]) * units[raw[-1]] if raw[-1:] in units else float(raw)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a duration: {raw!r} (e.g. 90s, 15m, 6h, 2d)") from None
+
+
+def cmd_retry(args: argparse.Namespace) -> int:
+    from pipeline.kernel.step import valid_uuid
+    from pipeline.operations.ops import failed_stories, retry_story
+
+    if args.order is not None:
+        return _retry_order(args)
+    ids = {k: getattr(args, k) for k in ("story", "page", "photo") if getattr(args, k) is not None}
+    for k, v in ids.items():
+        if valid_uuid(v) is None:
+            print(f"error: --{k} {v!r} is not an id (UUID)", file=sys.stderr)
+            return 2
+    if not ids and args.since is None and args.stage is None and args.theme is None:
+        print("error: say what to retry: --story, --page, --photo, --order, or --since/--stage/--theme",
+              file=sys.stderr)
+        return 2
+    if args.story:
+        stories = [str(valid_uuid(args.story))]
+    else:
+        stories = failed_stories(page=args.page, photo=args.photo, since_seconds=args.since,
+                                 stage=args.stage, theme=args.theme, limit=args.limit)
+    results = []
+    for sid in stories:
+        plan = retry_story(sid, force=args.force, dry_run=args.dry_run)
+        results.append({"story": sid, "ok": plan.ok, "message": plan.message,
+                        "pages_reset": plan.reset_pages, "photo_reset": plan.reset_photo})
+        if not args.json:
+            print(f"{sid}: {plan.message} ({plan.reset_pages} page(s) with failed steps, "
+                  f"photo reset: {plan.reset_photo})")
+    if args.json:
+        print(json.dumps({"dry_run": args.dry_run, "stories": results}))
+    elif not stories:
+        print("no failed story matches")
+    return 0 if any(r["ok"] for r in results) else 1
+
+
+def cmd_backfill(args: argparse.Namespace) -> int:
+    from pipeline.kernel.config import settings
+    from pipeline.operations.ops import BackfillProgress, backfill
+    from pipeline.operations.orders import sweep_orders
+
+    lease = args.stale_after if args.stale_after is not None else settings().step_lease_seconds
+    pending_after = args.pending_after if args.pending_after is not None else lease
+    verb = "would re-enqueue" if args.dry_run else "re-enqueued"
+
+    def progress(p: BackfillProgress, task: str, n: int) -> None:
+        if not args.json:
+            print(f"batch {p.batches}: {verb} {n} x {task} ({p.enqueued} so far)", file=sys.stderr)
+
+    try:
+        result = backfill(lease=lease, pending_after=pending_after, batch_size=args.batch_size,
+                          rate=args.rate, max_items=args.limit, dry_run=args.dry_run, restart=args.restart,
+                          on_batch=progress)
+    except KeyboardInterrupt:
+        print("interrupted: run the same command again to resume where it stopped", file=sys.stderr)
+        return 130
+    # Stuck orders: paid with no print files or no print job, print jobs nobody follows.
+    orders = sweep_orders(lease=lease, pending_after=pending_after, limit=args.limit or 500, dry_run=args.dry_run)
+    if args.json:
+        print(json.dumps({"dry_run": args.dry_run, "enqueued": result.enqueued, "batches": result.batches,
+                          "resumed": result.resumed, "finished": result.done,
+                          "items": [{"task": i.task, **i.kwargs} for i in result.items],
+                          "orders": [{"task": i.task, **i.kwargs} for i in orders]}))
+        return 0
+    for i in [*result.items, *orders]:
+        print(f"{verb} {i.task} {next(iter(i.kwargs.values()))}")
+    if orders:
+        print(f"{len(orders)} stuck order step(s) {verb}")
+    if result.resumed:
+        print("(resumed an earlier, unfinished backfill; --restart starts over)")
+    print(f"{result.enqueued} stuck step(s) {verb}"
+          + ("" if result.done else " (stopped at --limit: run again to continue)"))
+    return 0
+
+
+def _non_negative(value: str) -> float:
+    try:
+        x = float(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{value!r} is not a number") from None
+    if x < 0:
+        raise argparse.ArgumentTypeError("must be 0 or more")
+    return x
+
+
+def _positive_int(value: str) -> int:
+    try:
+        n = int(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{value!r} is not a whole number") from None
+    if n < 1:
+        raise argparse.ArgumentTypeError("must be at least 1")
+    return n
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(
+        prog="storycreator", description="Operate the story pipeline: see it, repair it.",
+        epilog="exit codes: 0 done, 1 nothing done or not found (or the database unreachable), 2 usage or "
+               "configuration error, 130 interrupted. "
+               "`storycreator COMMAND --help` for each command.")
+    sub = ap.add_subparsers(dest="cmd", required=True)
+    st = sub.add_parser("status", help="a story's pages x stages with errors; without a story: counts per stage")
+    st.add_argument("story", nargs="?")
+    st.add_argument("--order", help="an order: its status, steps and history (payments, print job, errors)")
+    st.add_argument("--json", action="store_true")
+    st.set_defaults(fn=cmd_status)
+    rt = sub.add_parser("retry", help="re-run failed work: a story's failed steps (completed work kept), an order")
+    rt.add_argument("--story", help="one story")
+    rt.add_argument("--page", help="the story of this page")
+    rt.add_argument("--photo", help="the failed stories of this photo")
+    rt.add_argument("--order", help="a failed order: again from its print files (a new print run if the "
+                                   "provider rejected its job), or following its job again")
+    rt.add_argument("--since", type=_duration, metavar="DURATION",
+                    help="stories that failed within this long (90s, 15m, 6h, 2d)")
+    rt.add_argument("--stage", choices=["analysis", "outline", "text", "image", "personalization", "finish"],
+                    help="stories that failed at this stage")
+    rt.add_argument("--theme", help="stories of this theme")
+    rt.add_argument("--limit", type=int, default=1000, help="at most this many stories")
+    rt.add_argument("--force", action="store_true", help="retry even a photo that had no face")
+    rt.add_argument("--dry-run", action="store_true")
+    rt.add_argument("--json", action="store_true")
+    rt.set_defaults(fn=cmd_retry)
+    sb = sub.add_parser("submit", help="submit a story for a photo file, as the external API would")
+    sb.add_argument("--photo", type=Path, required=True)
+    sb.add_argument("--name", required=True)
+    sb.add_argument("--age", type=int, required=True)
+    sb.add_argument("--theme", required=True)
+    sb.add_argument("--json", action="store_true")
+    sb.set_defaults(fn=cmd_submit)
+    bf = sub.add_parser("backfill", help="re-enqueue stuck work: dead workers' steps, lost messages")
+    bf.add_argument("--stale-after", type=float, default=None, metavar="SECONDS",
+                    help="a 'processing' step untouched this long is stuck (default: STEP_LEASE_SECONDS)")
+    bf.add_argument("--pending-after", type=float, default=None, metavar="SECONDS",
+                    help="a ready 'pending' step untouched this long lost its message (default: the lease)")
+    bf.add_argument("--batch-size", type=_positive_int, default=200, metavar="N",
+                    help="look up and enqueue this many at a time (default 200)")
+    bf.add_argument("--rate", type=_non_negative, default=100.0, metavar="PER_SECOND",
+                    help="enqueue at most this many messages a second (default 100; 0 = no limit)")
+    bf.add_argument("--limit", type=_positive_int, default=None, metavar="N",
+                    help="stop after this many (run again to continue from there)")
+    bf.add_argument("--restart", action="store_true", help="ignore an unfinished earlier run; start over")
+    bf.add_argument("--dry-run", action="store_true", help="list what would be enqueued; change nothing")
+    bf.add_argument("--json", action="store_true")
+    bf.set_defaults(fn=cmd_backfill)
+    args = ap.parse_args(argv)
+    from db.engine import reason, unavailable
+    from db.url import DatabaseURLError, redact
+    from pipeline.kernel.config import settings
+
+    try:
+        return int(args.fn(args))
+    except DatabaseURLError as e:  # one line, never a traceback, never the password
+        print(f"configuration error: {e}", file=sys.stderr)
+        return 2
+    except Exception as e:
+        if not unavailable(e):
+            raise
+        print(f"error: cannot reach the database at {redact(settings().database_url)}: {reason(e)}",
+              file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
