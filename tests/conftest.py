@@ -216,7 +216,7 @@ def pytest_collection_finish(session: pytest.Session) -> None:
             TEST_AMQP_URL=f"amqp://guest:guest@{_UNUSABLE}//",
         )
         from db.engine import dispose_engine
-        from pipeline.config import settings
+        from pipeline.kernel.config import settings
 
         settings.cache_clear()
         dispose_engine()
