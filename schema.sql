@@ -1,4 +1,4 @@
--- Schema of the AI Story Creator worker backend (spec: shared/spec/database-schema.md).
+-- Schema of the AI Story Creator worker backend (spec: docs/database-schema.md).
 -- Idempotent: applying it twice is harmless. Core PostgreSQL 13+ only (gen_random_uuid() is core).
 -- The four spec tables are exactly as specified; `users` is the minimal table the spec refers to;
 -- `story_outlines` and `step_errors` are the pipeline's own bookkeeping.

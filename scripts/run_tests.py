@@ -1,18 +1,45 @@
-"""The README's test command: the whole suite on the real services, failing loudly when pytest
-collected nothing (its exit code 5 would otherwise look like a quiet pass to some callers)."""
+"""The README's test command.
+
+Without arguments, the whole suite as CI runs it (``.ci/run``): every test but
+``tests/test_chaos.py`` on ``TEST_WORKERS`` pytest-xdist processes (default 2; each has its own
+PostgreSQL database and Redis databases; a test module stays on one process, and the modules that
+use RabbitMQ share one: tests/conftest.py),
+then ``tests/test_chaos.py`` alone, since it restarts Redis and PostgreSQL under whatever else runs
+(the other chaos-tier tests kill only their own worker processes). With arguments, one pytest run
+with exactly those arguments (``./run test -m unit``, ``./run test tests/test_names.py -k book``).
+
+Fails loudly when pytest collected nothing (its exit code 5 would otherwise look like a quiet pass
+to some callers). Exit code: the first failing phase's, else 0.
+"""
 from __future__ import annotations
 
+import os
+import subprocess
 import sys
 
-import pytest
+NO_TESTS_COLLECTED = 5
+CHAOS = "tests/test_chaos.py"  # restarts the machine's Redis and PostgreSQL: never beside other tests
+
+
+def pytest(*args: str) -> int:
+    """One pytest run in its own process (a second ``pytest.main`` in one process would reuse the
+    first one's imported modules and settings). Returns its exit code."""
+    code = subprocess.call([sys.executable, "-m", "pytest", "-q", *args])
+    if code == NO_TESTS_COLLECTED:
+        print(f"error: pytest collected no tests ({' '.join(args)})", file=sys.stderr)
+        return 1
+    return code
 
 
 def main() -> int:
-    code = int(pytest.main(["-q", *sys.argv[1:]]))
-    if code == pytest.ExitCode.NO_TESTS_COLLECTED:
-        print("error: pytest collected no tests", file=sys.stderr)
-        return 1
-    return code
+    args = sys.argv[1:]
+    if args:
+        return pytest(*args)
+    workers = int(os.environ.get("TEST_WORKERS", "2"))
+    parallel = ["-n", str(workers)] if workers > 1 else []  # scheduled per module: tests/conftest.py
+    first = pytest(*parallel, "--ignore", CHAOS)
+    second = pytest(CHAOS)
+    return first or second
 
 
 if __name__ == "__main__":

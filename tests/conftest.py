@@ -1,20 +1,44 @@
-"""Test fixtures on the machine's real PostgreSQL and Redis, with real Celery worker processes.
+"""Test fixtures on the machine's real PostgreSQL and Redis, with real Celery worker processes,
+and the four test tiers (README, Tests).
 
 Each run creates its own database (dropped at the end) and uses its own Redis database
 numbers, so it neither sees nor disturbs a demo or another run's queues.
+
+Tiers (one marker per test, derived here unless the test carries one itself):
+
+- ``unit``: no services at all (no PostgreSQL, Redis or RabbitMQ, no worker process). Enforced:
+  while a unit test sets up and runs, connecting to PostgreSQL, Redis or RabbitMQ raises
+  ``TierViolation`` (and a run that selected only unit tests points every service URL at an
+  unusable address), so a test that needs a service cannot stay in this tier unnoticed.
+- ``db``: in-process on the real PostgreSQL/Redis, no worker processes (``WorkerProcess.start``
+  refuses in this tier and in ``unit``).
+- ``workers``: starts real processes (celery workers, Flower, beat, ``./run``, subprocesses).
+- ``chaos``: restarts services or kills processes (``tests/test_chaos.py``, a worker SIGKILLed).
 """
 from __future__ import annotations
 
 import inspect
 import os
 import re
+import socket
 import tempfile
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
 
 import pytest
 
+# pytest-xdist (./run test runs the non-chaos tiers on 2 workers): each worker process has its own
+# PostgreSQL database (the random name below) and its own Redis databases: a run uses
+# TEST_REDIS_DB .. TEST_REDIS_DB + 4, so gw0 11-15 and gw1 1-5 (0 is the demo's, 10 the benches').
+_XDIST = os.environ.get("PYTEST_XDIST_WORKER", "")
+if _XDIST:
+    _base = int(os.environ.get("TEST_REDIS_DB", "11")) - 10 * int(_XDIST.removeprefix("gw"))
+    if _base < 0:
+        raise pytest.UsageError("at most 2 xdist workers: each needs 5 Redis databases of the 16")
+    os.environ["TEST_REDIS_DB"] = str(_base)
 _RUN = uuid.uuid4().hex[:8]
 TEST_DB = f"storycreator_test_{_RUN}"
 PG = os.environ.get("TEST_PG_URL", "postgresql+psycopg2://postgres@127.0.0.1:5432")
@@ -35,7 +59,14 @@ for var in ("VISION_PROVIDER", "TEXT_PROVIDER", "IMAGE_PROVIDER", "STORAGE_BACKE
             "SIMULATED_PROVIDER_LATENCY", "STEP_LEASE_SECONDS", "BROKER_VISIBILITY_TIMEOUT"):
     os.environ.pop(var, None)
 
-from tests.support import Db, WorkerProcess, flush_redis, stop_all_workers  # noqa: E402
+from tests import support  # noqa: E402
+
+# The real services, as this run found them (the unit tier's guard refuses exactly these).
+support.SERVICE_URLS.update(
+    PostgreSQL=os.environ["DATABASE_URL"], Redis=os.environ["CELERY_BROKER_URL"],
+    RabbitMQ=os.environ.get("TEST_AMQP_URL", "amqp://guest:guest@127.0.0.1:5672//"),
+)
+from tests.support import Db, TierViolation, WorkerProcess, flush_redis, stop_all_workers  # noqa: E402
 
 
 @pytest.fixture(scope="session")
@@ -67,50 +98,235 @@ def clean_db(db: Db) -> Db:
     return db
 
 
-# --- markers: the fast loop ---------------------------------------------------------------------
-# `system`: the test starts real processes (celery workers, Flower, beat, ./run, process pools)
-# or restarts services; seconds to minutes. `unit`: everything else (in-process; PostgreSQL and
-# Redis at most): `./run test -m unit` is the developers' loop. Derived from the source of the
-# test, of its fixtures and of the test-side helpers they call (followed through tests.*), so a
-# new test is classified without anyone remembering to mark it.
-_SYSTEM_SOURCE = re.compile(r"WorkerProcess|subprocess|Popen|multiprocessing|start_worker|restart_")
+# --- tiers --------------------------------------------------------------------------------------
+TIERS = ("unit", "db", "workers", "chaos")  # each includes what the ones before it may do
+# `workers`: the test, its fixtures or the test helpers they call (followed through tests.*) start
+# a process. `chaos`: the test itself kills a process it started (a worker SIGKILLed mid-step),
+# or lives in test_chaos.py (restarts Redis and PostgreSQL).
+_PROCESS_SOURCE = re.compile(r"WorkerProcess|subprocess|Popen|multiprocessing|start_worker|restart_")
+_CHAOS_LINE = re.compile(r"\.kill\(\)|_restart_(?:redis|postgres)")  # not in a cleanup (addfinalizer) line
+# `db`: PostgreSQL or Redis reached from the test's side (its fixtures are followed the same way).
+_SERVICE_SOURCE = re.compile(r"\bDb\b|clean_db|get_engine|autocommit\(|transaction\(|redis\.|Redis\(|flush_redis|"
+                             r"\bBROKER\b|CELERY_BROKER_URL|REDIS_URL|DATABASE_URL|TEST_PG_URL|send_task|apply_async|"
+                             r"\.delay\(")
+_SERVICE_FIXTURES = {"db", "clean_db", "worker"}
 _CALLED = re.compile(r"\b([A-Za-z_]\w*)\s*\(")
-_system_cache: dict[object, bool] = {}
+_SOURCES: dict[int, tuple[str, list[object]]] = {}  # id(obj) -> its source and the tests.* objects it calls
 
 
-def _starts_processes(roots: list[object]) -> bool:
+def _source_and_calls(obj: object) -> tuple[str, list[object]]:
+    """The source of a function or class and the tests.* functions and classes it calls by name
+    (memoized: inspect.getsource is slow, and 650 tests share their fixtures and helpers)."""
+    key = id(obj)
+    if key not in _SOURCES:
+        try:
+            source = inspect.getsource(obj)  # type: ignore[arg-type]
+        except (OSError, TypeError):
+            source = ""
+        module = inspect.getmodule(obj)
+        calls: list[object] = []
+        for name in set(_CALLED.findall(source)):
+            called = getattr(module, name, None)
+            owner = getattr(called, "__module__", "") or ""
+            if (inspect.isfunction(called) or inspect.isclass(called)) and owner.startswith("tests"):
+                calls.append(called)
+        _SOURCES[key] = (source, calls)
+    return _SOURCES[key]
+
+
+def _matches(roots: list[object], pattern: re.Pattern[str]) -> bool:
+    """Whether the source of ``roots`` or of the tests.* functions and classes they call matches."""
     stack, seen = list(roots), set()
     while stack:
         obj = stack.pop()
         if id(obj) in seen:
             continue
         seen.add(id(obj))
-        if obj in _system_cache:
-            if _system_cache[obj]:
-                return True
-            continue
-        try:
-            source = inspect.getsource(obj)  # type: ignore[arg-type]
-        except (OSError, TypeError):
-            continue
-        if _SYSTEM_SOURCE.search(source):
-            _system_cache[obj] = True
+        source, calls = _source_and_calls(obj)
+        if pattern.search(source):
             return True
-        module = inspect.getmodule(obj)
-        for name in set(_CALLED.findall(source)):
-            called = getattr(module, name, None)
-            owner = getattr(called, "__module__", "") or ""
-            if (inspect.isfunction(called) or inspect.isclass(called)) and owner.startswith("tests"):
-                stack.append(called)
+        stack.extend(calls)
     return False
+
+
+def _kills(function: Callable[..., Any]) -> bool:
+    """Whether the test, or a helper of its own module that it calls, kills a process mid-run or
+    restarts a service (cleanup lines that kill what the test started do not count)."""
+    module = getattr(function, "__module__", None)
+    stack, seen = [function], set()
+    while stack:
+        obj = stack.pop()
+        if id(obj) in seen:
+            continue
+        seen.add(id(obj))
+        source, calls = _source_and_calls(obj)
+        if any(_CHAOS_LINE.search(line) and "addfinalizer" not in line for line in source.splitlines()):
+            return True
+        stack.extend(c for c in calls if inspect.isfunction(c) and c.__module__ == module)
+    return False
+
+
+def derived_tier(item: pytest.Item) -> str:
+    """The tier of a test without an explicit marker: the highest one its source calls for."""
+    function = getattr(item, "function", None)
+    info = getattr(item, "_fixtureinfo", None)
+    fixtures = [d.func for defs in (info.name2fixturedefs.values() if info else []) for d in defs]
+    roots = [f for f in [function, *fixtures] if f is not None]
+    if item.path.name == "test_chaos.py" or (function is not None and _kills(function)):
+        return "chaos"
+    if _matches(roots, _PROCESS_SOURCE):
+        return "workers"
+    if _SERVICE_FIXTURES & set(getattr(item, "fixturenames", ())) or _matches(roots, _SERVICE_SOURCE):
+        return "db"
+    return "unit"
+
+
+def tier_of(item: pytest.Item) -> str:
+    explicit = [t for t in TIERS if item.get_closest_marker(t)]
+    return explicit[-1] if explicit else derived_tier(item)
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     for item in items:
-        if item.get_closest_marker("unit") or item.get_closest_marker("system"):
-            continue
+        tier = tier_of(item)
+        item.stash[_TIER] = tier
         function = getattr(item, "function", None)
-        info = getattr(item, "_fixtureinfo", None)
-        fixtures = [d.func for defs in (info.name2fixturedefs.values() if info else []) for d in defs]
-        system = _starts_processes([f for f in [function, *fixtures] if f is not None])
-        item.add_marker(pytest.mark.system if system else pytest.mark.unit)
+        item.stash[_RESTARTS] = item.path.name == "test_chaos.py" or (
+            function is not None and _matches([function], _RESTART_SOURCE))
+        if not item.get_closest_marker(tier):
+            item.add_marker(getattr(pytest.mark, tier))
+
+
+_TIER = pytest.StashKey[str]()
+_RESTARTS = pytest.StashKey[bool]()
+_RESTART_SOURCE = re.compile(r"_restart_(?:redis|postgres)|pg_ctlcluster|\.shutdown\(nosave")
+_UNUSABLE = "127.0.0.1:9"  # the discard port: nothing listens, a connection is refused at once
+
+
+def pytest_collection_finish(session: pytest.Session) -> None:
+    """A run of unit tests only has no services: every service URL points at an unusable address,
+    so nothing can reach the real ones even past the per-test guard below."""
+    if session.items and all(item.stash.get(_TIER, "") == "unit" for item in session.items):
+        os.environ.update(
+            DATABASE_URL=f"postgresql+psycopg2://unit-tier@{_UNUSABLE}/no_database_in_the_unit_tier",
+            CELERY_BROKER_URL=f"redis://{_UNUSABLE}/0",
+            REDIS_URL=f"redis://{_UNUSABLE}/0",
+            TEST_PG_URL=f"postgresql+psycopg2://unit-tier@{_UNUSABLE}",
+            TEST_REDIS_URL=f"redis://{_UNUSABLE}",
+            TEST_AMQP_URL=f"amqp://guest:guest@{_UNUSABLE}//",
+        )
+        from db.engine import dispose_engine
+        from pipeline.config import settings
+
+        settings.cache_clear()
+        dispose_engine()
+
+
+# Scheduling under xdist: a test module stays on one process (its module-scoped workers and Redis
+# databases), and the modules that use RabbitMQ share one process: they share its vhost's queues.
+try:
+    from xdist.scheduler import LoadScopeScheduling
+except ImportError:  # pytest-xdist not installed: serial runs only
+    pass
+else:
+    _AMQP_MODULES: dict[str, bool] = {}
+
+    class _ModuleScheduling(LoadScopeScheduling):  # type: ignore[misc]
+        def _split_scope(self, nodeid: str) -> str:
+            path = nodeid.split("::", 1)[0]
+            if path not in _AMQP_MODULES:
+                file = Path(__file__).resolve().parent.parent / path
+                _AMQP_MODULES[path] = file.is_file() and "TEST_AMQP_URL" in file.read_text()
+            return "rabbitmq" if _AMQP_MODULES[path] else path
+
+    def pytest_xdist_make_scheduler(config: pytest.Config, log: Any) -> _ModuleScheduling:
+        return _ModuleScheduling(config, log)
+
+
+# The guard: while a test of a tier sets up and runs, what that tier may not use raises. Installed
+# once; each hook below only says which tier is current (None between tests, so fixtures of other
+# tiers tear down freely).
+def _service_ports() -> dict[str, int]:
+    """The ports of the real services this run uses (the guard refuses those, so a unit test may
+    still try an unusable address on purpose, as the outage tests do)."""
+    defaults = {"redis": 6379, "amqp": 5672}
+    out = {}
+    for name, url in support.SERVICE_URLS.items():
+        parts = urlsplit(url)
+        out[name] = parts.port or defaults.get(parts.scheme, 5432)
+    return out
+
+
+def _refuse(what: str) -> None:
+    tier = support.CURRENT_TIER
+    raise TierViolation(
+        f"a {tier!r}-tier test used {what}: the {tier} tier has no services. Give the test the tier it needs "
+        f"(@pytest.mark.db for PostgreSQL/Redis, @pytest.mark.workers for processes; see tests/conftest.py)")
+
+
+def _install_guards() -> None:
+    import psycopg2
+    import psycopg2.extensions
+    import redis.connection
+    from sqlalchemy import event
+    from sqlalchemy.pool import Pool
+
+    ports = _service_ports()
+    real_connect = psycopg2.connect
+
+    def pg_connect(dsn: str | None = None, *args: Any, **kwargs: Any) -> Any:
+        if support.CURRENT_TIER == "unit":
+            params = {**(psycopg2.extensions.parse_dsn(dsn) if dsn else {}), **kwargs}
+            if int(params.get("port") or 5432) == ports["PostgreSQL"]:
+                _refuse("PostgreSQL (a new connection)")
+        return real_connect(dsn, *args, **kwargs)
+
+    psycopg2.connect = pg_connect  # SQLAlchemy's dialect looks it up at each connect
+
+    @event.listens_for(Pool, "checkout")
+    def _pooled(dbapi_connection: Any, *_: Any) -> None:
+        info = getattr(dbapi_connection, "info", None)
+        if support.CURRENT_TIER == "unit" and getattr(info, "port", None) == ports["PostgreSQL"]:
+            _refuse("PostgreSQL (a pooled connection)")
+
+    def guarded(cls: type, name: str) -> None:
+        real: Callable[..., Any] = getattr(cls, name)
+
+        def wrapper(self: Any, *args: Any, **kwargs: Any) -> Any:
+            if support.CURRENT_TIER == "unit" and getattr(self, "port", None) == ports["Redis"]:
+                _refuse("Redis")
+            return real(self, *args, **kwargs)
+
+        setattr(cls, name, wrapper)
+
+    guarded(redis.connection.AbstractConnection, "send_packed_command")
+    guarded(redis.connection.AbstractConnection, "connect")
+
+    real_sock_connect = socket.socket.connect
+
+    def sock_connect(self: socket.socket, address: Any) -> Any:
+        if (support.CURRENT_TIER == "unit" and isinstance(address, tuple) and len(address) >= 2
+                and address[1] in ports.values()):
+            _refuse(f"a service at {address[0]}:{address[1]}")
+        return real_sock_connect(self, address)
+
+    socket.socket.connect = sock_connect  # type: ignore[method-assign,assignment]  # RabbitMQ (py-amqp), anything else
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    _install_guards()
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_runtest_setup(item: pytest.Item) -> None:
+    support.CURRENT_TIER = item.stash.get(_TIER, None)
+    if _XDIST and item.stash.get(_RESTARTS, False):
+        # it restarts Redis and PostgreSQL under whatever runs beside it (a test that kills its
+        # own worker process disturbs nobody else: each xdist process has its own databases)
+        raise TierViolation("a test that restarts services never runs beside others: keep it in tests/test_chaos.py, "
+                            "which ./run test runs alone after the rest")
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_runtest_teardown(item: pytest.Item) -> None:
+    support.CURRENT_TIER = None

@@ -165,6 +165,15 @@ class Db:
 
 _STARTED: list[WorkerProcess] = []
 
+# The tier of the test being set up or run (tests/conftest.py sets it; None between tests), and
+# the real services' URLs by name ("PostgreSQL", "Redis", "RabbitMQ"), as the run started.
+CURRENT_TIER: str | None = None
+SERVICE_URLS: dict[str, str] = {}
+
+
+class TierViolation(AssertionError):
+    """A test used what its tier does not have (a service in ``unit``, a worker process in ``db``)."""
+
 
 def stop_all_workers() -> None:
     """Session teardown: no worker outlives the tests (a stray one would steal later messages)."""
@@ -193,6 +202,9 @@ class WorkerProcess:
         self.name = f"test-{uuid.uuid4().hex[:6]}@localhost"
 
     def start(self, timeout: float = 60) -> None:
+        if CURRENT_TIER in ("unit", "db"):
+            raise TierViolation(f"a {CURRENT_TIER!r}-tier test started a celery worker process: mark it "
+                                "@pytest.mark.workers (tests/conftest.py)")
         self.log.parent.mkdir(parents=True, exist_ok=True)
         self._fh = open(self.log, "ab")
         self.proc = subprocess.Popen(

@@ -24,7 +24,8 @@ from tests.fakes.openai_server import DEFAULT_KEY, FakeOpenAI
 from tests.support import Db, WorkerProcess, astronaut_png, external_send, flush_redis
 
 REDIS = os.environ.get("TEST_REDIS_URL", "redis://127.0.0.1:6379")
-BROKER = f"{REDIS}/15"  # not the session worker's: it would take these stories with its local writer
+# not the session worker's: it would take these stories with its local writer
+BROKER = f"{REDIS}/{int(os.environ.get('TEST_REDIS_DB', '11')) + 4}"
 NAME = "Zephyrine-Quillon"  # distinctive: any occurrence in a log is this test's name
 EMOJI = "🦖🌟🚀✨🎉🧸🌈🦄"  # none drawn by any shipped font
 FAMILY = "👩\u200d👧"  # a ZWJ sequence

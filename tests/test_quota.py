@@ -5,6 +5,7 @@ import multiprocessing as mp
 import os
 import time
 import uuid
+from collections.abc import Iterator
 
 import pytest
 import redis
@@ -25,8 +26,13 @@ def _taker(provider: str, n: int, env: dict[str, str], out: mp.Queue) -> None:  
 
 
 @pytest.fixture()
-def prefix() -> str:
-    return f"test:quota:{uuid.uuid4().hex[:8]}"
+def prefix() -> Iterator[str]:
+    p = f"test:quota:{uuid.uuid4().hex[:8]}"
+    yield p
+    r = redis.Redis.from_url(os.environ["REDIS_URL"])
+    for key in r.scan_iter(f"{p}:*"):
+        r.delete(key)
+    r.close()
 
 
 def test_rate_limit_holds_across_processes(prefix: str, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -110,7 +116,3 @@ def test_bad_limit_configuration_is_a_clear_error(monkeypatch: pytest.MonkeyPatc
 
 def teardown_module() -> None:
     quota.limits.cache_clear()
-    r = redis.Redis.from_url(os.environ["REDIS_URL"])
-    for key in r.scan_iter("test:quota:*"):
-        r.delete(key)
-    r.close()

@@ -17,7 +17,7 @@ from pipeline.stories import steps
 from tests.support import ROOT, Db, WorkerProcess, astronaut_png, done_lines, external_send, faceless_png, flush_redis
 
 REDIS = os.environ.get("TEST_REDIS_URL", "redis://127.0.0.1:6379")
-BROKER = f"{REDIS}/13"
+BROKER = f"{REDIS}/{int(os.environ.get('TEST_REDIS_DB', '11')) + 2}"
 # Short lease and redelivery so the test does not wait the production 5 / 15 minutes.
 ENV = {"CELERY_BROKER_URL": BROKER, "REDIS_URL": BROKER, "STEP_LEASE_SECONDS": "3",
        "BROKER_VISIBILITY_TIMEOUT": "3600", "SIMULATED_PROVIDER_LATENCY": "0.3"}
