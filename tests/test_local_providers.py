@@ -20,15 +20,8 @@ from skimage import data as skdata
 
 from pipeline.kernel.errors import PermanentStepError
 from pipeline.providers.base import BoundingBox, Face, Outline, PageRequest, PhotoAnalysis, StoryRequest
-from pipeline.providers.local_vision import (
-    GROUP_EPS,
-    LocalPhotoAnalyzer,
-    _classifiers,
-    _group,
-    analysis_from_json,
-    analysis_to_json,
-    face_from_json,
-)
+from pipeline.providers.face_json import analysis_from_json, analysis_to_json, face_from_json
+from pipeline.providers.local_vision import GROUP_EPS, LocalPhotoAnalyzer, _classifiers, _group
 from pipeline.providers.offline_images import (
     ANCHOR_KEY,
     CHARACTER_KEY,

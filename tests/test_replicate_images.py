@@ -15,14 +15,9 @@ from pipeline.kernel.errors import OutputGoneError, PermanentStepError, StepErro
 from pipeline.providers.base import Face, JobStatus, Outline, PageRequest, StoryRequest
 from pipeline.providers.local_vision import LocalPhotoAnalyzer
 from pipeline.providers.offline_text import LocalStoryWriter
-from pipeline.providers.replicate_images import (
-    OutputExpiredError,
-    ReplicateImageJobs,
-    data_uri,
-    face_photo_data_uri,
-    is_retryable_failure,
-    prediction_status,
-)
+from pipeline.providers.replicate_images import OutputExpiredError, ReplicateImageJobs, prediction_status
+from pipeline.providers.replicate_inputs import data_uri, face_photo_data_uri
+from pipeline.providers.replicate_predictions import is_retryable_failure
 from tests.fakes.replicate_server import FakeReplicate, problem
 from tests.support import astronaut_png, faceless_png
 

@@ -191,7 +191,7 @@ def cmd_submit(args: argparse.Namespace) -> int:
     if not args.photo.is_file():
         print(f"error: no such photo file: {args.photo}", file=sys.stderr)
         return 2
-    from pipeline.providers.local_vision import photo_format
+    from pipeline.providers.photo_decode import photo_format
 
     data = args.photo.read_bytes()
     # What the bytes are (an iPhone's .HEIC, a .jpg that is a PNG), else what the name suggests.

@@ -50,19 +50,8 @@ import cv2
 import numpy as np
 
 from pipeline.providers.base import BoundingBox, Face, Label, Landmark, PhotoAnalysis
-
-# Photo decoding and the JSON of an analysis are vendor-neutral and live in their own modules
-# (issue 11); the names stay importable from here until every caller imports them from there.
-from pipeline.providers.face_json import analysis_from_json, analysis_to_json, face_from_json  # noqa: F401
 from pipeline.providers.face_quality import MIN_FACE_PIXELS, face_pixels
-from pipeline.providers.photo_decode import (  # noqa: F401
-    MAX_JPEG_PIXELS,
-    MAX_PIXELS,
-    DecodedPhoto,
-    decode_photo,
-    open_photo,
-    photo_format,
-)
+from pipeline.providers.photo_decode import MAX_PIXELS, decode_photo
 
 DETECTOR_NAME = "opencv-haar"
 

@@ -39,12 +39,8 @@ from pipeline.config import env_number
 from pipeline.kernel.errors import PermanentStepError, StepError, TransientStepError, retry_after_seconds
 from pipeline.providers.base import NoHooks, Outline, PageRequest, RequestHooks, StoryRequest
 from pipeline.providers.names import capitalize_name, title_with_name
-
-# The prompts and schemas are vendor-neutral and live in text_prompts.py (issue 11); the names
-# stay importable from here.
-from pipeline.providers.text_prompts import (  # noqa: F401
+from pipeline.providers.text_prompts import (
     PAGE_SCHEMA,
-    PageBand,
     outline_schema,
     outline_system_prompt,
     page_band,

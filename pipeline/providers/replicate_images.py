@@ -51,25 +51,18 @@ from pipeline.kernel.errors import PermanentStepError, TransientStepError
 from pipeline.providers.base import Face, JobStatus, NoHooks, PageRequest, RequestHooks
 from pipeline.providers.http_retry import RetryableError, retry_transient
 from pipeline.providers.replicate_http import HTTPStatusError, TooLarge, raise_for_status, status_error, status_outcome
-
-# The prediction JSON and the inputs live in their own modules (issue 11); the names callers
-# outside this package use stay importable from here.
-from pipeline.providers.replicate_inputs import (  # noqa: F401
+from pipeline.providers.replicate_inputs import (
     as_png,
     base_input,
-    data_uri,
     decode_data_uri,
-    face_photo_data_uri,
 )
-from pipeline.providers.replicate_predictions import (  # noqa: F401
+from pipeline.providers.replicate_predictions import (
     REASON_CHARS,
     UNUSABLE,
     ModelTarget,
     OutputExpiredError,
     as_utc,
     canonical,
-    failure_message,
-    is_retryable_failure,
     output_gone_reason,
     parse_time,
     prediction_status,

@@ -33,7 +33,7 @@ Work = Callable[[pages_db.PageClaim, Timer], dict[str, Any]]
 def story_face(claim: pages_db.PageClaim) -> Face:
     """The face this story uses: the one its start recorded (story_outlines.protagonist_face), or,
     for a story started before choices were recorded, the photo's primary face."""
-    from pipeline.providers.local_vision import face_from_json
+    from pipeline.providers.face_json import face_from_json
 
     assert claim.photo is not None
     details = claim.photo["face_details"] or {}

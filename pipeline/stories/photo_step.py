@@ -79,7 +79,7 @@ def analyze_photo(photo_id: str, attempt: Attempt = FIRST_TRY, analysed: dict[st
                 raise PermanentStepError(too_small_message(
                     analysis.small_faces[0], analysis.image_width, analysis.image_height))
             raise PermanentStepError(NO_FACE)
-        from pipeline.providers.local_vision import analysis_to_json
+        from pipeline.providers.face_json import analysis_to_json
 
         return analysis_to_json(analysis)
 

@@ -59,7 +59,7 @@ def _job_input(stage: str, claim: PageClaim, timer: Timer) -> dict[str, Any]:
         return jobs.base_input(req)
     assert claim.photo is not None and claim.base_image_key
     face = story_face(claim)
-    from pipeline.providers.replicate_images import face_photo_data_uri
+    from pipeline.providers.replicate_inputs import face_photo_data_uri
 
     with timer.phase("read"):
         base_ref = registry.image_ref(p.storage, claim.base_image_key, "image/png")
@@ -199,7 +199,7 @@ def _follow_job(record: JobRecorder, timer: Timer, ctx: dict[str, Any]) -> StepR
 
     if state != "succeeded":
         from pipeline.providers.base import JobStatus
-        from pipeline.providers.replicate_images import failure_message, is_retryable_failure
+        from pipeline.providers.replicate_predictions import failure_message, is_retryable_failure
 
         msg = failure_message(error) if state == "failed" else f"The {label} job was {state}: {error or 'no reason'}"
         if is_retryable_failure(JobStatus(state, None, error)) and not attempt.last:

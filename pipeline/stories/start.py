@@ -188,7 +188,7 @@ def generate_story(story_id: str, attempt: Attempt = FIRST_TRY) -> StepResult:
 def _protagonist_choice(photo_id: str, face_details: Any, child_age: int) -> ProtagonistChoice:
     """The story's face (pipeline/stories/faces.py) from its analysed photo; PermanentStepError with the
     parent's message when the face that is the child's cannot be used."""
-    from pipeline.providers.local_vision import analysis_from_json
+    from pipeline.providers.face_json import analysis_from_json
 
     if not face_details:  # completed by another worker after our claim read the row
         with autocommit() as c:
