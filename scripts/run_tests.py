@@ -7,6 +7,8 @@ use RabbitMQ share one: tests/conftest.py),
 then ``tests/test_chaos.py`` alone, since it restarts Redis and PostgreSQL under whatever else runs
 (the other chaos-tier tests kill only their own worker processes). With arguments, one pytest run
 with exactly those arguments (``./run test -m unit``, ``./run test tests/test_names.py -k book``).
+``./run test fast [ARGS]`` is the developer's loop: the ``unit`` and ``db`` tests not marked ``slow``
+(``-m "(unit or db) and not slow"``, tests/conftest.py), in one process, in seconds.
 
 Fails loudly when pytest collected nothing (its exit code 5 would otherwise look like a quiet pass
 to some callers). Exit code: the first failing phase's, else 0.
@@ -18,6 +20,7 @@ import subprocess
 import sys
 
 NO_TESTS_COLLECTED = 5
+FAST = ["-m", "(unit or db) and not slow"]  # ./run test fast
 CHAOS = "tests/test_chaos.py"  # restarts the machine's Redis and PostgreSQL: never beside other tests
 
 
@@ -33,6 +36,8 @@ def pytest(*args: str) -> int:
 
 def main() -> int:
     args = sys.argv[1:]
+    if args[:1] == ["fast"]:
+        return pytest(*FAST, *args[1:])
     if args:
         return pytest(*args)
     workers = int(os.environ.get("TEST_WORKERS", "2"))

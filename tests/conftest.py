@@ -14,6 +14,11 @@ Tiers (one marker per test, derived here unless the test carries one itself):
   refuses in this tier and in ``unit``).
 - ``workers``: starts real processes (celery workers, Flower, beat, ``./run``, subprocesses).
 - ``chaos``: restarts services or kills processes (``tests/test_chaos.py``, a worker SIGKILLed).
+
+Across the tiers, ``slow`` marks a test that takes a while on its own (set by the test, or measured:
+the ``unit`` and ``db`` tests listed in ``tests/slow_tests.txt``, which ``--record-slow`` rewrites from a
+run's own timings), so ``./run test fast`` (``-m "(unit or db) and not slow"``) is the loop a developer
+runs after each edit, in seconds; CI (``./run test``) still runs every test.
 """
 from __future__ import annotations
 
@@ -186,7 +191,40 @@ def tier_of(item: pytest.Item) -> str:
     return explicit[-1] if explicit else derived_tier(item)
 
 
+# --- slow: measured ------------------------------------------------------------------------------
+SLOW_FILE = Path(__file__).with_name("slow_tests.txt")
+SLOW_SECONDS = 0.1  # a unit or db test over this (setup + call + teardown, wall) is `slow`
+_FAST_TIERS = ("unit", "db")  # the tiers the fast loop is cut from (workers and chaos are slow anyway)
+
+
+def measured_slow(path: Path = SLOW_FILE) -> set[str]:
+    """The node ids ``tests/slow_tests.txt`` lists, one a line as ``<seconds> <node id>`` (``#``
+    starts a comment). A missing file lists nothing; an id no test has any more is ignored."""
+    if not path.is_file():
+        return set()
+    return set(_slow_lines(path))
+
+
+def _slow_lines(path: Path) -> dict[str, str]:
+    """node id -> its seconds as written, from the lines of ``path`` that are not comments."""
+    out = {}
+    for line in path.read_text(encoding="utf-8").splitlines():
+        if line.strip() and not line.lstrip().startswith("#"):
+            seconds, _, nodeid = line.strip().partition(" ")
+            out[nodeid.strip()] = seconds
+    return out
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption(
+        "--record-slow", action="store_true",
+        help=f"after the run, rewrite {SLOW_FILE.name}: every unit or db test of this run that took over "
+             f"{SLOW_SECONDS} s (setup + call + teardown, wall clock), plus the listed tests this run did not "
+             "select. Run it alone on a quiet machine: ./run test -m 'unit or db' --record-slow")
+
+
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    slow = measured_slow()
     for item in items:
         tier = tier_of(item)
         item.stash[_TIER] = tier
@@ -195,6 +233,35 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
             function is not None and _matches([function], _RESTART_SOURCE))
         if not item.get_closest_marker(tier):
             item.add_marker(getattr(pytest.mark, tier))
+        if item.nodeid in slow and not item.get_closest_marker("slow"):
+            item.add_marker(pytest.mark.slow)
+
+
+_TIMES: dict[str, float] = {}  # node id -> seconds of setup + call + teardown of this run's unit and db tests
+
+
+def pytest_runtest_logreport(report: pytest.TestReport) -> None:
+    """Sums the phases of each unit or db test (on the xdist controller too, from its workers' reports,
+    which carry the markers as keywords)."""
+    if any(tier in report.keywords for tier in _FAST_TIERS):
+        _TIMES[report.nodeid] = _TIMES.get(report.nodeid, 0.0) + report.duration
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    """With ``--record-slow``: rewrites ``tests/slow_tests.txt`` from this run's unit and db tests (on
+    the xdist controller, not its workers; not when the run was interrupted). Tests the run did not
+    select keep their old lines."""
+    config = session.config
+    if not config.getoption("--record-slow") or _XDIST or exitstatus == pytest.ExitCode.INTERRUPTED:
+        return
+    old = _slow_lines(SLOW_FILE) if SLOW_FILE.is_file() else {}
+    lines = {n: s for n, s in old.items() if n not in _TIMES}
+    lines.update({n: f"{t:.2f}" for n, t in _TIMES.items() if t > SLOW_SECONDS})
+    header = (f"# unit and db tests over {SLOW_SECONDS} s each (setup + call + teardown, wall clock), marked `slow`\n"
+              "# by tests/conftest.py so `./run test fast` skips them. Rewritten by:\n"
+              "#   ./run test -m 'unit or db' --record-slow    (alone, on a quiet machine; serial)\n")
+    body = "".join(f"{lines[n]} {n}\n" for n in sorted(lines, key=lambda n: (-float(lines[n]), n)))
+    SLOW_FILE.write_text(header + body, encoding="utf-8")
 
 
 _TIER = pytest.StashKey[str]()

@@ -16,6 +16,7 @@ from typing import Any
 
 import redis
 from sqlalchemy import text
+from sqlalchemy.exc import ProgrammingError
 
 import celeryconfig
 from db.engine import make_engine
@@ -69,11 +70,21 @@ class Db:
         admin.dispose()
 
     def truncate(self) -> None:
+        """Empties every table. DELETE with foreign keys unchecked (all tables end empty, so none
+        dangles) takes ~1 ms on the tests' few rows, where TRUNCATE takes 70-230 ms (new files for
+        each table); a role that may not set ``session_replication_role`` (not a superuser) gets
+        TRUNCATE."""
         with self.engine.begin() as c:
-            tables = c.execute(text(
-                "SELECT string_agg(quote_ident(tablename), ', ') FROM pg_tables WHERE schemaname = 'public'"
-            )).scalar_one()
-            c.execute(text(f"TRUNCATE {tables} CASCADE"))
+            tables = list(c.execute(text(
+                "SELECT quote_ident(tablename) FROM pg_tables WHERE schemaname = 'public'")).scalars())
+        try:
+            with self.engine.begin() as c:
+                c.execute(text("SET LOCAL session_replication_role = replica"))
+                for table in tables:
+                    c.execute(text(f"DELETE FROM {table}"))
+        except ProgrammingError:  # permission denied to set parameter
+            with self.engine.begin() as c:
+                c.execute(text(f"TRUNCATE {', '.join(tables)} CASCADE"))
 
     def one(self, sql: str, **params: Any) -> Any:
         with self.engine.begin() as c:
