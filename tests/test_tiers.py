@@ -75,3 +75,31 @@ def test_every_test_has_exactly_one_tier(request: pytest.FixtureRequest) -> None
     for item in request.session.items:
         marked = [t for t in tiers if item.get_closest_marker(t)]
         assert len(marked) == 1, (item.nodeid, marked)
+
+
+@pytest.mark.unit
+def test_measured_slow_tests_are_marked_slow_and_each_line_names_a_real_test(request: pytest.FixtureRequest) -> None:
+    import importlib
+
+    from tests.conftest import SLOW_FILE, measured_slow
+
+    listed = measured_slow()
+    assert len(listed) > 100  # the file is there and read
+    for item in request.session.items:  # what this run selected
+        if item.nodeid in listed:
+            assert item.get_closest_marker("slow"), item.nodeid
+    for nodeid in listed:  # a renamed or deleted test leaves a line to rewrite (--record-slow)
+        path, _, name = nodeid.partition("::")
+        module = importlib.import_module(path.removesuffix(".py").replace("/", "."))
+        assert callable(getattr(module, name.split("[", 1)[0], None)), f"{SLOW_FILE.name}: no test {nodeid}"
+
+
+@pytest.mark.unit
+def test_the_slow_list_reads_seconds_then_a_node_id_and_skips_comments(tmp_path: Path) -> None:
+    from tests.conftest import measured_slow
+
+    listed = tmp_path / "slow.txt"
+    listed.write_text("# a comment\n\n1.50 tests/test_a.py::test_x[a b # c]\n0.20 tests/test_b.py::test_y\n",
+                      encoding="utf-8")
+    assert measured_slow(listed) == {"tests/test_a.py::test_x[a b # c]", "tests/test_b.py::test_y"}
+    assert measured_slow(tmp_path / "missing.txt") == set()
