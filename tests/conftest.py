@@ -230,8 +230,9 @@ _FAST_TIERS = ("unit", "db")  # the tiers the fast loop is cut from (workers and
 
 
 def measured_slow(path: Path = SLOW_FILE) -> set[str]:
-    """The node ids ``tests/slow_tests.txt`` lists, one a line as ``<seconds> <node id>`` (``#``
-    starts a comment). A missing file lists nothing; an id no test has any more is ignored."""
+    """The node ids ``tests/slow_tests.txt`` lists, one a line as ``<seconds> <node id>`` (a line
+    starting with ``#`` is a comment). A missing file lists nothing; an id no test has any more is
+    ignored here (tests/test_tiers.py fails on it)."""
     if not path.is_file():
         return set()
     return set(_slow_lines(path))
