@@ -12,6 +12,8 @@ from typing import Any
 from sqlalchemy import text
 from sqlalchemy.engine import Connection, RowMapping
 
+from db.pages import page_column
+
 # --- retry ---------------------------------------------------------------------------------------
 
 
@@ -176,6 +178,71 @@ def insert_story(c: Connection, email: str, object_key: str, filename: str, cont
         """INSERT INTO stories (user_id, child_name, child_age, story_theme, protagonist_photo_id)
            VALUES (:u, :n, :a, :t, :p) RETURNING id"""),
         {"u": user, "n": name, "a": age, "t": theme, "p": photo_id}).scalar())
+
+
+# --- one story, for people -----------------------------------------------------------------------
+
+def story_report(c: Connection, story_id: str, page_columns: dict[str, str]) -> dict[str, Any] | None:
+    """What ``storycreator status <story>`` shows, or None when there is no such story:
+    ``{"story": row, "pages": [...], "errors": [...], "jobs": [...]}``.
+
+    ``story``: id, status, title, error_message, child_age, story_theme, updated_at,
+    protagonist_face. ``pages``: page_number, updated_at and, per ``page_columns`` (stage name ->
+    story_pages status column, from the story flow's table; ValueError for any other column), the
+    stage's status under the stage's name, in page order. ``errors``: the story's and its photo's
+    step_errors (stage, page_number, permanent, message, created_at), oldest first. ``jobs``: its
+    remote jobs (page_number, stage, provider, external_id, status, recreation, error_message,
+    created_at), oldest first."""
+    story = c.execute(text(
+        """SELECT s.id, s.status, s.title, s.error_message, s.child_age, s.story_theme, s.updated_at,
+                  o.protagonist_face
+             FROM stories s LEFT JOIN story_outlines o ON o.story_id = s.id
+            WHERE s.id = :s"""), {"s": story_id}).mappings().first()
+    if story is None:
+        return None
+    return {"story": dict(story), "pages": page_statuses(c, story_id, page_columns),
+            "errors": [dict(e) for e in c.execute(text(
+                """SELECT e.stage, p.page_number, e.permanent, e.message, e.created_at
+                     FROM step_errors e LEFT JOIN story_pages p ON p.id = e.page_id
+                    WHERE e.story_id = :s
+                       OR e.photo_id = (SELECT protagonist_photo_id FROM stories WHERE id = :s)
+                    ORDER BY e.created_at"""), {"s": story_id}).mappings()],
+            "jobs": [dict(j) for j in c.execute(text(
+                """SELECT p.page_number, j.stage, j.provider, j.external_id, j.status, j.recreation,
+                          j.error_message, j.created_at
+                     FROM provider_jobs j JOIN story_pages p ON p.id = j.page_id
+                    WHERE p.story_id = :s ORDER BY j.created_at"""), {"s": story_id}).mappings()]}
+
+
+def page_statuses(c: Connection, story_id: str, page_columns: dict[str, str]) -> list[dict[str, Any]]:
+    """The story's pages in order: page_number, updated_at and each stage's status under its name
+    (``page_columns``: stage name -> story_pages status column; ValueError for any other column or
+    a name that is not an identifier). NULL statuses are returned as None (waiting)."""
+    cols = ", ".join(f"{page_column(col)} AS {_name(stage)}" for stage, col in page_columns.items())
+    return [dict(r) for r in c.execute(text(
+        f"""SELECT page_number, {cols}, updated_at FROM story_pages
+             WHERE story_id = :s ORDER BY page_number"""), {"s": story_id}).mappings()]
+
+
+def story_progress(c: Connection, story_id: str, page_columns: dict[str, str]) -> dict[str, Any] | None:
+    """A story as its progress is watched (the demo): ``{"story": {status, title, error_message},
+    "photo_status": its photo's ai_processing_status (None while pending), "pages":
+    page_statuses(...)}``, or None when there is no such story."""
+    story = c.execute(text("SELECT status, title, error_message FROM stories WHERE id = :s"),
+                      {"s": story_id}).mappings().first()
+    if story is None:
+        return None
+    photo = c.execute(text(
+        """SELECT ph.ai_processing_status FROM photos ph JOIN stories s ON s.protagonist_photo_id = ph.id
+            WHERE s.id = :s"""), {"s": story_id}).scalar()
+    return {"story": dict(story), "photo_status": photo, "pages": page_statuses(c, story_id, page_columns)}
+
+
+def _name(stage: str) -> str:
+    """A stage name fit to be a column alias (an identifier); ValueError otherwise."""
+    if not stage.isidentifier():
+        raise ValueError(f"{stage!r} is not a stage name")
+    return stage
 
 
 # --- the whole picture ---------------------------------------------------------------------------

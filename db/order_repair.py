@@ -140,6 +140,23 @@ def insert_order(conn: Connection, story_id: str, *, product_type: str, amount: 
          "address": json_param(shipping_address), "pi": payment_intent_id}).scalar())
 
 
+def order_progress(conn: Connection, order_id: str) -> dict[str, Any]:
+    """An order as its progress is watched (the demo): status, pod_provider, pod_order_id,
+    tracking_number, ``print_status`` (the provider's status of its print job as last recorded,
+    None before one) and ``error`` (the message of its latest failed event, None when none).
+    Raises sqlalchemy.exc.NoResultFound when there is no such order."""
+    row = dict(conn.execute(text(
+        "SELECT status, pod_provider, pod_order_id, tracking_number FROM orders WHERE id = :o"),
+        {"o": order_id}).mappings().one())
+    row["print_status"] = conn.execute(text(
+        "SELECT result->>'status' FROM order_steps WHERE order_id = :o AND step = 'print_job'"),
+        {"o": order_id}).scalar()
+    row["error"] = conn.execute(text(
+        "SELECT message FROM order_events WHERE order_id = :o AND outcome = 'failed' ORDER BY id DESC LIMIT 1"),
+        {"o": order_id}).scalar()
+    return row
+
+
 def summary(conn: Connection) -> dict[str, int]:
     """Orders by status (only the statuses that have any)."""
     return {str(k): int(v) for k, v in conn.execute(text("SELECT status, count(*) FROM orders GROUP BY 1"))}
