@@ -111,3 +111,21 @@ def f(conn, col):
     assert sum("imports sqlalchemy's text()" in h for h in hits) == 1
     assert sum("calls sa...text()" in h for h in hits) == 1
     assert sum("SQL in a string" in h for h in hits) == 3, hits  # UPDATE, INSERT, DELETE; not the prose
+
+
+def test_column_names_from_callers_are_checked_against_the_schema() -> None:
+    # db/ builds SQL from the column names the flow's table passes it: only story_pages' status
+    # columns are accepted, and they are exactly the story flow's page steps' columns.
+    import pytest
+
+    from db.operations import reset_failed_story
+    from db.pages import PAGE_STATUS_COLUMNS, page_column
+    from pipeline.stories.stages import PAGE_STAGES
+
+    assert {s.status_column for s in PAGE_STAGES} == PAGE_STATUS_COLUMNS
+    assert page_column("image_generation_status") == "image_generation_status"
+    for bad in ("status", "text", "text_generation_status = 'x'; --", ""):
+        with pytest.raises(ValueError):
+            page_column(bad)
+    with pytest.raises(ValueError):  # checked before any statement runs (no connection needed)
+        reset_failed_story(None, "00000000-0000-0000-0000-000000000000", ["updated_at"])  # type: ignore[arg-type]
