@@ -57,19 +57,12 @@ def _send(task: str, order_id: str, countdown: float | None = None) -> None:
     publish.send(task, {"order_id": order_id}, countdown=countdown, queue=QUEUE)
 
 
-def _again_in(result: step.StepResult) -> float | None:
-    """The countdown a waiting order step asked for (typed field; the log-context key
-    ``orders.AGAIN_IN`` until pipeline.orders sets the field)."""
-    if result.again_in is not None:
-        return result.again_in
-    delay = result.context.get(orders.AGAIN_IN)
-    return float(delay) if delay is not None else None
-
-
 def _again(task: str, order_id: str | None, result: step.StepResult) -> None:
-    """The step waits (for its story, on a print job): a fresh message after the countdown.
+    """The step waits (for its story, on a print job): a fresh message after the countdown the step
+    set in ``StepResult.again_in`` (seconds), not a retry: Celery caps a task's retries and a print
+    job is followed for days; a fresh message carries no growing retry count or redelivered flag.
     If this worker dies before sending it, orders.sweep starts the chain again."""
-    delay = _again_in(result)
+    delay = result.again_in
     if delay is not None and order_id is not None:
         _send(task, order_id, delay)
 

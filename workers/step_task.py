@@ -103,6 +103,8 @@ def _log_line(stage: str, ids: dict[str, Any], attempt: int, result: step.StepRe
     fields = {"stage": stage, **ids, "attempt": attempt, "outcome": outcome, "ms": round(total_ms, 1)}
     if result is not None:
         fields.update(result.context)
+        if result.again_in is not None:  # a waiting step: when it runs again (seconds)
+            fields["again_in"] = result.again_in
         fields["phases"] = result.timings
         if result.detail:
             fields["detail"] = result.detail[:300]
