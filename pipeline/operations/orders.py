@@ -20,14 +20,14 @@ from pipeline.kernel.stages import Stage
 from pipeline.operations.stuck import Stuck
 from pipeline.orders.payment import NEEDS_CONFIRMATION
 from pipeline.orders.settings import order_settings
-from pipeline.orders.stages import ORDER_FLOW, QUEUE, SWEPT
+from pipeline.orders.stages import ORDER_FLOW, SWEPT
 from pipeline.orders.stripe_events import PAYMENT_SUCCEEDED, event_payload, sign
 from pipeline.providers import lulu
 
 
 def _publish(task: str, kwargs: dict[str, Any]) -> None:
     """Send an order task by name to the orders queue (no task objects: the Celery layer is on top)."""
-    publish.send(task, kwargs, queue=QUEUE)
+    publish.send(task, kwargs)
 
 
 def stuck_query_args(stage: Stage) -> tuple[str, str, str, str | None]:
