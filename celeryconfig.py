@@ -5,7 +5,9 @@ from __future__ import annotations
 from kombu import Exchange, Queue
 
 from pipeline.config import settings
-from pipeline.kernel.stages import Flow
+from pipeline.orders.stages import LULU_WEBHOOK_TASK, ORDER_FLOW, SWEEP_TASK
+from pipeline.orders.stages import QUEUE as ORDER_QUEUE
+from pipeline.stories.stages import STORY
 
 _s = settings()
 
@@ -29,36 +31,29 @@ broker_transport_options = {
 task_default_queue = "celery"
 
 
-def _flows() -> tuple[Flow, ...]:
-    """Every flow's stage table: the story's, and the orders' once pipeline.orders.stages
-    declares it (until then the order tasks pin their queue, "orders", in workers/order_tasks.py)."""
-    from pipeline.stories.stages import STORY
-
-    try:
-        from pipeline.orders import stages as order_stages  # type: ignore[attr-defined,unused-ignore]
-    except ImportError:
-        return (STORY,)
-    return (STORY, *(v for v in vars(order_stages).values() if isinstance(v, Flow)))
-
-
-FLOWS = _flows()
-# Task name -> queue, from the stage tables, plus the operations task (ops.sweep, beat).
+# Every flow's stage table (pipeline/stories/stages.py, pipeline/orders/stages.py): task name -> queue.
+FLOWS = (STORY, ORDER_FLOW)
 task_routes = {stage.task: {"queue": stage.queue} for flow in FLOWS for stage in flow}
-task_routes["ops.sweep"] = {"queue": "stories"}
+# The tasks that are not steps of a flow: the sweeps (celery beat) and Lulu's webhook.
+task_routes.update({
+    "ops.sweep": {"queue": STORY["outline"].queue},
+    SWEEP_TASK: {"queue": ORDER_QUEUE},
+    LULU_WEBHOOK_TASK: {"queue": ORDER_QUEUE},
+})
 # The one queue list: a worker started without -Q consumes every queue here (Celery's default:
 # "-Q: by default all configured queues are enabled"), as the Procfile, ./run, the demo, the tests
-# and the benchmarks start it. Each queue with its own direct exchange and routing key. (A bare
+# and the benchmarks start it. The default queue first (the external API publishes there), then
+# each routed queue once. Each queue with its own direct exchange and routing key. (A bare
 # Queue(name) gets Celery's default routing key "celery" on the default exchange: every queue
 # would receive every message.)
-QUEUES = tuple(dict.fromkeys((task_default_queue, "photos", "stories",
-                              *(q for flow in FLOWS for q in flow.queues()), "orders")))
+QUEUES = tuple(dict.fromkeys((task_default_queue, *(r["queue"] for r in task_routes.values()))))
 task_queues = [Queue(q, Exchange(q, type="direct"), routing_key=q) for q in QUEUES]
 
 # Stuck-work detection (pipeline/operations/sweep.py), run by `celery beat` (Procfile: beat).
 beat_schedule = {
     "sweep-stuck-work": {"task": "ops.sweep", "schedule": _s.sweep_interval},
-    # Stuck orders (pipeline/orders/steps.py): paid with no print files or print job, lost poll chains.
-    "sweep-stuck-orders": {"task": "orders.sweep", "schedule": _s.sweep_interval, "options": {"queue": "orders"}},
+    # Stuck orders (pipeline/operations/orders.py): paid with no print files or print job, lost poll chains.
+    "sweep-stuck-orders": {"task": SWEEP_TASK, "schedule": _s.sweep_interval},
 }
 
 # At-least-once: ack after the task ran, redeliver when the worker is lost, fetch one at a time.

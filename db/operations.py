@@ -7,10 +7,14 @@ nothing themselves.
 """
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 from sqlalchemy import text
 from sqlalchemy.engine import Connection, RowMapping
+
+from db.models import Base
+from db.pages import page_column
 
 # --- retry ---------------------------------------------------------------------------------------
 
@@ -29,11 +33,12 @@ def lock_failed_story(c: Connection, story_id: str) -> RowMapping | None:
             WHERE s.id = :id FOR UPDATE OF s"""), {"id": story_id}).mappings().first()
 
 
-def count_failed_pages(c: Connection, story_id: str) -> int:
-    """Pages of the story with at least one failed step."""
+def count_failed_pages(c: Connection, story_id: str, columns: Sequence[str]) -> int:
+    """Pages of the story with at least one failed step (``columns``: the page steps' story_pages
+    status columns, from the story flow's table; ValueError for any other column)."""
+    cols = ", ".join(page_column(col) for col in columns)
     return int(c.execute(text(
-        """SELECT count(*) FROM story_pages WHERE story_id = :id AND 'failed' IN
-           (text_generation_status, image_generation_status, personalization_status)"""),
+        f"SELECT count(*) FROM story_pages WHERE story_id = :id AND 'failed' IN ({cols})"),
         {"id": story_id}).scalar() or 0)
 
 
@@ -43,19 +48,15 @@ def reset_failed_photo(c: Connection, photo_id: str) -> None:
                       WHERE id = :p AND ai_processing_status = 'failed'"""), {"p": photo_id})
 
 
-def reset_failed_story(c: Connection, story_id: str) -> int:
+def reset_failed_story(c: Connection, story_id: str, columns: Sequence[str]) -> int:
     """Every failed page step of the story back to pending (completed ones kept), then the story
-    failed -> pending. Returns how many pages were reset."""
+    failed -> pending. ``columns``: the page steps' story_pages status columns, from the story
+    flow's table (ValueError for any other column). Returns how many pages were reset."""
+    cols = [page_column(col) for col in columns]
+    sets = ", ".join(f"{col} = CASE WHEN {col} = 'failed' THEN 'pending' ELSE {col} END" for col in cols)
     n = c.execute(text(
-        """UPDATE story_pages SET
-               text_generation_status = CASE WHEN text_generation_status = 'failed' THEN 'pending'
-                                             ELSE text_generation_status END,
-               image_generation_status = CASE WHEN image_generation_status = 'failed' THEN 'pending'
-                                              ELSE image_generation_status END,
-               personalization_status = CASE WHEN personalization_status = 'failed' THEN 'pending'
-                                             ELSE personalization_status END
-         WHERE story_id = :id AND 'failed' IN
-               (text_generation_status, image_generation_status, personalization_status)"""),
+        f"""UPDATE story_pages SET {sets}
+             WHERE story_id = :id AND 'failed' IN ({", ".join(cols)})"""),
         {"id": story_id}).rowcount
     c.execute(text("""UPDATE stories SET status = 'pending', error_message = NULL
                       WHERE id = :id AND status = 'failed'"""), {"id": story_id})
@@ -105,7 +106,7 @@ def failed_stories(c: Connection, *, page: str | None = None, photo: str | None 
 # it stopped. Each WHERE repeats its index's predicate word for word, so the planner can use it.
 # Parameters: :after, :limit, :lease, :pending_after, :upload_wait (seconds).
 
-STUCK_PHOTOS = """
+_STUCK_PHOTOS = """
         SELECT id FROM photos
          WHERE ai_processing_status IS DISTINCT FROM 'completed' AND id > :after AND status = 'uploaded'
            AND ((ai_processing_status = 'processing' AND updated_at < now() - make_interval(secs => :lease))
@@ -113,7 +114,7 @@ STUCK_PHOTOS = """
                  AND updated_at < now() - make_interval(secs => :pending_after)))
          ORDER BY id LIMIT :limit"""
 
-STUCK_STORY_STARTS = """
+_STUCK_STORY_STARTS = """
         SELECT s.id FROM stories s
          WHERE s.status IN ('pending', 'processing') AND s.id > :after
            AND ((s.status = 'pending' AND s.updated_at < now() - make_interval(secs => :pending_after)
@@ -126,37 +127,65 @@ STUCK_STORY_STARTS = """
                  AND NOT EXISTS (SELECT 1 FROM story_pages p WHERE p.story_id = s.id)))
          ORDER BY s.id LIMIT :limit"""
 
-# Every page done, the story not: the personalization that should have sent the finish died
-# first (or its message was lost).
-STUCK_FINISHES = """
+def _stuck_page_steps(column: str, prerequisite: str | None) -> str:
+    col = page_column(column)
+    pre = f"AND p.{page_column(prerequisite)} = 'completed'" if prerequisite is not None else ""
+    return f"""
+        SELECT p.id, p.story_id FROM story_pages p JOIN stories s ON s.id = p.story_id
+         WHERE p.{col} IS DISTINCT FROM 'completed' AND p.id > :after
+           AND s.status = 'processing' {pre}
+           AND ((p.{col} = 'processing' AND p.updated_at < now() - make_interval(secs => :lease))
+             OR (COALESCE(p.{col}, 'pending') = 'pending'
+                 AND p.updated_at < now() - make_interval(secs => :pending_after)))
+         ORDER BY p.id LIMIT :limit"""
+
+
+def _stuck_finishes(last_page_column: str) -> str:
+    # Every page done, the story not: the step that should have sent the finish died first (or
+    # its message was lost).
+    col = page_column(last_page_column)
+    return f"""
         SELECT s.id FROM stories s
          WHERE s.status IN ('pending', 'processing') AND s.id > :after AND s.status = 'processing'
            AND s.updated_at < now() - make_interval(secs => :pending_after)
            AND EXISTS (SELECT 1 FROM story_pages p WHERE p.story_id = s.id)
            AND NOT EXISTS (SELECT 1 FROM story_pages p WHERE p.story_id = s.id
-                            AND (p.personalization_status IS DISTINCT FROM 'completed'
+                            AND (p.{col} IS DISTINCT FROM 'completed'
                                  OR p.updated_at > now() - make_interval(secs => :pending_after)))
          ORDER BY s.id LIMIT :limit"""
 
 
-def stuck_page_steps(column: str, prerequisite: str | None) -> str:
-    """The stuck-work query of one page step: its status column ``column`` unfinished (the
-    partial index ix_story_pages_<column>_unfinished's predicate), its ``prerequisite`` column
-    completed (None for the page's first step), the story processing. Rows: (page id, story id).
-    Column names come from the stage table (pipeline/stories/stages.py), never from input."""
-    return f"""
-        SELECT p.id, p.story_id FROM story_pages p JOIN stories s ON s.id = p.story_id
-         WHERE p.{column} IS DISTINCT FROM 'completed' AND p.id > :after
-           AND s.status = 'processing' {f"AND p.{prerequisite} = 'completed'" if prerequisite else ""}
-           AND ((p.{column} = 'processing' AND p.updated_at < now() - make_interval(secs => :lease))
-             OR (COALESCE(p.{column}, 'pending') = 'pending'
-                 AND p.updated_at < now() - make_interval(secs => :pending_after)))
-         ORDER BY p.id LIMIT :limit"""
-
-
-def stuck_rows(c: Connection, sql: str, params: dict[str, Any]) -> list[tuple[str, ...]]:
-    """The rows of one stuck-work query, as strings."""
+def _rows(c: Connection, sql: str, params: dict[str, Any]) -> list[tuple[str, ...]]:
     return [tuple(str(v) for v in r) for r in c.execute(text(sql), params)]
+
+
+def stuck_photos(c: Connection, params: dict[str, Any]) -> list[tuple[str, ...]]:
+    """Photos whose analysis is stuck: rows (photo id,). ``params``: after, limit, lease,
+    pending_after (seconds)."""
+    return _rows(c, _STUCK_PHOTOS, params)
+
+
+def stuck_story_starts(c: Connection, params: dict[str, Any]) -> list[tuple[str, ...]]:
+    """Stories whose start (outline, page rows) is stuck: rows (story id,). ``params``: after,
+    limit, lease, pending_after, upload_wait (seconds)."""
+    return _rows(c, _STUCK_STORY_STARTS, params)
+
+
+def stuck_finishes(c: Connection, last_page_column: str, params: dict[str, Any]) -> list[tuple[str, ...]]:
+    """Processing stories whose every page has its last step (status column ``last_page_column``,
+    from the story flow's table; ValueError for any other column) completed, and which never
+    finished: rows (story id,). ``params``: after, limit, pending_after (seconds)."""
+    return _rows(c, _stuck_finishes(last_page_column), params)
+
+
+def stuck_page_steps(c: Connection, column: str, prerequisite: str | None,
+                     params: dict[str, Any]) -> list[tuple[str, ...]]:
+    """Stuck steps of one page stage: its status column ``column`` unfinished (the partial index
+    ix_story_pages_<column>_unfinished's predicate), its ``prerequisite`` column completed (None
+    for the page's first step), the story processing. Rows: (page id, story id). Columns come from
+    the stage table (pipeline/stories/stages.py) and are checked against story_pages' status
+    columns (ValueError otherwise). ``params``: after, limit, lease, pending_after (seconds)."""
+    return _rows(c, _stuck_page_steps(column, prerequisite), params)
 
 
 # --- submit, as the external API does ------------------------------------------------------------
@@ -178,18 +207,88 @@ def insert_story(c: Connection, email: str, object_key: str, filename: str, cont
         {"u": user, "n": name, "a": age, "t": theme, "p": photo_id}).scalar())
 
 
+# --- one story, for people -----------------------------------------------------------------------
+
+def story_report(c: Connection, story_id: str, page_columns: dict[str, str]) -> dict[str, Any] | None:
+    """What ``storycreator status <story>`` shows, or None when there is no such story:
+    ``{"story": row, "pages": [...], "errors": [...], "jobs": [...]}``.
+
+    ``story``: id, status, title, error_message, child_age, story_theme, updated_at,
+    protagonist_face. ``pages``: page_number, updated_at and, per ``page_columns`` (stage name ->
+    story_pages status column, from the story flow's table; ValueError for any other column), the
+    stage's status under the stage's name, in page order. ``errors``: the story's and its photo's
+    step_errors (stage, page_number, permanent, message, created_at), oldest first. ``jobs``: its
+    remote jobs (page_number, stage, provider, external_id, status, recreation, error_message,
+    created_at), oldest first."""
+    story = c.execute(text(
+        """SELECT s.id, s.status, s.title, s.error_message, s.child_age, s.story_theme, s.updated_at,
+                  o.protagonist_face
+             FROM stories s LEFT JOIN story_outlines o ON o.story_id = s.id
+            WHERE s.id = :s"""), {"s": story_id}).mappings().first()
+    if story is None:
+        return None
+    return {"story": dict(story), "pages": page_statuses(c, story_id, page_columns),
+            "errors": [dict(e) for e in c.execute(text(
+                """SELECT e.stage, p.page_number, e.permanent, e.message, e.created_at
+                     FROM step_errors e LEFT JOIN story_pages p ON p.id = e.page_id
+                    WHERE e.story_id = :s
+                       OR e.photo_id = (SELECT protagonist_photo_id FROM stories WHERE id = :s)
+                    ORDER BY e.created_at"""), {"s": story_id}).mappings()],
+            "jobs": [dict(j) for j in c.execute(text(
+                """SELECT p.page_number, j.stage, j.provider, j.external_id, j.status, j.recreation,
+                          j.error_message, j.created_at
+                     FROM provider_jobs j JOIN story_pages p ON p.id = j.page_id
+                    WHERE p.story_id = :s ORDER BY j.created_at"""), {"s": story_id}).mappings()]}
+
+
+def page_statuses(c: Connection, story_id: str, page_columns: dict[str, str]) -> list[dict[str, Any]]:
+    """The story's pages in order: page_number, updated_at and each stage's status under its name
+    (``page_columns``: stage name -> story_pages status column; ValueError for any other column or
+    a name that is not an identifier). NULL statuses are returned as None (waiting)."""
+    cols = ", ".join(f"{page_column(col)} AS {_name(stage)}" for stage, col in page_columns.items())
+    return [dict(r) for r in c.execute(text(
+        f"""SELECT page_number, {cols}, updated_at FROM story_pages
+             WHERE story_id = :s ORDER BY page_number"""), {"s": story_id}).mappings()]
+
+
+def story_progress(c: Connection, story_id: str, page_columns: dict[str, str]) -> dict[str, Any] | None:
+    """A story as its progress is watched (the demo): ``{"story": {status, title, error_message},
+    "photo_status": its photo's ai_processing_status (None while pending), "pages":
+    page_statuses(...)}``, or None when there is no such story."""
+    story = c.execute(text("SELECT status, title, error_message FROM stories WHERE id = :s"),
+                      {"s": story_id}).mappings().first()
+    if story is None:
+        return None
+    photo = c.execute(text(
+        """SELECT ph.ai_processing_status FROM photos ph JOIN stories s ON s.protagonist_photo_id = ph.id
+            WHERE s.id = :s"""), {"s": story_id}).scalar()
+    return {"story": dict(story), "photo_status": photo, "pages": page_statuses(c, story_id, page_columns)}
+
+
+def _name(stage: str) -> str:
+    """A stage name fit to be a column alias (an identifier); ValueError otherwise."""
+    if not stage.isidentifier():
+        raise ValueError(f"{stage!r} is not a stage name")
+    return stage
+
+
 # --- the whole picture ---------------------------------------------------------------------------
 
-_SUMMARY = (
-    ("photo analysis", "SELECT COALESCE(ai_processing_status, 'pending'), count(*) FROM photos GROUP BY 1"),
-    ("story", "SELECT status, count(*) FROM stories GROUP BY 1"),
-    ("text", "SELECT COALESCE(text_generation_status, 'pending'), count(*) FROM story_pages GROUP BY 1"),
-    ("image", "SELECT COALESCE(image_generation_status, 'pending'), count(*) FROM story_pages GROUP BY 1"),
-    ("personalization",
-     "SELECT COALESCE(personalization_status, 'pending'), count(*) FROM story_pages GROUP BY 1"),
-)
+def summary(c: Connection, counted: dict[str, tuple[str, str]]) -> dict[str, dict[str, int]]:
+    """Counts per stage and status: {"story": {"completed": 3, ...}, ...}. ``counted``: key ->
+    (table, status column), from the flow's table (ValueError for a table or column that is not
+    in db/models.py); a NULL status counts as pending."""
+    out: dict[str, dict[str, int]] = {}
+    for key, (table, column) in counted.items():
+        t, col = _status_column(table, column)
+        out[key] = {str(k): int(v) for k, v in c.execute(text(
+            f"SELECT COALESCE({col}, 'pending'), count(*) FROM {t} GROUP BY 1")).all()}
+    return out
 
 
-def summary(c: Connection) -> dict[str, dict[str, int]]:
-    """Counts per stage and status: {"story": {"completed": 3, ...}, ...}."""
-    return {stage: {str(k): int(v) for k, v in c.execute(text(sql)).all()} for stage, sql in _SUMMARY}
+def _status_column(table: str, column: str) -> tuple[str, str]:
+    """(table, column) when db/models.py declares that column of that table; ValueError otherwise."""
+    t = Base.metadata.tables.get(table)
+    if t is None or column not in t.columns:
+        raise ValueError(f"{table}.{column} is not a column of the schema (db/models.py)")
+    return table, column

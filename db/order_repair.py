@@ -13,45 +13,68 @@ from db.orders import NOT_PRINTABLE, OWN_STORY, json_param
 
 # --- stuck orders ------------------------------------------------------------------------------
 
-# Orders that should be moving into a stage and are not, by the order flow's stage name
-# (pipeline/orders/stages.py). Parameters: :pending_after and :lease (seconds), :poll_stale
-# (seconds), :limit.
-STUCK_SQL: dict[str, str] = {
-    # paid, story finished (either way) or not the order's own (its claim refuses it), print
-    # files never made or their worker died
-    "print_files": f"""
+# Orders that should be moving into a stage of the order flow and are not. The flow (which step
+# follows which, what each row is) is declared once in pipeline/orders/stages.py: callers pass the
+# step names, bound as parameters (never SQL text). Three shapes, by what the stage waits on.
+# Parameters: :step / :prereq (order_steps.step names), :pending_after and :lease (seconds),
+# :poll_stale (seconds), :limit.
+_STUCK_AFTER_PAYMENT = f"""
         SELECT o.id FROM orders o LEFT JOIN stories s ON s.id = o.story_id
-          LEFT JOIN order_steps f ON f.order_id = o.id AND f.step = 'print_files'
+          LEFT JOIN order_steps f ON f.order_id = o.id AND f.step = :step
          WHERE o.status = 'paid' AND (s.status IN ('completed', 'failed') OR NOT {OWN_STORY}) AND (
                (f.order_id IS NULL AND o.updated_at < now() - make_interval(secs => :pending_after))
             OR (f.status = 'pending' AND f.updated_at < now() - make_interval(secs => :pending_after))
             OR (f.status = 'processing' AND f.updated_at < now() - make_interval(secs => :lease)))
-         LIMIT :limit""",
-    # paid with print files and no print job (pod_order_id): the message was lost or the
-    # worker died creating it (the re-run finds the job it may have created)
-    "print_job": """
+         LIMIT :limit"""
+_STUCK_AFTER_STEP = """
         SELECT o.id FROM orders o
-          JOIN order_steps f ON f.order_id = o.id AND f.step = 'print_files' AND f.status = 'completed'
-          LEFT JOIN order_steps j ON j.order_id = o.id AND j.step = 'print_job'
+          JOIN order_steps f ON f.order_id = o.id AND f.step = :prereq AND f.status = 'completed'
+          LEFT JOIN order_steps j ON j.order_id = o.id AND j.step = :step
          WHERE o.status = 'paid' AND o.pod_order_id IS NULL AND (
                (j.order_id IS NULL AND f.updated_at < now() - make_interval(secs => :pending_after))
             OR (j.status = 'pending' AND j.updated_at < now() - make_interval(secs => :pending_after))
             OR (j.status = 'processing' AND j.updated_at < now() - make_interval(secs => :lease)))
-         LIMIT :limit""",
-    # a print job nobody has asked about for two poll intervals: its poll chain was lost
-    "print_status": """
+         LIMIT :limit"""
+_STUCK_FOLLOWING = """
         SELECT o.id FROM orders o
-          JOIN order_steps j ON j.order_id = o.id AND j.step = 'print_job' AND j.status = 'completed'
+          JOIN order_steps j ON j.order_id = o.id AND j.step = :prereq AND j.status = 'completed'
          WHERE o.status IN ('paid', 'fulfilled') AND o.pod_order_id IS NOT NULL
            AND COALESCE(j.checked_at, j.updated_at) < now() - make_interval(secs => :poll_stale)
-         LIMIT :limit""",
-}
+         LIMIT :limit"""
 
 
-def stuck_orders(conn: Connection, stage: str, params: dict[str, Any]) -> list[str]:
-    """Ids of the orders stuck before the order flow's ``stage`` (a key of STUCK_SQL; KeyError
-    otherwise). ``params``: lease, pending_after, poll_stale (seconds) and limit."""
-    return [str(r[0]) for r in conn.execute(text(STUCK_SQL[stage]), params)]
+def stuck_order_query(table: str, step: str, column: str, prerequisite: str | None) -> str:
+    """The stuck-order query of one order stage (``table``: the row it moves, ``"order_steps"``;
+    ``step``: its name; ``column``: the order_steps
+    column it moves, ``"status"`` or ``"checked_at"``; ``prerequisite``: the order_steps row that
+    must be completed first, None when it follows the payment), as pipeline/orders/stages.py
+    declares them:
+
+    - after the payment (print files): paid, its story finished (either way) or not the order's
+      own (its claim refuses it), the step's row never made, pending, or its worker died;
+    - after a step (the print job): the prerequisite completed, no print job recorded
+      (pod_order_id), the step's row never made, pending, or its worker died (the re-run finds a
+      job it may have created);
+    - following (``checked_at``): the prerequisite's print job nobody has asked about for
+      :poll_stale seconds, the order not yet shipped: its poll chain was lost.
+
+    Raises ValueError for any other combination (the payment, on ``orders``, is Stripe's to resend)."""
+    if table != "order_steps":
+        raise ValueError(f"no stuck-order query for {step!r} (a row of {table}, not a step row)")
+    if column == "checked_at" and prerequisite is not None:
+        return _STUCK_FOLLOWING
+    if column == "status":
+        return _STUCK_AFTER_PAYMENT if prerequisite is None else _STUCK_AFTER_STEP
+    raise ValueError(f"no stuck-order query for {step!r} ({column}, after {prerequisite!r})")
+
+
+def stuck_orders(conn: Connection, table: str, step: str, column: str, prerequisite: str | None,
+                 params: dict[str, Any]) -> list[str]:
+    """Ids of the orders stuck before the order flow's stage ``step`` (see
+    :func:`stuck_order_query`; ValueError for a stage it has no query for). ``params``: lease,
+    pending_after, poll_stale (seconds) and limit."""
+    sql = stuck_order_query(table, step, column, prerequisite)
+    return [str(r[0]) for r in conn.execute(text(sql), {**params, "step": step, "prereq": prerequisite})]
 
 
 def unconfirmed_payments(conn: Connection, kind: str, limit: int) -> list[tuple[str, str]]:
@@ -138,6 +161,23 @@ def insert_order(conn: Connection, story_id: str, *, product_type: str, amount: 
              FROM stories WHERE id = :story RETURNING id"""),
         {"story": story_id, "product": product_type, "amount": amount, "currency": currency,
          "address": json_param(shipping_address), "pi": payment_intent_id}).scalar())
+
+
+def order_progress(conn: Connection, order_id: str) -> dict[str, Any]:
+    """An order as its progress is watched (the demo): status, pod_provider, pod_order_id,
+    tracking_number, ``print_status`` (the provider's status of its print job as last recorded,
+    None before one) and ``error`` (the message of its latest failed event, None when none).
+    Raises sqlalchemy.exc.NoResultFound when there is no such order."""
+    row = dict(conn.execute(text(
+        "SELECT status, pod_provider, pod_order_id, tracking_number FROM orders WHERE id = :o"),
+        {"o": order_id}).mappings().one())
+    row["print_status"] = conn.execute(text(
+        "SELECT result->>'status' FROM order_steps WHERE order_id = :o AND step = 'print_job'"),
+        {"o": order_id}).scalar()
+    row["error"] = conn.execute(text(
+        "SELECT message FROM order_events WHERE order_id = :o AND outcome = 'failed' ORDER BY id DESC LIMIT 1"),
+        {"o": order_id}).scalar()
+    return row
 
 
 def summary(conn: Connection) -> dict[str, int]:

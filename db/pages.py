@@ -5,27 +5,34 @@ Each one guarded statement (see db/claims.py).
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any
 
 from sqlalchemy import text
 from sqlalchemy.engine import Connection, RowMapping
 
 from db.claims import Stage, claimable
+from db.models import StoryPage
 from db.stories import REFUSALS, photo_refusal
 
-PageColumn = Literal["text_generation_status", "image_generation_status", "personalization_status"]
+# The story_pages status columns (db/models.py StoryPage: each ``*_status`` column, one per page
+# step). The flow itself (which step moves which column, and which column must be completed
+# first) is declared once in pipeline/stories/stages.py; callers pass its columns here by name,
+# and every statement checks them against this set, so no SQL is built from unchecked text.
+PAGE_STATUS_COLUMNS: frozenset[str] = frozenset(
+    c.name for c in StoryPage.__table__.columns if c.name.endswith("_status"))
+PageColumn = str  # one of PAGE_STATUS_COLUMNS
 
-PAGE_STAGES: dict[Stage, PageColumn] = {
-    "text": "text_generation_status",
-    "image": "image_generation_status",
-    "personalization": "personalization_status",
-}
-# The column a page step needs completed before it may start (text -> image -> personalization).
-PREREQUISITE: dict[PageColumn, PageColumn | None] = {
-    "text_generation_status": None,
-    "image_generation_status": "text_generation_status",
-    "personalization_status": "image_generation_status",
-}
+
+def page_column(col: str) -> str:
+    """``col`` itself when it is a story_pages status column (PAGE_STATUS_COLUMNS); raises
+    ValueError otherwise (a column name is about to become SQL text)."""
+    if col not in PAGE_STATUS_COLUMNS:
+        raise ValueError(f"{col!r} is not a story_pages status column (one of {sorted(PAGE_STATUS_COLUMNS)})")
+    return col
+
+
+def _prerequisite(col: str | None) -> str | None:
+    return None if col is None else page_column(col)
 
 
 @dataclass(frozen=True)
@@ -47,11 +54,17 @@ class PageClaim:
     protagonist_face: dict[str, Any] | None = None  # personalization only: the story's face choice
 
 
-def claim_page(conn: Connection, page_id: str, col: PageColumn, lease: float) -> PageClaim | None:
-    """Claim one page step, in one round trip that also returns all the step needs."""
-    prereq = PREREQUISITE[col]
+def claim_page(conn: Connection, page_id: str, col: PageColumn, lease: float, *,
+               prerequisite: PageColumn | None, with_photo: bool = False) -> PageClaim | None:
+    """Claim one page step (status column ``col``, pending -> processing, or a processing claim
+    older than ``lease`` seconds) once its ``prerequisite`` column is completed (None: the page's
+    first step), in one round trip that also returns all the step needs; ``with_photo``: also
+    the story's protagonist photo and face choice (the personalization), failing the story
+    instead when its photo is refused (db.stories.photo_refusal). None when not claimed.
+    Raises ValueError for a column that is not a story_pages status column."""
+    col, prereq = page_column(col), _prerequisite(prerequisite)
     prereq_sql = f"AND p.{prereq} = 'completed'" if prereq else ""
-    want_photo = col == "personalization_status"
+    want_photo = with_photo
     # Only the story's own, live photo is ever handed to the step (its face is cropped and
     # sent on); a story whose photo is not (another user's, deleted, upload failed) is failed
     # by the same statement, and the page is not claimed.
@@ -101,10 +114,13 @@ def claim_page(conn: Connection, page_id: str, col: PageColumn, lease: float) ->
     )
 
 
-def page_state(conn: Connection, page_id: str, col: PageColumn) -> RowMapping | None:
-    """Why a page step was not claimed: its status, its prerequisite's, the story's, and ``age``
-    (interval since the page row moved); None when there is no such page."""
-    prereq = PREREQUISITE[col]
+def page_state(conn: Connection, page_id: str, col: PageColumn, *,
+               prerequisite: PageColumn | None) -> RowMapping | None:
+    """Why a page step (status column ``col``, after column ``prerequisite`` or None) was not
+    claimed: its status, its prerequisite's (``prereq_status``), the story's (``story_status``),
+    ``story_id``, ``page_number`` and ``age`` (interval since the page row moved); None when there
+    is no such page. Raises ValueError for a column that is not a story_pages status column."""
+    col, prereq = page_column(col), _prerequisite(prerequisite)
     return conn.execute(
         text(
             f"""
@@ -120,7 +136,10 @@ def page_state(conn: Connection, page_id: str, col: PageColumn) -> RowMapping | 
 
 
 def complete_page(conn: Connection, page_id: str, col: PageColumn, values: dict[str, Any]) -> bool:
-    """processing -> completed with the step's result columns (text or an image key)."""
+    """processing -> completed with the step's result columns (text or an image key); False when
+    the column was not processing (another copy finished it). Raises ValueError for a column that
+    is not a story_pages status column."""
+    col = page_column(col)
     allowed = {"text", "base_image_key", "personalized_image_key"}
     assert set(values) <= allowed, values
     sets = ", ".join(f"{k} = :{k}" for k in values)
@@ -139,7 +158,10 @@ def fail_page(
     conn: Connection, page_id: str, col: PageColumn, stage: Stage, message: str,
     story_message: str, attempt: int, task_id: str | None,
 ) -> bool:
-    """processing -> failed, and the story failed with the page's reason, in one statement."""
+    """processing -> failed, and the story failed with the page's reason, in one statement; False
+    when the column was not processing. Raises ValueError for a column that is not a story_pages
+    status column."""
+    col = page_column(col)
     return conn.execute(
         text(
             f"""
@@ -166,7 +188,9 @@ def release_page(
     attempt: int, task_id: str | None,
 ) -> None:
     """processing -> pending after a transient error, recording the attempt (no record when
-    ``message`` is None: the step only waits for a quota, nothing failed)."""
+    ``message`` is None: the step only waits for a quota, nothing failed). Raises ValueError for a
+    column that is not a story_pages status column."""
+    col = page_column(col)
     if message is None:
         conn.execute(text(f"UPDATE story_pages SET {col} = 'pending' WHERE id = :id AND {col} = 'processing'"),
                      {"id": page_id})

@@ -8,7 +8,7 @@ from typing import Literal
 from sqlalchemy import text
 from sqlalchemy.engine import Connection, RowMapping
 
-from db.pages import PageColumn
+from db.pages import PageColumn, page_column
 
 JobStage = Literal["image", "personalization"]
 
@@ -66,7 +66,9 @@ def job_started(conn: Connection, job_id: str, external_id: str, sha: str) -> bo
 
 def job_polled(conn: Connection, job_id: str, page_id: str, col: PageColumn) -> None:
     """One more poll, and the page step's lease renewed: a job that is still running remotely
-    is healthy work, not a dead worker's claim."""
+    is healthy work, not a dead worker's claim. ``col``: the page step's status column (ValueError
+    when it is not a story_pages status column)."""
+    col = page_column(col)
     conn.execute(
         text(
             f"""

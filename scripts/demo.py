@@ -131,8 +131,7 @@ def order_print(engine, story: str, storage_root: Path, timeout: float,  # type:
                 worker: subprocess.Popen) -> int:  # type: ignore[type-arg]
     """Order a printed copy as the external API would (an order row, then Stripe's payment event,
     signed when STRIPE_WEBHOOK_SECRET is set) and follow it until it ships."""
-    from sqlalchemy import text
-
+    from db.order_repair import order_progress
     from pipeline.operations.orders import simulated_payment, submit_order
     from workers.app import app
 
@@ -142,12 +141,8 @@ def order_print(engine, story: str, storage_root: Path, timeout: float,  # type:
     t0, last = time.monotonic(), ""
     while time.monotonic() - t0 < timeout:
         with engine.connect() as c:
-            row = c.execute(text("SELECT status, pod_provider, pod_order_id, tracking_number FROM orders "
-                                 "WHERE id = :o"), {"o": order}).mappings().one()
-            seen = c.execute(text("SELECT result->>'status' FROM order_steps WHERE order_id = :o "
-                                  "AND step = 'print_job'"), {"o": order}).scalar()
-            error = c.execute(text("SELECT message FROM order_events WHERE order_id = :o AND outcome = 'failed' "
-                                   "ORDER BY id DESC LIMIT 1"), {"o": order}).scalar()
+            row = order_progress(c, order)
+        seen, error = row["print_status"], row["error"]
         line = f"order {row['status']:<16} print job {row['pod_order_id'] or '-'} {seen or ''}"
         if line != last:
             print(f"  {time.monotonic() - t0:6.1f}s  {line}", flush=True)
@@ -168,23 +163,20 @@ def order_print(engine, story: str, storage_root: Path, timeout: float,  # type:
 
 
 def watch(engine, story: str, timeout: float, worker: subprocess.Popen) -> dict | None:  # type: ignore[type-arg]
-    from sqlalchemy import text
+    from db.operations import story_progress
+    from pipeline.stories.stages import PAGE_STAGES
 
+    columns = {s.name: s.status_column for s in PAGE_STAGES}
     t0 = time.monotonic()
     last = ""
     while time.monotonic() - t0 < timeout:
         with engine.connect() as c:
-            row = c.execute(text("SELECT status, title, error_message FROM stories WHERE id = :s"),
-                            {"s": story}).mappings().first()
-            pages = c.execute(text(
-                "SELECT page_number, text_generation_status t, image_generation_status i, personalization_status p "
-                "FROM story_pages WHERE story_id = :s ORDER BY page_number"), {"s": story}).mappings().all()
-            photo = c.execute(text(
-                "SELECT ph.ai_processing_status FROM photos ph JOIN stories s ON s.protagonist_photo_id = ph.id "
-                "WHERE s.id = :s"), {"s": story}).scalar()
-        assert row is not None
-        grid = " ".join(f"{p['page_number']:>2}{CELL[p['t']]}{CELL[p['i']]}{CELL[p['p']]}" for p in pages)
-        line = f"photo {CELL[photo]}  story {row['status']:<10} {grid}"
+            progress = story_progress(c, story, columns)
+        assert progress is not None
+        row = progress["story"]
+        grid = " ".join(f"{p['page_number']:>2}" + "".join(CELL[p[name]] for name in columns)
+                        for p in progress["pages"])
+        line = f"photo {CELL[progress['photo_status']]}  story {row['status']:<10} {grid}"
         if line != last:
             print(f"  {time.monotonic() - t0:6.1f}s  {line}", flush=True)
             last = line

@@ -310,3 +310,34 @@ def peak_in_window(times: list[float], window: float = 1.0) -> int:
             j += 1
         best = max(best, i - j + 1)
     return best
+
+
+def queued_messages(broker: str) -> int:
+    """Messages waiting in every queue of ``broker`` (a Redis URL): what no worker has taken."""
+    r = redis.Redis.from_url(broker)
+    try:
+        return sum(int(r.llen(q)) for q in ALL_QUEUES.split(","))  # type: ignore[misc]
+    finally:
+        r.close()
+
+
+def boot_worker_until_exit(env: dict[str, str], log: Path, *, timeout: float = 40,
+                           command: str | None = None) -> tuple[int | None, str]:
+    """Start a worker with ``env`` over this process's environment (``command``: a shell line such
+    as the Procfile's, default a plain ``celery -A workers.app worker`` with a unique node name) and
+    wait up to ``timeout`` seconds for it to exit. Returns (exit code or None if it was still
+    running and got killed, its output). For tests of a worker that must refuse to start."""
+    if command is None:
+        command = (f"exec {CELERY} -A workers.app worker --pool threads --concurrency 4 --loglevel INFO -E "
+                   f"-n boot-{uuid.uuid4().hex[:6]}@localhost")
+    path = f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"
+    with open(log, "wb") as fh:
+        p = subprocess.Popen(["bash", "-c", command], cwd=ROOT, env={**os.environ, "PATH": path, **env},
+                             stdout=fh, stderr=subprocess.STDOUT, start_new_session=True)
+        try:
+            code: int | None = p.wait(timeout)
+        except subprocess.TimeoutExpired:
+            os.killpg(p.pid, signal.SIGKILL)
+            p.wait()
+            code = None
+    return code, log.read_text(errors="replace")

@@ -30,7 +30,17 @@ from sqlalchemy.engine import make_url
 
 from db.engine import check_database, make_engine, unavailable
 from db.url import DatabaseURLError, database_url
-from tests.support import ALL_QUEUES, CELERY, ROOT, Db, WorkerProcess, astronaut_png, done_lines, external_send
+from tests.support import (
+    CELERY,
+    ROOT,
+    Db,
+    WorkerProcess,
+    astronaut_png,
+    boot_worker_until_exit,
+    done_lines,
+    external_send,
+    queued_messages,
+)
 
 REDIS = os.environ.get("TEST_REDIS_URL", "redis://127.0.0.1:6379")
 BROKER = f"{REDIS}/{int(os.environ.get('TEST_REDIS_DB', '11')) + 4}"
@@ -123,13 +133,6 @@ def test_worker_completes_a_story_with_each_url_form(clean_db: Db, broker: str, 
 
 # --- fault 2: a worker that cannot work takes no message ------------------------------------------
 
-def _queued(broker: str) -> int:
-    r = redis.Redis.from_url(broker)
-    try:
-        return sum(int(r.llen(q)) for q in ALL_QUEUES.split(","))  # type: ignore[misc]
-    finally:
-        r.close()
-
 
 def test_worker_with_an_unusable_database_exits_at_boot_and_keeps_the_messages(
         clean_db: Db, broker: str, tmp_path: Path) -> None:
@@ -158,20 +161,8 @@ def test_worker_with_an_unusable_database_exits_at_boot_and_keeps_the_messages(
             # when a worker starts with that database configuration
             log = tmp_path / f"{len(stories)}.log"
             t0 = time.monotonic()
-            with open(log, "wb") as fh:
-                p = subprocess.Popen(
-                    [CELERY, "-A", "workers.app", "worker", "--pool", "threads", "--concurrency", "4",
-                     "-Q", ALL_QUEUES, "--loglevel", "INFO", "-E", "-n", f"bad-{uuid.uuid4().hex[:6]}@localhost"],
-                    cwd=ROOT, env={**os.environ, "DATABASE_URL": url, "CELERY_BROKER_URL": broker,
-                                   "REDIS_URL": broker},
-                    stdout=fh, stderr=subprocess.STDOUT, start_new_session=True)
-                try:
-                    code = p.wait(30)
-                except subprocess.TimeoutExpired:
-                    os.killpg(p.pid, 9)
-                    p.wait()
-                    code = None
-            out = log.read_text(errors="replace")
+            code, out = boot_worker_until_exit({"DATABASE_URL": url, "CELERY_BROKER_URL": broker, "REDIS_URL": broker},
+                                               log, timeout=30)
             # then it exits, non-zero, quickly, with one line saying why (no password, no traceback)
             assert code not in (None, 0), f"{case}: worker did not exit ({code}):\n{out[-3000:]}"
             assert time.monotonic() - t0 < 20, case
@@ -180,7 +171,7 @@ def test_worker_with_an_unusable_database_exits_at_boot_and_keeps_the_messages(
             assert lines[0].startswith("configuration error: ") and out.strip().endswith(lines[0])
             assert SECRET not in out and "Traceback" not in out, f"{case}:\n{out}"
             # and it took no message: every story sent so far is still in the broker
-            assert _queued(broker) == len(stories), case
+            assert queued_messages(broker) == len(stories), case
             assert clean_db.story_row(story)["status"] == "pending"
     finally:
         with admin.connect() as c:
@@ -455,27 +446,15 @@ def test_worker_with_a_bad_setting_exits_at_boot_and_keeps_the_messages(
     for case, (env, says) in BAD_SETTINGS.items():
         log = tmp_path / f"{case.split('=')[0].replace(' ', '_')}.log"
         t0 = time.monotonic()
-        with open(log, "wb") as fh:
-            p = subprocess.Popen(
-                [CELERY, "-A", "workers.app", "worker", "--pool", "threads", "--concurrency", "4",
-                 "-Q", ALL_QUEUES, "--loglevel", "INFO", "-E", "-n", f"bad-{uuid.uuid4().hex[:6]}@localhost"],
-                cwd=ROOT, env={**os.environ, "CELERY_BROKER_URL": broker, "REDIS_URL": broker, **env},
-                stdout=fh, stderr=subprocess.STDOUT, start_new_session=True)
-            try:
-                code = p.wait(40)
-            except subprocess.TimeoutExpired:
-                os.killpg(p.pid, 9)
-                p.wait()
-                code = None
-        out = log.read_text(errors="replace")
+        code, out = boot_worker_until_exit({"CELERY_BROKER_URL": broker, "REDIS_URL": broker, **env}, log)
         lines = [ln for ln in out.splitlines() if "configuration error" in ln]
         ok = (code not in (None, 0) and len(lines) == 1 and says in lines[0] and "Traceback" not in out
-              and SECRET not in out and _queued(broker) == 1)
+              and SECRET not in out and queued_messages(broker) == 1)
         if not ok:
-            failures.append(f"{case}: exit {code} after {time.monotonic() - t0:.0f}s, queued {_queued(broker)}, "
-                            f"lines {lines}\n{out[-1500:]}")
+            failures.append(f"{case}: exit {code} after {time.monotonic() - t0:.0f}s, "
+                            f"queued {queued_messages(broker)}, lines {lines}\n{out[-1500:]}")
             # put the message back if this worker ate it, so the next case is judged alone
-            if _queued(broker) == 0:
+            if queued_messages(broker) == 0:
                 external_send(broker, "stories.generate", {"story_id": story})
     assert not failures, "\n\n".join(failures)
     assert clean_db.story_row(story)["status"] == "pending"
@@ -508,24 +487,12 @@ def test_worker_whose_role_may_not_write_exits_at_boot_and_keeps_the_message(
     story = clean_db.story(clean_db.photo(astronaut_png()))
     external_send(broker, "stories.generate", {"story_id": story})
     log = tmp_path / "ro.log"
-    with open(log, "wb") as fh:
-        p = subprocess.Popen(
-            [CELERY, "-A", "workers.app", "worker", "--pool", "threads", "--concurrency", "4",
-             "-Q", ALL_QUEUES, "--loglevel", "INFO", "-E", "-n", f"ro-{uuid.uuid4().hex[:6]}@localhost"],
-            cwd=ROOT, env={**os.environ, "DATABASE_URL": read_only_role, "CELERY_BROKER_URL": broker,
-                           "REDIS_URL": broker},
-            stdout=fh, stderr=subprocess.STDOUT, start_new_session=True)
-        try:
-            code = p.wait(40)
-        except subprocess.TimeoutExpired:
-            os.killpg(p.pid, 9)
-            p.wait()
-            code = None
-    out = log.read_text(errors="replace")
+    code, out = boot_worker_until_exit(
+        {"DATABASE_URL": read_only_role, "CELERY_BROKER_URL": broker, "REDIS_URL": broker}, log)
     lines = [ln for ln in out.splitlines() if "configuration error" in ln]
     assert code not in (None, 0), out[-3000:]
     assert len(lines) == 1 and "privilege" in lines[0] and "p@ss" not in out and "Traceback" not in out, out[-3000:]
-    assert _queued(broker) == 1
+    assert queued_messages(broker) == 1
     assert clean_db.story_row(story)["status"] == "pending"
     # and a step that meets such a role mid-run (privileges revoked) is re-sent, not acked as done
     eng = make_engine(read_only_role)

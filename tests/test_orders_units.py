@@ -325,7 +325,8 @@ def test_local_print_shop_prints_over_time_and_rejects_bad_files(
 
 def test_the_order_flow_names_the_tasks_the_worker_registers_and_the_sweep_queries() -> None:
     import workers.order_tasks  # noqa: F401 - registers the order tasks
-    from db.order_repair import STUCK_SQL
+    from db.order_repair import stuck_order_query
+    from pipeline.operations.orders import stuck_query_args
     from pipeline.orders.stages import LULU_WEBHOOK_TASK, ORDER_FLOW, QUEUE, SWEEP_TASK, SWEPT
     from workers.app import app
 
@@ -340,7 +341,10 @@ def test_the_order_flow_names_the_tasks_the_worker_registers_and_the_sweep_queri
     assert [s.name for s in ORDER_FLOW if s.table == "order_steps" and s.status_column == "status"] == [
         "print_files", "print_job"]
     # and the sweep has a stuck-order query for exactly the stages it sweeps
-    assert set(STUCK_SQL) == set(SWEPT) and all(ORDER_FLOW[n] for n in SWEPT)
+    assert all(stuck_order_query(*stuck_query_args(ORDER_FLOW[n])) for n in SWEPT)
+    assert len({stuck_order_query(*stuck_query_args(ORDER_FLOW[n])) for n in SWEPT}) == len(SWEPT)
+    with pytest.raises(ValueError):  # and none for the payment (Stripe's to resend)
+        stuck_order_query(*stuck_query_args(ORDER_FLOW["payment"]))
 
 
 def test_order_domain_modules_build_no_sql_and_never_import_workers() -> None:

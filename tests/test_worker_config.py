@@ -8,8 +8,6 @@ in the broker.
 from __future__ import annotations
 
 import os
-import subprocess
-import sys
 import time
 import uuid
 from collections.abc import Iterator
@@ -18,7 +16,7 @@ from pathlib import Path
 import pytest
 import redis
 
-from tests.support import ALL_QUEUES, ROOT, Db, external_send
+from tests.support import ROOT, Db, boot_worker_until_exit, external_send, queued_messages
 
 REDIS = os.environ.get("TEST_REDIS_URL", "redis://127.0.0.1:6379")
 BROKER = f"{REDIS}/{int(os.environ.get('TEST_REDIS_DB', '11')) + 4}"
@@ -44,13 +42,6 @@ def broker() -> Iterator[str]:
     r.flushdb()
     r.close()
 
-
-def _queued(broker: str) -> int:
-    r = redis.Redis.from_url(broker)
-    try:
-        return sum(int(r.llen(q)) for q in ALL_QUEUES.split(","))  # type: ignore[misc]
-    finally:
-        r.close()
 
 
 # Through real worker processes: one bad setting per reader the boot checks.
@@ -97,23 +88,13 @@ def _ids(v: object) -> str:
 def test_a_misconfigured_worker_exits_at_boot_in_one_line_and_keeps_the_messages(
         db: Db, broker: str, tmp_path: Path, bad: dict[str, str], names: str) -> None:
     # given messages the external API sent (the broker fixture)
-    assert _queued(broker) == 3
+    assert queued_messages(broker) == 3
     # when the Procfile's worker starts, as written, with one setting wrong
     log = tmp_path / "worker.log"
-    env = {**os.environ, "CELERY_BROKER_URL": broker, "REDIS_URL": broker, "WORKER_CONCURRENCY": "2",
-           "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}", **bad}
     t0 = time.monotonic()
-    with open(log, "wb") as fh:
-        p = subprocess.Popen(["bash", "-c", f"exec {_worker_line()}"], cwd=ROOT, env=env, stdout=fh,
-                             stderr=subprocess.STDOUT, start_new_session=True)
-        try:
-            code = p.wait(30)
-        except subprocess.TimeoutExpired:
-            os.killpg(p.pid, 9)
-            p.wait()
-            code = None
+    code, out = boot_worker_until_exit({"CELERY_BROKER_URL": broker, "REDIS_URL": broker, "WORKER_CONCURRENCY": "2",
+                                        **bad}, log, timeout=30, command=f"exec {_worker_line()}")
     elapsed = time.monotonic() - t0
-    out = log.read_text(errors="replace")
     # then it exits non-zero within seconds, with one line naming the variable, and no traceback
     assert code not in (None, 0), f"worker did not exit ({code}):\n{out[-3000:]}"
     assert elapsed < 20, elapsed
@@ -122,7 +103,7 @@ def test_a_misconfigured_worker_exits_at_boot_in_one_line_and_keeps_the_messages
     assert lines[0].startswith("configuration error: ") and out.strip().endswith(lines[0]), out[-3000:]
     assert "Traceback" not in out and SECRET not in out, out
     # and it took no message
-    assert _queued(broker) == 3
+    assert queued_messages(broker) == 3
 
 
 def _clear_caches() -> None:

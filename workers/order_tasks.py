@@ -37,8 +37,6 @@ from workers.step_task import Body, step_task
 
 log = logging.getLogger("storycreator.step")
 
-QUEUE = "orders"
-
 
 def _order_id(name: str, value: Any, extra: dict[str, Any], *, required: bool = True) -> tuple[str | None, str | None]:
     """(order id, complaint): a malformed call is logged and dropped (no row to mark)."""
@@ -54,22 +52,15 @@ def _order_id(name: str, value: Any, extra: dict[str, Any], *, required: bool = 
 
 
 def _send(task: str, order_id: str, countdown: float | None = None) -> None:
-    publish.send(task, {"order_id": order_id}, countdown=countdown, queue=QUEUE)
-
-
-def _again_in(result: step.StepResult) -> float | None:
-    """The countdown a waiting order step asked for (typed field; the log-context key
-    ``orders.AGAIN_IN`` until pipeline.orders sets the field)."""
-    if result.again_in is not None:
-        return result.again_in
-    delay = result.context.get(orders.AGAIN_IN)
-    return float(delay) if delay is not None else None
+    publish.send(task, {"order_id": order_id}, countdown=countdown)
 
 
 def _again(task: str, order_id: str | None, result: step.StepResult) -> None:
-    """The step waits (for its story, on a print job): a fresh message after the countdown.
+    """The step waits (for its story, on a print job): a fresh message after the countdown the step
+    set in ``StepResult.again_in`` (seconds), not a retry: Celery caps a task's retries and a print
+    job is followed for days; a fresh message carries no growing retry count or redelivered flag.
     If this worker dies before sending it, orders.sweep starts the chain again."""
-    delay = _again_in(result)
+    delay = result.again_in
     if delay is not None and order_id is not None:
         _send(task, order_id, delay)
 
@@ -97,7 +88,7 @@ def print_job_polled(order_id: str | None, result: step.StepResult) -> None:
     _again("orders.poll_print", order_id, result)
 
 
-@step_task("orders.confirm_payment", "payment", key="order_id", queue=QUEUE, then=paid)
+@step_task("orders.confirm_payment", "payment", key="order_id", then=paid)
 def confirm_payment(order_id: str | None = None, event: Any = None, payload: str | None = None,
                     signature: str | None = None, received_at: Any = None, event_id: str | None = None,
                     tries: int = 0, **extra: Any) -> Body | str:
@@ -129,7 +120,7 @@ def confirm_payment(order_id: str | None = None, event: Any = None, payload: str
     return confirm
 
 
-@step_task("orders.prepare_print", "print_files", key="order_id", queue=QUEUE, then=print_files_made)
+@step_task("orders.prepare_print", "print_files", key="order_id", then=print_files_made)
 def prepare_print(order_id: str | None = None, tries: int = 0, **extra: Any) -> Body | str:
     """The print files (interior and cover PDFs) of a paid order."""
     oid, bad = _order_id("orders.prepare_print", order_id, extra)
@@ -138,7 +129,7 @@ def prepare_print(order_id: str | None = None, tries: int = 0, **extra: Any) -> 
     return partial(orders.make_print_files, oid)
 
 
-@step_task("orders.submit_print", "print_job", key="order_id", queue=QUEUE, then=print_job_submitted)
+@step_task("orders.submit_print", "print_job", key="order_id", then=print_job_submitted)
 def submit_print(order_id: str | None = None, tries: int = 0, **extra: Any) -> Body | str:
     """The print job at the print-on-demand provider."""
     oid, bad = _order_id("orders.submit_print", order_id, extra)
@@ -147,7 +138,7 @@ def submit_print(order_id: str | None = None, tries: int = 0, **extra: Any) -> B
     return partial(orders.submit_print_job, oid)
 
 
-@step_task("orders.poll_print", "print_status", key="order_id", queue=QUEUE, then=print_job_polled)
+@step_task("orders.poll_print", "print_status", key="order_id", then=print_job_polled)
 def poll_print(order_id: str | None = None, tries: int = 0, **extra: Any) -> Body | str:
     """How the print job is doing; sent again while it prints."""
     oid, bad = _order_id("orders.poll_print", order_id, extra)
@@ -156,7 +147,7 @@ def poll_print(order_id: str | None = None, tries: int = 0, **extra: Any) -> Bod
     return partial(orders.poll_print_job, oid)
 
 
-@step_task("orders.lulu_webhook", "print_webhook", queue=QUEUE)
+@step_task("orders.lulu_webhook", "print_webhook")
 def lulu_webhook(payload: str | None = None, headers: dict[str, Any] | None = None, tries: int = 0,
                  **extra: Any) -> Body | str:
     """Lulu's PRINT_JOB_STATUS_CHANGED webhook (raw body and headers; HMAC verified)."""
@@ -172,7 +163,7 @@ def lulu_webhook(payload: str | None = None, headers: dict[str, Any] | None = No
     return handle
 
 
-@app.task(name="orders.sweep", queue=QUEUE, expires=120)
+@app.task(name="orders.sweep", expires=120)
 def sweep() -> str:
     """Periodic (celery beat): re-enqueue stuck orders (print files never made, paid with no
     print job, print jobs nobody has asked about for two poll intervals)."""

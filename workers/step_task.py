@@ -60,12 +60,12 @@ class StepTask(Task):  # type: ignore[misc]
     time_limit = 300
 
 
-def step_task(name: str, stage: str, *, key: str | None = None, queue: str | None = None,
+def step_task(name: str, stage: str, *, key: str | None = None,
               then: Then | None = None) -> Callable[[Callable[..., Body | str]], Task]:
     """Register the decorated function as the step task ``name`` (the message's task name: a
     contract, never renamed). ``stage`` names the step in logs, metrics and ``step_errors``;
     ``key`` is the kwarg whose id labels the log line (``"page_id"`` -> ``{"page": ...}``);
-    ``queue`` pins a queue (else celeryconfig's task_routes decide); ``then(id, result)`` runs
+    its queue comes from celeryconfig's task_routes (the flows' stage tables); ``then(id, result)`` runs
     after the step returned a result (any outcome), before the task returns."""
 
     def decorate(fn: Callable[..., Body | str]) -> Task:
@@ -88,8 +88,7 @@ def step_task(name: str, stage: str, *, key: str | None = None, queue: str | Non
         # Celery reads the task's call signature from the function (bind=True: `self` first).
         run.__signature__ = inspect.Signature(  # type: ignore[attr-defined]
             [inspect.Parameter("self", inspect.Parameter.POSITIONAL_OR_KEYWORD), *params])
-        options: dict[str, Any] = {"queue": queue} if queue else {}
-        return app.task(base=StepTask, bind=True, name=name, **options)(run)  # type: ignore[no-any-return]
+        return app.task(base=StepTask, bind=True, name=name)(run)  # type: ignore[no-any-return]
 
     return decorate
 
@@ -103,6 +102,8 @@ def _log_line(stage: str, ids: dict[str, Any], attempt: int, result: step.StepRe
     fields = {"stage": stage, **ids, "attempt": attempt, "outcome": outcome, "ms": round(total_ms, 1)}
     if result is not None:
         fields.update(result.context)
+        if result.again_in is not None:  # a waiting step: when it runs again (seconds)
+            fields["again_in"] = result.again_in
         fields["phases"] = result.timings
         if result.detail:
             fields["detail"] = result.detail[:300]

@@ -45,7 +45,7 @@ def backfill(*, lease: float, pending_after: float, batch_size: int = 200, rate:
     progress = BackfillProgress(resumed=bool(cursor))
     interval = 1.0 / rate if rate > 0 else 0.0
     next_send = time.monotonic()
-    for kind, (stage, _) in enumerate(KINDS):
+    for kind, stage in enumerate(KINDS):
         after = cursor.get(str(kind), NO_CURSOR)
         while after != "done":
             room = batch_size if max_items is None else min(batch_size, max_items - progress.enqueued)

@@ -10,14 +10,14 @@ import json
 import sys
 from pathlib import Path
 
-from sqlalchemy import text
-
 CELL = {"completed": "done", "processing": "working", "pending": "waiting", "failed": "FAILED", None: "waiting"}
 
 
 def cmd_status(args: argparse.Namespace) -> int:
+    from db import operations as operations_db
     from db.engine import transaction
     from pipeline.kernel.step import valid_uuid
+    from pipeline.stories.stages import PAGE_STAGES
 
     if args.order is not None:
         return _order_status(args)
@@ -28,54 +28,11 @@ def cmd_status(args: argparse.Namespace) -> int:
         print(f"error: {args.story!r} is not a story id (UUID)", file=sys.stderr)
         return 2
     with transaction() as c:
-        story = (
-            c.execute(
-                text(
-                    "SELECT s.id, s.status, s.title, s.error_message, s.child_age, s.story_theme, s.updated_at, "
-                    "o.protagonist_face FROM stories s LEFT JOIN story_outlines o ON o.story_id = s.id "
-                    "WHERE s.id = :s"
-                ),
-                {"s": sid},
-            )
-            .mappings()
-            .first()
-        )
-        if story is None:
-            print(f"no story {sid}", file=sys.stderr)
-            return 1
-        pages = (
-            c.execute(
-                text(
-                    "SELECT page_number, text_generation_status AS text, image_generation_status AS image, "
-                    "personalization_status AS personalization, updated_at FROM story_pages "
-                    "WHERE story_id = :s ORDER BY page_number"
-                ),
-                {"s": sid},
-            )
-            .mappings()
-            .all()
-        )
-        errors = (
-            c.execute(
-                text(
-                    "SELECT e.stage, p.page_number, e.permanent, e.message, e.created_at FROM step_errors e "
-                    "LEFT JOIN story_pages p ON p.id = e.page_id WHERE e.story_id = :s OR e.photo_id = "
-                    "(SELECT protagonist_photo_id FROM stories WHERE id = :s) ORDER BY e.created_at"
-                ),
-                {"s": sid},
-            )
-            .mappings()
-            .all()
-        )
-        # Remote jobs (Replicate predictions): each one made, and why any ended without its picture.
-        jobs = c.execute(
-            text(
-                "SELECT p.page_number, j.stage, j.provider, j.external_id, j.status, j.recreation, "
-                "j.error_message, j.created_at FROM provider_jobs j JOIN story_pages p ON p.id = j.page_id "
-                "WHERE p.story_id = :s ORDER BY j.created_at"
-            ),
-            {"s": sid},
-        ).mappings().all()
+        report = operations_db.story_report(c, sid, {st.name: st.status_column for st in PAGE_STAGES})
+    if report is None:
+        print(f"no story {sid}", file=sys.stderr)
+        return 1
+    story, pages, errors, jobs = report["story"], report["pages"], report["errors"], report["jobs"]
     book = _book_links(sid) if story["status"] == "completed" else {}
     if args.json:
         print(

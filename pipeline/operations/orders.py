@@ -16,17 +16,27 @@ from db import order_repair as repair
 from db.engine import transaction
 from pipeline.config import settings
 from pipeline.kernel import publish
+from pipeline.kernel.stages import Stage
 from pipeline.operations.stuck import Stuck
 from pipeline.orders.payment import NEEDS_CONFIRMATION
 from pipeline.orders.settings import order_settings
-from pipeline.orders.stages import ORDER_FLOW, QUEUE, SWEPT
+from pipeline.orders.stages import ORDER_FLOW, SWEPT
 from pipeline.orders.stripe_events import PAYMENT_SUCCEEDED, event_payload, sign
 from pipeline.providers import lulu
 
 
 def _publish(task: str, kwargs: dict[str, Any]) -> None:
     """Send an order task by name to the orders queue (no task objects: the Celery layer is on top)."""
-    publish.send(task, kwargs, queue=QUEUE)
+    publish.send(task, kwargs)
+
+
+def stuck_query_args(stage: Stage) -> tuple[str, str, str, str | None]:
+    """(table, step, column, prerequisite step row or None) of an order stage, as db.order_repair's
+    stuck-order queries take them, from the order flow's table (pipeline.orders.stages): the
+    prerequisite is None when it is the payment (a column of ``orders``, not a step row)."""
+    pre = ORDER_FLOW[stage.prerequisite] if stage.prerequisite else None
+    step_row = pre.name if pre is not None and pre.table == "order_steps" else None
+    return stage.table, stage.name, stage.status_column, step_row
 
 
 def find_stuck_orders(*, lease: float | None = None, pending_after: float | None = None,
@@ -45,7 +55,7 @@ def find_stuck_orders(*, lease: float | None = None, pending_after: float | None
         for name in SWEPT:
             stage = ORDER_FLOW[name]
             found += [Stuck(stage.task, {stage.id_kwarg: oid}, "stale")
-                      for oid in repair.stuck_orders(c, stage.name, params)]
+                      for oid in repair.stuck_orders(c, *stuck_query_args(stage), params)]
         if o.stripe_secret_key:
             # Genuine payment events that wait for confirmation (no key then, or Stripe was
             # unavailable): confirmed with Stripe's API, for orders still waiting for a payment.

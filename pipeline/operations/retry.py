@@ -7,7 +7,10 @@ from dataclasses import dataclass
 from db import operations as q
 from db.engine import transaction
 from pipeline.kernel import publish
-from pipeline.stories.stages import STORY
+from pipeline.stories.stages import PAGE_STAGES, STORY
+
+# The page steps' status columns, as the story flow declares them: the ones a retry resets.
+PAGE_COLUMNS: tuple[str, ...] = tuple(s.status_column for s in PAGE_STAGES)
 
 
 @dataclass
@@ -44,10 +47,11 @@ def retry_story(story_id: str, *, force: bool = False, dry_run: bool = False) ->
                              f"not retried: the photo failed for a reason a retry cannot fix "
                              f"({row['ai_error_message']}); upload a new photo, or use --force")
         if dry_run:
-            return RetryPlan(story_id, True, "would retry", q.count_failed_pages(c, story_id), photo_failed)
+            return RetryPlan(story_id, True, "would retry", q.count_failed_pages(c, story_id, PAGE_COLUMNS),
+                             photo_failed)
         if photo_failed:
             q.reset_failed_photo(c, str(row["photo_id"]))
-        n = q.reset_failed_story(c, story_id)
+        n = q.reset_failed_story(c, story_id, PAGE_COLUMNS)
     publish.send(STORY["outline"].task, {"story_id": story_id})
     return RetryPlan(story_id, True, "retried", n, photo_failed)
 

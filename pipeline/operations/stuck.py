@@ -7,6 +7,9 @@ single re-sent step never stalls its page; other steps are re-sent alone by task
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy.engine import Connection
 
 from db import operations as q
 from db.engine import transaction
@@ -24,16 +27,21 @@ class Stuck:
     why: str
 
 
-def _query(stage: Stage) -> str:
-    special = {"analysis": q.STUCK_PHOTOS, "outline": q.STUCK_STORY_STARTS, "finish": q.STUCK_FINISHES}
-    if stage.name in special:
-        return special[stage.name]
+def _rows(stage: Stage, c: Connection, params: dict[str, Any]) -> list[tuple[str, ...]]:
+    """The stuck rows of one stage, by the query its kind of row needs (db/operations.py), with
+    the columns the story flow declares."""
+    if stage.name == "analysis":
+        return q.stuck_photos(c, params)
+    if stage.name == "outline":
+        return q.stuck_story_starts(c, params)
+    if stage.name == "finish":  # every page's last step completed, the story never finished
+        return q.stuck_finishes(c, PAGE_STAGES[-1].status_column, params)
     pre = page_prerequisite(stage)
-    return q.stuck_page_steps(stage.status_column, pre.status_column if pre else None)
+    return q.stuck_page_steps(c, stage.status_column, pre.status_column if pre else None, params)
 
 
-# (stage, query) per kind of stuck work, in the flow's order; a kind's index is its backfill cursor.
-KINDS: tuple[tuple[Stage, str], ...] = tuple((s, _query(s)) for s in STORY)
+# The kinds of stuck work: one per stage, in the flow's order; a kind's index is its backfill cursor.
+KINDS: tuple[Stage, ...] = tuple(STORY)
 NO_CURSOR = "00000000-0000-0000-0000-000000000000"
 
 
@@ -43,9 +51,9 @@ def stuck_batch(kind: int, *, lease: float, pending_after: float, limit: int,
     ``lease`` and ``pending_after`` in seconds (see db/operations.py)."""
     from pipeline.config import settings
 
-    stage, sql = KINDS[kind]
+    stage = KINDS[kind]
     with transaction() as c:
-        rows = q.stuck_rows(c, sql, {"lease": lease, "pending_after": pending_after, "limit": limit,
+        rows = _rows(stage, c, {"lease": lease, "pending_after": pending_after, "limit": limit,
                                      "after": after, "upload_wait": settings().photo_upload_wait_seconds})
     # The id first (backfill resumes from it); page tasks also name their story (Flower's search).
     return [Stuck(stage.task, {stage.id_kwarg: r[0], **({"story_id": r[1]} if len(r) > 1 else {})}, "stale")

@@ -6,7 +6,7 @@ import uuid
 from db import operations as q
 from db.engine import transaction
 from pipeline.kernel import publish
-from pipeline.stories.stages import STORY
+from pipeline.stories.stages import PAGE_STAGES, STORY
 
 _EXTENSIONS = {"image/jpeg": "jpg", "image/png": "png", "image/webp": "webp", "image/gif": "gif",
                "image/heic": "heic", "image/heif": "heic", "image/avif": "avif"}
@@ -29,6 +29,10 @@ def submit_story(photo: bytes, content_type: str, filename: str, name: str, age:
 
 
 def summary() -> dict[str, dict[str, int]]:
-    """Counts per stage and status."""
+    """Counts per stage and status: the photo analysis (keyed by its label), the story, and each
+    page step by its name, as the story flow declares their columns (pipeline/stories/stages.py)."""
+    analysis, story = STORY["analysis"], STORY["outline"]
+    counted = {analysis.label: (analysis.table, analysis.status_column), "story": (story.table, story.status_column),
+               **{s.name: (s.table, s.status_column) for s in PAGE_STAGES}}
     with transaction() as c:
-        return q.summary(c)
+        return q.summary(c, counted)

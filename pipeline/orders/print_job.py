@@ -7,7 +7,7 @@ shipped, by polling (poll_print_job) or by the provider's webhook (handle_lulu_w
 - Provider problems: REJECTED / CANCELED / ERROR -> failed with the provider's reason. Transient
   errors retry with backoff (Retry-After honoured), then fail with the reason; a poll never
   fails an order for a transient error (the job is still printing): it just comes back later
-  (AGAIN_IN).
+  (StepResult.again_in).
 """
 from __future__ import annotations
 
@@ -37,7 +37,7 @@ from pipeline.kernel.step import (
 from pipeline.orders.lulu_address import lulu_address
 from pipeline.orders.print_files import product_spec
 from pipeline.orders.records import StepRecorder, not_printable
-from pipeline.orders.settings import AGAIN_IN, PROVIDER_LABEL, order_settings, print_provider
+from pipeline.orders.settings import PROVIDER_LABEL, order_settings, print_provider
 from pipeline.providers import lulu
 
 log = logging.getLogger("pipeline.orders.print_job")
@@ -172,7 +172,7 @@ def _apply_status(order_id: str, job: lulu.PrintJob, source: str) -> str:
 
 def poll_print_job(order_id: str, attempt: Attempt = FIRST_TRY) -> StepResult:
     """Ask the provider how the print job is doing and move the order; asks to come back
-    (``AGAIN_IN``) every ORDER_POLL_INTERVAL until the order is shipped or failed."""
+    (``StepResult.again_in``) every ORDER_POLL_INTERVAL until the order is shipped or failed."""
     o = order_settings()
     timer = Timer()
     with timer.phase("claim"), autocommit() as c:
@@ -204,7 +204,7 @@ def poll_print_job(order_id: str, attempt: Attempt = FIRST_TRY) -> StepResult:
             events.record_event(c, order_id, "worker", "print_status", "retried", str(e)[:500],
                                 {"attempt": attempt.number})
         return StepResult(Outcome.STOPPED, f"print job {job_id}: {e}", timer.timings,
-                          context={**ctx, AGAIN_IN: max(o.poll_countdown, backoff(0, e.retry_after))})
+                          context=ctx, again_in=max(o.poll_countdown, backoff(0, e.retry_after)))
     except PermanentStepError as e:
         msg = f"Following print job {job_id} failed: {e}"
         with autocommit() as c:
@@ -217,7 +217,7 @@ def poll_print_job(order_id: str, attempt: Attempt = FIRST_TRY) -> StepResult:
         return StepResult(Outcome.DONE if what != "failed" else Outcome.FAILED, f"{job.status}: {what}",
                           timer.timings, context=ctx)
     return StepResult(Outcome.STOPPED, f"print job {job_id} is {job.status}", timer.timings,
-                      context={**ctx, AGAIN_IN: o.poll_countdown})
+                      context=ctx, again_in=o.poll_countdown)
 
 
 def handle_lulu_webhook(payload: str, headers: Mapping[str, Any] | None, attempt: Attempt = FIRST_TRY) -> StepResult:

@@ -4,7 +4,7 @@
 Only the order's own user's story is printed: the claim (db.order_steps.claim_print_files)
 refuses another's, and the order is failed saying it needs a refund decision. A paid order waits
 for a story in progress (up to ORDER_STORY_WAIT_SECONDS after payment: the step asks to come
-back, AGAIN_IN) and fails, saying why, if the story failed.
+back, StepResult.again_in) and fails, saying why, if the story failed.
 """
 from __future__ import annotations
 
@@ -22,7 +22,7 @@ from pipeline.orders.lulu_address import lulu_address
 from pipeline.orders.print_files import interior_plan, product_spec
 from pipeline.orders.print_files import make_print_files as render
 from pipeline.orders.records import StepRecorder, not_printable
-from pipeline.orders.settings import AGAIN_IN, order_settings, print_provider
+from pipeline.orders.settings import order_settings, print_provider
 from pipeline.providers.themes import resolve_theme
 
 
@@ -62,7 +62,7 @@ def make_print_files(order_id: str, attempt: Attempt = FIRST_TRY) -> StepResult:
                 return StepResult(Outcome.FAILED, msg, timer.timings, context=ctx)
             # Never a half book: come back when the story may be done (not a failure).
             return StepResult(Outcome.STOPPED, f"waiting for the story ({state['story_status']})", timer.timings,
-                              context={**ctx, AGAIN_IN: o.story_wait_poll})
+                              context=ctx, again_in=o.story_wait_poll)
         if state["files_status"] == "processing":
             return held_elsewhere("print files in progress", state["files_age"], attempt, timer)
         return StepResult(Outcome.STOPPED, f"print files are {state['files_status']}", timer.timings, context=ctx)

@@ -15,11 +15,6 @@ from pipeline.orders.offline_print_shop import LocalPrintShop
 from pipeline.providers import lulu
 
 PROVIDER_LABEL = {"lulu": "Lulu", "local": "the local print shop"}
-# StepResult.context key: "run this step again in N seconds" (waiting for a story, following a
-# print job). The task layer sends a fresh message with that countdown rather than retrying the
-# same one: Celery caps a task's retries (StepTask.max_retries), and a print job is followed for
-# days; a fresh message also does not carry a growing retry count or the redelivered flag.
-AGAIN_IN = "again_in"
 
 
 @dataclass(frozen=True)

@@ -3,7 +3,7 @@
 Each stage's task name (what messages carry), queue, label for people and the row it moves
 (schema.sql: ``orders.status`` for the payment, an ``order_steps`` row per print step, whose
 ``step`` is the stage's name). The task layer routes and names its tasks from it; the operators'
-stuck-order queries (db/order_repair.py STUCK_SQL, keyed by stage name), the sweep and
+stuck-order queries (db/order_repair.py, given each stage's name, column and prerequisite), the sweep and
 ``retry --order`` publish by its task names. The two entry points that are not stages of the
 flow (Lulu's webhook, the periodic sweep) share its queue.
 """

@@ -6,7 +6,7 @@ flow itself is declared once in pipeline.orders.stages).
     confirm_payment(order_id, event | payload+signature | event_id)   pending_payment -> paid
         -> make_print_files(order_id)   print files (interior + cover PDFs) for the story
         -> submit_print_job(order_id)   the print job, created once; pod_order_id
-        -> poll_print_job(order_id)     again every ORDER_POLL_INTERVAL (AGAIN_IN) until
+        -> poll_print_job(order_id)     again every ORDER_POLL_INTERVAL (again_in) until
                                         IN_PRODUCTION -> fulfilled, SHIPPED -> shipped
     handle_lulu_webhook(payload, headers)   the same status moves, pushed by the provider
 
@@ -22,7 +22,6 @@ from pipeline.orders.payment import NEEDS_CONFIRMATION, confirm_payment
 from pipeline.orders.print_job import file_url, handle_lulu_webhook, line_item_id, poll_print_job, submit_print_job
 from pipeline.orders.print_step import make_print_files
 from pipeline.orders.settings import (
-    AGAIN_IN,
     PROVIDER_LABEL,
     OrderSettings,
     order_settings,
@@ -31,7 +30,6 @@ from pipeline.orders.settings import (
 )
 
 __all__ = [
-    "AGAIN_IN",
     "NEEDS_CONFIRMATION",
     "PROVIDER_LABEL",
     "OrderSettings",

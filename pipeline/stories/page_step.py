@@ -12,6 +12,8 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
+from sqlalchemy.engine import Connection, RowMapping
+
 from db import pages as pages_db
 from db.claims import Stage
 from db.engine import autocommit
@@ -21,7 +23,7 @@ from pipeline.kernel.step import Attempt, Outcome, StepFailed, StepResult, Timer
 from pipeline.providers.base import Face, Outline, PageRequest, StoryRequest
 from pipeline.providers.themes import THEMES, resolve_theme
 from pipeline.stories.recorders import PageRecorder
-from pipeline.stories.stages import STAGE_LABEL
+from pipeline.stories.stages import STAGE_LABEL, STORY, page_prerequisite
 from pipeline.stories.start import story_seed
 
 # Each stage as people read it (logs, the story's failure message "Page 2 (illustration): ...").
@@ -75,17 +77,35 @@ def not_claimed(state: Any, attempt: Attempt, timer: Timer) -> StepResult:
     return StepResult(Outcome.STOPPED, f"step is {state['status']}", timer.timings)
 
 
+def page_columns(stage: Stage) -> tuple[str, str | None]:
+    """The story_pages status column page step ``stage`` moves and the column that must be
+    completed before it (None for the page's first step), as the story flow declares them
+    (pipeline/stories/stages.py STORY). Raises KeyError for an unknown stage."""
+    step = STORY[stage]
+    pre = page_prerequisite(step)
+    return step.status_column, pre.status_column if pre is not None else None
+
+
+def claim_or_state(c: Connection, page_id: str, stage: Stage,
+                   lease: float) -> tuple[pages_db.PageClaim | None, RowMapping | None]:
+    """Claim page ``page_id``'s ``stage`` column (``lease`` seconds) and, when that fails, read why:
+    ``(claim, None)``, ``(None, state)`` (db.pages.page_state) or ``(None, None)`` for no such page.
+    The personalization's claim also reads the story's photo and face choice."""
+    col, prereq = page_columns(stage)
+    claim = pages_db.claim_page(c, page_id, col, lease, prerequisite=prereq, with_photo=stage == "personalization")
+    return claim, None if claim else pages_db.page_state(c, page_id, col, prerequisite=prereq)
+
+
 def run_page_step(page_id: str, stage: Stage, attempt: Attempt, work: Work) -> StepResult:
     """Claim page ``page_id``'s ``stage`` column, run ``work(claim, timer)`` under the error policy,
     complete the column with the values it returns. STOPPED / ALREADY_DONE when not claimed (see
     :func:`not_claimed`); FAILED with the recorded message; raises RetryLater after a transient
     error (the claim released). The result's context carries the story id and page number."""
     s = settings()
-    col = pages_db.PAGE_STAGES[stage]
+    col, _ = page_columns(stage)
     timer = Timer()
     with timer.phase("claim"), autocommit() as c:
-        claim = pages_db.claim_page(c, page_id, col, s.step_lease_seconds)
-        state = None if claim else pages_db.page_state(c, page_id, col)
+        claim, state = claim_or_state(c, page_id, stage, s.step_lease_seconds)
     if claim is None:
         if state is None:
             return StepResult(Outcome.STOPPED, "page not found", timer.timings)

@@ -19,6 +19,7 @@ from db.claims import Stage
 from db.engine import autocommit
 from pipeline.kernel.quota import quotas
 from pipeline.kernel.step import Attempt
+from pipeline.stories.stages import STORY
 
 
 @dataclass(frozen=True)
@@ -70,9 +71,9 @@ class PageRecorder:
     attempt: Attempt
 
     @property
-    def column(self) -> pages_db.PageColumn:
-        """The story_pages status column this step moves."""
-        return pages_db.PAGE_STAGES[self.stage]
+    def column(self) -> str:
+        """The story_pages status column this step moves (the story flow's, pipeline/stories/stages.py)."""
+        return STORY[self.stage].status_column
 
     def fail(self, message: str) -> None:
         """processing -> failed; the story fails with the page's reason (one statement)."""

@@ -41,7 +41,14 @@ from pipeline.kernel.step import (
 )
 from pipeline.kernel.storage import page_image_key
 from pipeline.providers import registry
-from pipeline.stories.page_step import STAGE_LABEL, not_claimed, page_request, story_face
+from pipeline.stories.page_step import (
+    STAGE_LABEL,
+    claim_or_state,
+    not_claimed,
+    page_columns,
+    page_request,
+    story_face,
+)
 from pipeline.stories.recorders import JobRecorder
 
 log = logging.getLogger("pipeline.stories.remote_jobs")
@@ -80,13 +87,11 @@ def job_step(page_id: str, stage: jobs_db.JobStage, attempt: Attempt) -> StepRes
     column completed (DONE), or the page fails (FAILED, recorded), or, when the output expired,
     a new job is made (bounded by JOB_OUTPUT_RECREATIONS)."""
     s = settings()
-    col = pages_db.PAGE_STAGES[stage]
     jobs = registry.providers().image_jobs
     assert jobs is not None
     timer = Timer()
     with timer.phase("claim"), autocommit() as c:
-        claim = pages_db.claim_page(c, page_id, col, s.step_lease_seconds)
-        state = None if claim else pages_db.page_state(c, page_id, col)  # why not, when not
+        claim, state = claim_or_state(c, page_id, stage, s.step_lease_seconds)  # why not, when not
         job = jobs_db.live_job(c, page_id, stage)
     if claim is not None:
         ctx: dict[str, Any] = {"story": claim.story_id, "page_number": claim.page_number}
@@ -159,7 +164,7 @@ def _follow_job(record: JobRecorder, timer: Timer, ctx: dict[str, Any]) -> StepR
     p = registry.providers()
     jobs = p.image_jobs
     assert jobs is not None
-    col = pages_db.PAGE_STAGES[stage]
+    col, _ = page_columns(stage)
     job_id, external_id = str(job["id"]), str(job["external_id"])
     label = STAGE_LABEL[stage]
 
@@ -234,7 +239,7 @@ def _replace_expired_job(record: JobRecorder, timer: Timer, ctx: dict[str, Any],
     s = settings()
     jobs = registry.providers().image_jobs
     assert jobs is not None
-    col = pages_db.PAGE_STAGES[stage]
+    col, _ = page_columns(stage)
     provider = jobs.name.capitalize()
     made = int(job["recreation"]) + 1  # jobs this step has made in a row, this one included
     if made > s.job_output_recreations:
