@@ -22,6 +22,7 @@ from tests.fakes.replicate_server import FakeReplicate
 from tests.support import Db, WorkerProcess, astronaut_png, done_lines, external_send, flush_redis
 
 REDIS = os.environ.get("TEST_REDIS_URL", "redis://127.0.0.1:6379")
+REDIS_DB = int(os.environ.get("TEST_REDIS_DB", "11"))  # this run's Redis databases: REDIS_DB .. REDIS_DB + 4
 PAGE = "11111111-1111-1111-1111-111111111111"
 STORY_ID = "22222222-2222-2222-2222-222222222222"
 
@@ -53,7 +54,7 @@ def test_page_chain_is_immutable_signatures_by_name_from_the_stage_table() -> No
 def test_chain_message_carries_the_rest_of_the_page_with_one_root_id(monkeypatch: pytest.MonkeyPatch) -> None:
     """What a page step's message is in Redis: one message for the first link, the rest in its
     body; every link shares the first one's root_id (Flower shows the page as one chain)."""
-    broker = f"{REDIS}/14"
+    broker = f"{REDIS}/{REDIS_DB + 3}"
     flush_redis(broker)
     r = redis.Redis.from_url(broker)
     app = Celery("chain-test", set_as_current=False)
@@ -84,7 +85,7 @@ def test_a_step_that_retries_inside_a_chain_still_runs_the_rest(
     """(a) Remote image jobs: the illustration step re-schedules itself (task.retry, RetryLater)
     while its prediction runs, several times per page; the personalization after it in the chain
     must still run (nothing else sends it: no sweeper here)."""
-    broker = f"{REDIS}/13"
+    broker = f"{REDIS}/{REDIS_DB + 2}"
     flush_redis(broker)
     token = "r8_test_token_0123456789"
     fake = FakeReplicate(token, run_seconds=0.6).start()
@@ -113,7 +114,7 @@ def test_a_worker_killed_mid_chain_step_the_redelivered_message_runs_the_rest(
     """(b) SIGKILL while pages' text steps run: their unacked messages come back (Redis visibility
     timeout, short here) to another worker, carrying the chain: illustration and personalization
     follow. No sweeper runs, and nothing but the chain sends those steps."""
-    broker = f"{REDIS}/13"
+    broker = f"{REDIS}/{REDIS_DB + 2}"
     flush_redis(broker)
     env = {"CELERY_BROKER_URL": broker, "REDIS_URL": broker, "SIMULATED_PROVIDER_LATENCY": "1.5",
            "STEP_LEASE_SECONDS": "3", "BROKER_VISIBILITY_TIMEOUT": "4"}
