@@ -118,7 +118,7 @@ CREATE TABLE IF NOT EXISTS story_outlines (
     title       VARCHAR NOT NULL,
     style       VARCHAR NOT NULL DEFAULT '',
     beats       JSONB NOT NULL,
-    -- The face of the photo this story uses (pipeline/faces.py): index into the photo's
+    -- The face of the photo this story uses (pipeline/stories/faces.py): index into the photo's
     -- face_details.faces, its box, the rule that chose it, and a notice for the parent when the
     -- photo had several faces. Every page's personalization uses exactly this face.
     protagonist_face JSONB,
@@ -279,9 +279,10 @@ CREATE INDEX IF NOT EXISTS ix_order_steps_checked_at ON order_steps (checked_at)
 CREATE INDEX IF NOT EXISTS ix_order_events_order_id ON order_events (order_id);
 CREATE INDEX IF NOT EXISTS ix_order_events_created_at ON order_events (created_at);
 
--- Operators' queries (pipeline/ops.py: backfill, the sweeper) look for the few unfinished rows
--- among many finished ones. Partial indexes hold only those rows, so they stay small and those
--- queries stay fast however many stories are done (EXPLAIN at 100,000 stories: tests/test_scale.py).
+-- Operators' queries (backfill and the sweeper: pipeline/operations/backfill.py, sweep.py; their
+-- SQL in db/operations.py) look for the few unfinished rows among many finished ones. Partial
+-- indexes hold only those rows, so they stay small and those queries stay fast however many
+-- stories are done (EXPLAIN at 100,000 stories: tests/test_scale.py).
 CREATE INDEX IF NOT EXISTS ix_photos_unfinished ON photos (id)
     WHERE ai_processing_status IS DISTINCT FROM 'completed';
 CREATE INDEX IF NOT EXISTS ix_stories_unfinished ON stories (id)

@@ -63,8 +63,8 @@ def get_engine() -> Engine:
                 max_overflow=size,
                 # No pre-ping: it costs a round trip per checkout on the hot path. A connection
                 # that died with a PostgreSQL restart raises OperationalError once, SQLAlchemy
-                # invalidates the pool, and the task layer re-sends the step (workers.tasks._run,
-                # db.engine.unavailable).
+                # invalidates the pool, and the task layer re-sends the step (workers/step_task.py
+                # _run, db.engine.unavailable).
                 pool_recycle=1800,
                 connect_args={"application_name": f"storycreator-{pid}", "connect_timeout": 10},
             )

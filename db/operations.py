@@ -214,22 +214,27 @@ def story_report(c: Connection, story_id: str, page_columns: dict[str, str]) -> 
     ``{"story": row, "pages": [...], "errors": [...], "jobs": [...]}``.
 
     ``story``: id, status, title, error_message, child_age, story_theme, updated_at,
-    protagonist_face. ``pages``: page_number, updated_at and, per ``page_columns`` (stage name ->
-    story_pages status column, from the story flow's table; ValueError for any other column), the
-    stage's status under the stage's name, in page order. ``errors``: the story's and its photo's
-    step_errors (stage, page_number, permanent, message, created_at), oldest first. ``jobs``: its
-    remote jobs (page_number, stage, provider, external_id, status, recreation, error_message,
-    created_at), oldest first."""
+    protagonist_face, and its photo's photo_id, photo_status (upload: 'pending_upload',
+    'uploaded', ...) and photo_analysis (ai_processing_status, None read as 'pending').
+    ``pages``: page_number, updated_at and, per ``page_columns`` (stage name -> story_pages status
+    column, from the story flow's table; ValueError for any other column), the stage's status
+    under the stage's name, in page order. ``errors``: the story's and its photo's step_errors
+    (stage, page_number, permanent, message, created_at, and of_photo: true for the photo's own
+    records), oldest first. ``jobs``: its remote jobs (page_number, stage, provider, external_id,
+    status, recreation, error_message, created_at), oldest first."""
     story = c.execute(text(
         """SELECT s.id, s.status, s.title, s.error_message, s.child_age, s.story_theme, s.updated_at,
-                  o.protagonist_face
+                  o.protagonist_face, ph.id AS photo_id, ph.status AS photo_status,
+                  COALESCE(ph.ai_processing_status, 'pending') AS photo_analysis
              FROM stories s LEFT JOIN story_outlines o ON o.story_id = s.id
+                  LEFT JOIN photos ph ON ph.id = s.protagonist_photo_id
             WHERE s.id = :s"""), {"s": story_id}).mappings().first()
     if story is None:
         return None
     return {"story": dict(story), "pages": page_statuses(c, story_id, page_columns),
             "errors": [dict(e) for e in c.execute(text(
-                """SELECT e.stage, p.page_number, e.permanent, e.message, e.created_at
+                """SELECT e.stage, p.page_number, e.permanent, e.message, e.created_at,
+                          e.photo_id IS NOT NULL AS of_photo
                      FROM step_errors e LEFT JOIN story_pages p ON p.id = e.page_id
                     WHERE e.story_id = :s
                        OR e.photo_id = (SELECT protagonist_photo_id FROM stories WHERE id = :s)

@@ -9,11 +9,21 @@ stops the worker ("Unrecoverable error"). On Redis the message is restored to th
 shutdown (on RabbitMQ it is requeued when the connection closes), so a supervisor's restart
 takes it again and dies again: one bad message stops every story.
 
-Here such a message is rejected (not requeued), with one ERROR line saying why and what the body
-was (``celery.worker.consumer.consumer``: "Received invalid task message"), exactly as Celery
-does for the malformed messages it recognises. Nothing is lost for good: a story or photo whose
-message was malformed is still ``pending`` in Postgres, and the sweeper (``ops.sweep``, beat)
-re-sends it once it has waited ``STEP_LEASE_SECONDS``.
+Here such a message is rejected (not requeued), with one ERROR line saying why
+(``celery.worker.consumer.consumer``: "Received invalid task message"), as Celery does for the
+malformed messages it recognises.
+
+Never the body: Celery's own reports of a refused message (a message that is not a task at all,
+"Received and deleted unknown message"; an invalid one; an unregistered task name; a body it cannot
+decode) are several lines each, quoting up to 1 KB of the body and its headers, and a body can hold
+personal data (a child's name, a Stripe payload). Each is replaced by one ERROR line (see
+``refused``): the reason, then the message's id, queue, size and content type; Celery's own
+record of it is dropped by a filter on its logger (``NoBodies``). What Celery does besides
+logging (reject, its signals, marking an unregistered task failed) is unchanged.
+
+Nothing is lost for good: a story or photo whose message was malformed is still ``pending`` in
+Postgres, and the sweeper (``ops.sweep``, beat) re-sends it once it has waited
+``STEP_LEASE_SECONDS``.
 
 On Redis, a message that is not even a kombu envelope (a bare string, a JSON array or number, a
 ``body`` that is not base64 though ``body_encoding`` says so, no ``properties`` or no
@@ -34,9 +44,11 @@ from __future__ import annotations
 
 import binascii
 import json
+import logging
 from collections.abc import Callable
 from typing import Any
 
+from celery.worker.consumer import consumer as celery_consumer
 from celery.worker.consumer.consumer import Consumer as CeleryConsumer
 from celery.worker.consumer.consumer import logger as log
 
@@ -46,12 +58,46 @@ NOT_AN_ENVELOPE: tuple[type[BaseException], ...] = (json.JSONDecodeError, TypeEr
 ENVELOPE_KEYS = (("properties",), ("delivery_tag",))
 
 
+# Celery's multi-line reports of a refused message, each quoting the body (celery 5.x,
+# celery/worker/consumer/consumer.py): the templates its logger is called with.
+BODY_TEMPLATES = frozenset(getattr(celery_consumer, name) for name in
+                           ("UNKNOWN_FORMAT", "UNKNOWN_TASK_ERROR", "INVALID_TASK_ERROR", "MESSAGE_DECODE_ERROR"))
+
+
+class NoBodies(logging.Filter):
+    """Drops Celery's consumer records that quote a message's body (BODY_TEMPLATES); the
+    consumer below logs one line without it instead."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return record.msg not in BODY_TEMPLATES
+
+
+NO_BODIES = NoBodies()
+
+
+def refused(reason: str, message: Any) -> None:
+    """Log one ERROR line for a refused message: ``reason`` (one line, at most 200 characters
+    kept), then the message's id (its task id, else its correlation id, else its delivery tag),
+    queue (the routing key it came by), size of the body in bytes and content type. Never the
+    body or the headers' values."""
+    headers = getattr(message, "headers", None) or {}
+    properties = getattr(message, "properties", None) or {}
+    ident = headers.get("id") or properties.get("correlation_id") or getattr(message, "delivery_tag", None)
+    info = getattr(message, "delivery_info", None) or {}
+    body = getattr(message, "body", b"") or b""
+    log.error("%s [id=%s queue=%s size=%db content_type=%s]",
+              " ".join(reason.split())[:200], str(ident)[:64], info.get("routing_key"), len(body),
+              getattr(message, "content_type", None))
+
+
 class Consumer(CeleryConsumer):  # type: ignore[misc]
     """Celery's consumer (``worker_consumer`` in celeryconfig) whose task handler rejects a
-    message it cannot turn into a request instead of letting the error stop the worker."""
+    message it cannot turn into a request instead of letting the error stop the worker, and
+    which reports a refused message in one line without its body."""
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
+        log.addFilter(NO_BODIES)  # once: a filter already present is not added again
         # Raised by kombu's Redis transport for a queued item that is not an envelope (see above).
         errors: tuple[type[BaseException], ...] = getattr(self, "connection_errors")  # noqa: B009 - untyped in Celery
         self.connection_errors = (*errors, *NOT_AN_ENVELOPE)
@@ -79,3 +125,27 @@ class Consumer(CeleryConsumer):  # type: ignore[misc]
                 return self.on_invalid_task(None, message, exc)
 
         return on_task_received
+
+    def on_unknown_message(self, body: Any, message: Any) -> None:
+        """Not a Celery task message (no task name in its headers or body): one line, then
+        Celery's reject and ``task_rejected`` signal."""
+        refused("Received and deleted unknown message (not a Celery task: no task name)", message)
+        super().on_unknown_message(body, message)
+
+    def on_unknown_task(self, body: Any, message: Any, exc: BaseException) -> None:
+        """A task name no worker registers: one line, then Celery's handling (reject, the task
+        marked failed with NotRegistered, ``task-failed`` event, ``task_unknown`` signal)."""
+        refused(f"Received unregistered task of type {str(exc)}", message)
+        super().on_unknown_task(body, message, exc)
+
+    def on_invalid_task(self, body: Any, message: Any, exc: BaseException) -> None:
+        """A task message Celery cannot run (InvalidTaskError, or whatever on_task_received
+        caught): one line with the reason, then Celery's reject and ``task_rejected`` signal."""
+        refused(f"Received invalid task message: {exc}", message)
+        super().on_invalid_task(body, message, exc)
+
+    def on_decode_error(self, message: Any, exc: BaseException) -> None:
+        """A body that cannot be decoded (not JSON, a serializer refused: pickle): one line, then
+        Celery's ack."""
+        refused(f"Can't decode message body: {exc}", message)
+        super().on_decode_error(message, exc)

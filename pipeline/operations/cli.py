@@ -1,14 +1,22 @@
 """storycreator: operator commands. `storycreator COMMAND --help` for each.
 
-Exit codes: 0 done, 1 nothing done / not found, 2 usage error.
+Exit codes: EXIT_CODES (the same words in --help and the README's Operators paragraph).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
+from typing import Any
+
+# What each exit code means, as `--help` and the README say it (tests/test_cli_output.py holds the
+# three to each other and to what the commands return).
+EXIT_CODES = ("0 done, 1 nothing done or not found (or the database unreachable), 2 usage or "
+              "configuration error, 130 interrupted, 141 output closed early (`| head`)")
+EXIT_PIPE_CLOSED = 141  # 128 + SIGPIPE: what a shell reports for `yes | head -1`'s writer
 
 CELL = {"completed": "done", "processing": "working", "pending": "waiting", "failed": "FAILED", None: "waiting"}
 
@@ -44,19 +52,32 @@ def cmd_status(args: argparse.Namespace) -> int:
             )
         )
         return 0
-    print(f"story {story['id']}  {story['status']}  “{story['title'] or ''}”")
+    errors = _distinct_failures(errors)
+    # The story's current failure, once: at the top, with its stage and time when recorded.
+    headline = next((e for e in reversed(errors) if e["permanent"] and not e["of_photo"]
+                     and e["message"] == story["error_message"]), None)
+    print(f"story {story['id']}  {story['status']}" + (f"  “{story['title']}”" if story["title"] else ""))
     if story["error_message"]:
-        print(f"  error: {story['error_message']}")
+        when = f" ({headline['stage']}, {headline['created_at']:%H:%M:%S})" if headline else ""
+        print(f"  error{when}: {story['error_message']}")
+    waiting = _waiting_for(story) if not pages else None
+    if waiting:
+        print(f"  waiting for {waiting}")
     face = story["protagonist_face"]
     if face:  # which face of the photo the book uses (pipeline/stories/faces.py), and what the parent was told
         print(f"  face: #{face['index'] + 1} ({face['rule']})" + (f": {face['notice']}" if face.get("notice") else ""))
     for kind, link in book.items():
         print(f"  book ({kind}): {link}")
-    print(f"  {'page':>4}  {'text':<8} {'image':<8} {'personal.':<9}")
+    if pages:
+        print(f"  {'page':>4}  {'text':<8} {'image':<8} {'personal.':<9}")
+    elif story["status"] == "failed":
+        print("  no pages: it failed before its outline")
     for p in pages:
         print(f"  {p['page_number']:>4}  {CELL[p['text']]:<8} {CELL[p['image']]:<8} {CELL[p['personalization']]:<9}")
     for e in errors:
-        where = f"page {e['page_number']}" if e["page_number"] else "story"
+        if e is headline:
+            continue
+        where = f"page {e['page_number']}" if e["page_number"] else "photo" if e["of_photo"] else "story"
         kind = "failed" if e["permanent"] else "retried"
         print(f"  {e['created_at']:%H:%M:%S} {e['stage']} ({where}) {kind}: {e['message']}")
     ended = [j for j in jobs if j["status"] in ("expired", "failed", "canceled")]
@@ -67,6 +88,30 @@ def cmd_status(args: argparse.Namespace) -> int:
         print(f"  {j['created_at']:%H:%M:%S} {j['stage']} (page {j['page_number']}) {j['provider']} job "
               f"{j['external_id'] or '(not created)'} {j['status']}: {j['error_message'] or ''}")
     return 0
+
+
+def _distinct_failures(errors: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The story's error records with each failure once: a photo's failed analysis is recorded on
+    the photo and again on each story it failed, quoting it ("The photo could not be used: <the
+    photo's reason>"); the photo's own record is dropped when a story record quotes it."""
+    quoted = [e["message"] for e in errors if e["permanent"] and not e["of_photo"]]
+    return [e for e in errors
+            if not (e["of_photo"] and e["permanent"] and any(e["message"] in m for m in quoted))]
+
+
+def _waiting_for(story: dict[str, Any]) -> str | None:
+    """What a story without pages waits for, in words (None: it is not waiting: failed, or
+    completed). Its order is the story start's (db/stories.py claim_story): the photo's upload,
+    then its analysis, then a worker taking the queued message (or making the outline)."""
+    if story["status"] == "processing":
+        return "its outline (being written)"
+    if story["status"] != "pending":
+        return None
+    if story["photo_status"] == "pending_upload":
+        return f"its photo's upload (photo {story['photo_id']} pending_upload)"
+    if story["photo_analysis"] != "completed":
+        return f"its photo's analysis ({story['photo_analysis']})"
+    return "a worker (queued)"
 
 
 def _book_links(story_id: str) -> dict[str, str]:
@@ -263,11 +308,29 @@ def _positive_int(value: str) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Run one command (``argv``: the arguments after the program name; None: ``sys.argv[1:]``)
+    and return its exit code (EXIT_CODES). A reader that closes the output early (``status ID |
+    head -2``) ends any command quietly with 141, as a shell reports a process that SIGPIPE ended:
+    Python ignores SIGPIPE, so the write raises BrokenPipeError instead, and stdout is then pointed
+    at /dev/null so that the interpreter's own flush at exit cannot raise it again (the recipe of
+    Python's documentation, ``signal`` module, "Note on SIGPIPE"). argparse's own exits (--help,
+    usage errors) still raise SystemExit, unless their output met a closed pipe."""
+    try:
+        try:
+            return _main(argv)
+        finally:  # a closed pipe shows here, inside the try, not at interpreter exit
+            sys.stdout.flush()
+    except BrokenPipeError:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+        return EXIT_PIPE_CLOSED
+
+
+def _main(argv: list[str] | None) -> int:
     ap = argparse.ArgumentParser(
         prog="storycreator", description="Operate the story pipeline: see it, repair it.",
-        epilog="exit codes: 0 done, 1 nothing done or not found (or the database unreachable), 2 usage or "
-               "configuration error, 130 interrupted. "
-               "`storycreator COMMAND --help` for each command.")
+        epilog=f"exit codes: {EXIT_CODES}. `storycreator COMMAND --help` for each command.")
     sub = ap.add_subparsers(dest="cmd", required=True)
     st = sub.add_parser("status", help="a story's pages x stages with errors; without a story: counts per stage")
     st.add_argument("story", nargs="?")

@@ -3,7 +3,7 @@
 A print shop on this machine that behaves like Lulu over time. Jobs are JSON files under
 ``$LOCAL_STORAGE_ROOT/printshop/``; their files are checked like Lulu's normalization does (page
 size = trim + bleed, page count within the product's range, fonts embedded, cover size;
-pipeline/orders/print_files.py) and a job moves through Lulu's statuses over time
+pipeline/orders/print_files/checks.py) and a job moves through Lulu's statuses over time
 (``LOCAL_PRINT_SHOP_STAGE_SECONDS`` per stage), ending SHIPPED with a tracking number, or
 REJECTED with the reasons. The demo orders from it.
 """
@@ -69,7 +69,7 @@ class LocalPrintShop:
 
     def cover_dimensions(self, pod_package_id: str, page_count: int) -> tuple[float, float]:
         """The one-piece cover's (width, height) in points, as Lulu computes it for this product
-        (pipeline/orders/print_files.py); PermanentStepError for a product the shop does not make."""
+        (pipeline/orders/print_files/products.py); PermanentStepError for a product the shop does not make."""
         from pipeline.orders.print_files import cover_size_pt, parse_pod_package
 
         try:
