@@ -772,9 +772,13 @@ def test_a_small_face_far_away_is_reported_too_small_not_missing(
     # then no usable face, but her face among the small ones, where it is and about as large
     assert result.primary_face is None and result.small_faces, (size, where)
     k = size / 512
-    hits = [f for f in result.small_faces
-            if pos[0] + ASTRONAUT_FACE_X[0] * k <= _centre_px(f.box, 4000, 3000)[0] <= pos[0] + ASTRONAUT_FACE_X[1] * k
-            and pos[1] + ASTRONAUT_FACE_Y[0] * k <= _centre_px(f.box, 4000, 3000)[1] <= pos[1] + ASTRONAUT_FACE_Y[1] * k]
+
+    def on_her_face(f: Face) -> bool:
+        cx, cy = _centre_px(f.box, 4000, 3000)
+        return (pos[0] + ASTRONAUT_FACE_X[0] * k <= cx <= pos[0] + ASTRONAUT_FACE_X[1] * k
+                and pos[1] + ASTRONAUT_FACE_Y[0] * k <= cy <= pos[1] + ASTRONAUT_FACE_Y[1] * k)
+
+    hits = [f for f in result.small_faces if on_her_face(f)]
     assert hits, [f.box for f in result.small_faces]
     assert 0.12 * size <= hits[0].box.width * 4000 <= 0.3 * size
     # and the parent is told it is too small (pipeline/stories/photo_step.py uses the largest)
