@@ -106,12 +106,18 @@ def failed_stories(c: Connection, *, page: str | None = None, photo: str | None 
 # it stopped. Each WHERE repeats its index's predicate word for word, so the planner can use it.
 # Parameters: :after, :limit, :lease, :pending_after, :upload_wait (seconds).
 
+# Photos: an analysis whose claim expired (someone asked: its holder died), or a pending photo that
+# an unfinished story needs. photos.analyze is optional (the story's start analyses its photo
+# inline), so an upload nobody asked to analyse (its story refused or failed validation, or no
+# story at all) is never sent: that would be a paid vision call per unused upload.
 _STUCK_PHOTOS = """
         SELECT id FROM photos
          WHERE ai_processing_status IS DISTINCT FROM 'completed' AND id > :after AND status = 'uploaded'
            AND ((ai_processing_status = 'processing' AND updated_at < now() - make_interval(secs => :lease))
              OR (COALESCE(ai_processing_status, 'pending') = 'pending'
-                 AND updated_at < now() - make_interval(secs => :pending_after)))
+                 AND updated_at < now() - make_interval(secs => :pending_after)
+                 AND EXISTS (SELECT 1 FROM stories s WHERE s.protagonist_photo_id = photos.id
+                                AND s.status IN ('pending', 'processing'))))
          ORDER BY id LIMIT :limit"""
 
 _STUCK_STORY_STARTS = """
@@ -160,8 +166,10 @@ def _rows(c: Connection, sql: str, params: dict[str, Any]) -> list[tuple[str, ..
 
 
 def stuck_photos(c: Connection, params: dict[str, Any]) -> list[tuple[str, ...]]:
-    """Photos whose analysis is stuck: rows (photo id,). ``params``: after, limit, lease,
-    pending_after (seconds)."""
+    """Photos whose analysis is stuck: rows (photo id,): uploaded, and either claimed
+    ('processing') longer than ``lease`` s ago, or pending for ``pending_after`` s while a pending
+    or processing story has it as its photo (an upload no story needs is not analysed).
+    ``params``: after, limit, lease, pending_after (seconds)."""
     return _rows(c, _STUCK_PHOTOS, params)
 
 

@@ -747,3 +747,68 @@ def test_personalize_handles_an_exif_rotated_photo(illustrator: LocalIllustrator
     # then the face is cropped from the upright photo (same as personalising the upright file)
     head = _disc_mask((720, 960), anchor.cx, anchor.cy, anchor.r * 0.9)
     assert np.abs(after - upright)[head].mean() < 6
+
+
+# --- a face too small for the working size (fault 2 of the new-user test) --------------------------
+
+def _astronaut_in(size: int, pos: tuple[int, int], canvas: tuple[int, int] = (4000, 3000)) -> bytes:
+    """skimage's astronaut pasted at ``size`` px into a plain ``canvas`` JPEG at ``pos`` (her face is
+    ~19% of the picture: ~93 px when pasted at 500)."""
+    bg = Image.new("RGB", canvas, (120, 130, 140))
+    bg.paste(Image.fromarray(skdata.astronaut()).resize((size, size), Image.Resampling.LANCZOS), pos)
+    return _encode(bg, "JPEG", quality=90)
+
+
+@pytest.mark.parametrize("size", [400, 500, 700])
+@pytest.mark.parametrize("where", ["top-left", "centre", "bottom-right", "bottom-left"])
+def test_a_small_face_far_away_is_reported_too_small_not_missing(
+        analyzer: LocalPhotoAnalyzer, size: int, where: str) -> None:
+    from pipeline.stories.faces import too_small_message
+
+    # given a 4000x3000 photo with the astronaut pasted small (face 75..130 px: 2.5-4.5% of 3000)
+    pos = {"top-left": (0, 0), "centre": (1750, 1250), "bottom-right": (4000 - size, 3000 - size),
+           "bottom-left": (200, 2000)}[where]
+    result = analyzer.analyze_photo(_astronaut_in(size, pos))
+    # then no usable face, but her face among the small ones, where it is and about as large
+    assert result.primary_face is None and result.small_faces, (size, where)
+    k = size / 512
+
+    def on_her_face(f: Face) -> bool:
+        cx, cy = _centre_px(f.box, 4000, 3000)
+        return (pos[0] + ASTRONAUT_FACE_X[0] * k <= cx <= pos[0] + ASTRONAUT_FACE_X[1] * k
+                and pos[1] + ASTRONAUT_FACE_Y[0] * k <= cy <= pos[1] + ASTRONAUT_FACE_Y[1] * k)
+
+    hits = [f for f in result.small_faces if on_her_face(f)]
+    assert hits, [f.box for f in result.small_faces]
+    assert 0.12 * size <= hits[0].box.width * 4000 <= 0.3 * size
+    # and the parent is told it is too small (pipeline/stories/photo_step.py uses the largest)
+    assert "too small" in too_small_message(result.small_faces[0], result.image_width, result.image_height)
+
+
+@pytest.mark.parametrize("name", ["chelsea", "rocket", "cat", "hubble_deep_field"])
+def test_the_larger_look_finds_no_face_in_large_photos_without_people(analyzer: LocalPhotoAnalyzer, name: str) -> None:
+    # given a 4000x3000 photo with no human face (nothing found at the working size)
+    photo = _encode(Image.fromarray(getattr(skdata, name)()).convert("RGB").resize((4000, 3000)), "JPEG", quality=90)
+    result = analyzer.analyze_photo(photo)
+    # then the larger look does not turn fur or stars into a "too small" face
+    assert result.faces == () and result.small_faces == (), name
+
+
+def test_only_a_photo_without_a_face_pays_for_the_larger_look(
+        analyzer: LocalPhotoAnalyzer, monkeypatch: pytest.MonkeyPatch) -> None:
+    import pipeline.providers.local_vision as lv
+
+    sizes: list[int] = []
+    real = lv._resized
+    monkeypatch.setattr(lv, "_resized", lambda im, side: sizes.append(side) or real(im, side))
+    # a usable face at the working size: one copy, the working one
+    assert analyzer.analyze_photo(_astronaut_in(1200, (1000, 800))).primary_face is not None
+    assert sizes == [lv.DETECT_LONG_SIDE]
+    # none there: one more, larger (a 4000 px JPEG decoded at 1/2: its 2000 px, never upscaled to 2048)
+    sizes.clear()
+    assert analyzer.analyze_photo(_astronaut_in(400, (1750, 1250))).small_faces
+    assert sizes == [lv.DETECT_LONG_SIDE, 2000]
+    # a photo no larger than the working size is never upscaled for it
+    sizes.clear()
+    result = analyzer.analyze_photo(_encode(skdata.coffee()))
+    assert result.faces == () and sizes == [max(skdata.coffee().shape[:2])]

@@ -113,3 +113,38 @@ def test_backfill_rejects_bad_arguments_with_exit_2(capsys: pytest.CaptureFixtur
         with pytest.raises(SystemExit) as e:
             cli(["backfill", *bad])
         assert e.value.code == 2
+
+
+def test_sweep_analyses_only_photos_a_story_needs_or_whose_claim_expired(clean_db: Db) -> None:
+    """photos.analyze is optional (a story analyses its photo inline): the sweep never sends it for
+    an upload nobody asked to analyse (a paid vision call per unused upload), only for a pending photo
+    an unfinished story needs, or an analysis whose claim outlived the lease (its holder died)."""
+    from pipeline.operations.stuck import find_stuck
+
+    def photo(ai: str | None, ago: str) -> str:
+        p = clean_db.photo(astronaut_png())
+        clean_db.exec(f"UPDATE photos SET ai_processing_status = :ai, updated_at = now() - interval '{ago}' "
+                      "WHERE id = :p", ai=ai, p=p)
+        return p
+
+    def with_story(p: str, status: str) -> str:
+        clean_db.exec(f"UPDATE stories SET status = '{status}' WHERE id = :s", s=clean_db.story(p))
+        return p
+
+    # not sent: uploads nobody needs
+    no_story = photo(None, "10 minutes")
+    refused = with_story(photo("pending", "10 minutes"), "failed")  # its story failed validation / was refused
+    done_story = with_story(photo(None, "1 hour"), "completed")
+    fresh_claim = photo("processing", "1 minute")  # a live holder
+    fresh_need = with_story(photo(None, "1 minute"), "pending")  # its message may still be on the way
+    # sent: an unfinished story needs it (its message was lost), or a dead holder's claim
+    needed_pending = with_story(photo(None, "10 minutes"), "pending")
+    needed_processing = with_story(photo("pending", "10 minutes"), "processing")
+    also_refused = with_story(needed_processing, "failed")  # a second story of the same photo, failed
+    expired_claim = photo("processing", "10 minutes")  # someone asked; its holder died
+    expired_needed = with_story(photo("processing", "10 minutes"), "failed")
+    assert also_refused == needed_processing
+
+    swept = {i.kwargs["photo_id"] for i in find_stuck(lease=300, pending_after=300) if i.task == "photos.analyze"}
+    assert swept == {needed_pending, needed_processing, expired_claim, expired_needed}
+    assert not swept & {no_story, refused, done_story, fresh_claim, fresh_need}

@@ -13,7 +13,7 @@ import random
 import time
 import uuid
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from enum import StrEnum
 from typing import Any, Protocol, TypeVar
 
@@ -128,12 +128,26 @@ def held_elsewhere(what: str, age: Any, attempt: Attempt, timer: Timer) -> StepR
     """A live-looking claim by another copy. A fresh duplicate leaves it to that copy. A
     redelivered message may be the only copy left (its first run died holding the claim: on
     RabbitMQ it comes back at once, long before the lease runs out), so it comes back when the
-    lease has expired and takes over then, or finds the step done by a healthy holder."""
+    lease has expired and takes over then, or finds the step done by a healthy holder.
+
+    Only for the step's own message: a step that runs another step's work inline passes
+    :func:`inline_attempt` instead of its own attempt, so that it hears "held by another worker"
+    (STOPPED) and looks again on its own schedule rather than sleeping out that work's lease."""
     if not attempt.redelivered:
         return StepResult(Outcome.STOPPED, f"{what} (held by another worker)", timer.timings)
     left = settings().step_lease_seconds - (age.total_seconds() if age is not None else 0.0)
     raise RetryLater(max(0.5, left) + random.uniform(0.2, 1.0), f"{what}: waiting for its lease",
                      waiting=True)
+
+
+def inline_attempt(attempt: Attempt) -> Attempt:
+    """The :class:`Attempt` to pass when a step runs another step's work inline (the story's start
+    analysing its photo): the same try number and task id (its errors count against this step's
+    tries), but never ``redelivered``. That flag is about this step's own message; the other work's
+    message is not this one, so a claim found on that work is another holder's: STOPPED from
+    :func:`held_elsewhere`, and the caller polls (a live holder finishes it; a dead holder's claim
+    expires after the lease and the caller's next look takes it over)."""
+    return replace(attempt, redelivered=False) if attempt.redelivered else attempt
 
 
 def valid_uuid(value: object) -> str | None:

@@ -3,8 +3,11 @@
 What this detector can honestly tell, and nothing more:
 
 * Frontal faces (``haarcascade_frontalface_default.xml``). Profiles, strongly tilted heads and
-  faces smaller than ~3% of the photo's shorter side are not found; those under 6% are reported
-  apart, as too small to use (``small_faces``).
+  faces smaller than ~2-3% of the photo's shorter side are not found; those under 6% are reported
+  apart, as too small to use (``small_faces``). A photo with no face at the working size
+  (DETECT_LONG_SIDE) is looked at once more at twice that size (never upscaled), where a face near
+  the cascade's 24 px window is found; those faces count only with both eyes found, and only as
+  small faces (the parent is asked for a closer photo instead of told there is no face).
 * Eyes (``haarcascade_eye.xml``, falling back to ``haarcascade_eye_tree_eyeglasses.xml``) in the
   upper part of each face, and a smiling mouth (``haarcascade_smile.xml``) in the lower part.
   Landmarks are only reported when a cascade found them; nothing is estimated or invented.
@@ -48,6 +51,7 @@ from typing import Any
 
 import cv2
 import numpy as np
+from PIL import Image
 
 from pipeline.providers.base import BoundingBox, Face, Label, Landmark, PhotoAnalysis
 from pipeline.providers.face_quality import MIN_FACE_PIXELS, face_pixels
@@ -68,6 +72,11 @@ FACE_MIN_SIZE_RATIO = 0.06  # of the shorter side of the photo: smaller faces ar
 # Faces down to this (or 24 px, the cascade's window) are still looked for, only to tell the parent
 # "too small, take a closer photo" instead of "no face" (pipeline/stories/faces.py).
 FACE_DETECT_MIN_RATIO = 0.03
+# Nothing found at the working size: one more look on a copy this many times larger, for faces
+# down to SMALL_FACE_MIN_RATIO of the shorter side, reported as too small (a face near the cascade's
+# 24 px window at the working size is missed there). Only photos with no face pay for it.
+SMALL_FACE_PASS = 2
+SMALL_FACE_MIN_RATIO = 0.02
 EYE_MIN_NEIGHBORS = 4
 # The smile cascade is notoriously trigger-happy on lips and chins; only strong groups count.
 SMILE_MIN_NEIGHBORS = 20
@@ -268,9 +277,18 @@ class LocalPhotoAnalyzer:
         self.detect_long_side = detect_long_side
 
     def analyze_photo(self, image: bytes) -> PhotoAnalysis:
-        """Faces, eye/mouth landmarks and simple labels; PermanentStepError if unreadable."""
-        decoded = decode_photo(image, max_pixels=self.max_pixels, target_long_side=self.detect_long_side)
-        gray = np.asarray(decoded.image.convert("L"))
+        """Faces, eye/mouth landmarks and simple labels; PermanentStepError if unreadable.
+
+        Faces are looked for on a copy ``detect_long_side`` px long. When none is found there,
+        they are looked for once more on a copy SMALL_FACE_PASS times larger (made from what was
+        decoded anyway), and any face found there is reported in ``small_faces``: a face near the
+        cascade's 24 px window at the working size is missed, and the parent must hear "too small,
+        take a closer photo", not "no face". Photos with a face never pay for that second pass."""
+        decoded = decode_photo(image, max_pixels=self.max_pixels, target_long_side=self.detect_long_side,
+                               exact=False)
+        full = decoded.image
+        work = _resized(full, min(max(full.size), self.detect_long_side))  # never upscaled
+        gray = np.asarray(work.convert("L"))
         clfs = _classifiers()
         specs = _cascade_specs()
         work_h, work_w = gray.shape
@@ -285,6 +303,19 @@ class LocalPhotoAnalyzer:
             # Only for a photo that is refused anyway: look for smaller faces, to say "too small"
             # instead of "no face" (the happy path does not pay for the extra scales).
             hits = _detect(clfs["face"], gray, min_neighbors=FACE_MIN_NEIGHBORS, min_size=(side, side))
+        only_small = False
+        if not hits and max(full.size) > max(work.size):
+            # Nothing at the working size: look again, larger (bounded; from the decoded pixels,
+            # never upscaled), for faces too small to use, reported as small (a closer photo, please).
+            big = _resized(full, min(max(full.size), SMALL_FACE_PASS * self.detect_long_side))
+            big_gray = np.asarray(big.convert("L"))
+            k = big_gray.shape[1] / work_w
+            big_side = max(24, int(round(min(big_gray.shape) * SMALL_FACE_MIN_RATIO)))
+            big_max = int(round(usable_side * k * 1.5))
+            if big_side < big_max:
+                hits = _detect(clfs["face"], big_gray, min_neighbors=FACE_MIN_NEIGHBORS,
+                               min_size=(big_side, big_side), max_size=(big_max, big_max))
+                gray, (work_h, work_w), only_small = big_gray, big_gray.shape, True
         # Largest first (ties by position) so output order is stable and the protagonist leads.
         hits = sorted(hits, key=lambda h: (-h.w * h.h, h.y, h.x))[:MAX_FACES]
 
@@ -293,6 +324,8 @@ class LocalPhotoAnalyzer:
         for hit in hits:
             conf = _confidence(hit, FACE_MIN_NEIGHBORS, specs["face"].last_stage_threshold)
             landmarks, attributes = self._face_parts(gray, hit, work_w, work_h, clfs)
+            if only_small and not {"eyeLeft", "eyeRight"} <= {lm.type for lm in landmarks}:
+                continue  # the larger look's texture hits (fur, gravel): only faces with both eyes count
             box = BoundingBox(
                 left=_ratio(hit.x / work_w),
                 top=_ratio(hit.y / work_h),
@@ -300,7 +333,7 @@ class LocalPhotoAnalyzer:
                 height=_ratio(hit.h / work_h),
             )
             face = Face(box=box, confidence=conf, landmarks=landmarks, attributes=attributes)
-            too_small = (min(hit.w, hit.h) < usable_side
+            too_small = (only_small or min(hit.w, hit.h) < usable_side
                          or face_pixels(face, decoded.width, decoded.height) < MIN_FACE_PIXELS)
             (small if too_small else faces).append(face)
 
@@ -380,6 +413,16 @@ class LocalPhotoAnalyzer:
         # No smile found is weak evidence (the cascade misses closed-mouth smiles), so the
         # attribute is left out rather than reported as {"value": false}.
         return tuple(landmarks), attributes
+
+
+def _resized(image: Image.Image, long_side: int) -> Image.Image:
+    """``image`` scaled to ``long_side`` px on its longer side (down or up), as decode_photo's exact
+    resize does (Lanczos, reducing_gap 3): the working copy is the same pixels it returned."""
+    if max(image.size) == long_side:
+        return image
+    s = long_side / max(image.size)
+    size = (max(1, round(image.width * s)), max(1, round(image.height * s)))
+    return image.resize(size, Image.Resampling.LANCZOS, reducing_gap=3.0)
 
 
 def _labels(faces: list[Face]) -> tuple[Label, ...]:

@@ -26,6 +26,7 @@ from pipeline.kernel.step import (
     Timer,
     guarded,
     held_elsewhere,
+    inline_attempt,
 )
 from pipeline.providers import registry
 from pipeline.providers.base import Outline, StoryRequest
@@ -126,7 +127,10 @@ def generate_story(story_id: str, attempt: Attempt = FIRST_TRY) -> StepResult:
     if ai_status in ("pending", "processing") or uploaded_since:
         with timer.phase("analysis"):
             try:
-                result = analyze_photo(photo_id, attempt, analysed)
+                # Not the story's own attempt: its redelivery (our own retry) is not the photo
+                # message's, so a live holder's claim is answered "held by another worker" and we
+                # look again in ~2 s below, instead of waiting out the rest of its lease.
+                result = analyze_photo(photo_id, inline_attempt(attempt), analysed)
             except RetryLater:
                 with autocommit() as c:  # the photo was released; release the story with it
                     stories_db.release_story(c, story_id)
