@@ -21,7 +21,8 @@ from skimage import data as skdata
 from pipeline.kernel.errors import PermanentStepError
 from pipeline.providers.base import BoundingBox, Face, Outline, PageRequest, PhotoAnalysis, StoryRequest
 from pipeline.providers.face_json import analysis_from_json, analysis_to_json, face_from_json
-from pipeline.providers.local_vision import GROUP_EPS, LocalPhotoAnalyzer, _classifiers, _group
+from pipeline.providers.haar import GROUP_EPS, classifiers, group
+from pipeline.providers.local_vision import LocalPhotoAnalyzer
 from pipeline.providers.offline_images import (
     ANCHOR_KEY,
     CHARACTER_KEY,
@@ -336,14 +337,14 @@ def test_two_people_primary_face_is_the_largest(analyzer: LocalPhotoAnalyzer) ->
 
 def test_own_grouping_matches_opencv_group_rectangles() -> None:
     # given raw (ungrouped) detection windows on a face photo and on a busy non-face photo
-    clf = _classifiers()["face"]
+    clf = classifiers()["face"]
     for img in (skdata.astronaut(), skdata.retina(), skdata.chelsea()):
         gray = cv2.equalizeHist(cv2.cvtColor(img, cv2.COLOR_RGB2GRAY))
         raw, _levels, weights = clf.detectMultiScale3(gray, 1.1, 0, minSize=(24, 24), outputRejectLevels=True)
         rects = np.asarray(raw).reshape(-1, 4)
         for min_neighbors in (1, 3, 5):
             # when grouped by our re-implementation and by OpenCV
-            hits = _group(rects, np.ravel(weights), min_neighbors, GROUP_EPS)
+            hits = group(rects, np.ravel(weights), min_neighbors, GROUP_EPS)
             ours = [(h.x, h.y, h.w, h.h, h.neighbors) for h in hits]
             cv_rects, cv_counts = cv2.groupRectangles(rects.tolist(), min_neighbors, GROUP_EPS)
             theirs = (
@@ -372,7 +373,7 @@ def test_own_grouping_matches_opencv_on_random_window_sets() -> None:
         rects = np.clip(np.concatenate([xy, wh], axis=1), 1, None).astype(np.int32)
         for min_neighbors in (1, 3, 5):
             # when grouped both ways, then boxes, counts and order are identical
-            hits = _group(rects, np.zeros(n), min_neighbors, GROUP_EPS)
+            hits = group(rects, np.zeros(n), min_neighbors, GROUP_EPS)
             ours = [(h.x, h.y, h.w, h.h, h.neighbors) for h in hits]
             cv_rects, cv_counts = cv2.groupRectangles(rects.tolist(), min_neighbors, GROUP_EPS)
             theirs = (

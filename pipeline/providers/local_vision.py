@@ -42,17 +42,13 @@ the analysis is stored as JSON by ``face_json``. Neither depends on OpenCV.
 """
 from __future__ import annotations
 
-import math
-import re
-import threading
-from dataclasses import dataclass
-from fractions import Fraction
 from typing import Any
 
 import cv2
 import numpy as np
 from PIL import Image
 
+from pipeline.providers import haar
 from pipeline.providers.base import BoundingBox, Face, Label, Landmark, PhotoAnalysis
 from pipeline.providers.face_quality import MIN_FACE_PIXELS, face_pixels
 from pipeline.providers.photo_decode import MAX_PIXELS, decode_photo
@@ -66,7 +62,6 @@ DETECT_LONG_SIDE = 1024
 FACE_ROI_WIDTH = 200
 MAX_FACES = 20
 
-FACE_SCALE_FACTOR = 1.1
 FACE_MIN_NEIGHBORS = 5
 FACE_MIN_SIZE_RATIO = 0.06  # of the shorter side of the photo: smaller faces are too small to use
 # Faces down to this (or 24 px, the cascade's window) are still looked for, only to tell the parent
@@ -80,189 +75,6 @@ SMALL_FACE_MIN_RATIO = 0.02
 EYE_MIN_NEIGHBORS = 4
 # The smile cascade is notoriously trigger-happy on lips and chins; only strong groups count.
 SMILE_MIN_NEIGHBORS = 20
-GROUP_EPS = 0.2  # OpenCV's GROUP_EPS in detectMultiScale
-
-
-# --- cascades -------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class _CascadeSpec:
-    path: str
-    last_stage_threshold: float
-
-
-_CASCADE_FILES = {
-    "face": "haarcascade_frontalface_default.xml",
-    "eye": "haarcascade_eye.xml",
-    "eye_glasses": "haarcascade_eye_tree_eyeglasses.xml",
-    "smile": "haarcascade_smile.xml",
-}
-_specs_lock = threading.Lock()
-_specs: dict[str, _CascadeSpec] | None = None
-# CascadeClassifier keeps per-call scratch state, so instances are not shared between
-# threads; each thread (one per prefork process in Celery) loads its own set once.
-_thread_local = threading.local()
-
-
-def _cascade_specs() -> dict[str, _CascadeSpec]:
-    """Paths and last-stage thresholds, read once per process."""
-    global _specs
-    with _specs_lock:
-        if _specs is None:
-            specs: dict[str, _CascadeSpec] = {}
-            for key, name in _CASCADE_FILES.items():
-                path = cv2.data.haarcascades + name  # type: ignore[attr-defined]
-                with open(path, encoding="utf-8") as fh:
-                    thresholds = re.findall(r"<stageThreshold>([^<]+)</stageThreshold>", fh.read())
-                if not thresholds:
-                    raise RuntimeError(f"cannot read stage thresholds from {path}")
-                specs[key] = _CascadeSpec(path=path, last_stage_threshold=float(thresholds[-1]))
-            _specs = specs
-        return _specs
-
-
-def _classifiers() -> dict[str, cv2.CascadeClassifier]:
-    cached: dict[str, cv2.CascadeClassifier] | None = getattr(_thread_local, "classifiers", None)
-    if cached is None:
-        cached = {}
-        for key, spec in _cascade_specs().items():
-            clf = cv2.CascadeClassifier(spec.path)
-            if clf.empty():
-                raise RuntimeError(f"OpenCV could not load cascade {spec.path}")
-            cached[key] = clf
-        _thread_local.classifiers = cached
-    return cached
-
-
-# --- detection ------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class _Hit:
-    x: int
-    y: int
-    w: int
-    h: int
-    neighbors: int  # raw windows merged into this detection
-    weight: float  # best last-stage sum among them (OpenCV levelWeights)
-
-
-def _similar(rects: np.ndarray, eps: float) -> np.ndarray:
-    """cv::SimilarRects for all pairs of integer rects (rows are x, y, w, h).
-
-    OpenCV tests ``|a - b| <= eps * (min_w + min_h) * 0.5`` in doubles. With eps = p/q and
-    integer inputs that is exactly ``2q|a - b| <= p (min_w + min_h)`` (the double threshold is
-    never below the exact one, because 0.2 and friends round up in binary), and int32 numpy
-    is ~15x faster than float64 for the few hundred raw windows a cascade returns.
-    """
-    frac = Fraction(eps).limit_denominator(1000)
-    p, q = frac.numerator, frac.denominator
-    r = rects.astype(np.int32)
-    x, y, w, h = r[:, 0], r[:, 1], r[:, 2], r[:, 3]
-    limit = p * (np.minimum.outer(w, w) + np.minimum.outer(h, h))
-    k = 2 * q
-    m = k * np.abs(np.subtract.outer(x, x)) <= limit
-    m &= k * np.abs(np.subtract.outer(y, y)) <= limit
-    m &= k * np.abs(np.subtract.outer(x + w, x + w)) <= limit
-    m &= k * np.abs(np.subtract.outer(y + h, y + h)) <= limit
-    return m
-
-
-def _group(rects: np.ndarray, weights: np.ndarray, min_neighbors: int, eps: float) -> list[_Hit]:
-    """cv::groupRectangles, but keeping both the neighbour count and the best levelWeight.
-
-    OpenCV returns only one of the two per call; re-implementing the grouping lets one
-    detection pass give both (checked against cv2.groupRectangles in the tests).
-    """
-    n = len(rects)
-    if n == 0:
-        return []
-    rs = rects.astype(np.float64)
-    # Equivalence classes of the similarity graph (cv::partition): every window takes the
-    # smallest index it can reach, so each class ends up labelled by its first member.
-    similar = _similar(rects, eps)
-    root = np.arange(n)
-    while True:
-        nxt = np.where(similar, root[None, :], n).min(axis=1)
-        nxt = nxt[nxt]  # pointer jumping: converge in a few rounds even for long chains
-        if np.array_equal(nxt, root):
-            break
-        root = nxt
-    # Number classes in order of their first member, as cv::partition does (output order).
-    roots = np.unique(root)
-    labels = np.searchsorted(roots, root)
-    k = len(roots)
-    counts = np.bincount(labels, minlength=k)
-    sums = np.zeros((k, 4), dtype=np.float64)
-    np.add.at(sums, labels, rs)
-    best = np.full(k, -np.inf)
-    np.maximum.at(best, labels, np.asarray(weights, dtype=np.float64))
-    # Only classes above the threshold can be kept or can swallow another, so loop over those.
-    strong = [int(c) for c in np.flatnonzero(counts > min_neighbors)]
-    # OpenCV averages in single precision (float s = 1.f / n; cvRound(sum * s), half-to-even);
-    # doing it in doubles rounds some windows 1 px differently.
-    scaled = sums.astype(np.float32) * (np.float32(1.0) / counts.astype(np.float32))[:, None]
-    rounded = np.rint(scaled).astype(np.int64)
-    avg = {c: [int(v) for v in rounded[c]] for c in strong}
-
-    hits: list[_Hit] = []
-    for i in strong:
-        n1 = int(counts[i])
-        x1, y1, w1, h1 = avg[i]
-        swallowed = False
-        for j in strong:
-            if j == i:
-                continue
-            n2 = int(counts[j])
-            x2, y2, w2, h2 = avg[j]
-            dx, dy = int(round(w2 * eps)), int(round(h2 * eps))
-            # Drop a small rectangle inside a better-supported large one (OpenCV's rule).
-            if (
-                x1 >= x2 - dx
-                and y1 >= y2 - dy
-                and x1 + w1 <= x2 + w2 + dx
-                and y1 + h1 <= y2 + h2 + dy
-                and (n2 > max(3, n1) or n1 < 3)
-            ):
-                swallowed = True
-                break
-        if not swallowed:
-            hits.append(_Hit(x1, y1, w1, h1, n1, float(best[i])))
-    return hits
-
-
-def _detect(
-    clf: cv2.CascadeClassifier,
-    gray: np.ndarray,
-    *,
-    min_neighbors: int,
-    min_size: tuple[int, int],
-    max_size: tuple[int, int] = (0, 0),
-    scale_factor: float = FACE_SCALE_FACTOR,
-) -> list[_Hit]:
-    if gray.shape[0] < min_size[1] or gray.shape[1] < min_size[0]:
-        return []
-    # minNeighbors=0 returns the raw windows with their levelWeights; we group them ourselves.
-    rects, _levels, weights = clf.detectMultiScale3(
-        gray,
-        scaleFactor=scale_factor,
-        minNeighbors=0,
-        minSize=min_size,
-        maxSize=max_size,
-        outputRejectLevels=True,
-    )
-    if len(rects) == 0:
-        return []
-    return _group(np.asarray(rects).reshape(-1, 4), np.ravel(weights), min_neighbors, GROUP_EPS)
-
-
-def _confidence(hit: _Hit, min_neighbors: int, last_stage_threshold: float) -> float:
-    """Uncalibrated 0..100 score from neighbour support and last-stage margin (module doc)."""
-    support = 1.0 - math.exp(-hit.neighbors / (2.0 * max(min_neighbors, 1)))
-    margin = max(hit.weight - last_stage_threshold, 0.0)
-    strength = 1.0 - math.exp(-margin / 4.0)
-    return round(100.0 * support * strength, 2)
 
 
 def _ratio(v: float) -> float:
@@ -289,8 +101,8 @@ class LocalPhotoAnalyzer:
         full = decoded.image
         work = _resized(full, min(max(full.size), self.detect_long_side))  # never upscaled
         gray = np.asarray(work.convert("L"))
-        clfs = _classifiers()
-        specs = _cascade_specs()
+        clfs = haar.classifiers()
+        specs = haar.cascade_specs()
         work_h, work_w = gray.shape
 
         side = max(24, int(round(min(work_w, work_h) * FACE_DETECT_MIN_RATIO)))
@@ -298,11 +110,11 @@ class LocalPhotoAnalyzer:
         # No global histogram equalisation: OpenCV already normalises each window by its own
         # variance, and equalising a photo dominated by a flat background (a wall, the sky)
         # crushed the face's contrast and lost the face in tests.
-        hits = _detect(clfs["face"], gray, min_neighbors=FACE_MIN_NEIGHBORS, min_size=(usable_side, usable_side))
+        hits = haar.detect(clfs["face"], gray, min_neighbors=FACE_MIN_NEIGHBORS, min_size=(usable_side, usable_side))
         if not hits and side < usable_side:
             # Only for a photo that is refused anyway: look for smaller faces, to say "too small"
             # instead of "no face" (the happy path does not pay for the extra scales).
-            hits = _detect(clfs["face"], gray, min_neighbors=FACE_MIN_NEIGHBORS, min_size=(side, side))
+            hits = haar.detect(clfs["face"], gray, min_neighbors=FACE_MIN_NEIGHBORS, min_size=(side, side))
         only_small = False
         if not hits and max(full.size) > max(work.size):
             # Nothing at the working size: look again, larger (bounded; from the decoded pixels,
@@ -313,7 +125,7 @@ class LocalPhotoAnalyzer:
             big_side = max(24, int(round(min(big_gray.shape) * SMALL_FACE_MIN_RATIO)))
             big_max = int(round(usable_side * k * 1.5))
             if big_side < big_max:
-                hits = _detect(clfs["face"], big_gray, min_neighbors=FACE_MIN_NEIGHBORS,
+                hits = haar.detect(clfs["face"], big_gray, min_neighbors=FACE_MIN_NEIGHBORS,
                                min_size=(big_side, big_side), max_size=(big_max, big_max))
                 gray, (work_h, work_w), only_small = big_gray, big_gray.shape, True
         # Largest first (ties by position) so output order is stable and the protagonist leads.
@@ -322,7 +134,7 @@ class LocalPhotoAnalyzer:
         faces: list[Face] = []
         small: list[Face] = []
         for hit in hits:
-            conf = _confidence(hit, FACE_MIN_NEIGHBORS, specs["face"].last_stage_threshold)
+            conf = haar.confidence(hit, FACE_MIN_NEIGHBORS, specs["face"].last_stage_threshold)
             landmarks, attributes = self._face_parts(gray, hit, work_w, work_h, clfs)
             if only_small and not {"eyeLeft", "eyeRight"} <= {lm.type for lm in landmarks}:
                 continue  # the larger look's texture hits (fur, gravel): only faces with both eyes count
@@ -349,7 +161,7 @@ class LocalPhotoAnalyzer:
     def _face_parts(
         self,
         gray: np.ndarray,
-        hit: _Hit,
+        hit: haar.Hit,
         work_w: int,
         work_h: int,
         clfs: dict[str, cv2.CascadeClassifier],
@@ -364,7 +176,7 @@ class LocalPhotoAnalyzer:
         # Equalise per face: lighting across a face differs from the photo's overall histogram.
         roi = cv2.equalizeHist(roi)
         rh, rw = roi.shape
-        specs = _cascade_specs()
+        specs = haar.cascade_specs()
 
         def to_image(px: float, py: float) -> tuple[float, float]:
             return _ratio((hit.x + px / scale) / work_w), _ratio((hit.y + py / scale) / work_h)
@@ -375,10 +187,10 @@ class LocalPhotoAnalyzer:
         band = roi[top:bottom, :]
         eye_min = (int(rw * 0.12),) * 2
         eye_max = (int(rw * 0.40),) * 2
-        eyes = _detect(clfs["eye"], band, min_neighbors=EYE_MIN_NEIGHBORS, min_size=eye_min, max_size=eye_max)
+        eyes = haar.detect(clfs["eye"], band, min_neighbors=EYE_MIN_NEIGHBORS, min_size=eye_min, max_size=eye_max)
         if len(eyes) < 2:
             # Glasses defeat the plain eye cascade; its sibling is trained with them.
-            eyes = eyes + _detect(
+            eyes = eyes + haar.detect(
                 clfs["eye_glasses"], band, min_neighbors=EYE_MIN_NEIGHBORS, min_size=eye_min, max_size=eye_max
             )
         left_side = [e for e in eyes if e.x + e.w / 2 < rw / 2]
@@ -393,7 +205,7 @@ class LocalPhotoAnalyzer:
         # The mouth lies in the lower half of a Haar face box (the box ends near the chin).
         mtop = int(rh * 0.50)
         mouth_band = roi[mtop:, :]
-        smiles = _detect(
+        smiles = haar.detect(
             clfs["smile"],
             mouth_band,
             min_neighbors=SMILE_MIN_NEIGHBORS,
@@ -408,7 +220,7 @@ class LocalPhotoAnalyzer:
             landmarks.append(Landmark(type="mouth", x=x, y=y))
             attributes["smile"] = {
                 "value": True,
-                "confidence": _confidence(s, SMILE_MIN_NEIGHBORS, specs["smile"].last_stage_threshold),
+                "confidence": haar.confidence(s, SMILE_MIN_NEIGHBORS, specs["smile"].last_stage_threshold),
             }
         # No smile found is weak evidence (the cascade misses closed-mouth smiles), so the
         # attribute is left out rather than reported as {"value": false}.

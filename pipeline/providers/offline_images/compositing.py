@@ -15,7 +15,6 @@ from PIL import Image, ImageDraw, ImageEnhance, UnidentifiedImageError
 
 from pipeline.kernel.errors import PermanentStepError
 from pipeline.providers.base import Face
-from pipeline.providers.local_vision import decode_photo
 from pipeline.providers.offline_images.anchor import (
     ANCHOR_KEY,
     CHARACTER_KEY,
@@ -27,6 +26,7 @@ from pipeline.providers.offline_images.anchor import (
     read_character,
 )
 from pipeline.providers.offline_images.painter import RGB, Color, rgba
+from pipeline.providers.photo_decode import decode_photo
 
 FACE_MARGIN = 0.35  # extra crop around the detected face box on each side (hair, chin)
 
