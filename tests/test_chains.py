@@ -173,3 +173,36 @@ def test_a_resent_stuck_step_resumes_the_rest_of_its_page(
              for p in pages}
     assert all(len(r) == 1 and None not in r for r in roots.values()), roots
     assert len({next(iter(r)) for r in roots.values()}) == len(pages)  # one chain per page
+
+
+def test_a_link_that_ends_its_chain_still_sends_its_final_event(clean_db: Db, worker: WorkerProcess) -> None:
+    """A link that stops its page's chain raises ``Ignore``, for which Celery sends no final task
+    event: Flower showed it STARTED for ever. Its final event is sent by the task layer, and the
+    rest of the chain does not run."""
+    import threading
+
+    story = clean_db.story(clean_db.photo(astronaut_png()))
+    page = steps.generate_story(story).fanout[0]  # in-process: rows written, nothing enqueued
+    clean_db.exec("UPDATE stories SET status = 'failed' WHERE id = :s", s=story)  # nothing to do now
+    app = Celery(broker=os.environ["CELERY_BROKER_URL"])
+    events: list[dict[str, object]] = []
+    with app.connection() as conn:
+        receiver = app.events.Receiver(conn, handlers={"*": events.append})
+        listening = threading.Thread(target=lambda: receiver.capture(limit=None, timeout=60, wakeup=False),
+                                     daemon=True)
+        listening.start()
+        try:
+            time.sleep(1.0)  # the receiver's queue is bound
+            first = publish.send_signature(page_chain(page, story_id=story))
+            deadline = time.monotonic() + 30
+            while not any(e.get("uuid") == first and e.get("type") == "task-succeeded" for e in list(events)):
+                assert time.monotonic() < deadline, [(e.get("type"), e.get("uuid")) for e in events]
+                time.sleep(0.2)
+            time.sleep(2.0)  # a next link, were it sent, would be received by now
+        finally:
+            receiver.should_stop = True
+            listening.join(10)
+    final = next(e for e in events if e.get("uuid") == first and e.get("type") == "task-succeeded")
+    assert "stopped" in str(final.get("result")), final
+    received = {str(e.get("name")) for e in events if e.get("type") == "task-received"}
+    assert received == {"pages.write_text"}, received

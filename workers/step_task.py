@@ -150,8 +150,26 @@ def _run(task: Task, stage: str, ids: dict[str, Any], body: Body, ident: str | N
     if not result.moves_on and req.chain:
         # Recorded (failed) or nobody's to do now (stopped): the rest of this page's chain must
         # not run. Ignore acks the message and drops its chain (no failure state, no retry).
+        _final_event(task, result, summary, time.perf_counter() - t0)
         raise Ignore(summary)
     return summary
+
+
+def _final_event(task: Task, result: step.StepResult, summary: str, runtime: float) -> None:
+    """The task event Celery does not send for a task that raised ``Ignore``: without it Flower
+    shows a link that ended its page's chain as STARTED for ever. A failed step is reported as
+    ``task-failed`` (its recorded reason as the exception), a stopped one as ``task-succeeded``
+    with the step's summary, as before pages ran as chains. Only with task events on
+    (celeryconfig ``worker_send_task_events``, the Procfile's ``-E``); never fails the step."""
+    if not task.app.conf.worker_send_task_events:
+        return
+    try:
+        if result.outcome is step.Outcome.FAILED:
+            task.send_event("task-failed", exception=f"StepFailed({summary!r})", traceback=None, retry=False)
+        else:
+            task.send_event("task-succeeded", result=repr(summary), runtime=round(runtime, 6), retry=False)
+    except Exception:  # noqa: BLE001 - an event is for people watching, the step is done either way
+        log.warning("could not send the final task event for %s", task.request.id, exc_info=True)
 
 
 def db_backoff(retries: int) -> float:
