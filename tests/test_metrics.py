@@ -4,6 +4,7 @@ from __future__ import annotations
 import os
 import re
 import socket
+import time
 import urllib.request
 from pathlib import Path
 
@@ -44,8 +45,14 @@ def test_worker_serves_step_metrics(clean_db: Db, tmp_path: Path, request: pytes
     external_send(broker, "stories.generate", {"story_id": bad})
     assert clean_db.wait_story(good)["status"] == "completed"
     assert clean_db.wait_story(bad)["status"] == "failed"
-    # then the counters say so
-    text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
+    # then the counters say so (a step is counted just after its commit: the story row can say
+    # completed a moment before the book step's own count lands)
+    deadline = time.monotonic() + 10
+    while True:
+        text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
+        if _sample(text, "storycreator_steps_total", stage="finish", outcome="done") or time.monotonic() > deadline:
+            break
+        time.sleep(0.2)
     pages = int(os.environ["STORY_PAGE_COUNT"])
     for stage in ("text", "image", "personalization"):
         assert _sample(text, "storycreator_steps_total", stage=stage, outcome="done") == pages, stage
