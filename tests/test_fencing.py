@@ -218,3 +218,25 @@ def test_a_completion_that_keeps_crashing_its_worker_fails_the_story(clean_db: D
     retry.retry_story(story)
     assert steps.generate_story(story).moves_on  # the story processing again; its pages are all done
     assert steps.finish_story(story).outcome is Outcome.DONE
+
+
+def test_an_order_print_step_is_fenced_too(clean_db: Db) -> None:
+    from db import order_steps as order_steps_db
+
+    story = _ready_story(clean_db)
+    assert steps.finish_story(story).moves_on
+    user = clean_db.one("SELECT user_id FROM stories WHERE id = :s", s=story)["user_id"]
+    order = clean_db.one("INSERT INTO orders (user_id, story_id, product_type, status, amount, currency) "
+                         "VALUES (:u, :s, 'hardcover', 'paid', 2999, 'usd') RETURNING id", u=user, s=story)["id"]
+    with autocommit() as c:
+        first = order_steps_db.claim_print_files(c, str(order), LEASE)
+    assert first is not None and first["takeovers"] == 0
+    clean_db.exec("UPDATE order_steps SET updated_at = now() - interval '1 hour' WHERE order_id = :o", o=order)
+    with autocommit() as c:
+        second = order_steps_db.claim_print_files(c, str(order), LEASE)
+        assert second is not None and second["claim_token"] == first["claim_token"] + 1 and second["takeovers"] == 1
+        assert not order_steps_db.release_step(c, str(order), "print_files", "slow", 0, None, first["claim_token"])
+        assert not order_steps_db.complete_step(c, str(order), "print_files", {"stale": True}, first["claim_token"])
+        assert order_steps_db.complete_step(c, str(order), "print_files", {"fresh": True}, second["claim_token"])
+    row = clean_db.one("SELECT status, result, takeovers FROM order_steps WHERE order_id = :o", o=order)
+    assert (row["status"], row["result"], row["takeovers"]) == ("completed", {"fresh": True}, 0)
