@@ -247,3 +247,23 @@ def test_an_order_print_step_is_fenced_too(clean_db: Db) -> None:
         assert order_steps_db.complete_step(c, str(order), "print_files", {"fresh": True}, second["claim_token"])
     row = clean_db.one("SELECT status, result, takeovers FROM order_steps WHERE order_id = :o", o=order)
     assert (row["status"], row["result"], row["takeovers"]) == ("completed", {"fresh": True}, 0)
+
+
+def test_a_holder_that_lost_its_claim_does_not_overwrite_the_new_holders_picture(clean_db: Db) -> None:
+    from pipeline.kernel.storage import page_image_key
+    from pipeline.stories.page_step import store_if_held
+
+    story, page = _page(clean_db)
+    assert steps.write_text(page).moves_on
+    col = "image_generation_status"
+    with autocommit() as c:
+        first = pages_db.claim_page(c, page, col, LEASE, prerequisite=TEXT)
+    assert first is not None
+    _silence(clean_db, page)
+    assert steps.draw_base(page, REDELIVERED).outcome is Outcome.DONE  # the new holder's picture
+    key = page_image_key(story, 1, "base")
+    path = clean_db.storage / key
+    stored = path.read_bytes()
+    with pytest.raises(ClaimLost):
+        store_if_held(page, "image", first.token, key, b"stale picture", "image/png", step.Timer())
+    assert path.read_bytes() == stored
