@@ -1,4 +1,5 @@
-"""Faults, for real: a worker SIGKILLed in each stage, Redis and PostgreSQL restarted mid-run, a
+"""Faults, for real: a worker SIGKILLed in each stage, Redis and PostgreSQL restarted mid-run (the
+test's own redis-server and PostgreSQL cluster, tests/services.py: never the machine's), a
 provider down for a while. Nothing lost (every story completes, or fails with a reason and is
 recovered by `retry`), nothing done twice (no page step completed twice, no page with two
 provider jobs or two stored artefacts).
@@ -9,7 +10,6 @@ Longer runs: CHAOS_ROUNDS=5 ./run test tests/test_chaos.py
 """
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import subprocess
@@ -21,8 +21,10 @@ from pathlib import Path
 import pytest
 import redis
 
+from tests import services
 from tests.fakes.openai_server import DEFAULT_KEY, FakeOpenAI
 from tests.fakes.replicate_server import FakeReplicate
+from tests.services import OwnPostgres, OwnRedis
 from tests.support import ROOT, Db, WorkerProcess, astronaut_png, external_send, flush_redis
 
 REDIS = os.environ.get("TEST_REDIS_URL", "redis://127.0.0.1:6379")
@@ -154,79 +156,81 @@ def test_worker_killed_in_each_stage(stage: str, clean_db: Db, replicate: FakeRe
             w.stop()
 
 
-def _restart_redis() -> None:
-    r = redis.Redis.from_url(REDIS)
-    with contextlib.suppress(redis.ConnectionError):  # it closes the connection as it goes
-        r.shutdown(nosave=True)
-    subprocess.run(["redis-server", "--daemonize", "yes", "--bind", "127.0.0.1", "-::1", "--port", "6379",
-                    "--save", "", "--appendonly", "no", "--dir", "/var/lib/redis",
-                    "--logfile", "/var/log/redis/ci.log"], check=True, timeout=30)
-    deadline = time.monotonic() + 30
-    while True:
+def _restart_redis(server: OwnRedis) -> None:
+    """SHUTDOWN NOSAVE and a new redis-server on the same port: this test's own, nobody else's."""
+    server.restart()
+
+
+def _restart_postgres(cluster: OwnPostgres) -> None:
+    """pg_ctl restart -m fast (every session ended, the server down, then up): this test's own cluster."""
+    cluster.restart("fast")
+
+
+def _can_restart() -> str | None:
+    """Why this test cannot start its own Redis and PostgreSQL here, or None."""
+    return services.missing()
+
+
+@pytest.fixture()
+def own(tmp_path: Path) -> Iterator[tuple[OwnRedis, OwnPostgres, Db]]:
+    """A redis-server and a PostgreSQL cluster of this test's own (tests/services.py), the
+    project's schema applied: what the restart test restarts, so nothing else on the machine is."""
+    if why := _can_restart():
+        if os.environ.get("CI"):
+            raise AssertionError(f"cannot start own services on this machine: {why}")
+        pytest.skip(f"cannot start own services here: {why}")
+    with services.own_redis(tmp_path / "redis") as server, services.own_postgres() as pg:
+        db = pg.database(Path(os.environ["LOCAL_STORAGE_ROOT"]))
         try:
-            if redis.Redis.from_url(REDIS).ping():
-                return
-        except redis.ConnectionError:
-            assert time.monotonic() < deadline, "redis did not come back"
-            time.sleep(0.2)
-
-
-def _restart_postgres() -> None:
-    version = sorted(os.listdir("/etc/postgresql"))[-1]
-    subprocess.run(["pg_ctlcluster", "--skip-systemctl-redirect", version, "main", "restart"], check=True,
-                   timeout=120, capture_output=True)
-
-
-def _can_restart(service: str) -> bool:
-    if os.geteuid() != 0:
-        return False
-    if service == "redis":
-        return subprocess.run(["which", "redis-server"], capture_output=True).returncode == 0
-    return os.path.isdir("/etc/postgresql")
+            yield server, pg, db
+        finally:
+            db.close()
 
 
 @pytest.mark.timeout(300)
 @pytest.mark.parametrize("service", ["redis", "postgres"])
-def test_service_restarted_mid_run(service: str, clean_db: Db, replicate: FakeReplicate, tmp_path: Path,
-                                   request: pytest.FixtureRequest) -> None:
-    if not _can_restart(service):
-        if os.environ.get("CI"):
-            raise AssertionError(f"cannot restart {service} on this machine")
-        pytest.skip(f"cannot restart {service} here")
-    flush_redis(BROKER)
-    cluster = Cluster(tmp_path, request, _env(replicate))
+def test_service_restarted_mid_run(service: str, own: tuple[OwnRedis, OwnPostgres, Db], replicate: FakeReplicate,
+                                   tmp_path: Path, request: pytest.FixtureRequest) -> None:
+    # Its own Redis and PostgreSQL (the `own` fixture), restarted below: never the machine's.
+    server, pg, db = own
+    broker = f"{server.url}/0"
+    cluster = Cluster(tmp_path, request, _env(replicate, CELERY_BROKER_URL=broker, REDIS_URL=broker,
+                                              DATABASE_URL=db.url))
     cluster.worker()
     cluster.beat()
     # given three stories in progress
-    stories = [clean_db.story(clean_db.photo(astronaut_png())) for _ in range(3)]
+    stories = [db.story(db.photo(astronaut_png())) for _ in range(3)]
     for s in stories:
-        external_send(BROKER, "stories.generate", {"story_id": s})
+        external_send(broker, "stories.generate", {"story_id": s})
     deadline = time.monotonic() + 60
-    while clean_db.one(STAGE_IN_FLIGHT["image"])["n"] == 0:
+    while db.one(STAGE_IN_FLIGHT["image"])["n"] == 0:
         assert time.monotonic() < deadline
         time.sleep(0.05)
     # when the service restarts under them (Redis keeps nothing on disk here: queued messages,
     # reserved retries and quota counters are all lost)
-    (_restart_redis if service == "redis" else _restart_postgres)()
-    clean_db.engine.dispose()  # the test's own connections died with PostgreSQL
+    if service == "redis":
+        _restart_redis(server)
+    else:
+        _restart_postgres(pg)
+    db.engine.dispose()  # the test's own connections died with PostgreSQL
     # then the workers reconnect (or, where kombu's reconnect crashes the worker, its supervisor
     # restarts it); every story completes, or fails with a reason and a retry brings it back;
     # none stays stuck
     deadline = time.monotonic() + 150
-    while any(clean_db.story_row(s)["status"] not in ("completed", "failed") for s in stories):
+    while any(db.story_row(s)["status"] not in ("completed", "failed") for s in stories):
         restarted = cluster.revive()
         if restarted:
             print(f"\n{restarted} worker(s) exited after the {service} restart; restarted as a supervisor would")
-        assert time.monotonic() < deadline, [clean_db.story_row(s)["status"] for s in stories]
+        assert time.monotonic() < deadline, [db.story_row(s)["status"] for s in stories]
         time.sleep(0.5)
     for s in stories:
-        row = clean_db.wait_story(s, timeout=150)
+        row = db.wait_story(s, timeout=150)
         if row["status"] == "failed":
             assert row["error_message"], row
             retry = subprocess.run([sys.executable, "-m", "pipeline.operations.cli", "retry", "--story", s], cwd=ROOT,
                                    env={**os.environ, **cluster.env}, capture_output=True, text=True, timeout=60)
             assert retry.returncode == 0, retry.stdout + retry.stderr
-            row = clean_db.wait_story(s, timeout=150)
+            row = db.wait_story(s, timeout=150)
         assert row["status"] == "completed", (row["error_message"], cluster.workers[0].tail())
     counts = cluster.done_counts()
     assert max(counts.values()) == 1, {k: v for k, v in counts.items() if v > 1}
