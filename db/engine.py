@@ -187,11 +187,24 @@ except ImportError:  # a broken install: make_engine says so (DatabaseURLError)
     _DBAPI_UNAVAILABLE = _DBAPI_PROGRAMMING = ()
 
 
+class ServiceUnavailable(Exception):
+    """Another service every step needs besides the database could not be used at all, as the
+    database unusable (:func:`unavailable` is true for it): the step is sent again later, with no
+    bound, nothing recorded as failed. ``service`` names it for the log line ("storage": see
+    pipeline.kernel.storage.StorageUnavailable)."""
+
+    service = "service"
+
+
 def unavailable(exc: BaseException) -> bool:
     """True when ``exc`` says the database could not be used at all (unreachable, restarting,
     dropped or renamed, the connection lost, the pool exhausted, the schema missing, the URL or
-    the driver unusable): the step it interrupted never got to do its work, and running it again
-    later is right. False for errors of a statement itself (constraint violations, bugs)."""
+    the driver unusable), or another service every step needs could not (a
+    :class:`ServiceUnavailable`: the storage): the step it interrupted never got to do its work,
+    and running it again later is right. False for errors of a statement itself (constraint
+    violations, bugs)."""
+    if isinstance(exc, ServiceUnavailable):
+        return True
     if isinstance(exc, DatabaseURLError | sa_exc.OperationalError | sa_exc.InterfaceError
                   | sa_exc.DisconnectionError | sa_exc.TimeoutError):
         return True

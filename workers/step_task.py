@@ -9,7 +9,8 @@ dropped (already logged; nothing in Postgres to mark). The decorator then:
 - runs the step once, logs one line and observes its metrics;
 - ``RetryLater`` -> ``task.retry`` with the step's countdown (the same message, its chain and
   ``tries`` carried along: a waiting step inside a page's chain keeps the rest of the chain);
-- the database unusable -> the same message again after a capped, jittered backoff, unbounded;
+- the database unusable, or the storage (db.engine.unavailable) -> the same message again after a
+  capped, jittered backoff, unbounded;
 - the step returned a result -> the optional ``then(id, result)`` hook (successors outside a
   chain: the story's fan-out, the book once every page is done, the order flow; it looks at the
   outcome itself), then, done or already done, returns normally, so the next link of the chain,
@@ -33,6 +34,7 @@ from typing import Any
 from celery import Task
 from celery.exceptions import Ignore
 
+from db.engine import ServiceUnavailable
 from db.engine import reason as db_reason
 from db.engine import unavailable as db_unavailable
 from pipeline.config import settings
@@ -140,11 +142,13 @@ def _run(task: Task, stage: str, ids: dict[str, Any], body: Body, ident: str | N
     except Exception as e:
         if not db_unavailable(e):
             raise
-        # Nothing recorded (the database is where we would record it): the same message again
-        # after a capped, jittered backoff, for as long as it takes (max_retries=None: no bound).
+        # Nothing recorded (the database is where we would record it; the storage's outage is
+        # not the step's failure): the same message again after a capped, jittered backoff, for
+        # as long as it takes (max_retries=None: no bound).
         countdown = db_backoff(req.retries)
+        service = e.service if isinstance(e, ServiceUnavailable) else "database"
         log.warning("step %s", json.dumps({"stage": stage, **ids, "attempt": attempt.number, "outcome": "retry",
-                                           "detail": f"database unavailable: {db_reason(e)}"[:300],
+                                           "detail": f"{service} unavailable: {db_reason(e)}"[:300],
                                            "retries": req.retries, "retry_in": countdown}, ensure_ascii=False))
         metrics.observe(stage, "retry", time.perf_counter() - t0, None)
         raise task.retry(countdown=countdown, kwargs=dict(req.kwargs or {}), max_retries=None, exc=None) from None

@@ -22,6 +22,7 @@ from pipeline.config import settings
 from pipeline.kernel import metrics
 from pipeline.kernel.errors import PermanentStepError, TransientStepError
 from pipeline.kernel.quota import QuotaWait
+from pipeline.kernel.storage import StorageUnavailable
 
 log = logging.getLogger("pipeline.kernel.step")
 T = TypeVar("T")
@@ -211,7 +212,8 @@ def guarded(
     """Run a provider call under the error policy: permanent -> recorded failure; transient ->
     release and retry with backoff until the tries run out; anything else is a bug or an
     unexpected reply: recorded as a failure (an operator can retry), never a crash loop.
-    The database unavailable (db.engine.unavailable) is none of these: re-raised as it is.
+    The database unavailable (db.engine.unavailable) is none of these: re-raised as it is; the
+    storage unavailable too, after giving the claim back.
 
     ``record`` says where failures and releases go (a :class:`Recorder`; :class:`Callbacks` makes
     one of two functions). Raises :class:`StepFailed` after recording a failure, :class:`RetryLater`
@@ -236,6 +238,13 @@ def guarded(
             raise StepFailed(msg) from None
         record.release(str(e))
         raise RetryLater(backoff(attempt.number, e.retry_after), str(e)) from None
+    except StorageUnavailable:
+        # Our storage, not the provider (a permission lost, a full or read-only filesystem): the
+        # database works, so the claim is given back now (the re-sent step claims it at once,
+        # without waiting out its lease) and nothing is recorded; the task layer re-sends the
+        # step with the outage backoff, with no bound. (If the release fails too, that error goes.)
+        record.release(None)
+        raise
     except Exception as e:  # noqa: BLE001 - the policy above is the point of this function
         if db_unavailable(e):
             # The database, not the provider (a job step's own statements run in here): nothing

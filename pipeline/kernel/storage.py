@@ -6,9 +6,16 @@ Keys are relative, '/'-separated paths. A key that would leave the storage root 
 ``LocalStorage`` reads and writes are tried again at once (tenacity, at most ``ATTEMPTS`` tries,
 waits of 0.05-0.5 s) when the filesystem fails for a moment: a shared or network mount (NFS, EFS)
 answering EIO, ESTALE, ETIMEDOUT, EAGAIN or EBUSY, or the process briefly out of file descriptors
-(EMFILE, ENFILE). A missing file, a folder or a permission error is never retried, and what still
-fails after the last try is raised unchanged. S3 storage (pipeline/providers/s3.py) is not retried
-here: its errors go to the step layer's backoff like every provider's.
+(EMFILE, ENFILE). A missing file, a folder or a permission error is never retried here.
+
+What still fails after the last try, except a missing object (``ObjectMissing``: the key names
+nothing), is the storage unusable: a permission lost, a read-only or full filesystem, a mount gone,
+the fault that lasted. It is raised as :class:`StorageUnavailable` (the same OSError: errno, message,
+file), which the step layer treats as it treats the database unusable: the claim given back, the
+step sent again with the capped outage backoff and no bound, nothing recorded as failed, so the
+stories go on by themselves when the storage is back (workers/step_task.py). S3 storage
+(pipeline/providers/s3.py) is not retried here: its errors go to the step layer's backoff like
+every provider's.
 """
 from __future__ import annotations
 
@@ -22,6 +29,7 @@ from typing import Protocol, TypeVar
 
 import tenacity
 
+from db.engine import ServiceUnavailable
 from pipeline.kernel.errors import PermanentStepError
 
 log = logging.getLogger(__name__)
@@ -40,6 +48,22 @@ class UnsafeKey(PermanentStepError):
 
 class ObjectMissing(PermanentStepError):
     """The stored object asked for does not exist (or is a folder)."""
+
+
+class StorageUnavailable(ServiceUnavailable, OSError):
+    """The local storage could not be read or written at all (every OSError but a missing object,
+    after the quick retries): not the step's fault nor its input's. An OSError with the original's
+    errno, message and file; db.engine.unavailable is true for it (a ServiceUnavailable)."""
+
+    service = "storage"
+
+
+# What a read says when the key names no object (not an outage): ObjectMissing.
+_NO_OBJECT = frozenset({errno.ENOENT, errno.EISDIR, errno.ENOTDIR, errno.ENAMETOOLONG, errno.ELOOP})
+
+
+def _unavailable(e: OSError) -> StorageUnavailable:
+    return StorageUnavailable(e.errno, e.strerror or str(e), e.filename)
 
 
 class Storage(Protocol):
@@ -112,9 +136,13 @@ class LocalStorage:
 
     def put(self, key: str, data: bytes, content_type: str) -> None:
         """Write ``data`` at ``key`` atomically (temp file + rename); transient filesystem errors
-        are tried again (module doc). UnsafeKey for a key leaving the root."""
+        are tried again (module doc). UnsafeKey for a key leaving the root; StorageUnavailable for a
+        write that still fails."""
         target = self.path(key)
-        retry_filesystem(lambda: self._put(target, data))
+        try:
+            retry_filesystem(lambda: self._put(target, data))
+        except OSError as e:  # what lasted past the retries: the storage, not this write
+            raise _unavailable(e) from e
 
     @staticmethod
     def _put(target: Path, data: bytes) -> None:
@@ -131,14 +159,17 @@ class LocalStorage:
 
     def get(self, key: str) -> bytes:
         """The file's bytes; ObjectMissing if there is none (or it is a folder), transient
-        filesystem errors tried again (module doc), UnsafeKey for a key leaving the root."""
+        filesystem errors tried again (module doc), UnsafeKey for a key leaving the root,
+        StorageUnavailable for a read that still fails otherwise."""
         p = self.path(key)
         try:
             return retry_filesystem(p.read_bytes)
-        except FileNotFoundError:
-            raise ObjectMissing(f"The stored file {key!r} does not exist.") from None
         except IsADirectoryError:
             raise ObjectMissing(f"The stored key {key!r} is a folder, not a file.") from None
+        except OSError as e:
+            if e.errno in _NO_OBJECT:
+                raise ObjectMissing(f"The stored file {key!r} does not exist.") from None
+            raise _unavailable(e) from e
 
     def exists(self, key: str) -> bool:
         """Is there a file at ``key``?"""
