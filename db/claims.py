@@ -17,22 +17,27 @@ from typing import Literal
 Stage = Literal["analysis", "outline", "text", "image", "personalization", "finish"]
 
 
-def claimable(col: str, updated_at: str = "updated_at") -> str:
+def claimable(col: str, updated_at: str = "updated_at", token: str = "claim_token") -> str:
     """SQL: column ``col`` may be claimed (pending, NULL, or processing with ``updated_at`` older
-    than ``:lease`` seconds). The statement must bind ``:lease``."""
+    than ``:lease`` seconds, or processing under the claim ``:held`` that the caller's message held
+    when the database went away under it: resumed at once). The statement must bind ``:lease``
+    and ``:held`` (a token, or None)."""
     return (
         f"(COALESCE({col}, 'pending') = 'pending' OR "
-        f"({col} = 'processing' AND {updated_at} < now() - make_interval(secs => :lease)))"
+        f"({col} = 'processing' AND ({updated_at} < now() - make_interval(secs => :lease) "
+        f"OR {token} = CAST(:held AS bigint))))"
     )
 
 
 def claim_sets(col: str, alias: str) -> str:
     """SQL: the SET list of a claim of column ``col`` on the row aliased ``alias``: processing, a new
     fencing token (schema.sql: ``claim_token``, one more at every claim) and one more takeover when
-    the claim taken was a processing one (its holder went silent past the lease). The statement
+    the claim taken was a processing one (its holder went silent past the lease; not when it is
+    resumed by the message that held it, ``:held``, which the statement must bind). The statement
     should ``RETURNING {alias}.claim_token, {alias}.takeovers`` (the new values)."""
     return (f"claim_token = {alias}.claim_token + 1, "
-            f"takeovers = CASE WHEN {alias}.{col} = 'processing' THEN {alias}.takeovers + 1 "
+            f"takeovers = CASE WHEN {alias}.{col} = 'processing' "
+            f"AND {alias}.claim_token IS DISTINCT FROM CAST(:held AS bigint) THEN {alias}.takeovers + 1 "
             f"ELSE {alias}.takeovers END, "
             f"{col} = 'processing'")
 

@@ -17,30 +17,32 @@ def _claim_sql(step: Step, ready: str) -> str:
     """Claim a step: insert it as processing, or take it from pending, or from a processing
     claim untouched for longer than the lease (its worker died). ``ready`` selects the order
     when the step may run. The claim returns ``run``, its fencing token (``claim_token``: the
-    step's later writes name it) and ``takeovers`` (claims taken from a silent holder)."""
+    step's later writes name it) and ``takeovers`` (claims taken from a silent holder). ``:held``:
+    the token the caller's message held when the database went away (resumed at once)."""
     return f"""
         WITH o AS ({ready})
         INSERT INTO order_steps (order_id, step, status) SELECT id, '{step}', 'processing' FROM o
         ON CONFLICT (order_id, step) DO UPDATE SET {claim_sets("status", "order_steps")}
          WHERE order_steps.status = 'pending'
             OR (order_steps.status = 'processing'
-                AND order_steps.updated_at < now() - make_interval(secs => :lease))
+                AND (order_steps.updated_at < now() - make_interval(secs => :lease)
+                     OR order_steps.claim_token = CAST(:held AS bigint)))
         RETURNING order_id, run, claim_token, takeovers
     """
 
 
-def claim_print_files(conn: Connection, order_id: str, lease: float) -> RowMapping | None:
+def claim_print_files(conn: Connection, order_id: str, lease: float, held: int | None = None) -> RowMapping | None:
     """Only for a paid order whose story is completed and its user's: never a half book, never
     another family's."""
     return conn.execute(
         text(_claim_sql("print_files", """
             SELECT o.id FROM orders o JOIN stories s ON s.id = o.story_id
              WHERE o.id = :id AND o.status = 'paid' AND s.status = 'completed' AND s.user_id = o.user_id""")),
-        {"id": order_id, "lease": lease},
+        {"id": order_id, "lease": lease, "held": held},
     ).mappings().first()
 
 
-def claim_print_job(conn: Connection, order_id: str, lease: float) -> RowMapping | None:
+def claim_print_job(conn: Connection, order_id: str, lease: float, held: int | None = None) -> RowMapping | None:
     """Only for a paid order with its print files and no print job yet, whose story is (still)
     completed and its user's."""
     return conn.execute(
@@ -49,7 +51,7 @@ def claim_print_job(conn: Connection, order_id: str, lease: float) -> RowMapping
               JOIN order_steps f ON f.order_id = o.id AND f.step = 'print_files' AND f.status = 'completed'
               JOIN stories s ON s.id = o.story_id AND s.status = 'completed' AND s.user_id = o.user_id
              WHERE o.id = :id AND o.status = 'paid' AND o.pod_order_id IS NULL""")),
-        {"id": order_id, "lease": lease},
+        {"id": order_id, "lease": lease, "held": held},
     ).mappings().first()
 
 

@@ -57,12 +57,14 @@ class PageClaim:
 
 
 def claim_page(conn: Connection, page_id: str, col: PageColumn, lease: float, *,
-               prerequisite: PageColumn | None, with_photo: bool = False) -> PageClaim | None:
+               prerequisite: PageColumn | None, with_photo: bool = False, held: int | None = None) -> PageClaim | None:
     """Claim one page step (status column ``col``, pending -> processing, or a processing claim
     older than ``lease`` seconds) once its ``prerequisite`` column is completed (None: the page's
     first step), in one round trip that also returns all the step needs; ``with_photo``: also
     the story's protagonist photo and face choice (the personalization), failing the story
-    instead when its photo is refused (db.stories.photo_refusal). None when not claimed.
+    instead when its photo is refused (db.stories.photo_refusal); ``held``: the token of the claim
+    the caller's message held when the database went away (resumed at once, not a takeover).
+    None when not claimed.
     Raises ValueError for a column that is not a story_pages status column."""
     col, prereq = page_column(col), _prerequisite(prerequisite)
     prereq_sql = f"AND p.{prereq} = 'completed'" if prereq else ""
@@ -86,7 +88,7 @@ def claim_page(conn: Connection, page_id: str, col: PageColumn, lease: float, *,
                 INSERT INTO step_errors (story_id, page_id, stage, permanent, message)
                 SELECT id, CAST(:id AS uuid), 'personalization', true, error_message FROM refused
             )""" if want_photo else ""
-    claimable_sql = claimable(f"p.{col}", "p.updated_at")
+    claimable_sql = claimable(f"p.{col}", "p.updated_at", "p.claim_token")
     row = conn.execute(
         text(
             f"""{refuse}
@@ -98,7 +100,7 @@ def claim_page(conn: Connection, page_id: str, col: PageColumn, lease: float, *,
                       s.child_name, s.child_age, s.story_theme, o.title, o.style, o.beats{photo_cols}
             """
         ),
-        {"id": page_id, "lease": lease, **(REFUSALS if want_photo else {})},
+        {"id": page_id, "lease": lease, "held": held, **(REFUSALS if want_photo else {})},
     ).mappings().first()
     if row is None:
         return None

@@ -16,22 +16,23 @@ from db.claims import claim_sets, claimable, held
 NOT_UPLOADED_PREFIX = "The photo is not ready to analyse"
 
 
-def claim_photo(conn: Connection, photo_id: str, lease: float) -> RowMapping | None:
+def claim_photo(conn: Connection, photo_id: str, lease: float, held: int | None = None) -> RowMapping | None:
     """pending (or a processing claim older than ``lease`` s, or a not-uploaded failure once the
     photo is uploaded) -> processing; returns where the photo is stored, the claim's fencing token
     (``claim_token``: every later write of the analysis names it) and ``takeovers`` (claims taken
-    from a silent holder since the analysis last completed); None when not claimed."""
+    from a silent holder since the analysis last completed); None when not claimed. ``held``: the
+    token of the claim the caller's message held when the database went away (resumed at once)."""
     return conn.execute(
         text(
             f"""
             UPDATE photos p SET {claim_sets('ai_processing_status', 'p')}, ai_error_message = NULL
              WHERE id = :id AND status = 'uploaded'
-               AND ({claimable('ai_processing_status')}
+               AND ({claimable('ai_processing_status', 'p.updated_at', 'p.claim_token')}
                     OR (ai_processing_status = 'failed' AND starts_with(ai_error_message, :not_uploaded)))
             RETURNING id, storage_provider, bucket, object_key, content_type, claim_token, takeovers
             """
         ),
-        {"id": photo_id, "lease": lease, "not_uploaded": NOT_UPLOADED_PREFIX},
+        {"id": photo_id, "lease": lease, "not_uploaded": NOT_UPLOADED_PREFIX, "held": held},
     ).mappings().first()
 
 

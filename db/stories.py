@@ -14,7 +14,8 @@ from db.claims import Stage
 
 # The start's claim (stories.status) counts a takeover only while the story has no outline: once
 # the outline is saved the start is done, and a later re-claim (a re-sent start) is a re-run.
-_TAKEOVER = ("takeovers = CASE WHEN s.status = 'processing' AND NOT EXISTS "
+_TAKEOVER = ("takeovers = CASE WHEN s.status = 'processing' AND s.claim_token IS DISTINCT FROM CAST(:held AS bigint) "
+             "AND NOT EXISTS "
              "(SELECT 1 FROM story_outlines so WHERE so.story_id = s.id) THEN s.takeovers + 1 ELSE s.takeovers END")
 
 __all__ = [
@@ -67,11 +68,12 @@ REFUSALS = {"not_yours": PHOTO_NOT_YOURS, "photo_deleted": PHOTO_DELETED, "uploa
 
 # A story that may start: pending, or processing but untouched for longer than the lease.
 _STARTABLE = ("(s.status = 'pending' OR "
-              "(s.status = 'processing' AND s.updated_at < now() - make_interval(secs => :lease)))")
+              "(s.status = 'processing' AND (s.updated_at < now() - make_interval(secs => :lease) "
+              "OR s.claim_token = CAST(:held AS bigint))))")
 
 
 def claim_story(conn: Connection, story_id: str, lease: float, upload_wait: float = 900.0,
-                attempt: int = 0, task_id: str | None = None) -> RowMapping | None:
+                attempt: int = 0, task_id: str | None = None, held: int | None = None) -> RowMapping | None:
     """Claim the story start; returns the story with its photo's state and whether an outline
     exists already (a re-run), all in the one round trip.
 
@@ -123,6 +125,7 @@ def claim_story(conn: Connection, story_id: str, lease: float, upload_wait: floa
             """
         ),
         {"id": story_id, "lease": lease, "upload_wait": upload_wait, "attempt": attempt, "task": task_id,
+         "held": held,
          "upload_timeout": upload_timeout_message(upload_wait), "timeout_prefix": UPLOAD_TIMEOUT_PREFIX,
          **REFUSALS},
     ).mappings().first()
@@ -329,31 +332,34 @@ def story_ready(conn: Connection, story_id: str) -> bool:
     ).scalar())
 
 
-def claim_finish(conn: Connection, story_id: str, lease: float) -> RowMapping | None:
+def claim_finish(conn: Connection, story_id: str, lease: float, held: int | None = None) -> RowMapping | None:
     """Claim a processing story's completion once every page is personalized: a new fencing token
     (``finish_token``) and the claim's time on its outline row (story_outlines.finish_claimed_at),
     unless another finisher claimed it less than ``lease`` seconds ago; ``finish_takeovers`` counts
     claims taken from a finisher that went silent (a claim never completed). Returns the story's
     id, title, child_name, story_theme, finish_token and finish_takeovers; None if not ready, not
     processing, or held by another finisher (see :func:`finish_state`). No lock is held while the
-    book is written: a frozen finisher cannot keep the story processing past the lease."""
+    book is written: a frozen finisher cannot keep the story processing past the lease. ``held``:
+    the finish token the caller's message held when the database went away (resumed at once)."""
     return conn.execute(
         text(
             """
             UPDATE story_outlines o
                SET finish_token = o.finish_token + 1, finish_claimed_at = now(),
-                   finish_takeovers = CASE WHEN o.finish_claimed_at IS NOT NULL THEN o.finish_takeovers + 1
-                                           ELSE o.finish_takeovers END
+                   finish_takeovers = CASE WHEN o.finish_claimed_at IS NOT NULL
+                                                AND o.finish_token IS DISTINCT FROM CAST(:held AS bigint)
+                                           THEN o.finish_takeovers + 1 ELSE o.finish_takeovers END
               FROM stories s
              WHERE o.story_id = :id AND s.id = o.story_id AND s.status = 'processing'
-               AND (o.finish_claimed_at IS NULL OR o.finish_claimed_at < now() - make_interval(secs => :lease))
+               AND (o.finish_claimed_at IS NULL OR o.finish_claimed_at < now() - make_interval(secs => :lease)
+                    OR o.finish_token = CAST(:held AS bigint))
                AND EXISTS (SELECT 1 FROM story_pages WHERE story_id = s.id)
                AND NOT EXISTS (SELECT 1 FROM story_pages WHERE story_id = s.id
                                 AND personalization_status IS DISTINCT FROM 'completed')
             RETURNING s.id, s.title, s.child_name, s.story_theme, o.finish_token, o.finish_takeovers
             """
         ),
-        {"id": story_id, "lease": lease},
+        {"id": story_id, "lease": lease, "held": held},
     ).mappings().first()
 
 

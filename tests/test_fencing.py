@@ -267,3 +267,33 @@ def test_a_holder_that_lost_its_claim_does_not_overwrite_the_new_holders_picture
     with pytest.raises(ClaimLost):
         store_if_held(page, "image", first.token, key, b"stale picture", "image/png", step.Timer())
     assert path.read_bytes() == stored
+
+
+def test_a_claim_cut_off_by_an_outage_is_resumed_by_its_own_message_at_once(clean_db: Db) -> None:
+    """The database went away while a step held its claim: the task layer re-sends the message with
+    the claim's token (``held``); the next run resumes the claim at once (no wait for the lease),
+    without counting a takeover. Another message, or a wrong token, still waits for the lease."""
+    _, page = _page(clean_db)
+    with autocommit() as c:
+        cut = pages_db.claim_page(c, page, TEXT, LEASE, prerequisite=None)
+    assert cut is not None
+    with pytest.raises(step.RetryLater) as wait:  # a wrong token: waits for the lease as before
+        steps.write_text(page, Attempt(task_id="other", redelivered=True, held=cut.token + 5))
+    assert wait.value.waiting
+    result = steps.write_text(page, Attempt(task_id="again", redelivered=True, held=cut.token))
+    assert result.outcome is Outcome.DONE
+    row = clean_db.one("SELECT text_generation_status AS s, takeovers, claim_token FROM story_pages WHERE id = :p",
+                       p=page)
+    assert (row["s"], row["takeovers"], row["claim_token"]) == ("completed", 0, cut.token + 1)
+
+
+def test_the_task_layer_carries_the_claim_in_hand_into_the_resent_message() -> None:
+    from workers.step_task import _token
+
+    step.forget_claim()
+    step.note_claim(41)
+    step.note_claim(99)  # an inline claim of another step does not replace the run's own
+    assert step.claim_in_hand() == 41
+    step.forget_claim()
+    assert step.claim_in_hand() is None
+    assert [_token(v) for v in (41, "41", 0, -3, True, "x", None, 2**63)] == [41, 41, None, None, None, None, None, None]

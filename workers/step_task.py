@@ -75,6 +75,7 @@ def step_task(name: str, stage: str, *, key: str | None = None,
         params = list(inspect.signature(fn).parameters.values())
 
         def run(self: Task, *args: Any, **kwargs: Any) -> str:
+            kwargs.pop("held", None)  # ours, carried by a re-send (see _run), not the step's
             body = fn(*args, **kwargs)
             if isinstance(body, str):
                 return body
@@ -89,8 +90,14 @@ def step_task(name: str, stage: str, *, key: str | None = None,
         run.__module__ = fn.__module__
         run.__doc__ = fn.__doc__
         # Celery reads the task's call signature from the function (bind=True: `self` first).
+        # ``held`` (a claim's token a re-send carries, see _run) is accepted by every step task,
+        # whatever its own parameters: Celery checks a retry's kwargs against this signature.
+        named = [p for p in params if p.kind is not inspect.Parameter.VAR_KEYWORD]
+        rest = [p for p in params if p.kind is inspect.Parameter.VAR_KEYWORD]
+        if not any(p.name == "held" for p in params):
+            named.append(inspect.Parameter("held", inspect.Parameter.KEYWORD_ONLY, default=None))
         run.__signature__ = inspect.Signature(  # type: ignore[attr-defined]
-            [inspect.Parameter("self", inspect.Parameter.POSITIONAL_OR_KEYWORD), *params])
+            [inspect.Parameter("self", inspect.Parameter.POSITIONAL_OR_KEYWORD), *named, *rest])
         return app.task(base=StepTask, bind=True, name=name)(run)  # type: ignore[no-any-return]
 
     return decorate
@@ -120,7 +127,9 @@ def _run(task: Task, stage: str, ids: dict[str, Any], body: Body, ident: str | N
     # Tries count transient errors only, carried in the message: Celery's own retry count also
     # counts the re-schedules of a step that waits (a quota, a running remote job, a lease).
     tries = _tries((req.kwargs or {}).get("tries"))
-    attempt = step.Attempt(tries, settings().max_retries, req.id, redelivered)
+    held = _token((req.kwargs or {}).get("held"))
+    attempt = step.Attempt(tries, settings().max_retries, req.id, redelivered, held)
+    step.forget_claim()
     if req.root_id and req.root_id != req.id:
         # The message that started this chain of work (a page's chain, the story's fan-out): the
         # id Flower groups the task under, so an operator finds a page's steps together.
@@ -146,12 +155,17 @@ def _run(task: Task, stage: str, ids: dict[str, Any], body: Body, ident: str | N
         # not the step's failure): the same message again after a capped, jittered backoff, for
         # as long as it takes (max_retries=None: no bound).
         countdown = db_backoff(req.retries)
+        # The claim this run held (if any) goes with the re-sent message: the next run resumes it
+        # at once instead of waiting out its lease, and it does not count as a takeover.
+        resend = dict(req.kwargs or {})
+        if (in_hand := step.claim_in_hand()) is not None:
+            resend["held"] = in_hand
         service = e.service if isinstance(e, ServiceUnavailable) else "database"
         log.warning("step %s", json.dumps({"stage": stage, **ids, "attempt": attempt.number, "outcome": "retry",
                                            "detail": f"{service} unavailable: {db_reason(e)}"[:300],
                                            "retries": req.retries, "retry_in": countdown}, ensure_ascii=False))
         metrics.observe(stage, "retry", time.perf_counter() - t0, None)
-        raise task.retry(countdown=countdown, kwargs=dict(req.kwargs or {}), max_retries=None, exc=None) from None
+        raise task.retry(countdown=countdown, kwargs=resend, max_retries=None, exc=None) from None
     if then is not None:
         then(ident, result)
     _log_line(stage, ids, attempt.number, result, result.outcome.value, (time.perf_counter() - t0) * 1000)
@@ -186,6 +200,15 @@ def db_backoff(retries: int) -> float:
     full jitter, capped at DB_RETRY_BACKOFF_MAX (default 60 s)."""
     cap = settings().db_retry_backoff_max
     return round(random.uniform(0.5, 1.0) * min(cap, 2.0 ** min(retries, 20)), 3)
+
+
+def _token(value: Any) -> int | None:
+    """A claim's fencing token carried by a re-sent message (a positive PostgreSQL bigint), else None."""
+    try:
+        token = int(value)
+    except (TypeError, ValueError):
+        return None
+    return token if 0 < token < 2**63 and not isinstance(value, bool) else None
 
 
 def _tries(value: Any) -> int:

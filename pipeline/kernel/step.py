@@ -13,6 +13,7 @@ import random
 import time
 import uuid
 from collections.abc import Callable
+from contextvars import ContextVar
 from dataclasses import dataclass, field, replace
 from enum import StrEnum
 from typing import Any, Protocol, TypeVar
@@ -69,6 +70,11 @@ class Attempt:
     # The broker delivered this message before (its worker died, or on Redis the visibility
     # timeout passed), or this is our own retry: the claim we find may be our own dead one.
     redelivered: bool = False
+    # The fencing token of the claim this message's previous run held when the database (or the
+    # storage) went away under it (the task layer carries it in the re-sent message, see
+    # :func:`note_claim`): the claim may be resumed at once, without waiting out its lease and
+    # without counting a takeover. None: no claim in hand.
+    held: int | None = None
 
     @property
     def last(self) -> bool:
@@ -77,6 +83,29 @@ class Attempt:
 
 
 FIRST_TRY = Attempt()  # frozen: one shared default for steps called directly (tests, tools)
+
+# The claim this step run took (its fencing token), for the task layer: when the database goes
+# away mid-run, the re-sent message carries it (Attempt.held) so the next run resumes the claim.
+# A context variable: each worker thread (threads pool) has its own.
+_claim_in_hand: ContextVar[int | None] = ContextVar("claim_in_hand", default=None)
+
+
+def note_claim(token: int) -> None:
+    """Record that this run now holds its step's claim under ``token`` (the first claim a run takes
+    is its own step's; an inline claim of another step, such as the start's photo analysis, does
+    not replace it)."""
+    if _claim_in_hand.get() is None:
+        _claim_in_hand.set(token)
+
+
+def claim_in_hand() -> int | None:
+    """The token :func:`note_claim` recorded in this run, or None."""
+    return _claim_in_hand.get()
+
+
+def forget_claim() -> None:
+    """A new run starts with no claim in hand (the task layer calls it before each run)."""
+    _claim_in_hand.set(None)
 
 
 class RetryLater(Exception):
@@ -156,7 +185,7 @@ def inline_attempt(attempt: Attempt) -> Attempt:
     message is not this one, so a claim found on that work is another holder's: STOPPED from
     :func:`held_elsewhere`, and the caller polls (a live holder finishes it; a dead holder's claim
     expires after the lease and the caller's next look takes it over)."""
-    return replace(attempt, redelivered=False) if attempt.redelivered else attempt
+    return replace(attempt, redelivered=False, held=None) if attempt.redelivered or attempt.held else attempt
 
 
 def valid_uuid(value: object) -> str | None:

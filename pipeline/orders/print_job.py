@@ -32,6 +32,7 @@ from pipeline.kernel.step import (
     backoff,
     guarded,
     held_elsewhere,
+    note_claim,
     valid_uuid,
 )
 from pipeline.orders.lulu_address import lulu_address
@@ -66,8 +67,10 @@ def submit_print_job(order_id: str, attempt: Attempt = FIRST_TRY) -> StepResult:
     s = settings()
     timer = Timer()
     with timer.phase("claim"), autocommit() as c:
-        claim = steps_db.claim_print_job(c, order_id, s.step_lease_seconds)
+        claim = steps_db.claim_print_job(c, order_id, s.step_lease_seconds, attempt.held)
         state = steps_db.print_state(c, order_id)
+    if claim is not None:
+        note_claim(int(claim["claim_token"]))
     if state is None:
         return StepResult(Outcome.STOPPED, "order not found", timer.timings)
     ctx = {"order": order_id, "story": str(state["story_id"])}

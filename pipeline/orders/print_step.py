@@ -27,6 +27,7 @@ from pipeline.kernel.step import (
     Timer,
     guarded,
     held_elsewhere,
+    note_claim,
 )
 from pipeline.orders.lulu_address import lulu_address
 from pipeline.orders.print_files import interior_plan, product_spec
@@ -42,9 +43,11 @@ def make_print_files(order_id: str, attempt: Attempt = FIRST_TRY) -> StepResult:
     s = settings()
     timer = Timer()
     with timer.phase("claim"), autocommit() as c:
-        claim = steps_db.claim_print_files(c, order_id, s.step_lease_seconds)
+        claim = steps_db.claim_print_files(c, order_id, s.step_lease_seconds, attempt.held)
         state = steps_db.print_state(c, order_id)
         pages = [dict(p) for p in steps_db.book_pages(c, str(state["story_id"]))] if claim and state else []
+    if claim is not None:
+        note_claim(int(claim["claim_token"]))
     if state is None:
         return StepResult(Outcome.STOPPED, "order not found", timer.timings)
     ctx = {"order": order_id, "story": str(state["story_id"])}

@@ -31,6 +31,7 @@ from pipeline.kernel.step import (
     Timer,
     backoff,
     held_elsewhere,
+    note_claim,
 )
 from pipeline.kernel.storage import book_key
 from pipeline.providers import registry
@@ -70,7 +71,7 @@ def finish_story(story_id: str, attempt: Attempt = FIRST_TRY) -> StepResult:
     s = settings()
     timer = Timer()
     with timer.phase("lock"), autocommit() as c:
-        story = stories_db.claim_finish(c, story_id, s.step_lease_seconds)
+        story = stories_db.claim_finish(c, story_id, s.step_lease_seconds, attempt.held)
         state = None if story is not None else stories_db.finish_state(c, story_id)
     if story is None:
         if state is not None and state["status"] == "completed":
@@ -82,6 +83,7 @@ def finish_story(story_id: str, attempt: Attempt = FIRST_TRY) -> StepResult:
             return held_elsewhere("book being assembled", state["claim_age"], attempt, timer)
         return StepResult(Outcome.STOPPED, "pages still running or story not processing", timer.timings)
     token = int(story["finish_token"])
+    note_claim(token)
 
     def fail(msg: str) -> StepResult:
         with autocommit() as c:

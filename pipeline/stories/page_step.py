@@ -19,7 +19,17 @@ from db.claims import Stage, poison_message
 from db.engine import autocommit
 from pipeline.config import settings
 from pipeline.kernel.errors import PermanentStepError
-from pipeline.kernel.step import Attempt, ClaimLost, Outcome, StepFailed, StepResult, Timer, guarded, held_elsewhere
+from pipeline.kernel.step import (
+    Attempt,
+    ClaimLost,
+    Outcome,
+    StepFailed,
+    StepResult,
+    Timer,
+    guarded,
+    held_elsewhere,
+    note_claim,
+)
 from pipeline.providers import registry
 from pipeline.providers.base import Face, Outline, PageRequest, StoryRequest
 from pipeline.providers.themes import THEMES, resolve_theme
@@ -87,13 +97,17 @@ def page_columns(stage: Stage) -> tuple[str, str | None]:
     return step.status_column, pre.status_column if pre is not None else None
 
 
-def claim_or_state(c: Connection, page_id: str, stage: Stage,
-                   lease: float) -> tuple[pages_db.PageClaim | None, RowMapping | None]:
+def claim_or_state(c: Connection, page_id: str, stage: Stage, lease: float,
+                   held: int | None = None) -> tuple[pages_db.PageClaim | None, RowMapping | None]:
     """Claim page ``page_id``'s ``stage`` column (``lease`` seconds) and, when that fails, read why:
     ``(claim, None)``, ``(None, state)`` (db.pages.page_state) or ``(None, None)`` for no such page.
-    The personalization's claim also reads the story's photo and face choice."""
+    The personalization's claim also reads the story's photo and face choice. ``held``: the
+    claim's token this step's message held when the database went away (resumed at once)."""
     col, prereq = page_columns(stage)
-    claim = pages_db.claim_page(c, page_id, col, lease, prerequisite=prereq, with_photo=stage == "personalization")
+    claim = pages_db.claim_page(c, page_id, col, lease, prerequisite=prereq, with_photo=stage == "personalization",
+                                held=held)
+    if claim is not None:
+        note_claim(claim.token)
     return claim, None if claim else pages_db.page_state(c, page_id, col, prerequisite=prereq)
 
 
@@ -106,7 +120,7 @@ def run_page_step(page_id: str, stage: Stage, attempt: Attempt, work: Work) -> S
     col, _ = page_columns(stage)
     timer = Timer()
     with timer.phase("claim"), autocommit() as c:
-        claim, state = claim_or_state(c, page_id, stage, s.step_lease_seconds)
+        claim, state = claim_or_state(c, page_id, stage, s.step_lease_seconds, attempt.held)
     if claim is None:
         if state is None:
             return StepResult(Outcome.STOPPED, "page not found", timer.timings)

@@ -23,6 +23,7 @@ from pipeline.kernel.step import (
     Timer,
     guarded,
     held_elsewhere,
+    note_claim,
 )
 from pipeline.kernel.storage import ObjectMissing
 from pipeline.providers import registry
@@ -46,7 +47,7 @@ def analyze_photo(photo_id: str, attempt: Attempt = FIRST_TRY, analysed: dict[st
     s = settings()
     timer = Timer()
     with timer.phase("claim"), autocommit() as c:
-        claim = photos_db.claim_photo(c, photo_id, s.step_lease_seconds)
+        claim = photos_db.claim_photo(c, photo_id, s.step_lease_seconds, attempt.held)
         state = None if claim else photos_db.photo_state(c, photo_id)
     if claim is None:
         if state is None:
@@ -86,6 +87,7 @@ def analyze_photo(photo_id: str, attempt: Attempt = FIRST_TRY, analysed: dict[st
         return analysis_to_json(analysis)
 
     token = int(claim["claim_token"])
+    note_claim(token)
     record = PhotoRecorder(photo_id, attempt, token)
     if claim["takeovers"] >= s.max_takeovers:  # a poison photo: it took its workers down
         msg = poison_message("The photo's analysis", int(claim["takeovers"]), s.step_lease_seconds)

@@ -95,7 +95,7 @@ def job_step(page_id: str, stage: jobs_db.JobStage, attempt: Attempt) -> StepRes
     timer = Timer()
     col, _ = page_columns(stage)
     with timer.phase("claim"), autocommit() as c:
-        claim, state = claim_or_state(c, page_id, stage, s.step_lease_seconds)  # why not, when not
+        claim, state = claim_or_state(c, page_id, stage, s.step_lease_seconds, attempt.held)  # why not, when not
         # Claimed: the step's live job (a silent holder's, if any) is adopted under the new claim,
         # so that holder can neither start nor end it any more. Not claimed: just look.
         job = (jobs_db.adopt_job(c, page_id, stage, claim.token) if claim is not None

@@ -29,6 +29,7 @@ from pipeline.kernel.step import (
     guarded,
     held_elsewhere,
     inline_attempt,
+    note_claim,
 )
 from pipeline.providers import registry
 from pipeline.providers.base import Outline, StoryRequest
@@ -87,7 +88,7 @@ def generate_story(story_id: str, attempt: Attempt = FIRST_TRY) -> StepResult:
         # The claim also refuses (fails) a story whose photo is not its own user's, was deleted,
         # or whose upload failed or never finished within PHOTO_UPLOAD_WAIT_SECONDS.
         claim = stories_db.claim_story(c, story_id, s.step_lease_seconds, s.photo_upload_wait_seconds,
-                               attempt.number, attempt.task_id)
+                                       attempt.number, attempt.task_id, held=attempt.held)
         state = None if claim else stories_db.story_start_state(c, story_id, s.photo_upload_wait_seconds)
     if claim is None:
         if state is None:
@@ -106,6 +107,7 @@ def generate_story(story_id: str, attempt: Attempt = FIRST_TRY) -> StepResult:
         return StepResult(Outcome.FAILED, claim["refused"], timer.timings)
 
     token = int(claim["claim_token"])
+    note_claim(token)
     record = StoryRecorder(story_id, attempt, token)
 
     def fail(msg: str, stage: stories_db.Stage = "outline") -> StepResult:
