@@ -279,6 +279,36 @@ CREATE INDEX IF NOT EXISTS ix_order_steps_checked_at ON order_steps (checked_at)
 CREATE INDEX IF NOT EXISTS ix_order_events_order_id ON order_events (order_id);
 CREATE INDEX IF NOT EXISTS ix_order_events_created_at ON order_events (created_at);
 
+-- Fencing tokens (Kleppmann's "fencing tokens"; README "At least once"): the worker's own
+-- bookkeeping beside the API's columns (the API never writes them; their defaults fit its
+-- inserts). Every claim of a step adds one to its row's `claim_token` and hands the new value
+-- to the holder; every later write of that step (complete, release, fail, reserving or
+-- recording a remote job) names the token it holds and does nothing unless it is still the
+-- row's: a worker that paused past its lease (GC pause, frozen VM, partition) and wakes after
+-- another took over cannot undo or redo the new holder's work. One token per row: a row has at
+-- most one step in flight (a page's three steps run one after another).
+-- `takeovers` counts the claims taken from a silent holder (processing past the lease) since
+-- the step last completed or an operator retried it; at STEP_MAX_TAKEOVERS the step fails
+-- ("crashed its worker N times") instead of taking down one worker after another.
+ALTER TABLE photos ADD COLUMN IF NOT EXISTS claim_token BIGINT NOT NULL DEFAULT 0;
+ALTER TABLE photos ADD COLUMN IF NOT EXISTS takeovers INTEGER NOT NULL DEFAULT 0;
+ALTER TABLE stories ADD COLUMN IF NOT EXISTS claim_token BIGINT NOT NULL DEFAULT 0;
+ALTER TABLE stories ADD COLUMN IF NOT EXISTS takeovers INTEGER NOT NULL DEFAULT 0;
+ALTER TABLE story_pages ADD COLUMN IF NOT EXISTS claim_token BIGINT NOT NULL DEFAULT 0;
+ALTER TABLE story_pages ADD COLUMN IF NOT EXISTS takeovers INTEGER NOT NULL DEFAULT 0;
+ALTER TABLE order_steps ADD COLUMN IF NOT EXISTS claim_token BIGINT NOT NULL DEFAULT 0;
+ALTER TABLE order_steps ADD COLUMN IF NOT EXISTS takeovers INTEGER NOT NULL DEFAULT 0;
+-- The story's completion (stories.finish) is claimed on its outline row with a lease of its
+-- own (`finish_claimed_at`), not by holding the story's row lock while the book is written: a
+-- finisher frozen mid-book cannot keep the story `processing`; after the lease another takes
+-- over, and only the holder of `finish_token` may complete the story.
+ALTER TABLE story_outlines ADD COLUMN IF NOT EXISTS finish_token BIGINT NOT NULL DEFAULT 0;
+ALTER TABLE story_outlines ADD COLUMN IF NOT EXISTS finish_takeovers INTEGER NOT NULL DEFAULT 0;
+ALTER TABLE story_outlines ADD COLUMN IF NOT EXISTS finish_claimed_at TIMESTAMP WITH TIME ZONE;
+-- The page step's claim a remote job was made under (story_pages.claim_token): only that
+-- holder may start it or end it; a takeover adopts the live job (the token moves with it).
+ALTER TABLE provider_jobs ADD COLUMN IF NOT EXISTS claim_token BIGINT NOT NULL DEFAULT 0;
+
 -- Operators' queries (backfill and the sweeper: pipeline/operations/backfill.py, sweep.py; their
 -- SQL in db/operations.py) look for the few unfinished rows among many finished ones. Partial
 -- indexes hold only those rows, so they stay small and those queries stay fast however many

@@ -45,6 +45,17 @@ def make_engine(url: str | URL | None = None, **kwargs: Any) -> Engine:
                                "reinstall the project (pip install -e .)") from None
 
 
+def session_options() -> str:
+    """libpq ``options`` for the workers' sessions: ``idle_in_transaction_session_timeout`` at the
+    step lease (STEP_LEASE_SECONDS, at least 10 s). A worker frozen inside a transaction (SIGSTOP,
+    a GC pause, a frozen VM) holds its row locks only that long: PostgreSQL ends its session
+    (PostgreSQL docs, "Client Connection Defaults"), the locks go, and when it wakes its next
+    statement fails as a lost connection, which the task layer treats as the database
+    unavailable (the step is re-sent; its fenced writes find the step taken over)."""
+    ms = int(max(10.0, settings().step_lease_seconds) * 1000)
+    return f"-c idle_in_transaction_session_timeout={ms}"
+
+
 def get_engine() -> Engine:
     global _engine, _engine_pid
     pid = os.getpid()
@@ -66,7 +77,8 @@ def get_engine() -> Engine:
                 # invalidates the pool, and the task layer re-sends the step (workers/step_task.py
                 # _run, db.engine.unavailable).
                 pool_recycle=1800,
-                connect_args={"application_name": f"storycreator-{pid}", "connect_timeout": 10},
+                connect_args={"application_name": f"storycreator-{pid}", "connect_timeout": 10,
+                              "options": session_options()},
             )
             _engine_pid = pid
         return _engine

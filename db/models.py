@@ -54,6 +54,16 @@ def _status(default: str, nullable: bool = False) -> Mapped[Any]:
     return mapped_column(String, nullable=nullable, server_default=text(f"'{default}'"), index=True)
 
 
+def _token() -> Mapped[int]:
+    """A claim's fencing token (schema.sql: one more at every claim; writes name the one they hold)."""
+    return mapped_column(BigInteger, nullable=False, server_default=text("0"))
+
+
+def _count() -> Mapped[int]:
+    """A claim's takeover count (schema.sql: STEP_MAX_TAKEOVERS fails the step)."""
+    return mapped_column(Integer, nullable=False, server_default=text("0"))
+
+
 class User(Base):
     __tablename__ = "users"
 
@@ -90,6 +100,8 @@ class Photo(Base):
     face_details: Mapped[Any | None] = mapped_column(JSONB)
     created_at: Mapped[datetime] = _ts()
     updated_at: Mapped[datetime] = _ts()
+    claim_token: Mapped[int] = _token()
+    takeovers: Mapped[int] = _count()
 
 
 class Story(Base):
@@ -113,6 +125,8 @@ class Story(Base):
     error_message: Mapped[str | None] = mapped_column(Text)
     created_at: Mapped[datetime] = _ts()
     updated_at: Mapped[datetime] = _ts()
+    claim_token: Mapped[int] = _token()
+    takeovers: Mapped[int] = _count()
 
 
 class StoryPage(Base):
@@ -139,6 +153,8 @@ class StoryPage(Base):
     personalization_status: Mapped[str | None] = _status("pending", nullable=True)
     created_at: Mapped[datetime] = _ts()
     updated_at: Mapped[datetime] = _ts()
+    claim_token: Mapped[int] = _token()
+    takeovers: Mapped[int] = _count()
 
 
 class Order(Base):
@@ -188,6 +204,9 @@ class StoryOutline(Base):
     protagonist_face: Mapped[Any | None] = mapped_column(JSONB)  # pipeline/stories/faces.py ProtagonistChoice
     created_at: Mapped[datetime] = _ts()
     updated_at: Mapped[datetime] = _ts()
+    finish_token: Mapped[int] = _token()
+    finish_takeovers: Mapped[int] = _count()
+    finish_claimed_at: Mapped[datetime | None] = mapped_column(TIMESTAMP(timezone=True))
 
 
 class StepError(Base):
@@ -251,6 +270,7 @@ class ProviderJob(Base):
     recreation: Mapped[int] = mapped_column(Integer, nullable=False, server_default=text("0"))
     created_at: Mapped[datetime] = _ts()
     updated_at: Mapped[datetime] = _ts()
+    claim_token: Mapped[int] = _token()  # the page step's claim it was made under
 
 
 class OrderStep(Base):
@@ -273,6 +293,8 @@ class OrderStep(Base):
     checked_at: Mapped[datetime | None] = mapped_column(TIMESTAMP(timezone=True), index=True)
     created_at: Mapped[datetime] = _ts()
     updated_at: Mapped[datetime] = _ts()
+    claim_token: Mapped[int] = _token()
+    takeovers: Mapped[int] = _count()
 
 
 class OrderEvent(Base):

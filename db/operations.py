@@ -43,22 +43,28 @@ def count_failed_pages(c: Connection, story_id: str, columns: Sequence[str]) -> 
 
 
 def reset_failed_photo(c: Connection, photo_id: str) -> None:
-    """A failed photo analysis back to pending."""
-    c.execute(text("""UPDATE photos SET ai_processing_status = 'pending', ai_error_message = NULL
+    """A failed photo analysis back to pending (its takeover count reset: STEP_MAX_TAKEOVERS)."""
+    c.execute(text("""UPDATE photos SET ai_processing_status = 'pending', ai_error_message = NULL, takeovers = 0
                       WHERE id = :p AND ai_processing_status = 'failed'"""), {"p": photo_id})
 
 
 def reset_failed_story(c: Connection, story_id: str, columns: Sequence[str]) -> int:
     """Every failed page step of the story back to pending (completed ones kept), then the story
     failed -> pending. ``columns``: the page steps' story_pages status columns, from the story
-    flow's table (ValueError for any other column). Returns how many pages were reset."""
+    flow's table (ValueError for any other column). Returns how many pages were reset. Takeover
+    counts (STEP_MAX_TAKEOVERS: a step that crashed its worker) and the completion's claim are
+    reset with them: an operator's retry gives every step a fresh start."""
     cols = [page_column(col) for col in columns]
     sets = ", ".join(f"{col} = CASE WHEN {col} = 'failed' THEN 'pending' ELSE {col} END" for col in cols)
     n = c.execute(text(
-        f"""UPDATE story_pages SET {sets}
+        f"""UPDATE story_pages SET {sets}, takeovers = 0
              WHERE story_id = :id AND 'failed' IN ({", ".join(cols)})"""),
         {"id": story_id}).rowcount
-    c.execute(text("""UPDATE stories SET status = 'pending', error_message = NULL
+    c.execute(text("""UPDATE story_outlines SET finish_claimed_at = NULL, finish_takeovers = 0
+                      WHERE story_id = :id
+                        AND EXISTS (SELECT 1 FROM stories WHERE id = :id AND status = 'failed')"""),
+              {"id": story_id})
+    c.execute(text("""UPDATE stories SET status = 'pending', error_message = NULL, takeovers = 0
                       WHERE id = :id AND status = 'failed'"""), {"id": story_id})
     return int(n)
 

@@ -104,7 +104,7 @@ def restart_print_run(conn: Connection, order_id: str, *, new_run: bool) -> None
     """A failed order back to paid with its steps pending, from its print files: the print job's
     result forgotten and (``new_run``: a recorded job that is dead) a new print run counted."""
     conn.execute(text(
-        """UPDATE order_steps SET status = 'pending', checked_at = NULL,
+        """UPDATE order_steps SET status = 'pending', checked_at = NULL, takeovers = 0,
                   run = run + CASE WHEN step = 'print_job' AND :new_run THEN 1 ELSE 0 END,
                   result = CASE WHEN step = 'print_job' THEN NULL ELSE result END
             WHERE order_id = :id"""), {"id": order_id, "new_run": new_run})

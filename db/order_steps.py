@@ -9,21 +9,23 @@ from typing import Any
 from sqlalchemy import text
 from sqlalchemy.engine import Connection, RowMapping
 
+from db.claims import claim_sets
 from db.orders import Step, json_param
 
 
 def _claim_sql(step: Step, ready: str) -> str:
     """Claim a step: insert it as processing, or take it from pending, or from a processing
     claim untouched for longer than the lease (its worker died). ``ready`` selects the order
-    when the step may run."""
+    when the step may run. The claim returns ``run``, its fencing token (``claim_token``: the
+    step's later writes name it) and ``takeovers`` (claims taken from a silent holder)."""
     return f"""
         WITH o AS ({ready})
         INSERT INTO order_steps (order_id, step, status) SELECT id, '{step}', 'processing' FROM o
-        ON CONFLICT (order_id, step) DO UPDATE SET status = 'processing'
+        ON CONFLICT (order_id, step) DO UPDATE SET {claim_sets("status", "order_steps")}
          WHERE order_steps.status = 'pending'
             OR (order_steps.status = 'processing'
                 AND order_steps.updated_at < now() - make_interval(secs => :lease))
-        RETURNING order_id, run
+        RETURNING order_id, run, claim_token, takeovers
     """
 
 
@@ -82,38 +84,44 @@ def book_pages(conn: Connection, story_id: str) -> list[RowMapping]:
     ).mappings())
 
 
-def complete_step(conn: Connection, order_id: str, step: Step, result: Any) -> bool:
-    """processing -> completed with its ``result`` (jsonb); False when the claim was lost."""
+def complete_step(conn: Connection, order_id: str, step: Step, result: Any, token: int) -> bool:
+    """processing -> completed with its ``result`` (jsonb), only under claim ``token``; False when
+    the claim was lost (finished by another copy, or taken over)."""
     return conn.execute(
         text(
             """
-            UPDATE order_steps SET status = 'completed', result = CAST(:result AS jsonb)
-             WHERE order_id = :id AND step = :step AND status = 'processing' RETURNING order_id
+            UPDATE order_steps SET status = 'completed', result = CAST(:result AS jsonb), takeovers = 0
+             WHERE order_id = :id AND step = :step AND status = 'processing' AND claim_token = :token
+            RETURNING order_id
             """
         ),
-        {"id": order_id, "step": step, "result": json_param(result)},
+        {"id": order_id, "step": step, "result": json_param(result), "token": token},
     ).first() is not None
 
 
 def release_step(conn: Connection, order_id: str, step: Step, message: str | None, attempt: int,
-                 task_id: str | None) -> None:
+                 task_id: str | None, token: int) -> bool:
     """processing -> pending after a transient error (recorded), or while waiting for a quota
-    (``message`` None: nothing failed, nothing recorded)."""
-    conn.execute(
+    (``message`` None: nothing failed, nothing recorded), only under claim ``token``; False when
+    the claim is no longer this run's (nothing written)."""
+    return conn.execute(
         text(
             """
             WITH s AS (
                 UPDATE order_steps SET status = 'pending'
-                 WHERE order_id = :id AND step = :step AND status = 'processing' RETURNING order_id
+                 WHERE order_id = :id AND step = :step AND status = 'processing' AND claim_token = :token
+                RETURNING order_id
+            ), e AS (
+                INSERT INTO order_events (order_id, source, kind, outcome, message, detail)
+                SELECT order_id, 'worker', :step, 'retried', :msg,
+                       jsonb_build_object('attempt', :attempt, 'task_id', CAST(:task AS text))
+                  FROM s WHERE CAST(:msg AS text) IS NOT NULL
             )
-            INSERT INTO order_events (order_id, source, kind, outcome, message, detail)
-            SELECT order_id, 'worker', :step, 'retried', :msg,
-                   jsonb_build_object('attempt', :attempt, 'task_id', CAST(:task AS text))
-              FROM s WHERE CAST(:msg AS text) IS NOT NULL
+            SELECT order_id FROM s
             """
         ),
-        {"id": order_id, "step": step, "msg": message, "attempt": attempt, "task": task_id},
-    )
+        {"id": order_id, "step": step, "msg": message, "attempt": attempt, "task": task_id, "token": token},
+    ).first() is not None
 
 
 def record_print_job(conn: Connection, order_id: str, provider: str, job_id: str, result: Any) -> bool:
@@ -209,3 +217,12 @@ def apply_job_status(conn: Connection, order_id: str, job_id: str, status: str, 
         ).first()
         return "shipped" if moved else "unchanged"
     return "unchanged"
+
+
+def claim_moved_on(conn: Connection, order_id: str, step: Step, token: int | None) -> bool:
+    """Is the order's ``step`` claimed under another token than ``token`` now (another worker took
+    it over)? False when it is still this token's or has no row."""
+    return bool(conn.execute(
+        text("SELECT claim_token <> :token FROM order_steps WHERE order_id = :id AND step = :step"),
+        {"id": order_id, "step": step, "token": token},
+    ).scalar())

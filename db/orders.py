@@ -74,10 +74,12 @@ def mark_paid(conn: Connection, order_id: str, payment_intent_id: str, provider:
 
 def fail_order(conn: Connection, order_id: str, message: str, *, from_statuses: tuple[str, ...] = OPEN,
                source: Source = "worker", kind: str = "failed", detail: Any = None,
-               event_id: str | None = None, step: Step | None = None, pod_order_id: str | None = None) -> bool:
+               event_id: str | None = None, step: Step | None = None, pod_order_id: str | None = None,
+               token: int | None = None) -> bool:
     """-> failed with the reason, in one statement; the step that failed (if any) too. A shipped
     order is never failed; neither is one whose status moved on meanwhile, nor (``pod_order_id``)
-    one whose current print job is another (a late word about an earlier run's job)."""
+    one whose current print job is another (a late word about an earlier run's job), nor (``token``:
+    the failing run's claim of ``step``) one whose step another worker took over meanwhile."""
     return conn.execute(
         text(
             """
@@ -85,6 +87,9 @@ def fail_order(conn: Connection, order_id: str, message: str, *, from_statuses: 
                 UPDATE orders SET status = 'failed'
                  WHERE id = :id AND status = ANY(:from)
                    AND (CAST(:job AS text) IS NULL OR pod_order_id = :job)
+                   AND (CAST(:token AS bigint) IS NULL
+                        OR EXISTS (SELECT 1 FROM order_steps WHERE order_id = :id AND step = :step
+                                    AND status = 'processing' AND claim_token = :token))
                 RETURNING id
             ), s AS (
                 UPDATE order_steps SET status = 'failed'
@@ -98,7 +103,7 @@ def fail_order(conn: Connection, order_id: str, message: str, *, from_statuses: 
             """
         ),
         {"id": order_id, "from": list(from_statuses), "msg": message, "source": source, "kind": kind,
-         "detail": json_param(detail), "event": event_id, "step": step, "job": pod_order_id},
+         "detail": json_param(detail), "event": event_id, "step": step, "job": pod_order_id, "token": token},
     ).first() is not None
 
 

@@ -10,7 +10,7 @@ from typing import Any
 from sqlalchemy import text
 from sqlalchemy.engine import Connection, RowMapping
 
-from db.claims import Stage, claimable
+from db.claims import Stage, claim_sets, claimable, held
 from db.models import StoryPage
 from db.stories import REFUSALS, photo_refusal
 
@@ -52,6 +52,8 @@ class PageClaim:
     base_image_key: str | None
     photo: dict[str, Any] | None  # personalization only: the protagonist photo's location + faces
     protagonist_face: dict[str, Any] | None = None  # personalization only: the story's face choice
+    token: int = 0  # the claim's fencing token: every later write of the step names it
+    takeovers: int = 0  # claims taken from a silent holder since the step last completed
 
 
 def claim_page(conn: Connection, page_id: str, col: PageColumn, lease: float, *,
@@ -88,11 +90,11 @@ def claim_page(conn: Connection, page_id: str, col: PageColumn, lease: float, *,
     row = conn.execute(
         text(
             f"""{refuse}
-            UPDATE story_pages p SET {col} = 'processing'
+            UPDATE story_pages p SET {claim_sets(col, "p")}
               FROM stories s JOIN story_outlines o ON o.story_id = s.id {photo_join}
              WHERE p.id = :id AND s.id = p.story_id AND s.status = 'processing'
                {prereq_sql} AND {claimable_sql}
-            RETURNING p.id, p.story_id, p.page_number, p.text, p.base_image_key,
+            RETURNING p.id, p.story_id, p.page_number, p.text, p.base_image_key, p.claim_token, p.takeovers,
                       s.child_name, s.child_age, s.story_theme, o.title, o.style, o.beats{photo_cols}
             """
         ),
@@ -111,6 +113,7 @@ def claim_page(conn: Connection, page_id: str, col: PageColumn, lease: float, *,
         title=row["title"], style=row["style"], beats=list(row["beats"]), text=row["text"],
         base_image_key=row["base_image_key"], photo=photo,
         protagonist_face=row["protagonist_face"] if want_photo else None,
+        token=int(row["claim_token"]), takeovers=int(row["takeovers"]),
     )
 
 
@@ -135,10 +138,11 @@ def page_state(conn: Connection, page_id: str, col: PageColumn, *,
     ).mappings().first()
 
 
-def complete_page(conn: Connection, page_id: str, col: PageColumn, values: dict[str, Any]) -> bool:
-    """processing -> completed with the step's result columns (text or an image key); False when
-    the column was not processing (another copy finished it). Raises ValueError for a column that
-    is not a story_pages status column."""
+def complete_page(conn: Connection, page_id: str, col: PageColumn, values: dict[str, Any], token: int) -> bool:
+    """processing -> completed with the step's result columns (text or an image key), only for the
+    holder of claim ``token`` (the fencing token its claim returned); False when the column was not
+    processing under that token (another copy finished it, or took the claim over). Raises
+    ValueError for a column that is not a story_pages status column."""
     col = page_column(col)
     allowed = {"text", "base_image_key", "personalized_image_key"}
     assert set(values) <= allowed, values
@@ -146,28 +150,29 @@ def complete_page(conn: Connection, page_id: str, col: PageColumn, values: dict[
     return conn.execute(
         text(
             f"""
-            UPDATE story_pages SET {sets}, {col} = 'completed'
-             WHERE id = :id AND {col} = 'processing' RETURNING id
+            UPDATE story_pages SET {sets}, {col} = 'completed', takeovers = 0
+             WHERE id = :id AND {held(col)} RETURNING id
             """
         ),
-        {"id": page_id, **values},
+        {"id": page_id, "token": token, **values},
     ).first() is not None
 
 
 def fail_page(
     conn: Connection, page_id: str, col: PageColumn, stage: Stage, message: str,
-    story_message: str, attempt: int, task_id: str | None,
+    story_message: str, attempt: int, task_id: str | None, token: int,
 ) -> bool:
-    """processing -> failed, and the story failed with the page's reason, in one statement; False
-    when the column was not processing. Raises ValueError for a column that is not a story_pages
-    status column."""
+    """processing -> failed, and the story failed with the page's reason, in one statement, only
+    for the holder of claim ``token``; False when the column was not processing under that token
+    (a stale holder's failure must not fail a page another holder is finishing). Raises
+    ValueError for a column that is not a story_pages status column."""
     col = page_column(col)
     return conn.execute(
         text(
             f"""
             WITH p AS (
                 UPDATE story_pages SET {col} = 'failed'
-                 WHERE id = :id AND {col} = 'processing' RETURNING id, story_id, page_number
+                 WHERE id = :id AND {held(col)} RETURNING id, story_id, page_number
             ), s AS (
                 UPDATE stories SET status = 'failed', error_message = :story_msg
                  WHERE id = (SELECT story_id FROM p) AND status IN ('pending', 'processing')
@@ -179,33 +184,33 @@ def fail_page(
             """
         ),
         {"id": page_id, "msg": message, "story_msg": story_message, "stage": stage,
-         "attempt": attempt, "task": task_id},
+         "attempt": attempt, "task": task_id, "token": token},
     ).first() is not None
 
 
 def release_page(
     conn: Connection, page_id: str, col: PageColumn, stage: Stage, message: str | None,
-    attempt: int, task_id: str | None,
-) -> None:
+    attempt: int, task_id: str | None, token: int,
+) -> bool:
     """processing -> pending after a transient error, recording the attempt (no record when
-    ``message`` is None: the step only waits for a quota, nothing failed). Raises ValueError for a
+    ``message`` is None: the step only waits for a quota, nothing failed), only for the holder of
+    claim ``token``; False when it no longer holds it (nothing written). Raises ValueError for a
     column that is not a story_pages status column."""
     col = page_column(col)
-    if message is None:
-        conn.execute(text(f"UPDATE story_pages SET {col} = 'pending' WHERE id = :id AND {col} = 'processing'"),
-                     {"id": page_id})
-        return
-    conn.execute(
+    return conn.execute(
         text(
             f"""
             WITH p AS (
                 UPDATE story_pages SET {col} = 'pending'
-                 WHERE id = :id AND {col} = 'processing' RETURNING id, story_id
+                 WHERE id = :id AND {held(col)} RETURNING id, story_id
+            ), e AS (
+                INSERT INTO step_errors (story_id, page_id, stage, permanent, message, attempt, task_id)
+                SELECT story_id, id, :stage, false, :msg, :attempt, :task FROM p
+                 WHERE CAST(:msg AS text) IS NOT NULL
             )
-            INSERT INTO step_errors (story_id, page_id, stage, permanent, message, attempt, task_id)
-            SELECT story_id, id, :stage, false, :msg, :attempt, :task FROM p
+            SELECT id FROM p
             """
         ),
-        {"id": page_id, "msg": message, "stage": stage, "attempt": attempt, "task": task_id},
-    )
+        {"id": page_id, "msg": message, "stage": stage, "attempt": attempt, "task": task_id, "token": token},
+    ).first() is not None
 

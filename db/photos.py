@@ -9,7 +9,7 @@ from typing import Any
 from sqlalchemy import text
 from sqlalchemy.engine import Connection, RowMapping
 
-from db.claims import claimable
+from db.claims import claim_sets, claimable, held
 
 # The start of the failure message for a photo analysed before its upload finished. Such a
 # failure is not final: once the row says 'uploaded', the photo may be claimed again.
@@ -18,15 +18,17 @@ NOT_UPLOADED_PREFIX = "The photo is not ready to analyse"
 
 def claim_photo(conn: Connection, photo_id: str, lease: float) -> RowMapping | None:
     """pending (or a processing claim older than ``lease`` s, or a not-uploaded failure once the
-    photo is uploaded) -> processing; returns where the photo is stored, None when not claimed."""
+    photo is uploaded) -> processing; returns where the photo is stored, the claim's fencing token
+    (``claim_token``: every later write of the analysis names it) and ``takeovers`` (claims taken
+    from a silent holder since the analysis last completed); None when not claimed."""
     return conn.execute(
         text(
             f"""
-            UPDATE photos SET ai_processing_status = 'processing', ai_error_message = NULL
+            UPDATE photos p SET {claim_sets('ai_processing_status', 'p')}, ai_error_message = NULL
              WHERE id = :id AND status = 'uploaded'
                AND ({claimable('ai_processing_status')}
                     OR (ai_processing_status = 'failed' AND starts_with(ai_error_message, :not_uploaded)))
-            RETURNING id, storage_provider, bucket, object_key, content_type
+            RETURNING id, storage_provider, bucket, object_key, content_type, claim_token, takeovers
             """
         ),
         {"id": photo_id, "lease": lease, "not_uploaded": NOT_UPLOADED_PREFIX},
@@ -50,18 +52,19 @@ def photo_state(conn: Connection, photo_id: str) -> RowMapping | None:
 
 
 def complete_photo(
-    conn: Connection, photo_id: str, face_details: Any, labels: Any, objects: Any
+    conn: Connection, photo_id: str, face_details: Any, labels: Any, objects: Any, token: int
 ) -> bool:
-    """processing -> completed with the analysis (JSON-serialisable values); False when the photo
-    was not processing (another copy finished or failed it)."""
+    """processing -> completed with the analysis (JSON-serialisable values), only under claim
+    ``token``; False when the photo was not processing under it (another copy finished or failed
+    it, or took the claim over)."""
     row = conn.execute(
         text(
-            """
+            f"""
             UPDATE photos
                SET ai_processing_status = 'completed', ai_error_message = NULL,
                    face_details = CAST(:faces AS jsonb), detected_labels = CAST(:labels AS jsonb),
-                   detected_objects = CAST(:objects AS jsonb)
-             WHERE id = :id AND ai_processing_status = 'processing'
+                   detected_objects = CAST(:objects AS jsonb), takeovers = 0
+             WHERE id = :id AND {held('ai_processing_status')}
             RETURNING id
             """
         ),
@@ -70,6 +73,7 @@ def complete_photo(
             "faces": json.dumps(face_details),
             "labels": json.dumps(labels),
             "objects": json.dumps(objects),
+            "token": token,
         },
     ).first()
     return row is not None
@@ -77,15 +81,19 @@ def complete_photo(
 
 def fail_photo(
     conn: Connection, photo_id: str, message: str, *, from_statuses: tuple[str, ...] = ("processing",),
-    attempt: int = 0, task_id: str | None = None,
+    attempt: int = 0, task_id: str | None = None, token: int | None = None,
 ) -> bool:
-    """processing -> failed (or pending -> failed for a photo that can't be analysed at all)."""
+    """processing -> failed (or pending -> failed for a photo that can't be analysed at all); with
+    ``token``, only a processing analysis under that claim (a stale holder fails nothing). False
+    when nothing was failed."""
     row = conn.execute(
         text(
             """
             WITH p AS (
                 UPDATE photos SET ai_processing_status = 'failed', ai_error_message = :msg
                  WHERE id = :id AND COALESCE(ai_processing_status, 'pending') = ANY(:from)
+                   AND (CAST(:token AS bigint) IS NULL
+                        OR (ai_processing_status = 'processing' AND claim_token = :token))
                 RETURNING id
             )
             INSERT INTO step_errors (photo_id, stage, permanent, message, attempt, task_id)
@@ -93,24 +101,29 @@ def fail_photo(
             RETURNING photo_id
             """
         ),
-        {"id": photo_id, "msg": message, "from": list(from_statuses), "attempt": attempt, "task": task_id},
+        {"id": photo_id, "msg": message, "from": list(from_statuses), "attempt": attempt, "task": task_id,
+         "token": token},
     ).first()
     return row is not None
 
 
-def release_photo(conn: Connection, photo_id: str, message: str | None, attempt: int, task_id: str | None) -> None:
-    """processing -> pending after a transient error: the retried message claims it again."""
-    conn.execute(
+def release_photo(conn: Connection, photo_id: str, message: str | None, attempt: int, task_id: str | None,
+                  token: int) -> bool:
+    """processing -> pending after a transient error, only under claim ``token``: the retried
+    message claims it again. False when this claim no longer holds it (nothing written)."""
+    return conn.execute(
         text(
-            """
+            f"""
             WITH p AS (
                 UPDATE photos SET ai_processing_status = 'pending'
-                 WHERE id = :id AND ai_processing_status = 'processing' RETURNING id
+                 WHERE id = :id AND {held('ai_processing_status')} RETURNING id
+            ), e AS (
+                INSERT INTO step_errors (photo_id, stage, permanent, message, attempt, task_id)
+                SELECT id, 'analysis', false, :msg, :attempt, :task FROM p WHERE CAST(:msg AS text) IS NOT NULL
             )
-            INSERT INTO step_errors (photo_id, stage, permanent, message, attempt, task_id)
-            SELECT id, 'analysis', false, :msg, :attempt, :task FROM p WHERE CAST(:msg AS text) IS NOT NULL
+            SELECT id FROM p
             """
         ),
-        {"id": photo_id, "msg": message, "attempt": attempt, "task": task_id},
-    )
+        {"id": photo_id, "msg": message, "attempt": attempt, "task": task_id, "token": token},
+    ).first() is not None
 

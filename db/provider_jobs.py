@@ -1,5 +1,7 @@
 """Remote provider jobs (provider_jobs: Replicate predictions), recorded before they are
-created, one live job per page step (the partial unique index uq_provider_jobs_live).
+created, one live job per page step (the partial unique index uq_provider_jobs_live), each under
+the page step's claim (its fencing token, provider_jobs.claim_token): only the current holder of
+the step may reserve, start or end its job; a takeover adopts the live job.
 """
 from __future__ import annotations
 
@@ -7,10 +9,16 @@ from typing import Literal
 
 from sqlalchemy import text
 from sqlalchemy.engine import Connection, RowMapping
+from sqlalchemy.exc import IntegrityError
 
+from db.claims import held
 from db.pages import PageColumn, page_column
 
 JobStage = Literal["image", "personalization"]
+
+# How an orphan job's row (record_orphan) starts its error_message: a job a worker created after
+# its claim was taken over; never counted as the step's job (its recreation count).
+ORPHAN_PREFIX = "Made by a worker that had lost its claim"
 
 
 def live_job(conn: Connection, page_id: str, stage: JobStage) -> RowMapping | None:
@@ -20,7 +28,7 @@ def live_job(conn: Connection, page_id: str, stage: JobStage) -> RowMapping | No
         text(
             """
             SELECT id, provider, external_id, status, input_sha256, created_at, errors, polls,
-                   recreation, now() - created_at AS age
+                   recreation, claim_token, now() - created_at AS age
               FROM provider_jobs
              WHERE page_id = :page AND stage = :stage AND status IN ('creating', 'running')
             """
@@ -29,45 +37,109 @@ def live_job(conn: Connection, page_id: str, stage: JobStage) -> RowMapping | No
     ).mappings().first()
 
 
-def reserve_job(conn: Connection, page_id: str, stage: JobStage, provider: str, sha: str) -> RowMapping | None:
-    """Record the intent to create a job *before* asking the provider. None: another run
-    holds a live job for this step already (use that one). When the step's latest job expired
-    (its output was gone before it was copied), this one replaces it: its ``recreation`` is one
-    more; otherwise 0 (a first job, or one after a failure an operator retried)."""
+def adopt_job(conn: Connection, page_id: str, stage: JobStage, token: int) -> RowMapping | None:
+    """The page step's live job (creating or running), if any, now under claim ``token`` (the claim
+    just taken: a takeover adopts the silent holder's job, so that holder can no longer start or
+    end it). None: no live job."""
     return conn.execute(
         text(
             """
-            INSERT INTO provider_jobs (page_id, stage, provider, input_sha256, recreation)
-            SELECT :page, :stage, :provider, :sha,
-                   COALESCE((SELECT CASE WHEN status = 'expired' THEN recreation + 1 ELSE 0 END
-                               FROM provider_jobs WHERE page_id = :page AND stage = :stage
-                              ORDER BY created_at DESC LIMIT 1), 0)
-            ON CONFLICT (page_id, stage) WHERE status IN ('creating', 'running') DO NOTHING
+            UPDATE provider_jobs SET claim_token = :token
+             WHERE page_id = :page AND stage = :stage AND status IN ('creating', 'running')
             RETURNING id, provider, external_id, status, input_sha256, created_at, errors, polls,
-                      recreation, interval '0' AS age
+                      recreation, claim_token, now() - created_at AS age
             """
         ),
-        {"page": page_id, "stage": stage, "provider": provider, "sha": sha},
+        {"page": page_id, "stage": stage, "token": token},
     ).mappings().first()
 
 
-def job_started(conn: Connection, job_id: str, external_id: str, sha: str) -> bool:
-    """creating -> running with the provider's id; False when the job was no longer creating."""
+def reserve_job(conn: Connection, page_id: str, stage: JobStage, col: PageColumn, provider: str, sha: str,
+                token: int) -> RowMapping | None:
+    """Record the intent to create a job *before* asking the provider, only while claim ``token``
+    still holds the page step (status column ``col``). None: another run holds a live job for this
+    step already (use that one), or the claim was lost (nothing recorded: make no job). When the
+    step's latest job expired (its output was gone before it was copied), this one replaces it: its
+    ``recreation`` is one more; otherwise 0 (a first job, or one after a failure an operator
+    retried). ValueError for a column that is not a story_pages status column."""
+    col = page_column(col)
+    return conn.execute(
+        text(
+            f"""
+            INSERT INTO provider_jobs (page_id, stage, provider, input_sha256, recreation, claim_token)
+            SELECT :page, :stage, :provider, :sha,
+                   COALESCE((SELECT CASE WHEN status = 'expired' THEN recreation + 1 ELSE 0 END
+                               FROM provider_jobs WHERE page_id = :page AND stage = :stage
+                                AND NOT starts_with(COALESCE(error_message, ''), :orphan)
+                              ORDER BY created_at DESC LIMIT 1), 0), :token
+             WHERE EXISTS (SELECT 1 FROM story_pages WHERE id = :page AND {held(col)})
+            ON CONFLICT (page_id, stage) WHERE status IN ('creating', 'running') DO NOTHING
+            RETURNING id, provider, external_id, status, input_sha256, created_at, errors, polls,
+                      recreation, claim_token, interval '0' AS age
+            """
+        ),
+        {"page": page_id, "stage": stage, "provider": provider, "sha": sha, "token": token, "orphan": ORPHAN_PREFIX},
+    ).mappings().first()
+
+
+def job_started(conn: Connection, job_id: str, external_id: str, sha: str, token: int) -> bool:
+    """creating -> running with the provider's id, only under claim ``token`` (the job's); False when
+    the job was no longer creating, was adopted by a newer claim, or that provider id is recorded
+    already (another holder found and recorded the same job): then this run must not follow it, and
+    the job it made is an orphan (:func:`record_orphan`)."""
+    try:
+        return conn.execute(
+            text(
+                """
+                UPDATE provider_jobs j SET external_id = :ext, status = 'running', input_sha256 = :sha
+                 WHERE j.id = :id AND j.status = 'creating' AND j.claim_token = :token
+                   AND NOT EXISTS (SELECT 1 FROM provider_jobs o
+                                    WHERE o.provider = j.provider AND o.external_id = :ext)
+                RETURNING j.id
+                """
+            ),
+            {"id": job_id, "ext": external_id, "sha": sha, "token": token},
+        ).first() is not None
+    except IntegrityError:  # uq_provider_jobs_external_id: recorded by another holder meanwhile
+        return False
+
+
+def record_orphan(conn: Connection, page_id: str, stage: JobStage, provider: str, external_id: str, sha: str,
+                  token: int) -> bool:
+    """Record a job this run created after its claim (``token``) was lost (it paused past the lease
+    and another worker took the step over), as 'canceled' (error_message ORPHAN_PREFIX...): never a prediction nobody
+    knows of. True: recorded now, so the caller must cancel it at the provider; False: that
+    provider id is recorded already (the new holder found it and follows it: leave it running)."""
     return conn.execute(
         text(
             """
-            UPDATE provider_jobs SET external_id = :ext, status = 'running', input_sha256 = :sha
-             WHERE id = :id AND status = 'creating' RETURNING id
+            INSERT INTO provider_jobs (page_id, stage, provider, external_id, input_sha256, status,
+                                       error_message, claim_token)
+            VALUES (:page, :stage, :provider, :ext, :sha, 'canceled', :why, :token)
+            ON CONFLICT (provider, external_id) WHERE external_id IS NOT NULL DO NOTHING
+            RETURNING id
             """
         ),
-        {"id": job_id, "ext": external_id, "sha": sha},
+        {"page": page_id, "stage": stage, "provider": provider, "ext": external_id, "sha": sha,
+         "token": token, "why": f"{ORPHAN_PREFIX} (claim {token}); canceled at the provider."},
     ).first() is not None
 
 
+def orphan_cancel_failed(conn: Connection, provider: str, external_id: str, error: str) -> None:
+    """Note on an orphan job's row that cancelling it at the provider failed (``error``): an
+    operator can cancel it by its id there."""
+    conn.execute(
+        text("UPDATE provider_jobs SET error_message = error_message || ' Cancelling it failed: ' || :err "
+             "WHERE provider = :provider AND external_id = :ext"),
+        {"provider": provider, "ext": external_id, "err": error},
+    )
+
+
 def job_polled(conn: Connection, job_id: str, page_id: str, col: PageColumn) -> None:
-    """One more poll, and the page step's lease renewed: a job that is still running remotely
-    is healthy work, not a dead worker's claim. ``col``: the page step's status column (ValueError
-    when it is not a story_pages status column)."""
+    """One more poll, and the page step's lease renewed while the job is the current claim's (the
+    page's claim_token is the job's): a job that is still running remotely is healthy work, not a
+    dead worker's claim. ``col``: the page step's status column (ValueError when it is not a
+    story_pages status column)."""
     col = page_column(col)
     conn.execute(
         text(
@@ -76,8 +148,10 @@ def job_polled(conn: Connection, job_id: str, page_id: str, col: PageColumn) -> 
                 UPDATE provider_jobs SET polls = polls + 1 WHERE id = :id AND status = 'running'
                 RETURNING id
             )
-            UPDATE story_pages SET updated_at = now()
-             WHERE id = :page AND {col} = 'processing' AND EXISTS (SELECT 1 FROM j)
+            UPDATE story_pages p SET updated_at = now()
+              FROM provider_jobs pj
+             WHERE p.id = :page AND p.{col} = 'processing' AND pj.id = :id
+               AND p.claim_token = pj.claim_token AND EXISTS (SELECT 1 FROM j)
             """
         ),
         {"id": job_id, "page": page_id},
@@ -102,16 +176,20 @@ def job_external_ids(conn: Connection, page_id: str, stage: JobStage) -> list[st
     )]
 
 
-def job_finished(conn: Connection, job_id: str, status: str, error: str | None = None) -> bool:
+def job_finished(conn: Connection, job_id: str, status: str, error: str | None = None, *,
+                 token: int | None = None) -> bool:
     """A live job's end: succeeded, failed, canceled, or expired (succeeded, but its output was
-    gone before it was copied: ``error`` says how that showed). False if it had ended already."""
+    gone before it was copied: ``error`` says how that showed). With ``token``: only while the job
+    is still under that claim (a newer holder adopted it: this run decides nothing). False if it
+    had ended already or was adopted."""
     assert status in ("succeeded", "failed", "canceled", "expired"), status
     return conn.execute(
         text(
             """
             UPDATE provider_jobs SET status = :status, error_message = :err
-             WHERE id = :id AND status IN ('creating', 'running') RETURNING id
+             WHERE id = :id AND status IN ('creating', 'running')
+               AND (CAST(:token AS bigint) IS NULL OR claim_token = :token) RETURNING id
             """
         ),
-        {"id": job_id, "status": status, "err": error},
+        {"id": job_id, "status": status, "err": error, "token": token},
     ).first() is not None

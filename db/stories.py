@@ -12,9 +12,15 @@ from sqlalchemy.engine import Connection, RowMapping
 
 from db.claims import Stage
 
+# The start's claim (stories.status) counts a takeover only while the story has no outline: once
+# the outline is saved the start is done, and a later re-claim (a re-sent start) is a re-run.
+_TAKEOVER = ("takeovers = CASE WHEN s.status = 'processing' AND NOT EXISTS "
+             "(SELECT 1 FROM story_outlines so WHERE so.story_id = s.id) THEN s.takeovers + 1 ELSE s.takeovers END")
+
 __all__ = [
     "PHOTO_DELETED", "PHOTO_NOT_YOURS", "PHOTO_UPLOAD_FAILED", "REFUSALS", "UPLOAD_TIMEOUT_PREFIX", "Stage",
-    "book_pages", "claim_story", "complete_story", "fail_story", "lock_story_if_done", "photo_refusal",
+    "book_pages", "claim_finish", "claim_story", "complete_story", "fail_finish", "fail_story", "finish_state",
+    "photo_refusal",
     "release_story", "save_outline_and_pages", "story_ready", "story_start_state", "story_state",
     "unfinished_pages", "upload_timeout_message",
 ]
@@ -76,6 +82,8 @@ def claim_story(conn: Connection, story_id: str, lease: float, upload_wait: floa
     operator's retry). A story whose photo is still 'pending_upload' within that wait is left
     pending and not claimed (None: the caller waits, see story_start_state). A story failed for
     an upload that never finished is claimed again once its photo is 'uploaded'.
+    The claim returns its fencing token (``claim_token``: the start's later writes name it) and
+    ``takeovers`` (claims of the start taken from a silent holder, before its outline was saved).
     None: not claimed (held by another copy, finished, failed, waiting, or no such story)."""
     row = conn.execute(
         text(
@@ -97,11 +105,13 @@ def claim_story(conn: Connection, story_id: str, lease: float, upload_wait: floa
                 INSERT INTO step_errors (story_id, stage, permanent, message, attempt, task_id)
                 SELECT id, 'analysis', true, error_message, :attempt, :task FROM refused
             ), s AS (
-                UPDATE stories s SET status = 'processing', error_message = NULL
+                UPDATE stories s SET status = 'processing', error_message = NULL, claim_token = s.claim_token + 1,
+                       {_TAKEOVER}
                   FROM cur
                  WHERE s.id = cur.id AND cur.refusal IS NULL AND cur.photo_ready
                    AND ({_STARTABLE} OR (s.status = 'failed' AND starts_with(s.error_message, :timeout_prefix)))
-                RETURNING s.id, s.user_id, s.child_name, s.child_age, s.story_theme, s.protagonist_photo_id
+                RETURNING s.id, s.user_id, s.child_name, s.child_age, s.story_theme, s.protagonist_photo_id,
+                          s.claim_token, s.takeovers
             )
             SELECT s.*, ph.status AS photo_status, COALESCE(ph.ai_processing_status, 'pending') AS photo_ai_status,
                    ph.ai_error_message AS photo_error, o.story_id IS NOT NULL AS has_outline,
@@ -152,14 +162,16 @@ def story_start_state(conn: Connection, story_id: str, upload_wait: float) -> Ro
 
 
 def release_story(conn: Connection, story_id: str, message: str | None = None, attempt: int = 0,
-                  task_id: str | None = None) -> bool:
-    """processing -> pending: the story waits (for its photo's analysis) or retries its outline
-    after a transient error (then ``message`` records the attempt, as every step's retries do)."""
+                  task_id: str | None = None, *, token: int) -> bool:
+    """processing -> pending under the start's claim ``token``: the story waits (for its photo's
+    analysis) or retries its outline after a transient error (then ``message`` records the
+    attempt, as every step's retries do). False when the claim is no longer this run's."""
     return conn.execute(
         text(
             """
             WITH s AS (
-                UPDATE stories SET status = 'pending' WHERE id = :id AND status = 'processing' RETURNING id
+                UPDATE stories SET status = 'pending'
+                 WHERE id = :id AND status = 'processing' AND claim_token = :token RETURNING id
             ), e AS (
                 INSERT INTO step_errors (story_id, stage, permanent, message, attempt, task_id)
                 SELECT id, 'outline', false, :msg, :attempt, :task FROM s WHERE CAST(:msg AS text) IS NOT NULL
@@ -167,44 +179,50 @@ def release_story(conn: Connection, story_id: str, message: str | None = None, a
             SELECT id FROM s
             """
         ),
-        {"id": story_id, "msg": message, "attempt": attempt, "task": task_id},
+        {"id": story_id, "msg": message, "attempt": attempt, "task": task_id, "token": token},
     ).first() is not None
 
 
 def fail_story(
     conn: Connection, story_id: str, message: str, stage: Stage, *, page_id: str | None = None,
-    attempt: int = 0, task_id: str | None = None,
+    attempt: int = 0, task_id: str | None = None, token: int | None = None,
 ) -> bool:
-    """pending|processing -> failed with the reason. A completed story stays completed."""
+    """pending|processing -> failed with the reason. A completed story stays completed. With
+    ``token`` (the start's claim), only while that claim holds the story. False: nothing failed."""
     row = conn.execute(
         text(
             """
             WITH s AS (
                 UPDATE stories SET status = 'failed', error_message = :msg
-                 WHERE id = :id AND status IN ('pending', 'processing') RETURNING id
+                 WHERE id = :id AND status IN ('pending', 'processing')
+                   AND (CAST(:token AS bigint) IS NULL OR (status = 'processing' AND claim_token = :token))
+                RETURNING id
             )
             INSERT INTO step_errors (story_id, page_id, stage, permanent, message, attempt, task_id)
             SELECT id, :page, :stage, true, :msg, :attempt, :task FROM s
             RETURNING story_id
             """
         ),
-        {"id": story_id, "msg": message, "stage": stage, "page": page_id, "attempt": attempt, "task": task_id},
+        {"id": story_id, "msg": message, "stage": stage, "page": page_id, "attempt": attempt, "task": task_id,
+         "token": token},
     ).first()
     return row is not None
 
 
 def save_outline_and_pages(
-    conn: Connection, story_id: str, title: str, style: str, beats: list[str], protagonist_face: Any = None
+    conn: Connection, story_id: str, title: str, style: str, beats: list[str], protagonist_face: Any = None,
+    *, token: int,
 ) -> list[str] | None:
-    """Outline, title and one page row per beat, in one statement, only while we hold the story;
-    returns the new pages' ids in page order (None: the story is no longer ours). A re-run
+    """Outline, title and one page row per beat, in one statement, only while the start's claim
+    ``token`` holds the story (its takeover count reset: the start is done); returns the new pages'
+    ids in page order (None: the story is no longer ours). A re-run
     keeps the first outline (ON CONFLICT DO NOTHING), so pages stay consistent with it."""
     row = conn.execute(
         text(
             """
             WITH held AS (
-                UPDATE stories SET title = COALESCE(title, :title)
-                 WHERE id = :id AND status = 'processing' RETURNING id
+                UPDATE stories SET title = COALESCE(title, :title), takeovers = 0
+                 WHERE id = :id AND status = 'processing' AND claim_token = :token RETURNING id
             ), o AS (
                 INSERT INTO story_outlines (story_id, title, style, beats, protagonist_face)
                 SELECT id, :title, :style, CAST(:beats AS jsonb), CAST(:face AS jsonb) FROM held
@@ -225,7 +243,7 @@ def save_outline_and_pages(
             """
         ),
         {"id": story_id, "title": title, "style": style, "beats": json.dumps(beats), "count": len(beats),
-         "face": None if protagonist_face is None else json.dumps(protagonist_face)},
+         "face": None if protagonist_face is None else json.dumps(protagonist_face), "token": token},
     ).mappings().first()
     if row is None or not row["held"]:
         return None
@@ -249,22 +267,50 @@ def unfinished_pages(conn: Connection, story_id: str) -> list[str]:
     ]
 
 
-def complete_story(conn: Connection, story_id: str) -> bool:
-    """processing -> completed, only when every page is personalized. One statement: the
-    barrier lives in Postgres, not in a Redis chord counter. Each page's finish runs after its
-    own page committed, so the last one to run sees every page done."""
+def complete_story(conn: Connection, story_id: str, finish_token: int) -> bool:
+    """processing -> completed, only when every page is personalized and only for the holder of
+    the completion's claim ``finish_token`` (:func:`claim_finish`: a finisher that froze past its
+    lease and woke after another took over completes nothing). One statement: the barrier lives
+    in Postgres, not in a Redis chord counter. Each page's finish runs after its own page
+    committed, so the last one to run sees every page done. The completion's claim is cleared."""
     return conn.execute(
         text(
             """
+            WITH f AS (
+                UPDATE story_outlines SET finish_claimed_at = NULL, finish_takeovers = 0
+                 WHERE story_id = :id AND finish_token = :token RETURNING story_id
+            )
             UPDATE stories SET status = 'completed', error_message = NULL
-             WHERE id = :id AND status = 'processing'
+             WHERE id = (SELECT story_id FROM f) AND status = 'processing'
                AND EXISTS (SELECT 1 FROM story_pages WHERE story_id = :id)
                AND NOT EXISTS (SELECT 1 FROM story_pages WHERE story_id = :id
                                 AND personalization_status IS DISTINCT FROM 'completed')
             RETURNING id
             """
         ),
-        {"id": story_id},
+        {"id": story_id, "token": finish_token},
+    ).first() is not None
+
+
+def fail_finish(conn: Connection, story_id: str, message: str, finish_token: int, *, attempt: int = 0,
+                task_id: str | None = None) -> bool:
+    """The story failed by its completion (stage 'finish'), only for the holder of ``finish_token``
+    (a stale finisher's error fails nothing). False: nothing failed."""
+    return conn.execute(
+        text(
+            """
+            WITH s AS (
+                UPDATE stories SET status = 'failed', error_message = :msg
+                 WHERE id = :id AND status = 'processing'
+                   AND EXISTS (SELECT 1 FROM story_outlines WHERE story_id = :id AND finish_token = :token)
+                RETURNING id
+            )
+            INSERT INTO step_errors (story_id, stage, permanent, message, attempt, task_id)
+            SELECT id, 'finish', true, :msg, :attempt, :task FROM s
+            RETURNING story_id
+            """
+        ),
+        {"id": story_id, "msg": message, "token": finish_token, "attempt": attempt, "task": task_id},
     ).first() is not None
 
 
@@ -283,19 +329,48 @@ def story_ready(conn: Connection, story_id: str) -> bool:
     ).scalar())
 
 
-def lock_story_if_done(conn: Connection, story_id: str) -> RowMapping | None:
-    """Lock a processing story whose pages are all personalized; None if it is not ready, not
-    processing, or another finisher holds it (SKIP LOCKED: that one will complete it)."""
+def claim_finish(conn: Connection, story_id: str, lease: float) -> RowMapping | None:
+    """Claim a processing story's completion once every page is personalized: a new fencing token
+    (``finish_token``) and the claim's time on its outline row (story_outlines.finish_claimed_at),
+    unless another finisher claimed it less than ``lease`` seconds ago; ``finish_takeovers`` counts
+    claims taken from a finisher that went silent (a claim never completed). Returns the story's
+    id, title, child_name, story_theme, finish_token and finish_takeovers; None if not ready, not
+    processing, or held by another finisher (see :func:`finish_state`). No lock is held while the
+    book is written: a frozen finisher cannot keep the story processing past the lease."""
     return conn.execute(
         text(
             """
-            SELECT s.id, s.title, s.child_name, s.story_theme
+            UPDATE story_outlines o
+               SET finish_token = o.finish_token + 1, finish_claimed_at = now(),
+                   finish_takeovers = CASE WHEN o.finish_claimed_at IS NOT NULL THEN o.finish_takeovers + 1
+                                           ELSE o.finish_takeovers END
               FROM stories s
-             WHERE s.id = :id AND s.status = 'processing'
+             WHERE o.story_id = :id AND s.id = o.story_id AND s.status = 'processing'
+               AND (o.finish_claimed_at IS NULL OR o.finish_claimed_at < now() - make_interval(secs => :lease))
                AND EXISTS (SELECT 1 FROM story_pages WHERE story_id = s.id)
                AND NOT EXISTS (SELECT 1 FROM story_pages WHERE story_id = s.id
                                 AND personalization_status IS DISTINCT FROM 'completed')
-             FOR UPDATE OF s SKIP LOCKED
+            RETURNING s.id, s.title, s.child_name, s.story_theme, o.finish_token, o.finish_takeovers
+            """
+        ),
+        {"id": story_id, "lease": lease},
+    ).mappings().first()
+
+
+def finish_state(conn: Connection, story_id: str) -> RowMapping | None:
+    """Why a completion was not claimed: the story's ``status``, ``ready`` (every page
+    personalized) and ``claim_age`` (interval since another finisher claimed it; NULL when none
+    holds it). None: no such story."""
+    return conn.execute(
+        text(
+            """
+            SELECT s.status,
+                   EXISTS (SELECT 1 FROM story_pages WHERE story_id = s.id)
+                   AND NOT EXISTS (SELECT 1 FROM story_pages WHERE story_id = s.id
+                                    AND personalization_status IS DISTINCT FROM 'completed') AS ready,
+                   now() - o.finish_claimed_at AS claim_age
+              FROM stories s LEFT JOIN story_outlines o ON o.story_id = s.id
+             WHERE s.id = :id
             """
         ),
         {"id": story_id},

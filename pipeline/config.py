@@ -111,6 +111,11 @@ class Settings:
     # A claimed step whose row has not moved for this long is presumed dead and may be taken
     # over by a redelivered copy. Must exceed the longest healthy step (provider timeouts bound it).
     step_lease_seconds: float
+    # A step whose claim had to be taken over from a silent holder (its worker crashed, was
+    # killed, or stalled past the lease) this many times in a row is failed, not claimed again:
+    # a poison step (a photo that crashes a C library, a book that exhausts memory) would
+    # otherwise take down one worker after another for ever. An operator's retry resets the count.
+    max_takeovers: int
     visibility_timeout: int  # Redis broker: an unacked message comes back after this long
     max_retries: int  # transient provider errors, per step
     sweep_interval: float  # seconds between stuck-work sweeps (celery beat)
@@ -152,6 +157,7 @@ def settings() -> Settings:
         simulated_latency=_float("SIMULATED_PROVIDER_LATENCY", 0.0, 0.0, 600.0),
         simulated_storage_latency=_float("SIMULATED_STORAGE_LATENCY", 0.0, 0.0, 600.0),
         step_lease_seconds=_float("STEP_LEASE_SECONDS", 300.0, 0.5, 86400.0),
+        max_takeovers=_int("STEP_MAX_TAKEOVERS", 3, 1, 100),
         visibility_timeout=_int("BROKER_VISIBILITY_TIMEOUT", 900, 1, 86400),
         max_retries=_int("STEP_MAX_RETRIES", 5, 0, 50),
         sweep_interval=_float("SWEEP_INTERVAL", 60.0, 1.0, 86400.0),

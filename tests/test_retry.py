@@ -103,12 +103,14 @@ def test_retry_selects_failed_stories_by_stage_theme_photo_page_and_time(
     # and a story failed at one page's personalization
     page_story = clean_db.story(clean_db.photo(astronaut_png()))
     page = steps.generate_story(page_story).fanout[0]
-    clean_db.exec("UPDATE story_pages SET personalization_status = 'processing' WHERE id = :p", p=page)
+    clean_db.exec("UPDATE story_pages SET personalization_status = 'processing', claim_token = 3 WHERE id = :p",
+                  p=page)
     from db import pages as pages_db
     from db.engine import autocommit
 
     with autocommit() as c:
-        pages_db.fail_page(c, page, "personalization_status", "personalization", "boom", "Page 1: boom", 0, None)
+        assert pages_db.fail_page(c, page, "personalization_status", "personalization", "boom", "Page 1: boom", 0,
+                                  None, 3)
     for s in (bad_theme, no_face):
         external_send(BROKER, "stories.generate", {"story_id": s})
         assert clean_db.wait_story(s)["status"] == "failed"

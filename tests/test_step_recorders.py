@@ -82,11 +82,14 @@ def test_the_job_recorders_end_the_job_with_the_page(clean_db: Db) -> None:
     story = clean_db.story(clean_db.photo(astronaut_png()))
     page = steps.generate_story(story).fanout[0]
     assert steps.write_text(page).moves_on
-    clean_db.exec("UPDATE story_pages SET image_generation_status = 'processing' WHERE id = :p", p=page)
+    clean_db.exec("UPDATE story_pages SET image_generation_status = 'processing', claim_token = 7 WHERE id = :p",
+                  p=page)
     with autocommit() as c:
-        job = jobs_db.reserve_job(c, page, "image", "replicate", "0" * 64)
-    assert job is not None
-    rec = JobRecorder(page, "image", 1, "illustration", step.Attempt(number=2, task_id="t-1"),
+        assert jobs_db.reserve_job(c, page, "image", "image_generation_status", "replicate", "0" * 64, 6) is None, \
+            "a stale claim reserves nothing"
+        job = jobs_db.reserve_job(c, page, "image", "image_generation_status", "replicate", "0" * 64, 7)
+    assert job is not None and job["claim_token"] == 7
+    rec = JobRecorder(page, "image", 1, "illustration", step.Attempt(number=2, task_id="t-1"), 7,
                       provider="replicate", job=job)
 
     # following the running job: a transient error is counted on the job, the page keeps its claim

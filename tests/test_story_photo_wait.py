@@ -39,8 +39,10 @@ def _holder_completes(db: Db, photo: str) -> None:
     twin = db.photo(astronaut_png())
     assert steps.analyze_photo(twin).moves_on
     row = db.one("SELECT face_details, detected_labels, detected_objects FROM photos WHERE id = :p", p=twin)
+    token = db.one("SELECT claim_token FROM photos WHERE id = :p", p=photo)["claim_token"]
     with autocommit() as c:
-        assert photos_db.complete_photo(c, photo, row["face_details"], row["detected_labels"], row["detected_objects"])
+        assert photos_db.complete_photo(c, photo, row["face_details"], row["detected_labels"], row["detected_objects"],
+                                        token)
 
 
 def _outline_at(db: Db, story: str) -> float | None:

@@ -14,6 +14,7 @@ dropped (already logged; nothing in Postgres to mark). The decorator then:
   chain: the story's fan-out, the book once every page is done, the order flow; it looks at the
   outcome itself), then, done or already done, returns normally, so the next link of the chain,
   carried in this message, is sent by Celery;
+- ``ClaimLost`` (a fenced write found the step taken over by another worker) -> stopped;
 - failed or stopped -> ``celery.exceptions.Ignore`` when the message carries a chain (the failure
   is recorded in Postgres already; the rest of the page's chain must not run), else a plain return.
 
@@ -125,6 +126,10 @@ def _run(task: Task, stage: str, ids: dict[str, Any], body: Body, ident: str | N
     t0 = time.perf_counter()
     try:
         result = body(attempt)
+    except step.ClaimLost as lost:
+        # A fenced write found the step taken over (this run paused past its lease): nothing was
+        # written, the current holder carries the step; this copy stops like a duplicate.
+        result = step.StepResult(step.Outcome.STOPPED, f"claim lost to another worker: {lost}")
     except step.RetryLater as r:
         _log_line(stage, ids, attempt.number, None, "waiting" if r.waiting else "retry",
                   (time.perf_counter() - t0) * 1000)

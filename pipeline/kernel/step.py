@@ -88,6 +88,14 @@ class RetryLater(Exception):
         self.waiting = waiting  # waiting on another step, not an error: not counted as a failure
 
 
+class ClaimLost(Exception):
+    """A fenced write (a step's completion, release or failure, or its remote job's reservation or
+    start, each naming the claim's fencing token) found that the step is no longer this run's: the
+    run paused or was cut off past its lease and another worker took the step over, or the step
+    ended meanwhile. Nothing was written; the run stops (the task layer reports it STOPPED) and the
+    current holder carries the step. Raised by recorders and steps, never caught by :func:`guarded`."""
+
+
 class Timer:
     """Wall time per named phase of one step run, in milliseconds: ``with timer.phase("provider"):``.
     ``timings`` (phase -> ms, rounded to 0.1) goes into the step's log line and metrics."""
@@ -164,7 +172,9 @@ class Recorder(Protocol):
     ``fail(message)``: record a permanent failure (the claimed column -> failed, the reason in
     step_errors and, where the flow says so, on the parent row). ``release(note)``: give the claim
     back (processing -> pending) so a retried message claims it again; ``note`` is the transient
-    error to record, or None when nothing failed (a quota wait: nothing is recorded).
+    error to record, or None when nothing failed (a quota wait: nothing is recorded). Both are
+    fenced where the claim has a token: they raise :class:`ClaimLost` when the claim is no longer
+    this run's (nothing written).
     Implementations: pipeline/stories/recorders.py (photo, story, page step, remote job);
     :class:`Callbacks` wraps two plain functions."""
 
@@ -205,9 +215,11 @@ def guarded(
 
     ``record`` says where failures and releases go (a :class:`Recorder`; :class:`Callbacks` makes
     one of two functions). Raises :class:`StepFailed` after recording a failure, :class:`RetryLater`
-    after a release."""
+    after a release; lets :class:`ClaimLost` through (the run no longer holds the step)."""
     try:
         return fn()
+    except ClaimLost:
+        raise
     except QuotaWait as e:
         # The shared provider quota, not the provider, said "not now": free the step for
         # whoever comes first when it refills, without using up a try or recording an error.

@@ -114,7 +114,9 @@ def submit_print_job(order_id: str, attempt: Attempt = FIRST_TRY) -> StepResult:
                 ))
         return job
 
-    recorder = StepRecorder(order_id, "print_job", "Print job", attempt)
+    recorder = StepRecorder(order_id, "print_job", "Print job", attempt, int(claim["claim_token"]))
+    if crashed := recorder.poisoned(int(claim["takeovers"]), "The print job's creation", timer, ctx):
+        return crashed
     try:
         job = guarded(work, attempt=attempt, record=recorder,
                       what="Sending the print job")

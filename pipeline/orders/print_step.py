@@ -17,7 +17,17 @@ from db.engine import autocommit
 from pipeline.config import settings
 from pipeline.kernel import cpu
 from pipeline.kernel.errors import PermanentStepError
-from pipeline.kernel.step import FIRST_TRY, Attempt, Outcome, StepFailed, StepResult, Timer, guarded, held_elsewhere
+from pipeline.kernel.step import (
+    FIRST_TRY,
+    Attempt,
+    ClaimLost,
+    Outcome,
+    StepFailed,
+    StepResult,
+    Timer,
+    guarded,
+    held_elsewhere,
+)
 from pipeline.orders.lulu_address import lulu_address
 from pipeline.orders.print_files import interior_plan, product_spec
 from pipeline.orders.print_files import make_print_files as render
@@ -72,7 +82,7 @@ def make_print_files(order_id: str, attempt: Attempt = FIRST_TRY) -> StepResult:
         lulu_address(state["shipping_address"], email=state["email"], default_phone=order_settings().default_phone)
     except PermanentStepError as e:
         msg = f"Print job: {e}"
-        StepRecorder(order_id, "print_files", "Print job", attempt).fail(str(e))
+        StepRecorder(order_id, "print_files", "Print job", attempt, int(claim["claim_token"])).fail(str(e))
         return StepResult(Outcome.FAILED, msg, timer.timings, context=ctx)
 
     def work() -> dict[str, Any]:
@@ -89,7 +99,9 @@ def make_print_files(order_id: str, attempt: Attempt = FIRST_TRY) -> StepResult:
                            theme.title if theme else state["story_theme"], pages, spec.pod_package_id,
                            cover_pt, state["created_at"].isoformat(), timeout=300)
 
-    recorder = StepRecorder(order_id, "print_files", "Print files", attempt)
+    recorder = StepRecorder(order_id, "print_files", "Print files", attempt, int(claim["claim_token"]))
+    if crashed := recorder.poisoned(int(claim["takeovers"]), "Making the print files", timer, ctx):
+        return crashed
     try:
         info = guarded(work, attempt=attempt, record=recorder,
                        what="Making the print files")
@@ -97,8 +109,10 @@ def make_print_files(order_id: str, attempt: Attempt = FIRST_TRY) -> StepResult:
         return StepResult(Outcome.FAILED, str(e), timer.timings, context=ctx)
     timer.timings.update({k: info.pop(k) for k in ("render_ms", "store_ms") if k in info})
     with timer.phase("record"), autocommit() as c:
-        done = steps_db.complete_step(c, order_id, "print_files", info)
-    return StepResult(Outcome.DONE if done else Outcome.ALREADY_DONE,
+        done = steps_db.complete_step(c, order_id, "print_files", info, int(claim["claim_token"]))
+    if not done:  # fenced: another worker took the step over while this run was away
+        raise ClaimLost(f"order {order_id} print_files: result not recorded")
+    return StepResult(Outcome.DONE,
                       f"{info['interior_pages']} interior pages ({info['blank_pages']} blank), cover "
                       f"{info['cover_pt'][0]:g}x{info['cover_pt'][1]:g} pt", timer.timings, context=ctx)
 

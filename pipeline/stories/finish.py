@@ -1,8 +1,13 @@
 """The story's completion (``stories.finish``): once every page is personalized, assemble the book
 (PDF and HTML, in a CPU process: pipeline/kernel/cpu.py) and complete the story.
 
-The barrier lives in PostgreSQL (db/stories.py: lock_story_if_done, complete_story), not in a
-chord counter: whichever finisher wins the story's row lock writes the book.
+The barrier lives in PostgreSQL (db/stories.py: claim_finish, complete_story), not in a chord
+counter: whichever finisher claims the completion writes the book. The claim is a lease with a
+fencing token on the story's outline row, not a row lock held while the book is written: a
+finisher frozen mid-book (SIGSTOP, a GC pause) keeps nothing locked; after the lease another
+takes over, and only the current token's holder completes (or fails) the story. A stale finisher
+that wakes may still write the book's files: the same bytes at the same keys (the book is a pure
+function of the completed pages), so nothing a parent reads changes.
 """
 from __future__ import annotations
 
@@ -10,11 +15,23 @@ import logging
 from typing import Any
 
 from db import stories as stories_db
-from db.engine import autocommit, transaction
+from db.claims import poison_message
+from db.engine import autocommit
 from db.engine import unavailable as db_unavailable
+from pipeline.config import settings
 from pipeline.kernel import cpu
 from pipeline.kernel.errors import PermanentStepError, TransientStepError
-from pipeline.kernel.step import FIRST_TRY, Attempt, Outcome, RetryLater, StepResult, Timer, backoff
+from pipeline.kernel.step import (
+    FIRST_TRY,
+    Attempt,
+    ClaimLost,
+    Outcome,
+    RetryLater,
+    StepResult,
+    Timer,
+    backoff,
+    held_elsewhere,
+)
 from pipeline.kernel.storage import book_key
 from pipeline.providers import registry
 from pipeline.providers.themes import resolve_theme
@@ -44,54 +61,57 @@ def finish_story(story_id: str, attempt: Attempt = FIRST_TRY) -> StepResult:
     """processing -> completed once every page is personalized, after writing the book.
 
     Enqueued by the personalization that finds every page done (two may, at the same moment):
-    only the one that wins the row lock assembles the book and completes the story. Returns DONE,
-    ALREADY_DONE, STOPPED (pages still running) or FAILED (recorded: the book could not be made);
-    raises RetryLater for a transient error or a redelivered copy facing another finisher's lock."""
+    only the one that claims the completion (db.stories.claim_finish) assembles the book and
+    completes the story. Returns DONE, ALREADY_DONE, STOPPED (pages still running, or another
+    finisher holds it) or FAILED (recorded: the book could not be made, or the completion crashed
+    its worker STEP_MAX_TAKEOVERS times); raises RetryLater for a transient error or for a
+    redelivered copy facing another finisher's claim (it takes over when that claim's lease ends)
+    and ClaimLost when a newer finisher took over meanwhile."""
+    s = settings()
     timer = Timer()
-    try:
-        with transaction() as c:
-            with timer.phase("lock"):
-                story = stories_db.lock_story_if_done(c, story_id)
-            if story is None:
-                state = stories_db.story_state(c, story_id)
-                if state is not None and state["status"] == "completed":
-                    return StepResult(Outcome.ALREADY_DONE, "story already completed", timer.timings)
-                if attempt.redelivered and stories_db.story_ready(c, story_id):
-                    # Ready but locked: another finisher holds the row. A fresh duplicate leaves it
-                    # to that one; a re-sent copy may be the only one left (its first run was cut
-                    # off mid-transaction and the lock belongs to a session PostgreSQL has not yet
-                    # ended), so it looks again rather than leave the story processing.
-                    raise RetryLater(backoff(0, None), "story row locked by another finisher", waiting=True)
-                return StepResult(Outcome.STOPPED, "pages still running or story not processing",
-                                  timer.timings)
-            with timer.phase("book"):
-                pages = [dict(p) for p in stories_db.book_pages(c, story_id)]
-                timer.timings.update(cpu.run(write_book, story_id, story["title"] or "",
-                                             story["child_name"], story["story_theme"], pages))
-            with timer.phase("record"):
-                stories_db.complete_story(c, story_id)
-    except PermanentStepError as e:  # e.g. which page has a character no font draws: says what
-        msg = f"The book could not be assembled: {e}"
+    with timer.phase("lock"), autocommit() as c:
+        story = stories_db.claim_finish(c, story_id, s.step_lease_seconds)
+        state = None if story is not None else stories_db.finish_state(c, story_id)
+    if story is None:
+        if state is not None and state["status"] == "completed":
+            return StepResult(Outcome.ALREADY_DONE, "story already completed", timer.timings)
+        if state is not None and state["status"] == "processing" and state["ready"] and state["claim_age"]:
+            # Another finisher holds the completion. A fresh duplicate leaves it to that one; a
+            # re-sent copy may be the only one left (its holder died or froze), so it comes back
+            # when that claim's lease ends and takes over.
+            return held_elsewhere("book being assembled", state["claim_age"], attempt, timer)
+        return StepResult(Outcome.STOPPED, "pages still running or story not processing", timer.timings)
+    token = int(story["finish_token"])
+
+    def fail(msg: str) -> StepResult:
         with autocommit() as c:
-            stories_db.fail_story(c, story_id, msg, "finish", attempt=attempt.number, task_id=attempt.task_id)
+            if not stories_db.fail_finish(c, story_id, msg, token, attempt=attempt.number, task_id=attempt.task_id):
+                raise ClaimLost(f"story {story_id}: completion not failed ({msg[:120]})")
         return StepResult(Outcome.FAILED, msg, timer.timings)
+
+    if story["finish_takeovers"] >= s.max_takeovers:
+        return fail(poison_message("The book's assembly", int(story["finish_takeovers"]), s.step_lease_seconds))
+    try:
+        with timer.phase("book"):
+            with autocommit() as c:
+                pages = [dict(p) for p in stories_db.book_pages(c, story_id)]
+            timer.timings.update(cpu.run(write_book, story_id, story["title"] or "",
+                                         story["child_name"], story["story_theme"], pages))
+        with timer.phase("record"), autocommit() as c:
+            done = stories_db.complete_story(c, story_id, token)
+    except PermanentStepError as e:  # e.g. which page has a character no font draws: says what
+        return fail(f"The book could not be assembled: {e}")
     except TransientStepError as e:
         if attempt.last:
-            msg = f"The book could not be assembled after {attempt.number + 1} tries: {e}"
-            with autocommit() as c:
-                stories_db.fail_story(c, story_id, msg, "finish", attempt=attempt.number, task_id=attempt.task_id)
-            return StepResult(Outcome.FAILED, msg, timer.timings)
+            return fail(f"The book could not be assembled after {attempt.number + 1} tries: {e}")
         raise RetryLater(backoff(attempt.number, None), str(e)) from None
-    except RetryLater:
-        raise
     except Exception as e:  # noqa: BLE001 - record, don't loop: an operator can retry
         if db_unavailable(e):
             raise  # not the book's fault: the task layer re-sends the step (workers/step_task.py)
         log.exception("book assembly failed for story %s", story_id)
-        msg = f"The book could not be assembled ({type(e).__name__}); an operator can retry it."
-        with autocommit() as c:
-            stories_db.fail_story(c, story_id, msg, "finish", attempt=attempt.number, task_id=attempt.task_id)
-        return StepResult(Outcome.FAILED, msg, timer.timings)
+        return fail(f"The book could not be assembled ({type(e).__name__}); an operator can retry it.")
+    if not done:  # fenced: another finisher took over while this one was away
+        raise ClaimLost(f"story {story_id}: completion not recorded")
     return StepResult(Outcome.DONE, "story completed", timer.timings)
 
 

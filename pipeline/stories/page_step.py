@@ -15,11 +15,11 @@ from typing import Any
 from sqlalchemy.engine import Connection, RowMapping
 
 from db import pages as pages_db
-from db.claims import Stage
+from db.claims import Stage, poison_message
 from db.engine import autocommit
 from pipeline.config import settings
 from pipeline.kernel.errors import PermanentStepError
-from pipeline.kernel.step import Attempt, Outcome, StepFailed, StepResult, Timer, guarded, held_elsewhere
+from pipeline.kernel.step import Attempt, ClaimLost, Outcome, StepFailed, StepResult, Timer, guarded, held_elsewhere
 from pipeline.providers.base import Face, Outline, PageRequest, StoryRequest
 from pipeline.providers.themes import THEMES, resolve_theme
 from pipeline.stories.recorders import PageRecorder
@@ -114,11 +114,28 @@ def run_page_step(page_id: str, stage: Stage, attempt: Attempt, work: Work) -> S
     label = STAGE_LABEL[stage]
     ctx = {"story": claim.story_id, "page_number": claim.page_number}
 
-    record = PageRecorder(page_id, stage, claim.page_number, label, attempt)
+    record = PageRecorder(page_id, stage, claim.page_number, label, attempt, claim.token)
+    poisoned = poison_failure(record, claim.takeovers, timer, ctx)
+    if poisoned is not None:
+        return poisoned
     try:
         values = guarded(lambda: work(claim, timer), attempt=attempt, record=record, what=label.capitalize())
     except StepFailed as e:
         return StepResult(Outcome.FAILED, str(e), timer.timings, context=ctx)
     with timer.phase("record"), autocommit() as c:
-        done = pages_db.complete_page(c, page_id, col, values)
-    return StepResult(Outcome.DONE if done else Outcome.ALREADY_DONE, "", timer.timings, context=ctx)
+        done = pages_db.complete_page(c, page_id, col, values, claim.token)
+    if not done:  # fenced: another worker took the step over while this run was away
+        raise ClaimLost(f"page {claim.page_number} {stage}: result not recorded")
+    return StepResult(Outcome.DONE, "", timer.timings, context=ctx)
+
+
+def poison_failure(record: PageRecorder, takeovers: int, timer: Timer, ctx: dict[str, Any]) -> StepResult | None:
+    """A page step just claimed after ``takeovers`` takeovers in a row (db.pages.PageClaim.takeovers):
+    at STEP_MAX_TAKEOVERS it is failed with the story ("crashed its worker N times", recorded in
+    step_errors; ``retry`` runs it again) instead of being run once more: FAILED. None: run it."""
+    s = settings()
+    if takeovers < s.max_takeovers:
+        return None
+    msg = poison_message(f"The {record.label} step", takeovers, s.step_lease_seconds)
+    record.fail(msg)
+    return StepResult(Outcome.FAILED, msg, timer.timings, context=ctx)

@@ -9,12 +9,14 @@ from __future__ import annotations
 from typing import Any
 
 from db import photos as photos_db
+from db.claims import poison_message
 from db.engine import autocommit
 from pipeline.config import settings
 from pipeline.kernel.errors import PermanentStepError
 from pipeline.kernel.step import (
     FIRST_TRY,
     Attempt,
+    ClaimLost,
     Outcome,
     StepFailed,
     StepResult,
@@ -83,13 +85,20 @@ def analyze_photo(photo_id: str, attempt: Attempt = FIRST_TRY, analysed: dict[st
 
         return analysis_to_json(analysis)
 
+    token = int(claim["claim_token"])
+    record = PhotoRecorder(photo_id, attempt, token)
+    if claim["takeovers"] >= s.max_takeovers:  # a poison photo: it took its workers down
+        msg = poison_message("The photo's analysis", int(claim["takeovers"]), s.step_lease_seconds)
+        record.fail(msg)
+        return StepResult(Outcome.FAILED, msg, timer.timings)
     try:
-        faces, labels, objects = guarded(work, attempt=attempt, record=PhotoRecorder(photo_id, attempt),
-                                          what="Photo analysis")
+        faces, labels, objects = guarded(work, attempt=attempt, record=record, what="Photo analysis")
     except StepFailed as e:
         return StepResult(Outcome.FAILED, str(e), timer.timings)
     with timer.phase("record"), autocommit() as c:
-        done = photos_db.complete_photo(c, photo_id, faces, labels, objects)
-    if done and analysed is not None:
+        done = photos_db.complete_photo(c, photo_id, faces, labels, objects, token)
+    if not done:  # fenced: another worker took the analysis over while this run was away
+        raise ClaimLost(f"photo {photo_id}: analysis not recorded")
+    if analysed is not None:
         analysed["face_details"] = faces
-    return StepResult(Outcome.DONE if done else Outcome.ALREADY_DONE, "", timer.timings)
+    return StepResult(Outcome.DONE, "", timer.timings)

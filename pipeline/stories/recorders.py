@@ -18,57 +18,74 @@ from db import stories as stories_db
 from db.claims import Stage
 from db.engine import autocommit
 from pipeline.kernel.quota import quotas
-from pipeline.kernel.step import Attempt
+from pipeline.kernel.step import Attempt, ClaimLost
 from pipeline.stories.stages import STORY
 
 
 @dataclass(frozen=True)
 class PhotoRecorder:
-    """photos.ai_processing_status: failed with the reason, or processing -> pending."""
+    """photos.ai_processing_status: failed with the reason, or processing -> pending; both only
+    under the claim's fencing token (:class:`ClaimLost` when the analysis is no longer this run's)."""
 
     photo_id: str
     attempt: Attempt
+    token: int  # the claim's fencing token (db.photos.claim_photo's claim_token)
 
     def fail(self, message: str) -> None:
         """processing -> failed; the reason goes to photos.ai_error_message and step_errors."""
         with autocommit() as c:
-            photos_db.fail_photo(c, self.photo_id, message, attempt=self.attempt.number, task_id=self.attempt.task_id)
+            failed = photos_db.fail_photo(c, self.photo_id, message, attempt=self.attempt.number,
+                                          task_id=self.attempt.task_id, token=self.token)
+        if not failed:
+            raise ClaimLost(f"photo {self.photo_id}: not failed ({message[:120]})")
 
     def release(self, note: str | None) -> None:
         """processing -> pending; ``note`` (a transient error) goes to step_errors when given."""
         with autocommit() as c:
-            photos_db.release_photo(c, self.photo_id, note, self.attempt.number, self.attempt.task_id)
+            released = photos_db.release_photo(c, self.photo_id, note, self.attempt.number, self.attempt.task_id,
+                                               self.token)
+        if not released:
+            raise ClaimLost(f"photo {self.photo_id}: not released")
 
 
 @dataclass(frozen=True)
 class StoryRecorder:
-    """stories.status for the story's start: failed with the reason, or processing -> pending."""
+    """stories.status for the story's start: failed with the reason, or processing -> pending; both
+    only under the start's fencing token (:class:`ClaimLost` when the start is no longer this run's)."""
 
     story_id: str
     attempt: Attempt
+    token: int  # the start's claim (db.stories.claim_story's claim_token)
 
     def fail(self, message: str, stage: Stage = "outline") -> None:
-        """pending|processing -> failed with the parent's message, recorded for ``stage``."""
+        """processing -> failed with the parent's message, recorded for ``stage``."""
         with autocommit() as c:
-            stories_db.fail_story(c, self.story_id, message, stage, attempt=self.attempt.number,
-                                  task_id=self.attempt.task_id)
+            failed = stories_db.fail_story(c, self.story_id, message, stage, attempt=self.attempt.number,
+                                           task_id=self.attempt.task_id, token=self.token)
+        if not failed:
+            raise ClaimLost(f"story {self.story_id}: not failed ({message[:120]})")
 
     def release(self, note: str | None) -> None:
         """processing -> pending (the start runs again); ``note`` recorded when given."""
         with autocommit() as c:
-            stories_db.release_story(c, self.story_id, note, self.attempt.number, self.attempt.task_id)
+            released = stories_db.release_story(c, self.story_id, note, self.attempt.number, self.attempt.task_id,
+                                                token=self.token)
+        if not released:
+            raise ClaimLost(f"story {self.story_id}: not released")
 
 
 @dataclass
 class PageRecorder:
     """One page step's column: failed (and its story failed with "Page N (label): reason"), or
-    processing -> pending."""
+    processing -> pending; both only under the claim's fencing token (``token``): raise
+    :class:`ClaimLost` when the step is no longer this run's."""
 
     page_id: str
     stage: Stage
     page_number: int
     label: str  # the stage as people read it ("illustration")
     attempt: Attempt
+    token: int  # the claim's fencing token (db.pages.PageClaim.token)
 
     @property
     def column(self) -> str:
@@ -81,15 +98,18 @@ class PageRecorder:
             self._fail(c, message)
 
     def _fail(self, c: Any, message: str) -> None:
-        pages_db.fail_page(c, self.page_id, self.column, self.stage, message,
-                           f"Page {self.page_number} ({self.label}): {message}",
-                           self.attempt.number, self.attempt.task_id)
+        if not pages_db.fail_page(c, self.page_id, self.column, self.stage, message,
+                                  f"Page {self.page_number} ({self.label}): {message}",
+                                  self.attempt.number, self.attempt.task_id, self.token):
+            raise ClaimLost(f"page {self.page_number} {self.stage}: not failed ({message[:120]})")
 
     def release(self, note: str | None) -> None:
         """processing -> pending; ``note`` (a transient error) recorded when given."""
         with autocommit() as c:
-            pages_db.release_page(c, self.page_id, self.column, self.stage, note, self.attempt.number,
-                                  self.attempt.task_id)
+            released = pages_db.release_page(c, self.page_id, self.column, self.stage, note, self.attempt.number,
+                                             self.attempt.task_id, self.token)
+        if not released:
+            raise ClaimLost(f"page {self.page_number} {self.stage}: not released")
 
 
 @dataclass
@@ -107,17 +127,19 @@ class JobRecorder(PageRecorder):
         return f"{self.page_id}:{self.stage}"
 
     def fail(self, message: str) -> None:
-        """The job (if any) -> failed, the page step -> failed, then the quota slot freed."""
+        """The job (if any) -> failed, the page step -> failed, then the quota slot freed; all
+        under the claim's token (ClaimLost, nothing written, when a newer holder has the step)."""
         with autocommit() as c:
-            if self.job is not None:
-                jobs_db.job_finished(c, str(self.job["id"]), "failed", message)
+            # The page's own fenced failure first: a stale run must not end the new holder's job.
             self._fail(c, message)
+            if self.job is not None:
+                jobs_db.job_finished(c, str(self.job["id"]), "failed", message, token=self.token)
         quotas().release(self.provider, self.holder)
 
     def following(self) -> FollowRecorder:
         """The recorder for following this job while it runs remotely."""
         return FollowRecorder(self.page_id, self.stage, self.page_number, self.label, self.attempt,
-                              self.provider, self.job)
+                              self.token, self.provider, self.job)
 
 
 @dataclass

@@ -31,6 +31,7 @@ from pipeline.kernel.errors import OutputGoneError
 from pipeline.kernel.quota import QuotaWait, quotas
 from pipeline.kernel.step import (
     Attempt,
+    ClaimLost,
     Outcome,
     RetryLater,
     StepFailed,
@@ -47,6 +48,7 @@ from pipeline.stories.page_step import (
     not_claimed,
     page_columns,
     page_request,
+    poison_failure,
     story_face,
 )
 from pipeline.stories.recorders import JobRecorder
@@ -90,9 +92,13 @@ def job_step(page_id: str, stage: jobs_db.JobStage, attempt: Attempt) -> StepRes
     jobs = registry.providers().image_jobs
     assert jobs is not None
     timer = Timer()
+    col, _ = page_columns(stage)
     with timer.phase("claim"), autocommit() as c:
         claim, state = claim_or_state(c, page_id, stage, s.step_lease_seconds)  # why not, when not
-        job = jobs_db.live_job(c, page_id, stage)
+        # Claimed: the step's live job (a silent holder's, if any) is adopted under the new claim,
+        # so that holder can neither start nor end it any more. Not claimed: just look.
+        job = (jobs_db.adopt_job(c, page_id, stage, claim.token) if claim is not None
+               else jobs_db.live_job(c, page_id, stage))
     if claim is not None:
         ctx: dict[str, Any] = {"story": claim.story_id, "page_number": claim.page_number}
     elif state is not None:
@@ -101,7 +107,9 @@ def job_step(page_id: str, stage: jobs_db.JobStage, attempt: Attempt) -> StepRes
         return StepResult(Outcome.STOPPED, "page not found", timer.timings)
     label = STAGE_LABEL[stage]
 
-    record = JobRecorder(page_id, stage, ctx["page_number"], label, attempt, provider=jobs.name, job=job)
+    # A run that follows a job acts under the job's claim (its token): the page's current holder's.
+    token = claim.token if claim is not None else int(job["claim_token"]) if job is not None else 0
+    record = JobRecorder(page_id, stage, ctx["page_number"], label, attempt, token, provider=jobs.name, job=job)
 
     if claim is None:
         assert state is not None
@@ -109,6 +117,9 @@ def job_step(page_id: str, stage: jobs_db.JobStage, attempt: Attempt) -> StepRes
             return _follow_job(record.following(), timer, ctx)
         return not_claimed(state, attempt, timer)
 
+    poisoned = poison_failure(record, claim.takeovers, timer, ctx)
+    if poisoned is not None:
+        return poisoned
     if job is not None and job["external_id"]:  # a dead run's job: follow it, don't pay twice
         return _follow_job(record.following(), timer, ctx)
 
@@ -123,11 +134,13 @@ def job_step(page_id: str, stage: jobs_db.JobStage, attempt: Attempt) -> StepRes
         reserved_now = False
         if record.job is None:
             with autocommit() as c:
-                record.job = jobs_db.reserve_job(c, page_id, stage, jobs.name, sha)
+                record.job = jobs_db.reserve_job(c, page_id, stage, col, jobs.name, sha, claim.token)
                 reserved_now = record.job is not None
-                if record.job is None:  # lost a race to another run of this step: follow its job
+                if record.job is None:  # lost a race to another run of this step, or the claim
                     record.job = jobs_db.live_job(c, page_id, stage)
-            if record.job is None or record.job["external_id"]:
+            if record.job is None or record.job["claim_token"] != claim.token:
+                raise ClaimLost(f"page {claim.page_number} {stage}: no job reserved")
+            if record.job["external_id"]:
                 return "", ""
         kind = "base" if stage == "image" else "personalize"
         with timer.phase("provider"):
@@ -150,9 +163,30 @@ def job_step(page_id: str, stage: jobs_db.JobStage, attempt: Attempt) -> StepRes
     assert job is not None
     if external_id:
         with autocommit() as c:
-            jobs_db.job_started(c, str(job["id"]), external_id, sha)
+            started = jobs_db.job_started(c, str(job["id"]), external_id, sha, claim.token)
+        if not started:
+            _orphaned(page_id, stage, jobs, external_id, sha, claim.token)
+            raise ClaimLost(f"page {claim.page_number} {stage}: job {external_id} made after the claim was lost")
     # Come back when the job has had time to run; the page keeps its claim meanwhile.
     raise RetryLater(s.job_poll_interval, f"{label} job started", waiting=True)
+
+
+def _orphaned(page_id: str, stage: jobs_db.JobStage, jobs: Any, external_id: str, sha: str, token: int) -> None:
+    """A job this run created after its claim (``token``) was taken over: recorded (never a job
+    nobody knows of) and cancelled at the provider, unless the new holder found and recorded the
+    same job (then it is that holder's to follow)."""
+    with autocommit() as c:
+        mine = jobs_db.record_orphan(c, page_id, stage, jobs.name, external_id, sha, token)
+    if not mine:
+        return
+    log.warning("page %s %s: job %s was made after this run lost its claim; cancelling it", page_id, stage,
+                external_id)
+    try:
+        jobs.cancel(external_id)
+    except Exception as e:  # noqa: BLE001 - recorded on the row; an operator can cancel it by id
+        log.error("page %s %s: could not cancel orphan job %s: %s", page_id, stage, external_id, e)
+        with autocommit() as c:
+            jobs_db.orphan_cancel_failed(c, jobs.name, external_id, f"{type(e).__name__}: {e}"[:300])
 
 
 def _follow_job(record: JobRecorder, timer: Timer, ctx: dict[str, Any]) -> StepResult:
@@ -209,10 +243,13 @@ def _follow_job(record: JobRecorder, timer: Timer, ctx: dict[str, Any]) -> StepR
         msg = failure_message(error) if state == "failed" else f"The {label} job was {state}: {error or 'no reason'}"
         if is_retryable_failure(JobStatus(state, None, error)) and not attempt.last:
             # The provider's own hiccup (interrupted, out of memory): a new job may pass. The
-            # dead job is closed first, so the next run creates a new one rather than finding it.
-            with autocommit() as c:
-                jobs_db.job_finished(c, job_id, "failed", msg)
-                pages_db.release_page(c, page_id, col, stage, msg, attempt.number, attempt.task_id)
+            # dead job is closed first, so the next run creates a new one rather than finding it;
+            # both only under the job's claim (a stale follower decides nothing).
+            with transaction() as c:
+                if not (jobs_db.job_finished(c, job_id, "failed", msg, token=record.token)
+                        and pages_db.release_page(c, page_id, col, stage, msg, attempt.number, attempt.task_id,
+                                                  record.token)):
+                    raise ClaimLost(f"{label} job {external_id}: ended by another run")
             raise RetryLater(backoff(attempt.number, None), msg)
         record.fail(msg)
         return StepResult(Outcome.FAILED, msg, timer.timings, context=ctx)
@@ -223,10 +260,17 @@ def _follow_job(record: JobRecorder, timer: Timer, ctx: dict[str, Any]) -> StepR
     with timer.phase("store"):
         p.storage.put(key, image, "image/png")
     with timer.phase("record"), transaction() as c:
-        jobs_db.job_finished(c, job_id, "succeeded")
-        done = pages_db.complete_page(c, page_id, col, {f"{variant}_image_key": key})
+        done = pages_db.complete_page(c, page_id, col, {f"{variant}_image_key": key}, record.token)
+        if done:
+            jobs_db.job_finished(c, job_id, "succeeded")
+    if not done:  # another run of this step completed it first, or a takeover holds it now
+        with autocommit() as c:
+            now = pages_db.page_state(c, page_id, col, prerequisite=page_columns(stage)[1])
+        if now is not None and now["status"] == "completed":
+            return StepResult(Outcome.ALREADY_DONE, "", timer.timings, context=ctx)
+        raise ClaimLost(f"{label} job {external_id}: result not recorded")
     quotas().release(jobs.name, f"{page_id}:{stage}")
-    return StepResult(Outcome.DONE if done else Outcome.ALREADY_DONE, "", timer.timings, context=ctx)
+    return StepResult(Outcome.DONE, "", timer.timings, context=ctx)
 
 
 def _replace_expired_job(record: JobRecorder, timer: Timer, ctx: dict[str, Any], why: str) -> StepResult:
@@ -252,10 +296,12 @@ def _replace_expired_job(record: JobRecorder, timer: Timer, ctx: dict[str, Any],
             f"{provider} before it was saved: {why}. Making a new one ({made + 1} of at most "
             f"{s.job_output_recreations + 1}).")
     with transaction() as c:
-        if not jobs_db.job_finished(c, str(job["id"]), "expired", why):
-            # Another copy of this step ended the job first and decides what follows.
-            return StepResult(Outcome.STOPPED, "job already ended", timer.timings, context=ctx)
-        pages_db.release_page(c, page_id, col, stage, note, attempt.number, attempt.task_id)
+        if not (jobs_db.job_finished(c, str(job["id"]), "expired", why, token=record.token)
+                and pages_db.release_page(c, page_id, col, stage, note, attempt.number, attempt.task_id,
+                                          record.token)):
+            # Another copy of this step ended the job first (or took the step over) and decides
+            # (raised inside the transaction: nothing of this run's is committed).
+            raise ClaimLost(f"{STAGE_LABEL[stage]} job {job['external_id']}: already ended")
     quotas().release(jobs.name, f"{page_id}:{stage}")  # this job is over; the next one queues anew
     log.warning("page %s %s: job %s output expired (%s); re-creating (%d of %d)", page_id, stage,
                 job["external_id"], why, made, s.job_output_recreations)

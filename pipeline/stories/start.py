@@ -13,12 +13,14 @@ from typing import Any
 
 from db import photos as photos_db
 from db import stories as stories_db
+from db.claims import poison_message
 from db.engine import autocommit
 from pipeline.config import settings
 from pipeline.kernel.errors import PermanentStepError
 from pipeline.kernel.step import (
     FIRST_TRY,
     Attempt,
+    ClaimLost,
     Outcome,
     RetryLater,
     StepFailed,
@@ -103,11 +105,15 @@ def generate_story(story_id: str, attempt: Attempt = FIRST_TRY) -> StepResult:
     if claim["refused"]:
         return StepResult(Outcome.FAILED, claim["refused"], timer.timings)
 
-    record = StoryRecorder(story_id, attempt)
+    token = int(claim["claim_token"])
+    record = StoryRecorder(story_id, attempt, token)
 
     def fail(msg: str, stage: stories_db.Stage = "outline") -> StepResult:
         record.fail(msg, stage)
         return StepResult(Outcome.FAILED, msg, timer.timings)
+
+    if claim["takeovers"] >= s.max_takeovers:  # the start took its workers down, time after time
+        return fail(poison_message("The story's start", int(claim["takeovers"]), s.step_lease_seconds))
 
     try:
         name, theme_id = validate_story(claim["child_name"], claim["child_age"], claim["story_theme"])
@@ -131,9 +137,10 @@ def generate_story(story_id: str, attempt: Attempt = FIRST_TRY) -> StepResult:
                 # message's, so a live holder's claim is answered "held by another worker" and we
                 # look again in ~2 s below, instead of waiting out the rest of its lease.
                 result = analyze_photo(photo_id, inline_attempt(attempt), analysed)
+            except ClaimLost as lost:  # another worker took the photo's analysis over: wait for it
+                result = StepResult(Outcome.STOPPED, f"photo analysis taken over ({lost})")
             except RetryLater:
-                with autocommit() as c:  # the photo was released; release the story with it
-                    stories_db.release_story(c, story_id)
+                record.release(None)  # the photo was released; release the story with it
                 raise
         if result.moves_on:
             ai_status = "completed"
@@ -145,8 +152,7 @@ def generate_story(story_id: str, attempt: Attempt = FIRST_TRY) -> StepResult:
             ai_status, ai_error = photo["ai_status"], photo["ai_error_message"]
         if ai_status in ("pending", "processing"):
             # Held by another worker, or released for a transient retry: wait, not fail.
-            with autocommit() as c:
-                stories_db.release_story(c, story_id)
+            record.release(None)
             raise RetryLater(2.0, f"waiting for photo analysis ({result.detail})", waiting=True)
     if ai_status == "failed":
         return fail(f"The photo could not be used: {ai_error}", "analysis")
@@ -180,9 +186,9 @@ def generate_story(story_id: str, attempt: Attempt = FIRST_TRY) -> StepResult:
             return StepResult(Outcome.FAILED, str(e), timer.timings)
         with timer.phase("record"), autocommit() as c:
             pages = stories_db.save_outline_and_pages(c, story_id, outline.title, outline.style,
-                                                      list(outline.beats), choice.to_json())
-        if pages is None:
-            return StepResult(Outcome.STOPPED, "story changed while writing the outline", timer.timings)
+                                                      list(outline.beats), choice.to_json(), token=token)
+        if pages is None:  # fenced: failed meanwhile, or another worker took the start over
+            raise ClaimLost(f"story {story_id}: outline not saved")
         return StepResult(Outcome.DONE, f"{len(pages)} pages to run", timer.timings, fanout=pages, context=fixed)
     with autocommit() as c:  # a re-run: the pages exist; run those not finished
         pages = stories_db.unfinished_pages(c, story_id)
