@@ -222,8 +222,8 @@ def test_stale_release_or_failure_does_not_undo_the_takeover(ending: str, clean_
     neither may touch the step it no longer holds."""
     openai = FakeOpenAI().start()
     request.addfinalizer(openai.stop)
-    late_500 = ("status", 500, {}, openai_error("The server had an error while processing your request.",
-                                                "server_error"))
+    error = openai_error("The server had an error while processing your request.", "server_error")
+    late_500: tuple[Any, ...] = ("status", 500, {}, error)
     for rnd in range(ROUNDS):
         _fresh(clean_db)
         openai.requests.clear()
@@ -255,7 +255,7 @@ def test_stale_release_or_failure_does_not_undo_the_takeover(ending: str, clean_
         # and the stopped worker runs on while the new holder's call is under way: it gets its 500
         offset = log_size(first)
         thaw(first)
-        seen = []
+        seen: list[str | None] = []
         deadline = time.monotonic() + 60
         while True:
             p = clean_db.one("""SELECT p.text_generation_status AS st, s.status AS story FROM story_pages p
