@@ -214,3 +214,13 @@ def release_page(
         {"id": page_id, "msg": message, "stage": stage, "attempt": attempt, "task": task_id, "token": token},
     ).first() is not None
 
+
+
+def holds(conn: Connection, page_id: str, col: PageColumn, token: int) -> bool:
+    """Does claim ``token`` still hold page step ``col`` (processing under that token)? Asked just
+    before a step writes its artefact to storage, which cannot check a fencing token itself: a
+    holder that paused past its lease and woke finds it has lost the step before overwriting the
+    new holder's picture. ValueError for a column that is not a story_pages status column."""
+    col = page_column(col)
+    return conn.execute(text(f"SELECT 1 FROM story_pages WHERE id = :id AND {held(col)}"),
+                        {"id": page_id, "token": token}).first() is not None

@@ -346,7 +346,7 @@ def test_connection_lost_right_after_a_committed_claim_is_an_outage(clean_db: Db
     with autocommit() as c:
         c.execute(text("SELECT 1"))
     engine = get_engine()
-    cut = _cut_after("UPDATE story_pages p SET image_generation_status", clean_db)
+    cut = _cut_after("UPDATE story_pages p SET claim_token", clean_db)  # the image step's claim
     event.listen(engine, "after_cursor_execute", cut)
     try:
         # when the connection is lost right after the image step's claim committed

@@ -32,6 +32,17 @@ def _silence(db: Db, page: str) -> None:
     db.exec("UPDATE story_pages SET updated_at = now() - interval '1 hour' WHERE id = :p", p=page)
 
 
+def _retry(story: str) -> None:
+    """What `retry --story` writes (db.operations.reset_failed_story), without sending the story's
+    message: this test runs its steps itself, and a worker of another test must not race it."""
+    from db.engine import transaction
+    from db.operations import reset_failed_story
+    from pipeline.stories.stages import PAGE_STAGES
+
+    with transaction() as c:
+        reset_failed_story(c, story, [st.status_column for st in PAGE_STAGES])
+
+
 def _page(db: Db) -> tuple[str, str]:
     story = db.story(db.photo(astronaut_png()))
     return story, steps.generate_story(story).fanout[0]
@@ -124,9 +135,7 @@ def test_a_step_that_keeps_crashing_its_worker_fails_after_the_cap_and_retry_run
     # not claimed again: the step is failed, not pending
     assert steps.write_text(page, REDELIVERED).outcome is Outcome.STOPPED
     # an operator's retry gives it a fresh count, and it runs
-    from pipeline.operations import retry
-
-    retry.retry_story(story)
+    _retry(story)
     assert clean_db.one("SELECT takeovers FROM story_pages WHERE id = :p", p=page)["takeovers"] == 0
     assert steps.generate_story(story).moves_on
     assert steps.write_text(page).outcome is Outcome.DONE
@@ -213,9 +222,7 @@ def test_a_completion_that_keeps_crashing_its_worker_fails_the_story(clean_db: D
     assert result.outcome is Outcome.FAILED
     row = clean_db.story_row(story)
     assert row["status"] == "failed" and "The book's assembly crashed its worker 3 times" in row["error_message"]
-    from pipeline.operations import retry
-
-    retry.retry_story(story)
+    _retry(story)
     assert steps.generate_story(story).moves_on  # the story processing again; its pages are all done
     assert steps.finish_story(story).outcome is Outcome.DONE
 
@@ -240,3 +247,23 @@ def test_an_order_print_step_is_fenced_too(clean_db: Db) -> None:
         assert order_steps_db.complete_step(c, str(order), "print_files", {"fresh": True}, second["claim_token"])
     row = clean_db.one("SELECT status, result, takeovers FROM order_steps WHERE order_id = :o", o=order)
     assert (row["status"], row["result"], row["takeovers"]) == ("completed", {"fresh": True}, 0)
+
+
+def test_a_holder_that_lost_its_claim_does_not_overwrite_the_new_holders_picture(clean_db: Db) -> None:
+    from pipeline.kernel.storage import page_image_key
+    from pipeline.stories.page_step import store_if_held
+
+    story, page = _page(clean_db)
+    assert steps.write_text(page).moves_on
+    col = "image_generation_status"
+    with autocommit() as c:
+        first = pages_db.claim_page(c, page, col, LEASE, prerequisite=TEXT)
+    assert first is not None
+    _silence(clean_db, page)
+    assert steps.draw_base(page, REDELIVERED).outcome is Outcome.DONE  # the new holder's picture
+    key = page_image_key(story, 1, "base")
+    path = clean_db.storage / key
+    stored = path.read_bytes()
+    with pytest.raises(ClaimLost):
+        store_if_held(page, "image", first.token, key, b"stale picture", "image/png", step.Timer())
+    assert path.read_bytes() == stored

@@ -8,6 +8,8 @@ from typing import Any
 
 from celery import Celery, signals
 
+import workers.broker_survival  # noqa: F401  (a Redis restart must not stop the worker: see that module)
+
 app = Celery("storycreator", include=["workers.story_tasks", "workers.order_tasks", "workers.ops_tasks"])
 app.config_from_object("celeryconfig")
 

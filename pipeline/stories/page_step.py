@@ -20,6 +20,7 @@ from db.engine import autocommit
 from pipeline.config import settings
 from pipeline.kernel.errors import PermanentStepError
 from pipeline.kernel.step import Attempt, ClaimLost, Outcome, StepFailed, StepResult, Timer, guarded, held_elsewhere
+from pipeline.providers import registry
 from pipeline.providers.base import Face, Outline, PageRequest, StoryRequest
 from pipeline.providers.themes import THEMES, resolve_theme
 from pipeline.stories.recorders import PageRecorder
@@ -127,6 +128,22 @@ def run_page_step(page_id: str, stage: Stage, attempt: Attempt, work: Work) -> S
     if not done:  # fenced: another worker took the step over while this run was away
         raise ClaimLost(f"page {claim.page_number} {stage}: result not recorded")
     return StepResult(Outcome.DONE, "", timer.timings, context=ctx)
+
+
+def store_if_held(page_id: str, stage: Stage, token: int, key: str, data: bytes, content_type: str,
+                  timer: Timer) -> None:
+    """Write a page step's artefact to storage at ``key``, only while claim ``token`` still holds the
+    step (db.pages.holds, checked just before: storage cannot check a fencing token itself, so a
+    holder that woke after a takeover must not overwrite the new holder's picture at the same
+    key). Raises ClaimLost when the step was taken over. What remains is the moment between the
+    check and the write: a pause exactly there can still overwrite, with a picture of the same
+    page step (documented in the README's at-least-once section)."""
+    col, _ = page_columns(stage)
+    with autocommit() as c:
+        if not pages_db.holds(c, page_id, col, token):
+            raise ClaimLost(f"page {page_id} {stage}: not stored (taken over)")
+    with timer.phase("store"):
+        registry.providers().storage.put(key, data, content_type)
 
 
 def poison_failure(record: PageRecorder, takeovers: int, timer: Timer, ctx: dict[str, Any]) -> StepResult | None:

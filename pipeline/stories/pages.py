@@ -15,7 +15,7 @@ from pipeline.kernel.step import FIRST_TRY, Attempt, StepResult, Timer
 from pipeline.kernel.storage import page_image_key
 from pipeline.providers import registry
 from pipeline.stories.fonts import printable_text
-from pipeline.stories.page_step import page_request, run_page_step, story_face
+from pipeline.stories.page_step import page_request, run_page_step, store_if_held, story_face
 from pipeline.stories.remote_jobs import job_step
 
 
@@ -50,8 +50,7 @@ def draw_base(page_id: str, attempt: Attempt = FIRST_TRY) -> StepResult:
         with timer.phase("provider"):
             png = p.illustrator.draw_base(page_request(claim))
         key = page_image_key(claim.story_id, claim.page_number, "base")
-        with timer.phase("store"):
-            p.storage.put(key, png, "image/png")
+        store_if_held(page_id, "image", claim.token, key, png, "image/png", timer)
         return {"base_image_key": key}
 
     return run_page_step(page_id, "image", attempt, work)
@@ -72,8 +71,7 @@ def personalize(page_id: str, attempt: Attempt = FIRST_TRY) -> StepResult:
         with timer.phase("provider"):
             png = p.illustrator.personalize(base, photo, face, page_request(claim))
         key = page_image_key(claim.story_id, claim.page_number, "personalized")
-        with timer.phase("store"):
-            p.storage.put(key, png, "image/png")
+        store_if_held(page_id, "personalization", claim.token, key, png, "image/png", timer)
         return {"personalized_image_key": key}
 
     if registry.providers().image_jobs is not None:

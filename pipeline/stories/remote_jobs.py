@@ -49,6 +49,7 @@ from pipeline.stories.page_step import (
     page_columns,
     page_request,
     poison_failure,
+    store_if_held,
     story_face,
 )
 from pipeline.stories.recorders import JobRecorder
@@ -257,8 +258,7 @@ def _follow_job(record: JobRecorder, timer: Timer, ctx: dict[str, Any]) -> StepR
     assert image is not None
     variant = "base" if stage == "image" else "personalized"
     key = page_image_key(ctx["story"], ctx["page_number"], variant)
-    with timer.phase("store"):
-        p.storage.put(key, image, "image/png")
+    store_if_held(page_id, stage, record.token, key, image, "image/png", timer)
     with timer.phase("record"), transaction() as c:
         done = pages_db.complete_page(c, page_id, col, {f"{variant}_image_key": key}, record.token)
         if done:
