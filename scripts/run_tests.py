@@ -1,11 +1,12 @@
 """The README's test command.
 
-Without arguments, the whole suite as CI runs it (``.ci/run``): every test but
-``tests/test_chaos.py`` on ``TEST_WORKERS`` pytest-xdist processes (default 2; each has its own
+Without arguments, the whole suite as CI runs it (``.ci/run``): every test but the two run alone
+(below) on ``TEST_WORKERS`` pytest-xdist processes (default 2; each has its own
 PostgreSQL database and Redis databases; a test module stays on one process, and the modules that
 use RabbitMQ share one: tests/conftest.py),
-then ``tests/test_chaos.py`` alone, since it restarts Redis and PostgreSQL under whatever else runs
-(the other chaos-tier tests kill only their own worker processes). With arguments, one pytest run
+then ``tests/test_chaos.py`` and ``tests/test_nemesis.py`` alone, serially: the first restarts Redis
+and PostgreSQL under whatever else runs, the second stops workers past a lease and times what takes
+over (the other chaos-tier tests kill only their own worker processes). With arguments, one pytest run
 with exactly those arguments (``./run test -m unit``, ``./run test tests/test_names.py -k book``).
 ``./run test fast [ARGS]`` is the developer's loop: the ``unit`` and ``db`` tests not marked ``slow``
 (``-m "(unit or db) and not slow"``, tests/conftest.py), in one process, in seconds.
@@ -21,7 +22,9 @@ import sys
 
 NO_TESTS_COLLECTED = 5
 FAST = ["-m", "(unit or db) and not slow"]  # ./run test fast
-CHAOS = "tests/test_chaos.py"  # restarts the machine's Redis and PostgreSQL: never beside other tests
+# Never beside other tests: test_chaos restarts the machine's Redis and PostgreSQL; test_nemesis stops
+# workers past a 3 s lease and times what takes over (a loaded machine would blur its timings).
+ALONE = ("tests/test_chaos.py", "tests/test_nemesis.py")
 
 
 def pytest(*args: str) -> int:
@@ -42,8 +45,8 @@ def main() -> int:
         return pytest(*args)
     workers = int(os.environ.get("TEST_WORKERS", "2"))
     parallel = ["-n", str(workers)] if workers > 1 else []  # scheduled per module: tests/conftest.py
-    first = pytest(*parallel, "--ignore", CHAOS)
-    second = pytest(CHAOS)
+    first = pytest(*parallel, *(arg for path in ALONE for arg in ("--ignore", path)))
+    second = pytest(*ALONE)
     return first or second
 
 

@@ -8,6 +8,8 @@ Fault injection, for the next requests in order (``fake.script([...])``):
 
 - ``("status", code, headers, body)``: that status, headers and body (dict -> JSON, or str/bytes)
 - ``("hang", seconds)``: say nothing for that long, then answer normally
+- ``("slow", seconds, *then)``: say nothing for that long, then answer as the step ``then`` says
+  (e.g. ``("slow", 4, "status", 500, {}, body)``: an error that comes late; no ``then``: normally)
 - ``("close",)``: close the connection without answering
 - ``("malformed",)``: 200 with a body that is not JSON
 - ``("refusal", text)``: 200, the model refused (``message.refusal``, content null)
@@ -110,6 +112,9 @@ class _Handler(BaseHTTPRequestHandler):
             return
 
         step = self.owner._next() or ("normal",)
+        if step[0] == "slow":
+            self.owner._stopping.wait(float(step[1]))
+            step = tuple(step[2:]) or ("normal",)
         kind = step[0]
         if kind == "status":
             _, code, headers, payload = step

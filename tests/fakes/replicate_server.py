@@ -35,6 +35,8 @@ Fault injection, for the next requests in order, any path (``fake.script([...])`
 - ``("close",)``: close the connection without answering
 - ``("malformed",)``: 200 with truncated JSON
 - ``("pass",)``: answer this one normally (to target a later request)
+- ``("gate", event)``: say nothing until the test sets ``event`` (a ``threading.Event``), then
+  answer normally (a create makes its prediction only then)
 
 ``fake.next_outcome("failed", error=...)`` / ``("canceled")`` / ``("aborted")`` sets how the next
 created predictions end (``aborted``: its deadline passed before it started; never started).
@@ -460,6 +462,11 @@ class _Handler(BaseHTTPRequestHandler):
                 if fake._stopping.is_set():
                     self.close_connection = True
                     return
+            elif kind == "gate":
+                while not step[1].wait(0.05):
+                    if fake._stopping.is_set():
+                        self.close_connection = True
+                        return
             elif kind != "pass":
                 raise AssertionError(f"unknown script step {step!r}")
 
