@@ -174,12 +174,16 @@ def _check_nothing_lost(own: Own, w: WorkerProcess, stories: list[str], fake: Fa
             "stopped": sum(1 for e in lines if e["outcome"] == "stopped")}
 
 
-OUTAGES = [  # (images, seconds, pg_ctl stop mode)
-    pytest.param("local", 60.0, "fast", id="local-60s-fast"),
-    pytest.param("replicate", 60.0, "fast", id="replicate-60s-fast"),
+OUTAGES = [  # (images, seconds, pg_ctl stop mode); the suite's default keeps CI under its budget
+    pytest.param("replicate", 35.0, "fast", id="replicate-35s-fast"),
     pytest.param("local", 10.0, "immediate", id="local-10s-crash"),
-    pytest.param("replicate", 10.0, "immediate", id="replicate-10s-crash"),
 ]
+if ROUNDS > 1:  # the long runs: every kind of images with every kind of stop, a minute and more
+    OUTAGES += [
+        pytest.param("local", 60.0, "fast", id="local-60s-fast"),
+        pytest.param("replicate", 60.0, "fast", id="replicate-60s-fast"),
+        pytest.param("replicate", 10.0, "immediate", id="replicate-10s-crash"),
+    ]
 
 
 @pytest.mark.chaos
@@ -233,8 +237,8 @@ def test_database_stopped_mid_run_loses_nothing(own: Own, tmp_path: Path, images
                   "takeovers": int(takeovers), **counts}
         print(f"\noutage {json.dumps(report)}")
         assert counts["resent"] > 0
-        if outage >= 45:  # beyond Celery's old bound of 10 retries, with no failure recorded
-            assert counts["max_retries"] > 5, counts
+        if outage >= 30:  # many re-sends of one message, none acked as failed, none recorded
+            assert counts["max_retries"] > 3, counts
 
 
 def _freeze(root: Path, frozen: bool) -> None:
