@@ -337,3 +337,49 @@ BEGIN
     END LOOP;
 END;
 $$;
+
+-- ===== Redoing a page (issue 13; README "Redoing a page"; db/redo.py) ======================
+-- Worker bookkeeping beside the API's columns (defaults fit its inserts). A story's `revision`
+-- is the number of its latest revision (1: as first made; each accepted redo adds one, never
+-- reused, so a revision's files are never overwritten). A page's `revision` names the revision
+-- its current keys were made in (revision 1 keeps the original keys; later ones are under
+-- stories/<id>/pages/<NN>/r<rev>/). While a redo runs, `previous` holds the page's last good
+-- text, keys and revision (restored if the redo fails) and `redo_hint` the parent's hint (data
+-- for the providers, never instructions). `redo_id` is the story's running redo (NULL: none).
+-- The book's current keys: book_pdf_key / book_html_key (NULL: a book made before these
+-- columns, at stories/<id>/book.pdf|html).
+ALTER TABLE stories ADD COLUMN IF NOT EXISTS revision INTEGER NOT NULL DEFAULT 1;
+ALTER TABLE stories ADD COLUMN IF NOT EXISTS redo_id UUID;
+ALTER TABLE stories ADD COLUMN IF NOT EXISTS book_pdf_key TEXT;
+ALTER TABLE stories ADD COLUMN IF NOT EXISTS book_html_key TEXT;
+ALTER TABLE story_pages ADD COLUMN IF NOT EXISTS revision INTEGER NOT NULL DEFAULT 1;
+ALTER TABLE story_pages ADD COLUMN IF NOT EXISTS redo_hint TEXT;
+ALTER TABLE story_pages ADD COLUMN IF NOT EXISTS previous JSONB;
+-- One row per redo request (stories.redo_page): what was asked, and what became of it
+-- (requested -> running -> completed | failed, or refused with the parent's message).
+-- `request_key`: the caller's request_id, or a key derived from the request and the story's
+-- revision: a duplicate message finds its row and runs nothing.
+CREATE TABLE IF NOT EXISTS page_redos (
+    id           UUID PRIMARY KEY DEFAULT gen_random_uuid(),
+    story_id     UUID NOT NULL REFERENCES stories (id) ON DELETE CASCADE,
+    page_id      UUID REFERENCES story_pages (id) ON DELETE CASCADE,
+    page_number  INTEGER,
+    from_stage   VARCHAR NOT NULL,
+    hint         TEXT,
+    request_key  VARCHAR NOT NULL,
+    task_id      VARCHAR,
+    revision     INTEGER,
+    status       VARCHAR NOT NULL DEFAULT 'requested',
+    message      TEXT,
+    created_at   TIMESTAMP WITH TIME ZONE NOT NULL DEFAULT now(),
+    updated_at   TIMESTAMP WITH TIME ZONE NOT NULL DEFAULT now(),
+    CONSTRAINT uq_page_redos_story_id_request_key UNIQUE (story_id, request_key),
+    CONSTRAINT ck_page_redos_status
+        CHECK (status IN ('requested', 'refused', 'running', 'completed', 'failed')),
+    CONSTRAINT ck_page_redos_from_stage CHECK (from_stage IN ('text', 'image', 'personalization'))
+);
+CREATE INDEX IF NOT EXISTS ix_page_redos_story_id ON page_redos (story_id);
+DROP TRIGGER IF EXISTS trg_page_redos_updated_at ON page_redos;
+CREATE TRIGGER trg_page_redos_updated_at BEFORE UPDATE ON page_redos
+    FOR EACH ROW EXECUTE FUNCTION set_updated_at();
+-- ===== end of: Redoing a page =================================================================

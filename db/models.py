@@ -127,6 +127,11 @@ class Story(Base):
     updated_at: Mapped[datetime] = _ts()
     claim_token: Mapped[int] = _token()
     takeovers: Mapped[int] = _count()
+    # Redoing a page (schema.sql's section; db/redo.py)
+    revision: Mapped[int] = mapped_column(Integer, nullable=False, server_default=text("1"))
+    redo_id: Mapped[uuid.UUID | None] = mapped_column(UUID(as_uuid=True))
+    book_pdf_key: Mapped[str | None] = mapped_column(Text)
+    book_html_key: Mapped[str | None] = mapped_column(Text)
 
 
 class StoryPage(Base):
@@ -155,6 +160,10 @@ class StoryPage(Base):
     updated_at: Mapped[datetime] = _ts()
     claim_token: Mapped[int] = _token()
     takeovers: Mapped[int] = _count()
+    # Redoing a page (schema.sql's section; db/redo.py): never a name ending in "_status" here
+    revision: Mapped[int] = mapped_column(Integer, nullable=False, server_default="1")  # (`text` is a column)
+    redo_hint: Mapped[str | None] = mapped_column(Text)
+    previous: Mapped[Any | None] = mapped_column(JSONB)
 
 
 class Order(Base):
@@ -322,3 +331,31 @@ class OrderEvent(Base):
     created_at: Mapped[datetime] = mapped_column(
         TIMESTAMP(timezone=True), nullable=False, server_default=func.now(), index=True
     )
+
+
+class PageRedo(Base):
+    """A request to redo one page of a completed story (stories.redo_page; db/redo.py)."""
+
+    __tablename__ = "page_redos"
+    __table_args__ = (
+        UniqueConstraint("story_id", "request_key"),
+        CheckConstraint("status IN ('requested', 'refused', 'running', 'completed', 'failed')", name="status"),
+        CheckConstraint("from_stage IN ('text', 'image', 'personalization')", name="from_stage"),
+    )
+
+    id: Mapped[uuid.UUID] = _pk()
+    story_id: Mapped[uuid.UUID] = mapped_column(
+        UUID(as_uuid=True), ForeignKey("stories.id", ondelete="CASCADE"), nullable=False, index=True
+    )
+    page_id: Mapped[uuid.UUID | None] = mapped_column(UUID(as_uuid=True), ForeignKey("story_pages.id",
+                                                                                    ondelete="CASCADE"))
+    page_number: Mapped[int | None] = mapped_column(Integer)
+    from_stage: Mapped[str] = mapped_column(String, nullable=False)
+    hint: Mapped[str | None] = mapped_column(Text)
+    request_key: Mapped[str] = mapped_column(String, nullable=False)
+    task_id: Mapped[str | None] = mapped_column(String)
+    revision: Mapped[int | None] = mapped_column(Integer)
+    status: Mapped[str] = mapped_column(String, nullable=False, server_default=text("'requested'"))
+    message: Mapped[str | None] = mapped_column(Text)
+    created_at: Mapped[datetime] = _ts()
+    updated_at: Mapped[datetime] = _ts()

@@ -54,6 +54,8 @@ class PageClaim:
     protagonist_face: dict[str, Any] | None = None  # personalization only: the story's face choice
     token: int = 0  # the claim's fencing token: every later write of the step names it
     takeovers: int = 0  # claims taken from a silent holder since the step last completed
+    revision: int = 1  # the revision this step makes (story_pages.revision; >1: a redone page)
+    hint: str = ""  # a redo's hint from the parent (story_pages.redo_hint): data, never instructions
 
 
 def claim_page(conn: Connection, page_id: str, col: PageColumn, lease: float, *,
@@ -97,6 +99,7 @@ def claim_page(conn: Connection, page_id: str, col: PageColumn, lease: float, *,
              WHERE p.id = :id AND s.id = p.story_id AND s.status = 'processing'
                {prereq_sql} AND {claimable_sql}
             RETURNING p.id, p.story_id, p.page_number, p.text, p.base_image_key, p.claim_token, p.takeovers,
+                      p.revision, p.redo_hint,
                       s.child_name, s.child_age, s.story_theme, o.title, o.style, o.beats{photo_cols}
             """
         ),
@@ -116,6 +119,7 @@ def claim_page(conn: Connection, page_id: str, col: PageColumn, lease: float, *,
         base_image_key=row["base_image_key"], photo=photo,
         protagonist_face=row["protagonist_face"] if want_photo else None,
         token=int(row["claim_token"]), takeovers=int(row["takeovers"]),
+        revision=int(row["revision"]), hint=row["redo_hint"] or "",
     )
 
 
@@ -123,7 +127,7 @@ def page_state(conn: Connection, page_id: str, col: PageColumn, *,
                prerequisite: PageColumn | None) -> RowMapping | None:
     """Why a page step (status column ``col``, after column ``prerequisite`` or None) was not
     claimed: its status, its prerequisite's (``prereq_status``), the story's (``story_status``),
-    ``story_id``, ``page_number`` and ``age`` (interval since the page row moved); None when there
+    ``story_id``, ``page_number``, ``revision`` and ``age`` (interval since the page row moved); None when there
     is no such page. Raises ValueError for a column that is not a story_pages status column."""
     col, prereq = page_column(col), _prerequisite(prerequisite)
     return conn.execute(
@@ -131,7 +135,7 @@ def page_state(conn: Connection, page_id: str, col: PageColumn, *,
             f"""
             SELECT p.story_id, p.page_number, COALESCE(p.{col}, 'pending') AS status,
                    {f"COALESCE(p.{prereq}, 'pending')" if prereq else "'completed'"} AS prereq_status,
-                   s.status AS story_status, now() - p.updated_at AS age
+                   s.status AS story_status, now() - p.updated_at AS age, p.revision
               FROM story_pages p JOIN stories s ON s.id = p.story_id
              WHERE p.id = :id
             """
@@ -226,3 +230,9 @@ def holds(conn: Connection, page_id: str, col: PageColumn, token: int) -> bool:
     col = page_column(col)
     return conn.execute(text(f"SELECT 1 FROM story_pages WHERE id = :id AND {held(col)}"),
                         {"id": page_id, "token": token}).first() is not None
+
+
+def page_story(conn: Connection, page_id: str) -> str | None:
+    """The id of page ``page_id``'s story (None: no such page)."""
+    row = conn.execute(text("SELECT story_id FROM story_pages WHERE id = :id"), {"id": page_id}).first()
+    return str(row[0]) if row is not None else None

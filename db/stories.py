@@ -337,7 +337,7 @@ def claim_finish(conn: Connection, story_id: str, lease: float, held: int | None
     (``finish_token``) and the claim's time on its outline row (story_outlines.finish_claimed_at),
     unless another finisher claimed it less than ``lease`` seconds ago; ``finish_takeovers`` counts
     claims taken from a finisher that went silent (a claim never completed). Returns the story's
-    id, title, child_name, story_theme, finish_token and finish_takeovers; None if not ready, not
+    id, title, child_name, story_theme, finish_token, finish_takeovers and revision; None if not ready, not
     processing, or held by another finisher (see :func:`finish_state`). No lock is held while the
     book is written: a frozen finisher cannot keep the story processing past the lease. ``held``:
     the finish token the caller's message held when the database went away (resumed at once)."""
@@ -356,7 +356,7 @@ def claim_finish(conn: Connection, story_id: str, lease: float, held: int | None
                AND EXISTS (SELECT 1 FROM story_pages WHERE story_id = s.id)
                AND NOT EXISTS (SELECT 1 FROM story_pages WHERE story_id = s.id
                                 AND personalization_status IS DISTINCT FROM 'completed')
-            RETURNING s.id, s.title, s.child_name, s.story_theme, o.finish_token, o.finish_takeovers
+            RETURNING s.id, s.title, s.child_name, s.story_theme, o.finish_token, o.finish_takeovers, s.revision
             """
         ),
         {"id": story_id, "lease": lease, "held": held},

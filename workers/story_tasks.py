@@ -60,6 +60,33 @@ def generate_story(story_id: str | None = None, tries: int = 0, **extra: Any) ->
     return partial(steps.generate_story, str(step.valid_uuid(story_id)))
 
 
+@step_task("stories.redo_page", "redo", key="story_id")
+def redo_page(story_id: str | None = None, page_number: Any = None, from_stage: str | None = None,
+              hint: Any = None, request_id: Any = None, page_id: str | None = None, tries: int = 0,
+              **extra: Any) -> Body | str:
+    """Redo one page of a completed story from ``from_stage`` (text, image or personalization),
+    with an optional hint from the parent (README "Redoing a page"): the page by ``page_number``
+    or ``page_id``; ``request_id`` makes a re-sent request run once."""
+    if bad := bad_id("stories.redo_page", "story_id", story_id, extra):
+        return bad
+    from pipeline.stories.redo import REDO_STAGES
+
+    page = step.valid_uuid(page_id) if page_id is not None else None
+    number = page_number if isinstance(page_number, int) and not isinstance(page_number, bool) else None
+    why = ("page_id must be a UUID" if page_id is not None and page is None
+           else "page_number must be a whole number >= 1, or page_id a UUID" if page is None and (number or 0) < 1
+           else f"from_stage must be one of {list(REDO_STAGES)}" if from_stage not in REDO_STAGES
+           else "request_id must be a string of at most 200 characters"
+           if request_id is not None and not (isinstance(request_id, str) and 0 < len(request_id) <= 200)
+           else None)
+    if why is not None:
+        log.error("stories.redo_page: %s; dropped", why)
+        return f"rejected: {why}"
+    assert from_stage is not None
+    return partial(steps.redo_page, str(step.valid_uuid(story_id)), page, number if page is None else None,
+                   from_stage, hint, request_id)
+
+
 # --- internal steps: the links of a page's chain -------------------------------------------------
 # Page tasks carry their story's id too (optional: messages queued before it existed have none),
 # so an operator finds every task of a story by its id in Flower's search.

@@ -180,11 +180,17 @@ class LocalStorage:
         return self.path(key).as_uri()
 
 
-def page_image_key(story_id: str, page_number: int, kind: str) -> str:
-    """Deterministic: a re-run of a step overwrites its own object, never adds a second."""
-    return f"stories/{story_id}/pages/{page_number:02d}/{kind}.png"
+def page_image_key(story_id: str, page_number: int, kind: str, revision: int = 1) -> str:
+    """Deterministic: a re-run of a step overwrites its own object, never adds a second. Revision
+    1 (the story as first made) keeps ``stories/<id>/pages/<NN>/<kind>.png``; a redone page's
+    revision ``r`` goes to ``stories/<id>/pages/<NN>/r<r>/<kind>.png``, so the previous picture
+    stays readable until the page row points at the new one (README "Redoing a page")."""
+    folder = f"stories/{story_id}/pages/{page_number:02d}"
+    return f"{folder}/{kind}.png" if revision <= 1 else f"{folder}/r{revision}/{kind}.png"
 
 
-def book_key(story_id: str, ext: str) -> str:
-    """Where a story's book goes: ``stories/<id>/book.<ext>`` (ext "pdf" or "html")."""
-    return f"stories/{story_id}/book.{ext}"
+def book_key(story_id: str, ext: str, revision: int = 1) -> str:
+    """Where a story's book goes (ext "pdf" or "html"): ``stories/<id>/book.<ext>`` for revision 1,
+    ``stories/<id>/r<revision>/book.<ext>`` for a book rebuilt after a redo (a new key: the
+    previous book stays readable until stories.book_pdf_key / book_html_key name the new one)."""
+    return f"stories/{story_id}/book.{ext}" if revision <= 1 else f"stories/{story_id}/r{revision}/book.{ext}"

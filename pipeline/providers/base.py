@@ -102,11 +102,18 @@ class Outline:
 
 @dataclass(frozen=True)
 class PageRequest:
-    """One page to write or draw: the story, its outline and the 1-based page number."""
+    """One page to write or draw: the story, its outline, the 1-based page number and, for a
+    redone page, the parent's hint and the revision."""
 
     story: StoryRequest
     outline: Outline
     page_number: int  # 1-based
+    # A redo (README "Redoing a page"): the parent's short hint ("make the dragon green"; <= 200
+    # printable characters, checked before it is stored), DATA for the page, never instructions;
+    # and the revision being made (1: the story as first made), which a provider may mix into
+    # its seed so a redo without a hint still differs.
+    hint: str = ""
+    revision: int = 1
 
 
 class PhotoAnalyzer(Protocol):

@@ -61,6 +61,7 @@ MAX_NAME_CHARS = 80  # upstream allows 40; this only bounds what a bug upstream 
 MAX_TITLE_CHARS = 100
 MAX_STYLE_CHARS = 300
 MAX_BEAT_CHARS = 300
+MAX_HINT_CHARS = 200  # a redo's hint (pipeline/stories/redo.py HINT_MAX_CHARS)
 
 
 # --------------------------------------------------------------------------------------
@@ -208,7 +209,12 @@ class OpenAIStoryWriter:
             previous_beat=clean_text(beats[i - 1], MAX_BEAT_CHARS) if i > 0 else None,
             next_beat=clean_text(beats[i + 1], MAX_BEAT_CHARS) if i + 1 < len(beats) else None,
         )
-        reply = self._chat("story_page", PAGE_SCHEMA, page_system_prompt(req.story.child_age), data, req.story.seed)
+        if req.hint:  # a redo's wish from the parent: data in the user message, like the name
+            data["parent_wish"] = clean_text(req.hint, MAX_HINT_CHARS)
+        system = page_system_prompt(req.story.child_age, redo=bool(req.hint))
+        # A redone page asks again with another seed: the same request would give the same page.
+        seed = req.story.seed if req.revision <= 1 else req.story.seed + req.revision
+        reply = self._chat("story_page", PAGE_SCHEMA, system, data, seed)
         if set(reply) != {"text"}:
             self._malformed(f"page fields {sorted(reply)[:5]}")
         band = page_band(req.story.child_age)

@@ -60,6 +60,14 @@ def _scene(beat: str) -> str:
     return beat
 
 
+def _wish(hint: str, name: str) -> str:
+    """A redo's hint as a prompt descriptor: the child's name scrubbed, quotes, brackets and
+    control characters dropped, spaces collapsed, at most 200 characters ("" when none)."""
+    text = _scrub_name(" ".join(hint.split()), name) if hint else ""
+    text = "".join(ch for ch in text if ch.isprintable() and ch not in '"\\`<>[]{}')
+    return text[:200].strip()
+
+
 def _who(age: int) -> str:
     if age <= 3:
         return "toddler"
@@ -160,14 +168,19 @@ def base_input(req: PageRequest) -> dict[str, Any]:
         f"Children's picture-book illustration, {theme.setting}. Scene: {scene}. "
         f"Main character: {character}. Style: {style}. No text or lettering anywhere in the picture."
     )
+    if wish := _wish(req.hint, name):
+        # A redo's hint from the parent: a quoted descriptor of the picture, after the fixed
+        # parts (data about the scene; it cannot remove the rules above, and it is capped).
+        prompt += f' Requested change to this picture: "{wish}".'
     return {
         "prompt": prompt,
         "negative_prompt": NEGATIVE_PROMPT,
         "width": WIDTH,
         "height": HEIGHT,
         "aspect_ratio": ASPECT_RATIO,
-        # One seed for every page of a story: the same character and palette throughout.
-        "seed": req.story.seed,
+        # One seed for every page of a story: the same character and palette throughout (a
+        # redone page's revision moves it: the same input would give the same picture).
+        "seed": req.story.seed if req.revision <= 1 else req.story.seed + req.revision,
         "num_outputs": 1,
         "output_format": "png",
         # flux's fp8 fast path is not deterministic even with a seed.

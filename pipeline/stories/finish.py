@@ -12,11 +12,13 @@ function of the completed pages), so nothing a parent reads changes.
 from __future__ import annotations
 
 import logging
+import posixpath
 from typing import Any
 
+from db import redo as redo_db
 from db import stories as stories_db
 from db.claims import poison_message
-from db.engine import autocommit
+from db.engine import autocommit, transaction
 from db.engine import unavailable as db_unavailable
 from pipeline.config import settings
 from pipeline.kernel import cpu
@@ -36,6 +38,7 @@ from pipeline.kernel.step import (
 from pipeline.kernel.storage import book_key
 from pipeline.providers import registry
 from pipeline.providers.themes import resolve_theme
+from pipeline.stories.redo_orders import reprint_orders
 
 log = logging.getLogger("pipeline.stories.finish")
 
@@ -87,6 +90,12 @@ def finish_story(story_id: str, attempt: Attempt = FIRST_TRY) -> StepResult:
 
     def fail(msg: str) -> StepResult:
         with autocommit() as c:
+            # A redo's book that cannot be made never fails the story: the page's previous
+            # version is put back and the story completed again with the book it had.
+            if redo_db.fail_revision_finish(c, story_id, msg, token, attempt=attempt.number,
+                                            task_id=attempt.task_id):
+                reprint_orders(story_id)
+                return StepResult(Outcome.FAILED, f"redo undone: {msg}", timer.timings)
             if not stories_db.fail_finish(c, story_id, msg, token, attempt=attempt.number, task_id=attempt.task_id):
                 raise ClaimLost(f"story {story_id}: completion not failed ({msg[:120]})")
         return StepResult(Outcome.FAILED, msg, timer.timings)
@@ -97,10 +106,14 @@ def finish_story(story_id: str, attempt: Attempt = FIRST_TRY) -> StepResult:
         with timer.phase("book"):
             with autocommit() as c:
                 pages = [dict(p) for p in stories_db.book_pages(c, story_id)]
+            revision = int(story["revision"])
             timer.timings.update(cpu.run(write_book, story_id, story["title"] or "",
-                                         story["child_name"], story["story_theme"], pages))
-        with timer.phase("record"), autocommit() as c:
+                                         story["child_name"], story["story_theme"], pages, revision))
+        with timer.phase("record"), transaction() as c:
             done = stories_db.complete_story(c, story_id, token)
+            # The book's keys, and a running redo completed, with the completion itself.
+            redone = (redo_db.book_made(c, story_id, book_key(story_id, "pdf", revision),
+                                        book_key(story_id, "html", revision)) if done else None)
     except PermanentStepError as e:  # e.g. which page has a character no font draws: says what
         return fail(f"The book could not be assembled: {e}")
     except TransientStepError as e:
@@ -114,14 +127,17 @@ def finish_story(story_id: str, attempt: Attempt = FIRST_TRY) -> StepResult:
         return fail(f"The book could not be assembled ({type(e).__name__}); an operator can retry it.")
     if not done:  # fenced: another finisher took over while this one was away
         raise ClaimLost(f"story {story_id}: completion not recorded")
+    if redone is not None:  # orders not yet sent to print print the new version
+        reprint_orders(story_id)
+        return StepResult(Outcome.DONE, f"story completed (revision {revision})", timer.timings)
     return StepResult(Outcome.DONE, "story completed", timer.timings)
 
 
 def write_book(story_id: str, title: str, child_name: str, theme_raw: str,
-               pages: list[Any]) -> dict[str, float]:
-    """The book as PDF and HTML at deterministic keys beside the page images; returns its
-    phase timings (ms). Runs in a CPU process (pipeline.kernel.cpu): plain arguments, its own
-    storage client."""
+               pages: list[Any], revision: int = 1) -> dict[str, float]:
+    """The book as PDF and HTML at deterministic keys beside the page images (``revision`` > 1:
+    a rebuilt book's own keys, pipeline.kernel.storage.book_key); returns its phase timings (ms).
+    Runs in a CPU process (pipeline.kernel.cpu): plain arguments, its own storage client."""
     from pipeline.stories.book import Book, BookPage, render_pdf
     from pipeline.stories.book_html import render_html
 
@@ -136,13 +152,15 @@ def write_book(story_id: str, title: str, child_name: str, theme_raw: str,
         pages=[BookPage(p["page_number"], p["text"] or "", img) for p, img in zip(pages, images, strict=True)],
         cover_image=images[0] if images else None,
     )
-    prefix = f"stories/{story_id}/"
-    urls = [p["personalized_image_key"].removeprefix(prefix) for p in pages]
+    # The HTML's pictures as paths relative to the book's own folder (a rebuilt book is one
+    # folder deeper: "../pages/03/r2/personalized.png").
+    folder = posixpath.dirname(book_key(story_id, "html", revision))
+    urls = [posixpath.relpath(p["personalized_image_key"], folder) for p in pages]
     with timer.phase("book_pdf"):
         pdf = render_pdf(book)
     with timer.phase("book_html"):
         page = render_html(book, urls, urls[0] if urls else None).encode()
     with timer.phase("book_store"):
-        storage.put(book_key(story_id, "pdf"), pdf, "application/pdf")
-        storage.put(book_key(story_id, "html"), page, "text/html; charset=utf-8")
+        storage.put(book_key(story_id, "pdf", revision), pdf, "application/pdf")
+        storage.put(book_key(story_id, "html", revision), page, "text/html; charset=utf-8")
     return timer.timings

@@ -65,13 +65,14 @@ def story_face(claim: pages_db.PageClaim) -> Face:
 
 def page_request(claim: pages_db.PageClaim) -> PageRequest:
     """What the providers are asked for this page: the story (name, age, theme, pages, seed),
-    its outline, and the page number."""
+    its outline, the page number and, for a redone page, the parent's hint and the revision."""
     story = StoryRequest(
         " ".join(claim.child_name.split()), claim.child_age,
         (resolve_theme(claim.story_theme) or THEMES["space_adventure"]).id,
         len(claim.beats), story_seed(claim.story_id),
     )
-    return PageRequest(story, Outline(claim.title, tuple(claim.beats), claim.style), claim.page_number)
+    return PageRequest(story, Outline(claim.title, tuple(claim.beats), claim.style), claim.page_number,
+                       hint=claim.hint, revision=claim.revision)
 
 
 def not_claimed(state: Any, attempt: Attempt, timer: Timer) -> StepResult:

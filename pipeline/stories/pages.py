@@ -49,7 +49,7 @@ def draw_base(page_id: str, attempt: Attempt = FIRST_TRY) -> StepResult:
         p = registry.providers()
         with timer.phase("provider"):
             png = p.illustrator.draw_base(page_request(claim))
-        key = page_image_key(claim.story_id, claim.page_number, "base")
+        key = page_image_key(claim.story_id, claim.page_number, "base", claim.revision)
         store_if_held(page_id, "image", claim.token, key, png, "image/png", timer)
         return {"base_image_key": key}
 
@@ -70,7 +70,7 @@ def personalize(page_id: str, attempt: Attempt = FIRST_TRY) -> StepResult:
                                         claim.photo["object_key"])
         with timer.phase("provider"):
             png = p.illustrator.personalize(base, photo, face, page_request(claim))
-        key = page_image_key(claim.story_id, claim.page_number, "personalized")
+        key = page_image_key(claim.story_id, claim.page_number, "personalized", claim.revision)
         store_if_held(page_id, "personalization", claim.token, key, png, "image/png", timer)
         return {"personalized_image_key": key}
 

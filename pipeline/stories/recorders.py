@@ -8,17 +8,19 @@ its own autocommitted connection: a recorder never runs inside the caller's tran
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from db import pages as pages_db
 from db import photos as photos_db
 from db import provider_jobs as jobs_db
+from db import redo as redo_db
 from db import stories as stories_db
 from db.claims import Stage
 from db.engine import autocommit
 from pipeline.kernel.quota import quotas
 from pipeline.kernel.step import Attempt, ClaimLost
+from pipeline.stories.redo_orders import reprint_orders
 from pipeline.stories.stages import STORY
 
 
@@ -86,6 +88,7 @@ class PageRecorder:
     label: str  # the stage as people read it ("illustration")
     attempt: Attempt
     token: int  # the claim's fencing token (db.pages.PageClaim.token)
+    redo_undone: bool = field(default=False, init=False)  # the failure put a redone page back
 
     @property
     def column(self) -> str:
@@ -93,13 +96,29 @@ class PageRecorder:
         return STORY[self.stage].status_column
 
     def fail(self, message: str) -> None:
-        """processing -> failed; the story fails with the page's reason (one statement)."""
+        """processing -> failed; the story fails with the page's reason (one statement). A page
+        being redone is put back as it was instead, its story completed again."""
         with autocommit() as c:
             self._fail(c, message)
+        self.after_fail()
+
+    def after_fail(self) -> None:
+        """After a redo was undone: orders waiting for new print files print the version kept."""
+        if self.redo_undone:
+            with autocommit() as c:
+                story_id = pages_db.page_story(c, self.page_id)
+            if story_id is not None:
+                reprint_orders(story_id)
 
     def _fail(self, c: Any, message: str) -> None:
-        if not pages_db.fail_page(c, self.page_id, self.column, self.stage, message,
-                                  f"Page {self.page_number} ({self.label}): {message}",
+        story_message = f"Page {self.page_number} ({self.label}): {message}"
+        # A page being redone (README "Redoing a page") never fails its completed story: its
+        # previous version is put back and the story completed again (db/redo.py).
+        if redo_db.fail_revision_page(c, self.page_id, self.column, self.stage, story_message,
+                                      self.attempt.number, self.attempt.task_id, self.token):
+            self.redo_undone = True
+            return
+        if not pages_db.fail_page(c, self.page_id, self.column, self.stage, message, story_message,
                                   self.attempt.number, self.attempt.task_id, self.token):
             raise ClaimLost(f"page {self.page_number} {self.stage}: not failed ({message[:120]})")
 
@@ -135,6 +154,7 @@ class JobRecorder(PageRecorder):
             if self.job is not None:
                 jobs_db.job_finished(c, str(self.job["id"]), "failed", message, token=self.token)
         quotas().release(self.provider, self.holder)
+        self.after_fail()
 
     def following(self) -> FollowRecorder:
         """The recorder for following this job while it runs remotely."""

@@ -79,8 +79,12 @@ def _job_input(stage: str, claim: PageClaim, timer: Timer) -> dict[str, Any]:
     return jobs.personalize_input(base_ref, face_photo_data_uri(photo, face), face, req)
 
 
-def _input_sha(model_input: dict[str, Any]) -> str:
-    return hashlib.sha256(json.dumps(model_input, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
+def _input_sha(model_input: dict[str, Any], revision: int = 1) -> str:
+    # A redone page's revision is part of what the job is for (provider_jobs.input_sha256): a new
+    # revision's job is never mistaken for the previous one's, even when the model input is the
+    # same (a personalization redone from its own stage has the same picture and face).
+    keyed = model_input if revision <= 1 else {**model_input, "_revision": revision}
+    return hashlib.sha256(json.dumps(keyed, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
 
 
 def job_step(page_id: str, stage: jobs_db.JobStage, attempt: Attempt) -> StepResult:
@@ -106,6 +110,9 @@ def job_step(page_id: str, stage: jobs_db.JobStage, attempt: Attempt) -> StepRes
         ctx = {"story": str(state["story_id"]), "page_number": state["page_number"]}
     else:
         return StepResult(Outcome.STOPPED, "page not found", timer.timings)
+    revision = claim.revision if claim is not None else int(state["revision"]) if state is not None else 1
+    if revision > 1:  # a redone page (README "Redoing a page"): its pictures go to that revision's keys
+        ctx["revision"] = revision
     label = STAGE_LABEL[stage]
 
     # A run that follows a job acts under the job's claim (its token): the page's current holder's.
@@ -128,7 +135,7 @@ def job_step(page_id: str, stage: jobs_db.JobStage, attempt: Attempt) -> StepRes
 
     def start() -> tuple[str, str]:
         model_input = _job_input(stage, claim, timer)
-        sha = _input_sha(model_input)
+        sha = _input_sha(model_input, claim.revision)
         wait = quotas().acquire(jobs.name, holder, s.job_max_seconds + 60)
         if wait > 0:
             raise QuotaWait(jobs.name, f"{jobs.name} has its maximum of concurrent jobs running", min(wait, 10.0))
@@ -257,7 +264,7 @@ def _follow_job(record: JobRecorder, timer: Timer, ctx: dict[str, Any]) -> StepR
 
     assert image is not None
     variant = "base" if stage == "image" else "personalized"
-    key = page_image_key(ctx["story"], ctx["page_number"], variant)
+    key = page_image_key(ctx["story"], ctx["page_number"], variant, ctx.get("revision", 1))
     store_if_held(page_id, stage, record.token, key, image, "image/png", timer)
     with timer.phase("record"), transaction() as c:
         done = pages_db.complete_page(c, page_id, col, {f"{variant}_image_key": key}, record.token)

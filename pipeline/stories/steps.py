@@ -15,6 +15,7 @@ Where each lives:
 - the page steps: pipeline/stories/pages.py, on the shared machinery of page_step.py, or as
   remote jobs (Replicate) in remote_jobs.py
 - the story's completion and the book: pipeline/stories/finish.py
+- redoing one page of a completed story: pipeline/stories/redo.py
 - where each step records a failure or releases its claim: pipeline/stories/recorders.py
 - their SQL: db/photos.py, db/stories.py, db/pages.py, db/provider_jobs.py
 """
@@ -23,6 +24,8 @@ from __future__ import annotations
 from pipeline.stories.finish import finish_story, write_book
 from pipeline.stories.pages import draw_base, personalize, write_text
 from pipeline.stories.photo_step import analyze_photo
+from pipeline.stories.redo import redo_page
 from pipeline.stories.start import generate_story
 
-__all__ = ["analyze_photo", "draw_base", "finish_story", "generate_story", "personalize", "write_book", "write_text"]
+__all__ = ["analyze_photo", "draw_base", "finish_story", "generate_story", "personalize", "redo_page", "write_book",
+           "write_text"]

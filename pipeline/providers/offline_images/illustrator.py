@@ -18,6 +18,8 @@ import json
 import random
 from collections.abc import Callable
 
+from PIL import Image
+
 from pipeline.kernel.errors import PermanentStepError
 from pipeline.providers.base import Face, PageRequest
 from pipeline.providers.offline_images.anchor import ANCHOR_KEY, CHARACTER_KEY, encode_png
@@ -41,6 +43,21 @@ SCENES: dict[str, Callable[[Page], None]] = {
 }
 
 
+# Colour words a redo's hint may name (pipeline/stories/redo.py), and the tint each gives the scenery.
+HINT_COLOURS: dict[str, tuple[int, int, int]] = {
+    "green": (40, 170, 70), "red": (210, 40, 40), "blue": (40, 90, 210), "yellow": (240, 210, 40),
+    "purple": (140, 60, 190), "pink": (240, 120, 180), "orange": (240, 140, 30), "gold": (220, 180, 60),
+    "golden": (220, 180, 60), "silver": (190, 195, 205), "white": (245, 245, 245), "brown": (130, 85, 45),
+}
+
+
+def hint_colour(hint: str) -> tuple[int, int, int] | None:
+    """The tint for the first colour word of a redo's ``hint`` (HINT_COLOURS), or None."""
+    for word in "".join(ch if ch.isalpha() else " " for ch in hint.lower()).split():
+        if word in HINT_COLOURS:
+            return HINT_COLOURS[word]
+    return None
+
 
 class LocalIllustrator:
     """Illustrator that draws offline with Pillow; same request -> same PNG bytes."""
@@ -59,7 +76,8 @@ class LocalIllustrator:
         # String seeds go through SHA-512 (stable across processes and PYTHONHASHSEED), which
         # decorrelates neighbouring integer seeds' first draws.
         story_rng = random.Random(f"story-style:{req.story.seed}")
-        rng = random.Random(req.story.seed * 1000 + req.page_number)
+        rng = random.Random(req.story.seed * 1000 + req.page_number if req.revision <= 1
+                            else f"page:{req.story.seed}:{req.page_number}:r{req.revision}:{req.hint}")
         style = STYLES[theme.id]
         sky = story_rng.choice(style.skies)
         outfit = pick_outfit(story_rng)
@@ -89,6 +107,9 @@ class LocalIllustrator:
             feet_y=feet_y, tilt=tilt, flying=flying, props_x=props,
         )
         SCENES[theme.id](page)
+        if (tint := hint_colour(req.hint)) is not None:
+            # A redo's wish naming a colour ("make the dragon green"): the scenery takes it on.
+            canvas.paste(Image.blend(canvas, Image.new(canvas.mode, canvas.size, tint), 0.35))
         if not flying:
             # A soft shadow grounds the child.
             painter.ellipse(page.child_x, ground_y - 2, 1.2 * page.head_r, 0.22 * page.head_r, (0, 0, 0, 50),

@@ -306,4 +306,8 @@ class LocalStoryWriter:
             # still fits the story (same seed, same choices), but say so for whoever debugs it.
             log.warning("page %d: outline beat differs from this writer's plan",
                         req.page_number)
+        if req.hint:
+            # A redo's wish from the parent (data, already checked printable and short): the
+            # offline kit has no model to rewrite the page, so it says the wish on the page.
+            return f"{page.text} And this time: {req.hint.rstrip(' .!?')}."
         return page.text
