@@ -255,3 +255,12 @@ def story_redos(c: Connection, story_id: str) -> list[dict[str, Any]]:
     return [dict(r) for r in c.execute(text("""
         SELECT page_number, from_stage, hint, status, message, revision, created_at FROM page_redos
          WHERE story_id = :s ORDER BY created_at"""), {"s": story_id}).mappings()]
+
+
+def story_revision(c: Connection, story_id: str) -> dict[str, Any] | None:
+    """The story's revision, running redo (``redo_id``) and current book keys (``book_pdf_key``,
+    ``book_html_key``; NULL for a book made before they were recorded), and its redo requests
+    (``redos``, :func:`story_redos`); None: no such story."""
+    row = c.execute(text("SELECT revision, redo_id, book_pdf_key, book_html_key FROM stories WHERE id = :s"),
+                    {"s": story_id}).mappings().first()
+    return None if row is None else {**row, "redos": story_redos(c, story_id)}

@@ -33,15 +33,16 @@ def _wait_redo(db: Db, story: str, count: int, timeout: float = 60) -> list[Any]
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         rows = db.all("SELECT * FROM page_redos WHERE story_id = :s ORDER BY created_at", s=story)
-        if len(rows) >= count and all(r["status"] in ("completed", "failed", "refused") for r in rows):
-            if db.story_row(story)["status"] == "completed":
-                return rows
+        over = len(rows) >= count and all(r["status"] in ("completed", "failed", "refused") for r in rows)
+        if over and db.story_row(story)["status"] == "completed":
+            return rows
         time.sleep(0.1)
-    raise AssertionError(f"redo of {story} not over: {db.all('SELECT status FROM page_redos WHERE story_id = :s', s=story)}")
+    raise AssertionError(f"redo of {story} not over: {[r['status'] for r in rows]}")
 
 
 @pytest.mark.slow
-def test_redo_a_page_from_image_then_from_text_through_a_worker(clean_db: Db, worker: WorkerProcess) -> None:
+def test_redo_a_page_from_image_then_from_text_through_a_worker(clean_db: Db, worker: WorkerProcess,
+                                                                capsys: pytest.CaptureFixture[str]) -> None:
     from pipeline.kernel import publish
 
     # given a completed story
@@ -97,6 +98,14 @@ def test_redo_a_page_from_image_then_from_text_through_a_worker(clean_db: Db, wo
     assert set(_files(clean_db, story)) >= set(after)  # revision 2 is still there
     # and each step logged its line, the redo's too
     assert '"stage": "redo"' in worker.log.read_text()
+    # and `storycreator status` shows the redos and links the current book
+    from pipeline.operations.cli import main
+
+    assert main(["status", story]) == 0
+    out = capsys.readouterr().out
+    assert f"redo page 2 from image “{HINT}” completed, revision 2" in out
+    assert "redo page 3 from text “a friendly purple whale” completed, revision 3" in out
+    assert f"stories/{story}/r3/book.pdf\n" in out
 
 
 # --- in-process, on the real database -----------------------------------------------------------

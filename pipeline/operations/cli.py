@@ -23,8 +23,10 @@ CELL = {"completed": "done", "processing": "working", "pending": "waiting", "fai
 
 def cmd_status(args: argparse.Namespace) -> int:
     from db import operations as operations_db
+    from db import redo as redo_db
     from db.engine import transaction
     from pipeline.kernel.step import valid_uuid
+    from pipeline.operations.story_book import book_links, revision_lines
     from pipeline.stories.stages import PAGE_STAGES
 
     if args.order is not None:
@@ -37,16 +39,18 @@ def cmd_status(args: argparse.Namespace) -> int:
         return 2
     with transaction() as c:
         report = operations_db.story_report(c, sid, {st.name: st.status_column for st in PAGE_STAGES})
+        revision = redo_db.story_revision(c, sid)
     if report is None:
         print(f"no story {sid}", file=sys.stderr)
         return 1
     story, pages, errors, jobs = report["story"], report["pages"], report["errors"], report["jobs"]
-    book = _book_links(sid) if story["status"] == "completed" else {}
+    # A story being revised (a redone page) still has its previous book to read.
+    book = book_links(sid, revision) if story["status"] == "completed" or (revision or {}).get("book_pdf_key") else {}
     if args.json:
         print(
             json.dumps(
                 {"story": dict(story), "pages": [dict(p) for p in pages], "errors": [dict(e) for e in errors],
-                 "jobs": [dict(j) for j in jobs], "book": book},
+                 "jobs": [dict(j) for j in jobs], "book": book, "revision": revision},
                 default=str,
                 indent=2,
             )
@@ -66,6 +70,8 @@ def cmd_status(args: argparse.Namespace) -> int:
     face = story["protagonist_face"]
     if face:  # which face of the photo the book uses (pipeline/stories/faces.py), and what the parent was told
         print(f"  face: #{face['index'] + 1} ({face['rule']})" + (f": {face['notice']}" if face.get("notice") else ""))
+    for line in revision_lines(story, revision):
+        print(line)
     for kind, link in book.items():
         print(f"  book ({kind}): {link}")
     if pages:
@@ -112,23 +118,6 @@ def _waiting_for(story: dict[str, Any]) -> str | None:
     if story["photo_analysis"] != "completed":
         return f"its photo's analysis ({story['photo_analysis']})"
     return "a worker (queued)"
-
-
-def _book_links(story_id: str) -> dict[str, str]:
-    """Where to read the finished book: a time-limited URL (S3, 24 h) or the local file."""
-    from pipeline.kernel.storage import book_key
-    from pipeline.providers.registry import output_storage
-
-    storage = output_storage()
-    links = {}
-    for ext in ("pdf", "html"):
-        key = book_key(story_id, ext)
-        url = getattr(storage, "url", None)
-        if callable(url):
-            links[ext] = str(url(key, expires_in=24 * 3600))
-        elif hasattr(storage, "path"):
-            links[ext] = str(storage.path(key))
-    return links
 
 
 def _summary(args: argparse.Namespace) -> int:
