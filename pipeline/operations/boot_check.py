@@ -88,6 +88,7 @@ def check_worker_configuration() -> None:
     from pipeline.orders import print_files
     from pipeline.orders import steps as orders
     from pipeline.orders.offline_print_shop import print_shop_stage_seconds
+    from pipeline.stories.redo import redo_limit
 
     settings()  # STEP_*, STORY_PAGE_COUNT, providers' names, leases, timeouts...
     log_level()
@@ -96,6 +97,7 @@ def check_worker_configuration() -> None:
     metrics_port()  # METRICS_PORT
     quota.max_inline_wait()  # QUOTA_MAX_INLINE_WAIT
     print_shop_stage_seconds()  # LOCAL_PRINT_SHOP_STAGE_SECONDS
+    redo_limit()  # REDO_LIMIT_PER_STORY
     check_environment()
     orders.order_settings()  # POD_PROVIDER, ORDER_*, STRIPE_MODE vs STRIPE_SECRET_KEY...
     orders.print_provider()  # LULU_* (timeouts) or LOCAL_PRINT_SHOP_STAGE_SECONDS

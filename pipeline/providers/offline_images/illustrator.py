@@ -6,7 +6,9 @@ an empty circle, and records where that circle is (and the bare hands) in the PN
 
 Determinism: ``random.Random(f"story-style:{seed}")`` picks the story's sky palette and outfit
 (same look on every page) and ``random.Random(seed * 1000 + page)`` the page's composition
-(child position and pose, props, creatures). Pillow, numpy and zlib are deterministic, so the
+(child position and pose, props, creatures); a redone page (``req.revision`` > 1) seeds its
+composition with the revision and the parent's hint too, and a colour word in the hint tints the
+scenery (``hint_colour``). Pillow, numpy and zlib are deterministic, so the
 same request (and the same photo) gives byte-identical PNGs, also across processes.
 
 Everything is drawn at 2x and box-reduced for anti-aliasing (``painter``); the child is drawn
