@@ -13,6 +13,7 @@ import json
 import os
 import time
 import uuid
+from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -21,6 +22,17 @@ from tests.support import Db, WorkerProcess, astronaut_png, external_send
 
 BROKER = os.environ["CELERY_BROKER_URL"]
 HINT = "make the dragon green"
+ADDRESS = {"name": "Sam Reader", "street1": "1 Example Street", "city": "Raleigh", "state_code": "NC",
+           "postcode": "27601", "country_code": "US", "phone_number": "+1 919 555 0100"}
+
+
+def _wait(fn: Callable[[], Any], timeout: float = 60) -> Any:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if (got := fn()) is not None:
+            return got
+        time.sleep(0.1)
+    raise AssertionError("not reached in time")
 
 
 def _files(db: Db, story: str) -> dict[str, str]:
@@ -52,6 +64,12 @@ def test_redo_a_page_from_image_then_from_text_through_a_worker(clean_db: Db, wo
     assert clean_db.wait_story(story)["status"] == "completed"
     before = _files(clean_db, story)
     pages_before = {p["page_number"]: p for p in clean_db.pages(story)}
+    # and a paid order whose print files were made but whose print job was not sent yet
+    order = str(clean_db.one(
+        """INSERT INTO orders (user_id, story_id, product_type, amount, currency, shipping_address, status, paid_at)
+           SELECT user_id, id, 'hardcover_book', 2999, 'usd', CAST(:a AS jsonb), 'paid', now() FROM stories
+            WHERE id = :s RETURNING id""", s=story, a=json.dumps(ADDRESS))["id"])
+    clean_db.exec("INSERT INTO order_steps (order_id, step, status) VALUES (:o, 'print_files', 'completed')", o=order)
 
     # when the API asks, by name, for page 2 again from its picture with a hint (sent twice)
     ask = {"story_id": story, "page_number": 2, "from_stage": "image", "hint": HINT, "request_id": "req-1"}
@@ -82,6 +100,12 @@ def test_redo_a_page_from_image_then_from_text_through_a_worker(clean_db: Db, wo
     # and the rebuilt HTML book shows the new picture, by a path relative to its own folder
     html = (clean_db.storage / row["book_html_key"]).read_text()
     assert '"../pages/02/r2/personalized.png"' in html and '"../pages/01/personalized.png"' in html
+    # and the order not yet sent to print had its print files made again, then its print job sent
+    sent = _wait(lambda: clean_db.one("""SELECT f.result, f.updated_at FROM order_steps f
+                                         WHERE f.order_id = :o AND f.step = 'print_files' AND f.status = 'completed'
+                                           AND f.result IS NOT NULL AND EXISTS (SELECT 1 FROM order_steps j
+                                               WHERE j.order_id = f.order_id AND j.step = 'print_job')""", o=order))
+
 
     # when page 3 is redone from its text with a hint (no request_id)
     publish.send("stories.redo_page", {"story_id": story, "page_id": str(pages[3]["id"]), "from_stage": "text",
@@ -96,6 +120,10 @@ def test_redo_a_page_from_image_then_from_text_through_a_worker(clean_db: Db, wo
     assert p3["personalized_image_key"] == f"stories/{story}/pages/03/r3/personalized.png"
     assert clean_db.story_row(story)["book_pdf_key"] == f"stories/{story}/r3/book.pdf"
     assert set(_files(clean_db, story)) >= set(after)  # revision 2 is still there
+    # and the order already sent to print was not touched by the second redo
+    files = clean_db.one("SELECT result, updated_at FROM order_steps WHERE order_id = :o AND step = 'print_files'",
+                         o=order)
+    assert (files["result"], files["updated_at"]) == (sent["result"], sent["updated_at"])
     # and each step logged its line, the redo's too
     assert '"stage": "redo"' in worker.log.read_text()
     # and `storycreator status` shows the redos and links the current book
