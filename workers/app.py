@@ -40,6 +40,7 @@ def _warm_up(**_: Any) -> None:
     from pipeline.operations.boot_check import check_worker_configuration
 
     check_worker_configuration()  # SystemExit("configuration error: NAME ..."): every setting a step reads
+    _bootstrap_default_database()
     try:
         check_database()
     except DatabaseNotReady as e:
@@ -98,3 +99,28 @@ def _dispose_engine(**_: Any) -> None:
 
     dispose_engine()
     cpu.shutdown()
+
+
+def _bootstrap_default_database() -> None:
+    """With ``DATABASE_URL`` unset, the worker uses the local development database
+    (``pipeline.config``: ``postgres@127.0.0.1:5432/storycreator``) and creates it with
+    schema.sql when it is missing, as ``./run demo`` does, so the Procfile's ``worker:`` line and
+    ``./run worker`` start on a fresh machine as written. A ``DATABASE_URL`` someone wrote is never
+    created: a mistyped name would get an empty database and the worker would ack every message
+    for stories it cannot find, so :func:`db.engine.check_database` refuses it with one line.
+    A server that cannot be reached is left to that check too (it says why)."""
+    import os
+
+    if "DATABASE_URL" in os.environ:
+        return
+    from db.engine import ensure_database
+
+    try:
+        ensure_database()
+    except Exception as e:  # noqa: BLE001 - check_database reports the same failure in one line
+        logging.getLogger("storycreator.boot").debug("default database not bootstrapped: %s", e)
+        return
+    # A warning: in production an unset DATABASE_URL is a forgotten setting (and worker_init runs
+    # before Celery configures logging, so only warnings reach stderr here).
+    logging.getLogger("storycreator.boot").warning(
+        "DATABASE_URL is not set: using the local development database (created with schema.sql if it was missing)")
