@@ -10,7 +10,8 @@ from celery import Celery, signals
 
 import workers.broker_survival  # noqa: F401  (a Redis restart must not stop the worker: see that module)
 
-app = Celery("storycreator", include=["workers.story_tasks", "workers.order_tasks", "workers.ops_tasks"])
+app = Celery("storycreator", include=["workers.story_tasks", "workers.order_tasks", "workers.ops_tasks",
+                                        "workers.event_tasks"])
 app.config_from_object("celeryconfig")
 
 
@@ -80,6 +81,14 @@ def _warm_up(**_: Any) -> None:
 
     with get_engine().connect():  # the pool's first connection, now that the database answers
         pass
+
+
+@signals.worker_ready.connect
+def _deliver_due_events(**_: Any) -> None:
+    """A worker that starts sends what is due (events a dead worker left, backoffs that ran out)."""
+    from pipeline.events.delivery import kick
+
+    kick()
 
 
 @signals.worker_process_init.connect
