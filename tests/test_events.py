@@ -17,6 +17,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -39,26 +40,28 @@ def _env(receiver: WebhookReceiver) -> dict[str, str]:
         "CELERY_BROKER_URL": BROKER, "REDIS_URL": BROKER,
         "WEBHOOK_URLS": receiver.url, "WEBHOOK_SECRET": SECRET, "WEBHOOK_TIMEOUT": "1",
         "WEBHOOK_LEASE_SECONDS": "2", "WEBHOOK_BACKOFF_BASE": "0.25", "WEBHOOK_BACKOFF_CAP": "1",
-        "WEBHOOK_MAX_ATTEMPTS": "8", "EVENTS_POLL_INTERVAL": "0.5", "EVENTS_RUN_SECONDS": "5",
+        "WEBHOOK_MAX_ATTEMPTS": "8", "EVENTS_POLL_INTERVAL": "0.5", "EVENTS_RUN_SECONDS": "2",
         # only the events recorded from now on go to this endpoint (the database is shared)
         "EVENTS_BACKLOG_SECONDS": "0", "SWEEP_INTERVAL": "86400",
     }
 
 
 class Stack:
-    """A worker and a beat sending ``events.deliver`` every 0.5 s, with the receiver's settings."""
+    """Two workers (booted side by side: the module pays for one boot) and a beat sending
+    ``events.deliver`` every 0.5 s, with the receiver's settings."""
 
     baseline = 10.0  # seconds: a story and its events with the receiver answering (the first test measures it)
 
     def __init__(self, receiver: WebhookReceiver, tmp: Path) -> None:
         self.env, self.tmp = _env(receiver), tmp
-        self.worker = self.new_worker()
+        self.workers = [WorkerProcess(tmp / f"worker{i}.log", env=self.env) for i in range(2)]
         self.beat: subprocess.Popen[bytes] | None = None
 
-    def new_worker(self) -> WorkerProcess:
-        return WorkerProcess(self.tmp / f"worker-{time.monotonic_ns()}.log", env=self.env)
-
-    def start_beat(self) -> None:
+    def start(self) -> None:
+        booting = threading.Thread(target=self.workers[1].start)
+        booting.start()
+        self.workers[0].start()
+        booting.join()
         log = open(self.tmp / "beat.log", "ab")
         self.beat = subprocess.Popen(
             [str(Path(sys.executable).parent / "celery"), "-A", "workers.app", "beat", "--loglevel", "INFO",
@@ -66,16 +69,31 @@ class Stack:
             cwd=ROOT, env={**os.environ, **self.env}, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
         log.close()
 
+    def sender_of(self, port: int) -> WorkerProcess:
+        """The worker whose process holds the TCP connection from local port ``port`` (/proc)."""
+        inodes = set()
+        for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+            for line in Path(table).read_text().splitlines()[1:]:
+                fields = line.split()
+                if int(fields[1].rsplit(":", 1)[1], 16) == port:
+                    inodes.add(fields[9])
+        for w in self.workers:
+            assert w.proc is not None
+            fds = Path(f"/proc/{w.proc.pid}/fd")
+            for fd in fds.iterdir():
+                try:
+                    if os.readlink(fd).removeprefix("socket:[").rstrip("]") in inodes:
+                        return w
+                except OSError:
+                    continue
+        raise AssertionError(f"no worker holds a connection from port {port}")
+
     def close(self) -> None:
-        self.worker.stop()
+        for w in self.workers:
+            w.stop()
         if self.beat is not None and self.beat.poll() is None:
             os.killpg(self.beat.pid, signal.SIGTERM)
             self.beat.wait(10)
-
-    def cli(self, *args: str) -> subprocess.CompletedProcess[str]:
-        """`storycreator ARGS` as an operator runs it beside these workers."""
-        return subprocess.run([sys.executable, "-m", "pipeline.operations.cli", *args], cwd=ROOT,
-                              env={**os.environ, **self.env}, capture_output=True, text=True, timeout=60)
 
 
 @pytest.fixture(scope="module")
@@ -89,8 +107,7 @@ def receiver() -> Iterator[WebhookReceiver]:
 def stack(db: Db, receiver: WebhookReceiver, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     flush_redis(BROKER)
     s = Stack(receiver, tmp_path_factory.mktemp("events"))
-    s.worker.start()
-    s.start_beat()
+    s.start()
     yield s
     s.close()
 
@@ -213,7 +230,8 @@ def test_receiver_down_then_back_gets_every_event(db: Db, stack: Stack, fresh: W
     _assert_story_events(db, fresh, story)
 
 
-def test_hanging_endpoint_does_not_slow_a_story(db: Db, stack: Stack, fresh: WebhookReceiver) -> None:
+def test_hanging_endpoint_does_not_slow_a_story_and_a_killed_worker_loses_nothing(
+        db: Db, stack: Stack, fresh: WebhookReceiver) -> None:
     # given a receiver that holds every request
     fresh.set_mode("hang", hang_seconds=20)
     # when a story runs
@@ -224,31 +242,23 @@ def test_hanging_endpoint_does_not_slow_a_story(db: Db, stack: Stack, fresh: Web
     assert fresh.hanging.is_set()
     # then it took about its normal time (the first test's story and its events), not the endpoint's
     assert took < stack.baseline * 1.5 + 2, took
-    # and once the receiver answers, everything is delivered
+    # when the worker sending a request is SIGKILLed with it in flight
+    fresh.hanging.clear()
+    _until(fresh.hanging.is_set, 10, "a request in flight")
+    stack.sender_of(fresh.hanging_ports[-1]).kill()
+    left = db.one("SELECT count(*) AS n FROM event_deliveries d JOIN outbox_events o ON o.seq = d.event_seq "
+                  "WHERE o.story_id = :s AND d.status <> 'delivered'", s=story)["n"]
+    assert left >= 1
+    # and the receiver answers again
     fresh.release()
+    # then the other worker delivers every event (the one in flight again, after its lease), pages first
     _assert_story_events(db, fresh, story)
 
 
-def test_worker_killed_mid_delivery_loses_nothing(db: Db, stack: Stack, fresh: WebhookReceiver) -> None:
-    # given a story whose events wait (the receiver answers 503)
-    fresh.set_mode("unavailable", retry_after=1)
-    story = _story(db, astronaut_png())
-    assert db.wait_story(story)["status"] == "completed"
-    # when the receiver starts hanging and the worker is killed with a request in flight
-    fresh.set_mode("hang", hang_seconds=20)
-    _until(fresh.hanging.is_set, 10, "a request in flight")
-    stack.worker.kill()
-    assert db.one("SELECT count(*) AS n FROM event_deliveries d JOIN outbox_events o ON o.seq = d.event_seq "
-                  "WHERE o.story_id = :s AND d.status <> 'delivered'", s=story)["n"] >= 1
-    fresh.release()
-    # then a new worker delivers what was left (the one in flight again, after its lease)
-    stack.worker = stack.new_worker()
-    stack.worker.start()
-    got = _assert_story_events(db, fresh, story)
-    assert got[-1]["type"] == "story.completed"
+def test_dead_delivery_is_listed_and_retried_by_an_operator(db: Db, stack: Stack, fresh: WebhookReceiver,
+                                                            capsys: pytest.CaptureFixture[str]) -> None:
+    from pipeline.operations.cli import main
 
-
-def test_dead_delivery_is_listed_and_retried_by_an_operator(db: Db, stack: Stack, fresh: WebhookReceiver) -> None:
     # given an order event the receiver keeps refusing (503, no Retry-After floor)
     fresh.set_mode("unavailable", retry_after=0)
     story = db.story(db.photo(None))
@@ -262,12 +272,13 @@ def test_dead_delivery_is_listed_and_retried_by_an_operator(db: Db, stack: Stack
                                 "WHERE o.id = :e", e=event)) and r["status"] == "dead", 20, "a dead delivery")
     assert db.one("SELECT count(*) AS n FROM event_attempts a JOIN event_deliveries d ON d.id = a.delivery_id "
                   "JOIN outbox_events o ON o.seq = d.event_seq WHERE o.id = :e", e=event)["n"] == 8
-    status = stack.cli("status", "--json")
-    assert status.returncode == 0 and json.loads(status.stdout)["events"]["dead"] >= 1, status.stderr
-    # and an operator's retry sends it again once the receiver is back
+    assert main(["status", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["events"]["dead"] >= 1
+    assert main(["status", story]) == 0
+    assert f"order.paid {event}: dead (8 attempt(s)): HTTP 503" in capsys.readouterr().out
+    # and an operator's retry makes it due again (beat's next run sends it) once the receiver is back
     fresh.set_mode("ok")
-    retried = stack.cli("retry", "--event", event)
-    assert retried.returncode == 0, retried.stdout + retried.stderr
-    assert "queued again" in retried.stdout
+    assert main(["retry", "--event", event]) == 0
+    assert "queued again" in capsys.readouterr().out
     _until(lambda: fresh.events(order_id=order), 10, "the retried event")
-    assert stack.cli("retry", "--event", event).returncode == 1  # nothing dead any more
+    assert main(["retry", "--event", event]) == 1  # nothing dead any more

@@ -34,6 +34,8 @@ class _Handler(BaseHTTPRequestHandler):
             o.requests += 1
             mode, retry_after, hang = o.mode, o.retry_after, o.hang_seconds
         if mode == "hang":
+            with o.lock:
+                o.hanging_ports.append(self.client_address[1])
             o.hanging.set()
             deadline = time.monotonic() + hang
             while time.monotonic() < deadline and not o.released.is_set() and not o._stopping.is_set():
@@ -80,6 +82,7 @@ class WebhookReceiver(LocalHTTPFake):
         self.hang_seconds = 30.0
         self.hanging = threading.Event()  # set when a request starts hanging
         self.released = threading.Event()
+        self.hanging_ports: list[int] = []  # the senders' ports of the requests held, in order
         self.requests = 0
         self.received: list[dict[str, Any]] = []
         self.rejected: list[str] = []
