@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from kombu import Connection
 
 from tests.fakes.webhook_receiver import WebhookReceiver
 from tests.support import ROOT, Db, WorkerProcess, astronaut_png, external_send, faceless_png, flush_redis
@@ -33,6 +34,7 @@ REDIS_DB = int(os.environ.get("TEST_REDIS_DB", "11"))
 BROKER = f"{REDIS}/{REDIS_DB + 4}"  # this module's own (the session's worker has no webhook endpoint)
 SECRET = "whsec_" + base64.b64encode(b"events-test-secret-0123456789abc").decode()
 PAGES = 4  # conftest's STORY_PAGE_COUNT
+APP_QUEUE = "webapp_events"
 
 
 def _env(receiver: WebhookReceiver) -> dict[str, str]:
@@ -43,17 +45,38 @@ def _env(receiver: WebhookReceiver) -> dict[str, str]:
         "WEBHOOK_MAX_ATTEMPTS": "8", "EVENTS_POLL_INTERVAL": "0.5", "EVENTS_RUN_SECONDS": "2",
         # only the events recorded from now on go to this endpoint (the database is shared)
         "EVENTS_BACKLOG_SECONDS": "0", "SWEEP_INTERVAL": "86400",
+        # and the same events as Celery tasks for a consumer of the broker (a queue nobody here consumes)
+        "EVENTS_CELERY_TASK": "webapp.story_event", "EVENTS_CELERY_QUEUE": APP_QUEUE, "EVENTS_BROKER_URL": BROKER,
     }
+
+
+def _published() -> list[dict[str, Any]]:
+    """The events published as Celery tasks so far (taken off the queue), as the web app's consumer gets them."""
+    out = []
+    with Connection(BROKER) as conn:
+        queue = conn.SimpleQueue(APP_QUEUE)
+        while True:
+            try:
+                message = queue.get(block=False)
+            except queue.Empty:
+                break
+            assert message.headers["task"] == "webapp.story_event"
+            out.append(message.decode()[1]["event"])
+            message.ack()
+        queue.close()
+    return out
 
 
 class Stack:
     """Two workers (booted side by side: the module pays for one boot) and a beat sending
     ``events.deliver`` every 0.5 s, with the receiver's settings."""
 
+    published: list[dict[str, Any]]  # taken off the web app's queue so far
     baseline = 10.0  # seconds: a story and its events with the receiver answering (the first test measures it)
 
     def __init__(self, receiver: WebhookReceiver, tmp: Path) -> None:
         self.env, self.tmp = _env(receiver), tmp
+        self.published = []
         self.workers = [WorkerProcess(tmp / f"worker{i}.log", env=self.env) for i in range(2)]
         self.beat: subprocess.Popen[bytes] | None = None
 
@@ -163,6 +186,11 @@ def _assert_story_events(db: Db, receiver: WebhookReceiver, story: str) -> list[
     return got
 
 
+def _published_so_far(stack: Stack) -> list[dict[str, Any]]:
+    stack.published.extend(_published())
+    return stack.published
+
+
 # --- the tests ----------------------------------------------------------------------------------
 
 def test_story_photo_and_order_events_reach_the_receiver_signed_and_in_order(
@@ -206,9 +234,18 @@ def test_story_photo_and_order_events_reach_the_receiver_signed_and_in_order(
     assert failed_order[1]["data"]["reason"] == "The print shop refused the file."
     # and every attempt is recorded
     attempts = db.all("SELECT a.status_code, a.latency_ms FROM event_attempts a JOIN event_deliveries d "
-                      "ON d.id = a.delivery_id JOIN outbox_events o ON o.seq = d.event_seq WHERE o.story_id = :s",
-                      s=good)
-    assert len(attempts) >= PAGES + 1 and all(a["status_code"] == 204 and a["latency_ms"] >= 0 for a in attempts)
+                      "ON d.id = a.delivery_id JOIN outbox_events o ON o.seq = d.event_seq WHERE o.story_id = :s "
+                      "AND o.order_id IS NULL AND d.endpoint LIKE 'http%'", s=good)
+    assert len(attempts) == PAGES + 1 and all(a["status_code"] == 204 and a["latency_ms"] >= 0 for a in attempts)
+    # and the broker's consumer got the same events, in the same order per story
+    def of_story() -> list[dict[str, Any]]:
+        return [e for e in _published_so_far(stack)
+                if e["data"].get("story_id") == good and "order_id" not in e["data"]]
+
+    published = _until(lambda: len(got := of_story()) == PAGES + 1 and got, 10, "the published events")
+    delivered = fresh.events(story_id=good)
+    assert [e["id"] for e in published] == [e["id"] for e in delivered]
+    assert published[-1]["type"] == "story.completed" and published[-1]["data"] == delivered[-1]["data"]
 
 
 def test_receiver_down_then_back_gets_every_event(db: Db, stack: Stack, fresh: WebhookReceiver) -> None:
@@ -269,13 +306,16 @@ def test_dead_delivery_is_listed_and_retried_by_an_operator(db: Db, stack: Stack
     event = db.one("SELECT id FROM outbox_events WHERE order_id = :o", o=order)["id"]
     # when it runs out of attempts, it is dead, and status says so
     _until(lambda: (r := db.one("SELECT d.status FROM event_deliveries d JOIN outbox_events o ON o.seq = d.event_seq "
-                                "WHERE o.id = :e", e=event)) and r["status"] == "dead", 20, "a dead delivery")
+                                "WHERE o.id = :e AND d.endpoint LIKE 'http%'", e=event)) and r["status"] == "dead",
+           20, "a dead delivery")
     assert db.one("SELECT count(*) AS n FROM event_attempts a JOIN event_deliveries d ON d.id = a.delivery_id "
-                  "JOIN outbox_events o ON o.seq = d.event_seq WHERE o.id = :e", e=event)["n"] == 8
+                  "JOIN outbox_events o ON o.seq = d.event_seq WHERE o.id = :e AND d.endpoint LIKE 'http%'",
+                  e=event)["n"] == 8
     assert main(["status", "--json"]) == 0
     assert json.loads(capsys.readouterr().out)["events"]["dead"] >= 1
     assert main(["status", story]) == 0
-    assert f"order.paid {event}: dead (8 attempt(s)): HTTP 503" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert f"order.paid {event}: delivered (1 attempt(s)), dead (8 attempt(s)): HTTP 503" in out, out
     # and an operator's retry makes it due again (beat's next run sends it) once the receiver is back
     fresh.set_mode("ok")
     assert main(["retry", "--event", event]) == 0

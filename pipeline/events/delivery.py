@@ -192,12 +192,12 @@ def publish_to_broker(endpoint: str, row: RowMapping | dict[str, Any], cfg: Even
         with _pool_lock:
             if cfg.broker_url not in _brokers:
                 app = Celery("storycreator-events", broker=cfg.broker_url, set_as_current=False)
-                app.conf.update(task_serializer="json", accept_content=["json"], broker_connection_retry=False)
+                app.conf.update(task_serializer="json", accept_content=["json"], broker_connection_retry=False,
+                                broker_connection_timeout=cfg.timeout)
                 _brokers[cfg.broker_url] = app
             app = _brokers[cfg.broker_url]
         app.send_task(task, kwargs={"event": {"id": row["event_id"], **envelope(row)}}, queue=queue,
-                      retry=True, retry_policy={"max_retries": 2, "interval_start": 0.2, "interval_step": 0.5,
-                                                "timeout": cfg.timeout})
+                      retry=True, retry_policy={"max_retries": 2, "interval_start": 0.2, "interval_step": 0.5})
     except Exception as e:  # noqa: BLE001 - kombu's and redis's errors alike: a failed attempt, retried
         return Outcome(False, None, round((time.perf_counter() - t0) * 1000), f"{type(e).__name__}: {str(e)[:200]}")
     return Outcome(True, None, round((time.perf_counter() - t0) * 1000))
