@@ -166,6 +166,7 @@ def _summary(args: argparse.Namespace) -> int:
 
 def _order_status(args: argparse.Namespace) -> int:
     from pipeline.kernel.step import valid_uuid
+    from pipeline.operations.events import event_lines, story_events
     from pipeline.operations.orders import format_report, order_report
 
     oid = valid_uuid(args.order)
@@ -176,7 +177,9 @@ def _order_status(args: argparse.Namespace) -> int:
     if report is None:
         print(f"no order {oid}", file=sys.stderr)
         return 1
-    print(json.dumps(report, default=str, indent=2) if args.json else format_report(report))
+    report["events"] = story_events(order_id=oid)
+    print(json.dumps(report, default=str, indent=2) if args.json
+          else "\n".join([format_report(report), *event_lines(report["events"])]))
     return 0
 
 
