@@ -35,6 +35,7 @@ def add_endpoints(conn: Connection, endpoints: list[str], backlog_seconds: float
                 INSERT INTO event_endpoints (endpoint, cursor)
                 SELECT :e, COALESCE((SELECT max(seq) FROM outbox_events
                                       WHERE occurred_at < now() - make_interval(secs => :backlog)), 0)
+                 WHERE NOT EXISTS (SELECT 1 FROM event_endpoints WHERE endpoint = :e)  -- (no scan when known)
                 ON CONFLICT (endpoint) DO NOTHING
                 """
             ),
