@@ -102,6 +102,9 @@ class Photo(Base):
     updated_at: Mapped[datetime] = _ts()
     claim_token: Mapped[int] = _token()
     takeovers: Mapped[int] = _count()
+    # The worker's own (schema.sql, its end): the character profile, face data cleared with
+    # face_details (pipeline/providers/character.py; db/photos.py clear_face_data).
+    character_profile: Mapped[Any | None] = mapped_column(JSONB)
 
 
 class Story(Base):
