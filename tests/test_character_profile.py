@@ -103,7 +103,8 @@ def test_profile_json_round_trip_words_and_no_personal_fields() -> None:
     assert set(stored) == {"version", "hair", "skin", "glasses"}  # no name, age or gender: nothing to leak
     assert CharacterProfile.from_json(json.loads(json.dumps(stored))) == p
     assert p.descriptor() == "medium black hair, brown skin and glasses"
-    for bad in (None, [], {"skin": {}}, {"skin": {"rgb": [1, 2], "tone": "x"}}, {"skin": {"rgb": [300, 0, 0], "tone": "x"}}):
+    for bad in (None, [], {"skin": {}}, {"skin": {"rgb": [1, 2], "tone": "x"}},
+                {"skin": {"rgb": [300, 0, 0], "tone": "x"}}):
         assert CharacterProfile.from_json(bad) is None
 
 

@@ -1,5 +1,6 @@
 """Photo analysis (``photos.analyze``; also run inline by the story's start): claim the photo, read
-it, find the child's face with the vision provider, record the analysis.
+it, find the child's face with the vision provider, measure each usable face's character profile
+(pipeline/providers/character.py: face data, stored with face_details), record the analysis.
 
 photos.ai_processing_status: pending -> processing -> completed | failed. Idempotent: a completed
 photo returns at once; a photo another live copy holds is left to it.
