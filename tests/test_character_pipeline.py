@@ -8,6 +8,7 @@ import json
 import os
 
 import numpy as np
+import pytest
 from PIL import Image
 
 from pipeline.providers.offline_images.anchor import CHARACTER_KEY, PROFILE_KEY, read_anchor
@@ -83,6 +84,7 @@ def _two_faces() -> tuple[dict, dict]:
                                              profile((150, 60, 30), (120, 80, 60), "long")]}
 
 
+@pytest.mark.slow  # a story started and two pages drawn in-process (~1 s)
 def test_the_story_paints_its_chosen_face_and_clearing_face_data_clears_the_profile(clean_db: Db) -> None:
     from db.engine import autocommit
     from db.photos import clear_face_data
