@@ -38,11 +38,12 @@ from typing import Any
 
 import numpy as np
 
-from pipeline.providers.base import Face
+from pipeline.providers.base import BoundingBox, Face, Landmark
 from pipeline.providers.profile import RGB, VERSION, CharacterProfile, hair_colour, skin_tone
 
-# The decode size profiles are measured on (the offline analyzer's working size).
-PROFILE_LONG_SIDE = 1024
+# The decode size profiles are measured on (at least; a JPEG is decoded at the smallest DCT scale
+# above it): a usable face is then >= ~45 px, plenty for colours and a frame's bridge.
+PROFILE_LONG_SIDE = 768
 # Rekognition's Eyeglasses must be at least this sure to count (either way).
 EYEGLASSES_CONFIDENCE = 50.0
 
@@ -176,9 +177,30 @@ def profiles_for(img: np.ndarray, faces: tuple[Face, ...] | list[Face]) -> list[
 def profiles_from_photo(photo: bytes, faces: tuple[Face, ...] | list[Face]) -> dict[str, Any]:
     """The ``photos.character_profile`` value for a photo's usable faces: ``{"version": 1,
     "faces": [profile | None, ...]}`` aligned with ``face_details.faces``; the photo is decoded
-    upright at about PROFILE_LONG_SIDE px (decode_photo; PermanentStepError if unreadable)."""
+    upright at about PROFILE_LONG_SIDE px (decode_photo: a JPEG's reduced decode; PermanentStepError
+    if unreadable) and only the pixels around each face are converted (what ``measure`` reads)."""
     from pipeline.providers.photo_decode import decode_photo
 
-    decoded = decode_photo(photo, target_long_side=PROFILE_LONG_SIDE, exact=False)
-    img = np.asarray(decoded.image.convert("RGB"))
-    return {"version": VERSION, "faces": profiles_for(img, faces)}
+    image = decode_photo(photo, target_long_side=PROFILE_LONG_SIDE, exact=False).image
+    w, h = image.size
+    out: list[dict[str, Any] | None] = []
+    for face in faces:
+        b = face.box
+        # What measure reads: 0.3 of the face's height above it, 0.22 of its width either side,
+        # down to two heights below its top (the hair's length), with a margin.
+        x0, y0 = max(0, int((b.left - 0.3 * b.width) * w)), max(0, int((b.top - 0.4 * b.height) * h))
+        x1 = min(w, int((b.left + 1.3 * b.width) * w) + 1)
+        y1 = min(h, int((b.top + 2.1 * b.height) * h) + 1)
+        if x1 - x0 < 2 or y1 - y0 < 2:
+            out.append(None)
+            continue
+        crop = np.asarray(image.crop((x0, y0, x1, y1)).convert("RGB"))
+        cw, ch = x1 - x0, y1 - y0
+        local = Face(
+            BoundingBox((b.left * w - x0) / cw, (b.top * h - y0) / ch, b.width * w / cw, b.height * h / ch),
+            face.confidence,
+            tuple(Landmark(lm.type, (lm.x * w - x0) / cw, (lm.y * h - y0) / ch) for lm in face.landmarks),
+            face.attributes,
+        )
+        out.extend(profiles_for(crop, [local]))
+    return {"version": VERSION, "faces": out}
