@@ -90,12 +90,13 @@ def claim_page(conn: Connection, page_id: str, col: PageColumn, lease: float, *,
                 SELECT id, CAST(:id AS uuid), 'personalization', true, error_message FROM refused
             )""" if want_photo else ""
     claimable_sql = claimable(f"p.{col}", "p.updated_at", "p.claim_token")
-    # The character profile of the story's face (the start's choice; a story started before
-    # choices were recorded: the photo's primary face), for every page step alike: the same
-    # child on every page. Only the story's own user's photo.
-    character_sql = """(SELECT cp.character_profile -> 'faces' -> COALESCE(
-                            CAST(o.protagonist_face ->> 'index' AS int),
-                            CAST(cp.face_details ->> 'primary_face_index' AS int))
+    # The character profiles of the story's photo and which face the story uses (the start's
+    # choice; a story started before choices were recorded: the photo's primary face), for every
+    # page step alike: the same child on every page (picked in Python: a malformed index must not
+    # make the claim itself fail). Only the story's own user's photo.
+    character_sql = """(SELECT jsonb_build_object('profiles', cp.character_profile -> 'faces',
+                                                  'chosen', o.protagonist_face -> 'index',
+                                                  'primary', cp.face_details -> 'primary_face_index')
                           FROM photos cp WHERE cp.id = s.protagonist_photo_id AND cp.user_id = s.user_id)"""
     row = conn.execute(
         text(
@@ -125,8 +126,21 @@ def claim_page(conn: Connection, page_id: str, col: PageColumn, lease: float, *,
         base_image_key=row["base_image_key"], photo=photo,
         protagonist_face=row["protagonist_face"] if want_photo else None,
         token=int(row["claim_token"]), takeovers=int(row["takeovers"]),
-        character=row["character_profile"],
+        character=_chosen_profile(row["character_profile"]),
     )
+
+
+def _chosen_profile(found: Any) -> dict[str, Any] | None:
+    """The profile of the story's face from ``{"profiles", "chosen", "primary"}`` (claim_page's
+    character_sql), or None (no profile, no face, an index that is not one)."""
+    if not isinstance(found, dict) or not isinstance(found.get("profiles"), list):
+        return None
+    for index in (found.get("chosen"), found.get("primary")):
+        if isinstance(index, int) and not isinstance(index, bool):
+            profiles = found["profiles"]
+            chosen = profiles[index] if 0 <= index < len(profiles) else None
+            return chosen if isinstance(chosen, dict) else None
+    return None
 
 
 def page_state(conn: Connection, page_id: str, col: PageColumn, *,

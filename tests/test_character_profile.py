@@ -186,3 +186,15 @@ def test_base_prompt_describes_the_profile_never_the_name() -> None:
     words = "with short dark-brown hair, medium-brown skin and glasses,"
     assert all(words in p and "Mia" not in p for p in prompts)
     assert words not in base_input(request(None, 1))["prompt"]
+
+
+def test_the_claim_picks_the_chosen_faces_profile_and_survives_odd_rows() -> None:
+    from db.pages import _chosen_profile
+
+    a, b = {"skin": {"rgb": [1, 2, 3], "tone": "light"}}, {"skin": {"rgb": [4, 5, 6], "tone": "brown"}}
+    assert _chosen_profile({"profiles": [a, b], "chosen": 1, "primary": 0}) == b
+    assert _chosen_profile({"profiles": [a, b], "chosen": None, "primary": 0}) == a  # an older story
+    for odd in (None, "x", {"profiles": None, "chosen": 0}, {"profiles": [a], "chosen": 5},
+                {"profiles": [a], "chosen": -1}, {"profiles": [a], "chosen": True}, {"profiles": ["x"], "chosen": 0},
+                {"profiles": [a], "chosen": "0", "primary": None}):
+        assert _chosen_profile(odd) is None
