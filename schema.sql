@@ -486,3 +486,12 @@ BEGIN
 END;
 $$;
 -- ============================================================ end of the events section ======
+
+-- The character profile (issue 13, "the same child on every page"; the worker's own column,
+-- pipeline/providers/character.py): per usable face of the photo, aligned with
+-- face_details.faces, how the child looks for painting (hair colour and length, a measured skin
+-- colour and its lightness bucket, glasses): {"version": 1, "faces": [profile | null, ...]}.
+-- Never the name, age, gender or ethnicity. It is face data: written with face_details by the
+-- analysis' one guarded completion, and cleared with it (db/photos.py clear_face_data).
+ALTER TABLE photos ADD COLUMN IF NOT EXISTS character_profile JSONB;
+-- ============================================================================================
