@@ -5,6 +5,9 @@ from __future__ import annotations
 from kombu import Exchange, Queue
 
 from pipeline.config import settings
+from pipeline.events.delivery import DELIVER_TASK
+from pipeline.events.delivery import QUEUE as EVENTS_QUEUE
+from pipeline.events.settings import event_settings
 from pipeline.orders.stages import LULU_WEBHOOK_TASK, ORDER_FLOW, SWEEP_TASK
 from pipeline.orders.stages import QUEUE as ORDER_QUEUE
 from pipeline.stories.stages import STORY
@@ -39,6 +42,8 @@ task_routes.update({
     "ops.sweep": {"queue": STORY["outline"].queue},
     SWEEP_TASK: {"queue": ORDER_QUEUE},
     LULU_WEBHOOK_TASK: {"queue": ORDER_QUEUE},
+    # The events' delivery runs on a queue of their own: a slow endpoint never waits in a story's queue.
+    DELIVER_TASK: {"queue": EVENTS_QUEUE},
 })
 # The one queue list: a worker started without -Q consumes every queue here (Celery's default:
 # "-Q: by default all configured queues are enabled"), as the Procfile, ./run, the demo, the tests
@@ -54,6 +59,9 @@ beat_schedule = {
     "sweep-stuck-work": {"task": "ops.sweep", "schedule": _s.sweep_interval},
     # Stuck orders (pipeline/operations/orders.py): paid with no print files or print job, lost poll chains.
     "sweep-stuck-orders": {"task": SWEEP_TASK, "schedule": _s.sweep_interval},
+    # The events' guarantee (pipeline/events/delivery.py): due deliveries go out within this long
+    # even when every kick was lost.
+    "events-deliver": {"task": DELIVER_TASK, "schedule": event_settings().poll_interval},
 }
 
 # At-least-once: ack after the task ran, redeliver when the worker is lost, fetch one at a time.

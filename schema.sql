@@ -338,6 +338,164 @@ BEGIN
 END;
 $$;
 
+-- ============================================================================================
+-- Events for the web app (issue 13, part 1; README "Events (webhooks)"; docs/DESIGN.md).
+-- A transactional outbox: row triggers on the tables whose transitions a parent or the web app
+-- cares about insert the event in the same statement as the transition, whoever writes it (a
+-- worker, the sweeper, an operator's retry, hand-written SQL), so there is no event without its
+-- transition and no transition without its event. Delivery is the workers' business
+-- (pipeline/events/): one `event_deliveries` row per event and endpoint, claimed with a lease,
+-- strictly in order per ordering key, each attempt recorded in `event_attempts`.
+CREATE TABLE IF NOT EXISTS outbox_events (
+    seq           BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY,  -- the order events are sent in
+    -- The id receivers see (webhook-id, the same on every retry): evt_<32 hex>.
+    id            VARCHAR NOT NULL DEFAULT ('evt_' || replace(gen_random_uuid()::text, '-', '')),
+    type          VARCHAR NOT NULL,
+    -- story:<id> (story and page events), order:<id>, photo:<id>: delivered one after another.
+    ordering_key  VARCHAR NOT NULL,
+    story_id      UUID,
+    order_id      UUID,
+    photo_id      UUID,
+    -- ids and public facts only: no names (a title may carry the child's name), no photo, no face data
+    payload       JSONB NOT NULL,
+    occurred_at   TIMESTAMP WITH TIME ZONE NOT NULL DEFAULT clock_timestamp(),
+    CONSTRAINT uq_outbox_events_id UNIQUE (id)
+);
+CREATE INDEX IF NOT EXISTS ix_outbox_events_story_id ON outbox_events (story_id) WHERE story_id IS NOT NULL;
+CREATE INDEX IF NOT EXISTS ix_outbox_events_order_id ON outbox_events (order_id) WHERE order_id IS NOT NULL;
+
+-- Each configured endpoint (a webhook URL, or celery:<task> for the broker) and how far its
+-- deliveries were created: events after `cursor` (outbox_events.seq) get a delivery row.
+CREATE TABLE IF NOT EXISTS event_endpoints (
+    endpoint    VARCHAR PRIMARY KEY,
+    cursor      BIGINT NOT NULL DEFAULT 0,
+    created_at  TIMESTAMP WITH TIME ZONE NOT NULL DEFAULT now()
+);
+
+CREATE TABLE IF NOT EXISTS event_deliveries (
+    id               BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    event_seq        BIGINT NOT NULL REFERENCES outbox_events (seq) ON DELETE CASCADE,
+    endpoint         VARCHAR NOT NULL,
+    ordering_key     VARCHAR NOT NULL,
+    status           VARCHAR NOT NULL DEFAULT 'pending',
+    attempts         INTEGER NOT NULL DEFAULT 0,
+    next_attempt_at  TIMESTAMP WITH TIME ZONE NOT NULL DEFAULT now(),
+    lease_until      TIMESTAMP WITH TIME ZONE,
+    claim_token      BIGINT NOT NULL DEFAULT 0,
+    last_error       TEXT,
+    delivered_at     TIMESTAMP WITH TIME ZONE,
+    created_at       TIMESTAMP WITH TIME ZONE NOT NULL DEFAULT now(),
+    CONSTRAINT uq_event_deliveries_event_endpoint UNIQUE (event_seq, endpoint),
+    CONSTRAINT ck_event_deliveries_status CHECK (status IN ('pending', 'delivering', 'delivered', 'dead'))
+);
+-- The open deliveries only: the claim's queries stay fast however many were delivered.
+CREATE INDEX IF NOT EXISTS ix_event_deliveries_open ON event_deliveries (endpoint, ordering_key, event_seq)
+    WHERE status IN ('pending', 'delivering');
+CREATE INDEX IF NOT EXISTS ix_event_deliveries_due ON event_deliveries (next_attempt_at)
+    WHERE status IN ('pending', 'delivering');
+
+CREATE TABLE IF NOT EXISTS event_attempts (
+    id           BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    delivery_id  BIGINT NOT NULL REFERENCES event_deliveries (id) ON DELETE CASCADE,
+    attempt      INTEGER NOT NULL,
+    status_code  INTEGER,
+    latency_ms   INTEGER,
+    error        TEXT,
+    created_at   TIMESTAMP WITH TIME ZONE NOT NULL DEFAULT now()
+);
+CREATE INDEX IF NOT EXISTS ix_event_attempts_delivery_id ON event_attempts (delivery_id);
+
+CREATE OR REPLACE FUNCTION record_outbox_event() RETURNS trigger
+LANGUAGE plpgsql AS $$
+DECLARE
+    kind text := TG_ARGV[0];
+    reason text;
+    story_user uuid;
+BEGIN
+    IF TG_TABLE_NAME = 'stories' THEN
+        INSERT INTO outbox_events (type, ordering_key, story_id, payload)
+        VALUES (kind, 'story:' || NEW.id, NEW.id, jsonb_strip_nulls(jsonb_build_object(
+            'story_id', NEW.id, 'user_id', NEW.user_id, 'status', NEW.status,
+            'page_count', (SELECT count(*) FROM story_pages WHERE story_id = NEW.id),
+            'reason', CASE WHEN NEW.status = 'failed' THEN NEW.error_message END,
+            'occurred_at', clock_timestamp())));
+    ELSIF TG_TABLE_NAME = 'story_pages' THEN
+        SELECT user_id INTO story_user FROM stories WHERE id = NEW.story_id;
+        INSERT INTO outbox_events (type, ordering_key, story_id, payload)
+        VALUES (kind, 'story:' || NEW.story_id, NEW.story_id, jsonb_build_object(
+            'story_id', NEW.story_id, 'user_id', story_user, 'page_id', NEW.id,
+            'page_number', NEW.page_number, 'status', NEW.personalization_status,
+            'occurred_at', clock_timestamp()));
+    ELSIF TG_TABLE_NAME = 'photos' THEN
+        INSERT INTO outbox_events (type, ordering_key, photo_id, payload)
+        VALUES (kind, 'photo:' || NEW.id, NEW.id, jsonb_strip_nulls(jsonb_build_object(
+            'photo_id', NEW.id, 'user_id', NEW.user_id, 'status', NEW.ai_processing_status,
+            'reason', NEW.ai_error_message, 'occurred_at', clock_timestamp())));
+    ELSIF TG_TABLE_NAME = 'orders' THEN
+        -- A deferred constraint trigger: it runs at commit, after the failure's order_events row
+        -- (db/orders.py writes it in the same statement; any writer's same transaction will do).
+        IF kind = 'order.failed' THEN
+            SELECT message INTO reason FROM order_events
+             WHERE order_id = NEW.id AND outcome = 'failed' ORDER BY created_at DESC, id DESC LIMIT 1;
+        END IF;
+        INSERT INTO outbox_events (type, ordering_key, order_id, story_id, payload)
+        VALUES (kind, 'order:' || NEW.id, NEW.id, NEW.story_id, jsonb_strip_nulls(jsonb_build_object(
+            'order_id', NEW.id, 'story_id', NEW.story_id, 'user_id', NEW.user_id, 'status', kind_status(kind),
+            'amount', NEW.amount, 'currency', upper(NEW.currency), 'product_type', NEW.product_type,
+            'tracking_number', CASE WHEN kind = 'order.shipped' THEN NEW.tracking_number END,
+            'reason', reason, 'occurred_at', clock_timestamp())));
+    END IF;
+    RETURN NULL;
+END;
+$$;
+
+-- 'order.shipped' -> 'shipped': the status the event announces (the row may have moved on since).
+CREATE OR REPLACE FUNCTION kind_status(kind text) RETURNS text
+LANGUAGE sql IMMUTABLE AS $$ SELECT split_part(kind, '.', 2) $$;
+
+DO $$
+DECLARE
+    -- table, status column, value, event type
+    spec text[] := ARRAY[
+        ['stories', 'status', 'completed', 'story.completed'],
+        ['stories', 'status', 'failed', 'story.failed'],
+        ['story_pages', 'personalization_status', 'completed', 'page.completed'],
+        ['photos', 'ai_processing_status', 'failed', 'photo.failed'],
+        ['orders', 'status', 'paid', 'order.paid'],
+        ['orders', 'status', 'fulfilled', 'order.fulfilled'],
+        ['orders', 'status', 'shipped', 'order.shipped'],
+        ['orders', 'status', 'failed', 'order.failed']];
+    i int;
+    name text;
+    kind_sql text;
+BEGIN
+    FOR i IN 1 .. array_length(spec, 1) LOOP
+        name := format('trg_%s_event_%s', spec[i][1], replace(spec[i][4], '.', '_'));
+        -- orders: deferred to commit (see record_outbox_event); the others in the statement itself.
+        kind_sql := CASE WHEN spec[i][1] = 'orders'
+                         THEN 'CREATE CONSTRAINT TRIGGER %1$s_%5$s AFTER %6$s ON %2$I DEFERRABLE INITIALLY DEFERRED '
+                         ELSE 'CREATE TRIGGER %1$s_%5$s AFTER %6$s ON %2$I ' END;
+        EXECUTE format('DROP TRIGGER IF EXISTS %1$s_upd ON %2$I', name, spec[i][1]);
+        EXECUTE format('DROP TRIGGER IF EXISTS %1$s_ins ON %2$I', name, spec[i][1]);
+        EXECUTE format(kind_sql || 'FOR EACH ROW WHEN (OLD.%3$I IS DISTINCT FROM NEW.%3$I AND NEW.%3$I = %4$L) '
+                       'EXECUTE FUNCTION record_outbox_event(%7$L)',
+                       name, spec[i][1], spec[i][2], spec[i][3], 'upd', 'UPDATE', spec[i][4]);
+        EXECUTE format(kind_sql || 'FOR EACH ROW WHEN (NEW.%3$I = %4$L) EXECUTE FUNCTION record_outbox_event(%7$L)',
+                       name, spec[i][1], spec[i][2], spec[i][3], 'ins', 'INSERT', spec[i][4]);
+    END LOOP;
+END;
+$$;
+-- ============================================================ end of the events section ======
+
+-- The character profile (issue 13, "the same child on every page"; the worker's own column,
+-- pipeline/providers/character.py): per usable face of the photo, aligned with
+-- face_details.faces, how the child looks for painting (hair colour and length, a measured skin
+-- colour and its lightness bucket, glasses): {"version": 1, "faces": [profile | null, ...]}.
+-- Never the name, age, gender or ethnicity. It is face data: written with face_details by the
+-- analysis' one guarded completion, and cleared with it (db/photos.py clear_face_data).
+ALTER TABLE photos ADD COLUMN IF NOT EXISTS character_profile JSONB;
+-- ============================================================================================
+
 -- ===== Redoing a page (issue 13; README "Redoing a page"; db/redo.py) ======================
 -- Worker bookkeeping beside the API's columns (defaults fit its inserts). A story's `revision`
 -- is the number of its latest revision (1: as first made; each accepted redo adds one, never

@@ -17,7 +17,6 @@ from sqlalchemy import (
     Identity,
     Index,
     Integer,
-    MetaData,
     String,
     Text,
     UniqueConstraint,
@@ -25,43 +24,18 @@ from sqlalchemy import (
     text,
 )
 from sqlalchemy.dialects.postgresql import JSONB, TIMESTAMP, UUID
-from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+from sqlalchemy.orm import Mapped, mapped_column
 
-NAMING = {
-    "ix": "ix_%(table_name)s_%(column_0_N_name)s",
-    "uq": "uq_%(table_name)s_%(column_0_N_name)s",
-    "ck": "ck_%(table_name)s_%(constraint_name)s",
-    "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
-    "pk": "pk_%(table_name)s",
-}
+from db import event_models as _event_models  # noqa: F401  (registers the events' tables on Base.metadata)
+from db.model_base import NAMING, STEP_STATUSES, Base
+from db.model_base import count as _count
+from db.model_base import pk as _pk
+from db.model_base import status as _status
+from db.model_base import token as _token
+from db.model_base import ts as _ts
 
-STEP_STATUSES = ("pending", "processing", "completed", "failed")
+__all__ = ["NAMING", "STEP_STATUSES", "Base"]
 
-
-class Base(DeclarativeBase):
-    metadata = MetaData(naming_convention=NAMING)
-
-
-def _pk() -> Mapped[uuid.UUID]:
-    return mapped_column(UUID(as_uuid=True), primary_key=True, server_default=text("gen_random_uuid()"))
-
-
-def _ts() -> Mapped[datetime]:
-    return mapped_column(TIMESTAMP(timezone=True), nullable=False, server_default=func.now())
-
-
-def _status(default: str, nullable: bool = False) -> Mapped[Any]:
-    return mapped_column(String, nullable=nullable, server_default=text(f"'{default}'"), index=True)
-
-
-def _token() -> Mapped[int]:
-    """A claim's fencing token (schema.sql: one more at every claim; writes name the one they hold)."""
-    return mapped_column(BigInteger, nullable=False, server_default=text("0"))
-
-
-def _count() -> Mapped[int]:
-    """A claim's takeover count (schema.sql: STEP_MAX_TAKEOVERS fails the step)."""
-    return mapped_column(Integer, nullable=False, server_default=text("0"))
 
 
 class User(Base):
@@ -102,6 +76,9 @@ class Photo(Base):
     updated_at: Mapped[datetime] = _ts()
     claim_token: Mapped[int] = _token()
     takeovers: Mapped[int] = _count()
+    # The worker's own (schema.sql, its end): the character profile, face data cleared with
+    # face_details (pipeline/providers/character.py; db/photos.py clear_face_data).
+    character_profile: Mapped[Any | None] = mapped_column(JSONB)
 
 
 class Story(Base):

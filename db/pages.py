@@ -52,6 +52,7 @@ class PageClaim:
     base_image_key: str | None
     photo: dict[str, Any] | None  # personalization only: the protagonist photo's location + faces
     protagonist_face: dict[str, Any] | None = None  # personalization only: the story's face choice
+    character: dict[str, Any] | None = None  # the story's face's profile (photos.character_profile)
     token: int = 0  # the claim's fencing token: every later write of the step names it
     takeovers: int = 0  # claims taken from a silent holder since the step last completed
     revision: int = 1  # the revision this step makes (story_pages.revision; >1: a redone page)
@@ -91,6 +92,14 @@ def claim_page(conn: Connection, page_id: str, col: PageColumn, lease: float, *,
                 SELECT id, CAST(:id AS uuid), 'personalization', true, error_message FROM refused
             )""" if want_photo else ""
     claimable_sql = claimable(f"p.{col}", "p.updated_at", "p.claim_token")
+    # The character profiles of the story's photo and which face the story uses (the start's
+    # choice; a story started before choices were recorded: the photo's primary face), for every
+    # page step alike: the same child on every page (picked in Python: a malformed index must not
+    # make the claim itself fail). Only the story's own user's photo.
+    character_sql = """(SELECT jsonb_build_object('profiles', cp.character_profile -> 'faces',
+                                                  'chosen', o.protagonist_face -> 'index',
+                                                  'primary', cp.face_details -> 'primary_face_index')
+                          FROM photos cp WHERE cp.id = s.protagonist_photo_id AND cp.user_id = s.user_id)"""
     row = conn.execute(
         text(
             f"""{refuse}
@@ -100,7 +109,8 @@ def claim_page(conn: Connection, page_id: str, col: PageColumn, lease: float, *,
                {prereq_sql} AND {claimable_sql}
             RETURNING p.id, p.story_id, p.page_number, p.text, p.base_image_key, p.claim_token, p.takeovers,
                       p.revision, p.redo_hint,
-                      s.child_name, s.child_age, s.story_theme, o.title, o.style, o.beats{photo_cols}
+                      s.child_name, s.child_age, s.story_theme, o.title, o.style, o.beats{photo_cols},
+                      {character_sql} AS character_profile
             """
         ),
         {"id": page_id, "lease": lease, "held": held, **(REFUSALS if want_photo else {})},
@@ -120,7 +130,21 @@ def claim_page(conn: Connection, page_id: str, col: PageColumn, lease: float, *,
         protagonist_face=row["protagonist_face"] if want_photo else None,
         token=int(row["claim_token"]), takeovers=int(row["takeovers"]),
         revision=int(row["revision"]), hint=row["redo_hint"] or "",
+        character=_chosen_profile(row["character_profile"]),
     )
+
+
+def _chosen_profile(found: Any) -> dict[str, Any] | None:
+    """The profile of the story's face from ``{"profiles", "chosen", "primary"}`` (claim_page's
+    character_sql), or None (no profile, no face, an index that is not one)."""
+    if not isinstance(found, dict) or not isinstance(found.get("profiles"), list):
+        return None
+    for index in (found.get("chosen"), found.get("primary")):
+        if isinstance(index, int) and not isinstance(index, bool):
+            profiles = found["profiles"]
+            chosen = profiles[index] if 0 <= index < len(profiles) else None
+            return chosen if isinstance(chosen, dict) else None
+    return None
 
 
 def page_state(conn: Connection, page_id: str, col: PageColumn, *,

@@ -53,18 +53,20 @@ def photo_state(conn: Connection, photo_id: str) -> RowMapping | None:
 
 
 def complete_photo(
-    conn: Connection, photo_id: str, face_details: Any, labels: Any, objects: Any, token: int
+    conn: Connection, photo_id: str, face_details: Any, labels: Any, objects: Any, token: int,
+    character_profile: Any = None,
 ) -> bool:
-    """processing -> completed with the analysis (JSON-serialisable values), only under claim
-    ``token``; False when the photo was not processing under it (another copy finished or failed
-    it, or took the claim over)."""
+    """processing -> completed with the analysis (JSON-serialisable values; ``character_profile``:
+    pipeline/providers/character.py, None for none), only under claim ``token``; False when the
+    photo was not processing under it (another copy finished or failed it, or took the claim over)."""
     row = conn.execute(
         text(
             f"""
             UPDATE photos
                SET ai_processing_status = 'completed', ai_error_message = NULL,
                    face_details = CAST(:faces AS jsonb), detected_labels = CAST(:labels AS jsonb),
-                   detected_objects = CAST(:objects AS jsonb), takeovers = 0
+                   detected_objects = CAST(:objects AS jsonb), takeovers = 0,
+                   character_profile = CAST(:profile AS jsonb)
              WHERE id = :id AND {held('ai_processing_status')}
             RETURNING id
             """
@@ -74,6 +76,7 @@ def complete_photo(
             "faces": json.dumps(face_details),
             "labels": json.dumps(labels),
             "objects": json.dumps(objects),
+            "profile": None if character_profile is None else json.dumps(character_profile),
             "token": token,
         },
     ).first()
@@ -128,3 +131,15 @@ def release_photo(conn: Connection, photo_id: str, message: str | None, attempt:
         {"id": photo_id, "msg": message, "attempt": attempt, "task": task_id, "token": token},
     ).first() is not None
 
+
+
+def clear_face_data(conn: Connection, photo_id: str) -> bool:
+    """Erase photo ``photo_id``'s face data: ``face_details`` (boxes, landmarks, attributes) and
+    ``character_profile`` (hair, skin colour, glasses) together, so neither outlives the other
+    (a GDPR erasure of the face data; the labels, the file and the row stay). Pages drawn later
+    for a story of this photo fail with "The photo has no analysed face". False when there is no
+    such photo."""
+    return conn.execute(
+        text("UPDATE photos SET face_details = NULL, character_profile = NULL WHERE id = :id RETURNING id"),
+        {"id": photo_id},
+    ).first() is not None

@@ -7,6 +7,8 @@ differently does not fail here (same-bytes-across-processes is tests/test_local_
 A deliberate change to the drawing, or a Pillow release that rasterises shapes differently, fails
 here: look at a few pages, then rewrite the file with
 ``.venv/bin/python -m tests.test_offline_images_golden --write`` and say why in the commit.
+Issue 13 added one page per theme drawn with a character profile (``|profile`` keys); the pages
+without one were unchanged by it.
 """
 from __future__ import annotations
 
@@ -24,6 +26,7 @@ from skimage import data as skdata
 
 from pipeline.providers.base import BoundingBox, Face, Outline, PageRequest, StoryRequest
 from pipeline.providers.offline_images import LocalIllustrator
+from pipeline.providers.profile import CharacterProfile
 from pipeline.providers.themes import THEMES
 
 GOLDEN = Path(__file__).with_name("golden") / "offline_images.json"
@@ -32,6 +35,10 @@ PAGES = (1, 7)  # of a 12-page story
 PERSONALIZED = {"seed": 1, "page": 1}  # every theme's first page of seed 1 also gets a face
 # skimage's astronaut (lossless PNG, so no JPEG decoder enters the digest); her face's box
 FACE = Face(BoundingBox(0.35, 0.12, 0.18, 0.2), 99.0)
+# The same page again with a character profile (issue 13: hair, hands' skin, glasses), base and
+# personalized, under ``key + "|profile"`` and ``key + "|profile|face"``.
+PROFILE = CharacterProfile(skin_rgb=(150, 105, 75), skin_tone="medium-brown", hair_rgb=(70, 45, 30),
+                           hair_colour="dark brown", hair_length="long", glasses=True)
 
 
 def photo() -> bytes:
@@ -40,8 +47,8 @@ def photo() -> bytes:
     return buf.getvalue()
 
 
-def request(theme: str, seed: int, page: int) -> PageRequest:
-    story = StoryRequest("Mia", 5, theme, 12, seed)
+def request(theme: str, seed: int, page: int, profile: CharacterProfile | None = None) -> PageRequest:
+    story = StoryRequest("Mia", 5, theme, 12, seed, profile)
     return PageRequest(story, Outline("t", tuple(f"beat {i}" for i in range(12))), page)
 
 
@@ -67,6 +74,10 @@ def drawn(ill: LocalIllustrator, face_photo: bytes, theme: str) -> dict[str, Any
         out[key(theme, seed, page)] = pixels_digest(base)
         if {"seed": seed, "page": page} == PERSONALIZED:
             out[key(theme, seed, page) + "|face"] = pixels_digest(ill.personalize(base, face_photo, FACE, req))
+            req = request(theme, seed, page, PROFILE)
+            base = ill.draw_base(req)
+            out[key(theme, seed, page) + "|profile"] = pixels_digest(base)
+            out[key(theme, seed, page) + "|profile|face"] = pixels_digest(ill.personalize(base, face_photo, FACE, req))
     return out
 
 
@@ -84,7 +95,7 @@ def golden() -> dict[str, Any]:
 
 def test_golden_file_covers_every_theme(golden: dict[str, Any]) -> None:
     assert {k.split("|")[0] for k in golden} == set(THEMES)
-    assert len(golden) == len(THEMES) * (len(SEEDS) * len(PAGES) + 1)
+    assert len(golden) == len(THEMES) * (len(SEEDS) * len(PAGES) + 3)
 
 
 @pytest.mark.parametrize("theme", sorted(THEMES))

@@ -178,3 +178,33 @@ def test_readme_run_worker_and_run_flower(clean_db: Db, env: dict[str, str], tmp
         worker.stop()
         if flower is not None:
             flower.stop()
+
+
+def test_procfile_worker_line_on_a_fresh_machine_makes_its_default_database(env: dict[str, str],
+                                                                           tmp_path: Path) -> None:
+    """With DATABASE_URL unset (a fresh machine, the line as written), the worker uses the local
+    development database and creates it with schema.sql when missing, as ./run demo does; an
+    explicit DATABASE_URL naming a missing database is still refused (test_database_config.py)."""
+    import sqlalchemy as sa
+
+    default_server = "postgresql+psycopg2://postgres@127.0.0.1:5432"
+    if os.environ.get("TEST_PG_URL", default_server) != default_server:
+        pytest.skip("the default DATABASE_URL's server is not this run's PostgreSQL")
+    admin = sa.create_engine(f"{default_server}/postgres", isolation_level="AUTOCOMMIT")
+    with admin.connect() as c:
+        existed = c.execute(sa.text("SELECT 1 FROM pg_database WHERE datname = 'storycreator'")).scalar()
+    worker = Proc(procfile()["worker"], tmp_path / "worker.log",
+                  {k: v for k, v in env.items() if k != "DATABASE_URL"})
+    try:
+        worker.wait_for(" ready.", 90)
+        assert "DATABASE_URL is not set: using the local development database" in worker.text()
+        fresh = sa.create_engine(f"{default_server}/storycreator")
+        with fresh.connect() as c:
+            assert c.execute(sa.text("SELECT to_regclass('story_pages') IS NOT NULL")).scalar()
+        fresh.dispose()
+    finally:
+        worker.stop()
+        if not existed:  # leave the shared server as it was
+            with admin.connect() as c:
+                c.execute(sa.text("DROP DATABASE IF EXISTS storycreator WITH (FORCE)"))
+        admin.dispose()

@@ -10,7 +10,8 @@ from celery import Celery, signals
 
 import workers.broker_survival  # noqa: F401  (a Redis restart must not stop the worker: see that module)
 
-app = Celery("storycreator", include=["workers.story_tasks", "workers.order_tasks", "workers.ops_tasks"])
+app = Celery("storycreator", include=["workers.story_tasks", "workers.order_tasks", "workers.ops_tasks",
+                                        "workers.event_tasks"])
 app.config_from_object("celeryconfig")
 
 
@@ -40,6 +41,7 @@ def _warm_up(**_: Any) -> None:
     from pipeline.operations.boot_check import check_worker_configuration
 
     check_worker_configuration()  # SystemExit("configuration error: NAME ..."): every setting a step reads
+    _bootstrap_default_database()
     try:
         check_database()
     except DatabaseNotReady as e:
@@ -81,6 +83,14 @@ def _warm_up(**_: Any) -> None:
         pass
 
 
+@signals.worker_ready.connect
+def _deliver_due_events(**_: Any) -> None:
+    """A worker that starts sends what is due (events a dead worker left, backoffs that ran out)."""
+    from pipeline.events.delivery import kick
+
+    kick()
+
+
 @signals.worker_process_init.connect
 def _fresh_engine_after_fork(**_: Any) -> None:
     from db.engine import get_engine
@@ -98,3 +108,28 @@ def _dispose_engine(**_: Any) -> None:
 
     dispose_engine()
     cpu.shutdown()
+
+
+def _bootstrap_default_database() -> None:
+    """With ``DATABASE_URL`` unset, the worker uses the local development database
+    (``pipeline.config``: ``postgres@127.0.0.1:5432/storycreator``) and creates it with
+    schema.sql when it is missing, as ``./run demo`` does, so the Procfile's ``worker:`` line and
+    ``./run worker`` start on a fresh machine as written. A ``DATABASE_URL`` someone wrote is never
+    created: a mistyped name would get an empty database and the worker would ack every message
+    for stories it cannot find, so :func:`db.engine.check_database` refuses it with one line.
+    A server that cannot be reached is left to that check too (it says why)."""
+    import os
+
+    if "DATABASE_URL" in os.environ:
+        return
+    from db.engine import ensure_database
+
+    try:
+        ensure_database()
+    except Exception as e:  # noqa: BLE001 - check_database reports the same failure in one line
+        logging.getLogger("storycreator.boot").debug("default database not bootstrapped: %s", e)
+        return
+    # A warning: in production an unset DATABASE_URL is a forgotten setting (and worker_init runs
+    # before Celery configures logging, so only warnings reach stderr here).
+    logging.getLogger("storycreator.boot").warning(
+        "DATABASE_URL is not set: using the local development database (created with schema.sql if it was missing)")

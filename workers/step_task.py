@@ -38,10 +38,16 @@ from db.engine import ServiceUnavailable
 from db.engine import reason as db_reason
 from db.engine import unavailable as db_unavailable
 from pipeline.config import settings
+from pipeline.events.delivery import kick as kick_events
 from pipeline.kernel import metrics, step
 from workers.app import app
 
 log = logging.getLogger("storycreator.step")
+
+# Outcomes and stages that can have written an event (README "Events (webhooks)"): a text or
+# picture step never does; a failure, a page's personalization, the book, an order's move can.
+_MOVED = (step.Outcome.DONE, step.Outcome.FAILED)
+_NO_EVENTS = ("text", "image")
 
 Body = Callable[[step.Attempt], step.StepResult]
 Then = Callable[[str | None, step.StepResult], None]
@@ -168,6 +174,8 @@ def _run(task: Task, stage: str, ids: dict[str, Any], body: Body, ident: str | N
         raise task.retry(countdown=countdown, kwargs=resend, max_retries=None, exc=None) from None
     if then is not None:
         then(ident, result)
+    if result.outcome in _MOVED and stage not in _NO_EVENTS:
+        kick_events()  # its commit may have written events (schema.sql's triggers): deliver them soon
     _log_line(stage, ids, attempt.number, result, result.outcome.value, (time.perf_counter() - t0) * 1000)
     summary = f"{result.outcome.value}: {result.detail}" if result.detail else result.outcome.value
     if not result.moves_on and req.chain:

@@ -82,6 +82,7 @@ def check_worker_configuration() -> None:
     and lost: a worker with one it cannot work with exits at boot (workers/app.py) instead."""
     from db.engine import pool_size
     from pipeline.config import log_level, settings
+    from pipeline.events.settings import event_settings
     from pipeline.kernel import quota
     from pipeline.kernel.cpu import processes
     from pipeline.kernel.metrics import metrics_port
@@ -91,6 +92,7 @@ def check_worker_configuration() -> None:
     from pipeline.stories.redo import redo_limit
 
     settings()  # STEP_*, STORY_PAGE_COUNT, providers' names, leases, timeouts...
+    event_settings()  # WEBHOOK_*, EVENTS_*
     log_level()
     pool_size()  # DB_POOL_SIZE
     processes()  # CPU_PROCESSES

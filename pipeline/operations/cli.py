@@ -12,6 +12,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from pipeline.operations.cli_args import duration, non_negative, positive_int
+
 # What each exit code means, as `--help` and the README say it (tests/test_cli_output.py holds the
 # three to each other and to what the commands return).
 EXIT_CODES = ("0 done, 1 nothing done or not found (or the database unreachable), 2 usage or "
@@ -26,6 +28,7 @@ def cmd_status(args: argparse.Namespace) -> int:
     from db import redo as redo_db
     from db.engine import transaction
     from pipeline.kernel.step import valid_uuid
+    from pipeline.operations.events import event_lines, story_events
     from pipeline.operations.story_book import book_links, revision_lines
     from pipeline.stories.stages import PAGE_STAGES
 
@@ -46,11 +49,12 @@ def cmd_status(args: argparse.Namespace) -> int:
     story, pages, errors, jobs = report["story"], report["pages"], report["errors"], report["jobs"]
     # A story being revised (a redone page) still has its previous book to read.
     book = book_links(sid, revision) if story["status"] == "completed" or (revision or {}).get("book_pdf_key") else {}
+    events = story_events(sid)
     if args.json:
         print(
             json.dumps(
                 {"story": dict(story), "pages": [dict(p) for p in pages], "errors": [dict(e) for e in errors],
-                 "jobs": [dict(j) for j in jobs], "book": book, "revision": revision},
+                 "jobs": [dict(j) for j in jobs], "book": book, "revision": revision, "events": events},
                 default=str,
                 indent=2,
             )
@@ -93,6 +97,8 @@ def cmd_status(args: argparse.Namespace) -> int:
     for j in ended:
         print(f"  {j['created_at']:%H:%M:%S} {j['stage']} (page {j['page_number']}) {j['provider']} job "
               f"{j['external_id'] or '(not created)'} {j['status']}: {j['error_message'] or ''}")
+    for line in event_lines(events):
+        print(line)
     return 0
 
 
@@ -121,13 +127,15 @@ def _waiting_for(story: dict[str, Any]) -> str | None:
 
 
 def _summary(args: argparse.Namespace) -> int:
+    from pipeline.operations.events import event_counts, summary_line
     from pipeline.operations.orders import order_summary
     from pipeline.operations.submit import summary
 
     counts = summary()
     orders = order_summary()
+    events = event_counts()
     if args.json:
-        print(json.dumps({**counts, "orders": orders}))
+        print(json.dumps({**counts, "orders": orders, "events": events}))
         return 0
     statuses = ("pending", "processing", "completed", "failed")
     print(f"{'stage':<16}" + "".join(f"{st:>12}" for st in statuses))
@@ -135,6 +143,7 @@ def _summary(args: argparse.Namespace) -> int:
         print(f"{stage:<16}" + "".join(f"{by_status.get(st, 0):>12}" for st in statuses))
     print("orders          " + "  ".join(f"{st} {orders.get(st, 0)}" for st in
                                          ("pending_payment", "paid", "fulfilled", "shipped", "failed")))
+    print(summary_line(events))
     if orders.get("payment_needs_confirmation") or orders.get("payment_wrong_mode"):
         print(f"payments        needs confirmation {orders.get('payment_needs_confirmation', 0)} order(s) "
               f"(retry --order)  wrong Stripe mode {orders.get('payment_wrong_mode', 0)} event(s) ignored")
@@ -146,6 +155,7 @@ def _summary(args: argparse.Namespace) -> int:
 
 def _order_status(args: argparse.Namespace) -> int:
     from pipeline.kernel.step import valid_uuid
+    from pipeline.operations.events import event_lines, story_events
     from pipeline.operations.orders import format_report, order_report
 
     oid = valid_uuid(args.order)
@@ -156,7 +166,9 @@ def _order_status(args: argparse.Namespace) -> int:
     if report is None:
         print(f"no order {oid}", file=sys.stderr)
         return 1
-    print(json.dumps(report, default=str, indent=2) if args.json else format_report(report))
+    report["events"] = story_events(order_id=oid)
+    print(json.dumps(report, default=str, indent=2) if args.json
+          else "\n".join([format_report(report), *event_lines(report["events"])]))
     return 0
 
 
@@ -193,13 +205,13 @@ def cmd_submit(args: argparse.Namespace) -> int:
     return 0
 
 
-def _duration(raw: str) -> float:
-    """'90s', '15m', '6h', '2d' or plain seconds."""
-    units = {"s": 1, "m": 60, "h": 3600, "d": 86400}
-    try:
-        return float(raw[:-1]) * units[raw[-1]] if raw[-1:] in units else float(raw)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a duration: {raw!r} (e.g. 90s, 15m, 6h, 2d)") from None
+def _retry_event(args: argparse.Namespace) -> int:
+    from pipeline.operations.events import retry_event
+
+    ok, message = retry_event(args.event) if not args.dry_run else (True, f"{args.event}: would be queued again")
+    print(json.dumps({"dry_run": args.dry_run, "event": args.event, "ok": ok, "message": message})
+          if args.json else message)
+    return 0 if ok else 1
 
 
 def cmd_retry(args: argparse.Namespace) -> int:
@@ -208,13 +220,15 @@ def cmd_retry(args: argparse.Namespace) -> int:
 
     if args.order is not None:
         return _retry_order(args)
+    if args.event is not None:
+        return _retry_event(args)
     ids = {k: getattr(args, k) for k in ("story", "page", "photo") if getattr(args, k) is not None}
     for k, v in ids.items():
         if valid_uuid(v) is None:
             print(f"error: --{k} {v!r} is not an id (UUID)", file=sys.stderr)
             return 2
     if not ids and args.since is None and args.stage is None and args.theme is None:
-        print("error: say what to retry: --story, --page, --photo, --order, or --since/--stage/--theme",
+        print("error: say what to retry: --story, --page, --photo, --order, --event, or --since/--stage/--theme",
               file=sys.stderr)
         return 2
     if args.story:
@@ -240,6 +254,7 @@ def cmd_retry(args: argparse.Namespace) -> int:
 def cmd_backfill(args: argparse.Namespace) -> int:
     from pipeline.config import settings
     from pipeline.operations.backfill import BackfillProgress, backfill
+    from pipeline.operations.events import backfill_events
     from pipeline.operations.orders import sweep_orders
 
     lease = args.stale_after if args.stale_after is not None else settings().step_lease_seconds
@@ -259,41 +274,23 @@ def cmd_backfill(args: argparse.Namespace) -> int:
         return 130
     # Stuck orders: paid with no print files or no print job, print jobs nobody follows.
     orders = sweep_orders(lease=lease, pending_after=pending_after, limit=args.limit or 500, dry_run=args.dry_run)
+    events = backfill_events(dry_run=args.dry_run)  # webhook deliveries waiting for their backoff: due now
     if args.json:
         print(json.dumps({"dry_run": args.dry_run, "enqueued": result.enqueued, "batches": result.batches,
                           "resumed": result.resumed, "finished": result.done,
                           "items": [{"task": i.task, **i.kwargs} for i in result.items],
-                          "orders": [{"task": i.task, **i.kwargs} for i in orders]}))
+                          "orders": [{"task": i.task, **i.kwargs} for i in orders], "events": events}))
         return 0
     for i in [*result.items, *orders]:
         print(f"{verb} {i.task} {next(iter(i.kwargs.values()))}")
     if orders:
         print(f"{len(orders)} stuck order step(s) {verb}")
+    print(f"{events} pending event deliver(ies) {'would be ' if args.dry_run else ''}made due now")
     if result.resumed:
         print("(resumed an earlier, unfinished backfill; --restart starts over)")
     print(f"{result.enqueued} stuck step(s) {verb}"
           + ("" if result.done else " (stopped at --limit: run again to continue)"))
     return 0
-
-
-def _non_negative(value: str) -> float:
-    try:
-        x = float(value)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{value!r} is not a number") from None
-    if x < 0:
-        raise argparse.ArgumentTypeError("must be 0 or more")
-    return x
-
-
-def _positive_int(value: str) -> int:
-    try:
-        n = int(value)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{value!r} is not a whole number") from None
-    if n < 1:
-        raise argparse.ArgumentTypeError("must be at least 1")
-    return n
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -332,11 +329,12 @@ def _main(argv: list[str] | None) -> int:
     rt.add_argument("--photo", help="the failed stories of this photo")
     rt.add_argument("--order", help="a failed order: again from its print files (a new print run if the "
                                    "provider rejected its job), or following its job again")
-    rt.add_argument("--since", type=_duration, metavar="DURATION",
+    rt.add_argument("--since", type=duration, metavar="DURATION",
                     help="stories that failed within this long (90s, 15m, 6h, 2d)")
     rt.add_argument("--stage", choices=["analysis", "outline", "text", "image", "personalization", "finish"],
                     help="stories that failed at this stage")
     rt.add_argument("--theme", help="stories of this theme")
+    rt.add_argument("--event", help="an event (evt_...) whose webhook delivery is dead: sent again, attempts anew")
     rt.add_argument("--limit", type=int, default=1000, help="at most this many stories")
     rt.add_argument("--force", action="store_true", help="retry even a photo that had no face")
     rt.add_argument("--dry-run", action="store_true")
@@ -354,11 +352,11 @@ def _main(argv: list[str] | None) -> int:
                     help="a 'processing' step untouched this long is stuck (default: STEP_LEASE_SECONDS)")
     bf.add_argument("--pending-after", type=float, default=None, metavar="SECONDS",
                     help="a ready 'pending' step untouched this long lost its message (default: the lease)")
-    bf.add_argument("--batch-size", type=_positive_int, default=200, metavar="N",
+    bf.add_argument("--batch-size", type=positive_int, default=200, metavar="N",
                     help="look up and enqueue this many at a time (default 200)")
-    bf.add_argument("--rate", type=_non_negative, default=100.0, metavar="PER_SECOND",
+    bf.add_argument("--rate", type=non_negative, default=100.0, metavar="PER_SECOND",
                     help="enqueue at most this many messages a second (default 100; 0 = no limit)")
-    bf.add_argument("--limit", type=_positive_int, default=None, metavar="N",
+    bf.add_argument("--limit", type=positive_int, default=None, metavar="N",
                     help="stop after this many (run again to continue from there)")
     bf.add_argument("--restart", action="store_true", help="ignore an unfinished earlier run; start over")
     bf.add_argument("--dry-run", action="store_true", help="list what would be enqueued; change nothing")

@@ -9,6 +9,8 @@ from collections.abc import Collection
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+from pipeline.providers.profile import CharacterProfile
+
 
 @dataclass(frozen=True)
 class BoundingBox:
@@ -81,13 +83,16 @@ class PhotoAnalysis:
 @dataclass(frozen=True)
 class StoryRequest:
     """One story as a writer or illustrator sees it: the child's name and age (years), the
-    theme name, how many pages, and a seed stable per story (a re-run writes the same story)."""
+    theme name, how many pages, a seed stable per story (a re-run writes the same story) and,
+    for illustrators, the ``character`` profile of the story's face (pipeline/providers/character.py;
+    None: no profile, e.g. the outline or a photo analysed before profiles existed)."""
 
     child_name: str
     child_age: int
     theme: str
     page_count: int
     seed: int  # stable per story, so a re-run writes the same story
+    character: CharacterProfile | None = None  # how the child looks; never the name
 
 
 @dataclass(frozen=True)

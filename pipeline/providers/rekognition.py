@@ -23,7 +23,9 @@ photo is usable (a rejected photo costs one request, not two).
   * heavily covered (``FaceOccluded`` true with confidence >= 80): a hand, hair, a mask;
   * turned away (``|Pose.Yaw| > 60`` degrees): a profile gives half a face to draw from.
 - Gender, beard and moustache are not kept: nothing here needs them, and this is a child's
-  photo (data minimisation). Landmarks outside the image are dropped, boxes are clipped to it.
+  photo (data minimisation). ``Eyeglasses`` feeds the character profile's glasses
+  (pipeline/providers/character.py); Rekognition has no hair attribute, so hair comes from
+  pixels. Landmarks outside the image are dropped, boxes are clipped to it.
 
 Images: Rekognition takes JPEG or PNG of at most 5 MB (``ImageBlob`` max 5242880 bytes), at
 least 80x80 px and, for DetectLabels, at most 10,000 px a side. Bytes that do not decode are

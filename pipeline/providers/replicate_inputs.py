@@ -23,9 +23,10 @@ from pipeline.providers.themes import THEMES, resolve_theme
 MAX_OUTPUT_PIXELS = 40_000_000  # far above any model's output; stops a decompression bomb
 WIDTH, HEIGHT = 960, 720  # the offline illustrator's page size; multiples of 16 for diffusion models
 ASPECT_RATIO = "4:3"
-# One look for every page, and a face the swap model can find: frontal, uncovered, lit.
+# One look for every page, and a face the swap model can find: frontal, uncovered, lit. ``looks``:
+# the story's character profile in words (", with short brown hair, light skin and glasses"), or "".
 CHARACTER = (
-    "a cheerful {who} in a red jumper and blue trousers, facing the viewer, "
+    "a cheerful {who}{looks} in a red jumper and blue trousers, facing the viewer, "
     "whole face clearly visible, uncovered and evenly lit, no hat, no helmet, no mask"
 )
 NEGATIVE_PROMPT = (
@@ -146,7 +147,8 @@ def decode_data_uri(uri: str) -> bytes:
 
 def base_input(req: PageRequest) -> dict[str, Any]:
     """The base illustration's model input for one page: prompt (theme setting, the page's scene
-    without the child's name, the shared character and style), negative prompt, 960x720 / 4:3,
+    without the child's name, the shared character, described from the story's character profile
+    when it has one, and style), negative prompt, 960x720 / 4:3,
     the story's seed, one PNG output. Deterministic for a page (``find`` relies on it).
     PermanentStepError for an unknown theme or a page with no beat."""
     theme = resolve_theme(req.story.theme)
@@ -163,7 +165,10 @@ def base_input(req: PageRequest) -> dict[str, Any]:
     name = req.story.child_name
     scene = _scrub_name(_scene(req.outline.beats[req.page_number - 1]), name)
     style = _scrub_name(req.outline.style.strip(), name) or DEFAULT_STYLE
-    character = CHARACTER.format(who=_who(req.story.child_age))
+    profile = req.story.character
+    # The profile's words only (hair, skin colour, glasses): the same on every page of the story.
+    looks = f" with {profile.descriptor()}," if profile is not None else ""
+    character = CHARACTER.format(who=_who(req.story.child_age), looks=looks)
     prompt = (
         f"Children's picture-book illustration, {theme.setting}. Scene: {scene}. "
         f"Main character: {character}. Style: {style}. No text or lettering anywhere in the picture."

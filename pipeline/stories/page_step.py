@@ -32,6 +32,7 @@ from pipeline.kernel.step import (
 )
 from pipeline.providers import registry
 from pipeline.providers.base import Face, Outline, PageRequest, StoryRequest
+from pipeline.providers.profile import CharacterProfile
 from pipeline.providers.themes import THEMES, resolve_theme
 from pipeline.stories.recorders import PageRecorder
 from pipeline.stories.stages import STAGE_LABEL, STORY, page_prerequisite
@@ -64,12 +65,13 @@ def story_face(claim: pages_db.PageClaim) -> Face:
 
 
 def page_request(claim: pages_db.PageClaim) -> PageRequest:
-    """What the providers are asked for this page: the story (name, age, theme, pages, seed),
-    its outline, the page number and, for a redone page, the parent's hint and the revision."""
+    """What the providers are asked for this page: the story (name, age, theme, pages, seed, the
+    character profile of the story's face), its outline, the page number and, for a redone page,
+    the parent's hint and the revision."""
     story = StoryRequest(
         " ".join(claim.child_name.split()), claim.child_age,
         (resolve_theme(claim.story_theme) or THEMES["space_adventure"]).id,
-        len(claim.beats), story_seed(claim.story_id),
+        len(claim.beats), story_seed(claim.story_id), CharacterProfile.from_json(claim.character),
     )
     return PageRequest(story, Outline(claim.title, tuple(claim.beats), claim.style), claim.page_number,
                        hint=claim.hint, revision=claim.revision)

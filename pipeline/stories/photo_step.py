@@ -1,5 +1,6 @@
 """Photo analysis (``photos.analyze``; also run inline by the story's start): claim the photo, read
-it, find the child's face with the vision provider, record the analysis.
+it, find the child's face with the vision provider, measure each usable face's character profile
+(pipeline/providers/character.py: face data, stored with face_details), record the analysis.
 
 photos.ai_processing_status: pending -> processing -> completed | failed. Idempotent: a completed
 photo returns at once; a photo another live copy holds is left to it.
@@ -67,7 +68,7 @@ def analyze_photo(photo_id: str, attempt: Attempt = FIRST_TRY, analysed: dict[st
             return StepResult(Outcome.FAILED, msg, timer.timings)
         return held_elsewhere("photo analysis in progress", state["age"], attempt, timer)
 
-    def work() -> tuple[Any, Any, Any]:
+    def work() -> tuple[Any, Any, Any, Any]:
         with timer.phase("read"):
             try:
                 image = registry.read_photo(claim["storage_provider"], claim["bucket"], claim["object_key"])
@@ -82,9 +83,12 @@ def analyze_photo(photo_id: str, attempt: Attempt = FIRST_TRY, analysed: dict[st
                 raise PermanentStepError(too_small_message(
                     analysis.small_faces[0], analysis.image_width, analysis.image_height))
             raise PermanentStepError(NO_FACE)
+        from pipeline.providers.character import profiles_from_photo
         from pipeline.providers.face_json import analysis_to_json
 
-        return analysis_to_json(analysis)
+        with timer.phase("profile"):  # how each usable face looks, for the illustrations (face data)
+            profile = profiles_from_photo(image, analysis.faces)
+        return (*analysis_to_json(analysis), profile)
 
     token = int(claim["claim_token"])
     note_claim(token)
@@ -94,11 +98,11 @@ def analyze_photo(photo_id: str, attempt: Attempt = FIRST_TRY, analysed: dict[st
         record.fail(msg)
         return StepResult(Outcome.FAILED, msg, timer.timings)
     try:
-        faces, labels, objects = guarded(work, attempt=attempt, record=record, what="Photo analysis")
+        faces, labels, objects, profile = guarded(work, attempt=attempt, record=record, what="Photo analysis")
     except StepFailed as e:
         return StepResult(Outcome.FAILED, str(e), timer.timings)
     with timer.phase("record"), autocommit() as c:
-        done = photos_db.complete_photo(c, photo_id, faces, labels, objects, token)
+        done = photos_db.complete_photo(c, photo_id, faces, labels, objects, token, character_profile=profile)
     if not done:  # fenced: another worker took the analysis over while this run was away
         raise ClaimLost(f"photo {photo_id}: analysis not recorded")
     if analysed is not None:

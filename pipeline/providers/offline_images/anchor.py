@@ -6,7 +6,10 @@ bytes:
 - ``face_anchor`` (``ANCHOR_KEY``) = ``{"cx", "cy", "r"}``: the empty head circle, in page pixels;
 - ``character`` (``CHARACTER_KEY``) = ``{"ink": [r, g, b], "ink_width": w, "hands": [[x, y, r], ...]}``:
   the outline colour and width (pixels) and the bare hands drawn in ``PLACEHOLDER_SKIN``, which
-  ``personalize`` repaints in the photo's skin tone.
+  ``personalize`` repaints in the photo's skin tone;
+- ``character_profile`` (``PROFILE_KEY``, when the story has a profile): the character profile the
+  child was painted from (pipeline/providers/character.py: hair, skin colour, glasses; never the
+  name), kept by ``personalize``, so the page itself says which child it shows.
 
 Both are optional for ``personalize``: a base from another provider gets the face at
 ``default_anchor`` and no hand recolouring.
@@ -24,6 +27,7 @@ from pipeline.providers.offline_images.painter import HEIGHT, RGB, WIDTH
 
 ANCHOR_KEY = "face_anchor"
 CHARACTER_KEY = "character"
+PROFILE_KEY = "character_profile"
 PNG_COMPRESS_LEVEL = 3  # level 6 costs ~10 ms more per page for ~20% smaller files
 
 PLACEHOLDER_SKIN: RGB = (238, 200, 168)  # bare hands before personalize repaints them

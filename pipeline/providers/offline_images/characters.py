@@ -9,6 +9,7 @@ from __future__ import annotations
 from PIL import Image
 
 from pipeline.providers.offline_images.anchor import PLACEHOLDER_FACE, PLACEHOLDER_SKIN, Anchor
+from pipeline.providers.offline_images.hair import draw_glasses, draw_hair
 from pipeline.providers.offline_images.page import Page, Placement
 from pipeline.providers.offline_images.painter import (
     SS,
@@ -65,8 +66,10 @@ def draw_child(pg: Page) -> Placement:
     elif theme == "pirates":
         suit = (248, 246, 238)
     sleeve = suit
-    # Gloves for astronauts and heroes; everyone else gets placeholder skin, repainted later.
-    hand_col = {"space_adventure": (250, 250, 250), "superhero": (252, 208, 64)}.get(theme, PLACEHOLDER_SKIN)
+    # Gloves for astronauts and heroes; everyone else gets the profile's skin, or placeholder
+    # skin repainted by personalize when there is no profile.
+    skin = pg.character.skin_rgb if pg.character is not None else PLACEHOLDER_SKIN
+    hand_col = {"space_adventure": (250, 250, 250), "superhero": (252, 208, 64)}.get(theme, skin)
 
     # Behind the body: cape, cloak, backpack.
     if theme == "superhero":
@@ -161,11 +164,13 @@ def draw_child(pg: Page) -> Placement:
         p.stroke([(tx, hy - 1.15 * r), (tx, hy + 0.25 * r), (hx + side * 0.95 * r, hy + 0.5 * r),
                   (hx + side * 0.7 * r, hy + 0.45 * r)], (250, 200, 60), 0.16 * r)
         p.rect(tx - 0.11 * r, hy - 1.3 * r, tx + 0.11 * r, hy - 1.05 * r, (240, 90, 80), radius=0.05 * r)
+    draw_hair(pg, hx, hy, r, pg.character)  # behind the head, under raised arms and shoulders
     pg.canvas.paste(layer, (int(round(lx0 * SS)), int(round(ly0 * SS))), layer)
 
     # The placeholder head, then headwear kept outside the face circle (the photo covers it).
     p.circle(hx, hy, r, PLACEHOLDER_FACE)
     p.circle(hx, hy, r * 0.55, rgba(dark(PLACEHOLDER_FACE, 0.06), 255), outline=None)
+    draw_glasses(pg, hx, hy, r, pg.character)
     if theme == "space_adventure":
         p.circle(hx, hy, 1.2 * r, None, outline=(220, 230, 245), width=0.14 * r)
         p.circle(hx, hy, 1.28 * r, None)

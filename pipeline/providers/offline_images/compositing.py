@@ -19,6 +19,7 @@ from pipeline.providers.offline_images.anchor import (
     ANCHOR_KEY,
     CHARACTER_KEY,
     PLACEHOLDER_SKIN,
+    PROFILE_KEY,
     Anchor,
     default_anchor,
     encode_png,
@@ -27,17 +28,20 @@ from pipeline.providers.offline_images.anchor import (
 )
 from pipeline.providers.offline_images.painter import RGB, Color, rgba
 from pipeline.providers.photo_decode import decode_photo
+from pipeline.providers.profile import CharacterProfile
 
 FACE_MARGIN = 0.35  # extra crop around the detected face box on each side (hair, chin)
 
 
-def personalize_png(base: bytes, photo: bytes, face: Face) -> bytes:
+def personalize_png(base: bytes, photo: bytes, face: Face, profile: CharacterProfile | None = None) -> bytes:
     """``base`` (a PNG page) with the face of ``face``'s box in ``photo`` pasted into its head circle.
 
     The circle is the base's ``face_anchor`` or ``default_anchor``; the face is cropped square
     with ``FACE_MARGIN`` around the box, tinted 8% towards the page's surrounding light, framed
-    by an ink ring, and the ``character`` chunk's bare hands are repainted in the photo's skin
-    tone. Returns an RGB PNG of the base's size keeping both chunks.
+    by an ink ring, and the ``character`` chunk's bare hands are repainted in the skin colour of
+    ``profile`` (the story's character profile: the same on every page), else in the photo's skin
+    tone. Returns an RGB PNG of the base's size keeping the base's chunks, and recording
+    ``profile`` in the ``character_profile`` chunk when given.
 
     Raises PermanentStepError if the base or the photo can't be read, or if the face box lies
     outside the photo.
@@ -58,13 +62,17 @@ def personalize_png(base: bytes, photo: bytes, face: Face) -> bytes:
     ink: RGB = (int(ink_rgb[0]), int(ink_rgb[1]), int(ink_rgb[2]))
 
     face_img, skin = _face_disc(photo, face, anchor.r)
+    if profile is not None:
+        skin = profile.skin_rgb
     face_img = _blend_ambient(face_img, page, anchor)
     _paste_face(page, face_img, anchor, ink)
     ink_width = float(character.get("ink_width", 2.4))
     for x, y, r in character.get("hands", []):
         _paint_disc(page, float(x), float(y), float(r), skin, ink, ring_width=ink_width)
 
-    text = {k: v for k, v in info.items() if isinstance(v, str) and k in (ANCHOR_KEY, CHARACTER_KEY)}
+    text = {k: v for k, v in info.items() if isinstance(v, str) and k in (ANCHOR_KEY, CHARACTER_KEY, PROFILE_KEY)}
+    if profile is not None:
+        text[PROFILE_KEY] = profile.to_text()
     return encode_png(page, text)
 
 

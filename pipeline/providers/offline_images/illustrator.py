@@ -24,7 +24,7 @@ from PIL import Image
 
 from pipeline.kernel.errors import PermanentStepError
 from pipeline.providers.base import Face, PageRequest
-from pipeline.providers.offline_images.anchor import ANCHOR_KEY, CHARACTER_KEY, encode_png
+from pipeline.providers.offline_images.anchor import ANCHOR_KEY, CHARACTER_KEY, PROFILE_KEY, encode_png
 from pipeline.providers.offline_images.characters import POSES, draw_child
 from pipeline.providers.offline_images.compositing import personalize_png
 from pipeline.providers.offline_images.page import STYLES, Page, pick_outfit
@@ -66,7 +66,9 @@ class LocalIllustrator:
 
     def draw_base(self, req: PageRequest) -> bytes:
         """The page's scene with the child's head left as an empty circle: a 960x720 RGB PNG
-        with the ``face_anchor`` and ``character`` chunks (``anchor``).
+        with the ``face_anchor`` and ``character`` chunks (``anchor``). The story's character
+        profile, when it has one, paints the hair, bare hands and glasses and is recorded in a
+        ``character_profile`` chunk (the same on every page of the story).
 
         Raises PermanentStepError for a theme ``pipeline.providers.themes`` does not know.
         """
@@ -106,7 +108,7 @@ class LocalIllustrator:
         page = Page(
             theme=theme.id, canvas=canvas, p=painter, rng=rng, sky=sky, outfit=outfit, ink=style.ink,
             child_x=child_x, ground_y=ground_y, head_r=round(rng.uniform(58, 66)), pose=pose,
-            feet_y=feet_y, tilt=tilt, flying=flying, props_x=props,
+            feet_y=feet_y, tilt=tilt, flying=flying, props_x=props, character=req.story.character,
         )
         SCENES[theme.id](page)
         if (tint := hint_colour(req.hint)) is not None:
@@ -122,11 +124,14 @@ class LocalIllustrator:
         hands = [list(h) for h in placement.hands]
         character = {"ink": list(style.ink), "ink_width": painter.ink_width, "hands": hands}
         text = {ANCHOR_KEY: placement.anchor.to_json(), CHARACTER_KEY: json.dumps(character, sort_keys=True)}
+        if req.story.character is not None:
+            text[PROFILE_KEY] = req.story.character.to_text()
         return encode_png(img, text)
 
     def personalize(self, base: bytes, photo: bytes, face: Face, req: PageRequest) -> bytes:
         """Paste the child's face from ``photo`` into the base's head circle (PNG, base's size).
 
-        See ``compositing.personalize_png``; ``req`` is not needed offline.
+        See ``compositing.personalize_png``; from ``req`` only the story's character profile
+        (the hands' skin colour, recorded in the page).
         """
-        return personalize_png(base, photo, face)
+        return personalize_png(base, photo, face, req.story.character)

@@ -12,6 +12,7 @@ from PIL import Image
 
 from pipeline.providers.offline_images.anchor import Anchor
 from pipeline.providers.offline_images.painter import RGB, Painter
+from pipeline.providers.profile import CharacterProfile
 
 
 @dataclass(frozen=True)
@@ -90,6 +91,7 @@ class Page:
     tilt: float = 0.0
     flying: bool = False
     props_x: list[float] = field(default_factory=list)  # x positions free for big props
+    character: CharacterProfile | None = None  # the story's child: hair, skin, glasses (never the name)
 
 
 @dataclass(frozen=True)
