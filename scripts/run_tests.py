@@ -8,6 +8,8 @@ then ``tests/test_chaos.py`` and ``tests/test_nemesis.py`` alone, serially: the 
 and PostgreSQL under whatever else runs, the second stops workers past a lease and times what takes
 over (the other chaos-tier tests kill only their own worker processes). With arguments, one pytest run
 with exactly those arguments (``./run test -m unit``, ``./run test tests/test_names.py -k book``).
+``./run test --record-module-seconds`` is that CI run rewriting ``tests/module_seconds.txt`` from its own
+timings (the order the modules are handed to the xdist processes: tests/scheduling.py).
 ``./run test fast [ARGS]`` is the developer's loop: the ``unit`` and ``db`` tests not marked ``slow``
 (``-m "(unit or db) and not slow"``, tests/conftest.py), in one process, in seconds.
 
@@ -37,16 +39,21 @@ def pytest(*args: str) -> int:
     return code
 
 
+RECORD = "--record-module-seconds"  # ./run test --record-module-seconds: the CI run, rewriting tests/module_seconds.txt
+
+
 def main() -> int:
     args = sys.argv[1:]
     if args[:1] == ["fast"]:
         return pytest(*FAST, *args[1:])
-    if args:
+    record = [RECORD] if args == [RECORD] else []
+    if args and not record:
         return pytest(*args)
     workers = int(os.environ.get("TEST_WORKERS", "2"))
-    parallel = ["-n", str(workers)] if workers > 1 else []  # scheduled per module: tests/conftest.py
-    first = pytest(*parallel, *(arg for path in ALONE for arg in ("--ignore", path)))
-    second = pytest(*ALONE)
+    # scheduled per module, the longest first (tests/conftest.py, tests/scheduling.py)
+    parallel = ["-n", str(workers)] if workers > 1 else []
+    first = pytest(*parallel, *record, *(arg for path in ALONE for arg in ("--ignore", path)))
+    second = pytest(*record, *ALONE)
     return first or second
 
 

@@ -66,7 +66,7 @@ for var in ("VISION_PROVIDER", "TEXT_PROVIDER", "IMAGE_PROVIDER", "STORAGE_BACKE
             "SIMULATED_PROVIDER_LATENCY", "STEP_LEASE_SECONDS", "BROKER_VISIBILITY_TIMEOUT"):
     os.environ.pop(var, None)
 
-from tests import support  # noqa: E402
+from tests import scheduling, support  # noqa: E402
 
 # The real services, as this run found them (the unit tier's guard refuses exactly these).
 support.SERVICE_URLS.update(
@@ -254,6 +254,11 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         help=f"after the run, rewrite {SLOW_FILE.name}: every unit or db test of this run that took over "
              f"{SLOW_SECONDS} s (setup + call + teardown, wall clock), plus the listed tests this run did not "
              "select. Run it alone on a quiet machine: ./run test -m 'unit or db' --record-slow")
+    parser.addoption(
+        "--record-module-seconds", action="store_true",
+        help=f"after the run, rewrite tests/{scheduling.SECONDS_FILE.name} with the seconds each test module of this "
+             "run took (modules it did not run keep their line): the order ./run test hands modules to its xdist "
+             "processes, longest first (tests/scheduling.py). Run it as CI does: ./run test --record-module-seconds")
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
@@ -273,19 +278,29 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 _TIMES: dict[str, float] = {}  # node id -> seconds of setup + call + teardown of this run's unit and db tests
 
 
+_MODULE_TIMES: dict[str, float] = {}  # test module -> seconds of setup + call + teardown of its tests in this run
+
+
 def pytest_runtest_logreport(report: pytest.TestReport) -> None:
     """Sums the phases of each unit or db test (on the xdist controller too, from its workers' reports,
-    which carry the markers as keywords)."""
+    which carry the markers as keywords), and of every test per module (``--record-module-seconds``)."""
     if any(tier in report.keywords for tier in _FAST_TIERS):
         _TIMES[report.nodeid] = _TIMES.get(report.nodeid, 0.0) + report.duration
+    module = report.nodeid.split("::", 1)[0]
+    _MODULE_TIMES[module] = _MODULE_TIMES.get(module, 0.0) + report.duration
 
 
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     """With ``--record-slow``: rewrites ``tests/slow_tests.txt`` from this run's unit and db tests (on
     the xdist controller, not its workers; not when the run was interrupted). Tests the run did not
-    select keep their old lines."""
+    select keep their old lines. With ``--record-module-seconds``: rewrites ``tests/module_seconds.txt``
+    the same way, per module."""
     config = session.config
-    if not config.getoption("--record-slow") or _XDIST or exitstatus == pytest.ExitCode.INTERRUPTED:
+    if _XDIST or exitstatus == pytest.ExitCode.INTERRUPTED:
+        return
+    if config.getoption("--record-module-seconds"):
+        scheduling.write_seconds(_MODULE_TIMES)
+    if not config.getoption("--record-slow"):
         return
     old = _slow_lines(SLOW_FILE) if SLOW_FILE.is_file() else {}
     lines = {n: s for n, s in old.items() if n not in _TIMES}
@@ -332,12 +347,25 @@ else:
     _AMQP_MODULES: dict[str, bool] = {}
 
     class _ModuleScheduling(LoadScopeScheduling):  # type: ignore[misc]
+        """One scope per module (the RabbitMQ modules: one together), the longest first by the
+        seconds tests/module_seconds.txt records (tests/scheduling.py)."""
+
+        _expected: dict[str, float] | None = None
+
         def _split_scope(self, nodeid: str) -> str:
             path = nodeid.split("::", 1)[0]
             if path not in _AMQP_MODULES:
                 file = Path(__file__).resolve().parent.parent / path
                 _AMQP_MODULES[path] = file.is_file() and "TEST_AMQP_URL" in file.read_text()
             return "rabbitmq" if _AMQP_MODULES[path] else path
+
+        def _assign_work_unit(self, node: Any) -> None:
+            if self._expected is None:  # the first assignment: every scope is still queued
+                modules = {scope: sorted({n.split("::", 1)[0] for n in unit}) for scope, unit in self.workqueue.items()}
+                self._expected = scheduling.scope_seconds(modules, scheduling.read_seconds())
+            if self.workqueue:
+                self.workqueue.move_to_end(scheduling.longest_first(list(self.workqueue), self._expected), last=False)
+            super()._assign_work_unit(node)
 
     def pytest_xdist_make_scheduler(config: pytest.Config, log: Any) -> _ModuleScheduling:
         return _ModuleScheduling(config, log)

@@ -18,7 +18,7 @@ from typing import Any
 import pytest
 
 from tests.fakes.replicate_server import FakeReplicate
-from tests.support import ROOT, Db, WorkerProcess
+from tests.support import ROOT, Db, WorkerProcess, consume_all, standby_queue, start_workers, stop_workers
 
 REDIS = os.environ.get("TEST_REDIS_URL", "redis://127.0.0.1:6379")
 BROKER = f"{REDIS}/{int(os.environ.get('TEST_REDIS_DB', '11')) + 2}"  # this run's; own workers only
@@ -128,10 +128,39 @@ class Cluster:
 
     def worker(self, **env: str) -> WorkerProcess:
         """A new worker (started: ready), with ``env`` over the cluster's environment."""
+        w = self._new(env)
+        w.start()
+        return w
+
+    def worker_and_standby(self, **env: str) -> tuple[WorkerProcess, WorkerProcess]:
+        """A new worker (``env`` over the cluster's environment) and a standby (the cluster's
+        environment), booted side by side; both ready. The standby takes no work until
+        :meth:`take_over` (tests/support.py ``consume_all``)."""
+        w, spare = self._new(env), self.standby(launch=False)
+        start_workers(w, spare)
+        return w, spare
+
+    def standby(self, *, launch: bool = True) -> WorkerProcess:
+        """A worker booting now on a queue of its own (nothing is sent there): it takes no work
+        until :meth:`take_over`, which is then the moment "another worker starts", without the
+        boot's 7-20 s after it."""
+        w = self._new({})
+        w.queues = standby_queue(w)
+        if launch:
+            w.launch()
+        return w
+
+    def take_over(self, spare: WorkerProcess) -> WorkerProcess:
+        """The standby ``spare`` consumes every queue from now on, as a worker started now would
+        (waiting first for its boot, if still under way)."""
+        spare.wait_ready()
+        consume_all(self.env["CELERY_BROKER_URL"], spare)
+        return spare
+
+    def _new(self, env: dict[str, str]) -> WorkerProcess:
         w = WorkerProcess(self.tmp_path / f"worker{len(self.workers)}.log", env={**self.env, **env}, concurrency=8)
         w.frozen = False  # type: ignore[attr-defined]
         self.workers.append(w)
-        w.start()
         return w
 
     def beat(self) -> None:
@@ -145,10 +174,10 @@ class Cluster:
         log.close()
 
     def close(self) -> None:
-        for w in self.workers:
-            if w.proc is not None and w.proc.poll() is None:
-                thaw(w)  # a stopped process would not act on SIGTERM
-                w.stop()
+        running = [w for w in self.workers if w.proc is not None and w.proc.poll() is None]
+        for w in running:
+            thaw(w)  # a stopped process would not act on SIGTERM
+        stop_workers(*running)  # all at once: each takes seconds to exit
         if self.beat_proc is not None and self.beat_proc.poll() is None:
             os.killpg(self.beat_proc.pid, signal.SIGKILL)
             self.beat_proc.wait(10)

@@ -213,6 +213,14 @@ class WorkerProcess:
         self.name = f"test-{uuid.uuid4().hex[:6]}@localhost"
 
     def start(self, timeout: float = 60) -> None:
+        """Start the process and wait until it is ready (consuming). RuntimeError if it exits or
+        is not ready within ``timeout`` s."""
+        self.launch()
+        self.wait_ready(timeout)
+
+    def launch(self) -> None:
+        """Start the process without waiting (:meth:`wait_ready` waits): several workers then boot
+        at once (:func:`start_workers`)."""
         if CURRENT_TIER in ("unit", "db"):
             raise TierViolation(f"a {CURRENT_TIER!r}-tier test started a celery worker process: mark it "
                                 "@pytest.mark.workers (tests/conftest.py)")
@@ -244,6 +252,11 @@ class WorkerProcess:
             start_new_session=True,
         )
         _STARTED.append(self)
+
+    def wait_ready(self, timeout: float = 60) -> None:
+        """Wait until the launched worker logs `` ready.`` (its consumer runs). RuntimeError if it
+        exits first or is not ready within ``timeout`` s."""
+        assert self.proc is not None, "launch() first"
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
@@ -263,15 +276,46 @@ class WorkerProcess:
         self.proc.wait(10)
 
     def stop(self) -> None:
+        """Warm shutdown (SIGTERM to its process group), waited for: SIGKILL after 30 s."""
+        self.terminate()
+        self.wait_stopped()
+
+    def terminate(self) -> None:
+        """SIGTERM the worker's process group without waiting (:meth:`wait_stopped` waits)."""
         if self.proc is None or self.proc.poll() is not None:
             return
-        os.killpg(self.proc.pid, signal.SIGTERM)
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self.proc.pid, signal.SIGTERM)
+
+    def wait_stopped(self) -> None:
+        """Wait for the process to exit after :meth:`terminate` (SIGKILL after 30 s)."""
+        if self.proc is None:
+            return
         try:
             self.proc.wait(30)
         except subprocess.TimeoutExpired:
             os.killpg(self.proc.pid, signal.SIGKILL)
             self.proc.wait(10)
-        self._fh.close()
+        if not self._fh.closed:
+            self._fh.close()
+
+
+def start_workers(*workers: WorkerProcess, timeout: float = 60) -> None:
+    """Start ``workers`` at once and wait until each is ready: they boot side by side (a boot is
+    mostly imports and a CPU process spawned, ~7-20 s) instead of one after the other."""
+    for w in workers:
+        w.launch()
+    for w in workers:
+        w.wait_ready(timeout)
+
+
+def stop_workers(*workers: WorkerProcess) -> None:
+    """Warm-shut ``workers`` down at once and wait for every one (each takes seconds to exit: its
+    interpreter tears down), as :meth:`WorkerProcess.stop` does one by one."""
+    for w in workers:
+        w.terminate()
+    for w in workers:
+        w.wait_stopped()
 
 
 def external_send(broker_url: str, name: str, kwargs: dict[str, Any], times: int = 1) -> None:
@@ -341,3 +385,30 @@ def boot_worker_until_exit(env: dict[str, str], log: Path, *, timeout: float = 4
             p.wait()
             code = None
     return code, log.read_text(errors="replace")
+
+
+def standby_queue(w: WorkerProcess) -> str:
+    """The queue of a standby worker's own (nothing is ever sent to it): see :func:`consume_all`."""
+    return f"standby.{w.name.split('@', 1)[0]}"
+
+
+def consume_all(broker: str, w: WorkerProcess, timeout: float = 10) -> None:
+    """Make worker ``w``, started on its :func:`standby_queue` alone (booted ahead, taking no work),
+    consume every queue now, as a worker started at this moment would: Celery's ``add_consumer``
+    remote control command (the worker's own queue declarations of celeryconfig, by name), sent on
+    ``broker`` (a Redis URL) and answered by ``w`` for each queue within ``timeout`` s, else
+    AssertionError. The boot (imports, CPU processes: 7-20 s) is paid before the moment the test
+    times, not after it."""
+    from kombu import Connection
+    from kombu.pidbox import Mailbox
+
+    # kombu's mailbox as Celery's remote control builds it ("celery" control exchange, JSON), on a
+    # connection to ``broker`` itself (a Celery app here would take CELERY_BROKER_URL from the
+    # environment, this process's own broker, over the one it is given)
+    mailbox = Mailbox("celery", type="fanout", accept=["json"], serializer="json")
+    with Connection(broker) as conn:
+        node = mailbox(conn)
+        for queue in ALL_QUEUES.split(","):
+            replies = node._broadcast("add_consumer", {"queue": queue}, destination=[w.name], reply=True,
+                                      timeout=timeout)
+            assert replies and "ok" in replies[0].get(w.name, {}), (queue, replies, w.tail())

@@ -25,7 +25,18 @@ from tests import services
 from tests.fakes.openai_server import DEFAULT_KEY, FakeOpenAI
 from tests.fakes.replicate_server import FakeReplicate
 from tests.services import OwnPostgres, OwnRedis
-from tests.support import ROOT, Db, WorkerProcess, astronaut_png, external_send, flush_redis
+from tests.support import (
+    ROOT,
+    Db,
+    WorkerProcess,
+    astronaut_png,
+    consume_all,
+    external_send,
+    flush_redis,
+    standby_queue,
+    start_workers,
+    stop_workers,
+)
 
 REDIS = os.environ.get("TEST_REDIS_URL", "redis://127.0.0.1:6379")
 BROKER = f"{REDIS}/12"
@@ -54,12 +65,29 @@ class Cluster:
     def __init__(self, tmp_path: Path, request: pytest.FixtureRequest, env: dict[str, str]) -> None:
         self.tmp_path, self.request, self.env = tmp_path, request, env
         self.workers: list[WorkerProcess] = []
+        request.addfinalizer(lambda: stop_workers(*self.workers))  # all at once: each takes seconds to exit
 
     def worker(self) -> WorkerProcess:
+        w = self._new()
+        w.start()
+        return w
+
+    def worker_and_standby(self) -> tuple[WorkerProcess, WorkerProcess]:
+        """A worker and a standby booted side by side, both ready: the standby, on a queue of its own,
+        takes no work until :meth:`take_over` (the moment "a new worker starts", without its boot)."""
+        w, spare = self._new(), self._new()
+        spare.queues = standby_queue(spare)
+        start_workers(w, spare)
+        return w, spare
+
+    def take_over(self, spare: WorkerProcess) -> WorkerProcess:
+        """The standby ``spare`` consumes every queue from now on (tests/support.py ``consume_all``)."""
+        consume_all(self.env["CELERY_BROKER_URL"], spare)
+        return spare
+
+    def _new(self) -> WorkerProcess:
         w = WorkerProcess(self.tmp_path / f"worker{len(self.workers)}.log", env=self.env, concurrency=8)
         w.killed = False  # type: ignore[attr-defined]
-        self.request.addfinalizer(w.stop)
-        w.start()
         self.workers.append(w)
         return w
 
@@ -133,7 +161,7 @@ def test_worker_killed_in_each_stage(stage: str, clean_db: Db, replicate: FakeRe
         clean_db.truncate()
         replicate.created.clear()
         cluster = Cluster(tmp_path, request, _env(replicate))
-        first = cluster.worker()
+        first, spare = cluster.worker_and_standby()  # the spare takes nothing until it takes over
         # given a story running
         story = clean_db.story(clean_db.photo(astronaut_png()))
         external_send(BROKER, "stories.generate", {"story_id": story})
@@ -146,14 +174,13 @@ def test_worker_killed_in_each_stage(stage: str, clean_db: Db, replicate: FakeRe
         first.kill()
         first.killed = True  # type: ignore[attr-defined]
         # and a new worker and the sweeper start (nobody types a command)
-        cluster.worker()
+        cluster.take_over(spare)
         cluster.beat()
         # then the story completes, and nothing was done twice
         row = clean_db.wait_story(story, timeout=150)
         assert row["status"] == "completed", (row["error_message"], cluster.workers[-1].tail())
         _assert_nothing_twice(clean_db, cluster, replicate, [story])
-        for w in cluster.workers:
-            w.stop()
+        stop_workers(*cluster.workers)
 
 
 def _restart_redis(server: OwnRedis) -> None:

@@ -135,7 +135,7 @@ def test_worker_paused_past_its_lease_then_thawed(stage: str, images: str, clean
     for rnd in range(ROUNDS):
         _fresh(clean_db, replicate)
         cluster = Cluster(tmp_path / f"round{rnd}", request, nemesis_env(replicate if remote else None))
-        first = cluster.worker()
+        first, spare = cluster.worker_and_standby()  # the spare takes nothing until it takes over
         cluster.beat()  # nothing is stuck before the pause: the sweeps find nothing
         # given a story running on one worker
         story = _start_story(clean_db)
@@ -147,7 +147,7 @@ def test_worker_paused_past_its_lease_then_thawed(stage: str, images: str, clean
         t0 = time.monotonic()
         held = _claims(clean_db, story)
         # and another worker and the sweeper take its work over after the lease
-        cluster.worker()
+        cluster.take_over(spare)
         # then the story completes while the first is still stopped
         _wait_completed(clean_db, cluster, story, LEASE + 60, f"paused in {stage}")
         took = time.monotonic() - t0
@@ -180,7 +180,7 @@ def test_worker_paused_inside_a_prediction_create(clean_db: Db, replicate: FakeR
         request.addfinalizer(gate.set)
         replicate.script([("gate", gate)])  # the first create waits for the gate
         cluster = Cluster(tmp_path / f"round{rnd}", request, nemesis_env(replicate))
-        first = cluster.worker()
+        first, spare = cluster.worker_and_standby()
         cluster.beat()
         story = _start_story(clean_db)
         deadline = time.monotonic() + 90
@@ -192,7 +192,7 @@ def test_worker_paused_inside_a_prediction_create(clean_db: Db, replicate: FakeR
         t0 = time.monotonic()
         held = _claims(clean_db, story)
         # then another worker takes over and the story completes while it is stopped
-        cluster.worker()
+        cluster.take_over(spare)
         _wait_completed(clean_db, cluster, story, LEASE + 60, "paused inside a create")
         took = time.monotonic() - t0
         # and when it runs on, its create returns only now: a prediction made after it lost the claim
@@ -237,7 +237,7 @@ def test_stale_release_or_failure_does_not_undo_the_takeover(ending: str, clean_
                           OPENAI_TIMEOUT="30", STORY_PAGE_COUNT="1",
                           STEP_MAX_RETRIES="0" if ending == "failure" else "5")
         cluster = Cluster(tmp_path / f"round{rnd}", request, env)
-        first = cluster.worker()
+        first, spare = cluster.worker_and_standby()
         cluster.beat()
         # given the outline answered, then page 1's text answered with a 500 after lease + 0.5 s,
         # then the next try answered after 2 s (under the lease)
@@ -252,7 +252,7 @@ def test_stale_release_or_failure_does_not_undo_the_takeover(ending: str, clean_
         page = clean_db.pages(story)[0]
         assert page["text_generation_status"] == "processing", dict(page)
         # and another worker takes the step over after the lease and calls OpenAI again
-        cluster.worker()
+        cluster.take_over(spare)
         deadline = time.monotonic() + LEASE + 30
         while len(openai.requests) < 3:
             assert time.monotonic() < deadline, ("no takeover", _claims(clean_db, story), cluster.workers[-1].tail())
@@ -299,7 +299,7 @@ def test_completion_held_by_a_frozen_worker_is_taken_over(clean_db: Db, tmp_path
         _fresh(clean_db)
         cluster = Cluster(tmp_path / f"round{rnd}", request, nemesis_env(None))
         # given a worker whose storage is slow (its book takes seconds to write)
-        first = cluster.worker(SIMULATED_STORAGE_LATENCY="1.0")
+        first, spare = cluster.worker_and_standby(SIMULATED_STORAGE_LATENCY="1.0")
         cluster.beat()
         story = _start_story(clean_db)
         # when it stops dead (its CPU process writing the book too) a second into the completion
@@ -310,7 +310,7 @@ def test_completion_held_by_a_frozen_worker_is_taken_over(clean_db: Db, tmp_path
         locked = _story_locked(clean_db, story)
         assert clean_db.story_row(story)["status"] == "processing"
         # and never runs again; a second worker and the sweeper are there
-        cluster.worker()
+        cluster.take_over(spare)
         # then the story completes within the lease and 30 s
         _wait_completed(clean_db, cluster, story, LEASE + 30, "completion held by a frozen worker")
         took = time.monotonic() - t0
@@ -335,7 +335,9 @@ def test_poison_step_fails_after_killing_its_worker_3_times_then_retry_completes
         _fresh(clean_db)
         env = nemesis_env(None, STORY_PAGE_COUNT="1", STEP_MAX_TAKEOVERS=str(MAX_TAKEOVERS))
         cluster = Cluster(tmp_path / f"round{rnd}", request, env)
-        cluster.worker()
+        # the worker, and the one a supervisor would start after the first kill, booted ahead (a
+        # standby takes nothing until it takes over; each takeover boots the next standby)
+        active, spare = cluster.worker_and_standby()
         cluster.beat()
         story = _start_story(clean_db)
         # when every worker that runs page 1's step is SIGKILLed as it runs it (and a supervisor
@@ -355,17 +357,18 @@ def test_poison_step_fails_after_killing_its_worker_3_times_then_retry_completes
                 again = clean_db.one(watch, s=story)
                 if again["st"] == "processing" and again["at"] == last:
                     assert kills < MAX_TAKEOVERS, (
-                        f"page 1's {stage} step ran again after its worker died {kills} times",
-                        cluster.workers[-1].tail(20))
-                    cluster.workers[-1].kill()
+                        f"page 1's {stage} step ran again after its worker died {kills} times", active.tail(20))
+                    active.kill()
                     kills += 1
-                    cluster.worker()
+                    active = cluster.take_over(spare)
+                    if kills < MAX_TAKEOVERS:
+                        spare = cluster.standby()  # boots while this one runs; the next kill's replacement
                 continue
             if row is not None and row["story"] == "failed" and t_failed is None:
                 t_failed = time.monotonic()
             if t_failed is not None and time.monotonic() > t_failed + LEASE + 3:
                 break  # watched past another lease and sweep: nobody claims it again
-            assert time.monotonic() < deadline, (kills, dict(row) if row else None, cluster.workers[-1].tail(20))
+            assert time.monotonic() < deadline, (kills, dict(row) if row else None, active.tail(20))
             time.sleep(0.01)
         # then the step and the story failed, saying why; the step ran exactly 3 times
         assert kills == MAX_TAKEOVERS
