@@ -411,12 +411,23 @@ DECLARE
     kind text := TG_ARGV[0];
     reason text;
     story_user uuid;
+    pdf_key text;
+    html_key text;
 BEGIN
     IF TG_TABLE_NAME = 'stories' THEN
+        -- Deferred to commit like the orders' (below): a completion's book keys are recorded by a
+        -- later statement of the same transaction (db/redo.py book_made), so they are read now.
+        IF NEW.status = 'completed' THEN
+            SELECT book_pdf_key, book_html_key INTO pdf_key, html_key FROM stories WHERE id = NEW.id;
+        END IF;
         INSERT INTO outbox_events (type, ordering_key, story_id, payload)
         VALUES (kind, 'story:' || NEW.id, NEW.id, jsonb_strip_nulls(jsonb_build_object(
             'story_id', NEW.id, 'user_id', NEW.user_id, 'status', NEW.status,
             'page_count', (SELECT count(*) FROM story_pages WHERE story_id = NEW.id),
+            -- the redo section's columns (plpgsql resolves them when the trigger runs): which
+            -- revision of the book this is (1: the first), and its storage keys once completed
+            'revision', NEW.revision,
+            'book_pdf_key', pdf_key, 'book_html_key', html_key,
             'reason', CASE WHEN NEW.status = 'failed' THEN NEW.error_message END,
             'occurred_at', clock_timestamp())));
     ELSIF TG_TABLE_NAME = 'story_pages' THEN
@@ -425,6 +436,7 @@ BEGIN
         VALUES (kind, 'story:' || NEW.story_id, NEW.story_id, jsonb_build_object(
             'story_id', NEW.story_id, 'user_id', story_user, 'page_id', NEW.id,
             'page_number', NEW.page_number, 'status', NEW.personalization_status,
+            'revision', NEW.revision, 'image_key', NEW.personalized_image_key,
             'occurred_at', clock_timestamp()));
     ELSIF TG_TABLE_NAME = 'photos' THEN
         INSERT INTO outbox_events (type, ordering_key, photo_id, payload)
@@ -471,8 +483,10 @@ DECLARE
 BEGIN
     FOR i IN 1 .. array_length(spec, 1) LOOP
         name := format('trg_%s_event_%s', spec[i][1], replace(spec[i][4], '.', '_'));
-        -- orders: deferred to commit (see record_outbox_event); the others in the statement itself.
-        kind_sql := CASE WHEN spec[i][1] = 'orders'
+        -- orders and stories: deferred to commit (see record_outbox_event); pages and photos in
+        -- the statement itself (a story's completion still follows its pages' events: those
+        -- committed before it, or, in one transaction, were written before the commit).
+        kind_sql := CASE WHEN spec[i][1] IN ('orders', 'stories')
                          THEN 'CREATE CONSTRAINT TRIGGER %1$s_%5$s AFTER %6$s ON %2$I DEFERRABLE INITIALLY DEFERRED '
                          ELSE 'CREATE TRIGGER %1$s_%5$s AFTER %6$s ON %2$I ' END;
         EXECUTE format('DROP TRIGGER IF EXISTS %1$s_upd ON %2$I', name, spec[i][1]);

@@ -94,6 +94,16 @@ def test_redo_a_page_from_image_then_from_text_through_a_worker(clean_db: Db, wo
     assert (p2["revision"], p2["redo_hint"], p2["previous"]) == (2, HINT, None)
     assert p2["text"] == pages_before[2]["text"]  # redone from its picture: the text stays
     assert after[f"{page2}/base.png"] != before[pages_before[2]["base_image_key"]]
+    # the web app hears of it (the outbox, whatever endpoints are set): page 2 again, then the
+    # story completed again, with the revision and the new book's keys; no other page's event
+    events = clean_db.all("SELECT type, payload FROM outbox_events WHERE ordering_key = 'story:' || :s ORDER BY seq",
+                          s=str(story))
+    assert [e["type"] for e in events][-2:] == ["page.completed", "story.completed"]
+    assert len(events) == len(pages_before) + 1 + 2  # the first version's, then the redo's two
+    redone, again = events[-2]["payload"], events[-1]["payload"]
+    assert (redone["page_number"], redone["revision"], redone["image_key"]) == (2, 2, f"{page2}/personalized.png")
+    assert (again["revision"], again["book_pdf_key"], again["book_html_key"]) == \
+        (2, f"stories/{story}/r2/book.pdf", f"stories/{story}/r2/book.html")
     for n in (1, 3, 4):  # the other pages' rows are as they were
         assert {k: pages[n][k] for k in ("text", "base_image_key", "personalized_image_key", "revision")} == \
             {k: pages_before[n][k] for k in ("text", "base_image_key", "personalized_image_key", "revision")}
