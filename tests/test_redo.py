@@ -202,6 +202,24 @@ def test_refusals_say_why_in_the_parents_words(clean_db: Db) -> None:
 
 
 @pytest.mark.db
+def test_a_page_number_the_story_lacks_is_a_refusal_the_web_app_can_read(clean_db: Db) -> None:
+    from workers.story_tasks import redo_page
+
+    story, _ = _completed_story(clean_db)
+    # when the web app asks for page 0, -1 or 99 through the task, as it sends it
+    for n in (0, -1, 99):
+        redo_page.apply(kwargs={"story_id": story, "page_number": n, "from_stage": "image", "request_id": f"n{n}"})
+    # then each is a refused row saying why (not a message dropped with nothing to read)
+    rows = clean_db.all("SELECT request_key, status, message FROM page_redos WHERE story_id = :s "
+                        "ORDER BY request_key", s=story)
+    assert [(r["request_key"], r["status"], r["message"]) for r in rows] == [
+        (f"n{n}", "refused", "This story has no such page.") for n in sorted((0, -1, 99), key=lambda n: f"n{n}")]
+    # and malformed arguments are still dropped without a row
+    assert "from_stage" in redo_page.apply(kwargs={"story_id": story, "page_number": 1, "from_stage": "colour"}).get()
+    assert clean_db.one("SELECT count(*) AS n FROM page_redos WHERE story_id = :s", s=story)["n"] == 3
+
+
+@pytest.mark.db
 def test_the_same_request_runs_once(clean_db: Db) -> None:
     story, _ = _completed_story(clean_db)
     first = _start(story, hint="green", request_id="abc")
