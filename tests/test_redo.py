@@ -239,6 +239,24 @@ def test_the_same_request_runs_once(clean_db: Db) -> None:
 
 
 @pytest.mark.db
+def test_a_request_id_refused_earlier_is_decided_again_when_sent_again(clean_db: Db) -> None:
+    story, _ = _completed_story(clean_db)
+    # given a request refused while the story was still being made ("…once the whole story is finished")
+    clean_db.exec("UPDATE stories SET status = 'processing' WHERE id = :s", s=story)
+    refused = _start(story, request_id="parent-click-1", task_id="t1")
+    assert (refused["status"], refused["duplicate"]) == ("refused", False)
+    # and its message redelivered while nothing changed: the same refusal, nothing new
+    assert _start(story, request_id="parent-click-1", task_id="t1")["id"] == refused["id"]
+    # when the story is completed and the web app sends the same request_id again, as told
+    clean_db.exec("UPDATE stories SET status = 'completed' WHERE id = :s", s=story)
+    again = _start(story, request_id="parent-click-1", task_id="t2")
+    # then it runs, once; the refusal stays on record
+    assert (again["status"], again["duplicate"], again["revision"]) == ("running", False, 2)
+    assert _start(story, request_id="parent-click-1", task_id="t3")["duplicate"]
+    assert clean_db.one("SELECT status FROM page_redos WHERE id = :r", r=refused["id"])["status"] == "refused"
+
+
+@pytest.mark.db
 def test_a_failed_redo_puts_the_page_back_and_the_story_stays_completed(clean_db: Db) -> None:
     from db import pages as pages_db
     from db import stories as stories_db
