@@ -257,6 +257,27 @@ def test_a_request_id_refused_earlier_is_decided_again_when_sent_again(clean_db:
 
 
 @pytest.mark.db
+def test_a_duplicate_generate_during_a_long_redo_neither_takes_the_story_nor_fails_it(clean_db: Db) -> None:
+    from db.engine import autocommit
+    from db.stories import claim_story
+
+    story, _ = _completed_story(clean_db)
+    assert _start(story, page=2)["status"] == "running"
+    # given the redo has run longer than the lease (a slow remote job) and the photo was deleted meanwhile
+    clean_db.exec("ALTER TABLE stories DISABLE TRIGGER trg_stories_updated_at")
+    clean_db.exec("UPDATE stories SET updated_at = now() - interval '1 hour' WHERE id = :s", s=story)
+    clean_db.exec("ALTER TABLE stories ENABLE TRIGGER trg_stories_updated_at")
+    clean_db.exec("UPDATE photos SET status = 'deleted' WHERE id = (SELECT protagonist_photo_id FROM stories "
+                  "WHERE id = :s)", s=story)
+    # when a duplicate stories.generate claims the story start
+    with autocommit() as c:
+        assert claim_story(c, story, lease=300) is None
+    # then the story is still the redo's, not restarted and not failed
+    row = clean_db.story_row(story)
+    assert (row["status"], row["error_message"], row["claim_token"]) == ("processing", None, 0)
+
+
+@pytest.mark.db
 def test_a_failed_redo_puts_the_page_back_and_the_story_stays_completed(clean_db: Db) -> None:
     from db import pages as pages_db
     from db import stories as stories_db
