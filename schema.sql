@@ -541,13 +541,3 @@ DROP TRIGGER IF EXISTS trg_page_redos_updated_at ON page_redos;
 CREATE TRIGGER trg_page_redos_updated_at BEFORE UPDATE ON page_redos
     FOR EACH ROW EXECUTE FUNCTION set_updated_at();
 -- ===== end of: Redoing a page =================================================================
-
--- ===== review13: an event committed late is still delivered (README "Events (webhooks)") =====
--- `horizon`: the snapshot xmax of the statement that recorded the event (as a bigint): every
--- transaction that had recorded an earlier event then has an xid below it. An endpoint's cursor
--- (db/events.py materialize) moves past an event only once every such transaction has ended (the
--- current snapshot's xmin reached the horizon), so a transaction held open longer than the commit
--- window (an operator's psql session) cannot commit an event behind the cursor, never delivered.
-ALTER TABLE outbox_events ADD COLUMN IF NOT EXISTS horizon BIGINT
-    DEFAULT pg_snapshot_xmax(pg_current_snapshot())::text::bigint;
--- ===== end of: review13 =========================================================================

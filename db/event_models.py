@@ -47,9 +47,6 @@ class OutboxEvent(Base):
     photo_id: Mapped[uuid.UUID | None] = mapped_column(UUID(as_uuid=True))
     payload: Mapped[Any] = mapped_column(JSONB, nullable=False)
     occurred_at: Mapped[datetime] = mapped_column(TIMESTAMP(timezone=True), nullable=False, server_default=_NOW)
-    # the recording statement's snapshot xmax: the cursor passes it once every older transaction ended
-    horizon: Mapped[int | None] = mapped_column(
-        BigInteger, server_default=text("pg_snapshot_xmax(pg_current_snapshot())::text::bigint"))
 
 
 class EventEndpoint(Base):

@@ -21,10 +21,7 @@ from sqlalchemy.engine import Connection, RowMapping
 # An event is given its delivery rows once it is visible. Its seq was taken when it was inserted,
 # but transactions commit out of seq order, so an endpoint's cursor only moves past events older
 # than this (seconds): a transaction open longer than that could commit an event behind it
-# (worker sessions cannot: idle_in_transaction_session_timeout, statements of milliseconds), and
-# only past events whose ``horizon`` every open transaction is above (schema.sql, review13's
-# section): one held open for longer, an operator's psql session say, keeps the cursor behind its
-# events until it ends, so no event is ever passed over.
+# (worker sessions cannot: idle_in_transaction_session_timeout, statements of milliseconds).
 COMMIT_WINDOW = 300
 
 
@@ -67,8 +64,6 @@ def materialize(conn: Connection, endpoint: str, limit: int = 1000) -> int:
                     SELECT COALESCE(max(o.seq), 0) FROM outbox_events o
                      WHERE o.seq > (SELECT cursor FROM ep)
                        AND o.occurred_at < now() - make_interval(secs => :window)
-                       AND (o.horizon IS NULL
-                            OR o.horizon <= pg_snapshot_xmin(pg_current_snapshot())::text::bigint)
                        AND EXISTS (SELECT 1 FROM event_deliveries d WHERE d.event_seq = o.seq AND d.endpoint = :e)))
                  WHERE endpoint = :e
             )

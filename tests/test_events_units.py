@@ -130,31 +130,3 @@ def test_claims_go_in_order_per_key_with_leases_fencing_and_a_dead_letter(clean_
         assert events.retry_dead(c, head_a["event_id"]) == 1 and events.retry_dead(c, head_a["event_id"]) == 0
         counts = events.delivery_counts(c)
         assert (counts["delivering"], counts["pending"], counts["events"]) == (2, 3, 5)
-
-
-def test_an_event_committed_after_a_later_one_passed_the_window_is_still_delivered(
-        clean_db: Db, monkeypatch: pytest.MonkeyPatch) -> None:
-    from sqlalchemy import text
-
-    from db import events
-    from db.engine import autocommit, get_engine
-
-    db = clean_db
-    monkeypatch.setattr(events, "COMMIT_WINDOW", 0)  # as if every event were past the commit window
-    a, b = _story_with_pages(db, 1), _story_with_pages(db, 1)
-    with autocommit() as c:
-        events.add_endpoints(c, [URL], backlog_seconds=3600)
-    # given an operator's transaction that recorded an event and stays open (hand-written SQL in psql)
-    with get_engine().connect() as held:
-        held.execute(text("UPDATE stories SET status = 'failed', error_message = 'by hand' WHERE id = :s"), {"s": a})
-        # when a later event commits and delivery runs go on meanwhile
-        db.exec("UPDATE stories SET status = 'completed' WHERE id = :s", s=b)
-        with autocommit() as c:
-            assert events.materialize(c, URL) == 1
-            assert events.materialize(c, URL) == 0  # (the cursor moves on the run after)
-        held.commit()
-    # then the late event still gets its delivery (the cursor never passed it)
-    with autocommit() as c:
-        assert events.materialize(c, URL) == 1
-    types = db.all("SELECT o.type FROM event_deliveries d JOIN outbox_events o ON o.seq = d.event_seq ORDER BY o.seq")
-    assert sorted(r["type"] for r in types) == ["story.completed", "story.failed"]
