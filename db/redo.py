@@ -90,7 +90,9 @@ def start_redo(c: Connection, req: RedoRequest, *, limit: int, stage_columns: li
     orders whose print job was not sent yet have their print files set to be made again (under a
     new claim token: a print-files run in flight writes nothing), so they print the new version.
     Returns the page_redos row (``id, status, message, page_id, page_number, revision``) plus
-    ``duplicate`` (this request was already recorded: nothing done now); None: no such story."""
+    ``duplicate`` (this request was already recorded: nothing done now); None: no such story.
+    A ``request_id`` whose earlier request was refused is not a duplicate when it comes back in a
+    new message (another Celery task id): nothing ran, so it is decided again now."""
     for col in stage_columns:
         page_column(col)
     story = c.execute(text(f"""
@@ -111,9 +113,16 @@ def start_redo(c: Connection, req: RedoRequest, *, limit: int, stage_columns: li
     base = int(running) - 1 if running else int(story["revision"])
     key = req.request_id or (_auto_key(req, str(page["id"]), base) if page is not None else None)
     found = c.execute(text("""
-        SELECT id, status, message, page_id, page_number, revision, true AS duplicate FROM page_redos
+        SELECT id, status, message, page_id, page_number, revision, true AS duplicate, task_id FROM page_redos
          WHERE story_id = :story AND (request_key = :key OR (CAST(:task AS text) IS NOT NULL AND task_id = :task))
          ORDER BY created_at LIMIT 1"""), {"story": req.story_id, "key": key, "task": req.task_id}).mappings().first()
+    if (found is not None and found["status"] == "refused" and req.request_id
+            and (req.task_id is None or found["task_id"] != req.task_id)):
+        # A refused request ran nothing ("…then ask again."): the same request_id sent again later,
+        # as a new message, is decided afresh; the refusal stays recorded under a key of its own.
+        c.execute(text("UPDATE page_redos SET request_key = 'refused:' || id || ':' || request_key WHERE id = :id"),
+                  {"id": found["id"]})
+        found = None
     if found is not None:
         return found
     used = int(c.execute(text("SELECT count(*) FROM page_redos WHERE story_id = :s AND status IN "

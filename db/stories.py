@@ -66,10 +66,11 @@ def photo_refusal(s: str = "s", ph: str = "ph") -> str:
 
 REFUSALS = {"not_yours": PHOTO_NOT_YOURS, "photo_deleted": PHOTO_DELETED, "upload_failed": PHOTO_UPLOAD_FAILED}
 
-# A story that may start: pending, or processing but untouched for longer than the lease.
+# A story that may start: pending, or processing but untouched for longer than the lease; never one
+# being redone (redo_id: a duplicate generate neither takes it over nor fails it; "Redoing a page").
 _STARTABLE = ("(s.status = 'pending' OR "
-              "(s.status = 'processing' AND (s.updated_at < now() - make_interval(secs => :lease) "
-              "OR s.claim_token = CAST(:held AS bigint))))")
+              "(s.status = 'processing' AND s.redo_id IS NULL AND (s.updated_at < now() - make_interval(secs => "
+              ":lease) OR s.claim_token = CAST(:held AS bigint))))")
 
 
 def claim_story(conn: Connection, story_id: str, lease: float, upload_wait: float = 900.0,

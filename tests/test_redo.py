@@ -212,6 +212,24 @@ def test_refusals_say_why_in_the_parents_words(clean_db: Db) -> None:
 
 
 @pytest.mark.db
+def test_a_page_number_the_story_lacks_is_a_refusal_the_web_app_can_read(clean_db: Db) -> None:
+    from workers.story_tasks import redo_page
+
+    story, _ = _completed_story(clean_db)
+    # when the web app asks for page 0, -1 or 99 through the task, as it sends it
+    for n in (0, -1, 99):
+        redo_page.apply(kwargs={"story_id": story, "page_number": n, "from_stage": "image", "request_id": f"n{n}"})
+    # then each is a refused row saying why (not a message dropped with nothing to read)
+    rows = clean_db.all("SELECT request_key, status, message FROM page_redos WHERE story_id = :s "
+                        "ORDER BY request_key", s=story)
+    assert [(r["request_key"], r["status"], r["message"]) for r in rows] == [
+        (f"n{n}", "refused", "This story has no such page.") for n in sorted((0, -1, 99), key=lambda n: f"n{n}")]
+    # and malformed arguments are still dropped without a row
+    assert "from_stage" in redo_page.apply(kwargs={"story_id": story, "page_number": 1, "from_stage": "colour"}).get()
+    assert clean_db.one("SELECT count(*) AS n FROM page_redos WHERE story_id = :s", s=story)["n"] == 3
+
+
+@pytest.mark.db
 def test_the_same_request_runs_once(clean_db: Db) -> None:
     story, _ = _completed_story(clean_db)
     first = _start(story, hint="green", request_id="abc")
@@ -228,6 +246,45 @@ def test_the_same_request_runs_once(clean_db: Db) -> None:
     redelivered = _start(story, page=3, task_id="task-2")
     assert (redelivered["duplicate"], redelivered["id"]) == (True, second["id"])
     assert clean_db.one("SELECT revision FROM stories WHERE id = :s", s=story)["revision"] == 3
+
+
+@pytest.mark.db
+def test_a_request_id_refused_earlier_is_decided_again_when_sent_again(clean_db: Db) -> None:
+    story, _ = _completed_story(clean_db)
+    # given a request refused while the story was still being made ("…once the whole story is finished")
+    clean_db.exec("UPDATE stories SET status = 'processing' WHERE id = :s", s=story)
+    refused = _start(story, request_id="parent-click-1", task_id="t1")
+    assert (refused["status"], refused["duplicate"]) == ("refused", False)
+    # and its message redelivered while nothing changed: the same refusal, nothing new
+    assert _start(story, request_id="parent-click-1", task_id="t1")["id"] == refused["id"]
+    # when the story is completed and the web app sends the same request_id again, as told
+    clean_db.exec("UPDATE stories SET status = 'completed' WHERE id = :s", s=story)
+    again = _start(story, request_id="parent-click-1", task_id="t2")
+    # then it runs, once; the refusal stays on record
+    assert (again["status"], again["duplicate"], again["revision"]) == ("running", False, 2)
+    assert _start(story, request_id="parent-click-1", task_id="t3")["duplicate"]
+    assert clean_db.one("SELECT status FROM page_redos WHERE id = :r", r=refused["id"])["status"] == "refused"
+
+
+@pytest.mark.db
+def test_a_duplicate_generate_during_a_long_redo_neither_takes_the_story_nor_fails_it(clean_db: Db) -> None:
+    from db.engine import autocommit
+    from db.stories import claim_story
+
+    story, _ = _completed_story(clean_db)
+    assert _start(story, page=2)["status"] == "running"
+    # given the redo has run longer than the lease (a slow remote job) and the photo was deleted meanwhile
+    clean_db.exec("ALTER TABLE stories DISABLE TRIGGER trg_stories_updated_at")
+    clean_db.exec("UPDATE stories SET updated_at = now() - interval '1 hour' WHERE id = :s", s=story)
+    clean_db.exec("ALTER TABLE stories ENABLE TRIGGER trg_stories_updated_at")
+    clean_db.exec("UPDATE photos SET status = 'deleted' WHERE id = (SELECT protagonist_photo_id FROM stories "
+                  "WHERE id = :s)", s=story)
+    # when a duplicate stories.generate claims the story start
+    with autocommit() as c:
+        assert claim_story(c, story, lease=300) is None
+    # then the story is still the redo's, not restarted and not failed
+    row = clean_db.story_row(story)
+    assert (row["status"], row["error_message"], row["claim_token"]) == ("processing", None, 0)
 
 
 @pytest.mark.db

@@ -66,7 +66,10 @@ def redo_page(story_id: str | None = None, page_number: Any = None, from_stage: 
               **extra: Any) -> Body | str:
     """Redo one page of a completed story from ``from_stage`` (text, image or personalization),
     with an optional hint from the parent (README "Redoing a page"): the page by ``page_number``
-    or ``page_id``; ``request_id`` makes a re-sent request run once."""
+    or ``page_id``; ``request_id`` makes a re-sent request run once. A page number the story does
+    not have (0, 99) is a refusal the web app reads in page_redos ("This story has no such page.");
+    arguments of the wrong shape (no page number or id, an unknown ``from_stage``, a bad
+    ``request_id``) are dropped with one logged line and no row."""
     if bad := bad_id("stories.redo_page", "story_id", story_id, extra):
         return bad
     from pipeline.stories.redo import REDO_STAGES
@@ -74,7 +77,7 @@ def redo_page(story_id: str | None = None, page_number: Any = None, from_stage: 
     page = step.valid_uuid(page_id) if page_id is not None else None
     number = page_number if isinstance(page_number, int) and not isinstance(page_number, bool) else None
     why = ("page_id must be a UUID" if page_id is not None and page is None
-           else "page_number must be a whole number >= 1, or page_id a UUID" if page is None and (number or 0) < 1
+           else "page_number must be a whole number, or page_id a UUID" if page is None and number is None
            else f"from_stage must be one of {list(REDO_STAGES)}" if from_stage not in REDO_STAGES
            else "request_id must be a string of at most 200 characters"
            if request_id is not None and not (isinstance(request_id, str) and 0 < len(request_id) <= 200)
