@@ -371,6 +371,11 @@ CREATE TABLE IF NOT EXISTS event_endpoints (
     cursor      BIGINT NOT NULL DEFAULT 0,
     created_at  TIMESTAMP WITH TIME ZONE NOT NULL DEFAULT now()
 );
+-- The cursor's next position and the xid of the run that saw it (db/events.py materialize): the
+-- cursor moves there once every transaction older than that xid has ended, so an event committed
+-- late (a transaction held open for minutes) is never passed over.
+ALTER TABLE event_endpoints ADD COLUMN IF NOT EXISTS candidate BIGINT;
+ALTER TABLE event_endpoints ADD COLUMN IF NOT EXISTS candidate_xid BIGINT;
 
 CREATE TABLE IF NOT EXISTS event_deliveries (
     id               BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY,

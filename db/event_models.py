@@ -56,6 +56,9 @@ class EventEndpoint(Base):
 
     endpoint: Mapped[str] = mapped_column(String, primary_key=True)
     cursor: Mapped[int] = mapped_column(BigInteger, nullable=False, server_default=text("0"))
+    # the cursor's next position, and the xid of the run that saw it (db/events.py materialize)
+    candidate: Mapped[int | None] = mapped_column(BigInteger)
+    candidate_xid: Mapped[int | None] = mapped_column(BigInteger)
     created_at: Mapped[datetime] = _ts()
 
 

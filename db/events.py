@@ -18,11 +18,17 @@ from typing import Any
 from sqlalchemy import text
 from sqlalchemy.engine import Connection, RowMapping
 
-# An event is given its delivery rows once it is visible. Its seq was taken when it was inserted,
-# but transactions commit out of seq order, so an endpoint's cursor only moves past events older
-# than this (seconds): a transaction open longer than that could commit an event behind it
-# (worker sessions cannot: idle_in_transaction_session_timeout, statements of milliseconds).
-COMMIT_WINDOW = 300
+# An event is given its delivery rows once it is visible. Its seq was taken when it was recorded,
+# but transactions commit out of seq order, so an endpoint's cursor (the seq below which every
+# event has its delivery) never simply jumps to the highest seq seen: a transaction still open
+# (an operator's psql session, for minutes) may commit an event with a lower seq later. Each run
+# records a *candidate* (the highest seq with a delivery) with its own transaction's xid, which is
+# above the xid of every transaction that took a lower seq (each got its xid before its seq: the
+# triggers run after the transition's write). A later run moves the cursor to the candidate once
+# the oldest running transaction is past that xid (pg_snapshot_xmin): every such transaction has
+# committed (its events are visible and got their deliveries) or aborted. No event is ever passed
+# over; a long transaction (here or in another database of the cluster: xmin is cluster-wide)
+# only keeps the cursor back, which costs a longer scan, never an event.
 
 
 def add_endpoints(conn: Connection, endpoints: list[str], backlog_seconds: float) -> None:
@@ -45,12 +51,14 @@ def add_endpoints(conn: Connection, endpoints: list[str], backlog_seconds: float
 
 def materialize(conn: Connection, endpoint: str, limit: int = 1000) -> int:
     """Create the missing delivery rows of ``endpoint`` (at most ``limit``, oldest first) and move
-    its cursor past the events old enough to be complete (COMMIT_WINDOW). One statement; safe
-    when run concurrently (the unique (event, endpoint) pair). Returns the rows created."""
+    its cursor to the candidate an earlier run recorded once no transaction that could commit an
+    event below it is still running (see above); record the next candidate. One statement; safe
+    when run concurrently (the unique (event, endpoint) pair; the endpoint's row lock). Returns
+    the delivery rows created."""
     return int(conn.execute(
         text(
             """
-            WITH ep AS (SELECT cursor FROM event_endpoints WHERE endpoint = :e),
+            WITH ep AS (SELECT cursor, candidate, candidate_xid FROM event_endpoints WHERE endpoint = :e),
             fresh AS (
                 INSERT INTO event_deliveries (event_seq, endpoint, ordering_key)
                 SELECT o.seq, :e, o.ordering_key FROM outbox_events o
@@ -60,17 +68,21 @@ def materialize(conn: Connection, endpoint: str, limit: int = 1000) -> int:
                 ON CONFLICT (event_seq, endpoint) DO NOTHING
                 RETURNING 1
             ), moved AS (
-                UPDATE event_endpoints SET cursor = GREATEST(cursor, (
-                    SELECT COALESCE(max(o.seq), 0) FROM outbox_events o
-                     WHERE o.seq > (SELECT cursor FROM ep)
-                       AND o.occurred_at < now() - make_interval(secs => :window)
-                       AND EXISTS (SELECT 1 FROM event_deliveries d WHERE d.event_seq = o.seq AND d.endpoint = :e)))
-                 WHERE endpoint = :e
+                UPDATE event_endpoints en SET
+                    cursor = CASE WHEN ep.candidate_xid < pg_snapshot_xmin(pg_current_snapshot())::text::bigint
+                                  THEN GREATEST(ep.cursor, ep.candidate) ELSE ep.cursor END,
+                    candidate = (SELECT max(o.seq) FROM outbox_events o
+                                  WHERE o.seq > ep.cursor
+                                    AND EXISTS (SELECT 1 FROM event_deliveries d
+                                                 WHERE d.event_seq = o.seq AND d.endpoint = :e)),
+                    candidate_xid = pg_current_xact_id()::text::bigint
+                  FROM ep
+                 WHERE en.endpoint = :e
             )
             SELECT count(*) FROM fresh
             """
         ),
-        {"e": endpoint, "n": limit, "window": COMMIT_WINDOW},
+        {"e": endpoint, "n": limit},
     ).scalar() or 0)
 
 

@@ -130,3 +130,46 @@ def test_claims_go_in_order_per_key_with_leases_fencing_and_a_dead_letter(clean_
         assert events.retry_dead(c, head_a["event_id"]) == 1 and events.retry_dead(c, head_a["event_id"]) == 0
         counts = events.delivery_counts(c)
         assert (counts["delivering"], counts["pending"], counts["events"]) == (2, 3, 5)
+
+
+def test_an_event_committed_late_is_still_delivered_and_the_cursor_then_moves_on(clean_db: Db) -> None:
+    """An event recorded by a transaction held open (hand-written SQL in psql) commits after later
+    events were materialized and the cursor would have moved on: it still gets its delivery."""
+    from sqlalchemy import text
+
+    from db import events
+    from db.engine import autocommit, get_engine
+
+    db = clean_db
+    late, early = db.photo(None), db.photo(None)
+    with autocommit() as c:
+        events.add_endpoints(c, [URL], backlog_seconds=3600)
+        events.materialize(c, URL)
+    # given an operator's transaction that recorded an event (photos' trigger: in the statement)
+    with get_engine().connect() as held:
+        held.execute(text("UPDATE photos SET ai_processing_status = 'failed', ai_error_message = 'by hand' "
+                          "WHERE id = :p"), {"p": late})
+        # when a later event commits and delivery runs go on meanwhile (each may move the cursor)
+        db.exec("UPDATE photos SET ai_processing_status = 'failed', ai_error_message = 'x' WHERE id = :p", p=early)
+        with autocommit() as c:
+            assert events.materialize(c, URL) == 1
+            for _ in range(3):
+                assert events.materialize(c, URL) == 0
+        held.commit()
+    # then the late event still gets its delivery: the cursor never passed it
+    with autocommit() as c:
+        assert events.materialize(c, URL) == 1
+    rows = db.all("SELECT o.photo_id FROM event_deliveries d JOIN outbox_events o ON o.seq = d.event_seq "
+                  "WHERE d.endpoint = :e", e=URL)
+    assert sorted(str(r["photo_id"]) for r in rows) == sorted([str(late), str(early)])
+    # and with no transaction left behind it, the cursor moves past both (a later run; other
+    # databases' short transactions on the shared server may hold xmin back for a moment)
+    import time
+
+    top = db.one("SELECT max(seq) AS m FROM outbox_events")["m"]
+    deadline = time.monotonic() + 10
+    while db.one("SELECT cursor FROM event_endpoints WHERE endpoint = :e", e=URL)["cursor"] < top:
+        assert time.monotonic() < deadline, "the cursor never moved on"
+        with autocommit() as c:
+            events.materialize(c, URL)
+        time.sleep(0.05)
