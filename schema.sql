@@ -443,6 +443,16 @@ BEGIN
             'page_number', NEW.page_number, 'status', NEW.personalization_status,
             'revision', NEW.revision, 'image_key', NEW.personalized_image_key,
             'occurred_at', clock_timestamp()));
+    ELSIF TG_TABLE_NAME = 'page_redos' THEN
+        -- A redo's outcome (the redo section's table): completed, failed (the page and book were
+        -- put back; `reason` says why) or refused (`reason`: the parent's message). Never the hint.
+        SELECT user_id INTO story_user FROM stories WHERE id = NEW.story_id;
+        INSERT INTO outbox_events (type, ordering_key, story_id, payload)
+        VALUES (kind, 'story:' || NEW.story_id, NEW.story_id, jsonb_strip_nulls(jsonb_build_object(
+            'redo_id', NEW.id, 'story_id', NEW.story_id, 'user_id', story_user, 'page_id', NEW.page_id,
+            'page_number', NEW.page_number, 'from_stage', NEW.from_stage, 'revision', NEW.revision,
+            'status', NEW.status, 'reason', CASE WHEN NEW.status IN ('failed', 'refused') THEN NEW.message END,
+            'occurred_at', clock_timestamp())));
     ELSIF TG_TABLE_NAME = 'photos' THEN
         INSERT INTO outbox_events (type, ordering_key, photo_id, payload)
         VALUES (kind, 'photo:' || NEW.id, NEW.id, jsonb_strip_nulls(jsonb_build_object(
@@ -559,4 +569,20 @@ CREATE INDEX IF NOT EXISTS ix_page_redos_story_id ON page_redos (story_id);
 DROP TRIGGER IF EXISTS trg_page_redos_updated_at ON page_redos;
 CREATE TRIGGER trg_page_redos_updated_at BEFORE UPDATE ON page_redos
     FOR EACH ROW EXECUTE FUNCTION set_updated_at();
+-- A redo's outcome is an event for the web app (README "Events (webhooks)": redo.completed,
+-- redo.failed, redo.refused), recorded by the events section's function in the same statement.
+DO $$
+DECLARE k text;
+BEGIN
+    FOREACH k IN ARRAY ARRAY['completed', 'failed', 'refused'] LOOP
+        EXECUTE format('DROP TRIGGER IF EXISTS trg_page_redos_event_%1$s_upd ON page_redos', k);
+        EXECUTE format('DROP TRIGGER IF EXISTS trg_page_redos_event_%1$s_ins ON page_redos', k);
+        EXECUTE format('CREATE TRIGGER trg_page_redos_event_%1$s_upd AFTER UPDATE ON page_redos FOR EACH ROW '
+                       'WHEN (OLD.status IS DISTINCT FROM NEW.status AND NEW.status = %1$L) '
+                       'EXECUTE FUNCTION record_outbox_event(%2$L)', k, 'redo.' || k);
+        EXECUTE format('CREATE TRIGGER trg_page_redos_event_%1$s_ins AFTER INSERT ON page_redos FOR EACH ROW '
+                       'WHEN (NEW.status = %1$L) EXECUTE FUNCTION record_outbox_event(%2$L)', k, 'redo.' || k);
+    END LOOP;
+END;
+$$;
 -- ===== end of: Redoing a page =================================================================

@@ -98,9 +98,11 @@ def test_redo_a_page_from_image_then_from_text_through_a_worker(clean_db: Db, wo
     # story completed again, with the revision and the new book's keys; no other page's event
     events = clean_db.all("SELECT type, payload FROM outbox_events WHERE ordering_key = 'story:' || :s ORDER BY seq",
                           s=str(story))
-    assert [e["type"] for e in events][-2:] == ["page.completed", "story.completed"]
-    assert len(events) == len(pages_before) + 1 + 2  # the first version's, then the redo's two
-    redone, again = events[-2]["payload"], events[-1]["payload"]
+    assert [e["type"] for e in events][-3:] == ["page.completed", "redo.completed", "story.completed"]
+    assert len(events) == len(pages_before) + 1 + 3  # the first version's, then the redo's three
+    redone, outcome, again = (e["payload"] for e in events[-3:])
+    assert (outcome["redo_id"], outcome["page_number"], outcome["revision"]) == (str(redo["id"]), 2, 2)
+    assert HINT not in json.dumps([e["payload"] for e in events])  # never the hint
     assert (redone["page_number"], redone["revision"], redone["image_key"]) == (2, 2, f"{page2}/personalized.png")
     assert (again["revision"], again["book_pdf_key"], again["book_html_key"]) == \
         (2, f"stories/{story}/r2/book.pdf", f"stories/{story}/r2/book.html")
@@ -209,6 +211,13 @@ def test_refusals_say_why_in_the_parents_words(clean_db: Db) -> None:
     assert "already been changed 2 times" in _start(story, page=3)["message"]
     rows = clean_db.all("SELECT status FROM page_redos WHERE story_id = :s", s=story)
     assert sorted(r["status"] for r in rows).count("refused") == 7
+    # and the web app hears each refusal with the parent's message (never the hint)
+    refused = clean_db.all("SELECT payload FROM outbox_events WHERE type = 'redo.refused' "
+                           "AND ordering_key = 'story:' || :s ORDER BY seq", s=str(story))
+    assert len(refused) == 7
+    assert refused[0]["payload"]["reason"].startswith("The hint is too long") or \
+        "too long" in refused[0]["payload"]["reason"]
+    assert all("x" * 201 not in json.dumps(r["payload"]) for r in refused)
 
 
 @pytest.mark.db
@@ -323,6 +332,12 @@ def test_a_failed_redo_puts_the_page_back_and_the_story_stays_completed(clean_db
     assert redo["status"] == "failed"
     assert redo["message"] == ("The page could not be redone: Page 1 (illustration): The image service refused "
                                "the request. The previous version of the page and the book are kept.")
+    # the web app hears that the redo failed, with why, before the story is completed again
+    types = [r["type"] for r in clean_db.all("SELECT type FROM outbox_events WHERE ordering_key = 'story:' || :s "
+                                             "ORDER BY seq", s=str(story))]
+    assert types[-2:] == ["redo.failed", "story.completed"], types
+    failed = clean_db.one("SELECT payload FROM outbox_events WHERE type = 'redo.failed' AND story_id = :s", s=story)
+    assert failed["payload"]["reason"] == redo["message"] and "green" not in json.dumps(failed["payload"])
 
     # and a redo whose book cannot be made is undone the same way, under the completion's claim
     _start(story, page=2, stage="personalization")
