@@ -24,6 +24,7 @@ from PIL import Image
 
 from pipeline.kernel.errors import PermanentStepError
 from pipeline.providers.base import Face, PageRequest
+from pipeline.providers.hints import hint_colour
 from pipeline.providers.offline_images.anchor import ANCHOR_KEY, CHARACTER_KEY, PROFILE_KEY, encode_png
 from pipeline.providers.offline_images.characters import POSES, draw_child
 from pipeline.providers.offline_images.compositing import personalize_png
@@ -43,22 +44,6 @@ SCENES: dict[str, Callable[[Page], None]] = {
     "pirates": scene_pirates,
     "superhero": scene_superhero,
 }
-
-
-# Colour words a redo's hint may name (pipeline/stories/redo.py), and the tint each gives the scenery.
-HINT_COLOURS: dict[str, tuple[int, int, int]] = {
-    "green": (40, 170, 70), "red": (210, 40, 40), "blue": (40, 90, 210), "yellow": (240, 210, 40),
-    "purple": (140, 60, 190), "pink": (240, 120, 180), "orange": (240, 140, 30), "gold": (220, 180, 60),
-    "golden": (220, 180, 60), "silver": (190, 195, 205), "white": (245, 245, 245), "brown": (130, 85, 45),
-}
-
-
-def hint_colour(hint: str) -> tuple[int, int, int] | None:
-    """The tint for the first colour word of a redo's ``hint`` (HINT_COLOURS), or None."""
-    for word in "".join(ch if ch.isalpha() else " " for ch in hint.lower()).split():
-        if word in HINT_COLOURS:
-            return HINT_COLOURS[word]
-    return None
 
 
 class LocalIllustrator:

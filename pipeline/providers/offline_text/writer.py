@@ -34,6 +34,7 @@ from functools import lru_cache
 
 from pipeline.kernel.errors import PermanentStepError
 from pipeline.providers.base import Outline, PageRequest, StoryRequest
+from pipeline.providers.hints import hint_colour_word
 from pipeline.providers.names import capitalize_name, title_with_name
 from pipeline.providers.offline_text.kits import (
     MAX_PAGES,
@@ -282,6 +283,14 @@ def _compose_page(page_no: int, own: int, folded: list[int], slots: tuple[Slot, 
 # --------------------------------------------------------------------------------------
 
 
+# The closing lines a redone page may get from the offline writer (see write_page).
+REDO_ENDINGS = (
+    "This time, it felt even more wonderful.",
+    "This time, every detail seemed brighter and bolder.",
+    "This time, the whole adventure sparkled a little more.",
+)
+
+
 class LocalStoryWriter:
     """StoryWriter that writes from hand-written material: offline, instant, deterministic."""
 
@@ -307,7 +316,13 @@ class LocalStoryWriter:
             log.warning("page %d: outline beat differs from this writer's plan",
                         req.page_number)
         if req.hint:
-            # A redo's wish from the parent (data, already checked printable and short): the
-            # offline kit has no model to rewrite the page, so it says the wish on the page.
-            return f"{page.text} And this time: {req.hint.rstrip(' .!?')}."
+            # A redo's wish from the parent is data: the offline kit has no model to rewrite the
+            # page, and never prints the parent's words (they may hold anything, a name or an
+            # address). It takes a colour word from them (pipeline/providers/hints.py), else a
+            # closing line chosen by the wish, so the redone page differs from the first one.
+            colour = hint_colour_word(req.hint)
+            if colour:
+                return f"{page.text} This time, everything around them shimmered {colour}."
+            endings = REDO_ENDINGS
+            return f"{page.text} {endings[sum(req.hint.encode()) % len(endings)]}"
         return page.text
