@@ -166,9 +166,10 @@ def _order_status(args: argparse.Namespace) -> int:
     if report is None:
         print(f"no order {oid}", file=sys.stderr)
         return 1
-    report["events"] = story_events(order_id=oid)
+    # (report["events"] is the order's history, order_events; the web app's events are these)
+    report["outbox_events"] = story_events(order_id=oid)
     print(json.dumps(report, default=str, indent=2) if args.json
-          else "\n".join([format_report(report), *event_lines(report["events"])]))
+          else "\n".join([format_report(report), *event_lines(report["outbox_events"])]))
     return 0
 
 
