@@ -19,7 +19,9 @@ every provider's.
 """
 from __future__ import annotations
 
+import contextlib
 import errno
+import functools
 import logging
 import os
 import tempfile
@@ -86,6 +88,17 @@ class Storage(Protocol):
         file: URI (local)."""
         ...
 
+    def delete(self, key: str) -> bool:
+        """Remove the object at ``key``; True if one was there. An absent object is not an error
+        (deletion is idempotent: a re-run after a crash deletes what is left)."""
+        ...
+
+    def delete_prefix(self, prefix: str) -> int:
+        """Remove every object whose key starts with ``prefix`` (a folder: it must end with ``/``,
+        so ``stories/1/`` never touches ``stories/10/``); returns how many were removed.
+        UnsafeKey for a prefix without the trailing slash or leaving the root."""
+        ...
+
 
 def _transient_os_error(exc: BaseException) -> bool:
     return (isinstance(exc, OSError) and exc.errno in TRANSIENT_ERRNOS
@@ -118,6 +131,15 @@ def check_key(key: str) -> str:
     if any(p in ("", ".", "..") for p in parts):
         raise UnsafeKey(f"Refusing unsafe storage key {key[:80]!r}.")
     return key
+
+
+def check_prefix(prefix: str) -> str:
+    """``prefix`` itself if it is a safe folder prefix (a safe key followed by ``/``); UnsafeKey
+    otherwise (an empty prefix would name the whole store)."""
+    if not prefix.endswith("/"):
+        raise UnsafeKey(f"Refusing storage prefix {prefix[:80]!r}: a prefix must end with '/'.")
+    check_key(prefix[:-1])
+    return prefix
 
 
 class LocalStorage:
@@ -178,6 +200,64 @@ class LocalStorage:
     def url(self, key: str, expires_in: int = 3600) -> str:
         """The file's ``file:`` URI (``expires_in`` does not apply: local files do not expire)."""
         return self.path(key).as_uri()
+
+    def delete(self, key: str) -> bool:
+        """Unlink the file (transient errors tried again); True if it was there. Emptied parent
+        folders up to the root are removed too. StorageUnavailable for an unlink that still fails."""
+        p = self.path(key)
+
+        def unlink() -> bool:
+            try:
+                p.unlink()
+            except (FileNotFoundError, NotADirectoryError):
+                return False
+            return True
+
+        try:
+            gone = retry_filesystem(unlink)
+        except IsADirectoryError:
+            return False
+        except OSError as e:
+            raise _unavailable(e) from e
+        self._prune(p.parent)
+        return gone
+
+    def delete_prefix(self, prefix: str) -> int:
+        """Remove the folder ``prefix`` (ending in ``/``) and every file under it; the count of
+        files removed. Symlinks are removed, never followed."""
+        folder = self.path(check_prefix(prefix).rstrip("/"))
+        if not folder.is_dir():
+            return 0
+        count = 0
+        for dirpath, dirnames, filenames in os.walk(folder, topdown=False):
+            for name in filenames:
+                try:
+                    retry_filesystem(functools.partial(os.unlink, os.path.join(dirpath, name)))
+                    count += 1
+                except FileNotFoundError:
+                    pass
+                except OSError as e:
+                    raise _unavailable(e) from e
+            for name in dirnames:
+                d = os.path.join(dirpath, name)
+                if os.path.islink(d):
+                    os.unlink(d)
+                else:
+                    with contextlib.suppress(OSError):
+                        os.rmdir(d)
+        with contextlib.suppress(OSError):
+            folder.rmdir()
+        self._prune(folder.parent)
+        return count
+
+    def _prune(self, folder: Path) -> None:
+        """Remove empty folders from ``folder`` up to (not including) the root."""
+        while folder != self.root and folder.is_relative_to(self.root):
+            try:
+                folder.rmdir()
+            except OSError:
+                return
+            folder = folder.parent
 
 
 def page_image_key(story_id: str, page_number: int, kind: str, revision: int = 1) -> str:

@@ -166,6 +166,23 @@ def read_photo(storage_provider: str, bucket: str | None, object_key: str) -> by
     raise _unsupported(storage_provider)
 
 
+def delete_photo(storage_provider: str, bucket: str | None, object_key: str) -> bool:
+    """Delete the uploaded photo's object wherever its row says it is (``read_photo``'s places);
+    True if it was there, False if it was already gone (idempotent). PermanentStepError for a
+    storage this deployment does not know."""
+    provider = (storage_provider or "").strip().lower()
+    if provider == "local":
+        root = settings().local_storage_root
+        if bucket:
+            root = LocalStorage(root).path(check_key(bucket))
+        return LocalStorage(root).delete(object_key)
+    if provider == "s3":
+        if not bucket:
+            raise PermanentStepError("The photo row says storage 's3' but names no bucket.")
+        return _s3_reader().delete_object(bucket, object_key)  # type: ignore[no-any-return]
+    raise _unsupported(storage_provider)
+
+
 def _unsupported(storage_provider: str) -> PermanentStepError:
     return PermanentStepError(
         f"Unsupported storage provider {storage_provider!r} for the photo "

@@ -8,6 +8,7 @@ API: GetObject, PutObject, HeadObject and SigV4 presigned GET URLs
 """
 from __future__ import annotations
 
+import functools
 import os
 from collections.abc import Callable, Mapping
 from typing import Any, TypeVar
@@ -15,7 +16,7 @@ from typing import Any, TypeVar
 from botocore.exceptions import ClientError
 
 from pipeline.kernel.errors import PermanentStepError, StepError
-from pipeline.kernel.storage import ObjectMissing, check_key
+from pipeline.kernel.storage import ObjectMissing, StorageUnavailable, check_key, check_prefix
 from pipeline.providers.aws import (
     CREDENTIAL_CODES,
     CREDENTIAL_HINT,
@@ -58,6 +59,24 @@ class S3Objects:
         if not bucket:
             raise PermanentStepError("The photo's row has no bucket, so it cannot be read from S3.")
         return self._read(bucket, check_key(key), MAX_PHOTO_BYTES)
+
+    def delete_object(self, bucket: str, key: str) -> bool:
+        """``HeadObject`` then ``DeleteObject`` of ``key`` in ``bucket`` (S3 answers 204 either way);
+        True if the object was there. Idempotent."""
+        def head() -> bool:
+            try:
+                self.client.head_object(Bucket=bucket, Key=key)
+            except ClientError as exc:
+                code, status, _, _ = client_error_parts(exc)
+                if status == 404 and code != "NoSuchBucket":
+                    return False
+                raise
+            return True
+
+        there = self._call("HeadObject", bucket, key, head, bool)
+        self._call("DeleteObject", bucket, key, lambda: self.client.delete_object(Bucket=bucket, Key=key),
+                   lambda _reply: None)
+        return there
 
     def _read(self, bucket: str, key: str, max_bytes: int | None) -> bytes:
         def fetch() -> bytes:
@@ -159,6 +178,41 @@ class S3Storage(S3Objects):
             return True
 
         return self._call("HeadObject", self.bucket, k, head, bool)
+
+    def delete(self, key: str) -> bool:
+        """``DeleteObject`` (S3 answers 204 whether or not the object was there, so a ``HeadObject``
+        first tells which); True if it was there."""
+        return self.delete_object(self.bucket, self.object_key(key))
+
+    def delete_prefix(self, prefix: str) -> int:
+        """Every object under ``prefix`` (ending in ``/``): ``ListObjectsV2`` pages, each deleted with
+        one ``DeleteObjects`` of at most 1,000 keys (the API's limit: S3 API Reference,
+        DeleteObjects). A key S3 reports it could not delete raises StorageUnavailable naming it."""
+        p = self.prefix + check_prefix(prefix)
+        count = 0
+        token: str | None = None
+        while True:
+            args: dict[str, Any] = {"Bucket": self.bucket, "Prefix": p, "MaxKeys": 1000}
+            if token:
+                args["ContinuationToken"] = token
+            page: dict[str, Any] = self._call("ListObjectsV2", self.bucket, p,
+                                              functools.partial(self.client.list_objects_v2, **args), dict)
+            keys = [o["Key"] for o in page.get("Contents", [])]
+            if keys:
+                batch = {"Objects": [{"Key": k} for k in keys], "Quiet": True}
+                reply: dict[str, Any] = self._call(
+                    "DeleteObjects", self.bucket, p,
+                    functools.partial(self.client.delete_objects, Bucket=self.bucket, Delete=batch), dict)
+                errors = reply.get("Errors") or []
+                if errors:
+                    first = errors[0]
+                    raise StorageUnavailable(
+                        0, f"S3 could not delete {len(errors)} object(s) under {p!r}, e.g. {first.get('Key')!r}: "
+                        f"{first.get('Code')} {first.get('Message')}", None)
+                count += len(keys)
+            if not page.get("IsTruncated"):
+                return count
+            token = page.get("NextContinuationToken")
 
     def url(self, key: str, expires_in: int = 3600) -> str:
         """A presigned GET URL valid for ``expires_in`` seconds (computed locally, no request).
