@@ -1,13 +1,14 @@
 """The README's test command.
 
-Without arguments, the whole suite as CI runs it (``.ci/run``): every test but the two run alone
-(below) on ``TEST_WORKERS`` pytest-xdist processes (default 2; each has its own
+Without arguments, the whole suite as CI runs it (``.ci/run``): every test but the one module run
+alone (below) on ``TEST_WORKERS`` pytest-xdist processes (default 2; each has its own
 PostgreSQL database and Redis databases; a test module stays on one process, and the modules that
 use RabbitMQ share one: tests/conftest.py),
-then ``tests/test_chaos.py`` and ``tests/test_nemesis.py`` alone, serially: the first restarts Redis
-and PostgreSQL under whatever else runs, the second stops workers past a lease and times what takes
-over (the other chaos-tier tests kill only their own worker processes). With arguments, one pytest run
-with exactly those arguments (``./run test -m unit``, ``./run test tests/test_names.py -k book``).
+then ``tests/test_nemesis.py`` alone: it stops workers past a lease and times what takes over, which
+a loaded machine would blur (the other chaos-tier tests, ``tests/test_chaos.py`` among them, kill only
+their own worker processes and restart only their own Redis and PostgreSQL: tests/services.py).
+With arguments, one pytest run with exactly those arguments (``./run test -m unit``,
+``./run test tests/test_names.py -k book``).
 ``./run test --record-module-seconds`` is that CI run rewriting ``tests/module_seconds.txt`` from its own
 timings (the order the modules are handed to the xdist processes: tests/scheduling.py).
 ``./run test fast [ARGS]`` is the developer's loop: the ``unit`` and ``db`` tests not marked ``slow``
@@ -24,9 +25,9 @@ import sys
 
 NO_TESTS_COLLECTED = 5
 FAST = ["-m", "(unit or db) and not slow"]  # ./run test fast
-# Never beside other tests: test_chaos restarts the machine's Redis and PostgreSQL; test_nemesis stops
-# workers past a 3 s lease and times what takes over (a loaded machine would blur its timings).
-ALONE = ("tests/test_chaos.py", "tests/test_nemesis.py")
+# Never beside other tests: test_nemesis stops workers past a 3 s lease and times what takes over (a
+# loaded machine would blur its timings).
+ALONE = ("tests/test_nemesis.py",)
 
 
 def pytest(*args: str) -> int:

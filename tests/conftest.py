@@ -109,7 +109,7 @@ def clean_db(db: Db) -> Db:
 TIERS = ("unit", "db", "workers", "chaos")  # each includes what the ones before it may do
 # `workers`: the test, its fixtures or the test helpers they call (followed through tests.*) start
 # a process. `chaos`: the test itself kills a process it started (a worker SIGKILLed mid-step),
-# or lives in test_chaos.py (restarts Redis and PostgreSQL).
+# or lives in test_chaos.py (restarts its own Redis and PostgreSQL: tests/services.py).
 _PROCESS_SOURCE = re.compile(r"WorkerProcess|subprocess|Popen|multiprocessing|start_worker|restart_")
 _CHAOS_LINE = re.compile(r"\.kill\(\)|_restart_(?:redis|postgres)")  # not in a cleanup (addfinalizer) line
 # `db`: PostgreSQL or Redis reached from the test's side (its fixtures are followed the same way).
@@ -267,8 +267,7 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
         tier = tier_of(item)
         item.stash[_TIER] = tier
         function = getattr(item, "function", None)
-        item.stash[_RESTARTS] = item.path.name == "test_chaos.py" or (
-            function is not None and _matches([function], _RESTART_SOURCE))
+        item.stash[_RESTARTS] = function is not None and _matches([function], _RESTART_SOURCE)
         if not item.get_closest_marker(tier):
             item.add_marker(getattr(pytest.mark, tier))
         if item.nodeid in slow and not item.get_closest_marker("slow"):
@@ -314,7 +313,10 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
 
 _TIER = pytest.StashKey[str]()
 _RESTARTS = pytest.StashKey[bool]()
-_RESTART_SOURCE = re.compile(r"_restart_(?:redis|postgres)|pg_ctlcluster|\.shutdown\(nosave")
+# Restarting the machine's own services (its PostgreSQL cluster, its Redis, a system service); the
+# tests that restart services restart their own (tests/services.py: OwnRedis, OwnPostgres), which
+# disturbs nobody beside them.
+_RESTART_SOURCE = re.compile(r"pg_ctlcluster|\.shutdown\(nosave|systemctl|\bservice (?:redis|postgresql)")
 _UNUSABLE = "127.0.0.1:9"  # the discard port: nothing listens, a connection is refused at once
 
 
@@ -449,10 +451,10 @@ def pytest_configure(config: pytest.Config) -> None:
 def pytest_runtest_setup(item: pytest.Item) -> None:
     support.CURRENT_TIER = item.stash.get(_TIER, None)
     if _XDIST and item.stash.get(_RESTARTS, False):
-        # it restarts Redis and PostgreSQL under whatever runs beside it (a test that kills its
-        # own worker process disturbs nobody else: each xdist process has its own databases)
-        raise TierViolation("a test that restarts services never runs beside others: keep it in tests/test_chaos.py, "
-                            "which ./run test runs alone after the rest")
+        # it restarts the machine's Redis or PostgreSQL under whatever runs beside it (a test that
+        # kills its own worker process or restarts its own services disturbs nobody else)
+        raise TierViolation("a test that restarts the machine's services never runs beside others: restart your "
+                            "own instead (tests/services.py: OwnRedis, OwnPostgres)")
 
 
 @pytest.hookimpl(tryfirst=True)
