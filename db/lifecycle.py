@@ -25,17 +25,19 @@ _IN_FLIGHT = "o.status IN ('pending_payment', 'paid', 'fulfilled')"
 
 # --- the deletion queue -------------------------------------------------------------------------
 
+# Due rows claimed (params n, lease, now): on ix_storage_deletions_not_before, oldest first.
+CLAIM_DELETIONS = f"""
+    UPDATE storage_deletions d SET not_before = {_NOW} + make_interval(secs => :lease),
+                                   attempts = d.attempts + 1
+     WHERE d.id IN (SELECT id FROM storage_deletions WHERE not_before <= {_NOW}
+                     ORDER BY not_before, id LIMIT :n FOR UPDATE SKIP LOCKED)
+    RETURNING d.id, d.storage, d.bucket, d.key, d.is_prefix, d.passes, d.attempts"""
+
 def claim_deletions(c: Connection, limit: int, lease: float, now: datetime | None) -> list[RowMapping]:
     """Up to ``limit`` due rows (``not_before`` passed), oldest first, each claimed for ``lease``
     seconds (``not_before`` moved on, ``attempts`` + 1), so a drainer that dies leaves them due
     again after the lease. Keys: id, storage, bucket, key, is_prefix, passes, attempts."""
-    return list(c.execute(text(f"""
-        UPDATE storage_deletions d SET not_before = {_NOW} + make_interval(secs => :lease),
-                                       attempts = d.attempts + 1
-         WHERE d.id IN (SELECT id FROM storage_deletions WHERE not_before <= {_NOW}
-                         ORDER BY not_before, id LIMIT :n FOR UPDATE SKIP LOCKED)
-        RETURNING d.id, d.storage, d.bucket, d.key, d.is_prefix, d.passes, d.attempts"""),
-        {"n": limit, "lease": lease, "now": now}).mappings())
+    return list(c.execute(text(CLAIM_DELETIONS), {"n": limit, "lease": lease, "now": now}).mappings())
 
 
 def finish_deletions(c: Connection, ids: Sequence[int]) -> int:
@@ -77,6 +79,24 @@ def queue_counts(c: Connection, now: datetime | None = None) -> RowMapping:
 
 # --- retention ----------------------------------------------------------------------------------
 
+_CUTOFF = f"{_NOW} - make_interval(secs => :days * 86400)"
+# The batch of photos due (params days, n, now): on ix_photos_retention, oldest first.
+DUE_PHOTOS = f"""
+    SELECT p.id FROM photos p
+     WHERE p.status <> 'deleted' AND p.updated_at < {_CUTOFF}
+       AND NOT EXISTS (
+            SELECT 1 FROM stories s
+             WHERE s.protagonist_photo_id = p.id
+               AND (s.status NOT IN ('completed', 'failed') OR s.updated_at >= {_CUTOFF}
+                    OR EXISTS (SELECT 1 FROM orders o WHERE o.story_id = s.id AND {_IN_FLIGHT})))
+     ORDER BY p.updated_at LIMIT :n FOR UPDATE OF p SKIP LOCKED"""
+# The batch of stories due (params days, n, now): on ix_stories_retention, oldest first.
+DUE_STORIES = f"""
+    SELECT s.id FROM stories s
+     WHERE s.files_deleted_at IS NULL AND s.status IN ('completed', 'failed') AND s.updated_at < {_CUTOFF}
+       AND NOT EXISTS (SELECT 1 FROM orders o WHERE o.story_id = s.id AND {_IN_FLIGHT})
+     ORDER BY s.updated_at LIMIT :n FOR UPDATE OF s SKIP LOCKED"""
+
 def expire_photos(c: Connection, days: float, limit: int, now: datetime | None) -> list[RowMapping]:
     """One batch of photos due under RETENTION_PHOTO_DAYS, in the caller's transaction: photos not
     yet deleted, unchanged for ``days`` days, whose every story finished (completed or failed)
@@ -86,16 +106,7 @@ def expire_photos(c: Connection, days: float, limit: int, now: datetime | None) 
     labels, objects and original filename cleared, its stories' ``protagonist_face`` cleared, and
     its uploaded object queued for deletion. Returns the photos' ids (``id``)."""
     params: dict[str, Any] = {"days": days, "n": limit, "now": now}
-    cutoff = f"{_NOW} - make_interval(secs => :days * 86400)"
-    due = [r[0] for r in c.execute(text(f"""
-        SELECT p.id FROM photos p
-         WHERE p.status <> 'deleted' AND p.updated_at < {cutoff}
-           AND NOT EXISTS (
-                SELECT 1 FROM stories s
-                 WHERE s.protagonist_photo_id = p.id
-                   AND (s.status NOT IN ('completed', 'failed') OR s.updated_at >= {cutoff}
-                        OR EXISTS (SELECT 1 FROM orders o WHERE o.story_id = s.id AND {_IN_FLIGHT})))
-         ORDER BY p.updated_at LIMIT :n FOR UPDATE OF p SKIP LOCKED"""), params)]
+    due = [r[0] for r in c.execute(text(DUE_PHOTOS), params)]
     if not due:
         return []
     ids = {"ids": due}
@@ -120,12 +131,7 @@ def expire_stories(c: Connection, days: float, limit: int, now: datetime | None)
     and step errors deleted; its folder ``stories/<id>/`` (every revision's pictures and books)
     and its orders' print files ``orders/<id>/print/`` queued for deletion. Returns ``id`` each."""
     params: dict[str, Any] = {"days": days, "n": limit, "now": now}
-    due = [r[0] for r in c.execute(text(f"""
-        SELECT s.id FROM stories s
-         WHERE s.files_deleted_at IS NULL AND s.status IN ('completed', 'failed')
-           AND s.updated_at < {_NOW} - make_interval(secs => :days * 86400)
-           AND NOT EXISTS (SELECT 1 FROM orders o WHERE o.story_id = s.id AND {_IN_FLIGHT})
-         ORDER BY s.updated_at LIMIT :n FOR UPDATE OF s SKIP LOCKED"""), params)]
+    due = [r[0] for r in c.execute(text(DUE_STORIES), params)]
     if not due:
         return []
     ids: dict[str, Any] = {"ids": due, "now": now}

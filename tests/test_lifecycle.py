@@ -206,3 +206,23 @@ def test_a_retention_period_of_zero_keeps_everything(clean_db: Db) -> None:
     r = expire(now=_later(days=5000), s=RetentionSettings(photo_days=0, book_days=0, batch_size=10, run_seconds=5))
     assert (r.photos, r.stories) == (0, 0)
     assert clean_db.one("SELECT count(*) AS n FROM storage_deletions")["n"] == 0
+
+
+def test_retention_settings_defaults_and_clear_configuration_errors() -> None:
+    from pipeline.privacy.settings import read_retention_settings
+
+    s = read_retention_settings({})
+    assert (s.photo_days, s.book_days, s.batch_size, s.run_seconds) == (30.0, 365.0, 200, 20.0)
+    assert read_retention_settings({"RETENTION_PHOTO_DAYS": " ", "RETENTION_BOOK_DAYS": "0"}).photo_days == 30.0
+    assert not read_retention_settings({"RETENTION_BOOK_DAYS": "0"}).books_on
+    for name, value, says in [("RETENTION_PHOTO_DAYS", "-1", "out of range; allowed: a number from 0 to 3650 "
+                                                              "(days; 0 = never delete)"),
+                              ("RETENTION_BOOK_DAYS", "a year", "is not a number"),
+                              ("RETENTION_BATCH_SIZE", "0", "out of range"),
+                              ("RETENTION_RUN_SECONDS", "nan", "out of range")]:
+        with pytest.raises(SystemExit, match=f"^configuration error: {name}="):
+            read_retention_settings({name: value})
+        try:
+            read_retention_settings({name: value})
+        except SystemExit as e:
+            assert says in str(e), str(e)
