@@ -133,3 +133,41 @@ def test_a_family_deleted_by_sql_loses_every_file_to_the_sweeper_and_operators_s
     # (and the metrics carry no ids at all: their labels are bounded words)
     for body in (metrics, flower_metrics[1]):
         assert not [i for i in (a_user, a_story, b_user, b_story, a_photo, b_photo) if i in body]
+
+
+def test_a_family_deleted_by_sql_mid_pipeline_leaves_no_file_and_the_worker_goes_on(
+        clean_db: Db, tmp_path: Path, request: pytest.FixtureRequest) -> None:
+    from datetime import datetime, timedelta
+
+    from pipeline.privacy.drain import drain
+
+    # given a worker whose provider calls take a while, and a story half made
+    flush_redis(BROKER)
+    w = WorkerProcess(tmp_path / "worker.log", env={"CELERY_BROKER_URL": BROKER, "STEP_LEASE_SECONDS": "3",
+                                                    "SIMULATED_PROVIDER_LATENCY": "0.4"})
+    request.addfinalizer(w.stop)
+    w.start()
+    user, _, photo, story = _family(clean_db, "Ottoline")
+    key = clean_db.one("SELECT object_key FROM photos WHERE id = :p", p=photo)["object_key"]
+    deadline = time.monotonic() + 60
+    while not clean_db.one("SELECT count(*) AS n FROM story_pages WHERE story_id = :s "
+                           "AND personalization_status = 'completed'", s=story)["n"]:
+        assert time.monotonic() < deadline, w.tail()
+        time.sleep(0.05)
+    assert clean_db.story_row(story)["status"] == "processing"
+    # when the family is deleted by SQL while its other pages' steps are in flight
+    clean_db.exec("DELETE FROM users WHERE id = :u", u=user)
+    time.sleep(3.0)  # every step in flight ends (each provider call takes 0.4 s)
+    # then, drained now and once more after the recheck delay, no file of it is left
+    while drain().claimed:
+        pass
+    later = datetime.now().astimezone() + timedelta(hours=1)
+    while drain(now=later).claimed:
+        pass
+    assert files_of(clean_db.storage, story) == [] and not (clean_db.storage / key).exists()
+    assert clean_db.one("SELECT count(*) AS n FROM storage_deletions")["n"] == 0
+    # and the worker stopped those steps cleanly and goes on with the next family's story
+    assert w.proc is not None and w.proc.poll() is None
+    assert "Traceback" not in w.log.read_text()
+    _, _, _, other = _family(clean_db, "Leopold")
+    assert clean_db.wait_story(other, timeout=120)["status"] == "completed"
