@@ -226,3 +226,35 @@ def test_retention_settings_defaults_and_clear_configuration_errors() -> None:
             read_retention_settings({name: value})
         except SystemExit as e:
             assert says in str(e), str(e)
+
+
+def test_a_photo_waits_for_every_story_that_uses_it(clean_db: Db) -> None:
+    s = RetentionSettings(photo_days=30, book_days=0, batch_size=10, run_seconds=5)
+    # given a photo used by an old story and a recent one, and an old photo no story uses
+    fam, lone = family(clean_db), family(clean_db)
+    old, recent = story(clean_db, fam, pages=0), story(clean_db, fam, pages=0)
+    clean_db.exec("UPDATE photos SET updated_at = now() - interval '60 days' WHERE id IN (:a, :b)",
+                  a=fam.photo, b=lone.photo)
+    clean_db.exec("UPDATE stories SET updated_at = now() - interval '50 days' WHERE id = :s", s=old)
+    clean_db.exec("UPDATE stories SET updated_at = now() - interval '10 days' WHERE id = :s", s=recent)
+    # when retention runs today: only the unused photo is due
+    assert expire(s=s).photos == 1
+    assert clean_db.one("SELECT status FROM photos WHERE id = :p", p=lone.photo)["status"] == "deleted"
+    assert clean_db.one("SELECT status FROM photos WHERE id = :p", p=fam.photo)["status"] == "uploaded"
+    # and once the recent story is 31 days old too, the shared photo goes
+    clean_db.exec("UPDATE stories SET updated_at = now() - interval '31 days' WHERE id = :s", s=recent)
+    assert expire(s=s).photos == 1
+    assert clean_db.one("SELECT status FROM photos WHERE id = :p", p=fam.photo)["status"] == "deleted"
+
+
+def test_two_drainers_never_take_the_same_rows(clean_db: Db) -> None:
+    from db import lifecycle as q
+
+    clean_db.exec("""INSERT INTO storage_deletions (storage, key, is_prefix, reason)
+                     SELECT 'output', 'stories/' || g || '/', true, 'stories' FROM generate_series(1, 50) g""")
+    with clean_db.engine.connect() as first, clean_db.engine.connect() as second, first.begin() as t1:
+        a = q.claim_deletions(first, 25, 300, None)  # still uncommitted: its rows stay locked
+        with second.begin():
+            b = q.claim_deletions(second, 50, 300, None)
+        t1.rollback()
+    assert len(a) == 25 and len(b) == 25 and not {r["id"] for r in a} & {r["id"] for r in b}
