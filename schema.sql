@@ -53,7 +53,8 @@ CREATE TABLE IF NOT EXISTS stories (
     -- fails the story with a readable message (the row is where the parent sees why).
     child_age             INTEGER NOT NULL,
     story_theme           VARCHAR NOT NULL,
-    protagonist_photo_id  UUID NOT NULL REFERENCES photos (id) ON DELETE CASCADE,
+    -- NO ACTION (README "Personal data"): another family's story refuses the deletion of a photo.
+    protagonist_photo_id  UUID NOT NULL REFERENCES photos (id),
     title                 VARCHAR,
     status                VARCHAR NOT NULL DEFAULT 'pending',
     error_message         TEXT,
@@ -586,3 +587,124 @@ BEGIN
 END;
 $$;
 -- ===== end of: Redoing a page =================================================================
+
+-- ===== Personal data: foreign-key actions, files follow rows, retention (issue 15) ==========
+-- README "Personal data"; pipeline/privacy/ (drain, retention); db/lifecycle.py.
+--
+-- Foreign-key actions, chosen so that deleting rows through SQL never removes another family's
+-- data and never leaves files without rows:
+--   photos.user_id, stories.user_id -> users            CASCADE   a family's own photos and stories go with it
+--   stories.protagonist_photo_id -> photos              NO ACTION checked at the end of the statement:
+--        deleting a user that cascades to both its photos and its own stories passes; a photo that
+--        ANOTHER family's story uses (or a photo deleted on its own while a story uses it) refuses the
+--        whole statement with a foreign-key error, and nothing changes. (It was CASCADE: deleting
+--        family A's user deleted family B's story, and left B's files on disk.)
+--   story_pages, story_outlines, step_errors, provider_jobs, page_redos -> their story/page/photo
+--                                                        CASCADE   bookkeeping of the same family's rows
+--   orders.user_id, orders.story_id                     RESTRICT  an order is a financial record: a user or
+--        story with orders is refused (forget keeps the order's accounting, README "Forgetting a family")
+--   order_steps, order_events -> orders                 CASCADE
+-- Databases made before this section: the constraint is dropped and re-added only when its action differs.
+DO $$
+DECLARE
+    -- table, column, referenced table, wanted confdeltype (a: no action, c: cascade, r: restrict), its SQL
+    spec text[] := ARRAY[
+        ['stories', 'protagonist_photo_id', 'photos', 'a', 'NO ACTION']];
+    i int;
+    con record;
+BEGIN
+    FOR i IN 1 .. array_length(spec, 1) LOOP
+        SELECT c.conname, c.confdeltype INTO con
+          FROM pg_constraint c
+          JOIN pg_attribute a ON a.attrelid = c.conrelid AND a.attnum = c.conkey[1]
+         WHERE c.contype = 'f' AND c.conrelid = spec[i][1]::regclass AND c.confrelid = spec[i][3]::regclass
+           AND array_length(c.conkey, 1) = 1 AND a.attname = spec[i][2];
+        IF con.conname IS NULL THEN
+            EXECUTE format('ALTER TABLE %I ADD CONSTRAINT %I FOREIGN KEY (%I) REFERENCES %I (id) ON DELETE %s',
+                           spec[i][1], spec[i][1] || '_' || spec[i][2] || '_fkey', spec[i][2], spec[i][3], spec[i][5]);
+        ELSIF con.confdeltype::text <> spec[i][4] THEN
+            EXECUTE format('ALTER TABLE %I DROP CONSTRAINT %I', spec[i][1], con.conname);
+            EXECUTE format('ALTER TABLE %I ADD CONSTRAINT %I FOREIGN KEY (%I) REFERENCES %I (id) ON DELETE %s',
+                           spec[i][1], con.conname, spec[i][2], spec[i][3], spec[i][5]);
+        END IF;
+    END LOOP;
+END;
+$$;
+
+-- Files follow rows: stored objects waiting to be deleted. Triggers on the tables whose rows own
+-- files queue them in the statement that deletes the rows (whoever deletes: forget, retention, an
+-- operator's SQL, a cascade), and the sweeper drains the queue in bounded batches
+-- (pipeline/privacy/drain.py): delete the object or every object under the prefix, then the row.
+--   storage: 'output' (the deployment's output storage, STORAGE_BACKEND: generated pictures, books,
+--            print files) or the photo row's storage_provider ('local', 's3') with its bucket.
+--   key:     an object key, or a folder prefix ending in '/' (is_prefix).
+--   passes:  deletions done; a row is deleted a second time RECHECK later (STEP_LEASE_SECONDS + 60 s),
+--            for a step that was in flight when its row went and wrote a file afterwards.
+--   attempts, last_error, not_before: a failed deletion is tried again with backoff.
+-- Keys hold ids only (stories/<uuid>/...), and an uploaded photo's key as its row had it.
+CREATE TABLE IF NOT EXISTS storage_deletions (
+    id          BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    storage     VARCHAR NOT NULL,
+    bucket      VARCHAR,
+    key         VARCHAR NOT NULL,
+    is_prefix   BOOLEAN NOT NULL DEFAULT false,
+    reason      VARCHAR NOT NULL,
+    passes      INTEGER NOT NULL DEFAULT 0,
+    attempts    INTEGER NOT NULL DEFAULT 0,
+    last_error  TEXT,
+    queued_at   TIMESTAMP WITH TIME ZONE NOT NULL DEFAULT now(),
+    not_before  TIMESTAMP WITH TIME ZONE NOT NULL DEFAULT now(),
+    CONSTRAINT ck_storage_deletions_prefix CHECK (NOT is_prefix OR key LIKE '%/')
+);
+CREATE INDEX IF NOT EXISTS ix_storage_deletions_not_before ON storage_deletions (not_before);
+
+CREATE OR REPLACE FUNCTION queue_storage_deletions() RETURNS trigger
+LANGUAGE plpgsql AS $$
+BEGIN
+    IF TG_TABLE_NAME = 'photos' THEN
+        INSERT INTO storage_deletions (storage, bucket, key, is_prefix, reason)
+        SELECT g.storage_provider, g.bucket, g.object_key, false, 'photos' FROM gone g;
+    ELSIF TG_TABLE_NAME = 'stories' THEN
+        INSERT INTO storage_deletions (storage, key, is_prefix, reason)
+        SELECT 'output', 'stories/' || g.id || '/', true, 'stories' FROM gone g;
+    ELSIF TG_TABLE_NAME = 'story_pages' THEN
+        -- A page deleted on its own; when its story goes too (a cascade runs after the story's
+        -- row is gone, or the story's files were already deleted by retention), the story's
+        -- prefix covers it.
+        INSERT INTO storage_deletions (storage, key, is_prefix, reason)
+        SELECT 'output', 'stories/' || g.story_id || '/pages/'
+                         || lpad(g.page_number::text, greatest(2, length(g.page_number::text)), '0') || '/',
+               true, 'story_pages'
+          FROM gone g
+         WHERE EXISTS (SELECT 1 FROM stories s WHERE s.id = g.story_id AND s.files_deleted_at IS NULL);
+    ELSIF TG_TABLE_NAME = 'orders' THEN
+        INSERT INTO storage_deletions (storage, key, is_prefix, reason)
+        SELECT 'output', 'orders/' || g.id || '/', true, 'orders' FROM gone g;
+    END IF;
+    RETURN NULL;
+END;
+$$;
+
+-- Retention (RETENTION_BOOK_DAYS): when a story's pictures, books, page texts and print files were
+-- deleted. The row stays as a tombstone (status, dates, theme, age; child_name '' and title NULL).
+ALTER TABLE stories ADD COLUMN IF NOT EXISTS files_deleted_at TIMESTAMP WITH TIME ZONE;
+
+DO $$
+DECLARE t text;
+BEGIN
+    -- Statement-level with a transition table: one INSERT ... SELECT per statement (or per cascade
+    -- step), not one per row.
+    FOREACH t IN ARRAY ARRAY['photos', 'stories', 'story_pages', 'orders'] LOOP
+        EXECUTE format('DROP TRIGGER IF EXISTS trg_%1$s_files_follow ON %1$I', t);
+        EXECUTE format('CREATE TRIGGER trg_%1$s_files_follow AFTER DELETE ON %1$I REFERENCING OLD TABLE AS gone '
+                       'FOR EACH STATEMENT EXECUTE FUNCTION queue_storage_deletions()', t);
+    END LOOP;
+END;
+$$;
+
+-- Retention's candidates, oldest first, index-backed (EXPLAIN: tests/test_lifecycle_scale.py):
+-- photos not yet deleted, by last change; finished stories whose files are still there, by last change.
+CREATE INDEX IF NOT EXISTS ix_photos_retention ON photos (updated_at) WHERE status <> 'deleted';
+CREATE INDEX IF NOT EXISTS ix_stories_retention ON stories (updated_at)
+    WHERE files_deleted_at IS NULL AND status IN ('completed', 'failed');
+-- ===== end of: Personal data ================================================================

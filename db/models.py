@@ -27,6 +27,7 @@ from sqlalchemy.dialects.postgresql import JSONB, TIMESTAMP, UUID
 from sqlalchemy.orm import Mapped, mapped_column
 
 from db import event_models as _event_models  # noqa: F401  (registers the events' tables on Base.metadata)
+from db import lifecycle_models as _lifecycle_models  # noqa: F401  (the storage deletion queue's table)
 from db.model_base import NAMING, STEP_STATUSES, Base
 from db.model_base import count as _count
 from db.model_base import pk as _pk
@@ -95,7 +96,7 @@ class Story(Base):
     child_age: Mapped[int] = mapped_column(Integer, nullable=False)
     story_theme: Mapped[str] = mapped_column(String, nullable=False, index=True)
     protagonist_photo_id: Mapped[uuid.UUID] = mapped_column(
-        UUID(as_uuid=True), ForeignKey("photos.id", ondelete="CASCADE"), nullable=False, index=True
+        UUID(as_uuid=True), ForeignKey("photos.id"), nullable=False, index=True  # NO ACTION: README "Personal data"
     )
     title: Mapped[str | None] = mapped_column(String)
     status: Mapped[str] = _status("pending")
@@ -109,6 +110,8 @@ class Story(Base):
     redo_id: Mapped[uuid.UUID | None] = mapped_column(UUID(as_uuid=True))
     book_pdf_key: Mapped[str | None] = mapped_column(Text)
     book_html_key: Mapped[str | None] = mapped_column(Text)
+    # Retention (schema.sql's "Personal data" section): when the story's files were deleted
+    files_deleted_at: Mapped[datetime | None] = mapped_column(TIMESTAMP(timezone=True))
 
 
 class StoryPage(Base):

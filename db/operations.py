@@ -22,9 +22,11 @@ from db.pages import page_column
 def lock_failed_story(c: Connection, story_id: str) -> RowMapping | None:
     """The story's status and its photo's (``FOR UPDATE`` of the story row), or None when there is
     no such story. Keys: status, error_message, photo_id, photo_status, own_photo (the photo is its
-    user's), ai_error_message, photo_changed (the photo row moved since its last recorded error)."""
+    user's), ai_error_message, photo_changed (the photo row moved since its last recorded error),
+    photo_deleted (photos.status 'deleted'), files_deleted_at (retention deleted the story's files)."""
     return c.execute(text(
         """SELECT s.status, s.error_message, p.id AS photo_id, p.ai_processing_status AS photo_status,
+                  p.status = 'deleted' AS photo_deleted, s.files_deleted_at,
                   p.user_id = s.user_id AS own_photo,
                   p.ai_error_message, p.updated_at > COALESCE(
                     (SELECT max(created_at) FROM step_errors e WHERE e.photo_id = p.id), '-infinity')

@@ -797,4 +797,14 @@ def test_s3_from_env_requires_the_bucket(monkeypatch: pytest.MonkeyPatch) -> Non
 def test_presigned_urls_are_time_limited(storage: S3Storage) -> None:
     with pytest.raises(ValueError):
         storage.url("a.png", expires_in=8 * 24 * 3600)
-    assert "X-Amz-Expires=3600" in storage.url("a.png")
+    assert "X-Amz-Expires=900" in storage.url("a.png")  # PRESIGNED_URL_SECONDS' default
+
+
+def test_presigned_url_lifetime_is_configurable_and_bounded(storage: S3Storage,
+                                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("PRESIGNED_URL_SECONDS", "60")
+    assert "X-Amz-Expires=60" in storage.url("a.png")
+    for bad in ("0", "604801", "ten"):
+        monkeypatch.setenv("PRESIGNED_URL_SECONDS", bad)
+        with pytest.raises(SystemExit, match="configuration error: PRESIGNED_URL_SECONDS"):
+            storage.url("a.png")

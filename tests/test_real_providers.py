@@ -108,7 +108,7 @@ def test_a_story_completes_with_all_four_real_adapters(clean_db: Db, servers: di
                             env={**os.environ, **env}, capture_output=True, text=True, timeout=60)
     assert status.returncode == 0, status.stderr
     link = json.loads(status.stdout)["book"]["pdf"]
-    assert "X-Amz-Expires=86400" in link
+    assert "X-Amz-Expires=900" in link  # PRESIGNED_URL_SECONDS' default: short-lived
     with urllib.request.urlopen(link, timeout=10) as r:
         assert r.read().startswith(b"%PDF")
     # and the worker's Prometheus metrics count each provider's requests by outcome, with latency

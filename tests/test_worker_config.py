@@ -77,6 +77,10 @@ MORE_CASES = [
     ({"DB_POOL_SIZE": "-1"}, "DB_POOL_SIZE"),
     ({"METRICS_PORT": "http"}, "METRICS_PORT"),
     ({"STORY_PAGE_COUNT": "100"}, "STORY_PAGE_COUNT"),
+    ({"RETENTION_PHOTO_DAYS": "-1"}, "RETENTION_PHOTO_DAYS"),
+    ({"RETENTION_BOOK_DAYS": "forever"}, "RETENTION_BOOK_DAYS"),
+    ({"RETENTION_BATCH_SIZE": "0"}, "RETENTION_BATCH_SIZE"),
+    ({"PRESIGNED_URL_SECONDS": "604801"}, "PRESIGNED_URL_SECONDS"),
 ]
 
 
@@ -110,8 +114,10 @@ def _clear_caches() -> None:
     from pipeline import config
     from pipeline.kernel import quota
     from pipeline.orders import settings as orders
+    from pipeline.privacy.settings import retention_settings
 
     config.settings.cache_clear()
+    retention_settings.cache_clear()
     orders.order_settings.cache_clear()
     quota.limits.cache_clear()
     orders._providers.clear()

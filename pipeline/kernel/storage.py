@@ -83,9 +83,9 @@ class Storage(Protocol):
         """Is there an object at ``key``?"""
         ...
 
-    def url(self, key: str, expires_in: int = 3600) -> str:
-        """Where a reader finds the object: a presigned https URL (S3, ``expires_in`` seconds) or a
-        file: URI (local)."""
+    def url(self, key: str, expires_in: int | None = None) -> str:
+        """Where a reader finds the object: a presigned https URL (S3, ``expires_in`` seconds,
+        default ``presigned_url_seconds()``) or a file: URI (local)."""
         ...
 
     def delete(self, key: str) -> bool:
@@ -197,7 +197,7 @@ class LocalStorage:
         """Is there a file at ``key``?"""
         return self.path(key).is_file()
 
-    def url(self, key: str, expires_in: int = 3600) -> str:
+    def url(self, key: str, expires_in: int | None = None) -> str:
         """The file's ``file:`` URI (``expires_in`` does not apply: local files do not expire)."""
         return self.path(key).as_uri()
 
@@ -258,6 +258,19 @@ class LocalStorage:
             except OSError:
                 return
             folder = folder.parent
+
+
+PRESIGNED_URL_DEFAULT = 900  # seconds: 15 minutes
+# SigV4 presigned URLs cannot live longer (S3 User Guide, "Sharing objects with presigned URLs")
+PRESIGNED_URL_MAX = 7 * 24 * 3600
+
+
+def presigned_url_seconds() -> int:
+    """PRESIGNED_URL_SECONDS: how long a link to a stored object lives when the caller does not say
+    (default 900 s; 1 s to 7 days, SigV4's limit). Raises SystemExit("configuration error: ...")."""
+    from pipeline.config import env_int
+
+    return env_int("PRESIGNED_URL_SECONDS", PRESIGNED_URL_DEFAULT, 1, PRESIGNED_URL_MAX)
 
 
 def page_image_key(story_id: str, page_number: int, kind: str, revision: int = 1) -> str:

@@ -86,9 +86,11 @@ def check_worker_configuration() -> None:
     from pipeline.kernel import quota
     from pipeline.kernel.cpu import processes
     from pipeline.kernel.metrics import metrics_port
+    from pipeline.kernel.storage import presigned_url_seconds
     from pipeline.orders import print_files
     from pipeline.orders import steps as orders
     from pipeline.orders.offline_print_shop import print_shop_stage_seconds
+    from pipeline.privacy.settings import retention_settings
     from pipeline.stories.redo import redo_limit
 
     settings()  # STEP_*, STORY_PAGE_COUNT, providers' names, leases, timeouts...
@@ -100,6 +102,8 @@ def check_worker_configuration() -> None:
     quota.max_inline_wait()  # QUOTA_MAX_INLINE_WAIT
     print_shop_stage_seconds()  # LOCAL_PRINT_SHOP_STAGE_SECONDS
     redo_limit()  # REDO_LIMIT_PER_STORY
+    retention_settings()  # RETENTION_* (README "Personal data")
+    presigned_url_seconds()  # PRESIGNED_URL_SECONDS
     check_environment()
     orders.order_settings()  # POD_PROVIDER, ORDER_*, STRIPE_MODE vs STRIPE_SECRET_KEY...
     orders.print_provider()  # LULU_* (timeouts) or LOCAL_PRINT_SHOP_STAGE_SECONDS

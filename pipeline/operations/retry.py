@@ -28,7 +28,8 @@ def retry_story(story_id: str, *, force: bool = False, dry_run: bool = False) ->
     """failed story -> pending, its failed steps -> pending, then stories.generate again (sent
     after the commit). Refused for a story that is not failed, whose photo is another user's
     (even with ``force``), or whose photo failed for a reason a retry cannot fix (no face),
-    unless ``force`` or the photo changed since."""
+    unless ``force`` or the photo changed since, or whose photo or files were deleted (retention,
+    README "Personal data")."""
     with transaction() as c:
         row = q.lock_failed_story(c, story_id)
         if row is None:
@@ -41,6 +42,12 @@ def retry_story(story_id: str, *, force: bool = False, dry_run: bool = False) ->
             return RetryPlan(story_id, False,
                              f"not retried: the story's photo {row['photo_id']} belongs to another user; "
                              "the story must name one of its own user's photos")
+        if row["files_deleted_at"] is not None or row["photo_deleted"]:
+            # Retention (or the family's request) deleted what the story is made from: a retry
+            # could only fail again (README "Personal data").
+            what = "pictures and texts were" if row["files_deleted_at"] is not None else "photo was"
+            return RetryPlan(story_id, False, f"not retried: the story's {what} deleted (README "
+                                              "\"Personal data\"); the family must start a new story")
         photo_failed = row["photo_status"] == "failed"
         if photo_failed and not force and not row["photo_changed"] and "face" in (row["ai_error_message"] or ""):
             return RetryPlan(story_id, False,

@@ -7,7 +7,7 @@ from typing import Any
 
 
 def book_links(story_id: str, revision: dict[str, Any] | None) -> dict[str, str]:
-    """Where to read the story's current book: a time-limited URL (S3, 24 h) or the local file, by
+    """Where to read the story's current book: a time-limited URL (S3, PRESIGNED_URL_SECONDS) or the local file, by
     format ("pdf", "html"). ``revision``: db.redo.story_revision's row (its book keys; a book
     made before they were recorded is at the first revision's keys)."""
     from pipeline.kernel.storage import book_key
@@ -19,7 +19,7 @@ def book_links(story_id: str, revision: dict[str, Any] | None) -> dict[str, str]
         key = (revision or {}).get(f"book_{ext}_key") or book_key(story_id, ext)
         url = getattr(storage, "url", None)
         if callable(url):
-            links[ext] = str(url(key, expires_in=24 * 3600))
+            links[ext] = str(url(key))
         elif hasattr(storage, "path"):
             links[ext] = str(storage.path(key))
     return links

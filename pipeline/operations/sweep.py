@@ -1,6 +1,8 @@
 """The periodic sweep (``ops.sweep`` under celery beat): one bounded pass over stuck work."""
 from __future__ import annotations
 
+from datetime import datetime
+
 from pipeline.operations.stuck import Stuck, find_stuck, resend
 
 
@@ -20,3 +22,15 @@ def sweep(*, lease: float | None = None, pending_after: float | None = None, lim
         for item in stuck:
             resend(item)
     return stuck
+
+
+def privacy_pass(*, now: datetime | None = None) -> str:
+    """Personal data's lifecycle, run by ``ops.sweep`` after the stuck work: the retention periods
+    (RETENTION_PHOTO_DAYS, RETENTION_BOOK_DAYS) and the storage deletion queue
+    (pipeline/privacy/retention.py, drain.py), each bounded by RETENTION_RUN_SECONDS. Returns
+    "expired P photos, S stories; deleted N objects" (counts only)."""
+    from pipeline.privacy.retention import lifecycle_pass
+
+    r = lifecycle_pass(now=now)
+    objects = r.drained.objects if r.drained else 0
+    return f"expired {r.photos} photos, {r.stories} stories; deleted {objects} objects"

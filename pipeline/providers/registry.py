@@ -210,8 +210,9 @@ def _data_uri(data: bytes, content_type: str) -> str:
 
 def image_ref(storage: Storage, key: str, content_type: str) -> str:
     """How a remote provider reads one of our images: a time-limited URL where the storage can
-    sign one (S3), else the bytes inline as a data: URI (local storage, demo and tests)."""
+    sign one (S3; valid for JOB_MAX_SECONDS + 60 s, as long as the job that reads it may run, at
+    most 7 days), else the bytes inline as a data: URI (local storage, demo and tests)."""
     url = getattr(storage, "url", None)
     if callable(url):
-        return str(url(key))
+        return str(url(key, min(7 * 24 * 3600, int(settings().job_max_seconds) + 60)))
     return _data_uri(storage.get(key), content_type)

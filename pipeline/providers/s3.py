@@ -16,7 +16,7 @@ from typing import Any, TypeVar
 from botocore.exceptions import ClientError
 
 from pipeline.kernel.errors import PermanentStepError, StepError
-from pipeline.kernel.storage import ObjectMissing, StorageUnavailable, check_key, check_prefix
+from pipeline.kernel.storage import ObjectMissing, StorageUnavailable, check_key, check_prefix, presigned_url_seconds
 from pipeline.providers.aws import (
     CREDENTIAL_CODES,
     CREDENTIAL_HINT,
@@ -214,12 +214,15 @@ class S3Storage(S3Objects):
                 return count
             token = page.get("NextContinuationToken")
 
-    def url(self, key: str, expires_in: int = 3600) -> str:
-        """A presigned GET URL valid for ``expires_in`` seconds (computed locally, no request).
+    def url(self, key: str, expires_in: int | None = None) -> str:
+        """A presigned GET URL valid for ``expires_in`` seconds (default PRESIGNED_URL_SECONDS,
+        ``presigned_url_seconds()``: 15 minutes), computed locally, no request.
 
         With temporary credentials the URL carries the session token, as SigV4 requires: hand
         it only to whoever should read the object.
         """
+        if expires_in is None:
+            expires_in = presigned_url_seconds()
         if not 1 <= expires_in <= MAX_PRESIGN_SECONDS:
             raise ValueError(f"expires_in must be between 1 and {MAX_PRESIGN_SECONDS} seconds")
         url: str = self.client.generate_presigned_url(
