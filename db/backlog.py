@@ -80,3 +80,10 @@ def oldest_orders(c: Connection) -> dict[str, float]:
 def dead_deliveries(c: Connection) -> int:
     """Event deliveries out of attempts (status ``dead``): what ``events retry`` would resend."""
     return int(c.execute(text(_DEAD_DELIVERIES)).scalar_one())
+
+
+def limit_statement_time(c: Connection, milliseconds: int) -> None:
+    """Cap every later statement of the current transaction at ``milliseconds`` (PostgreSQL's
+    ``statement_timeout``, SET LOCAL: it ends with the transaction). A statement past it raises
+    sqlalchemy's OperationalError (QueryCanceled)."""
+    c.execute(text("SELECT set_config('statement_timeout', :ms, true)"), {"ms": str(int(milliseconds))})

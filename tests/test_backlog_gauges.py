@@ -145,6 +145,22 @@ def _publisher(broker_url: str, monkeypatch: pytest.MonkeyPatch) -> Celery:
     return Celery("publisher", broker=broker_url)
 
 
+def test_a_slow_database_read_is_cut_short_and_reported(clean_db: Db, broker: str) -> None:
+    # given a transaction holding the dead deliveries' table locked (a migration, a stuck operator)
+    c = BacklogCollector()
+    c.configure(Sources(lambda: clean_db.engine, broker, QUEUES, statement_timeout_ms=300), 60)
+    with clean_db.engine.connect() as locker:
+        locker.exec_driver_sql("BEGIN; LOCK TABLE event_deliveries IN ACCESS EXCLUSIVE MODE")
+        t0 = time.monotonic()
+        s = samples(c)
+        locker.exec_driver_sql("ROLLBACK")
+    # then the scrape comes back within the statement timeout, saying the database could not be read
+    assert time.monotonic() - t0 < 5
+    assert s[("storycreator_backlog_source_up", (("source", "database"),))] == 0.0
+    assert not [k for k in s if k[0].startswith("storycreator_oldest_")]
+    assert s[("storycreator_backlog_source_up", (("source", "broker"),))] == 1.0
+
+
 def test_redis_queue_depth_counts_every_priority_list_and_the_unacked(clean_db: Db, broker: str,
                                                                       monkeypatch: pytest.MonkeyPatch) -> None:
     # given messages published by name: three to the default queue as the external API does, and

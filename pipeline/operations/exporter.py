@@ -33,7 +33,6 @@ def main() -> int:
         cache = env_float("EXPORTER_CACHE_SECONDS", 15.0, 1.0, 3600.0)
         s = settings()
         import celeryconfig  # the queue list and transport options the workers use
-
         from db.engine import get_engine
         from pipeline.operations.gauges import COLLECTOR, Sources
     except SystemExit as e:

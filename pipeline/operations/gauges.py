@@ -22,10 +22,9 @@ from typing import Any
 
 from prometheus_client.core import REGISTRY, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
-from sqlalchemy import text
 from sqlalchemy.engine import Engine
 
-from db.backlog import dead_deliveries, oldest_orders, oldest_page_steps, oldest_stories
+from db.backlog import dead_deliveries, limit_statement_time, oldest_orders, oldest_page_steps, oldest_stories
 from pipeline.operations.queue_depth import Depths, queue_depths
 from pipeline.stories.stages import PAGE_STAGES, page_prerequisite
 
@@ -69,6 +68,7 @@ class Sources:
     broker_url: str
     queues: Sequence[str]
     transport_options: Mapping[str, Any] = field(default_factory=dict)
+    statement_timeout_ms: int = STATEMENT_TIMEOUT_MS
 
 
 class BacklogCollector(Collector):
@@ -121,7 +121,7 @@ class BacklogCollector(Collector):
         t0 = time.perf_counter()
         try:
             with src.engine().begin() as c:
-                c.execute(text(f"SET LOCAL statement_timeout = {STATEMENT_TIMEOUT_MS}"))
+                limit_statement_time(c, src.statement_timeout_ms)
                 stories = oldest_stories(c)
                 pages = oldest_page_steps(c, [(s.name, s.status_column,
                                                (pre.status_column if (pre := page_prerequisite(s)) else None))

@@ -45,7 +45,7 @@ def queue_depths(broker_url: str, queues: Iterable[str], transport_options: Mapp
     does not answer within ``timeout`` seconds: the caller reports the broker as down."""
     with Connection(broker_url, transport_options=dict(transport_options or {}),
                     connect_timeout=timeout) as conn:
-        conn.ensure_connection(max_retries=1, timeout=timeout)
+        conn.ensure_connection(max_retries=1, interval_start=0, timeout=timeout)
         ready: dict[str, int] = {}
         channel = conn.channel()
         try:
