@@ -139,3 +139,44 @@ def test_the_dashboard_imports_as_grafana_expects() -> None:
     assert {"Stories per hour by outcome", "Step latency by stage (p50, p95)", "Queue depth",
             "Oldest waiting work", "Provider errors per minute"} <= titles
     assert all(t["datasource"]["uid"] == "${DS_PROMETHEUS}" for p in dash["panels"] for t in p["targets"])
+
+
+# --- ./run installs promtool without starting a service ------------------------------------------
+def _install_promtool(tmp_path: Path, apt_get: str) -> subprocess.CompletedProcess[str]:
+    """``./run``'s install_promtool, alone, with fake ``apt-get`` and ``id`` (root) first on PATH and
+    the policy file under ``tmp_path``; ``promtool`` is not on that PATH."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "apt-get").write_text(apt_get)
+    (bin_dir / "id").write_text("#!/bin/sh\necho 0\n")
+    for f in bin_dir.iterdir():
+        f.chmod(0o755)
+    for tool in ("chmod", "rm", "cat"):  # what the function and the fakes call; nothing else on PATH
+        (bin_dir / tool).symlink_to(shutil.which(tool) or f"/bin/{tool}")
+    function = subprocess.run(["sed", "-n", "/^install_promtool()/,/^}/p", str(ROOT / "run")],
+                              capture_output=True, text=True, check=True).stdout
+    assert function.strip().endswith("}")
+    env = {"PATH": str(bin_dir), "POLICY_RC_D": str(tmp_path / "policy-rc.d"), "LOG": str(tmp_path / "log")}
+    return subprocess.run(["/bin/bash", "-c", f"set -euo pipefail\n{function}\ninstall_promtool\necho done"],
+                          capture_output=True, text=True, env=env, timeout=30)
+
+
+def test_run_installs_promtool_with_service_starts_refused(tmp_path: Path) -> None:
+    # apt-get records, while it installs, what the policy says about starting the prometheus service
+    proc = _install_promtool(tmp_path, '#!/bin/bash\necho "$*" >>"$LOG"\n'
+                                       'if [ "$1" = install ]; then "$POLICY_RC_D" prometheus start; '
+                                       'echo "policy says $?" >>"$LOG"; fi\n')
+    assert proc.returncode == 0 and proc.stdout.strip() == "done", proc.stderr
+    log = (tmp_path / "log").read_text().splitlines()
+    assert log[0] == "update -qq"
+    assert log[1].startswith("install -y -qq --no-install-recommends") and log[1].split()[-1] == "prometheus"
+    assert log[2] == "policy says 101"  # invoke-rc.d's "action forbidden by policy"
+    assert not (tmp_path / "policy-rc.d").exists()  # put in place for the install only
+
+
+def test_run_goes_on_when_promtool_cannot_be_installed(tmp_path: Path) -> None:
+    (tmp_path / "policy-rc.d").write_text("#!/bin/sh\nexit 101\n")  # the machine's own: left as it is
+    proc = _install_promtool(tmp_path, "#!/bin/bash\nexit 100\n")
+    assert proc.returncode == 0 and proc.stdout.strip() == "done", proc.stderr
+    assert "warning: could not install promtool" in proc.stderr
+    assert (tmp_path / "policy-rc.d").read_text() == "#!/bin/sh\nexit 101\n"

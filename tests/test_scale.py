@@ -41,7 +41,7 @@ def test_operator_queries_use_indexes_at_100k_stories() -> None:
     assert len(on_pages) == 3 and all(any("_unfinished" in a for a in s["access"]) for s in on_pages), on_pages
     # and the exporter's scrape reads (issue 14) run on indexes only: the partial indexes of unfinished
     # stories and pages, the orders' status index, the dead deliveries' partial index
-    gauges = [s for s in report["statements"] if s["command"] == "exporter gauges"]
+    gauges = [s for s in report["statements"] if s["command"] == "exporter gauges" and "set_config" not in s["sql"]]
     assert len(gauges) == 6 and not [s for s in gauges if any(a.startswith("Seq Scan") for a in s["access"])], gauges
     used = {a for s in gauges for a in s["access"]}
     assert {"Index Scan:orders(ix_orders_status)",
