@@ -4,6 +4,9 @@ API publishes), cached so a scrape never reads the sources more than once per pe
 from __future__ import annotations
 
 import os
+import socket
+import subprocess
+import sys
 import threading
 import time
 import uuid
@@ -17,7 +20,7 @@ from kombu import Connection
 
 from pipeline.operations.gauges import BacklogCollector, Sources
 from pipeline.operations.queue_depth import queue_depths
-from tests.support import Db, external_send, flush_redis
+from tests.support import ROOT, Db, external_send, flush_redis
 
 REDIS = os.environ.get("TEST_REDIS_URL", "redis://127.0.0.1:6379")
 # this run's Redis database for tests without a worker of their own on it (conftest.py: +0..+4)
@@ -189,8 +192,6 @@ def test_redis_queue_depth_counts_every_priority_list_and_the_unacked(clean_db: 
 def _rabbit_answers() -> bool:
     u = urlsplit(RABBIT)
     try:
-        import socket
-
         socket.create_connection((u.hostname, u.port or 5672), timeout=2).close()
         return True
     except OSError:
@@ -218,3 +219,25 @@ def test_rabbitmq_queue_depth_from_a_passive_declare(monkeypatch: pytest.MonkeyP
         with Connection(RABBIT) as conn:
             conn.channel().queue_delete(queue)
         client.close()
+
+
+@pytest.mark.parametrize(("env", "says"), [
+    ({"EXPORTER_CACHE_SECONDS": "soon"}, "configuration error: EXPORTER_CACHE_SECONDS"),
+    ({"EXPORTER_PORT": "70000"}, "configuration error: EXPORTER_PORT"),
+])
+def test_the_exporter_refuses_a_bad_setting_with_one_line(env: dict[str, str], says: str) -> None:
+    proc = subprocess.run([sys.executable, "-m", "pipeline.operations.exporter"], cwd=ROOT, capture_output=True,
+                          text=True, timeout=60, env={**os.environ, **env})
+    assert proc.returncode == 2 and says in proc.stderr, proc.stderr
+    assert len(proc.stderr.strip().splitlines()) == 1, proc.stderr
+
+
+def test_the_exporter_refuses_a_port_already_taken() -> None:
+    with socket.socket() as taken:
+        taken.bind(("0.0.0.0", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        proc = subprocess.run([sys.executable, "-m", "pipeline.operations.exporter"], cwd=ROOT, capture_output=True,
+                              text=True, timeout=60, env={**os.environ, "EXPORTER_PORT": str(port)})
+    assert proc.returncode == 2, proc.stderr
+    assert f"configuration error: EXPORTER_PORT={port} cannot be served" in proc.stderr, proc.stderr

@@ -32,9 +32,9 @@ class Depths:
 
 
 def _not_found(exc: BaseException) -> bool:
-    # kombu's ChannelError (virtual transports) and amqp's NotFound both carry reply code 404.
-    return getattr(exc, "code", None) == 404 or getattr(exc, "reply_code", None) == 404 \
-        or "NOT_FOUND" in str(exc) or "404" in str(exc)
+    # AMQP's reply code 404 (NOT_FOUND): an int from py-amqp (amqp.exceptions.NotFound), the string
+    # "404" from kombu's virtual transports (kombu.transport.virtual.Channel.queue_declare).
+    return str(getattr(exc, "reply_code", None)) == "404"
 
 
 def queue_depths(broker_url: str, queues: Iterable[str], transport_options: Mapping[str, Any] | None = None,
