@@ -241,3 +241,10 @@ def test_the_exporter_refuses_a_port_already_taken() -> None:
                               text=True, timeout=60, env={**os.environ, "EXPORTER_PORT": str(port)})
     assert proc.returncode == 2, proc.stderr
     assert f"configuration error: EXPORTER_PORT={port} cannot be served" in proc.stderr, proc.stderr
+
+
+def test_the_exporter_refuses_a_database_url_it_cannot_use() -> None:
+    proc = subprocess.run([sys.executable, "-m", "pipeline.operations.exporter"], cwd=ROOT, capture_output=True,
+                          text=True, timeout=60, env={**os.environ, "DATABASE_URL": "mysql://app:secret@db/books"})
+    assert proc.returncode == 2 and "configuration error: DATABASE_URL" in proc.stderr, proc.stderr
+    assert "secret" not in proc.stderr

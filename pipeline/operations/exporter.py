@@ -33,12 +33,21 @@ def main() -> int:
         cache = env_float("EXPORTER_CACHE_SECONDS", 15.0, 1.0, 3600.0)
         s = settings()
         import celeryconfig  # the queue list and transport options the workers use
-        from db.engine import get_engine
+        from db.engine import make_engine
+        from db.url import DatabaseURLError
         from pipeline.operations.gauges import COLLECTOR, Sources
     except SystemExit as e:
         print(e, file=sys.stderr)
         return 2
-    COLLECTOR.configure(Sources(get_engine, s.broker_url, celeryconfig.QUEUES,
+    try:
+        # Its own small pool: one read at a time (the collector's lock), checked before use so the
+        # first scrape after a PostgreSQL restart reads instead of failing once.
+        engine = make_engine(None, pool_size=1, max_overflow=1, pool_pre_ping=True, pool_recycle=1800,
+                             connect_args={"application_name": "storycreator-exporter", "connect_timeout": 5})
+    except DatabaseURLError as e:
+        print(f"configuration error: {e}", file=sys.stderr)
+        return 2
+    COLLECTOR.configure(Sources(lambda: engine, s.broker_url, celeryconfig.QUEUES,
                                 celeryconfig.broker_transport_options), cache)
     from prometheus_client import start_http_server
 
