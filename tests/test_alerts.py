@@ -39,7 +39,8 @@ def promtool() -> str:
     if found:
         return found
     if os.environ.get("CI", "").lower() in ("1", "true", "yes"):
-        pytest.fail("promtool is missing: ./run installs Debian's prometheus package (apt-get); see README, Tests")
+        pytest.fail("promtool is missing: ./run installs Debian's prometheus package (apt-get); "
+                    "see README, Metrics and alerts")
     pytest.skip("promtool is not installed (Debian/Ubuntu: apt-get install --no-install-recommends prometheus; "
                 "./run does it as root)")
 
