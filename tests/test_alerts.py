@@ -122,6 +122,54 @@ def test_the_dashboard_and_the_rules_use_only_metrics_the_code_exports() -> None
     assert not unknown, unknown
 
 
+# Labels Prometheus attaches to every scraped series (the target's), whatever the code exports.
+TARGET_LABELS = {"job", "instance"}
+
+
+def exported_labels() -> dict[str, set[str]]:
+    """Series name -> the label names the code gives it, from the registry's collectors: a metric
+    object's label names (histogram buckets add ``le``), a custom collector's described families'."""
+    exported()  # the modules imported
+    labels: dict[str, set[str]] = {}
+    for collector, names in REGISTRY._collector_to_names.items():  # no public listing of the collectors
+        own = getattr(collector, "_labelnames", None)  # a Counter, Gauge or Histogram of prometheus_client
+        described = {} if own is not None or not hasattr(collector, "describe") else {
+            f.name: set(f._labelnames) for f in collector.describe()}  # a custom collector's families
+        for name in names:
+            base = set(own) if own is not None else described.get(name, set())
+            labels[name] = base | ({"le"} if name.endswith("_bucket") else set())
+    return labels
+
+
+def selector_labels(node: Any) -> Iterator[tuple[str, str]]:
+    """(metric name, label name) for every label matcher of every selector in the expression."""
+    if isinstance(node, promql_parser.MatrixSelector):
+        node = node.vector_selector
+    if isinstance(node, promql_parser.VectorSelector):
+        for m in node.matchers.matchers:
+            yield node.name or "", m.name
+        return
+    for child in ("lhs", "rhs", "expr", "param"):
+        if (sub := getattr(node, child, None)) is not None and isinstance(sub, promql_parser.Expr):
+            yield from selector_labels(sub)
+    for arg in getattr(node, "args", None) or ():
+        yield from selector_labels(arg)
+
+
+def test_every_label_an_expression_matches_on_is_one_its_metric_has() -> None:
+    labels = exported_labels()
+    assert labels["storycreator_steps_total"] == {"stage", "outcome"}
+    assert labels["storycreator_queue_messages"] == {"queue"}
+    wrong = [(where, metric, label)
+             for where, expr in rule_expressions() + dashboard_expressions()
+             for metric, label in selector_labels(promql_parser.parse(expr))
+             if metric not in PROMETHEUS_OWN and label not in labels[metric] | TARGET_LABELS]
+    assert not wrong, wrong
+    # and the check can fail
+    assert list(selector_labels(promql_parser.parse('storycreator_queue_messages{stage="text"}'))) == [
+        ("storycreator_queue_messages", "stage")]
+
+
 def test_the_checker_finds_an_unknown_metric_and_a_syntax_error() -> None:
     names = exported()
     used = set(selected_metrics(promql_parser.parse(
