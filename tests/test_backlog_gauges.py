@@ -16,7 +16,7 @@ from urllib.parse import urlsplit
 import pytest
 import redis
 from celery import Celery
-from kombu import Connection
+from kombu import Connection, Exchange, Queue
 
 from pipeline.operations.gauges import BacklogCollector, Sources
 from pipeline.operations.queue_depth import queue_depths
@@ -187,6 +187,24 @@ def test_redis_queue_depth_counts_every_priority_list_and_the_unacked(clean_db: 
         assert value(c, "storycreator_queue_unacked_messages") == 1
         ch.close()
     client.close()
+
+
+def test_redis_queue_depth_under_a_global_key_prefix(broker: str) -> None:
+    # broker_transport_options' global_keyprefix: every key (lists, unacked hash) carries the prefix
+    options = {"global_keyprefix": "storycreator:"}
+    with Connection(broker, transport_options=options) as conn:
+        producer = conn.Producer()
+        queue = Queue("images", Exchange("images", type="direct"), routing_key="images")
+        for priority in (None, 9):
+            producer.publish({"page_id": "p"}, exchange=queue.exchange, routing_key="images", declare=[queue],
+                             priority=priority)
+        ch = conn.channel()
+        assert ch.basic_get("images", no_ack=False) is not None
+        # (kombu's Redis takes priority 0 first: the priority-9 message waits in its own list)
+        assert {b"storycreator:images\x06\x169", b"storycreator:unacked"} <= set(redis.Redis.from_url(broker).keys())
+        depths = queue_depths(broker, ["images", "text"], options)
+        ch.close()
+    assert depths.ready == {"images": 1, "text": 0} and depths.unacked == 1
 
 
 def _rabbit_answers() -> bool:

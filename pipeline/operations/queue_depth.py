@@ -3,8 +3,11 @@
 Asked through kombu, the library Celery publishes with, so the broker's own naming holds:
 - Redis (kombu.transport.redis): a queue is one list per priority step, ``<queue>`` for priority 0
   and ``<queue>\\x06\\x16<step>`` for the others (``Channel._q_for_pri``; steps [0, 3, 6, 9] unless
-  ``priority_steps`` is set), under ``global_keyprefix`` when set. A passive ``queue_declare``
-  sums their LLENs (``Channel._size``). A message taken by a worker and not yet acked leaves the
+  ``priority_steps`` is set), under ``global_keyprefix`` when set. Their LLENs are summed by the
+  channel's own ``_size`` (what its ``queue_declare`` answers), called directly: a passive
+  ``queue_declare`` first asks EXISTS, which kombu 5.7's prefixing client does not prefix, so with
+  ``global_keyprefix`` set it would call every queue missing (measured: 2 messages read as 0). A
+  message taken by a worker and not yet acked leaves the
   lists and sits in the ``unacked`` hash (``Channel.unacked_key``) until the ack, or until the
   visibility timeout brings it back; ETA/countdown tasks a worker holds are counted there too.
 - RabbitMQ (py-amqp): a passive ``queue.declare`` answers ``message_count``, the messages ready
@@ -48,8 +51,12 @@ def queue_depths(broker_url: str, queues: Iterable[str], transport_options: Mapp
         conn.ensure_connection(max_retries=1, interval_start=0, timeout=timeout)
         ready: dict[str, int] = {}
         channel = conn.channel()
+        redis = conn.transport.driver_type == "redis"
         try:
             for queue in queues:
+                if redis:
+                    ready[queue] = int(channel._size(queue))  # see the module's docstring
+                    continue
                 try:
                     ready[queue] = int(channel.queue_declare(queue=queue, passive=True).message_count)
                 except conn.channel_errors as e:
@@ -59,7 +66,7 @@ def queue_depths(broker_url: str, queues: Iterable[str], transport_options: Mapp
                     channel.close()  # AMQP closes a channel after a 404: carry on with a new one
                     channel = conn.channel()
             unacked = None
-            if conn.transport.driver_type == "redis":
+            if redis:
                 unacked = int(channel.client.hlen(channel.unacked_key))
         finally:
             channel.close()
