@@ -515,6 +515,9 @@ BEGIN
     END LOOP;
 END;
 $$;
+-- The dead deliveries only (the exporter's storycreator_event_deliveries_dead, db/backlog.py): counted
+-- at every scrape period however many deliveries were delivered.
+CREATE INDEX IF NOT EXISTS ix_event_deliveries_dead ON event_deliveries (id) WHERE status = 'dead';
 -- ============================================================ end of the events section ======
 
 -- The character profile (issue 13, "the same child on every page"; the worker's own column,

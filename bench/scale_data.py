@@ -81,3 +81,27 @@ def populate(conn: Connection, stories: int = 100_000, pages_per_story: int = 12
         SELECT p.story_id, p.id, 'image', true, 'provider said no', p.updated_at
           FROM story_pages p WHERE p.image_generation_status = 'failed'
         """))
+    # Orders for a fifth of the completed stories, almost all shipped, a few paid or at the printer;
+    # and the events' deliveries, almost all delivered, a few dead (the exporter's gauges read both).
+    conn.execute(text(
+        """
+        INSERT INTO orders (user_id, story_id, product_type, status, amount, currency, paid_at, fulfilled_at,
+                            shipped_at, created_at, updated_at)
+        SELECT user_id, story_id, 'hardcover',
+               CASE WHEN n % 1000 < 5 THEN 'paid' WHEN n % 1000 < 20 THEN 'fulfilled' ELSE 'shipped' END,
+               2999, 'usd', born, born, born, born, born
+          FROM scale_ids WHERE fate = 'completed' AND n % 5 = 0
+        """))
+    conn.execute(text(
+        """
+        INSERT INTO outbox_events (type, ordering_key, story_id, payload, occurred_at)
+        SELECT 'story.completed', 'story:' || story_id, story_id, '{}', born
+          FROM scale_ids WHERE fate = 'completed' AND n % 5 = 0
+        """))
+    conn.execute(text(
+        """
+        INSERT INTO event_deliveries (event_seq, endpoint, ordering_key, status, attempts, delivered_at, created_at)
+        SELECT seq, 'https://app.example/hooks', ordering_key,
+               CASE WHEN seq % 400 = 0 THEN 'dead' ELSE 'delivered' END, 1, occurred_at, occurred_at
+          FROM outbox_events WHERE type = 'story.completed' AND payload = '{}'::jsonb
+        """))

@@ -110,8 +110,8 @@ def _flower_serves(port: int, proc: Proc, timeout: float = 90) -> None:
     assert _get(f"{base}/api/tasks", AUTH) == 200
 
 
-def test_procfile_has_the_three_processes() -> None:
-    assert set(procfile()) == {"worker", "flower", "beat"}
+def test_procfile_has_the_four_processes() -> None:
+    assert set(procfile()) == {"worker", "flower", "beat", "exporter"}
 
 
 def test_procfile_worker_line_completes_a_story(clean_db: Db, env: dict[str, str], tmp_path: Path) -> None:
@@ -208,3 +208,32 @@ def test_procfile_worker_line_on_a_fresh_machine_makes_its_default_database(env:
             with admin.connect() as c:
                 c.execute(sa.text("DROP DATABASE IF EXISTS storycreator WITH (FORCE)"))
         admin.dispose()
+
+
+def test_procfile_exporter_line_serves_the_backlog_gauges(clean_db: Db, env: dict[str, str], tmp_path: Path) -> None:
+    """The exporter (issue 14, part 3) serves the backlog gauges from this run's database and broker on
+    EXPORTER_PORT: two queued messages and a story pending for 5 minutes show, and its sources are up."""
+    port = _free_port()
+    story = clean_db.story(clean_db.photo(astronaut_png()))
+    clean_db.exec("UPDATE stories SET created_at = now() - interval '5 minutes' WHERE id = :s", s=story)
+    external_send(BROKER, "stories.generate", {"story_id": story}, times=2)  # nobody consumes this broker
+    exporter = Proc(procfile()["exporter"], tmp_path / "exporter.log",
+                    {**env, "EXPORTER_PORT": str(port), "EXPORTER_CACHE_SECONDS": "1"})
+    try:
+        exporter.wait_for("serving backlog gauges", 60)
+        deadline = time.monotonic() + 30
+        while True:
+            with contextlib.suppress(OSError):
+                body = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10).read().decode()
+                if 'storycreator_queue_messages{queue="celery"} 2.0' in body:
+                    break
+            assert exporter.p.poll() is None and time.monotonic() < deadline, exporter.text()[-3000:]
+            time.sleep(0.3)
+        assert 'storycreator_backlog_source_up{source="database"} 1.0' in body, body
+        assert 'storycreator_backlog_source_up{source="broker"} 1.0' in body, body
+        pending = [ln for ln in body.splitlines()
+                   if ln.startswith('storycreator_oldest_story_age_seconds{status="pending"}')]
+        assert pending and 300 <= float(pending[0].split()[-1]) < 400, body
+    finally:
+        exporter.stop()
+    assert exporter.p.returncode == 0, exporter.text()[-3000:]  # SIGTERM: a clean stop

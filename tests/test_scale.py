@@ -1,4 +1,5 @@
-"""Issue 4's scale promise: the queries behind status, retry and backfill use indexes on a
+"""Issue 4's scale promise: the queries behind status, retry and backfill (and issue 14's metrics
+exporter) use indexes on a
 database of 100,000 stories (production-shaped: most finished, some failed, running, stuck).
 
 The plans are read with EXPLAIN ANALYZE from the statements the real commands send
@@ -38,3 +39,12 @@ def test_operator_queries_use_indexes_at_100k_stories() -> None:
     backfill = [s for s in report["statements"] if s["command"] == "backfill --dry-run"]
     on_pages = [s for s in backfill if "story_pages p JOIN stories" in s["sql"]]
     assert len(on_pages) == 3 and all(any("_unfinished" in a for a in s["access"]) for s in on_pages), on_pages
+    # and the exporter's scrape reads (issue 14) run on indexes only: the partial indexes of unfinished
+    # stories and pages, the orders' status index, the dead deliveries' partial index
+    gauges = [s for s in report["statements"] if s["command"] == "exporter gauges" and "set_config" not in s["sql"]]
+    assert len(gauges) == 6 and not [s for s in gauges if any(a.startswith("Seq Scan") for a in s["access"])], gauges
+    used = {a for s in gauges for a in s["access"]}
+    assert {"Index Scan:orders(ix_orders_status)",
+            "Index Only Scan:event_deliveries(ix_event_deliveries_dead)"} <= used, used
+    assert all(any(f"ix_story_pages_{stage}_unfinished" in a for a in used)
+               for stage in ("text", "image", "personalization")), used
