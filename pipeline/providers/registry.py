@@ -151,36 +151,39 @@ def providers() -> Providers:
         return _cached[1]
 
 
-def read_photo(storage_provider: str, bucket: str | None, object_key: str) -> bytes:
-    """The uploaded photo's bytes, from wherever its row says it is."""
+def _photo_place(storage_provider: str, bucket: str | None) -> tuple[Any, str | None]:
+    """Where a photo row's object lives: (LocalStorage under the local root, None) for 'local' (its
+    ``bucket``, if any, a folder there), or (the S3 reader, bucket) for 's3'. PermanentStepError for
+    an 's3' row without a bucket or a storage this deployment does not know."""
     provider = (storage_provider or "").strip().lower()
     if provider == "local":
         root = settings().local_storage_root
         if bucket:
             root = LocalStorage(root).path(check_key(bucket))
-        return LocalStorage(root).get(object_key)
+        return LocalStorage(root), None
     if provider == "s3":
         if not bucket:
             raise PermanentStepError("The photo row says storage 's3' but names no bucket.")
-        return _s3_reader().read_object(bucket, object_key)  # type: ignore[no-any-return]
+        return _s3_reader(), bucket
     raise _unsupported(storage_provider)
+
+
+def read_photo(storage_provider: str, bucket: str | None, object_key: str) -> bytes:
+    """The uploaded photo's bytes, from wherever its row says it is."""
+    place, s3_bucket = _photo_place(storage_provider, bucket)
+    if s3_bucket is None:
+        return place.get(object_key)  # type: ignore[no-any-return]
+    return place.read_object(s3_bucket, object_key)  # type: ignore[no-any-return]
 
 
 def delete_photo(storage_provider: str, bucket: str | None, object_key: str) -> bool:
     """Delete the uploaded photo's object wherever its row says it is (``read_photo``'s places);
     True if it was there, False if it was already gone (idempotent). PermanentStepError for a
     storage this deployment does not know."""
-    provider = (storage_provider or "").strip().lower()
-    if provider == "local":
-        root = settings().local_storage_root
-        if bucket:
-            root = LocalStorage(root).path(check_key(bucket))
-        return LocalStorage(root).delete(object_key)
-    if provider == "s3":
-        if not bucket:
-            raise PermanentStepError("The photo row says storage 's3' but names no bucket.")
-        return _s3_reader().delete_object(bucket, object_key)  # type: ignore[no-any-return]
-    raise _unsupported(storage_provider)
+    place, s3_bucket = _photo_place(storage_provider, bucket)
+    if s3_bucket is None:
+        return place.delete(object_key)  # type: ignore[no-any-return]
+    return place.delete_object(s3_bucket, object_key)  # type: ignore[no-any-return]
 
 
 def _unsupported(storage_provider: str) -> PermanentStepError:
