@@ -78,6 +78,8 @@ def test_a_family_deleted_by_sql_loses_every_file_to_the_sweeper_and_operators_s
     w.start()
     flower = _flower(tmp_path, request)
     time.sleep(1.0)  # Flower's event receiver connects
+    # (the storage root is this test process's: earlier tests' uploads of the sample photo stay)
+    before = {f.where for f in scan_storage(clean_db.storage, [], [astronaut_png()])}
     a_user, a_email, a_photo, a_story = _family(clean_db, "Quintessa")
     b_user, b_email, b_photo, b_story = _family(clean_db, "Bartholomew")
     for story in (a_story, b_story):
@@ -97,7 +99,7 @@ def test_a_family_deleted_by_sql_loses_every_file_to_the_sweeper_and_operators_s
         assert time.monotonic() < deadline, (files_of(clean_db.storage, a_story), w.tail())
         time.sleep(0.2)
     # (both families uploaded the same sample photo: its bytes are left only in B's upload)
-    assert {f.where for f in scan_storage(clean_db.storage, [], [astronaut_png()])} == {b_key}
+    assert {f.where for f in scan_storage(clean_db.storage, [], [astronaut_png()])} - before == {b_key}
     assert scan_storage(clean_db.storage, [a_story, a_user, a_photo, "Quintessa"]) == []
     assert digest(clean_db.storage, b_story, b_key) == b_files
     # each queued row had its first pass; the second waits for the lease (a late writer's file)
