@@ -81,7 +81,8 @@ class ForgetResult:
 def targets_of(fam: dict[str, Any]) -> list[dict[str, Any]]:
     """The storage targets of a family (db.erasure.family's shape): its photos' uploads, its
     stories' and orders' folders (``owner`` 'family'), and the folders of other families' stories
-    that used its photo and of their orders' print files (``owner`` 'other')."""
+    that used its photo and of their orders' print files (``owner`` 'other'); an order printed by
+    the offline print shop: its jobs there (``storage`` 'printshop', ``key`` the order id)."""
     out: list[dict[str, Any]] = [
         {"storage": p["storage_provider"], "bucket": p["bucket"], "key": p["object_key"], "prefix": False,
          "owner": "family"} for p in fam["photos"]]
@@ -89,6 +90,9 @@ def targets_of(fam: dict[str, Any]) -> list[dict[str, Any]]:
             for s in fam["stories"]]
     out += [{"storage": "output", "bucket": None, "key": f"orders/{o['id']}/", "prefix": True, "owner": "family"}
             for o in fam["orders"]]
+    # the offline print shop's jobs (their titles may name the child); Lulu's copy is Lulu's (README)
+    out += [{"storage": "printshop", "bucket": None, "key": o["id"], "prefix": False, "owner": "family"}
+            for o in fam["orders"] if o.get("pod_provider") == "local"]
     out += [{"storage": "output", "bucket": None, "key": f"stories/{s}/", "prefix": True, "owner": "other"}
             for s in fam["other_stories"]]
     out += [{"storage": "output", "bucket": None, "key": f"orders/{o}/print/", "prefix": True, "owner": "other"}
@@ -114,12 +118,16 @@ def _user_lock(user_id: str) -> Iterator[bool]:
 def _delete_targets(targets: list[dict[str, Any]]) -> int:
     """Delete every target (absent ones are no error); how many objects were removed. Raises what
     the storage raises (the erasure stays unfinished: the next run deletes what is left)."""
+    from pipeline.config import settings
+    from pipeline.orders.offline_print_shop import LocalPrintShop
     from pipeline.providers.registry import delete_photo, output_storage
 
     output = output_storage()
     n = 0
     for t in targets:
-        if t["storage"] == "output":
+        if t["storage"] == "printshop":
+            n += LocalPrintShop(settings().local_storage_root).erase_order(t["key"])
+        elif t["storage"] == "output":
             n += output.delete_prefix(t["key"]) if t["prefix"] else int(output.delete(t["key"]))
         else:
             n += int(delete_photo(t["storage"], t["bucket"], t["key"]))
