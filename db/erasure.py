@@ -47,8 +47,9 @@ def family(c: Connection, user_id: str) -> dict[str, Any] | None:
     pids = [p["id"] for p in photos]
     stories = _ids(c.execute(text("SELECT id FROM stories WHERE user_id = :u ORDER BY id"), {"u": user_id}))
     orders = [dict(r) for r in c.execute(text(
-        "SELECT id::text, status, story_id::text, pod_provider FROM orders WHERE user_id = :u OR story_id = ANY(CAST(:s AS uuid[])) "
-        "ORDER BY id"), {"u": user_id, "s": stories}).mappings()]
+        "SELECT id::text, status, story_id::text, pod_provider FROM orders "
+        "WHERE user_id = :u OR story_id = ANY(CAST(:s AS uuid[])) ORDER BY id"),
+        {"u": user_id, "s": stories}).mappings()]
     others = _ids(c.execute(text(
         "SELECT id FROM stories WHERE protagonist_photo_id = ANY(CAST(:p AS uuid[])) AND user_id <> :u ORDER BY id"),
         {"p": pids, "u": user_id}))

@@ -89,8 +89,9 @@ def _story(db: Db, user: str, photo: str, name: str) -> str:
 @pytest.fixture()
 def worker(clean_db: Db, tmp_path: Path, request: pytest.FixtureRequest) -> WorkerProcess:
     flush_redis(BROKER)
-    w = WorkerProcess(tmp_path / "worker.log", env={"CELERY_BROKER_URL": BROKER, "LOCAL_PRINT_SHOP_STAGE_SECONDS": "0.05",
-                                                    "ORDER_POLL_INTERVAL": "0.3", "STRIPE_MODE": "test"})
+    w = WorkerProcess(tmp_path / "worker.log", env={
+        "CELERY_BROKER_URL": BROKER, "LOCAL_PRINT_SHOP_STAGE_SECONDS": "0.05", "ORDER_POLL_INTERVAL": "0.3",
+        "STRIPE_MODE": "test"})
     request.addfinalizer(w.stop)
     w.start()
     return w

@@ -166,11 +166,13 @@ def _forget(user_id: str, by: str, dry_run: bool, now: datetime | None, hook: Ca
         return ForgetResult(user_id, "not_found", message=f"no user {user_id} (and no unfinished erasure of it)")
     targets = targets_of(fam) if fam is not None else []
     if dry_run:
-        return ForgetResult(user_id, "dry_run", counts, targets, blocking=(fam or {}).get("in_flight", []),
+        blocking = [{"id": o["id"], "status": o["status"]} for o in (fam or {}).get("in_flight", [])]
+        return ForgetResult(user_id, "dry_run", counts, targets, blocking=blocking,
                             erasure_id=str(erasure["id"]) if erasure else None,
                             message="dry run: nothing deleted")
     if erasure is None and fam is not None and fam["in_flight"]:
-        return _refuse(user_id, by, fam["in_flight"], counts, targets)
+        blocking = [{"id": o["id"], "status": o["status"]} for o in fam["in_flight"]]
+        return _refuse(user_id, by, blocking, counts, targets)
     if fam is not None:
         with transaction() as c:
             erasure = q.open_erasure(c, user_id, by, counts, targets)
