@@ -169,3 +169,23 @@ def due_rechecks(c: Connection, limit: int = 100) -> list[str]:
     return _ids(c.execute(text("""
         SELECT user_id FROM erasures WHERE status = 'rechecking' AND recheck_at <= now() AND user_id IS NOT NULL
          ORDER BY recheck_at LIMIT :n"""), {"n": limit}))
+
+
+def state(c: Connection, erasure_id: str, now: Any = None) -> RowMapping:
+    """The erasure's ``counts``, ``recheck_at`` and ``due`` (its second pass due at ``now``: a
+    timezone-aware datetime, or None for the database's clock)."""
+    return c.execute(text("""
+        SELECT counts, recheck_at, recheck_at <= COALESCE(CAST(:now AS timestamptz), now()) AS due
+          FROM erasures WHERE id = :id"""), {"id": erasure_id, "now": now}).mappings().one()
+
+
+def try_lock(conn: Connection, user_id: str) -> bool:
+    """Take the session advisory lock on this user's erasure (on an autocommit connection held
+    for the run); False if another session holds it."""
+    return bool(conn.execute(text("SELECT pg_try_advisory_lock(hashtextextended(:k, 0))"),
+                             {"k": f"erasure:{user_id}"}).scalar())
+
+
+def unlock(conn: Connection, user_id: str) -> None:
+    """Release the lock ``try_lock`` took."""
+    conn.execute(text("SELECT pg_advisory_unlock(hashtextextended(:k, 0))"), {"k": f"erasure:{user_id}"})

@@ -206,3 +206,27 @@ def test_a_run_that_crashes_after_any_phase_is_completed_by_the_next(clean_db: D
     assert clean_db.one("SELECT count(*) AS n FROM users WHERE email LIKE 'erased-%'")["n"] == 1
     assert clean_db.story_row(theirs)["status"] == "failed"
     assert clean_db.one("SELECT count(*) AS n FROM erasures WHERE status = 'completed'")["n"] == 1
+
+
+def test_a_second_run_beside_a_running_one_changes_nothing_and_the_sweeper_finishes_due_ones(clean_db: Db) -> None:
+    from db import erasure as q
+    from db.engine import autocommit
+    from pipeline.privacy.forget import finish_due
+
+    fam = family(clean_db)
+    story(clean_db, fam)
+    # a run holds the user's erasure: another is told so and changes nothing
+    with autocommit() as held:
+        assert q.try_lock(held, fam.user)
+        try:
+            busy = forget(fam.user, "task")
+        finally:
+            q.unlock(held, fam.user)
+    assert busy.status == "busy" and clean_db.one("SELECT count(*) AS n FROM users WHERE id = :u", u=fam.user)["n"]
+    # the first pass; the sweeper leaves it until its second pass is due, then completes it
+    assert forget(fam.user, "cli").status == "rechecking"
+    assert finish_due() == 0
+    clean_db.exec("UPDATE erasures SET recheck_at = now() - interval '1 second'")
+    assert finish_due() == 1
+    assert clean_db.one("SELECT status, user_id FROM erasures") == {"status": "completed", "user_id": None}
+    assert scan_database(clean_db, fam.needles()) == []

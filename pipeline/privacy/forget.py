@@ -39,11 +39,9 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import text
-
 from db import erasure as q
 from db import erasure_rows as rows
-from db.engine import get_engine, transaction
+from db.engine import autocommit, transaction
 from pipeline.privacy.drain import recheck_after
 
 log = logging.getLogger("storycreator.privacy")
@@ -104,15 +102,13 @@ def targets_of(fam: dict[str, Any]) -> list[dict[str, Any]]:
 def _user_lock(user_id: str) -> Iterator[bool]:
     """A session advisory lock on this user's erasure, held on a connection of its own for the
     whole run (no transaction stays open): True if taken, False if another run holds it."""
-    with get_engine().connect() as conn:
-        conn.execution_options(isolation_level="AUTOCOMMIT")
-        key = {"k": f"erasure:{user_id}"}
-        got = bool(conn.execute(text("SELECT pg_try_advisory_lock(hashtextextended(:k, 0))"), key).scalar())
+    with autocommit() as conn:
+        got = q.try_lock(conn, user_id)
         try:
             yield got
         finally:
             if got:
-                conn.execute(text("SELECT pg_advisory_unlock(hashtextextended(:k, 0))"), key)
+                q.unlock(conn, user_id)
 
 
 def _delete_targets(targets: list[dict[str, Any]]) -> int:
@@ -191,8 +187,7 @@ def _forget(user_id: str, by: str, dry_run: bool, now: datetime | None, hook: Ca
             q.set_status(c, eid, "rechecking", recheck_after())
         hook("files")
     with transaction() as c:
-        row = c.execute(text("SELECT counts, recheck_at, recheck_at <= COALESCE(CAST(:now AS timestamptz), now()) "
-                             "AS due FROM erasures WHERE id = :id"), {"id": eid, "now": now}).mappings().one()
+        row = q.state(c, eid, now)
     if not row["due"]:
         return ForgetResult(user_id, "rechecking", dict(row["counts"]), all_targets, erasure_id=eid,
                             recheck_at=row["recheck_at"],
@@ -202,7 +197,7 @@ def _forget(user_id: str, by: str, dry_run: bool, now: datetime | None, hook: Ca
     with transaction() as c:
         q.add_count(c, eid, "objects_deleted", objects)
         q.complete(c, eid, user_id, [t["key"] for t in all_targets])
-        final = c.execute(text("SELECT counts FROM erasures WHERE id = :id"), {"id": eid}).scalar_one()
+        final = q.state(c, eid)["counts"]
     hook("recheck")
     log.info("forget %s", json.dumps({"erasure": eid, "status": "completed", "counts": final}))
     return ForgetResult(user_id, "completed", dict(final), all_targets, erasure_id=eid, message="forgotten")
