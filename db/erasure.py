@@ -164,11 +164,17 @@ def complete(c: Connection, erasure_id: str, user_id: str, keys: Sequence[str]) 
     c.execute(text("DELETE FROM storage_deletions WHERE key = ANY(:k)"), {"k": list(keys)})
 
 
-def due_rechecks(c: Connection, limit: int = 100) -> list[str]:
-    """Users whose erasure's second pass is due (``recheck_at`` passed), oldest first."""
+def due_rechecks(c: Connection, stalled_after: float, limit: int = 100) -> list[str]:
+    """Users whose erasure the sweeper should carry on, oldest first: its second pass is due
+    (``recheck_at`` passed), or it is still ``running`` ``stalled_after`` seconds after it was
+    asked for (its run died: a worker lost, a database outage; a live run holds the user's lock,
+    so a second one changes nothing)."""
     return _ids(c.execute(text("""
-        SELECT user_id FROM erasures WHERE status = 'rechecking' AND recheck_at <= now() AND user_id IS NOT NULL
-         ORDER BY recheck_at LIMIT :n"""), {"n": limit}))
+        SELECT user_id FROM erasures
+         WHERE user_id IS NOT NULL
+           AND ((status = 'rechecking' AND recheck_at <= now())
+                OR (status = 'running' AND requested_at < now() - make_interval(secs => :stalled)))
+         ORDER BY requested_at LIMIT :n"""), {"n": limit, "stalled": stalled_after}))
 
 
 def state(c: Connection, erasure_id: str, now: Any = None) -> RowMapping:

@@ -106,17 +106,28 @@ def rekey_orders(c: Connection, order_ids: list[str], kept: dict[str, str]) -> l
     return made
 
 
-def delete_family(c: Connection, user_id: str, stories: list[str], event_seqs: list[int]) -> dict[str, int]:
-    """The family's rows deleted: its outbox events ``event_seqs`` (their deliveries and attempts
-    cascade), then the users row, whose cascade takes its photos (face data), stories, pages
-    (texts, keys, remote jobs), outlines (chosen face), redo requests (hints) and step errors. Its
-    stories and then their pages are locked first (sorted), in the pipeline's order. The
-    files-follow-rows triggers queue the deleted rows' objects (schema.sql, ``storage_deletions``).
-    Returns ``outbox_events`` and ``users`` deleted."""
-    c.execute(text(f"SELECT id FROM stories WHERE id = ANY({_UUIDS}) ORDER BY id FOR UPDATE"), {"ids": stories})
-    c.execute(text(f"SELECT id FROM story_pages WHERE story_id = ANY({_UUIDS}) ORDER BY story_id, id FOR UPDATE"),
-              {"ids": stories})
+def lock_family(c: Connection, user_id: str) -> bool:
+    """Lock the family's rows for its deletion, in the pipeline's order: the users row (``FOR
+    UPDATE``: no photo or story can be added to it meanwhile, their inserts wait on it), then its
+    stories, their pages and its photos, each sorted by id. A worker's guarded statement on one of
+    them waits for the deletion and then finds no row; one that committed first has its events
+    committed too (the events triggers run in the writer's transaction), so the events read after
+    this see them. False if the user is gone."""
+    if c.execute(text("SELECT id FROM users WHERE id = :u FOR UPDATE"), {"u": user_id}).first() is None:
+        return False
+    c.execute(text("SELECT id FROM stories WHERE user_id = :u ORDER BY id FOR UPDATE"), {"u": user_id})
+    c.execute(text("""SELECT g.id FROM story_pages g JOIN stories s ON s.id = g.story_id WHERE s.user_id = :u
+                       ORDER BY g.story_id, g.id FOR UPDATE OF g"""), {"u": user_id})
     c.execute(text("SELECT id FROM photos WHERE user_id = :u ORDER BY id FOR UPDATE"), {"u": user_id})
+    return True
+
+
+def delete_family(c: Connection, user_id: str, event_seqs: list[int]) -> dict[str, int]:
+    """The family's rows deleted (after ``lock_family``): its outbox events ``event_seqs`` (their
+    deliveries and attempts cascade), then the users row, whose cascade takes its photos (face
+    data), stories, pages (texts, keys, remote jobs), outlines (chosen face), redo requests
+    (hints) and step errors. The files-follow-rows triggers queue the deleted rows' objects
+    (schema.sql, ``storage_deletions``). Returns ``outbox_events`` and ``users`` deleted."""
     events = c.execute(text("DELETE FROM outbox_events WHERE seq = ANY(:s)"), {"s": event_seqs}).rowcount
     users = c.execute(text("DELETE FROM users WHERE id = :u"), {"u": user_id}).rowcount
     return {"outbox_events": int(events), "users": int(users)}

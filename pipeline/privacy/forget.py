@@ -233,18 +233,26 @@ def _rows(eid: str, user_id: str, fam: dict[str, Any], targets: list[dict[str, A
             rows.rekey_orders(c, [o["id"] for o in fam["orders"]], kept)
     hook("orders")
     with transaction() as c:
-        current = q.family(c, user_id)
-        seqs = q.family_events(c, user_id, _family_ids(user_id, current, targets))
-        rows.delete_family(c, user_id, (current or fam)["stories"], seqs)
+        if rows.lock_family(c, user_id):
+            current = q.family(c, user_id)
+            assert current is not None
+            more = [t for t in targets_of(current) if t not in targets]  # added since the plan
+            if more:
+                q.add_targets(c, eid, more)
+                targets.extend(more)
+            rows.delete_family(c, user_id, q.family_events(c, user_id, _family_ids(user_id, current, targets)))
     hook("rows")
 
 
 def finish_due(limit: int = 100) -> int:
-    """The sweeper's part: every erasure whose second pass is due, completed (``forget`` again,
+    """The sweeper's part: every erasure whose second pass is due, or whose run died (still
+    running STEP_LEASE_SECONDS after it was asked for), carried on (``forget`` again,
     requested_by 'task'). Returns how many completed; errors are logged (class only) and left
     for the next sweep."""
+    from pipeline.config import settings
+
     with transaction() as c:
-        users = q.due_rechecks(c, limit)
+        users = q.due_rechecks(c, settings().step_lease_seconds, limit)
     done = 0
     for user in users:
         try:
