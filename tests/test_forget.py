@@ -236,3 +236,22 @@ def test_a_second_run_beside_a_running_one_changes_nothing_and_the_sweeper_finis
     assert finish_due() == 1
     assert clean_db.one("SELECT status, user_id FROM erasures") == {"status": "completed", "user_id": None}
     assert scan_database(clean_db, fam.needles()) == []
+
+
+def test_the_command_prints_what_would_go_and_says_why_it_refuses(
+        clean_db: Db, capsys: pytest.CaptureFixture[str]) -> None:
+    from pipeline.operations.cli import main
+
+    fam = family(clean_db)
+    sid = story(clean_db, fam)
+    oid = order(clean_db, fam, sid, "fulfilled")
+    assert main(["forget", "--user", fam.user, "--dry-run"]) == 0
+    out = capsys.readouterr().out
+    assert "would be refused: 1 order(s) in flight" in out and f"order {oid} is fulfilled" in out
+    assert f"would delete output stories/{sid}/ (folder)" in out and "stories: 1" in out
+    assert main(["forget", "--user", fam.user]) == 1
+    assert "not forgotten: 1 order(s) still in flight (fulfilled)" in capsys.readouterr().out
+    assert main(["forget", "--user", "not-a-uuid"]) == 2
+    assert main(["forget", "--user", "00000000-0000-4000-8000-000000000000"]) == 1
+    assert "no user" in capsys.readouterr().out
+    assert clean_db.one("SELECT count(*) AS n FROM stories WHERE id = :s", s=sid)["n"] == 1

@@ -165,7 +165,8 @@ def _forget(user_id: str, by: str, dry_run: bool, now: datetime | None, hook: Ca
         blocking = [{"id": o["id"], "status": o["status"]} for o in (fam or {}).get("in_flight", [])]
         return ForgetResult(user_id, "dry_run", counts, targets, blocking=blocking,
                             erasure_id=str(erasure["id"]) if erasure else None,
-                            message="dry run: nothing deleted")
+                            message="dry run: nothing deleted" + (
+                                f"; it would be refused: {len(blocking)} order(s) in flight" if blocking else ""))
     if erasure is None and fam is not None and fam["in_flight"]:
         blocking = [{"id": o["id"], "status": o["status"]} for o in fam["in_flight"]]
         return _refuse(user_id, by, blocking, counts, targets)
