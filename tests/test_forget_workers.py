@@ -208,3 +208,40 @@ def test_forget_sent_by_name_mid_pipeline_stops_the_steps_and_nothing_comes_back
     other = db.story(db.photo(astronaut_png()), name="Leopold")
     external_send(BROKER, "stories.generate", {"story_id": other})
     assert db.wait_story(other, timeout=120)["status"] == "completed"
+
+
+def test_a_forget_killed_mid_run_is_completed_by_the_next(clean_db: Db) -> None:
+    from sqlalchemy import text
+
+    from tests.lifecycle_support import family, order, story
+
+    db = clean_db
+    fam = family(db)
+    sid = story(db, fam, redone_page=1)
+    order(db, fam, sid, "shipped")
+    # given the operator's forget blocked at its deletion phase (a row lock held elsewhere) ...
+    with db.engine.connect() as holder:
+        tx = holder.begin()
+        holder.execute(text("SELECT id FROM users WHERE id = :u FOR UPDATE"), {"u": fam.user})
+        proc = subprocess.Popen([sys.executable, "-m", "pipeline.operations.cli", "forget", "--user", fam.user],
+                                cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        deadline = time.monotonic() + 60
+        # (its orders re-keyed: it waits for the users row)
+        while not db.one("SELECT 1 AS x FROM orders o JOIN users u ON u.id = o.user_id WHERE u.email LIKE 'erased-%'"):
+            assert time.monotonic() < deadline and proc.poll() is None
+            time.sleep(0.05)
+        # ... when it is killed there (SIGKILL: no cleanup at all)
+        proc.kill()
+        proc.wait(10)
+        tx.rollback()
+    assert db.one("SELECT status FROM erasures")["status"] == "running"
+    assert db.one("SELECT count(*) AS n FROM users WHERE id = :u", u=fam.user)["n"] == 1
+    # then running it again completes it (the second pass made due, as time would)
+    assert _cli("forget", "--user", fam.user)[1]["status"] == "rechecking"
+    db.exec("UPDATE erasures SET recheck_at = now() - interval '1 second' WHERE status = 'rechecking'")
+    code, done = _cli("forget", "--user", fam.user)
+    assert code == 0 and done["status"] == "completed"
+    assert scan_database(db, fam.needles()) == []
+    assert scan_storage(db.storage, fam.needles(), [fam.photo_bytes]) == []
+    assert db.one("SELECT count(*) AS n FROM orders")["n"] == 1
+    assert db.one("SELECT count(*) AS n FROM users WHERE email LIKE 'erased-%'")["n"] == 1
