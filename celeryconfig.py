@@ -44,6 +44,8 @@ task_routes.update({
     LULU_WEBHOOK_TASK: {"queue": ORDER_QUEUE},
     # The events' delivery runs on a queue of their own: a slow endpoint never waits in a story's queue.
     DELIVER_TASK: {"queue": EVENTS_QUEUE},
+    # Forgetting a family (contract task, README "Forgetting a family"): the default queue, where the web app publishes.
+    "users.forget": {"queue": task_default_queue},
 })
 # The one queue list: a worker started without -Q consumes every queue here (Celery's default:
 # "-Q: by default all configured queues are enabled"), as the Procfile, ./run, the demo, the tests

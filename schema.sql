@@ -711,3 +711,35 @@ CREATE INDEX IF NOT EXISTS ix_photos_retention ON photos (updated_at) WHERE stat
 CREATE INDEX IF NOT EXISTS ix_stories_retention ON stories (updated_at)
     WHERE files_deleted_at IS NULL AND status IN ('completed', 'failed');
 -- ===== end of: Personal data ================================================================
+
+-- ===== Personal data: forgetting a family (issue 15; README "Forgetting a family"; db/erasure.py) ==
+-- One row per erasure request (`storycreator forget`, the task users.forget), the audit record: who
+-- asked ('cli' or 'task'), when, how it ended, and counts per kind. No personal data once finished:
+-- `user_id` (needed to resume after a crash) and `targets` (the storage keys and folders still to
+-- delete a second time, which name the family's ids) are cleared when it completes.
+--   status: running -> rechecking (rows deleted, files deleted once; the second pass is due at
+--           recheck_at, STEP_LEASE_SECONDS + 60 s later, for a step that was in flight) -> completed;
+--           refused (an order still being paid for, printed or shipped; nothing was deleted).
+--   kept_user_id: the anonymous placeholder user (erased-<uuid>@invalid) the kept orders now belong to.
+CREATE TABLE IF NOT EXISTS erasures (
+    id            UUID PRIMARY KEY DEFAULT gen_random_uuid(),
+    user_id       UUID,
+    requested_by  VARCHAR NOT NULL,
+    status        VARCHAR NOT NULL DEFAULT 'running',
+    counts        JSONB NOT NULL DEFAULT '{}'::jsonb,
+    targets       JSONB,
+    kept_user_id  UUID,
+    kept_photo_id UUID,
+    kept_story_id UUID,
+    message       TEXT,
+    recheck_at    TIMESTAMP WITH TIME ZONE,
+    requested_at  TIMESTAMP WITH TIME ZONE NOT NULL DEFAULT now(),
+    finished_at   TIMESTAMP WITH TIME ZONE,
+    CONSTRAINT ck_erasures_status CHECK (status IN ('running', 'rechecking', 'completed', 'refused')),
+    CONSTRAINT ck_erasures_requested_by CHECK (requested_by IN ('cli', 'task')),
+    CONSTRAINT ck_erasures_finished_cleared CHECK (status NOT IN ('completed') OR (user_id IS NULL AND targets IS NULL))
+);
+-- At most one unfinished erasure per user: a second request resumes it.
+CREATE UNIQUE INDEX IF NOT EXISTS uq_erasures_open_user ON erasures (user_id) WHERE status IN ('running', 'rechecking');
+CREATE INDEX IF NOT EXISTS ix_erasures_recheck_at ON erasures (recheck_at) WHERE status = 'rechecking';
+-- ===== end of: forgetting a family ============================================================

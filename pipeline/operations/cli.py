@@ -363,6 +363,9 @@ def _main(argv: list[str] | None) -> int:
     bf.add_argument("--dry-run", action="store_true", help="list what would be enqueued; change nothing")
     bf.add_argument("--json", action="store_true")
     bf.set_defaults(fn=cmd_backfill)
+    from pipeline.operations.forget import add_parser as add_forget
+
+    add_forget(sub)
     args = ap.parse_args(argv)
     from db.engine import reason, unavailable
     from db.url import DatabaseURLError, redact

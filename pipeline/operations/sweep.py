@@ -29,8 +29,10 @@ def privacy_pass(*, now: datetime | None = None) -> str:
     (RETENTION_PHOTO_DAYS, RETENTION_BOOK_DAYS) and the storage deletion queue
     (pipeline/privacy/retention.py, drain.py), each bounded by RETENTION_RUN_SECONDS. Returns
     "expired P photos, S stories; deleted N objects" (counts only)."""
+    from pipeline.privacy.forget import finish_due
     from pipeline.privacy.retention import lifecycle_pass
 
     r = lifecycle_pass(now=now)
     objects = r.drained.objects if r.drained else 0
-    return f"expired {r.photos} photos, {r.stories} stories; deleted {objects} objects"
+    erased = finish_due()  # erasures whose second pass over the files is due (README "Forgetting a family")
+    return f"expired {r.photos} photos, {r.stories} stories; deleted {objects} objects; completed {erased} erasures"

@@ -184,3 +184,25 @@ class LocalPrintShop:
         if job.canceled is None and self._view(job).status in ACTIVE:
             job.canceled = time.time()
             self._save(job)
+
+    def erase_order(self, external_id: str) -> int:
+        """Forget an order at the shop (README "Forgetting a family": as a deletion request to the
+        print provider would): every job of the order (its title may name the child) and the
+        order's index removed; how many files. Absent ones are no error; an id that is not a
+        plain id (letters, digits, ``-``) removes nothing."""
+        if not external_id.replace("-", "").isalnum():
+            return 0
+        index = self.root / "orders" / external_id
+        if not index.is_dir():
+            return 0
+        n = 0
+        for entry in index.iterdir():
+            if entry.name.isalnum():
+                job = self._path(entry.name)
+                if job.exists():
+                    job.unlink()
+                    n += 1
+            entry.unlink()
+            n += 1
+        index.rmdir()
+        return n
