@@ -131,3 +131,23 @@ def delete_family(c: Connection, user_id: str, event_seqs: list[int]) -> dict[st
     events = c.execute(text("DELETE FROM outbox_events WHERE seq = ANY(:s)"), {"s": event_seqs}).rowcount
     users = c.execute(text("DELETE FROM users WHERE id = :u"), {"u": user_id}).rowcount
     return {"outbox_events": int(events), "users": int(users)}
+
+
+def steps_in_flight(c: Connection, user_id: str, other_stories: list[str], lease: float) -> int:
+    """How many steps that write files may still be running for the family's rows, or for the other
+    families' stories that used its photo (``other_stories``), read under ``lock_family``'s locks:
+    stories and pages ``processing`` (a claimed step's row says so until it ends), photos being
+    analysed, page redos running, and books whose finish was claimed within the last ``lease``
+    seconds. A step not claimed by now never writes: its claim finds no row. 0 means no late
+    writer can exist, so one pass over the files is enough (pipeline/privacy/forget.py)."""
+    return int(c.execute(text("""
+        WITH s AS (SELECT id, status FROM stories WHERE user_id = :u OR id = ANY(CAST(:o AS uuid[])))
+        SELECT (SELECT count(*) FROM s WHERE s.status = 'processing')
+             + (SELECT count(*) FROM story_pages g JOIN s ON s.id = g.story_id
+                 WHERE 'processing' IN (g.text_generation_status, g.image_generation_status,
+                                        g.personalization_status))
+             + (SELECT count(*) FROM photos WHERE user_id = :u AND ai_processing_status = 'processing')
+             + (SELECT count(*) FROM page_redos r JOIN s ON s.id = r.story_id WHERE r.status = 'running')
+             + (SELECT count(*) FROM story_outlines o JOIN s ON s.id = o.story_id
+                 WHERE o.finish_claimed_at > now() - make_interval(secs => :lease))"""),
+        {"u": user_id, "o": list(other_stories), "lease": lease}).scalar() or 0)

@@ -22,7 +22,9 @@ next (the ``erasures`` row remembers the user and the storage targets until the 
   4. rows      events and the users row deleted (the cascade takes the rest); in-flight steps'
                guarded writes now find no row: they stop, write nothing (README "At least once")
   5. files     every target deleted (first pass); status rechecking, due in STEP_LEASE_SECONDS +
-               60 s (pipeline.privacy.drain.recheck_after)
+               60 s (pipeline.privacy.drain.recheck_after) if a step that writes files was in flight
+               when the rows went (db.erasure_rows.steps_in_flight), else due at once: with no step
+               in flight none can write later, so the same run completes and no id is kept
   6. recheck   when due: every target deleted again (a step in flight at phase 4 that wrote a
                picture or book afterwards: its lease bounds how long it can take), the storage
                deletion queue's rows for them removed, the record's user id and targets cleared
@@ -185,7 +187,11 @@ def _forget(user_id: str, by: str, dry_run: bool, now: datetime | None, hook: Ca
         objects = _delete_targets(all_targets)
         with transaction() as c:
             q.add_count(c, eid, "objects_deleted", objects)
-            q.set_status(c, eid, "rechecking", recheck_after())
+            # no step was in flight when the rows went: none can write later, so the second pass
+            # is due at once and this run completes, the record keeping no ids
+            # (db.erasure_rows.steps_in_flight; a record without the count: as if in flight)
+            once = not q.state(c, eid)["counts"].get("steps_in_flight", 1)
+            q.set_status(c, eid, "rechecking", 0.0 if once else recheck_after())
         hook("files")
     with transaction() as c:
         row = q.state(c, eid, now)
@@ -241,6 +247,10 @@ def _rows(eid: str, user_id: str, fam: dict[str, Any], targets: list[dict[str, A
             if more:
                 q.add_targets(c, eid, more)
                 targets.extend(more)
+            from pipeline.config import settings
+
+            flying = rows.steps_in_flight(c, user_id, current["other_stories"], settings().step_lease_seconds)
+            q.add_count(c, eid, "steps_in_flight", flying)
             rows.delete_family(c, user_id, q.family_events(c, user_id, _family_ids(user_id, current, targets)))
     hook("rows")
 
