@@ -705,6 +705,35 @@ BEGIN
 END;
 $$;
 
+-- TRUNCATE fires no DELETE trigger: the same queueing for a TRUNCATE of photos, stories or orders
+-- (directly or by CASCADE), before their rows go, so no way of emptying them by SQL leaves files.
+CREATE OR REPLACE FUNCTION queue_storage_deletions_truncated() RETURNS trigger
+LANGUAGE plpgsql AS $$
+BEGIN
+    IF TG_TABLE_NAME = 'photos' THEN
+        INSERT INTO storage_deletions (storage, bucket, key, is_prefix, reason)
+        SELECT storage_provider, bucket, object_key, false, 'photos' FROM photos;
+    ELSIF TG_TABLE_NAME = 'stories' THEN
+        INSERT INTO storage_deletions (storage, key, is_prefix, reason)
+        SELECT 'output', 'stories/' || id || '/', true, 'stories' FROM stories;
+    ELSIF TG_TABLE_NAME = 'orders' THEN
+        INSERT INTO storage_deletions (storage, key, is_prefix, reason)
+        SELECT 'output', 'orders/' || id || '/', true, 'orders' FROM orders;
+    END IF;
+    RETURN NULL;
+END;
+$$;
+DO $$
+DECLARE t text;
+BEGIN
+    FOREACH t IN ARRAY ARRAY['photos', 'stories', 'orders'] LOOP
+        EXECUTE format('DROP TRIGGER IF EXISTS trg_%1$s_files_follow_truncate ON %1$I', t);
+        EXECUTE format('CREATE TRIGGER trg_%1$s_files_follow_truncate BEFORE TRUNCATE ON %1$I '
+                       'FOR EACH STATEMENT EXECUTE FUNCTION queue_storage_deletions_truncated()', t);
+    END LOOP;
+END;
+$$;
+
 -- Retention's candidates, oldest first, index-backed (EXPLAIN: tests/test_lifecycle_scale.py):
 -- photos not yet deleted, by last change; finished stories whose files are still there, by last change.
 CREATE INDEX IF NOT EXISTS ix_photos_retention ON photos (updated_at) WHERE status <> 'deleted';
@@ -741,5 +770,7 @@ CREATE TABLE IF NOT EXISTS erasures (
 );
 -- At most one unfinished erasure per user: a second request resumes it.
 CREATE UNIQUE INDEX IF NOT EXISTS uq_erasures_open_user ON erasures (user_id) WHERE status IN ('running', 'rechecking');
+-- "is this user an erasure's placeholder?" (forget refuses to forget one)
+CREATE INDEX IF NOT EXISTS ix_erasures_kept_user_id ON erasures (kept_user_id) WHERE kept_user_id IS NOT NULL;
 CREATE INDEX IF NOT EXISTS ix_erasures_recheck_at ON erasures (recheck_at) WHERE status = 'rechecking';
 -- ===== end of: forgetting a family ============================================================

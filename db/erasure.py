@@ -127,6 +127,20 @@ def record_refusal(c: Connection, user_id: str, requested_by: str, message: str)
         {"u": user_id, "by": requested_by, "m": message}).scalar_one())
 
 
+def is_placeholder(c: Connection, user_id: str) -> bool:
+    """Is ``user_id`` an erasure's anonymous placeholder (``erasures.kept_user_id``)?"""
+    return c.execute(text("SELECT 1 FROM erasures WHERE kept_user_id = :u LIMIT 1"), {"u": user_id}).first() is not None
+
+
+def refuse_open(c: Connection, erasure_id: str, message: str) -> None:
+    """An unfinished erasure refused after its plan (an order went into flight meanwhile): status
+    'refused' with ``message``, its targets dropped (none of the family's rows or files were
+    deleted; a later request starts a new erasure)."""
+    c.execute(text("""
+        UPDATE erasures SET status = 'refused', message = :m, targets = NULL, recheck_at = NULL, finished_at = now()
+         WHERE id = :id"""), {"id": erasure_id, "m": message})
+
+
 def add_targets(c: Connection, erasure_id: str, targets: list[dict[str, Any]]) -> None:
     """Merge ``targets`` into the erasure's (a resumed run may find more, e.g. a photo uploaded
     since), without duplicates."""
@@ -161,7 +175,14 @@ def complete(c: Connection, erasure_id: str, user_id: str, keys: Sequence[str]) 
         UPDATE erasures SET status = 'completed', user_id = NULL, targets = NULL, finished_at = now()
          WHERE id = :id"""), {"id": erasure_id})
     c.execute(text("UPDATE erasures SET user_id = NULL WHERE user_id = :u"), {"u": user_id})
-    c.execute(text("DELETE FROM storage_deletions WHERE key = ANY(:k)"), {"k": list(keys)})
+    # every queued row at or under a target (retention may have queued orders/<id>/print/ under
+    # the erasure's orders/<id>/): all deleted by now
+    c.execute(text("""
+        DELETE FROM storage_deletions d
+         WHERE d.key = ANY(:k)
+            OR EXISTS (SELECT 1 FROM unnest(CAST(:k AS text[])) AS t(key)
+                        WHERE right(t.key, 1) = '/' AND left(d.key, length(t.key)) = t.key)"""),
+              {"k": list(keys)})
 
 
 def due_rechecks(c: Connection, stalled_after: float, limit: int = 100) -> list[str]:

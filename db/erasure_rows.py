@@ -17,12 +17,14 @@ in the same transaction: they announce nothing real.
 from __future__ import annotations
 
 import uuid
+from collections.abc import Sequence
 from typing import Any
 
 from sqlalchemy import text
 from sqlalchemy.engine import Connection
 
 from db.erasure import FAILED_OTHER_STORY, KEPT_ORDER_COLUMNS
+from db.lifecycle import ORDERS_IN_FLIGHT
 
 _UUIDS = "CAST(:ids AS uuid[])"
 
@@ -70,17 +72,23 @@ def fail_other_stories(c: Connection, story_ids: list[str], kept_photo: str) -> 
     locked = [str(r[0]) for r in c.execute(text(
         f"SELECT id FROM stories WHERE id = ANY({_UUIDS}) ORDER BY id FOR UPDATE"), ids)]
     c.execute(text(f"SELECT id FROM story_pages WHERE story_id = ANY({_UUIDS}) ORDER BY story_id, id FOR UPDATE"), ids)
+    # Fenced: every claim token moves on, so a step in flight on them (its photo's bytes in hand)
+    # can complete nothing afterwards ("At least once": fencing); its steps end failed.
     c.execute(text(f"""
         UPDATE story_pages SET base_image_key = NULL, personalized_image_key = NULL, previous = NULL,
-               image_generation_status = CASE WHEN image_generation_status = 'completed' THEN 'failed'
-                                              ELSE image_generation_status END,
-               personalization_status = CASE WHEN personalization_status = 'completed' THEN 'failed'
-                                             ELSE personalization_status END
+               claim_token = claim_token + 1,
+               text_generation_status = CASE WHEN text_generation_status = 'processing' THEN 'failed'
+                                             ELSE text_generation_status END,
+               image_generation_status = CASE WHEN image_generation_status IN ('completed', 'processing')
+                                              THEN 'failed' ELSE image_generation_status END,
+               personalization_status = CASE WHEN personalization_status IN ('completed', 'processing')
+                                             THEN 'failed' ELSE personalization_status END
          WHERE story_id = ANY({_UUIDS})"""), ids)
-    c.execute(text(f"UPDATE story_outlines SET protagonist_face = NULL WHERE story_id = ANY({_UUIDS})"), ids)
+    c.execute(text(f"""UPDATE story_outlines SET protagonist_face = NULL, finish_token = finish_token + 1,
+                              finish_claimed_at = NULL WHERE story_id = ANY({_UUIDS})"""), ids)
     return int(c.execute(text(f"""
         UPDATE stories SET protagonist_photo_id = :photo, status = 'failed', error_message = :msg,
-               book_pdf_key = NULL, book_html_key = NULL, redo_id = NULL
+               book_pdf_key = NULL, book_html_key = NULL, redo_id = NULL, claim_token = claim_token + 1
          WHERE id = ANY({_UUIDS})"""), {"ids": locked, "photo": kept_photo, "msg": FAILED_OTHER_STORY}).rowcount)
 
 
@@ -91,8 +99,13 @@ def rekey_orders(c: Connection, order_ids: list[str], kept: dict[str, str]) -> l
     if not order_ids:
         return []
     c.execute(text("SET CONSTRAINTS ALL IMMEDIATE"))  # the orders' deferred events triggers: see placeholders
+    # (an order in flight is never re-keyed: its address and steps are still needed; the caller
+    # refuses the erasure when it finds one under the deletion's locks)
     old = [str(r[0]) for r in c.execute(text(
         f"SELECT id FROM orders WHERE id = ANY({_UUIDS}) ORDER BY id FOR UPDATE"), {"ids": order_ids})]
+    old = [str(r[0]) for r in c.execute(text(
+        f"SELECT id FROM orders WHERE id = ANY({_UUIDS}) AND status <> ALL(CAST(:busy AS text[])) ORDER BY id"),
+        {"ids": old, "busy": list(ORDERS_IN_FLIGHT)})]
     cols = ", ".join(KEPT_ORDER_COLUMNS)
     made: list[str] = []
     for oid in old:
@@ -119,6 +132,8 @@ def lock_family(c: Connection, user_id: str) -> bool:
     c.execute(text("""SELECT g.id FROM story_pages g JOIN stories s ON s.id = g.story_id WHERE s.user_id = :u
                        ORDER BY g.story_id, g.id FOR UPDATE OF g"""), {"u": user_id})
     c.execute(text("SELECT id FROM photos WHERE user_id = :u ORDER BY id FOR UPDATE"), {"u": user_id})
+    # its orders too: a payment moving one into flight waits, and is seen by the check after this
+    c.execute(text("SELECT id FROM orders WHERE user_id = :u ORDER BY id FOR UPDATE"), {"u": user_id})
     return True
 
 
@@ -133,13 +148,16 @@ def delete_family(c: Connection, user_id: str, event_seqs: list[int]) -> dict[st
     return {"outbox_events": int(events), "users": int(users)}
 
 
-def steps_in_flight(c: Connection, user_id: str, other_stories: list[str], lease: float) -> int:
+def steps_in_flight(c: Connection, user_id: str | None, other_stories: list[str], lease: float,
+                    orders: Sequence[str] = ()) -> int:
     """How many steps that write files may still be running for the family's rows, or for the other
     families' stories that used its photo (``other_stories``), read under ``lock_family``'s locks:
     stories and pages ``processing`` (a claimed step's row says so until it ends), photos being
-    analysed, page redos running, and books whose finish was claimed within the last ``lease``
-    seconds. A step not claimed by now never writes: its claim finds no row. 0 means no late
-    writer can exist, so one pass over the files is enough (pipeline/privacy/forget.py)."""
+    analysed, page redos running, books whose finish was claimed within the last ``lease``
+    seconds, and print steps (``order_steps``) ``processing`` for ``orders`` or the family's
+    (``user_id`` None: only ``other_stories`` and ``orders``). A step not claimed by now never
+    writes: its claim finds no row. 0 means no late writer can exist, so one pass over the files
+    is enough (pipeline/privacy/forget.py)."""
     return int(c.execute(text("""
         WITH s AS (SELECT id, status FROM stories WHERE user_id = :u OR id = ANY(CAST(:o AS uuid[])))
         SELECT (SELECT count(*) FROM s WHERE s.status = 'processing')
@@ -149,5 +167,8 @@ def steps_in_flight(c: Connection, user_id: str, other_stories: list[str], lease
              + (SELECT count(*) FROM photos WHERE user_id = :u AND ai_processing_status = 'processing')
              + (SELECT count(*) FROM page_redos r JOIN s ON s.id = r.story_id WHERE r.status = 'running')
              + (SELECT count(*) FROM story_outlines o JOIN s ON s.id = o.story_id
-                 WHERE o.finish_claimed_at > now() - make_interval(secs => :lease))"""),
-        {"u": user_id, "o": list(other_stories), "lease": lease}).scalar() or 0)
+                 WHERE o.finish_claimed_at > now() - make_interval(secs => :lease))
+             + (SELECT count(*) FROM order_steps st JOIN orders od ON od.id = st.order_id
+                 WHERE st.status = 'processing'
+                   AND (od.user_id = :u OR od.id = ANY(CAST(:ord AS uuid[])) OR od.story_id IN (SELECT id FROM s)))"""),
+        {"u": user_id, "o": list(other_stories), "lease": lease, "ord": list(orders)}).scalar() or 0)

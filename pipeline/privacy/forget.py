@@ -44,6 +44,8 @@ from typing import Any
 from db import erasure as q
 from db import erasure_rows as rows
 from db.engine import autocommit, transaction
+from db.lifecycle import ORDERS_IN_FLIGHT
+from pipeline.config import settings
 from pipeline.privacy.drain import recheck_after
 
 log = logging.getLogger("storycreator.privacy")
@@ -160,9 +162,21 @@ def _forget(user_id: str, by: str, dry_run: bool, now: datetime | None, hook: Ca
         erasure = q.open_for(c, user_id)
         fam = q.family(c, user_id)
         counts = q.row_counts(c, user_id, fam) if fam is not None else {}
+        placeholder = q.is_placeholder(c, user_id)
     if erasure is None and fam is None:
         return ForgetResult(user_id, "not_found", message=f"no user {user_id} (and no unfinished erasure of it)")
     targets = targets_of(fam) if fam is not None else []
+    if erasure is None and placeholder:
+        return ForgetResult(user_id, "refused", message=(
+            f"not forgotten: {user_id} is the anonymous placeholder holding an erasure's kept orders "
+            "(no personal data; its audit record points at it)"))
+    unreachable = _unreachable(targets) if erasure is None else []
+    if unreachable and not dry_run:
+        return _refuse(user_id, by, [], counts, targets, message=(
+            f"not forgotten: {len(unreachable)} stored photo(s) this deployment cannot reach, so their "
+            f"files could not be deleted ({'; '.join(sorted(set(unreachable)))[:300]}); nothing was deleted. "
+            "Configure that storage (or delete those objects by hand and set the photo rows' storage) "
+            "and ask again."))
     if dry_run:
         blocking = [{"id": o["id"], "status": o["status"]} for o in (fam or {}).get("in_flight", [])]
         return ForgetResult(user_id, "dry_run", counts, targets, blocking=blocking,
@@ -182,7 +196,16 @@ def _forget(user_id: str, by: str, dry_run: bool, now: datetime | None, hook: Ca
     eid = str(erasure["id"])
     all_targets: list[dict[str, Any]] = list(erasure["targets"] or [])
     if fam is not None:
-        _rows(eid, user_id, fam, all_targets, hook)
+        try:
+            _rows(eid, user_id, fam, all_targets, hook)
+        except _InFlight as busy:
+            message = _refusal_message(busy.blocking)
+            with transaction() as c:
+                q.refuse_open(c, eid, message)
+            log.warning("forget %s", json.dumps({"erasure": eid, "status": "refused",
+                                                 "orders_in_flight": len(busy.blocking)}))
+            return ForgetResult(user_id, "refused", counts, all_targets, blocking=busy.blocking, erasure_id=eid,
+                                message=message)
     if erasure["status"] == "running":
         objects = _delete_targets(all_targets)
         with transaction() as c:
@@ -210,12 +233,38 @@ def _forget(user_id: str, by: str, dry_run: bool, now: datetime | None, hook: Ca
     return ForgetResult(user_id, "completed", dict(final), all_targets, erasure_id=eid, message="forgotten")
 
 
-def _refuse(user_id: str, by: str, blocking: list[dict[str, str]], counts: dict[str, int],
-            targets: list[dict[str, Any]]) -> ForgetResult:
+class _InFlight(Exception):
+    """An order of the family is in flight (found under the deletion's locks): the erasure is
+    refused, its rows left as they are."""
+
+    def __init__(self, blocking: list[dict[str, str]]) -> None:
+        super().__init__(f"{len(blocking)} order(s) in flight")
+        self.blocking = blocking
+
+
+def _refusal_message(blocking: list[dict[str, str]]) -> str:
     statuses = sorted({o["status"] for o in blocking})
-    message = (f"not forgotten: {len(blocking)} order(s) still in flight ({', '.join(statuses)}): a book being "
-               "paid for, printed or shipped cannot be un-printed. Try again once each has shipped or failed "
-               "(an abandoned pending_payment order: once the web app marks it failed).")
+    return (f"not forgotten: {len(blocking)} order(s) still in flight ({', '.join(statuses)}): a book being "
+            "paid for, printed or shipped cannot be un-printed. Try again once each has shipped or failed "
+            "(an abandoned pending_payment order: once the web app marks it failed).")
+
+
+def _unreachable(targets: list[dict[str, Any]]) -> list[str]:
+    """Why each photo target's storage cannot be reached (registry.photo_place_problem)."""
+    from pipeline.providers.registry import photo_place_problem
+
+    out = []
+    for t in targets:
+        if t["storage"] not in ("output", "printshop"):
+            problem = photo_place_problem(t["storage"], t["bucket"])
+            if problem:
+                out.append(problem)
+    return out
+
+
+def _refuse(user_id: str, by: str, blocking: list[dict[str, str]], counts: dict[str, int],
+            targets: list[dict[str, Any]], message: str | None = None) -> ForgetResult:
+    message = message or _refusal_message(blocking)
     with transaction() as c:
         eid = q.record_refusal(c, user_id, by, message)
     log.warning("forget %s", json.dumps({"erasure": eid, "status": "refused", "orders_in_flight": len(blocking)}))
@@ -229,28 +278,39 @@ def _rows(eid: str, user_id: str, fam: dict[str, Any], targets: list[dict[str, A
     if fam["other_stories"] or fam["orders"]:
         with transaction() as c:
             kept = rows.placeholders(c, eid)
+    lease = settings().step_lease_seconds
     if fam["other_stories"]:
         assert kept is not None
         with transaction() as c:
+            # counted before they are fenced: a step of theirs in flight may still write a file
+            q.add_count(c, eid, "steps_in_flight",
+                        rows.steps_in_flight(c, None, fam["other_stories"], lease, fam["other_orders"]))
             rows.fail_other_stories(c, fam["other_stories"], kept["photo"])
     hook("others")
-    if fam["orders"]:
+    done = [o["id"] for o in fam["orders"] if o["status"] not in ORDERS_IN_FLIGHT]
+    if done:
         assert kept is not None
         with transaction() as c:
-            rows.rekey_orders(c, [o["id"] for o in fam["orders"]], kept)
+            q.add_count(c, eid, "steps_in_flight", rows.steps_in_flight(c, None, [], lease, done))
+            rows.rekey_orders(c, done, kept)
     hook("orders")
     with transaction() as c:
         if rows.lock_family(c, user_id):
             current = q.family(c, user_id)
             assert current is not None
+            if current["in_flight"]:  # an order paid for since the plan (or a resumed run): refused
+                raise _InFlight([{"id": o["id"], "status": o["status"]} for o in current["in_flight"]])
             more = [t for t in targets_of(current) if t not in targets]  # added since the plan
             if more:
                 q.add_targets(c, eid, more)
                 targets.extend(more)
-            from pipeline.config import settings
-
-            flying = rows.steps_in_flight(c, user_id, current["other_stories"], settings().step_lease_seconds)
-            q.add_count(c, eid, "steps_in_flight", flying)
+            late = [o["id"] for o in current["orders"]]  # finished orders made since the plan
+            q.add_count(c, eid, "steps_in_flight", rows.steps_in_flight(
+                c, user_id, current["other_stories"], lease, late + current["other_orders"]))
+            if current["other_stories"] or late:
+                kept = rows.placeholders(c, eid)
+                rows.fail_other_stories(c, current["other_stories"], kept["photo"])
+                rows.rekey_orders(c, late, kept)
             rows.delete_family(c, user_id, q.family_events(c, user_id, _family_ids(user_id, current, targets)))
     hook("rows")
 

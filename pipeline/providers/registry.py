@@ -168,6 +168,16 @@ def _photo_place(storage_provider: str, bucket: str | None) -> tuple[Any, str | 
     raise _unsupported(storage_provider)
 
 
+def photo_place_problem(storage_provider: str, bucket: str | None) -> str | None:
+    """Why a photo row's object cannot be reached by this deployment (an unknown storage, an 's3'
+    row without a bucket, S3 not configured), or None when it can (``_photo_place``)."""
+    try:
+        _photo_place(storage_provider, bucket)
+    except (PermanentStepError, SystemExit, ValueError) as exc:
+        return str(exc)
+    return None
+
+
 def read_photo(storage_provider: str, bucket: str | None, object_key: str) -> bytes:
     """The uploaded photo's bytes, from wherever its row says it is."""
     place, s3_bucket = _photo_place(storage_provider, bucket)
