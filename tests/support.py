@@ -412,3 +412,17 @@ def consume_all(broker: str, w: WorkerProcess, timeout: float = 10) -> None:
             replies = node._broadcast("add_consumer", {"queue": queue}, destination=[w.name], reply=True,
                                       timeout=timeout)
             assert replies and "ok" in replies[0].get(w.name, {}), (queue, replies, w.tail())
+
+
+def rabbit_answers(url: str) -> bool:
+    """Does a RabbitMQ (or anything) listen at the AMQP ``url``'s host and port (5672 by default)?
+    A TCP connect with a 2 s timeout."""
+    import socket
+    from urllib.parse import urlsplit
+
+    u = urlsplit(url)
+    try:
+        socket.create_connection((u.hostname, u.port or 5672), timeout=2).close()
+        return True
+    except OSError:
+        return False

@@ -11,7 +11,6 @@ import threading
 import time
 import uuid
 from collections.abc import Iterator
-from urllib.parse import urlsplit
 
 import pytest
 import redis
@@ -20,7 +19,7 @@ from kombu import Connection, Exchange, Queue
 
 from pipeline.operations.gauges import BacklogCollector, Sources
 from pipeline.operations.queue_depth import queue_depths
-from tests.support import ROOT, Db, external_send, flush_redis
+from tests.support import ROOT, Db, external_send, flush_redis, rabbit_answers
 
 REDIS = os.environ.get("TEST_REDIS_URL", "redis://127.0.0.1:6379")
 # this run's Redis database for tests without a worker of their own on it (conftest.py: +0..+4)
@@ -207,17 +206,8 @@ def test_redis_queue_depth_under_a_global_key_prefix(broker: str) -> None:
     assert depths.ready == {"images": 1, "text": 0} and depths.unacked == 1
 
 
-def _rabbit_answers() -> bool:
-    u = urlsplit(RABBIT)
-    try:
-        socket.create_connection((u.hostname, u.port or 5672), timeout=2).close()
-        return True
-    except OSError:
-        return False
-
-
 def test_rabbitmq_queue_depth_from_a_passive_declare(monkeypatch: pytest.MonkeyPatch) -> None:
-    if not _rabbit_answers():
+    if not rabbit_answers(RABBIT):
         if os.environ.get("CI"):
             raise AssertionError(f"RabbitMQ does not answer at {RABBIT}")
         pytest.skip(f"RabbitMQ does not answer at {RABBIT}")

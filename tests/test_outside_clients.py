@@ -12,19 +12,17 @@ import base64
 import json
 import os
 import shutil
-import socket
 import subprocess
 import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
 
 import pytest
 import redis
 
-from tests.support import ROOT, Db, WorkerProcess, astronaut_png, flush_redis
+from tests.support import ROOT, Db, WorkerProcess, astronaut_png, flush_redis, rabbit_answers
 
 REDIS = os.environ.get("TEST_REDIS_URL", "redis://127.0.0.1:6379")
 BROKER = f"{REDIS}/{int(os.environ.get('TEST_REDIS_DB', '11')) + 1}"
@@ -142,20 +140,11 @@ def test_celery_node_client_on_redis_positional_and_keyword(clean_db: Db, redis_
     _alive(redis_worker)
 
 
-def _rabbit_answers() -> bool:
-    u = urlsplit(RABBIT)
-    try:
-        socket.create_connection((u.hostname, u.port or 5672), timeout=2).close()
-        return True
-    except OSError:
-        return False
-
-
 @pytest.mark.timeout(240)
 def test_celery_node_client_on_rabbitmq(clean_db: Db, tmp_path: Path) -> None:
     """celery-node on RabbitMQ publishes to the default exchange with the queue's name as routing
     key and declares the queue itself (durable, no arguments), before or after our worker."""
-    if not _rabbit_answers():
+    if not rabbit_answers(RABBIT):
         if os.environ.get("CI"):
             raise AssertionError(f"RabbitMQ does not answer at {RABBIT}")
         pytest.skip(f"RabbitMQ does not answer at {RABBIT}")

@@ -7,14 +7,12 @@ of the production values (15 min / 5 min), so the test does not wait an hour.
 from __future__ import annotations
 
 import os
-import socket
 import time
 from pathlib import Path
-from urllib.parse import urlsplit
 
 import pytest
 
-from tests.support import Db, WorkerProcess, astronaut_png, done_lines, external_send, flush_redis
+from tests.support import Db, WorkerProcess, astronaut_png, done_lines, external_send, flush_redis, rabbit_answers
 
 REDIS = os.environ.get("TEST_REDIS_URL", "redis://127.0.0.1:6379")
 KILL_REDIS_DB = int(os.environ.get("TEST_REDIS_DB", "11")) + 1
@@ -69,21 +67,12 @@ def test_worker_killed_mid_step_on_redis(clean_db: Db, tmp_path: Path, request: 
     _kill_mid_step_and_recover(clean_db, tmp_path, request, broker, {"BROKER_VISIBILITY_TIMEOUT": "4"})
 
 
-def _rabbit_answers() -> bool:
-    u = urlsplit(RABBIT)
-    try:
-        socket.create_connection((u.hostname, u.port or 5672), timeout=2).close()
-        return True
-    except OSError:
-        return False
-
-
 @pytest.mark.timeout(240)
 def test_worker_killed_mid_step_on_rabbitmq(clean_db: Db, tmp_path: Path, request: pytest.FixtureRequest) -> None:
     """The broker is a URL away. On RabbitMQ a killed worker's unacknowledged messages come
     back as soon as its connection drops, while its claims still look fresh: the redelivered
     copies must wait for the lease, not drop the steps."""
-    if not _rabbit_answers():
+    if not rabbit_answers(RABBIT):
         if os.environ.get("CI"):
             raise AssertionError(f"RabbitMQ does not answer at {RABBIT}")
         pytest.skip(f"RabbitMQ does not answer at {RABBIT}")
