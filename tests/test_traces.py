@@ -60,7 +60,7 @@ class _OtlpHandler(BaseHTTPRequestHandler):
                                   for a in s.attributes}
                     spans.append({"trace_id": s.trace_id.hex(), "span_id": s.span_id.hex(),
                                   "parent_id": s.parent_span_id.hex(), "name": s.name, "service": service,
-                                  "attributes": attributes})
+                                  "error": s.status.code == s.status.STATUS_CODE_ERROR, "attributes": attributes})
         with self.server.lock:
             self.server.spans.extend(spans)
         reply = ExportTraceServiceResponse().SerializeToString()
@@ -97,13 +97,21 @@ def test_one_story_is_one_trace(clean_db: Db, tmp_path: Path, receiver: OtlpRece
     name = "Zéphyrine"
     photo = clean_db.photo(astronaut_png())
     story = clean_db.story(photo, name=name, age=6, theme="underwater")
+    # (and another story, which fails at once: an unknown theme)
+    bad = clean_db.story(clean_db.photo(astronaut_png()), theme="zombies")
     external_send(broker, "stories.generate", {"story_id": story})
+    external_send(broker, "stories.generate", {"story_id": bad})
     assert clean_db.wait_story(story)["status"] == "completed"
+    assert clean_db.wait_story(bad)["status"] == "failed"
     w.stop()  # a warm shutdown exports what is still batched
     with receiver.lock:
         spans = list(receiver.spans)
-    runs = [s for s in spans if s["name"].startswith("run/")]
-    # then every step of the story ran under one trace, started by stories.generate's run (the
+    failed = [s for s in spans if s["attributes"].get("storycreator.story_id") == bad]
+    runs = [s for s in spans if s["name"].startswith("run/") and s not in failed]
+    # then the failed story is a trace of its own, its one step an error
+    assert [(s["name"], s["attributes"]["storycreator.outcome"], s["error"]) for s in failed] \
+        == [("run/stories.generate", "failed", True)]
+    # and every step of the good story ran under one trace, started by stories.generate's run (the
     # completion may run twice: each personalization that finds every page done sends it, and
     # the later copy stops)
     counts = {step: sum(s["name"] == f"run/{step}" for s in runs) for step in STEPS}
@@ -112,6 +120,7 @@ def test_one_story_is_one_trace(clean_db: Db, tmp_path: Path, receiver: OtlpRece
                                                "pages.draw_base": PAGES, "pages.personalize": PAGES,
                                                "stories.finish": 1}, counts
     assert len({s["trace_id"] for s in runs}) == 1, sorted((s["name"], s["trace_id"]) for s in runs)
+    assert failed[0]["trace_id"] != runs[0]["trace_id"] and not any(s["error"] for s in runs)
     root = next(s for s in runs if s["name"] == "run/stories.generate")
     assert root["parent_id"] == "" and root["service"] == "storycreator-test"
     by_id = {s["span_id"]: s for s in spans}

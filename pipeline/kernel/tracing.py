@@ -143,7 +143,9 @@ def stop() -> None:
 def annotate(stage: str, kwargs: Mapping[str, Any], outcome: str | None = None) -> None:
     """Label the current span (a task's run span) with the step's ``stage``, the ids among its
     task ``kwargs`` (:data:`ID_KWARGS`, UUID strings; anything else is left out) and, once known,
-    its ``outcome``, as ``storycreator.*`` attributes. Only when :data:`ON`; never raises."""
+    its ``outcome``, as ``storycreator.*`` attributes; a ``failed`` outcome also sets the span's
+    status to ERROR (no description: a reason may quote what a parent wrote). Only when :data:`ON`;
+    never raises."""
     if not ON:
         return
     from opentelemetry import trace
@@ -160,3 +162,7 @@ def annotate(stage: str, kwargs: Mapping[str, Any], outcome: str | None = None) 
     if outcome is not None:
         attributes["storycreator.outcome"] = outcome
     span.set_attributes(attributes)
+    if outcome == "failed":
+        from opentelemetry.trace import Status, StatusCode
+
+        span.set_status(Status(StatusCode.ERROR))
