@@ -54,6 +54,8 @@ BOOT_CASES = [
     ({"PRINT_PRODUCTS": "hardcover_book=0850X0850"}, "PRINT_PRODUCTS"),
     ({"QUOTA_LULU_CONCURRENT": "-2"}, "QUOTA_LULU_CONCURRENT"),
     ({"LOG_LEVEL": "loud"}, "LOG_LEVEL"),
+    ({"OTEL_EXPORTER_OTLP_ENDPOINT": "http://127.0.0.1:4318", "OTEL_EXPORTER_OTLP_PROTOCOL": "grpc"},
+     "OTEL_EXPORTER_OTLP_PROTOCOL"),  # traces: gRPC is not installed (pipeline/kernel/tracing.py)
 ]
 # The same check in-process, for the other settings it covers.
 MORE_CASES = [
@@ -81,6 +83,8 @@ MORE_CASES = [
     ({"RETENTION_BOOK_DAYS": "forever"}, "RETENTION_BOOK_DAYS"),
     ({"RETENTION_BATCH_SIZE": "0"}, "RETENTION_BATCH_SIZE"),
     ({"PRESIGNED_URL_SECONDS": "604801"}, "PRESIGNED_URL_SECONDS"),
+    ({"OTEL_TRACES_EXPORTER": "zipkin"}, "OTEL_TRACES_EXPORTER"),
+    ({"OTEL_EXPORTER_OTLP_TRACES_ENDPOINT": "collector:4318"}, "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT"),
 ]
 
 

@@ -28,7 +28,7 @@ def _setup_logging(**_: Any) -> None:
 
 
 @signals.worker_init.connect
-def _warm_up(**_: Any) -> None:
+def _warm_up(sender: Any = None, **_: Any) -> None:
     """Pay the one-time costs (OpenCV cascades, fonts, the first DB connection) at boot, not
     inside the first story's critical path.
 
@@ -83,6 +83,9 @@ def _warm_up(**_: Any) -> None:
     with get_engine().connect():  # the pool's first connection, now that the database answers
         pass
 
+    if not _forks(sender):  # threads, solo...: this process runs the tasks (prefork: each child, below)
+        start_traces()
+
     # Everything made so far (modules, the providers, fonts, OpenCV's cascades) lives as long as the
     # process: out of the cyclic collector's sight from now on, so its full collections (and the one
     # at exit, which made a warm shutdown take ~3 s more) stop walking it again.
@@ -104,6 +107,7 @@ def _fresh_engine_after_fork(**_: Any) -> None:
 
     providers()
     get_engine()  # a forked child never reuses the parent's pool (see db/engine.py)
+    start_traces()  # per process, after the fork (a no-op for solo's in-process call, started already)
 
 
 @signals.worker_process_shutdown.connect
@@ -114,6 +118,35 @@ def _dispose_engine(**_: Any) -> None:
 
     dispose_engine()
     cpu.shutdown()
+    from pipeline.kernel import tracing
+
+    tracing.stop()  # the last spans exported
+
+
+def start_traces() -> None:
+    """One trace per story, when configured (pipeline.kernel.tracing; off by default): OpenTelemetry's
+    Celery instrumentation in this process. A task's run is a span whose parent is the context the
+    message carries (none for a task the external API sent: a story's ``stories.generate`` starts
+    its trace), and every message published while it runs (a page's chain, the next link Celery
+    sends, ``stories.finish``, a retry, by name or not: Celery's ``before_task_publish`` fires for
+    ``send_task`` too) gets a publish span and carries it as ``traceparent`` in its headers.
+    SystemExit("configuration error: ...") for settings it cannot honour (checked at boot too)."""
+    from pipeline.kernel import tracing
+
+    provider = tracing.start()
+    if provider is not None:
+        from opentelemetry.instrumentation.celery import CeleryInstrumentor
+
+        CeleryInstrumentor().instrument(tracer_provider=provider)
+
+
+def _forks(worker: Any) -> bool:
+    """Whether the worker's pool runs tasks in forked child processes (prefork)."""
+    from celery import concurrency
+    from celery.concurrency.prefork import TaskPool as Prefork
+
+    pool = concurrency.get_implementation(getattr(worker, "pool_cls", None) or "prefork")
+    return isinstance(pool, type) and issubclass(pool, Prefork)
 
 
 def _bootstrap_default_database() -> None:

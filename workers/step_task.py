@@ -39,7 +39,7 @@ from db.engine import reason as db_reason
 from db.engine import unavailable as db_unavailable
 from pipeline.config import settings
 from pipeline.events.delivery import kick as kick_events
-from pipeline.kernel import metrics, step
+from pipeline.kernel import metrics, step, tracing
 from workers.app import app
 
 log = logging.getLogger("storycreator.step")
@@ -140,6 +140,8 @@ def _run(task: Task, stage: str, ids: dict[str, Any], body: Body, ident: str | N
         # The message that started this chain of work (a page's chain, the story's fan-out): the
         # id Flower groups the task under, so an operator finds a page's steps together.
         ids = {**ids, "root": req.root_id}
+    if tracing.ON:  # off by default: this check is all it costs
+        tracing.annotate(stage, req.kwargs or {})
     t0 = time.perf_counter()
     try:
         result = body(attempt)
@@ -177,6 +179,8 @@ def _run(task: Task, stage: str, ids: dict[str, Any], body: Body, ident: str | N
     if result.outcome in _MOVED and stage not in _NO_EVENTS:
         kick_events()  # its commit may have written events (schema.sql's triggers): deliver them soon
     _log_line(stage, ids, attempt.number, result, result.outcome.value, (time.perf_counter() - t0) * 1000)
+    if tracing.ON:
+        tracing.annotate(stage, req.kwargs or {}, result.outcome.value)
     summary = f"{result.outcome.value}: {result.detail}" if result.detail else result.outcome.value
     if not result.moves_on and req.chain:
         # Recorded (failed) or nobody's to do now (stopped): the rest of this page's chain must

@@ -87,6 +87,7 @@ def check_worker_configuration() -> None:
     from pipeline.kernel.cpu import processes
     from pipeline.kernel.metrics import metrics_port
     from pipeline.kernel.storage import presigned_url_seconds
+    from pipeline.kernel.tracing import trace_settings
     from pipeline.orders import print_files
     from pipeline.orders import steps as orders
     from pipeline.orders.offline_print_shop import print_shop_stage_seconds
@@ -105,6 +106,7 @@ def check_worker_configuration() -> None:
     retention_settings()  # RETENTION_* (README "Personal data")
     presigned_url_seconds()  # PRESIGNED_URL_SECONDS
     check_environment()
+    trace_settings()  # OTEL_TRACES_EXPORTER, OTEL_EXPORTER_OTLP_* (traces: off unless configured)
     orders.order_settings()  # POD_PROVIDER, ORDER_*, STRIPE_MODE vs STRIPE_SECRET_KEY...
     orders.print_provider()  # LULU_* (timeouts) or LOCAL_PRINT_SHOP_STAGE_SECONDS
     print_files.check_products()  # PRINT_PRODUCTS
