@@ -147,12 +147,13 @@ class JobRecorder(PageRecorder):
 
     def fail(self, message: str) -> None:
         """The job (if any) -> failed, the page step -> failed, then the quota slot freed; all
-        under the claim's token (ClaimLost, nothing written, when a newer holder has the step)."""
+        under the claim's token (ClaimLost, nothing written, when a newer holder has the step).
+        The job first: whoever sees the page (or its story) failed sees the job failed too. Both
+        writes name the token, so a stale run ends neither the new holder's job nor its page."""
         with autocommit() as c:
-            # The page's own fenced failure first: a stale run must not end the new holder's job.
-            self._fail(c, message)
             if self.job is not None:
                 jobs_db.job_finished(c, str(self.job["id"]), "failed", message, token=self.token)
+            self._fail(c, message)
         quotas().release(self.provider, self.holder)
         self.after_fail()
 
