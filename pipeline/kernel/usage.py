@@ -132,8 +132,8 @@ def record(provider: str, operation: str, *, call_id: str | None = None, input_t
     if call_id is None:
         m.count += 1
         key = f"{m.key}:{provider}:{operation}:{m.count}"
-    else:
-        key = f"{provider}:{call_id}"
+    else:  # the provider's id (unique at the provider), within this story/order's calls
+        key = f"{m.story_id or ''}:{m.order_id or ''}:{provider}:{call_id}"
     prices = cost_settings()
     micro = cost if cost is not None else cost_microcents(provider, input_tokens=input_tokens,
                                                           output_tokens=output_tokens, seconds=seconds,
