@@ -119,4 +119,4 @@ def lulu_cost(job: Mapping[str, Any]) -> tuple[int, str] | None:
 
 def offline_record(provider: str, operation: str, seconds: float) -> None:
     """Record one offline provider call (cost 0, counted: calls and seconds)."""
-    usage.record(provider, operation, seconds=seconds, cost=0)
+    usage.record(provider, operation, seconds=seconds, cost=0, settle=False)  # (no hold to settle)
