@@ -221,6 +221,38 @@ def test_forgetting_a_family_keeps_the_money_and_drops_the_link(clean_db: Db) ->
                             "OR CAST(order_id AS text) = :o", s=story, o=order)
 
 
+def test_a_prediction_is_held_while_it_runs_and_settled_to_its_predict_time(clean_db: Db) -> None:
+    import time
+
+    from pipeline.providers.replicate_images import ReplicateImageJobs
+    from tests.fakes.replicate_server import FakeReplicate
+
+    fake = FakeReplicate("r8_test", run_seconds=0.4).start()
+    try:
+        jobs = ReplicateImageJobs("r8_test", base_url=fake.base_url, timeout=5.0)
+        story = _story(clean_db)
+        # When a page's image job is created (one run) and followed until it ends (later runs)
+        with usage.metered("image", "p:image:a0", story_id=story, page_number=3):
+            job = jobs.create("base", {"prompt": "a page", "seed": 3})
+        held = clean_db.one("SELECT provider, cost_microcents AS m FROM budget_holds WHERE story_id = :s", s=story)
+        assert (held["provider"], held["m"]) == ("replicate", 10 * 140_000)  # COST_ESTIMATE_REPLICATE_SECONDS
+        for attempt in range(1, 100):
+            with usage.metered("image", f"p:image:a{attempt}", story_id=story, page_number=3):
+                if jobs.status(job).state != "running":
+                    jobs.status(job)  # a redelivered look sees it ended again
+                    break
+            time.sleep(0.05)
+    finally:
+        fake.stop()
+    # Then it is recorded once, at the seconds Replicate reports, and its hold is gone
+    rows = clean_db.all("SELECT stage, page_number, seconds, cost_microcents FROM provider_usage "
+                        "WHERE story_id = :s AND provider = 'replicate'", s=story)
+    seconds = fake.prediction(job)["metrics"]["predict_time"]
+    assert [(r["stage"], r["page_number"], float(r["seconds"])) for r in rows] == [("image", 3, seconds)]
+    assert rows[0]["cost_microcents"] == usage.cost_microcents("replicate", seconds=seconds)
+    assert not clean_db.all("SELECT * FROM budget_holds WHERE story_id = :s", s=story)
+
+
 # --- one real worker: a story stopped by its budget, lifted, completed ------------------------------
 
 @pytest.fixture(scope="module")
