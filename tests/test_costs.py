@@ -163,6 +163,36 @@ def test_a_hold_past_the_budget_stops_with_the_commands_that_lift_it(clean_db: D
     assert (out["budget_cents"], out["budget_is_default"], out["total_microcents"]) == (500, True, 900_000 + 7_500)
 
 
+def test_a_page_stopped_by_the_budget_fails_with_the_reason_on_the_page_and_the_story(clean_db: Db) -> None:
+    from pipeline.kernel.step import FIRST_TRY
+    from pipeline.stories.page_step import run_page_step
+    from pipeline.stories.start import generate_story
+
+    story = clean_db.story(clean_db.photo(astronaut_png()))
+    assert generate_story(story).outcome.value == "done"  # offline providers: counted, nothing held
+    page = clean_db.one("SELECT id FROM story_pages WHERE story_id = :s AND page_number = 2", s=story)["id"]
+    assert cli(["budget", "--story", story, "--cents", "0"]) == 0
+
+    def paid_text(claim: object, timer: object) -> dict[str, str]:
+        usage.hold("openai", 1)  # the text step's paid call, 1 micro-cent over a 0¢ budget
+        raise AssertionError("the call was made")
+
+    # When the page's text step comes to its paid call
+    result = run_page_step(str(page), "text", FIRST_TRY, paid_text)
+    # Then the page's step failed (not retried), its reason recorded for the page and on the story
+    assert result.outcome.value == "failed" and result.detail.startswith("Budget reached: this story has spent")
+    row = clean_db.story_row(story)
+    assert row["status"] == "failed" and row["error_message"].startswith("Page 2 (story text): Budget reached: ")
+    err = clean_db.one("SELECT e.message, e.permanent FROM step_errors e JOIN story_pages g ON g.id = e.page_id "
+                       "WHERE g.id = :p", p=page)
+    assert err["permanent"] and err["message"] == result.detail
+    assert clean_db.one("SELECT text_generation_status AS s FROM story_pages WHERE id = :p", p=page)["s"] == "failed"
+    # and the offline calls of the start were counted at 0: the photo's analysis and the outline
+    counted = clean_db.all("SELECT stage, provider, cost_microcents FROM provider_usage WHERE story_id = :s", s=story)
+    assert sorted((c["stage"], c["provider"], c["cost_microcents"]) for c in counted) == [
+        ("analysis", "local", 0), ("outline", "local", 0)]
+
+
 def test_status_shows_a_story_an_order_and_the_days_with_their_parts(clean_db: Db,
                                                                    capsys: pytest.CaptureFixture[str]) -> None:
     from pipeline.orders.print_job import record_print_cost
@@ -172,7 +202,7 @@ def test_status_shows_a_story_an_order_and_the_days_with_their_parts(clean_db: D
     with usage.metered("text", "s:a0", story_id=story, page_number=1):
         usage.record("openai", "chat", call_id="c-1", input_tokens=600, output_tokens=200)
     with usage.metered("image", "s:i:a0", story_id=story, page_number=1):
-        usage.record("replicate", "prediction", call_id=PREDICTION["id"], seconds=4.249)
+        usage.record("replicate", "prediction", call_id=str(PREDICTION["id"]), seconds=4.249)
     job = parse_job({"id": 90, "status": {"name": "SHIPPED"},
                      "costs": {"total_cost_incl_tax": "7.50", "currency": "USD"}})
     record_print_cost(order, "lulu", job)
