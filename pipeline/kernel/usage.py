@@ -22,7 +22,7 @@ import math
 from collections.abc import Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from decimal import Decimal, InvalidOperation
 from typing import Any
 
@@ -34,7 +34,6 @@ from pipeline.kernel.errors import PermanentStepError
 log = logging.getLogger("pipeline.kernel.usage")
 
 MICRO = 1_000_000  # micro-cents per cent
-OFFLINE = ("local", "instant", "local_print_shop")  # providers that cost nothing (still counted)
 
 
 class BudgetReached(PermanentStepError):
@@ -55,7 +54,6 @@ class Meter:
     page_number: int | None = None
     budgeted: bool = True  # holds apply (False: a photo's analysis, which is not one story's)
     count: int = 0
-    held: set[str] = field(default_factory=set)
 
 
 _meter: ContextVar[Meter | None] = ContextVar("usage_meter", default=None)
@@ -76,11 +74,6 @@ def metered(stage: str, key: str, *, story_id: str | None = None, order_id: str 
         yield meter
     finally:
         _meter.reset(token)
-
-
-def current() -> Meter | None:
-    """The meter of the step running in this thread, or None."""
-    return _meter.get()
 
 
 def digest(text: str) -> str:
@@ -177,9 +170,10 @@ def hold(provider: str, estimate: int, *, seconds: float | None = None) -> None:
             from pipeline.kernel import metrics
 
             metrics.BUDGET_STOPS.labels(m.stage).inc()
+            log.warning("story %s: budget reached at %s (spent %d, held %d, estimate %d, budget %d micro-cents)",
+                        m.story_id, m.stage, budget.spent, budget.held, estimate, budget.limit_microcents)
             raise BudgetReached(budget_message(m.story_id, budget, estimate, prices.currency))
         usage_db.put_hold(c, m.story_id, key, provider, estimate, seconds or s.step_lease_seconds)
-    m.held.add(key)
 
 
 def release(provider: str) -> None:
