@@ -774,3 +774,65 @@ CREATE UNIQUE INDEX IF NOT EXISTS uq_erasures_open_user ON erasures (user_id) WH
 CREATE INDEX IF NOT EXISTS ix_erasures_kept_user_id ON erasures (kept_user_id) WHERE kept_user_id IS NOT NULL;
 CREATE INDEX IF NOT EXISTS ix_erasures_recheck_at ON erasures (recheck_at) WHERE status = 'rechecking';
 -- ===== end of: forgetting a family ============================================================
+
+-- ===== What each book costs (issue 14 §2; README "What each book costs"; db/usage.py) ==========
+-- One row per provider call, keyed to its story and/or order (NULL after the family was forgotten:
+-- the money stays, the link goes, README "Forgetting a family"), with the units the provider
+-- reported and their cost at the configured prices (pipeline/config.py cost_settings) in
+-- micro-cents (1e-6 of the currency's smallest unit, so a token's price does not round to 0; an
+-- integer like orders.amount). Offline providers are counted too, at cost 0.
+--   call_key: one per provider call (an OpenAI response id, a Replicate prediction id, a Lulu
+--             print job id, or the step's stage+attempt for a provider without ids), stored as a
+--             SHA-256 hex digest so it never names the family's ids: INSERT ... ON CONFLICT DO
+--             NOTHING makes a re-run of an at-least-once step count a call once.
+CREATE TABLE IF NOT EXISTS provider_usage (
+    id             BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    story_id       UUID REFERENCES stories (id) ON DELETE SET NULL,
+    order_id       UUID REFERENCES orders (id) ON DELETE SET NULL,
+    page_number    INTEGER,
+    stage          VARCHAR NOT NULL,
+    provider       VARCHAR NOT NULL,
+    operation      VARCHAR NOT NULL DEFAULT '',
+    input_tokens   BIGINT NOT NULL DEFAULT 0,
+    output_tokens  BIGINT NOT NULL DEFAULT 0,
+    seconds        NUMERIC(14, 3) NOT NULL DEFAULT 0,
+    calls          INTEGER NOT NULL DEFAULT 1,
+    cost_microcents BIGINT NOT NULL DEFAULT 0,
+    currency       VARCHAR(3) NOT NULL DEFAULT 'usd',
+    call_key       VARCHAR NOT NULL,
+    created_at     TIMESTAMP WITH TIME ZONE NOT NULL DEFAULT now(),
+    CONSTRAINT uq_provider_usage_call_key UNIQUE (call_key),
+    CONSTRAINT ck_provider_usage_units CHECK (input_tokens >= 0 AND output_tokens >= 0 AND seconds >= 0
+                                              AND calls >= 0 AND cost_microcents >= 0)
+);
+CREATE INDEX IF NOT EXISTS ix_provider_usage_story_id ON provider_usage (story_id) WHERE story_id IS NOT NULL;
+CREATE INDEX IF NOT EXISTS ix_provider_usage_order_id ON provider_usage (order_id) WHERE order_id IS NOT NULL;
+CREATE INDEX IF NOT EXISTS ix_provider_usage_created_at ON provider_usage (created_at);
+
+-- A hold: a paid call's estimated cost, taken under the story's budget lock before the call and
+-- removed when the call's actual cost is recorded (or it failed). A hold whose run died is
+-- ignored after expires_at. hold_key names the call site (SHA-256 hex, like call_key).
+CREATE TABLE IF NOT EXISTS budget_holds (
+    id              BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    story_id        UUID NOT NULL REFERENCES stories (id) ON DELETE CASCADE,
+    hold_key        VARCHAR NOT NULL,
+    provider        VARCHAR NOT NULL,
+    cost_microcents BIGINT NOT NULL,
+    created_at      TIMESTAMP WITH TIME ZONE NOT NULL DEFAULT now(),
+    expires_at      TIMESTAMP WITH TIME ZONE NOT NULL,
+    CONSTRAINT uq_budget_holds_story_id_hold_key UNIQUE (story_id, hold_key),
+    CONSTRAINT ck_budget_holds_cost CHECK (cost_microcents >= 0)
+);
+
+-- A story's budget in cents: NULL = the default (STORY_BUDGET_CENTS); budget_unlimited = no limit
+-- (`storycreator budget --story ID --cents N | --unlimited | --default`).
+ALTER TABLE stories ADD COLUMN IF NOT EXISTS budget_cents BIGINT;
+ALTER TABLE stories ADD COLUMN IF NOT EXISTS budget_unlimited BOOLEAN NOT NULL DEFAULT false;
+DO $$
+BEGIN
+    IF NOT EXISTS (SELECT 1 FROM pg_constraint WHERE conname = 'ck_stories_budget_cents') THEN
+        ALTER TABLE stories ADD CONSTRAINT ck_stories_budget_cents CHECK (budget_cents >= 0);
+    END IF;
+END;
+$$;
+-- ===== end of: what each book costs ===========================================================

@@ -23,6 +23,7 @@ from typing import Any
 from sqlalchemy import text
 from sqlalchemy.engine import Connection
 
+from db import usage as usage_db
 from db.erasure import FAILED_OTHER_STORY, KEPT_ORDER_COLUMNS
 from db.lifecycle import ORDERS_IN_FLIGHT
 
@@ -109,11 +110,13 @@ def rekey_orders(c: Connection, order_ids: list[str], kept: dict[str, str]) -> l
     cols = ", ".join(KEPT_ORDER_COLUMNS)
     made: list[str] = []
     for oid in old:
+        usage = usage_db.order_usage_ids(c, oid)  # its cost follows the new row (README "What each book costs")
         row: Any = c.execute(text(f"DELETE FROM orders WHERE id = :id RETURNING {cols}"), {"id": oid}).mappings().one()
         new = str(c.execute(text(f"""
             INSERT INTO orders (user_id, story_id, {cols})
             VALUES (:user, :story, {', '.join(':' + k for k in KEPT_ORDER_COLUMNS)}) RETURNING id"""),
             {**row, "user": kept["user"], "story": kept["story"]}).scalar_one())
+        usage_db.move_usage(c, usage, new, kept["story"])
         made.append(new)
     c.execute(text("DELETE FROM outbox_events WHERE order_id = ANY(CAST(:ids AS uuid[]))"), {"ids": made})
     return made

@@ -28,6 +28,7 @@ from sqlalchemy.orm import Mapped, mapped_column
 
 from db import event_models as _event_models  # noqa: F401  (registers the events' tables on Base.metadata)
 from db import lifecycle_models as _lifecycle_models  # noqa: F401  (the storage deletion queue's table)
+from db import usage_models as _usage_models  # noqa: F401  (the cost tables: provider_usage, budget_holds)
 from db.model_base import NAMING, STEP_STATUSES, Base
 from db.model_base import count as _count
 from db.model_base import pk as _pk
@@ -86,6 +87,7 @@ class Story(Base):
     __tablename__ = "stories"
     __table_args__ = (
         CheckConstraint("status IN ('pending', 'processing', 'completed', 'failed')", name="status"),
+        CheckConstraint("budget_cents >= 0", name="budget_cents"),
     )
 
     id: Mapped[uuid.UUID] = _pk()
@@ -112,6 +114,9 @@ class Story(Base):
     book_html_key: Mapped[str | None] = mapped_column(Text)
     # Retention (schema.sql's "Personal data" section): when the story's files were deleted
     files_deleted_at: Mapped[datetime | None] = mapped_column(TIMESTAMP(timezone=True))
+    # What each book costs (schema.sql's section; db/usage.py): NULL = STORY_BUDGET_CENTS
+    budget_cents: Mapped[int | None] = mapped_column(BigInteger)
+    budget_unlimited: Mapped[bool] = mapped_column(Boolean, nullable=False, server_default=text("false"))
 
 
 class StoryPage(Base):

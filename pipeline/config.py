@@ -179,3 +179,49 @@ def settings() -> Settings:
         raise SystemExit(f"configuration error: JOB_POLL_INTERVAL ({st.job_poll_interval}) must be under half "
                          f"of STEP_LEASE_SECONDS ({st.step_lease_seconds})")
     return st
+
+
+# --- What each book costs (README "What each book costs") ----------------------------------------
+
+@dataclass(frozen=True)
+class CostSettings:
+    """Prices of provider calls, in cents (of ``currency``) per unit, and the per-story budget.
+
+    Defaults: gpt-4o-mini's list price, $0.15 / $0.60 per 1M input / output tokens
+    (https://openai.com/api/pricing/, as of 2024-07); Replicate's A100 (80GB) hardware, $0.0014 per
+    second (https://replicate.com/pricing); Amazon Rekognition Image, $0.001 per image for the first
+    million a month (https://aws.amazon.com/rekognition/pricing/). Change them to your contracts."""
+
+    openai_input_per_m: float  # ¢ per 1M input (prompt) tokens
+    openai_output_per_m: float  # ¢ per 1M output (completion) tokens
+    replicate_second: float  # ¢ per second of a prediction's predict_time
+    replicate_prediction: float  # ¢ per prediction (a model priced per output)
+    rekognition_call: float  # ¢ per API call (DetectFaces, DetectLabels)
+    currency: str  # ISO 4217, lower case ("usd"), like orders.currency
+    estimate_replicate_seconds: float  # a prediction's hold before it runs
+    story_budget_cents: int  # default budget of a story, in cents (0: every paid call stops)
+
+
+def _currency(env: Mapping[str, str]) -> str:
+    raw = (env.get("COST_CURRENCY") or "").strip().lower() or "usd"
+    if len(raw) != 3 or not raw.isascii() or not raw.isalpha():
+        raise SystemExit(f"configuration error: COST_CURRENCY={raw[:40]!r} is not a currency code; allowed: three "
+                         "letters (ISO 4217, e.g. usd, eur)")
+    return raw
+
+
+def cost_settings(env: Mapping[str, str] | None = None) -> CostSettings:
+    """The prices and the default budget from the environment (or ``env``); each variable is
+    checked (SystemExit "configuration error: …" naming it and what is allowed). Prices are
+    cents per unit, >= 0 (the OpenAI prices per 1M tokens)."""
+    e = os.environ if env is None else env
+    return CostSettings(
+        openai_input_per_m=env_float("PRICE_OPENAI_INPUT_TOKENS", 15.0, 0.0, 1e6, env=e, note="¢ per 1M tokens"),
+        openai_output_per_m=env_float("PRICE_OPENAI_OUTPUT_TOKENS", 60.0, 0.0, 1e6, env=e, note="¢ per 1M tokens"),
+        replicate_second=env_float("PRICE_REPLICATE_SECOND", 0.14, 0.0, 1e4, env=e, note="¢ per second"),
+        replicate_prediction=env_float("PRICE_REPLICATE_PREDICTION", 0.0, 0.0, 1e4, env=e, note="¢ per prediction"),
+        rekognition_call=env_float("PRICE_REKOGNITION_CALL", 0.1, 0.0, 1e4, env=e, note="¢ per call"),
+        currency=_currency(e),
+        estimate_replicate_seconds=env_float("COST_ESTIMATE_REPLICATE_SECONDS", 10.0, 0.0, 86400.0, env=e),
+        story_budget_cents=env_int("STORY_BUDGET_CENTS", 500, 0, 10**9, env=e),
+    )

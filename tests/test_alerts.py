@@ -52,7 +52,7 @@ def _promtool(*args: str) -> str:
 
 
 def test_promtool_checks_the_rules_and_the_example_config() -> None:
-    assert "SUCCESS: 12 rules found" in _promtool("check", "rules", RULES.name)
+    assert "SUCCESS: 14 rules found" in _promtool("check", "rules", RULES.name)
     _promtool("check", "config", CONFIG.name)
 
 
@@ -186,7 +186,7 @@ def test_the_dashboard_imports_as_grafana_expects() -> None:
     assert len(ids) == len(set(ids))
     titles = {p["title"] for p in dash["panels"]}
     assert {"Stories per hour by outcome", "Step latency by stage (p50, p95)", "Queue depth",
-            "Oldest waiting work", "Provider errors per minute"} <= titles
+            "Oldest waiting work", "Provider errors per minute", "Cost per book"} <= titles
     assert all(t["datasource"]["uid"] == "${DS_PROMETHEUS}" for p in dash["panels"] for t in p["targets"])
 
 

@@ -53,3 +53,24 @@ STEP_RETRIES = Counter("storycreator_step_retries_total",
 def provider_request(provider: str, operation: str, outcome: str, seconds: float) -> None:
     PROVIDER_REQUESTS.labels(provider, operation, outcome).inc()
     PROVIDER_REQUEST_SECONDS.labels(provider, operation).observe(seconds)
+
+
+# What each book costs (pipeline/kernel/usage.py; README "What each book costs"): counted once per
+# recorded provider call (a re-run that sees the same call counts nothing).
+PROVIDER_COST = Counter("storycreator_provider_cost_microcents_total",
+                        "Cost of provider calls at the configured prices, micro-cents (1e-6 of a cent)",
+                        ["provider", "stage"])
+PROVIDER_USAGE = Counter("storycreator_provider_usage_total",
+                         "Units of provider calls: calls, input_tokens, output_tokens, seconds", ["provider", "unit"])
+BUDGET_STOPS = Counter("storycreator_budget_stops_total",
+                       "Story steps stopped because the next paid call would pass the story's budget", ["stage"])
+
+
+def usage(provider: str, stage: str, microcents: int, *, calls: int, input_tokens: int, output_tokens: int,
+          seconds: float) -> None:
+    """Count one recorded provider call: its cost (micro-cents) and units (zero units are not added)."""
+    PROVIDER_COST.labels(provider, stage).inc(microcents)
+    for unit, n in (("calls", calls), ("input_tokens", input_tokens), ("output_tokens", output_tokens),
+                    ("seconds", seconds)):
+        if n or unit == "calls":
+            PROVIDER_USAGE.labels(provider, unit).inc(n)

@@ -81,7 +81,7 @@ def check_worker_configuration() -> None:
     orders' settings read when a payment arrives) used to raise inside a task, which was then acked
     and lost: a worker with one it cannot work with exits at boot (workers/app.py) instead."""
     from db.engine import pool_size
-    from pipeline.config import log_level, settings
+    from pipeline.config import cost_settings, log_level, settings
     from pipeline.events.settings import event_settings
     from pipeline.kernel import quota
     from pipeline.kernel.cpu import processes
@@ -96,6 +96,7 @@ def check_worker_configuration() -> None:
 
     settings()  # STEP_*, STORY_PAGE_COUNT, providers' names, leases, timeouts...
     event_settings()  # WEBHOOK_*, EVENTS_*
+    cost_settings()  # PRICE_*, COST_CURRENCY, COST_ESTIMATE_*, STORY_BUDGET_CENTS
     log_level()
     pool_size()  # DB_POOL_SIZE
     processes()  # CPU_PROCESSES

@@ -10,7 +10,6 @@ import json
 import os
 import sys
 from pathlib import Path
-from typing import Any
 
 from pipeline.operations.cli_args import duration, non_negative, positive_int
 
@@ -28,8 +27,10 @@ def cmd_status(args: argparse.Namespace) -> int:
     from db import redo as redo_db
     from db.engine import transaction
     from pipeline.kernel.step import valid_uuid
+    from pipeline.operations.costs import story_cost_lines, story_cost_report
     from pipeline.operations.events import event_lines, story_events
     from pipeline.operations.story_book import book_links, revision_lines
+    from pipeline.operations.story_status import distinct_failures, waiting_for
     from pipeline.stories.stages import PAGE_STAGES
 
     if args.order is not None:
@@ -50,17 +51,19 @@ def cmd_status(args: argparse.Namespace) -> int:
     # A story being revised (a redone page) still has its previous book to read.
     book = book_links(sid, revision) if story["status"] == "completed" or (revision or {}).get("book_pdf_key") else {}
     events = story_events(sid)
+    cost = story_cost_report(sid)  # README "What each book costs"
     if args.json:
         print(
             json.dumps(
                 {"story": dict(story), "pages": [dict(p) for p in pages], "errors": [dict(e) for e in errors],
-                 "jobs": [dict(j) for j in jobs], "book": book, "revision": revision, "events": events},
+                 "jobs": [dict(j) for j in jobs], "book": book, "revision": revision, "events": events,
+                 "cost": cost},
                 default=str,
                 indent=2,
             )
         )
         return 0
-    errors = _distinct_failures(errors)
+    errors = distinct_failures(errors)
     # The story's current failure, once: at the top, with its stage and time when recorded.
     headline = next((e for e in reversed(errors) if e["permanent"] and not e["of_photo"]
                      and e["message"] == story["error_message"]), None)
@@ -68,7 +71,7 @@ def cmd_status(args: argparse.Namespace) -> int:
     if story["error_message"]:
         when = f" ({headline['stage']}, {headline['created_at']:%H:%M:%S})" if headline else ""
         print(f"  error{when}: {story['error_message']}")
-    waiting = _waiting_for(story) if not pages else None
+    waiting = waiting_for(story) if not pages else None
     if waiting:
         print(f"  waiting for {waiting}")
     face = story["protagonist_face"]
@@ -97,36 +100,13 @@ def cmd_status(args: argparse.Namespace) -> int:
     for j in ended:
         print(f"  {j['created_at']:%H:%M:%S} {j['stage']} (page {j['page_number']}) {j['provider']} job "
               f"{j['external_id'] or '(not created)'} {j['status']}: {j['error_message'] or ''}")
-    for line in event_lines(events):
+    for line in [*story_cost_lines(cost), *event_lines(events)]:
         print(line)
     return 0
 
 
-def _distinct_failures(errors: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """The story's error records with each failure once: a photo's failed analysis is recorded on
-    the photo and again on each story it failed, quoting it ("The photo could not be used: <the
-    photo's reason>"); the photo's own record is dropped when a story record quotes it."""
-    quoted = [e["message"] for e in errors if e["permanent"] and not e["of_photo"]]
-    return [e for e in errors
-            if not (e["of_photo"] and e["permanent"] and any(e["message"] in m for m in quoted))]
-
-
-def _waiting_for(story: dict[str, Any]) -> str | None:
-    """What a story without pages waits for, in words (None: it is not waiting: failed, or
-    completed). Its order is the story start's (db/stories.py claim_story): the photo's upload,
-    then its analysis, then a worker taking the queued message (or making the outline)."""
-    if story["status"] == "processing":
-        return "its outline (being written)"
-    if story["status"] != "pending":
-        return None
-    if story["photo_status"] == "pending_upload":
-        return f"its photo's upload (photo {story['photo_id']} pending_upload)"
-    if story["photo_analysis"] != "completed":
-        return f"its photo's analysis ({story['photo_analysis']})"
-    return "a worker (queued)"
-
-
 def _summary(args: argparse.Namespace) -> int:
+    from pipeline.operations.costs import daily, daily_lines
     from pipeline.operations.events import event_counts, summary_line
     from pipeline.operations.orders import order_summary
     from pipeline.operations.submit import summary
@@ -134,8 +114,9 @@ def _summary(args: argparse.Namespace) -> int:
     counts = summary()
     orders = order_summary()
     events = event_counts()
+    days = daily()
     if args.json:
-        print(json.dumps({**counts, "orders": orders, "events": events}))
+        print(json.dumps({**counts, "orders": orders, "events": events, "cost_per_day": days}))
         return 0
     statuses = ("pending", "processing", "completed", "failed")
     print(f"{'stage':<16}" + "".join(f"{st:>12}" for st in statuses))
@@ -143,7 +124,7 @@ def _summary(args: argparse.Namespace) -> int:
         print(f"{stage:<16}" + "".join(f"{by_status.get(st, 0):>12}" for st in statuses))
     print("orders          " + "  ".join(f"{st} {orders.get(st, 0)}" for st in
                                          ("pending_payment", "paid", "fulfilled", "shipped", "failed")))
-    print(summary_line(events))
+    print("\n".join([summary_line(events), *daily_lines(days)]))
     if orders.get("payment_needs_confirmation") or orders.get("payment_wrong_mode"):
         print(f"payments        needs confirmation {orders.get('payment_needs_confirmation', 0)} order(s) "
               f"(retry --order)  wrong Stripe mode {orders.get('payment_wrong_mode', 0)} event(s) ignored")
@@ -155,6 +136,7 @@ def _summary(args: argparse.Namespace) -> int:
 
 def _order_status(args: argparse.Namespace) -> int:
     from pipeline.kernel.step import valid_uuid
+    from pipeline.operations.costs import order_cost, order_cost_lines
     from pipeline.operations.events import event_lines, story_events
     from pipeline.operations.orders import format_report, order_report
 
@@ -168,8 +150,9 @@ def _order_status(args: argparse.Namespace) -> int:
         return 1
     # (report["events"] is the order's history, order_events; the web app's events are these)
     report["outbox_events"] = story_events(order_id=oid)
-    print(json.dumps(report, default=str, indent=2) if args.json
-          else "\n".join([format_report(report), *event_lines(report["outbox_events"])]))
+    report["cost"] = order_cost(oid)  # its print job's (README "What each book costs")
+    print(json.dumps(report, default=str, indent=2) if args.json else "\n".join(
+        [format_report(report), *order_cost_lines(report["cost"]), *event_lines(report["outbox_events"])]))
     return 0
 
 
@@ -363,9 +346,11 @@ def _main(argv: list[str] | None) -> int:
     bf.add_argument("--dry-run", action="store_true", help="list what would be enqueued; change nothing")
     bf.add_argument("--json", action="store_true")
     bf.set_defaults(fn=cmd_backfill)
+    from pipeline.operations.costs import add_parser as add_budget
     from pipeline.operations.forget import add_parser as add_forget
 
     add_forget(sub)
+    add_budget(sub)
     args = ap.parse_args(argv)
     from db.engine import reason, unavailable
     from db.url import DatabaseURLError, redact

@@ -21,6 +21,7 @@ from db import order_steps as steps_db
 from db import orders as orders_db
 from db.engine import autocommit, transaction
 from pipeline.config import settings
+from pipeline.kernel import usage
 from pipeline.kernel.errors import PermanentStepError, TransientStepError
 from pipeline.kernel.step import (
     FIRST_TRY,
@@ -134,6 +135,7 @@ def submit_print_job(order_id: str, attempt: Attempt = FIRST_TRY) -> StepResult:
                                 {"job": job.id, "run": claim["run"], "found": found})
         after = steps_db.print_state(c, order_id) if not recorded else None
     ctx["print_job"] = job.id
+    record_print_cost(order_id, provider.name, job)
     if recorded:
         return StepResult(Outcome.DONE, f"print job {job.id} ({'found' if found else 'created'})", timer.timings,
                           context=ctx)
@@ -156,9 +158,20 @@ def submit_print_job(order_id: str, attempt: Attempt = FIRST_TRY) -> StepResult:
 
 # --- the print job's lifecycle ------------------------------------------------------------------
 
+def record_print_cost(order_id: str, provider: str, job: lulu.PrintJob) -> None:
+    """The print job's cost against the order (README "What each book costs"), once per job: Lulu's
+    once it has priced the job (its costs, tax included); the offline print shop's at 0."""
+    if job.cost_microcents is None and provider == "lulu":
+        return
+    with usage.metered("print_job", f"order:{order_id}", order_id=order_id):
+        usage.record(provider, "print_job", call_id=job.id, cost=job.cost_microcents or 0,
+                     currency=job.cost_currency)
+
+
 def _apply_status(order_id: str, job: lulu.PrintJob, source: str) -> str:
     """The order moved as the provider's job says (poll or webhook); returns what happened:
     "fulfilled", "shipped", "failed" or "unchanged"."""
+    record_print_cost(order_id, source, job)
     seen = job.to_json()
     label = PROVIDER_LABEL.get(source, source)
     src: orders_db.Source = source if source in ("lulu", "local") else "worker"  # type: ignore[assignment]

@@ -15,6 +15,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from pipeline.providers.print_jobs import PROBLEMS, PrintJob
+from pipeline.providers.usage_calls import lulu_cost
 
 WEBHOOK_HEADER = "Lulu-HMAC-SHA256"
 
@@ -77,6 +78,7 @@ def parse_job(data: Any) -> PrintJob:
         carrier = carrier or item.get("carrier_name") or msgs.get("carrier_name") or None
         if name in PROBLEMS:
             reasons += [r for r in _reasons(msgs) if r not in reasons]
+    cost = lulu_cost(data)
     return PrintJob(
         id=str(data["id"]), external_id=str(data["external_id"]) if data.get("external_id") else None,
         status=name, message="; ".join(reasons)[:1000],
@@ -84,6 +86,7 @@ def parse_job(data: Any) -> PrintJob:
         line_item_external_ids=tuple(line_ids), tracking_id=str(tracking_id) if tracking_id else None,
         tracking_urls=urls, carrier=str(carrier) if carrier else None,
         created=str(data["date_created"]) if data.get("date_created") else None,
+        cost_microcents=cost[0] if cost else None, cost_currency=cost[1] if cost else None,
     )
 
 

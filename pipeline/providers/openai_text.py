@@ -37,6 +37,7 @@ from openai.types.shared_params import ResponseFormatJSONSchema
 
 from pipeline.config import env_number
 from pipeline.kernel.errors import PermanentStepError, StepError, TransientStepError, retry_after_seconds
+from pipeline.providers import usage_calls
 from pipeline.providers.base import NoHooks, Outline, PageRequest, RequestHooks, StoryRequest
 from pipeline.providers.names import capitalize_name, title_with_name
 from pipeline.providers.text_prompts import (
@@ -265,17 +266,19 @@ class OpenAIStoryWriter:
         messages: list[ChatCompletionMessageParam] = [
             {"role": "system", "content": system},
             # Only the JSON object, nothing around it: the data cannot close a quote or add a line.
-            {"role": "user", "content": json.dumps(data, ensure_ascii=False)},
+            {"role": "user", "content": (user := json.dumps(data, ensure_ascii=False))},
         ]
         response_format: ResponseFormatJSONSchema = {
             "type": "json_schema",
             "json_schema": {"name": name, "strict": True, "schema": schema},
         }
+        usage_calls.openai_hold(system, user, self.max_tokens)  # BudgetReached: nothing sent
         self._hooks.before(PROVIDER, OPERATION)  # may raise TransientStepError: let it propagate
         started = time.monotonic()
         outcome = "client_error"
         error: StepError | None = None
         reply: dict[str, Any] = {}
+        body: str | None = None
         try:
             raw = self._client.chat.completions.with_raw_response.create(
                 model=self.model,
@@ -307,6 +310,7 @@ class OpenAIStoryWriter:
                 outcome, error = "malformed", e
         finally:
             self._hooks.after(PROVIDER, OPERATION, outcome, time.monotonic() - started)
+            usage_calls.openai_record(body)  # the reply's usage (tokens are billed even for a bad reply)
         if error is not None:
             # Raised outside the except blocks on purpose: no __context__ chain to the SDK's
             # exception, whose request object carries the Authorization header.

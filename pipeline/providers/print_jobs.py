@@ -57,6 +57,10 @@ class PrintJob:
     tracking_urls: tuple[str, ...] = ()
     carrier: str | None = None
     created: str | None = None
+    # What the provider charges for the job (Lulu's costs, tax included; None until priced), in
+    # micro-cents of ``cost_currency`` (README "What each book costs")
+    cost_microcents: int | None = None
+    cost_currency: str | None = None
 
     @property
     def problem(self) -> bool:

@@ -58,6 +58,33 @@ class _Slow:
         return call
 
 
+_COUNTED = ("analyze_photo", "write_outline", "write_page", "draw_base", "personalize")  # the providers' calls
+
+
+class _Counted:
+    """Records each call of the wrapped offline provider (pipeline/kernel/usage.py): one call, its
+    wall seconds, cost 0, under the running step's meter."""
+
+    def __init__(self, inner: Any, provider: str) -> None:
+        self._inner = inner
+        self._provider = provider
+
+    def __getattr__(self, name: str) -> Any:
+        attr = getattr(self._inner, name)
+        if name not in _COUNTED:
+            return attr
+
+        def call(*args: Any, **kwargs: Any) -> Any:
+            from pipeline.providers.usage_calls import offline_record
+
+            t0 = time.monotonic()
+            result = attr(*args, **kwargs)
+            offline_record(self._provider, name, time.monotonic() - t0)
+            return result
+
+        return call
+
+
 _lock = threading.Lock()
 _cached: tuple[int, Providers] | None = None
 
@@ -119,6 +146,13 @@ def _build(s: Settings) -> Providers:
 
     if s.simulated_latency > 0:
         vision, writer, illustrator = (_Slow(p, s.simulated_latency) for p in (vision, writer, illustrator))
+    # Offline providers cost nothing but are counted (calls, seconds; README "What each book costs").
+    if s.vision_provider in ("local", "instant"):
+        vision = _Counted(vision, s.vision_provider)
+    if s.text_provider in ("local", "instant"):
+        writer = _Counted(writer, s.text_provider)
+    if s.image_provider in ("local", "instant"):
+        illustrator = _Counted(illustrator, s.image_provider)
 
     return Providers(vision, writer, illustrator, output_storage(), image_jobs)
 

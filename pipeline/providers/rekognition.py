@@ -46,7 +46,9 @@ from botocore.exceptions import ClientError
 from PIL import Image
 
 from pipeline.config import env_number
+from pipeline.kernel import usage
 from pipeline.kernel.errors import PermanentStepError, StepError
+from pipeline.providers import usage_calls
 from pipeline.providers.aws import REKOGNITION, Malformed, call, client_error_parts, make_client, reason
 from pipeline.providers.base import BoundingBox, Face, Label, Landmark, NoHooks, PhotoAnalysis, RequestHooks
 from pipeline.providers.face_quality import MIN_FACE_PIXELS as FACE_PIXELS_FLOOR
@@ -287,7 +289,16 @@ class RekognitionAnalyzer:
         return face_problems(face, attribute_confidence=self.attribute_confidence, max_abs_yaw=self.max_abs_yaw)
 
     def _call(self, op: str, parse: Callable[[Any], T], send: Callable[[], Any]) -> T:
-        return call(self.hooks, REKOGNITION, "Amazon Rekognition", op, send, parse, self._image_error)
+        usage_calls.rekognition_hold()  # BudgetReached: nothing sent
+
+        def sent() -> Any:
+            reply = send()
+            usage_calls.rekognition_record(op, reply)  # one call, billed once answered
+            return reply
+        try:
+            return call(self.hooks, REKOGNITION, "Amazon Rekognition", op, sent, parse, self._image_error)
+        finally:
+            usage.release("rekognition")  # (a recorded call's hold is gone already)
 
     @staticmethod
     def _image_error(exc: ClientError) -> tuple[str, StepError] | None:

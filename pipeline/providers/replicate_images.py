@@ -47,7 +47,9 @@ import httpx
 from replicate.client import Client
 from replicate.exceptions import ReplicateError
 
+from pipeline.kernel import usage
 from pipeline.kernel.errors import PermanentStepError, TransientStepError
+from pipeline.providers import usage_calls
 from pipeline.providers.base import Face, JobStatus, NoHooks, PageRequest, RequestHooks
 from pipeline.providers.http_retry import RetryableError, retry_transient
 from pipeline.providers.replicate_http import HTTPStatusError, TooLarge, raise_for_status, status_error, status_outcome
@@ -227,7 +229,12 @@ class ReplicateImageJobs:
             def send() -> Any:
                 return self._sdk.models.predictions.create(model=model, input=model_input)
 
-        prediction = self._call("create", send, target=target)
+        usage_calls.replicate_hold()  # BudgetReached: nothing sent
+        try:
+            prediction = self._call("create", send, target=target)
+        except Exception:
+            usage.release("replicate")  # no prediction: nothing to pay (a lost reply's job is found later)
+            raise
         log.info("replicate %s prediction %s created (%s)", kind, prediction.id, target.spec)
         return str(prediction.id)
 
@@ -276,6 +283,7 @@ class ReplicateImageJobs:
         except OutputExpiredError as exc:
             return JobStatus("expired", error=str(exc))
         st = prediction_status(p)
+        usage_calls.replicate_record(p)  # once it has ended: its metrics.predict_time
         return JobStatus(st.state, st.output_url, self._safe(st.error) if st.error else None)
 
     def cancel(self, job_id: str) -> None:

@@ -18,6 +18,7 @@ from db import pages as pages_db
 from db.claims import Stage, poison_message
 from db.engine import autocommit
 from pipeline.config import settings
+from pipeline.kernel import usage
 from pipeline.kernel.errors import PermanentStepError
 from pipeline.kernel.step import (
     Attempt,
@@ -137,7 +138,9 @@ def run_page_step(page_id: str, stage: Stage, attempt: Attempt, work: Work) -> S
     if poisoned is not None:
         return poisoned
     try:
-        values = guarded(lambda: work(claim, timer), attempt=attempt, record=record, what=label.capitalize())
+        with usage.metered(stage, f"{page_id}:{stage}:r{claim.revision}:a{attempt.number}", story_id=claim.story_id,
+                           page_number=claim.page_number):
+            values = guarded(lambda: work(claim, timer), attempt=attempt, record=record, what=label.capitalize())
     except StepFailed as e:
         return StepResult(Outcome.FAILED, str(e), timer.timings, context=ctx)
     with timer.phase("record"), autocommit() as c:

@@ -13,6 +13,7 @@ from db import photos as photos_db
 from db.claims import poison_message
 from db.engine import autocommit
 from pipeline.config import settings
+from pipeline.kernel import usage
 from pipeline.kernel.errors import PermanentStepError
 from pipeline.kernel.step import (
     FIRST_TRY,
@@ -98,7 +99,9 @@ def analyze_photo(photo_id: str, attempt: Attempt = FIRST_TRY, analysed: dict[st
         record.fail(msg)
         return StepResult(Outcome.FAILED, msg, timer.timings)
     try:
-        faces, labels, objects, profile = guarded(work, attempt=attempt, record=record, what="Photo analysis")
+        # Its cost is the photo's (the story's, when the story's start runs it: the meter around it)
+        with usage.metered("analysis", f"photo:{photo_id}:a{attempt.number}", budgeted=False):
+            faces, labels, objects, profile = guarded(work, attempt=attempt, record=record, what="Photo analysis")
     except StepFailed as e:
         return StepResult(Outcome.FAILED, str(e), timer.timings)
     with timer.phase("record"), autocommit() as c:

@@ -27,6 +27,7 @@ from db import provider_jobs as jobs_db
 from db.engine import autocommit, transaction
 from db.pages import PageClaim
 from pipeline.config import settings
+from pipeline.kernel import usage
 from pipeline.kernel.errors import OutputGoneError
 from pipeline.kernel.quota import QuotaWait, quotas
 from pipeline.kernel.step import (
@@ -92,7 +93,13 @@ def job_step(page_id: str, stage: jobs_db.JobStage, attempt: Attempt) -> StepRes
     create the job (or find the one a dead run created), and come back later: raises RetryLater
     (waiting) every JOB_POLL_INTERVAL s until the job ends. Then the output is stored and the
     column completed (DONE), or the page fails (FAILED, recorded), or, when the output expired,
-    a new job is made (bounded by JOB_OUTPUT_RECREATIONS)."""
+    a new job is made (bounded by JOB_OUTPUT_RECREATIONS). The job's cost is recorded against the
+    story and page (pipeline/kernel/usage.py; the meter is filled in once the page is known)."""
+    with usage.metered(stage, f"{page_id}:{stage}:a{attempt.number}") as meter:
+        return _job_step(page_id, stage, attempt, meter)
+
+
+def _job_step(page_id: str, stage: jobs_db.JobStage, attempt: Attempt, meter: usage.Meter) -> StepResult:
     s = settings()
     jobs = registry.providers().image_jobs
     assert jobs is not None
@@ -111,6 +118,7 @@ def job_step(page_id: str, stage: jobs_db.JobStage, attempt: Attempt) -> StepRes
     else:
         return StepResult(Outcome.STOPPED, "page not found", timer.timings)
     revision = claim.revision if claim is not None else int(state["revision"]) if state is not None else 1
+    meter.story_id, meter.page_number = ctx["story"], ctx["page_number"]
     if revision > 1:  # a redone page (README "Redoing a page"): its pictures go to that revision's keys
         ctx["revision"] = revision
     label = STAGE_LABEL[stage]

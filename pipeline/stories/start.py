@@ -16,6 +16,7 @@ from db import stories as stories_db
 from db.claims import poison_message
 from db.engine import autocommit
 from pipeline.config import settings
+from pipeline.kernel import usage
 from pipeline.kernel.errors import PermanentStepError
 from pipeline.kernel.step import (
     FIRST_TRY,
@@ -138,7 +139,9 @@ def generate_story(story_id: str, attempt: Attempt = FIRST_TRY) -> StepResult:
                 # Not the story's own attempt: its redelivery (our own retry) is not the photo
                 # message's, so a live holder's claim is answered "held by another worker" and we
                 # look again in ~2 s below, instead of waiting out the rest of its lease.
-                result = analyze_photo(photo_id, inline_attempt(attempt), analysed)
+                with usage.metered("analysis", f"{story_id}:analysis:a{attempt.number}", story_id=story_id,
+                                   budgeted=False):
+                    result = analyze_photo(photo_id, inline_attempt(attempt), analysed)
             except ClaimLost as lost:  # another worker took the photo's analysis over: wait for it
                 result = StepResult(Outcome.STOPPED, f"photo analysis taken over ({lost})")
             except RetryLater:
@@ -183,7 +186,8 @@ def generate_story(story_id: str, attempt: Attempt = FIRST_TRY) -> StepResult:
             return outline
 
         try:
-            outline = guarded(write, attempt=attempt, record=record, what="Story outline")
+            with usage.metered("outline", f"{story_id}:outline:a{attempt.number}", story_id=story_id):
+                outline = guarded(write, attempt=attempt, record=record, what="Story outline")
         except StepFailed as e:
             return StepResult(Outcome.FAILED, str(e), timer.timings)
         with timer.phase("record"), autocommit() as c:
