@@ -269,6 +269,8 @@ def test_a_story_at_the_cap_waits_is_not_stuck_and_the_oldest_starts_when_a_slot
     assert slots.sweep_waiting(settle=0, dry_run=True) == [other, oldest]
     with autocommit() as c:
         assert slots_db.waiting_stories(c, 10, CAP, settle=0) == [other, oldest]
+        accounts = [(str(a["user_id"]), a["free"], a["waiting"]) for a in slots_db.accounts_with_free_slots(c, CAP)]
+        assert accounts[1:] == [(user, 1, 3)] and accounts[0][1:] == (CAP, 1)
         clean_db.exec("UPDATE stories SET status = 'failed' WHERE id = :s", s=running[1])
         assert slots_db.account_waiting(c, user, CAP) == [oldest, middle]
 
