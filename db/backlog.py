@@ -17,7 +17,7 @@ from sqlalchemy import text
 from sqlalchemy.engine import Connection
 
 from db.pages import page_column
-from db.slots import NOT_UPLOADING, cap_clause
+from db.slots import NOT_UPLOADING, turn_clause
 
 # waiting_for_slot: pending at its account's cap (USER_STORIES_IN_FLIGHT, db/slots.py), not lost.
 STORY_STATUSES = ("pending", "processing", "waiting_for_slot")
@@ -25,10 +25,11 @@ STORY_STATUSES = ("pending", "processing", "waiting_for_slot")
 # the hand-off and shipping (`fulfilled`): each aged from the moment it entered that status.
 ORDER_STATUSES = {"paid": "paid_at", "fulfilled": "fulfilled_at"}
 
-# A pending story whose account is at its cap (and whose photo is not being uploaded) waits for a
-# slot: its own series, so the pending one ages only stories that should be moving.
+# A pending story without its turn in its account (USER_STORIES_IN_FLIGHT; its photo not being
+# uploaded) waits for a slot: its own series, so the pending one ages only stories that should be
+# moving (also between a story's end and its hand-off's claim: then only the next in turn is pending).
 _OLDEST_STORIES = f"""
-        SELECT CASE WHEN w.status = 'pending' AND {NOT_UPLOADING} AND NOT {cap_clause("w.user_id")}
+        SELECT CASE WHEN w.status = 'pending' AND {NOT_UPLOADING} AND NOT {turn_clause("w")}
                     THEN 'waiting_for_slot' ELSE w.status END AS kind,
                EXTRACT(EPOCH FROM now() - min(w.created_at)), count(*)
           FROM stories w WHERE w.status IN ('pending', 'processing') GROUP BY 1"""
@@ -61,8 +62,9 @@ def story_backlog(c: Connection, cap: int = 0) -> tuple[dict[str, float], dict[s
     """Age in seconds of the oldest story, and how many stories there are, per status: ``({"pending":
     s, "processing": s, "waiting_for_slot": s}, {"pending": n, ...})`` (0.0 and 0 when none), ages
     from the story's ``created_at`` (how long its parent has been waiting). ``waiting_for_slot``:
-    pending stories whose account has ``cap`` (USER_STORIES_IN_FLIGHT; 0: no cap, none) stories
-    in flight; they are not in ``pending``. One statement."""
+    pending stories without their turn under ``cap`` (USER_STORIES_IN_FLIGHT; 0: no cap, none):
+    more of their account's stories in flight and older pending than it has slots
+    (db.slots.turn_clause); they are not in ``pending``. One statement."""
     ages, counts = dict.fromkeys(STORY_STATUSES, 0.0), dict.fromkeys(STORY_STATUSES, 0)
     for status, age, n in c.execute(text(_OLDEST_STORIES), {"cap": cap}):
         ages[status], counts[status] = _age(age), int(n)

@@ -15,7 +15,7 @@ from sqlalchemy.engine import Connection, RowMapping
 
 from db.models import Base
 from db.pages import page_column
-from db.slots import cap_clause, in_flight
+from db.slots import in_flight, turn_clause
 
 # --- retry ---------------------------------------------------------------------------------------
 
@@ -138,9 +138,9 @@ _STUCK_STORY_STARTS = f"""
                  AND NOT EXISTS (SELECT 1 FROM photos ph WHERE ph.id = s.protagonist_photo_id
                                     AND ph.status = 'pending_upload'
                                     AND s.updated_at >= now() - make_interval(secs => :upload_wait))
-                 -- nor while its account is at its cap (USER_STORIES_IN_FLIGHT): it waits for a
-                 -- slot, and the hand-off or the sweep's waiting pass sends it (db/slots.py)
-                 AND {cap_clause()})
+                 -- nor while it waits for a slot of its account (USER_STORIES_IN_FLIGHT): not its
+                 -- turn yet; the hand-off or the sweep's waiting pass sends it (db/slots.py)
+                 AND {turn_clause()})
              OR (s.status = 'processing' AND s.updated_at < now() - make_interval(secs => :lease)
                  AND NOT EXISTS (SELECT 1 FROM story_pages p WHERE p.story_id = s.id)))
          ORDER BY s.id LIMIT :limit"""
@@ -188,7 +188,8 @@ def stuck_photos(c: Connection, params: dict[str, Any]) -> list[tuple[str, ...]]
 def stuck_story_starts(c: Connection, params: dict[str, Any]) -> list[tuple[str, ...]]:
     """Stories whose start (outline, page rows) is stuck: rows (story id,). ``params``: after,
     limit, lease, pending_after, upload_wait (seconds), cap (USER_STORIES_IN_FLIGHT: a pending
-    story of an account at its cap waits for a slot and is not stuck; 0: no cap)."""
+    story without its turn in its account waits for a slot and is not stuck, db.slots.turn_clause;
+    0: no cap)."""
     return _rows(c, _STUCK_STORY_STARTS, params)
 
 

@@ -21,7 +21,7 @@ from sqlalchemy.engine import Connection, RowMapping
 
 __all__ = [
     "IN_FLIGHT", "NOT_UPLOADING", "accounts_with_free_slots", "account_waiting", "cap_clause", "in_flight",
-    "lock_account", "story_account", "story_start_state", "waiting_stories",
+    "lock_account", "story_account", "story_start_state", "turn_clause", "waiting_stories",
 ]
 
 # The index predicates (schema.sql): a story in flight, a story waiting for its start.
@@ -41,6 +41,17 @@ def cap_clause(user: str = "s.user_id") -> str:
     parameter; 0 or less: no cap). Exact only under :func:`lock_account` in the same transaction,
     in a statement after the lock's (a statement's snapshot is taken when it starts)."""
     return f"(CAST(:cap AS integer) <= 0 OR {in_flight(user)} < CAST(:cap AS integer))"
+
+
+def turn_clause(s: str = "s") -> str:
+    """SQL: true when the pending story ``s`` (a table alias) has its turn: no cap (``:cap`` <= 0),
+    or fewer of its account's pending stories are older than it (created_at, then id) than the
+    account has free slots. A story without its turn waits for a slot: no message of its own is
+    due (its account's hand-off or the sweep's waiting pass sends it). The count of older ones
+    stops at ``:cap`` (ix_stories_user_pending), so a large batch costs no more than a small one."""
+    return (f"(CAST(:cap AS integer) <= 0 OR (SELECT count(*) FROM (SELECT 1 FROM stories o "
+            f"WHERE o.user_id = {s}.user_id AND o.{_PENDING} AND (o.created_at, o.id) < ({s}.created_at, {s}.id) "
+            f"LIMIT CAST(:cap AS integer)) older) < CAST(:cap AS integer) - {in_flight(f'{s}.user_id')})")
 
 
 # A pending story that waits for a slot rather than for its photo: a photo still being uploaded

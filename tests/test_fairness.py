@@ -267,6 +267,12 @@ def test_a_story_at_the_cap_waits_is_not_stuck_and_the_oldest_starts_when_a_slot
     assert sent == [oldest] and _sent_starts() == [oldest]
     # and the sweep's backstop would send the same oldest first, one per free slot
     assert slots.sweep_waiting(settle=0, dry_run=True) == [other, oldest]
+    # and until that start claims the slot, only the story whose turn it is counts as pending (a
+    # lost message would be re-sent for it alone); the two after it still wait for a slot
+    stuck = {i.kwargs.get("story_id") for i in find_stuck(lease=300, pending_after=0)}
+    assert oldest in stuck and {newest, middle}.isdisjoint(stuck)
+    with autocommit() as c:
+        assert story_backlog(c, CAP)[1] == {"pending": 2, "processing": CAP - 1, "waiting_for_slot": 2}
     with autocommit() as c:
         assert slots_db.waiting_stories(c, 10, CAP, settle=0) == [other, oldest]
         accounts = [(str(a["user_id"]), a["free"], a["waiting"]) for a in slots_db.accounts_with_free_slots(c, CAP)]
