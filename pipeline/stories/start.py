@@ -3,7 +3,9 @@ is analysed (inline when nobody has), write the outline, title and page rows onc
 pages to run (the fan-out).
 
 stories.status pending -> processing; a start that fails records the parent's message. A story
-whose photo's upload is not confirmed yet waits (pipeline/stories/upload_wait.py) without a claim.
+whose photo's upload is not confirmed yet waits (pipeline/stories/upload_wait.py) without a claim,
+and so does a story whose account has USER_STORIES_IN_FLIGHT stories in flight: it stays pending
+until one of them ends (pipeline/stories/slots.py; README "Fair turns between families").
 """
 from __future__ import annotations
 
