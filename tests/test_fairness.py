@@ -216,9 +216,28 @@ def _family_of(db: Db, user: str, n: int, minutes_ago: list[int] | None = None) 
     return out
 
 
+@pytest.fixture()
+def quiet_broker(monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
+    """What the code publishes goes to this module's broker, which no worker consumes now (the
+    session's shared worker, if one runs, would take the messages before the test reads them)."""
+    from celery import Celery
+
+    from pipeline.kernel import publish
+
+    monkeypatch.setenv("CELERY_BROKER_URL", BROKER)  # Celery reads it over its own configuration
+    client = Celery("fairness-test", set_as_current=False)
+    client.config_from_object("celeryconfig")
+    client.conf.broker_url = BROKER
+    monkeypatch.setattr(publish, "app", lambda: client)
+    flush_redis(BROKER)
+    yield BROKER
+    flush_redis(BROKER)
+    client.close()
+
+
 def _sent_starts() -> list[str]:
-    """story ids of the stories.generate messages in this process's broker queue 'stories'."""
-    r = redis.Redis.from_url(os.environ["CELERY_BROKER_URL"])
+    """story ids of the stories.generate messages in this module's broker queue 'stories'."""
+    r = redis.Redis.from_url(BROKER)
     try:
         out = []
         for raw in reversed(r.lrange("stories", 0, -1)):  # LPUSH: oldest last
@@ -230,11 +249,11 @@ def _sent_starts() -> list[str]:
         r.close()
 
 
-def test_a_story_at_the_cap_waits_is_not_stuck_and_the_oldest_starts_when_a_slot_frees(clean_db: Db) -> None:
+def test_a_story_at_the_cap_waits_is_not_stuck_and_the_oldest_starts_when_a_slot_frees(
+        clean_db: Db, quiet_broker: str) -> None:
     from pipeline.operations.stuck import find_stuck
     from pipeline.stories import steps
 
-    flush_redis(os.environ["CELERY_BROKER_URL"])
     # given an account with four stories in flight and three waiting, sent in another order than
     # they were made, and another account's older story
     user = clean_db.user()
@@ -297,7 +316,7 @@ def test_status_says_a_story_waits_for_a_slot_of_its_account(clean_db: Db, capsy
     assert "waiting for a worker (queued)" in capsys.readouterr().out
 
 
-def test_pages_of_a_busier_account_go_later_on_every_link(clean_db: Db) -> None:
+def test_pages_of_a_busier_account_go_later_on_every_link(clean_db: Db, quiet_broker: str) -> None:
     # the priority: 0 for a family's only story, then Redis's steps 3, 6, 9
     assert [slots.page_priority(n, 0) for n in range(5)] == [0, 3, 6, 9, 9]
     assert slots.page_priority(1, 1) == 6 and slots.page_priority(0, 40) == 9
@@ -309,11 +328,10 @@ def test_pages_of_a_busier_account_go_later_on_every_link(clean_db: Db) -> None:
         claim = tx.claim_story(c, first, 300.0)
     assert claim is not None and (claim["in_flight_before"], claim["backlog"]) == (1, 2)
     # every link of a page's chain carries it to the broker (Redis: the queue's priority-9 list)
-    flush_redis(os.environ["CELERY_BROKER_URL"])
     from pipeline.kernel import publish
 
     publish.send_signature(page_chain("00000000-0000-0000-0000-000000000001", "text", first, priority=9))
-    r = redis.Redis.from_url(os.environ["CELERY_BROKER_URL"])
+    r = redis.Redis.from_url(quiet_broker)
     try:
         assert r.llen("text") == 0 and r.llen("text\x06\x169") == 1
         msg: dict[str, Any] = json.loads(r.lindex("text\x06\x169", 0))  # type: ignore[arg-type]
