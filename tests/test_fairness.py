@@ -30,7 +30,17 @@ from db.engine import autocommit, make_engine
 from pipeline.operations.cli import main as cli
 from pipeline.stories import slots
 from pipeline.stories.stages import page_chain
-from tests.support import ROOT, Db, WorkerProcess, astronaut_png, external_send, flush_redis
+from tests.support import (
+    ROOT,
+    Db,
+    WorkerProcess,
+    astronaut_png,
+    consume_all,
+    flush_redis,
+    standby_queue,
+    start_workers,
+    stop_workers,
+)
 
 REDIS = os.environ.get("TEST_REDIS_URL", "redis://127.0.0.1:6379")
 BROKER = f"{REDIS}/{int(os.environ.get('TEST_REDIS_DB', '11')) + 2}"
@@ -83,6 +93,14 @@ def _wait_all(db: Db, stories: list[str], timeout: float, *logs: WorkerProcess) 
         + "\n" + "\n".join(w.tail(30) for w in logs))
 
 
+def _send_starts(stories: list[str]) -> None:
+    """stories.generate for each story, as the external API publishes it, all from one client
+    process (tests/external_client.py), so they arrive together."""
+    env = {k: v for k, v in os.environ.items() if k in ("PATH", "HOME", "LANG", "LC_ALL", "TMPDIR")}
+    subprocess.run([sys.executable, str(ROOT / "tests" / "external_client.py"), BROKER, "stories.generate",
+                    *[json.dumps({"story_id": s}) for s in stories]], cwd="/", check=True, timeout=60, env=env)
+
+
 def _peak(db: Db, user: str) -> int:
     return int(db.one("SELECT COALESCE(max(in_flight), 0) AS n FROM fair_audit WHERE user_id = :u", u=user)["n"])
 
@@ -98,8 +116,7 @@ def test_a_capped_account_runs_two_at_a_time_and_the_rest_start_by_themselves(
     request.addfinalizer(w.stop)
     w.start()
     user, stories = _family(audited, 5)
-    for story in stories:
-        external_send(BROKER, "stories.generate", {"story_id": story})
+    _send_starts(stories)
     # then all five complete, with no operator and nothing re-sent by hand
     _wait_all(audited, stories, 90, w)
     # and never more than two of them were in flight at once (two were: the cap was reached)
@@ -115,29 +132,15 @@ def test_a_worker_killed_holding_the_accounts_slots_does_not_strand_its_waiting_
         audited: Db, tmp_path: Path, request: pytest.FixtureRequest) -> None:
     # given a capped account's two stories in flight on a worker, two more waiting, and no
     # redelivery by the broker within the test (visibility timeout 10 min): only the leases and
-    # the sweep can free the dead worker's slots
+    # the sweep (the beat, every second) can free the dead worker's slots
     flush_redis(BROKER)
     env = {**FAST, "SIMULATED_PROVIDER_LATENCY": "0.5", "STEP_LEASE_SECONDS": "3", "BROKER_VISIBILITY_TIMEOUT": "600",
            "SWEEP_INTERVAL": "1"}
     first = WorkerProcess(tmp_path / "first.log", env=env, concurrency=8)
-    request.addfinalizer(first.stop)
-    first.start()
-    user, stories = _family(audited, 4)
-    for story in stories:
-        external_send(BROKER, "stories.generate", {"story_id": story})
-    deadline = time.monotonic() + 40
-    while audited.one("""SELECT count(*) AS n FROM story_pages p JOIN stories s ON s.id = p.story_id
-                          WHERE s.user_id = :u AND p.text_generation_status = 'completed'""", u=user)["n"] < 1:
-        assert time.monotonic() < deadline, first.tail()
-        time.sleep(0.05)
-    # when the worker is SIGKILLed while it holds both slots
-    first.kill()
-    held = audited.all("SELECT id FROM stories WHERE user_id = :u AND status = 'processing'", u=user)
-    assert len(held) == 2, held
-    # and another worker and the beat (the sweep every second) run
     second = WorkerProcess(tmp_path / "second.log", env=env, concurrency=8)
-    request.addfinalizer(second.stop)
-    second.start()
+    second.queues = standby_queue(second)  # booted alongside, takes no work until the kill
+    request.addfinalizer(lambda: stop_workers(first, second))
+    start_workers(first, second)
     beat_log = open(tmp_path / "beat.log", "ab")
     beat = subprocess.Popen([str(Path(sys.executable).parent / "celery"), "-A", "workers.app", "beat",
                              "--loglevel", "INFO", "--schedule", str(tmp_path / "beat-schedule")],
@@ -150,6 +153,19 @@ def test_a_worker_killed_holding_the_accounts_slots_does_not_strand_its_waiting_
         beat_log.close()
 
     request.addfinalizer(stop_beat)
+    user, stories = _family(audited, 4)
+    _send_starts(stories)
+    deadline = time.monotonic() + 40
+    while audited.one("""SELECT count(*) AS n FROM story_pages p JOIN stories s ON s.id = p.story_id
+                          WHERE s.user_id = :u AND p.text_generation_status = 'completed'""", u=user)["n"] < 1:
+        assert time.monotonic() < deadline, first.tail()
+        time.sleep(0.05)
+    # when the worker is SIGKILLed while it holds both slots
+    first.kill()
+    held = audited.all("SELECT id FROM stories WHERE user_id = :u AND status = 'processing'", u=user)
+    assert len(held) == 2, held
+    # and another worker takes the queues
+    consume_all(BROKER, second)
     # then every story of the account completes, the cap held throughout
     _wait_all(audited, stories, 90, second)
     assert _peak(audited, user) <= 2
