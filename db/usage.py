@@ -57,17 +57,18 @@ class Budget:
     held: int
 
 
-def lock_budget(c: Connection, story_id: str, default_cents: int) -> Budget | None:
+def lock_budget(c: Connection, story_id: str, default_cents: int, hold_key: str = "") -> Budget | None:
     """Take the story's budget lock (a transaction-level advisory lock on the story id: holds of one
-    story are decided one at a time, on every worker) and read its budget, spending and live holds.
-    None when the story does not exist. Must run inside a transaction."""
+    story are decided one at a time, on every worker) and read its budget, spending and live holds,
+    without call site ``hold_key``'s own (a re-run's hold replaces it: :func:`put_hold`). None
+    when the story does not exist. Must run inside a transaction."""
     c.execute(text("SELECT pg_advisory_xact_lock(hashtextextended('budget:' || :s, 0))"), {"s": story_id})
     row = c.execute(text("""
         SELECT s.budget_cents, s.budget_unlimited,
                COALESCE((SELECT sum(cost_microcents) FROM provider_usage WHERE story_id = s.id), 0) AS spent,
                COALESCE((SELECT sum(cost_microcents) FROM budget_holds
-                          WHERE story_id = s.id AND expires_at > now()), 0) AS held
-          FROM stories s WHERE s.id = CAST(:s AS uuid)"""), {"s": story_id}).mappings().first()
+                          WHERE story_id = s.id AND expires_at > now() AND hold_key <> :k), 0) AS held
+          FROM stories s WHERE s.id = CAST(:s AS uuid)"""), {"s": story_id, "k": hold_key}).mappings().first()
     if row is None:
         return None
     cents = row["budget_cents"] if row["budget_cents"] is not None else default_cents

@@ -163,6 +163,24 @@ def test_a_hold_past_the_budget_stops_with_the_commands_that_lift_it(clean_db: D
     assert (out["budget_cents"], out["budget_is_default"], out["total_microcents"]) == (500, True, 900_000 + 7_500)
 
 
+def test_a_re_run_of_a_call_site_is_not_held_twice_against_the_budget(clean_db: Db) -> None:
+    story = _story(clean_db)
+    assert cli(["budget", "--story", story, "--cents", "1"]) == 0  # 1¢
+    # Given a text step that held its call, then stopped before sending it (a quota wait: its
+    # hold stays until the lease ends)
+    with usage.metered("text", "p:text:r1:a0", story_id=story, page_number=3):
+        usage.hold("openai", 600_000)  # 0.6¢
+    # When the step runs again, its call site holds the same call once more: it replaces its own
+    # hold (put_hold), so it must not be counted against itself
+    with usage.metered("text", "p:text:r1:a1", story_id=story, page_number=3):
+        usage.hold("openai", 600_000)
+    held = clean_db.all("SELECT cost_microcents AS m FROM budget_holds WHERE story_id = :s", s=story)
+    assert [h["m"] for h in held] == [600_000]
+    # while another page's call, on top of that live hold, still stops at the budget
+    with usage.metered("text", "q:text:r1:a0", story_id=story, page_number=4), pytest.raises(usage.BudgetReached):
+        usage.hold("openai", 600_000)
+
+
 def test_a_page_stopped_by_the_budget_fails_with_the_reason_on_the_page_and_the_story(clean_db: Db) -> None:
     from pipeline.kernel.step import FIRST_TRY
     from pipeline.stories.page_step import run_page_step

@@ -163,7 +163,7 @@ def hold(provider: str, estimate: int, *, seconds: float | None = None) -> None:
     prices = cost_settings()
     key = _hold_key(m, provider)
     with transaction() as c:
-        budget = usage_db.lock_budget(c, m.story_id, prices.story_budget_cents)
+        budget = usage_db.lock_budget(c, m.story_id, prices.story_budget_cents, key)
         if budget is None:
             return
         if budget.limit_microcents is not None and budget.spent + budget.held + estimate > budget.limit_microcents:
