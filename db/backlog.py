@@ -28,10 +28,13 @@ ORDER_STATUSES = {"paid": "paid_at", "fulfilled": "fulfilled_at"}
 # A pending story without its turn in its account (USER_STORIES_IN_FLIGHT; its photo not being
 # uploaded) waits for a slot: its own series, so the pending one ages only stories that should be
 # moving (also between a story's end and its hand-off's claim: then only the next in turn is pending).
+# A processing story is aged from its last change (its start's claim or outline, a takeover), not
+# its creation: a capped batch's later stories waited for their slots, not in a stuck stage.
 _OLDEST_STORIES = f"""
         SELECT CASE WHEN w.status = 'pending' AND {NOT_UPLOADING} AND NOT {turn_clause("w")}
                     THEN 'waiting_for_slot' ELSE w.status END AS kind,
-               EXTRACT(EPOCH FROM now() - min(w.created_at)), count(*)
+               EXTRACT(EPOCH FROM now() - min(CASE w.status WHEN 'processing' THEN w.updated_at
+                                                                   ELSE w.created_at END)), count(*)
           FROM stories w WHERE w.status IN ('pending', 'processing') GROUP BY 1"""
 
 _OLDEST_ORDERS = """
@@ -61,7 +64,9 @@ def _age(value: object) -> float:
 def story_backlog(c: Connection, cap: int = 0) -> tuple[dict[str, float], dict[str, int]]:
     """Age in seconds of the oldest story, and how many stories there are, per status: ``({"pending":
     s, "processing": s, "waiting_for_slot": s}, {"pending": n, ...})`` (0.0 and 0 when none), ages
-    from the story's ``created_at`` (how long its parent has been waiting). ``waiting_for_slot``:
+    of pending and waiting stories from their ``created_at`` (how long the parent has been waiting),
+    of processing ones from their ``updated_at`` (since the start claimed it, or its last takeover:
+    how long it has been running, not how long it waited for a slot). ``waiting_for_slot``:
     pending stories without their turn under ``cap`` (USER_STORIES_IN_FLIGHT; 0: no cap, none):
     more of their account's stories in flight and older pending than it has slots
     (db.slots.turn_clause); they are not in ``pending``. One statement."""

@@ -51,8 +51,8 @@ def _collector(db: Db, broker_url: str, cache: float = 60.0) -> BacklogCollector
 
 def _story(db: Db, status: str, minutes_ago: float) -> str:
     sid = db.story(db.photo(None))
-    db.exec("UPDATE stories SET status = :s, created_at = now() - make_interval(mins => :m) WHERE id = :id",
-            s=status, m=minutes_ago, id=sid)
+    db.exec("UPDATE stories SET status = :s, created_at = now() - make_interval(mins => :m), "
+            "updated_at = now() - make_interval(mins => :m) WHERE id = :id", s=status, m=minutes_ago, id=sid)
     return sid
 
 
@@ -79,6 +79,8 @@ def test_ages_and_dead_deliveries_come_from_the_rows(clean_db: Db, broker: str) 
     _story(db, "pending", 20)
     _story(db, "pending", 3)
     running = _story(db, "processing", 50)
+    late = _story(db, "processing", 120)   # a capped batch's story: created 2 h ago, started 10 min ago
+    db.exec("UPDATE stories SET updated_at = now() - interval '10 minutes' WHERE id = :s", s=late)
     _page(db, running, 1, "completed", "processing", "pending", 7)     # an illustration running for 7 min
     _page(db, running, 2, "completed", "completed", "pending", 4)      # a personalization waiting 4 min
     _page(db, running, 3, "pending", "pending", "pending", 2)          # a text step waiting 2 min
@@ -102,7 +104,7 @@ def test_ages_and_dead_deliveries_come_from_the_rows(clean_db: Db, broker: str) 
         assert minutes * 60 - 5 <= got <= minutes * 60 + 30, (name, labels, got)
 
     near("storycreator_oldest_story_age_seconds", 20, status="pending")
-    near("storycreator_oldest_story_age_seconds", 50, status="processing")
+    near("storycreator_oldest_story_age_seconds", 50, status="processing")  # running 50 min, not 120
     near("storycreator_oldest_page_step_age_seconds", 2, stage="text")
     near("storycreator_oldest_page_step_age_seconds", 7, stage="image")
     near("storycreator_oldest_page_step_age_seconds", 4, stage="personalization")
