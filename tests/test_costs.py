@@ -8,6 +8,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -300,6 +301,36 @@ def test_a_prediction_is_held_while_it_runs_and_settled_to_its_predict_time(clea
     assert rows[0]["cost_microcents"] == usage.cost_microcents("replicate", seconds=seconds)
     assert not clean_db.all("SELECT * FROM budget_holds WHERE story_id = :s", s=story)
 
+
+
+def test_a_cancelled_prediction_is_recorded_from_the_cancel_reply(clean_db: Db) -> None:
+    """A job past JOB_MAX_SECONDS (or an orphan) is cancelled and never looked at again: the time
+    it ran is recorded from the cancel's reply, not lost with its expired hold."""
+    from pipeline.providers.replicate_images import ReplicateImageJobs
+    from tests.fakes.replicate_server import FakeReplicate
+
+    story = _story(clean_db)
+    fake = FakeReplicate("r8_test", run_seconds=1.0).start()
+    try:
+        jobs = ReplicateImageJobs("r8_test", base_url=fake.base_url, timeout=5.0)
+        with usage.metered("image", "c:image:a0", story_id=story, page_number=5):
+            job = jobs.create("base", {"prompt": "a page", "seed": 5})
+        time.sleep(0.5)  # started (the fake starts a quarter in), still running
+        # When a later run gives up on it and cancels it
+        with usage.metered("image", "c:image:a1", story_id=story, page_number=5):
+            jobs.cancel(job)
+    finally:
+        fake.stop()
+    # Then its time is recorded once and its hold is settled
+    rows = clean_db.all("SELECT seconds FROM provider_usage WHERE story_id = :s AND provider = 'replicate'", s=story)
+    assert len(rows) == 1 and float(rows[0]["seconds"]) > 0, rows
+    assert not clean_db.all("SELECT * FROM budget_holds WHERE story_id = :s", s=story)
+    # and a reply without metrics yet is billed from started_at to completed_at
+    story2 = _story(clean_db)
+    with usage.metered("image", "d:image:a0", story_id=story2, page_number=1):
+        usage_calls.replicate_canceled({**PREDICTION, "status": "canceled", "metrics": {}}, PREDICTION["id"])
+    got = clean_db.one("SELECT seconds FROM provider_usage WHERE story_id = :s", s=story2)
+    assert abs(float(got["seconds"]) - 4.249) < 1e-6
 
 # --- one real worker: a story stopped by its budget, lifted, completed ------------------------------
 

@@ -287,8 +287,10 @@ class ReplicateImageJobs:
         return JobStatus(st.state, st.output_url, self._safe(st.error) if st.error else None)
 
     def cancel(self, job_id: str) -> None:
-        """``POST /v1/predictions/{id}/cancel``."""
-        self._call("cancel", lambda: self._sdk.predictions.cancel(job_id), job_id=job_id)
+        """``POST /v1/predictions/{id}/cancel``; the time the prediction ran is recorded from the
+        reply (usage_calls.replicate_canceled: nobody looks at it again)."""
+        reply = self._call("cancel", lambda: self._sdk.predictions.cancel(job_id), job_id=job_id)
+        usage_calls.replicate_canceled(reply, job_id)
 
     def download(self, url: str) -> bytes:
         """The output's bytes as PNG (at most ``max_download_bytes``). OutputExpiredError if

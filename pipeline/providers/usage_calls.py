@@ -91,6 +91,37 @@ def replicate_record(prediction: Mapping[str, Any]) -> None:
     usage.record("replicate", "prediction", call_id=pid, seconds=predict_time(prediction) or 0.0)
 
 
+def replicate_canceled(reply: Any, job_id: str) -> None:
+    """Record a prediction we cancelled (a job past JOB_MAX_SECONDS, an orphan), whose status is
+    never looked at again, from the cancel's reply (``POST /v1/predictions/{id}/cancel`` answers with
+    the prediction: https://replicate.com/docs/reference/http#predictions.cancel; the SDK's
+    ``Prediction``, a pydantic v1 model, or its dict). Billed time: its ``metrics.predict_time``
+    when the reply has it, else the seconds from ``started_at`` to ``completed_at`` (or now: it was
+    still stopping), else 0 (it never started). Once per prediction id, like a status look."""
+    p = reply.dict() if hasattr(reply, "dict") and not isinstance(reply, Mapping) else reply
+    if not isinstance(p, Mapping):
+        p = {}
+    seconds = predict_time(p)
+    if seconds is None:
+        seconds = _ran_seconds(p.get("started_at"), p.get("completed_at"))
+    pid = p.get("id") if isinstance(p.get("id"), str) and p.get("id") else job_id
+    usage.record("replicate", "prediction", call_id=pid, seconds=seconds)
+
+
+def _ran_seconds(started: Any, completed: Any) -> float:
+    # ISO 8601 times as Replicate writes them ("2024-11-27T17:21:17.570Z"); 0.0 when not started.
+    from datetime import UTC, datetime
+
+    def parse(v: Any) -> datetime | None:
+        try:
+            return datetime.fromisoformat(v.replace("Z", "+00:00")) if isinstance(v, str) and v else None
+        except ValueError:
+            return None
+
+    t0, t1 = parse(started), parse(completed) or datetime.now(UTC)
+    return max(0.0, (t1 - t0).total_seconds()) if t0 is not None and t0.tzinfo is not None else 0.0
+
+
 def rekognition_hold() -> None:
     """Hold one Rekognition call. Raises BudgetReached."""
     usage.hold("rekognition", usage.cost_microcents("rekognition"))
