@@ -157,8 +157,9 @@ def format_report(result: dict[str, Any]) -> str:
             f"repeat {i}: B latency alone {run['alone']['latency_s']:.2f}s, unfair {run['unfair']['latency_s']:.2f}s, "
             f"fair {run['fair']['latency_s']:.2f}s; throughput unfair {run['unfair']['throughput']:.3f}, "
             f"fair {run['fair']['throughput']:.3f} stories/s -> fair/alone latency "
-            f"{per['fair_vs_alone_latency']:.2f}x, fair/unfair throughput {per['fair_vs_unfair_throughput']:.3f}x "
-            f"(load {run['load_1min']:.2f})")
+            f"{per['fair_vs_alone_latency']:.2f}x, fair/unfair throughput {per['fair_vs_unfair_throughput']:.3f}x; "
+            f"A's stories in flight at most: unfair {run['unfair']['a_in_flight_max']}, "
+            f"fair {run['fair']['a_in_flight_max']} (load {run['load_1min']:.2f})")
 
     def each(key: str, fmt: str) -> str:
         return ", ".join(format(p[key], fmt) for p in result["summary"]["repeats"])
@@ -180,26 +181,31 @@ def format_report(result: dict[str, Any]) -> str:
 
 # --- the harness -----------------------------------------------------------------------------------
 
-def completion_times(engine: Any, ids: list[str], timeout: float, poll: float = 0.02) -> dict[str, float]:
-    """Polls the stories until all are completed: story id -> ``time.perf_counter()`` when it was
-    first seen completed (at most ``poll`` seconds late). Raises SystemExit when one fails or
-    they are not all done within ``timeout`` seconds."""
+def completion_times(engine: Any, ids: list[str], timeout: float, poll: float = 0.02,
+                     watch: Sequence[str] = ()) -> tuple[dict[str, float], int]:
+    """Polls the stories until all are completed. Returns (story id -> ``time.perf_counter()``
+    when it was first seen completed, at most ``poll`` seconds late; the most stories of ``watch``
+    seen ``processing`` at once: one account's stories in flight). Raises SystemExit when one
+    fails or they are not all done within ``timeout`` seconds."""
     from sqlalchemy import text
 
     done: dict[str, float] = {}
+    watched, peak = set(watch), 0
     deadline = time.perf_counter() + timeout
     while time.perf_counter() < deadline:
         with engine.connect() as c:
             rows = c.execute(text("SELECT id::text, status FROM stories WHERE id = ANY(CAST(:ids AS uuid[])) "
-                                  "AND status IN ('completed', 'failed')"),
+                                  "AND status IN ('processing', 'completed', 'failed')"),
                              {"ids": [i for i in ids if i not in done]}).all()
         now = time.perf_counter()
+        peak = max(peak, sum(1 for sid, status in rows if status == "processing" and sid in watched))
         for sid, status in rows:
             if status == "failed":
                 raise SystemExit(f"story {sid} failed during the bench")
-            done[sid] = now
+            if status == "completed":
+                done[sid] = now
         if len(done) == len(ids):
-            return done
+            return done, peak
         time.sleep(poll)
     raise SystemExit(f"{len(ids) - len(done)} of {len(ids)} stories not done after {timeout}s")
 
@@ -207,8 +213,9 @@ def completion_times(engine: Any, ids: list[str], timeout: float, poll: float = 
 def _run_mode(mode: str, batch: int, env: dict[str, str], concurrency: int, engine: Any, photo: bytes,
               logs: Path, tag: str) -> dict[str, float]:
     """One mode on a fresh worker: A's batch (unless alone), then B's story. Returns B's
-    ``latency_s`` and, with a batch, ``throughput`` (stories/s) and ``seconds`` (first submit to
-    last completion)."""
+    ``latency_s`` and, with a batch, ``throughput`` (stories/s), ``seconds`` (first submit to
+    last completion) and ``a_in_flight_max`` (the most of A's stories seen processing at once:
+    the cap at work, or not)."""
     import redis
 
     from bench.bench_pipeline import QUEUES, start_worker, stop
@@ -224,13 +231,14 @@ def _run_mode(mode: str, batch: int, env: dict[str, str], concurrency: int, engi
         ids = [submit(f"bench-{tag}-a@example.com") for _ in range(0 if mode == "alone" else batch)]
         t_b = time.perf_counter()
         b = submit(f"bench-{tag}-b@example.com")
-        done = completion_times(engine, [*ids, b], 900)
+        done, in_flight = completion_times(engine, [*ids, b], 900, watch=ids)
     finally:
         stop(proc)
     out = {"latency_s": done[b] - t_b}
     if ids:
         out["seconds"] = max(done.values()) - t_first
         out["throughput"] = (len(ids) + 1) / out["seconds"]
+        out["a_in_flight_max"] = in_flight
     return out
 
 

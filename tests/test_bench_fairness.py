@@ -18,12 +18,12 @@ def _runs() -> list[dict[str, Any]]:
     # Chosen so the median of the per-repeat ratios (fair/alone 1.2) differs from the ratio of the
     # medians (3.0 / 2.0 = 1.5): the paired ratio is the headline.
     return [
-        {"load_1min": 0.5, "alone": {"latency_s": 2.0}, "unfair": {"latency_s": 40.0, "throughput": 0.80},
-         "fair": {"latency_s": 2.4, "throughput": 0.78}},
-        {"load_1min": 1.5, "alone": {"latency_s": 1.0}, "unfair": {"latency_s": 30.0, "throughput": 1.00},
-         "fair": {"latency_s": 3.0, "throughput": 1.00}},
-        {"load_1min": 2.5, "alone": {"latency_s": 4.0}, "unfair": {"latency_s": 50.0, "throughput": 0.90},
-         "fair": {"latency_s": 4.0, "throughput": 0.81}},
+        {"load_1min": 0.5, "alone": {"latency_s": 2.0}, "unfair": {"latency_s": 40.0, "throughput": 0.80,
+         "a_in_flight_max": 16}, "fair": {"latency_s": 2.4, "throughput": 0.78, "a_in_flight_max": 4}},
+        {"load_1min": 1.5, "alone": {"latency_s": 1.0}, "unfair": {"latency_s": 30.0, "throughput": 1.00,
+         "a_in_flight_max": 15}, "fair": {"latency_s": 3.0, "throughput": 1.00, "a_in_flight_max": 4}},
+        {"load_1min": 2.5, "alone": {"latency_s": 4.0}, "unfair": {"latency_s": 50.0, "throughput": 0.90,
+         "a_in_flight_max": 16}, "fair": {"latency_s": 4.0, "throughput": 0.81, "a_in_flight_max": 3}},
     ]
 
 
@@ -109,7 +109,8 @@ def test_the_report_names_every_number_and_the_verdicts() -> None:
                                "0.5s per provider call; 1 worker, threads pool, concurrency 16; 3 repeats")
     assert "fair: USER_STORIES_IN_FLIGHT=shipped default" in lines[1]
     assert lines[2] == ("repeat 1: B latency alone 2.00s, unfair 40.00s, fair 2.40s; throughput unfair 0.800, "
-                        "fair 0.780 stories/s -> fair/alone latency 1.20x, fair/unfair throughput 0.975x (load 0.50)")
+                        "fair 0.780 stories/s -> fair/alone latency 1.20x, fair/unfair throughput 0.975x; "
+                        "A's stories in flight at most: unfair 16, fair 4 (load 0.50)")
     assert lines[4].startswith("repeat 3: ") and lines[4].endswith("(load 2.50)")
     assert lines[5] == ("B's latency (median): alone 2.00s, unfair 40.00s, fair 3.00s -> fair/alone 1.20x "
                         "(target <= 1.5x: met; per repeat 1.20, 3.00, 1.00); unfair/alone 20.00x")
@@ -121,11 +122,12 @@ def test_the_report_names_every_number_and_the_verdicts() -> None:
 
 def test_the_report_says_missed_and_the_cap() -> None:
     runs = _runs()
-    runs[1]["fair"] = {"latency_s": 9.0, "throughput": 0.5}
-    runs[2]["fair"] = {"latency_s": 9.0, "throughput": 0.5}
+    runs[1]["fair"] = {"latency_s": 9.0, "throughput": 0.5, "a_in_flight_max": 40}
+    runs[2]["fair"] = {"latency_s": 9.0, "throughput": 0.5, "a_in_flight_max": 40}
     text = bf.format_report(_result(runs, cap=2))
     assert "fair: USER_STORIES_IN_FLIGHT=2," in text
     assert "(target <= 1.5x: MISSED;" in text and "(target >= 0.95x: MISSED;" in text
+    assert "A's stories in flight at most: unfair 15, fair 40 (load 1.50)" in text
 
 
 def test_json_prints_the_whole_result(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
