@@ -318,6 +318,14 @@ CREATE INDEX IF NOT EXISTS ix_photos_unfinished ON photos (id)
     WHERE ai_processing_status IS DISTINCT FROM 'completed';
 CREATE INDEX IF NOT EXISTS ix_stories_unfinished ON stories (id)
     WHERE status IN ('pending', 'processing');
+-- Fair turns between families (README; db/slots.py): an account's stories in flight, counted
+-- under the account's advisory lock at each start's claim (USER_STORIES_IN_FLIGHT), and its
+-- waiting stories, oldest first (the hand-off when one of them ends). Both hold only the few
+-- unfinished rows.
+CREATE INDEX IF NOT EXISTS ix_stories_user_in_flight ON stories (user_id)
+    WHERE status = 'processing';
+CREATE INDEX IF NOT EXISTS ix_stories_user_pending ON stories (user_id, created_at)
+    WHERE status = 'pending';
 CREATE INDEX IF NOT EXISTS ix_story_pages_text_unfinished ON story_pages (id)
     WHERE text_generation_status IS DISTINCT FROM 'completed';
 CREATE INDEX IF NOT EXISTS ix_story_pages_image_unfinished ON story_pages (id)

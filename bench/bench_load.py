@@ -12,6 +12,8 @@
                                          [--memory-stories 1000] [--concurrency 16]
 
 Uses its own database (storycreator_bench) and Redis database 10; starts and stops its workers.
+Each story is its own family's (bench.bench_pipeline.insert_stories: one user per story), so the cap
+on stories in flight per account (USER_STORIES_IN_FLIGHT) does not distort the throughput bound.
 """
 from __future__ import annotations
 

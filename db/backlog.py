@@ -17,15 +17,22 @@ from sqlalchemy import text
 from sqlalchemy.engine import Connection
 
 from db.pages import page_column
+from db.slots import NOT_UPLOADING, turn_clause
 
-STORY_STATUSES = ("pending", "processing")
+# waiting_for_slot: pending at its account's cap (USER_STORIES_IN_FLIGHT, db/slots.py), not lost.
+STORY_STATUSES = ("pending", "processing", "waiting_for_slot")
 # Orders between payment and the printer's hand-off (`paid`: print files, print job), and between
 # the hand-off and shipping (`fulfilled`): each aged from the moment it entered that status.
 ORDER_STATUSES = {"paid": "paid_at", "fulfilled": "fulfilled_at"}
 
-_OLDEST_STORIES = """
-        SELECT status, EXTRACT(EPOCH FROM now() - min(created_at))
-          FROM stories WHERE status IN ('pending', 'processing') GROUP BY status"""
+# A pending story without its turn in its account (USER_STORIES_IN_FLIGHT; its photo not being
+# uploaded) waits for a slot: its own series, so the pending one ages only stories that should be
+# moving (also between a story's end and its hand-off's claim: then only the next in turn is pending).
+_OLDEST_STORIES = f"""
+        SELECT CASE WHEN w.status = 'pending' AND {NOT_UPLOADING} AND NOT {turn_clause("w")}
+                    THEN 'waiting_for_slot' ELSE w.status END AS kind,
+               EXTRACT(EPOCH FROM now() - min(w.created_at)), count(*)
+          FROM stories w WHERE w.status IN ('pending', 'processing') GROUP BY 1"""
 
 _OLDEST_ORDERS = """
         SELECT status, EXTRACT(EPOCH FROM now() - min(CASE status WHEN 'paid' THEN COALESCE(paid_at, updated_at)
@@ -51,13 +58,22 @@ def _age(value: object) -> float:
     return max(0.0, float(value)) if value is not None else 0.0  # type: ignore[arg-type]
 
 
-def oldest_stories(c: Connection) -> dict[str, float]:
-    """Age in seconds of the oldest story per status: {"pending": s, "processing": s} (0.0 when
-    none), from the story's ``created_at`` (how long its parent has been waiting)."""
-    ages = dict.fromkeys(STORY_STATUSES, 0.0)
-    for status, age in c.execute(text(_OLDEST_STORIES)):
-        ages[status] = _age(age)
-    return ages
+def story_backlog(c: Connection, cap: int = 0) -> tuple[dict[str, float], dict[str, int]]:
+    """Age in seconds of the oldest story, and how many stories there are, per status: ``({"pending":
+    s, "processing": s, "waiting_for_slot": s}, {"pending": n, ...})`` (0.0 and 0 when none), ages
+    from the story's ``created_at`` (how long its parent has been waiting). ``waiting_for_slot``:
+    pending stories without their turn under ``cap`` (USER_STORIES_IN_FLIGHT; 0: no cap, none):
+    more of their account's stories in flight and older pending than it has slots
+    (db.slots.turn_clause); they are not in ``pending``. One statement."""
+    ages, counts = dict.fromkeys(STORY_STATUSES, 0.0), dict.fromkeys(STORY_STATUSES, 0)
+    for status, age, n in c.execute(text(_OLDEST_STORIES), {"cap": cap}):
+        ages[status], counts[status] = _age(age), int(n)
+    return ages, counts
+
+
+def oldest_stories(c: Connection, cap: int = 0) -> dict[str, float]:
+    """The ages of :func:`story_backlog`: {"pending": s, "processing": s, "waiting_for_slot": s}."""
+    return story_backlog(c, cap)[0]
 
 
 def oldest_page_steps(c: Connection, stages: Sequence[tuple[str, str, str | None]]) -> dict[str, float]:

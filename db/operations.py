@@ -15,6 +15,7 @@ from sqlalchemy.engine import Connection, RowMapping
 
 from db.models import Base
 from db.pages import page_column
+from db.slots import in_flight, turn_clause
 
 # --- retry ---------------------------------------------------------------------------------------
 
@@ -112,7 +113,7 @@ def failed_stories(c: Connection, *, page: str | None = None, photo: str | None 
 # that holds only unfinished rows (schema.sql: ix_*_unfinished) and pages through it by id
 # (keyset: "id > :after ORDER BY id LIMIT :limit"), which is what lets a backfill resume where
 # it stopped. Each WHERE repeats its index's predicate word for word, so the planner can use it.
-# Parameters: :after, :limit, :lease, :pending_after, :upload_wait (seconds).
+# Parameters: :after, :limit, :lease, :pending_after, :upload_wait (seconds), :cap (stories).
 
 # Photos: an analysis whose claim expired (someone asked: its holder died), or a pending photo that
 # an unfinished story needs. photos.analyze is optional (the story's start analyses its photo
@@ -128,7 +129,7 @@ _STUCK_PHOTOS = """
                                 AND s.status IN ('pending', 'processing'))))
          ORDER BY id LIMIT :limit"""
 
-_STUCK_STORY_STARTS = """
+_STUCK_STORY_STARTS = f"""
         SELECT s.id FROM stories s
          WHERE s.status IN ('pending', 'processing') AND s.id > :after
            AND ((s.status = 'pending' AND s.updated_at < now() - make_interval(secs => :pending_after)
@@ -136,7 +137,10 @@ _STUCK_STORY_STARTS = """
                  -- once the photo is uploaded, or the wait is over, a lost message is re-sent
                  AND NOT EXISTS (SELECT 1 FROM photos ph WHERE ph.id = s.protagonist_photo_id
                                     AND ph.status = 'pending_upload'
-                                    AND s.updated_at >= now() - make_interval(secs => :upload_wait)))
+                                    AND s.updated_at >= now() - make_interval(secs => :upload_wait))
+                 -- nor while it waits for a slot of its account (USER_STORIES_IN_FLIGHT): not its
+                 -- turn yet; the hand-off or the sweep's waiting pass sends it (db/slots.py)
+                 AND {turn_clause()})
              OR (s.status = 'processing' AND s.updated_at < now() - make_interval(secs => :lease)
                  AND NOT EXISTS (SELECT 1 FROM story_pages p WHERE p.story_id = s.id)))
          ORDER BY s.id LIMIT :limit"""
@@ -183,7 +187,9 @@ def stuck_photos(c: Connection, params: dict[str, Any]) -> list[tuple[str, ...]]
 
 def stuck_story_starts(c: Connection, params: dict[str, Any]) -> list[tuple[str, ...]]:
     """Stories whose start (outline, page rows) is stuck: rows (story id,). ``params``: after,
-    limit, lease, pending_after, upload_wait (seconds)."""
+    limit, lease, pending_after, upload_wait (seconds), cap (USER_STORIES_IN_FLIGHT: a pending
+    story without its turn in its account waits for a slot and is not stuck, db.slots.turn_clause;
+    0: no cap)."""
     return _rows(c, _STUCK_STORY_STARTS, params)
 
 
@@ -230,8 +236,10 @@ def story_report(c: Connection, story_id: str, page_columns: dict[str, str]) -> 
     ``{"story": row, "pages": [...], "errors": [...], "jobs": [...]}``.
 
     ``story``: id, status, title, error_message, child_age, story_theme, updated_at,
-    protagonist_face, and its photo's photo_id, photo_status (upload: 'pending_upload',
-    'uploaded', ...) and photo_analysis (ai_processing_status, None read as 'pending').
+    account_in_flight (how many other stories of its account are in flight: a pending story waits
+    for a slot at USER_STORIES_IN_FLIGHT), protagonist_face, and its photo's photo_id,
+    photo_status (upload: 'pending_upload', 'uploaded', ...) and photo_analysis
+    (ai_processing_status, None read as 'pending').
     ``pages``: page_number, updated_at and, per ``page_columns`` (stage name -> story_pages status
     column, from the story flow's table; ValueError for any other column), the stage's status
     under the stage's name, in page order. ``errors``: the story's and its photo's step_errors
@@ -239,7 +247,8 @@ def story_report(c: Connection, story_id: str, page_columns: dict[str, str]) -> 
     records), oldest first. ``jobs``: its remote jobs (page_number, stage, provider, external_id,
     status, recreation, error_message, created_at), oldest first."""
     story = c.execute(text(
-        """SELECT s.id, s.status, s.title, s.error_message, s.child_age, s.story_theme, s.updated_at,
+        f"""SELECT s.id, s.status, s.title, s.error_message, s.child_age, s.story_theme, s.updated_at,
+                  {in_flight(excluding="s.id")} AS account_in_flight,
                   o.protagonist_face, ph.id AS photo_id, ph.status AS photo_status,
                   COALESCE(ph.ai_processing_status, 'pending') AS photo_analysis
              FROM stories s LEFT JOIN story_outlines o ON o.story_id = s.id

@@ -11,6 +11,7 @@ from sqlalchemy import text
 from sqlalchemy.engine import Connection, RowMapping
 
 from db.claims import Stage
+from db.slots import cap_clause, in_flight, lock_account
 
 # The start's claim (stories.status) counts a takeover only while the story has no outline: once
 # the outline is saved the start is done, and a later re-claim (a re-sent start) is a re-run.
@@ -22,7 +23,7 @@ __all__ = [
     "PHOTO_DELETED", "PHOTO_NOT_YOURS", "PHOTO_UPLOAD_FAILED", "REFUSALS", "UPLOAD_TIMEOUT_PREFIX", "Stage",
     "book_pages", "claim_finish", "claim_story", "complete_story", "fail_finish", "fail_story", "finish_state",
     "photo_refusal",
-    "release_story", "save_outline_and_pages", "story_ready", "story_start_state", "story_state",
+    "release_story", "save_outline_and_pages", "story_ready", "story_state",
     "unfinished_pages", "upload_timeout_message",
 ]
 
@@ -74,7 +75,8 @@ _STARTABLE = ("(s.status = 'pending' OR "
 
 
 def claim_story(conn: Connection, story_id: str, lease: float, upload_wait: float = 900.0,
-                attempt: int = 0, task_id: str | None = None, held: int | None = None) -> RowMapping | None:
+                attempt: int = 0, task_id: str | None = None, held: int | None = None,
+                cap: int = 0) -> RowMapping | None:
     """Claim the story start; returns the story with its photo's state and whether an outline
     exists already (a re-run), all in the one round trip.
 
@@ -87,7 +89,16 @@ def claim_story(conn: Connection, story_id: str, lease: float, upload_wait: floa
     an upload that never finished is claimed again once its photo is 'uploaded'.
     The claim returns its fencing token (``claim_token``: the start's later writes name it) and
     ``takeovers`` (claims of the start taken from a silent holder, before its outline was saved).
-    None: not claimed (held by another copy, finished, failed, waiting, or no such story)."""
+    ``cap`` > 0 (USER_STORIES_IN_FLIGHT): the story takes a slot of its account only while fewer
+    than ``cap`` of the account's stories are in flight (db/slots.py), under the account's lock:
+    ``conn`` must then be a transaction (db.engine.transaction), committed by the caller. Also
+    returns ``in_flight_before`` and ``backlog``: the account's other stories in flight and pending.
+    None: not claimed (held by another copy, finished, failed, waiting (its photo, or a slot: see
+    db.slots.story_start_state), or no such story)."""
+    if cap > 0:
+        user = conn.execute(text("SELECT user_id FROM stories WHERE id = :id"), {"id": story_id}).scalar()
+        if user is not None:
+            lock_account(conn, str(user))
     row = conn.execute(
         text(
             f"""
@@ -113,20 +124,22 @@ def claim_story(conn: Connection, story_id: str, lease: float, upload_wait: floa
                   FROM cur
                  WHERE s.id = cur.id AND cur.refusal IS NULL AND cur.photo_ready
                    AND ({_STARTABLE} OR (s.status = 'failed' AND starts_with(s.error_message, :timeout_prefix)))
+                   AND (s.status = 'processing' OR {cap_clause()})
                 RETURNING s.id, s.user_id, s.child_name, s.child_age, s.story_theme, s.protagonist_photo_id,
                           s.claim_token, s.takeovers
             )
             SELECT s.*, ph.status AS photo_status, COALESCE(ph.ai_processing_status, 'pending') AS photo_ai_status,
                    ph.ai_error_message AS photo_error, o.story_id IS NOT NULL AS has_outline,
-                   ph.face_details AS photo_face_details,
-                   (SELECT error_message FROM refused) AS refused
+                   ph.face_details AS photo_face_details, {in_flight(excluding="s.id")} AS in_flight_before,
+                   (SELECT count(*) FROM stories w WHERE w.user_id = s.user_id AND w.status = 'pending'
+                       AND w.id <> s.id) AS backlog, (SELECT error_message FROM refused) AS refused
               FROM (SELECT 1) AS one LEFT JOIN s ON true
                    LEFT JOIN photos ph ON ph.id = s.protagonist_photo_id
                    LEFT JOIN story_outlines o ON o.story_id = s.id
             """
         ),
         {"id": story_id, "lease": lease, "upload_wait": upload_wait, "attempt": attempt, "task": task_id,
-         "held": held,
+         "held": held, "cap": cap,
          "upload_timeout": upload_timeout_message(upload_wait), "timeout_prefix": UPLOAD_TIMEOUT_PREFIX,
          **REFUSALS},
     ).mappings().first()
@@ -140,28 +153,6 @@ def story_state(conn: Connection, story_id: str) -> RowMapping | None:
     return conn.execute(
         text("SELECT status, error_message, now() - updated_at AS age FROM stories WHERE id = :id"),
         {"id": story_id},
-    ).mappings().first()
-
-
-def story_start_state(conn: Connection, story_id: str, upload_wait: float) -> RowMapping | None:
-    """Why a story start was not claimed: story_state's columns, plus, for a pending story whose
-    own photo is still 'pending_upload', ``upload_wait_left`` (seconds until the wait ends; NULL
-    otherwise), ``pending_for`` (seconds since the story became pending) and ``pending_since``
-    (its updated_at, in µs since the epoch: which pending episode this is)."""
-    return conn.execute(
-        text(
-            """
-            SELECT s.status, s.error_message, now() - s.updated_at AS age,
-                   CASE WHEN s.status = 'pending' AND ph.status = 'pending_upload' AND ph.user_id = s.user_id
-                        THEN CAST(EXTRACT(EPOCH FROM s.updated_at + make_interval(secs => :wait) - now())
-                                  AS float8) END AS upload_wait_left,
-                   CAST(EXTRACT(EPOCH FROM now() - s.updated_at) AS float8) AS pending_for,
-                   CAST(floor(EXTRACT(EPOCH FROM s.updated_at) * 1000000) AS bigint) AS pending_since
-              FROM stories s LEFT JOIN photos ph ON ph.id = s.protagonist_photo_id
-             WHERE s.id = :id
-            """
-        ),
-        {"id": story_id, "wait": upload_wait},
     ).mappings().first()
 
 

@@ -81,6 +81,29 @@ def _choice(name: str, default: str, choices: tuple[str, ...]) -> str:
     return value
 
 
+_TRUE = ("1", "true", "yes", "on")
+_FALSE = ("0", "false", "no", "off")
+
+
+def parse_bool(name: str, raw: str | None, default: bool) -> bool:
+    """A yes/no setting: ``raw`` (a variable's text, None when unset) as a bool; ``default`` when
+    unset or blank. Accepts true/false, 1/0, yes/no, on/off in any case. Raises SystemExit with
+    one line naming the variable: ``configuration error: FAIR_PRIORITY='maybe' is not a yes/no
+    value; allowed: true/false, 1/0, yes/no``."""
+    text = (raw or "").strip().lower()
+    if not text:
+        return default
+    if text in _TRUE or text in _FALSE:
+        return text in _TRUE
+    raise SystemExit(f"configuration error: {name}={text[:40]!r} is not a yes/no value; "
+                     "allowed: true/false, 1/0, yes/no")
+
+
+def env_bool(name: str, default: bool, *, env: Mapping[str, str] | None = None) -> bool:
+    """A yes/no setting ``name`` (os.environ, or ``env``): :func:`parse_bool` of its value."""
+    return parse_bool(name, (os.environ if env is None else env).get(name), default)
+
+
 def log_level() -> str:
     """LOG_LEVEL as a logging level name (DEBUG, INFO, WARNING, ERROR, CRITICAL; any case).
 
@@ -133,6 +156,13 @@ class Settings:
     # an operator's retry), then fails; looks at the photo at most every upload_poll_interval s.
     photo_upload_wait_seconds: float
     photo_upload_poll_interval: float
+    # Fair turns between families (README "Fair turns between families"): at most this many of one
+    # account's stories in flight (stories.status 'processing') at once, across every worker; the
+    # rest wait 'pending' and start as slots free. 0: no cap.
+    user_stories_in_flight: int
+    # Pages of an account's later stories go to the broker with a lower priority (Redis), so a
+    # small story's pages are not queued behind a large batch's.
+    fair_priority: bool
 
 
 @lru_cache(maxsize=1)
@@ -172,6 +202,8 @@ def settings() -> Settings:
         max_child_age=14,
         photo_upload_wait_seconds=_float("PHOTO_UPLOAD_WAIT_SECONDS", 900.0, 0.0, 7 * 86400.0),
         photo_upload_poll_interval=_float("PHOTO_UPLOAD_POLL_INTERVAL", 15.0, 0.1, 600.0),
+        user_stories_in_flight=_int("USER_STORIES_IN_FLIGHT", 4, 0, 100_000),
+        fair_priority=env_bool("FAIR_PRIORITY", True),
     )
     if st.job_poll_interval * 2 >= st.step_lease_seconds:
         # Each look at a running job renews the page's lease; looks further apart than the lease

@@ -14,6 +14,7 @@ from typing import Any
 
 import pytest
 
+from db import slots as slots_db
 from db import stories as tx
 from db.engine import autocommit
 from pipeline.kernel import step
@@ -295,7 +296,7 @@ def _claim(story: str, upload_wait: float = IN_PROCESS_WAIT) -> Any:
 
 def _state(story: str, upload_wait: float = IN_PROCESS_WAIT) -> Any:
     with autocommit() as c:
-        return tx.story_start_state(c, story, upload_wait)
+        return slots_db.story_start_state(c, story, upload_wait)
 
 
 def test_claim_story_refuses_a_photo_of_another_user_once(clean_db: Db) -> None:

@@ -85,6 +85,9 @@ MORE_CASES = [
     ({"PRESIGNED_URL_SECONDS": "604801"}, "PRESIGNED_URL_SECONDS"),
     ({"OTEL_TRACES_EXPORTER": "zipkin"}, "OTEL_TRACES_EXPORTER"),
     ({"OTEL_EXPORTER_OTLP_TRACES_ENDPOINT": "collector:4318"}, "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT"),
+    ({"USER_STORIES_IN_FLIGHT": "-1"}, "USER_STORIES_IN_FLIGHT"),  # fair turns (README): 0 = no cap
+    ({"USER_STORIES_IN_FLIGHT": "four"}, "USER_STORIES_IN_FLIGHT"),
+    ({"FAIR_PRIORITY": "maybe"}, "FAIR_PRIORITY"),
 ]
 
 
@@ -147,3 +150,29 @@ def test_the_boot_check_names_each_bad_setting(monkeypatch: pytest.MonkeyPatch, 
     finally:
         monkeypatch.undo()
         _clear_caches()
+
+
+def test_fair_turns_settings_read_as_documented(monkeypatch: pytest.MonkeyPatch) -> None:
+    """USER_STORIES_IN_FLIGHT (default 4, 0 = no cap) and FAIR_PRIORITY (default on; true/false,
+    1/0, yes/no in any case, with one line naming the variable otherwise)."""
+    from pipeline.config import parse_bool, settings
+
+    for name in ("USER_STORIES_IN_FLIGHT", "FAIR_PRIORITY"):
+        monkeypatch.delenv(name, raising=False)
+    _clear_caches()
+    try:
+        assert (settings().user_stories_in_flight, settings().fair_priority) == (4, True)
+        monkeypatch.setenv("USER_STORIES_IN_FLIGHT", "0")
+        monkeypatch.setenv("FAIR_PRIORITY", " No ")
+        _clear_caches()
+        assert (settings().user_stories_in_flight, settings().fair_priority) == (0, False)
+    finally:
+        monkeypatch.undo()
+        _clear_caches()
+    assert [parse_bool("X", v, False) for v in ("true", "1", "yes", "YES", "on")] == [True] * 5
+    assert [parse_bool("X", v, True) for v in ("false", "0", "no", "Off")] == [False] * 4
+    assert parse_bool("X", None, True) is True and parse_bool("X", "  ", False) is False
+    with pytest.raises(SystemExit) as e:
+        parse_bool("FAIR_PRIORITY", "maybe", True)
+    assert str(e.value.code) == ("configuration error: FAIR_PRIORITY='maybe' is not a yes/no value; "
+                                 "allowed: true/false, 1/0, yes/no")

@@ -15,9 +15,9 @@ from functools import partial
 from typing import Any
 
 from pipeline.kernel import publish, step
-from pipeline.stories import steps
+from pipeline.stories import slots, steps
 from pipeline.stories.stages import STORY, page_chain
-from workers.step_task import Body, bad_id, step_task
+from workers.step_task import Body, Then, bad_id, step_task
 
 log = logging.getLogger("storycreator.step")
 
@@ -27,8 +27,8 @@ def fan_out(story_id: str | None, result: step.StepResult) -> None:
     all at once (pipelined, no stage barrier). A story with nothing left but its completion (a
     re-run after every page finished) goes straight to stories.finish."""
     assert story_id is not None
-    for page_id in result.fanout:
-        publish.send_signature(page_chain(page_id, "text", story_id))
+    for page_id in result.fanout:  # each link with the story's priority (README "Fair turns between families")
+        publish.send_signature(page_chain(page_id, "text", story_id, priority=result.priority))
     if result.outcome is step.Outcome.DONE and not result.fanout:
         publish.send(STORY["finish"].task, {"story_id": story_id})
 
@@ -41,6 +41,28 @@ def finish_when_ready(_page_id: str | None, result: step.StepResult) -> None:
         publish.send(STORY["finish"].task, {"story_id": result.story_ready})
 
 
+_ENDS = (step.Outcome.FAILED,)
+
+
+def freeing(then: Then | None = None, *, by_page: bool = False,
+            ends: tuple[step.Outcome, ...] = _ENDS) -> Then:
+    """A step's ``then`` hook that, after ``then`` (if any), hands its account's freed slot on
+    when the step's outcome is one of ``ends`` (it may have ended its story: completed, or failed):
+    pipeline.stories.slots.ended_story sends the account's oldest waiting stories
+    (USER_STORIES_IN_FLIGHT). ``by_page``: the step's id is a page's (its story looked up)."""
+
+    def hook(ident: str | None, result: step.StepResult) -> None:
+        if then is not None:
+            then(ident, result)
+        if result.outcome in ends and ident is not None:
+            if by_page:
+                slots.ended_story(page_id=ident)
+            else:
+                slots.ended_story(story_id=ident)
+
+    return hook
+
+
 # --- the external contract ---------------------------------------------------------------------
 
 @step_task("photos.analyze", "analysis", key="photo_id")
@@ -51,7 +73,7 @@ def analyze_photo(photo_id: str | None = None, tries: int = 0, **extra: Any) -> 
     return partial(steps.analyze_photo, str(step.valid_uuid(photo_id)))
 
 
-@step_task("stories.generate", "outline", key="story_id", then=fan_out)
+@step_task("stories.generate", "outline", key="story_id", then=freeing(fan_out))
 def generate_story(story_id: str | None = None, tries: int = 0, **extra: Any) -> Body | str:
     """Start a story: claim it, its photo analysed, the outline and page rows; then every
     page's chain (fan_out)."""
@@ -60,7 +82,7 @@ def generate_story(story_id: str | None = None, tries: int = 0, **extra: Any) ->
     return partial(steps.generate_story, str(step.valid_uuid(story_id)))
 
 
-@step_task("stories.redo_page", "redo", key="story_id")
+@step_task("stories.redo_page", "redo", key="story_id", then=freeing())
 def redo_page(story_id: str | None = None, page_number: Any = None, from_stage: str | None = None,
               hint: Any = None, request_id: Any = None, page_id: str | None = None, tries: int = 0,
               **extra: Any) -> Body | str:
@@ -94,21 +116,22 @@ def redo_page(story_id: str | None = None, page_number: Any = None, from_stage: 
 # Page tasks carry their story's id too (optional: messages queued before it existed have none),
 # so an operator finds every task of a story by its id in Flower's search.
 
-@step_task("pages.write_text", "text", key="page_id")
+@step_task("pages.write_text", "text", key="page_id", then=freeing(by_page=True))
 def write_text(page_id: str, tries: int = 0, story_id: str | None = None) -> Body:
     """A page's text (story_pages.text_generation_status)."""
     _story_label("pages.write_text", story_id)
     return partial(steps.write_text, page_id)
 
 
-@step_task("pages.draw_base", "image", key="page_id")
+@step_task("pages.draw_base", "image", key="page_id", then=freeing(by_page=True))
 def draw_base(page_id: str, tries: int = 0, story_id: str | None = None) -> Body:
     """A page's illustration (story_pages.image_generation_status)."""
     _story_label("pages.draw_base", story_id)
     return partial(steps.draw_base, page_id)
 
 
-@step_task("pages.personalize", "personalization", key="page_id", then=finish_when_ready)
+@step_task("pages.personalize", "personalization", key="page_id",
+           then=freeing(finish_when_ready, by_page=True))
 def personalize(page_id: str, tries: int = 0, story_id: str | None = None) -> Body:
     """The child's face in a page's illustration (story_pages.personalization_status); the
     story's completion when every page is done."""
@@ -116,7 +139,10 @@ def personalize(page_id: str, tries: int = 0, story_id: str | None = None) -> Bo
     return partial(steps.personalize, page_id)
 
 
-@step_task("stories.finish", "finish", key="story_id")
+# Completed or failed; a duplicate that finds it completed hands on too (the first copy may have
+# died between its commit and the hand-off).
+@step_task("stories.finish", "finish", key="story_id",
+           then=freeing(ends=(step.Outcome.DONE, step.Outcome.ALREADY_DONE, step.Outcome.FAILED)))
 def finish_story(story_id: str, tries: int = 0) -> Body:
     """The book, then stories.status completed (a SKIP LOCKED row lock: one finisher)."""
     return partial(steps.finish_story, story_id)

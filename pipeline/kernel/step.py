@@ -46,6 +46,9 @@ class StepResult:
     detail: str = ""
     timings: dict[str, float] = field(default_factory=dict)  # phase -> ms
     fanout: list[str] = field(default_factory=list)  # stories.generate: pages to run
+    # stories.generate: the broker priority of the fan-out's page chains (0 first .. 9 last, Redis;
+    # pipeline/stories/slots.py page_priority), None: the default (no priority sent)
+    priority: int | None = None
     context: dict[str, Any] = field(default_factory=dict)  # ids for the log line (story, page number)
     # pages.personalize: the id of this page's story when every one of its pages is done (the
     # Postgres barrier, checked after this page's commit): the task layer sends stories.finish.

@@ -114,13 +114,17 @@ def _distinct_failures(errors: list[dict[str, Any]]) -> list[dict[str, Any]]:
 def _waiting_for(story: dict[str, Any]) -> str | None:
     """What a story without pages waits for, in words (None: it is not waiting: failed, or
     completed). Its order is the story start's (db/stories.py claim_story): the photo's upload,
-    then its analysis, then a worker taking the queued message (or making the outline)."""
+    a slot of its account, then its analysis, then a worker taking the queued message (or making the outline)."""
+    from pipeline.stories import slots
+
     if story["status"] == "processing":
         return "its outline (being written)"
     if story["status"] != "pending":
         return None
     if story["photo_status"] == "pending_upload":
         return f"its photo's upload (photo {story['photo_id']} pending_upload)"
+    if slots.waits_for_slot(story.get("account_in_flight")):  # its account at USER_STORIES_IN_FLIGHT
+        return slots.waiting_reason(story["account_in_flight"])
     if story["photo_analysis"] != "completed":
         return f"its photo's analysis ({story['photo_analysis']})"
     return "a worker (queued)"

@@ -24,7 +24,7 @@ from prometheus_client.core import REGISTRY, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 from sqlalchemy.engine import Engine
 
-from db.backlog import dead_deliveries, limit_statement_time, oldest_orders, oldest_page_steps, oldest_stories
+from db.backlog import dead_deliveries, limit_statement_time, oldest_orders, oldest_page_steps, story_backlog
 from pipeline.operations.queue_depth import Depths, queue_depths
 from pipeline.stories.stages import PAGE_STAGES, page_prerequisite
 
@@ -42,8 +42,12 @@ def _families() -> dict[str, GaugeMetricFamily]:
         "unacked": g("storycreator_queue_unacked_messages",
                      "Messages delivered to workers and not yet acknowledged, all queues (Redis broker only)"),
         "story": g("storycreator_oldest_story_age_seconds",
-                   "Age of the oldest story in a status (pending, processing), from its creation; 0 when none",
+                   "Age of the oldest story in a status (pending, processing, waiting_for_slot: pending at its "
+                   "account's USER_STORIES_IN_FLIGHT), from its creation; 0 when none",
                    labels=["status"]),
+        "slot": g("storycreator_stories_waiting_for_slot",
+                  "Pending stories whose account has USER_STORIES_IN_FLIGHT stories in flight (they start as "
+                  "slots free)"),
         "page": g("storycreator_oldest_page_step_age_seconds",
                   "Age of the oldest waiting or running page step of a stage in a processing story; 0 when none",
                   labels=["stage"]),
@@ -62,13 +66,21 @@ def _families() -> dict[str, GaugeMetricFamily]:
 @dataclass
 class Sources:
     """Where the gauges are read: ``engine()`` returns the SQLAlchemy engine; ``broker_url``, the
-    Celery ``queues`` and its ``transport_options`` say which broker queues to ask."""
+    Celery ``queues`` and its ``transport_options`` say which broker queues to ask; ``cap``: the
+    USER_STORIES_IN_FLIGHT that tells a story waiting for a slot (default: the setting)."""
+
+    def __post_init__(self) -> None:
+        if self.cap < 0:
+            from pipeline.config import settings
+
+            self.cap = settings().user_stories_in_flight
 
     engine: Callable[[], Engine]
     broker_url: str
     queues: Sequence[str]
     transport_options: Mapping[str, Any] = field(default_factory=dict)
     statement_timeout_ms: int = STATEMENT_TIMEOUT_MS
+    cap: int = -1  # USER_STORIES_IN_FLIGHT (-1: read from the settings when the gauges are read)
 
 
 class BacklogCollector(Collector):
@@ -122,7 +134,7 @@ class BacklogCollector(Collector):
         try:
             with src.engine().begin() as c:
                 limit_statement_time(c, src.statement_timeout_ms)
-                stories = oldest_stories(c)
+                stories, counts = story_backlog(c, src.cap)
                 pages = oldest_page_steps(c, [(s.name, s.status_column,
                                                (pre.status_column if (pre := page_prerequisite(s)) else None))
                                               for s in PAGE_STAGES])
@@ -132,6 +144,7 @@ class BacklogCollector(Collector):
             return False, time.perf_counter() - t0
         for status, age in stories.items():
             f["story"].add_metric([status], age)
+        f["slot"].add_metric([], float(counts["waiting_for_slot"]))
         for stage, age in pages.items():
             f["page"].add_metric([stage], age)
         for status, age in orders.items():

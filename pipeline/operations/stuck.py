@@ -54,7 +54,8 @@ def stuck_batch(kind: int, *, lease: float, pending_after: float, limit: int,
     stage = KINDS[kind]
     with transaction() as c:
         rows = _rows(stage, c, {"lease": lease, "pending_after": pending_after, "limit": limit,
-                                     "after": after, "upload_wait": settings().photo_upload_wait_seconds})
+                                     "after": after, "upload_wait": settings().photo_upload_wait_seconds,
+                                     "cap": settings().user_stories_in_flight})
     # The id first (backfill resumes from it); page tasks also name their story (Flower's search).
     return [Stuck(stage.task, {stage.id_kwarg: r[0], **({"story_id": r[1]} if len(r) > 1 else {})}, "stale")
             for r in rows]

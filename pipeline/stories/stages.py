@@ -48,7 +48,8 @@ def page_kwargs(page_id: str, story_id: str | None = None) -> dict[str, str]:
     return {"page_id": page_id, **({"story_id": str(story_id)} if story_id else {})}
 
 
-def page_chain(page_id: str, from_stage: str = "text", story_id: str | None = None) -> Signature:
+def page_chain(page_id: str, from_stage: str = "text", story_id: str | None = None,
+               priority: int | None = None) -> Signature:
     """The rest of one page's pipeline from ``from_stage`` (``"text"``, ``"image"`` or
     ``"personalization"``) as a ``celery.chain`` of immutable signatures by task name (ids only,
     no result passed on, no result backend). The one way a page's work is enqueued: the story's
@@ -58,6 +59,9 @@ def page_chain(page_id: str, from_stage: str = "text", story_id: str | None = No
     Each link returns normally when its step is done or was already done (the chain goes on; a
     redelivered copy carries the rest of the chain in its message) and ends the chain with
     ``celery.exceptions.Ignore`` when it failed or stopped (workers/step_task.py).
+    ``priority`` (0 first .. 9 last on Redis; None: none sent): every link's message carries it
+    (Celery sends each next link with its own options; a retry keeps its message's priority), so a
+    page keeps its story's turn from its first step to its last (pipeline/stories/slots.py).
     Raises KeyError for an unknown stage and ValueError for a stage that is not a page step."""
     from celery import chain, signature
 
@@ -65,5 +69,6 @@ def page_chain(page_id: str, from_stage: str = "text", story_id: str | None = No
     if start not in PAGE_STAGES:
         raise ValueError(f"{from_stage!r} is not a page step (one of {[s.name for s in PAGE_STAGES]})")
     kwargs = page_kwargs(page_id, story_id)
-    return chain(*(signature(s.task, kwargs=kwargs, immutable=True) for s in STORY.after(from_stage)
+    options = {} if priority is None else {"priority": priority}
+    return chain(*(signature(s.task, kwargs=kwargs, immutable=True, **options) for s in STORY.after(from_stage)
                    if s in PAGE_STAGES))

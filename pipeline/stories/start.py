@@ -3,7 +3,9 @@ is analysed (inline when nobody has), write the outline, title and page rows onc
 pages to run (the fan-out).
 
 stories.status pending -> processing; a start that fails records the parent's message. A story
-whose photo's upload is not confirmed yet waits (pipeline/stories/upload_wait.py) without a claim.
+whose photo's upload is not confirmed yet waits (pipeline/stories/upload_wait.py) without a claim,
+and so does a story whose account has USER_STORIES_IN_FLIGHT stories in flight: it stays pending
+until one of them ends (pipeline/stories/slots.py; README "Fair turns between families").
 """
 from __future__ import annotations
 
@@ -12,9 +14,10 @@ import uuid
 from typing import Any
 
 from db import photos as photos_db
+from db import slots as slots_db
 from db import stories as stories_db
 from db.claims import poison_message
-from db.engine import autocommit
+from db.engine import autocommit, transaction
 from pipeline.config import settings
 from pipeline.kernel.errors import PermanentStepError
 from pipeline.kernel.step import (
@@ -34,7 +37,7 @@ from pipeline.kernel.step import (
 from pipeline.providers import registry
 from pipeline.providers.base import Outline, StoryRequest
 from pipeline.providers.themes import THEMES, resolve_theme
-from pipeline.stories import upload_wait
+from pipeline.stories import slots, upload_wait
 from pipeline.stories.faces import ProtagonistChoice, choose_protagonist
 from pipeline.stories.fonts import printable_text
 from pipeline.stories.photo_step import NO_FACE, analyze_photo
@@ -84,12 +87,15 @@ def generate_story(story_id: str, attempt: Attempt = FIRST_TRY) -> StepResult:
     outline, title and page rows written once; returns the pages to run (fan-out)."""
     s = settings()
     timer = Timer()
-    with timer.phase("claim"), autocommit() as c:
+    cap = s.user_stories_in_flight
+    # With a cap (USER_STORIES_IN_FLIGHT), the claim takes a slot of the account under its advisory
+    # lock: one transaction, committed at the end of this block (db/slots.py).
+    with timer.phase("claim"), (transaction() if cap > 0 else autocommit()) as c:
         # The claim also refuses (fails) a story whose photo is not its own user's, was deleted,
         # or whose upload failed or never finished within PHOTO_UPLOAD_WAIT_SECONDS.
         claim = stories_db.claim_story(c, story_id, s.step_lease_seconds, s.photo_upload_wait_seconds,
-                                       attempt.number, attempt.task_id, held=attempt.held)
-        state = None if claim else stories_db.story_start_state(c, story_id, s.photo_upload_wait_seconds)
+                                       attempt.number, attempt.task_id, held=attempt.held, cap=cap)
+        state = None if claim else slots_db.story_start_state(c, story_id, s.photo_upload_wait_seconds)
     if claim is None:
         if state is None:
             return StepResult(Outcome.STOPPED, "story not found", timer.timings)
@@ -102,12 +108,18 @@ def generate_story(story_id: str, attempt: Attempt = FIRST_TRY) -> StepResult:
             if not upload_wait.hold(story_id, state["pending_since"], attempt.task_id, countdown):
                 return StepResult(Outcome.STOPPED, "another message waits for the photo's upload", timer.timings)
             raise RetryLater(countdown, "waiting for the photo's upload", waiting=True)
+        if state["status"] == "pending" and cap > 0:
+            # Its account is at its cap: the story stays pending, without a claim or an error; the
+            # hand-off of the account's next story to end sends it again (the sweep if that is lost).
+            return StepResult(Outcome.STOPPED, slots.waiting_detail(int(state["in_flight"]), cap), timer.timings)
         return held_elsewhere("story start in progress", state["age"], attempt, timer)
     if claim["refused"]:
         return StepResult(Outcome.FAILED, claim["refused"], timer.timings)
 
     token = int(claim["claim_token"])
     note_claim(token)
+    # Its pages' turn in the broker: later than a less busy family's (README "Fair turns between families").
+    priority = slots.page_priority(int(claim["in_flight_before"]), int(claim["backlog"]))
     record = StoryRecorder(story_id, attempt, token)
 
     def fail(msg: str, stage: stories_db.Stage = "outline") -> StepResult:
@@ -191,10 +203,11 @@ def generate_story(story_id: str, attempt: Attempt = FIRST_TRY) -> StepResult:
                                                       list(outline.beats), choice.to_json(), token=token)
         if pages is None:  # fenced: failed meanwhile, or another worker took the start over
             raise ClaimLost(f"story {story_id}: outline not saved")
-        return StepResult(Outcome.DONE, f"{len(pages)} pages to run", timer.timings, fanout=pages, context=fixed)
+        return StepResult(Outcome.DONE, f"{len(pages)} pages to run", timer.timings, fanout=pages, context=fixed,
+                          priority=priority)
     with autocommit() as c:  # a re-run: the pages exist; run those not finished
         pages = stories_db.unfinished_pages(c, story_id)
-    return StepResult(Outcome.DONE, f"{len(pages)} pages to run", timer.timings, fanout=pages)
+    return StepResult(Outcome.DONE, f"{len(pages)} pages to run", timer.timings, fanout=pages, priority=priority)
 
 
 def _protagonist_choice(photo_id: str, face_details: Any, child_age: int) -> ProtagonistChoice:
