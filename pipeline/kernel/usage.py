@@ -134,10 +134,12 @@ def record(provider: str, operation: str, *, call_id: str | None = None, input_t
     row = usage_db.UsageRow(digest(key), m.stage, provider, operation, m.story_id, m.order_id, m.page_number,
                             max(0, int(input_tokens)), max(0, int(output_tokens)), max(0.0, float(seconds)),
                             max(0, int(calls)), max(0, int(micro)), (currency or prices.currency).lower()[:3])
-    with transaction() as c:
+    settling = settle and m.story_id is not None
+    # One statement in autocommit when there is no hold to settle (every offline call: the hot path).
+    with (transaction() if settling else autocommit()) as c:
         inserted = usage_db.insert_usage(c, row)
-        if settle and m.story_id is not None:
-            usage_db.drop_hold(c, m.story_id, _hold_key(m, provider))
+        if settling:
+            usage_db.drop_hold(c, str(m.story_id), _hold_key(m, provider))
     if inserted:
         from pipeline.kernel import metrics
 
