@@ -182,7 +182,7 @@ def settings() -> Settings:
         page_count=_int("STORY_PAGE_COUNT", 12, 1, 24),
         vision_provider=_choice("VISION_PROVIDER", "local", ("local", "instant", "rekognition")),
         text_provider=_choice("TEXT_PROVIDER", "local", ("local", "instant", "openai")),
-        image_provider=_choice("IMAGE_PROVIDER", "local", ("local", "instant", "replicate")),
+        image_provider=_choice("IMAGE_PROVIDER", "local", ("local", "instant", "replicate", "simulated")),
         storage_backend=_choice("STORAGE_BACKEND", "local", ("local", "s3")),
         simulated_latency=_float("SIMULATED_PROVIDER_LATENCY", 0.0, 0.0, 600.0),
         simulated_storage_latency=_float("SIMULATED_STORAGE_LATENCY", 0.0, 0.0, 600.0),

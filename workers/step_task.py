@@ -28,6 +28,7 @@ import json
 import logging
 import random
 import time
+import uuid
 from collections.abc import Callable
 from typing import Any
 
@@ -82,6 +83,9 @@ def step_task(name: str, stage: str, *, key: str | None = None,
 
         def run(self: Task, *args: Any, **kwargs: Any) -> str:
             kwargs.pop("held", None)  # ours, carried by a re-send (see _run), not the step's
+            queued = kwargs.pop("queued", None)  # ours: the backstop copy of a wait in a quota's line
+            if isinstance(queued, str) and _woken_already(self, queued):
+                return "stopped: woken from its quota's line by another message"
             body = fn(*args, **kwargs)
             if isinstance(body, str):
                 return body
@@ -100,8 +104,9 @@ def step_task(name: str, stage: str, *, key: str | None = None,
         # whatever its own parameters: Celery checks a retry's kwargs against this signature.
         named = [p for p in params if p.kind is not inspect.Parameter.VAR_KEYWORD]
         rest = [p for p in params if p.kind is inspect.Parameter.VAR_KEYWORD]
-        if not any(p.name == "held" for p in params):
-            named.append(inspect.Parameter("held", inspect.Parameter.KEYWORD_ONLY, default=None))
+        for ours in ("held", "queued"):
+            if not any(p.name == ours for p in params):
+                named.append(inspect.Parameter(ours, inspect.Parameter.KEYWORD_ONLY, default=None))
         run.__signature__ = inspect.Signature(  # type: ignore[attr-defined]
             [inspect.Parameter("self", inspect.Parameter.POSITIONAL_OR_KEYWORD), *named, *rest])
         return app.task(base=StepTask, bind=True, name=name)(run)  # type: ignore[no-any-return]
@@ -155,7 +160,11 @@ def _run(task: Task, stage: str, ids: dict[str, Any], body: Body, ident: str | N
         # Errors are bounded by the tries (steps give up at Attempt.last); waiting is bounded by
         # what is waited for (a lease, a job's time limit), so Celery's own cap is off.
         kwargs = {**(req.kwargs or {}), "tries": tries if r.waiting else tries + 1}
-        raise task.retry(countdown=r.countdown, kwargs=kwargs, max_retries=None, exc=None) from None
+        kwargs.pop("queued", None)
+        countdown = r.countdown
+        if r.line is not None:
+            countdown, kwargs = _wait_in_line(task, r.line, kwargs, countdown)
+        raise task.retry(countdown=countdown, kwargs=kwargs, max_retries=None, exc=None) from None
     except Exception as e:
         if not db_unavailable(e):
             raise
@@ -188,6 +197,43 @@ def _run(task: Task, stage: str, ids: dict[str, Any], body: Body, ident: str | N
         _final_event(task, result, summary, time.perf_counter() - t0)
         raise Ignore(summary)
     return summary
+
+
+def _wait_in_line(task: Task, line: tuple[str, str], kwargs: dict[str, Any],
+                  countdown: float) -> tuple[float, dict[str, Any]]:
+    """A step waiting for a concurrent-job slot (RetryLater.line = (provider, holder)): queue it in
+    the provider's line with this very message (its chain, queue, priority) as the one to send on
+    its turn (pipeline/kernel/quota_line.py), and return (countdown, kwargs) of the backstop
+    retry: QUOTA_WAKE_BACKSTOP seconds, carrying the wait's ticket (``queued``). A slot free by
+    now: at once. The line off or Redis unavailable: the step's own countdown (as before)."""
+    from pipeline.kernel import quota_line
+    from pipeline.kernel.errors import TransientStepError
+    from pipeline.kernel.quota import quotas
+
+    if not quota_line.enabled():
+        return countdown, kwargs
+    provider, holder = line
+    ticket = uuid.uuid4().hex
+    message = json.dumps(dict(task.signature_from_request(task.request, task.request.args, kwargs)), default=str)
+    try:
+        queued = quotas().wait_in_line(provider, holder, ticket, message)
+    except TransientStepError:
+        return countdown, kwargs
+    if not queued:
+        return 0.0, kwargs
+    return quota_line.backstop(), {**kwargs, "queued": ticket}
+
+
+def _woken_already(task: Task, ticket: str) -> bool:
+    """Is this message the backstop copy of a wait that a release has woken (another message is
+    carrying the step on)? Then it is acked and its chain dropped (the woken message carries it)."""
+    from pipeline.kernel.quota import quotas
+
+    if not quotas().superseded(ticket):
+        return False
+    if task.request.chain:
+        raise Ignore("woken from its quota's line by another message")
+    return True
 
 
 def _final_event(task: Task, result: step.StepResult, summary: str, runtime: float) -> None:

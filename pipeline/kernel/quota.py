@@ -16,7 +16,6 @@ slot is not held while the quota refills). Limits come from the environment:
 """
 from __future__ import annotations
 
-import contextlib
 import os
 import threading
 import time
@@ -27,6 +26,7 @@ from functools import cache
 import redis
 
 from pipeline.config import settings
+from pipeline.kernel import quota_line
 from pipeline.kernel.errors import TransientStepError
 
 # Defaults sit below each provider's documented starting limits, so a fresh account is not
@@ -39,7 +39,23 @@ DEFAULTS: dict[str, tuple[float, float, int]] = {  # provider -> (rps, rpm, conc
     "s3": (0.0, 0.0, 0),
     "openai": (0.0, 450.0, 8),  # tier-1 RPM is 500
     "replicate": (8.0, 0.0, 8),  # 600 predictions/min create; running jobs capped for cost
+    "replicate_api": (40.0, 0.0, 0),  # every other API endpoint (status, list, cancel): 3000/min
+    "replicate_files": (0.0, 0.0, 0),  # output files, on Replicate's file host: no API limit
 }
+
+# Which rate limit a request spends: Replicate documents separate limits for creating predictions
+# (600/min) and for every other endpoint (3000/min), so a status poll or an output download must
+# not spend the create limit (https://replicate.com/docs/topics/predictions/rate-limits).
+# Other providers: one limit for every request.
+_RATE_BUCKETS = {("replicate", "create"): "replicate", ("replicate", "download"): "replicate_files"}
+_OTHER_REQUESTS = {"replicate": "replicate_api"}
+
+
+def rate_bucket(provider: str, operation: str) -> str:
+    """The quota name whose rate limits request ``operation`` of ``provider`` spends: for
+    Replicate, "replicate" for ``create``, "replicate_files" for ``download``, "replicate_api"
+    for the rest; else ``provider`` itself."""
+    return _RATE_BUCKETS.get((provider, operation), _OTHER_REQUESTS.get(provider, provider))
 
 
 SAFETY = 1.1
@@ -79,9 +95,12 @@ class QuotaWait(TransientStepError):
     """The shared quota is spent for now: come back after ``retry_after`` seconds. Not a
     provider failure, so it does not use up a step's retries."""
 
-    def __init__(self, provider: str, message: str, retry_after: float) -> None:
+    def __init__(self, provider: str, message: str, retry_after: float, holder: str | None = None) -> None:
         super().__init__(message, retry_after)
         self.provider = provider
+        # Set by a step waiting for a concurrent-job slot under this holder name: the task layer
+        # then queues the step in the provider's line (pipeline/kernel/quota_line.py).
+        self.holder = holder
 
 
 # GCRA for several limits at once: allowed only if every limit allows, and then all advance.
@@ -108,24 +127,6 @@ end
 return 0
 """
 
-# Concurrency slots. KEYS[1]: the holders' zset; ARGV: limit, holder, lease ms.
-# Returns 0 when the slot is held (newly or again: a re-run with the same holder keeps its slot),
-# else the ms until the earliest holder's lease runs out (an upper bound on the wait).
-_ACQUIRE = """
-local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now)
-local limit = tonumber(ARGV[1])
-if redis.call('ZSCORE', KEYS[1], ARGV[2]) or redis.call('ZCARD', KEYS[1]) < limit then
-  redis.call('ZADD', KEYS[1], now + tonumber(ARGV[3]), ARGV[2])
-  redis.call('PEXPIRE', KEYS[1], tonumber(ARGV[3]) + 60000)
-  return 0
-end
-local first = redis.call('ZRANGE', KEYS[1], 0, 0, 'WITHSCORES')
-return math.max(1, tonumber(first[2]) - now)
-"""
-
-
 def max_inline_wait() -> float:
     """QUOTA_MAX_INLINE_WAIT: seconds a step waits for its quota in its thread (default 1);
     longer, it is re-scheduled. Raises SystemExit("configuration error: …") outside 0–3600."""
@@ -142,7 +143,8 @@ class Quotas:
                                            health_check_interval=30)
         self._prefix = prefix
         self._gcra = self._redis.register_script(_GCRA)
-        self._acquire = self._redis.register_script(_ACQUIRE)
+        self._line = quota_line.Line(self._redis, prefix)
+        self._fifo = quota_line.enabled()
         self.max_inline_wait = max_inline_wait()
 
     def _call(self, fn: object, *args: object) -> int:
@@ -186,19 +188,50 @@ class Quotas:
 
     def acquire(self, provider: str, holder: str, lease: float) -> float:
         """Hold one of the provider's concurrent-job slots for ``holder`` (idempotent for the
-        same holder; renews its lease). Returns 0 when held, else seconds to wait."""
+        same holder; renews its lease). A free slot goes to the steps waiting in the provider's
+        line first (pipeline/kernel/quota_line.py), in order. Returns 0 when held, else seconds
+        until the earliest holder's lease runs out (an upper bound on the wait)."""
         cap = limits(provider).concurrent
         if cap <= 0:
             return 0.0
-        key = f"{self._prefix}:{provider}:jobs"
-        return self._call(self._acquire, [key], [cap, holder, int(lease * 1000)]) / 1000.0
+        return self._call(self._line.acquire, quota_line.keys(self._prefix, provider),
+                          [cap, holder, int(lease * 1000), "1" if self._fifo else "0"]) / 1000.0
+
+    def wait_in_line(self, provider: str, holder: str, ticket: str, message: str) -> bool:
+        """Queue ``holder`` in ``provider``'s line with the message to send on its turn (JSON of a
+        Celery signature; ``ticket`` names this wait). True when queued, False when a slot is free
+        for it now (or there is no cap, or the line is off: QUOTA_WAKE=false). Raises
+        TransientStepError when Redis is unavailable."""
+        cap = limits(provider).concurrent
+        if cap <= 0 or not self._fifo:
+            return False
+        return bool(self._call(lambda: int(self._line.enqueue(provider, cap, holder, ticket, message))))
+
+    def superseded(self, ticket: str) -> bool:
+        """Was the wait ``ticket`` woken already (its backstop copy is then not needed)?"""
+        return self._line.superseded(ticket)
 
     def release(self, provider: str, holder: str) -> None:
-        """Give back ``holder``'s concurrent-job slot (best effort: its lease frees it anyway)."""
-        if limits(provider).concurrent <= 0:
+        """Give back ``holder``'s concurrent-job slot and hand the freed slot to the oldest
+        waiting step at once (its message is sent: quota_line.wake). Best effort: the slot's
+        lease frees it anyway, and a waiter's backstop retry runs it anyway."""
+        cap = limits(provider).concurrent
+        if cap <= 0:
             return
-        with contextlib.suppress(redis.RedisError):  # the slot's lease frees it anyway
-            self._redis.zrem(f"{self._prefix}:{provider}:jobs", holder)
+        try:
+            woken = self._line.release(provider, cap, holder, self._fifo)
+        except redis.RedisError:
+            return
+        quota_line.wake(self._line, woken)
+
+    @property
+    def client(self) -> redis.Redis:
+        """The Redis connection the quotas live on (shared per process)."""
+        return self._redis
+
+    def waiting(self, provider: str) -> list[str]:
+        """The holders waiting in ``provider``'s line, oldest first."""
+        return self._line.waiting(provider)
 
     def holders(self, provider: str) -> int:
         """How many of ``provider``'s concurrent-job slots are held now."""
@@ -246,7 +279,7 @@ class QuotaHooks:
                 time.sleep(0.05)
             self._local.__dict__.setdefault("held", []).append((provider, holder))
         try:
-            q.take(provider)
+            q.take(rate_bucket(provider, operation))
         except BaseException:
             self._drop(provider)
             raise

@@ -114,11 +114,16 @@ def forget_claim() -> None:
 class RetryLater(Exception):
     """The step released its claim after a transient error; run it again after ``countdown``."""
 
-    def __init__(self, countdown: float, reason: str, *, waiting: bool = False) -> None:
+    def __init__(self, countdown: float, reason: str, *, waiting: bool = False,
+                 line: tuple[str, str] | None = None) -> None:
         super().__init__(reason)
         self.countdown = countdown
         self.reason = reason
         self.waiting = waiting  # waiting on another step, not an error: not counted as a failure
+        # (provider, holder): waiting for one of the provider's concurrent-job slots; the task
+        # layer queues the step in the provider's line (pipeline/kernel/quota_line.py) and the
+        # countdown is only the backstop.
+        self.line = line
 
 
 class ClaimLost(Exception):
@@ -259,7 +264,8 @@ def guarded(
         # whoever comes first when it refills, without using up a try or recording an error.
         record.release(None)
         metrics.QUOTA_WAITS.labels(e.provider).inc()
-        raise RetryLater(backoff(0, e.retry_after), str(e), waiting=True) from None
+        line = (e.provider, e.holder) if e.holder is not None else None
+        raise RetryLater(backoff(0, e.retry_after), str(e), waiting=True, line=line) from None
     except PermanentStepError as e:
         record.fail(str(e))
         raise StepFailed(str(e)) from None

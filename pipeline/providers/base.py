@@ -196,6 +196,9 @@ class JobStatus:
     state: str
     output_url: str | None = None  # the image to copy into our storage when succeeded
     error: str | None = None  # the provider's reason when failed/canceled/expired, for people
+    # An ended job: seconds from its creation to its end, as the provider reports it (None:
+    # unknown); pipeline/kernel/job_timing.py schedules the next looks from these.
+    seconds: float | None = None
 
 
 class ImageJobs(Protocol):

@@ -58,6 +58,46 @@ class _Slow:
         return call
 
 
+class _Quoted:
+    """Runs each call of the wrapped simulated provider under the shared quota ``quota`` (its
+    concurrent cap and rate limits: pipeline/kernel/quota.py QuotaHooks), as a real adapter's
+    request runs; QuotaWait when the quota is not free within QUOTA_MAX_INLINE_WAIT."""
+
+    def __init__(self, inner: Any, quota: str) -> None:
+        from pipeline.kernel.quota import QuotaHooks
+
+        self._inner = inner
+        self._quota = quota
+        self._hooks = QuotaHooks()
+
+    def __getattr__(self, name: str) -> Any:
+        attr = getattr(self._inner, name)
+        if name not in _COUNTED:
+            return attr
+
+        def call(*args: Any, **kwargs: Any) -> Any:
+            self._hooks.before(self._quota, name)
+            t0, outcome = time.monotonic(), "error"
+            try:
+                result = attr(*args, **kwargs)
+                outcome = "ok"
+                return result
+            finally:
+                self._hooks.after(self._quota, name, outcome, time.monotonic() - t0)
+
+        return call
+
+
+def _quoted(provider: Any, role: str) -> Any:
+    """``provider`` under the quota SIMULATED_<ROLE>_QUOTA names (e.g. "openai" for the text a
+    simulated writer stands in for: QUOTA_OPENAI_* apply), or as it is when that is unset, empty
+    or "none" (the default: offline runs are not throttled unless asked)."""
+    quota = os.environ.get(f"SIMULATED_{role}_QUOTA", "").strip().lower()
+    if quota in ("", "none") or isinstance(provider, _RemoteJobsOnly):
+        return provider
+    return _Quoted(provider, quota)
+
+
 _COUNTED = ("analyze_photo", "write_outline", "write_page", "draw_base", "personalize")  # the providers' calls
 
 
@@ -141,11 +181,24 @@ def _build(s: Settings) -> Providers:
         # The cap on concurrent predictions is held by the step for each job's life, not per call.
         image_jobs = ReplicateImageJobs.from_env(hooks=QuotaHooks(concurrent_calls=False))
         illustrator = _RemoteJobsOnly()
+    elif s.image_provider == "simulated":
+        from pipeline.providers.simulated_jobs import SimulatedImageJobs
+
+        image_jobs = SimulatedImageJobs.from_env(s.redis_url)  # offline images as remote jobs
+        illustrator = _RemoteJobsOnly()
     else:
         raise SystemExit(f"configuration error: image provider {s.image_provider!r} is not available")
 
     if s.simulated_latency > 0:
         vision, writer, illustrator = (_Slow(p, s.simulated_latency) for p in (vision, writer, illustrator))
+    # Offline providers under the shared quotas when configured (SIMULATED_<ROLE>_QUOTA): a slot is
+    # held while the simulated latency runs, as a real provider's call holds it.
+    if s.vision_provider in ("local", "instant"):
+        vision = _quoted(vision, "VISION")
+    if s.text_provider in ("local", "instant"):
+        writer = _quoted(writer, "TEXT")
+    if s.image_provider in ("local", "instant"):
+        illustrator = _quoted(illustrator, "IMAGE")
     # Offline providers cost nothing but are counted (calls, seconds; README "What each book costs").
     if s.vision_provider in ("local", "instant"):
         vision = _Counted(vision, s.vision_provider)

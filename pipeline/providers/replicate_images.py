@@ -284,7 +284,7 @@ class ReplicateImageJobs:
             return JobStatus("expired", error=str(exc))
         st = prediction_status(p)
         usage_calls.replicate_record(p)  # once it has ended: its metrics.predict_time
-        return JobStatus(st.state, st.output_url, self._safe(st.error) if st.error else None)
+        return JobStatus(st.state, st.output_url, self._safe(st.error) if st.error else None, st.seconds)
 
     def cancel(self, job_id: str) -> None:
         """``POST /v1/predictions/{id}/cancel``; the time the prediction ran is recorded from the

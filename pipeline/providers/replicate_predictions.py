@@ -137,7 +137,8 @@ def prediction_status(prediction: Mapping[str, Any]) -> JobStatus:
         gone = output_gone_reason(prediction)
         if gone is not None:
             return JobStatus("expired", error=gone)
-        return JobStatus("succeeded", output_url=first_url(prediction.get("output")))
+        return JobStatus("succeeded", output_url=first_url(prediction.get("output")),
+                         seconds=elapsed_seconds(prediction))
     if status == "canceled":
         return JobStatus("canceled", error="The image job was canceled.")
     if status == "aborted":
@@ -147,6 +148,15 @@ def prediction_status(prediction: Mapping[str, Any]) -> JobStatus:
         error = prediction.get("error")
         return JobStatus("failed", error=failure_message(error if isinstance(error, str) else None))
     raise TransientStepError(f"Replicate sent a prediction with an unknown status {str(status)[:40]!r}.")
+
+
+def elapsed_seconds(prediction: Mapping[str, Any]) -> float | None:
+    """Seconds from the prediction's ``created_at`` to its ``completed_at`` (queue and run: how long
+    a look must wait for it), or None when either is missing or unreadable."""
+    start, end = parse_time(prediction.get("created_at")), parse_time(prediction.get("completed_at"))
+    if start is None or end is None or end < start:
+        return None
+    return (end - start).total_seconds()
 
 
 def failure_message(reason: str | None) -> str:

@@ -27,7 +27,7 @@ from db import provider_jobs as jobs_db
 from db.engine import autocommit, transaction
 from db.pages import PageClaim
 from pipeline.config import settings
-from pipeline.kernel import usage
+from pipeline.kernel import job_timing, usage
 from pipeline.kernel.errors import OutputGoneError
 from pipeline.kernel.quota import QuotaWait, quotas
 from pipeline.kernel.step import (
@@ -59,6 +59,12 @@ log = logging.getLogger("pipeline.stories.remote_jobs")
 
 # What a page step's remote job makes, for the message when its outputs kept expiring.
 JOB_PRODUCT = {"image": "illustration", "personalization": "personalized picture"}
+
+
+def quota_of(jobs: Any) -> str:
+    """The concurrency quota a job provider's jobs hold slots of: its ``quota`` attribute (the
+    simulated provider stands in for another's), else its name ("replicate")."""
+    return str(getattr(jobs, "quota", jobs.name))
 
 
 def _job_input(stage: str, claim: PageClaim, timer: Timer) -> dict[str, Any]:
@@ -125,7 +131,7 @@ def _job_step(page_id: str, stage: jobs_db.JobStage, attempt: Attempt, meter: us
 
     # A run that follows a job acts under the job's claim (its token): the page's current holder's.
     token = claim.token if claim is not None else int(job["claim_token"]) if job is not None else 0
-    record = JobRecorder(page_id, stage, ctx["page_number"], label, attempt, token, provider=jobs.name, job=job)
+    record = JobRecorder(page_id, stage, ctx["page_number"], label, attempt, token, provider=quota_of(jobs), job=job)
 
     if claim is None:
         assert state is not None
@@ -141,12 +147,17 @@ def _job_step(page_id: str, stage: jobs_db.JobStage, attempt: Attempt, meter: us
 
     holder = record.holder
 
+    kind = "base" if stage == "image" else "personalize"
+
     def start() -> tuple[str, str]:
+        wait = quotas().acquire(quota_of(jobs), holder, s.job_max_seconds + 60)
+        if wait > 0:
+            # Queued in the provider's line (holder): woken when a slot is handed on to it.
+            raise QuotaWait(quota_of(jobs), f"{jobs.name} has its maximum of concurrent jobs running", min(wait, 10.0),
+                            holder=holder)
+        # Built once the slot is held: a step waiting for a slot decodes no photo.
         model_input = _job_input(stage, claim, timer)
         sha = _input_sha(model_input, claim.revision)
-        wait = quotas().acquire(jobs.name, holder, s.job_max_seconds + 60)
-        if wait > 0:
-            raise QuotaWait(jobs.name, f"{jobs.name} has its maximum of concurrent jobs running", min(wait, 10.0))
         reserved_now = False
         if record.job is None:
             with autocommit() as c:
@@ -158,7 +169,6 @@ def _job_step(page_id: str, stage: jobs_db.JobStage, attempt: Attempt, meter: us
                 raise ClaimLost(f"page {claim.page_number} {stage}: no job reserved")
             if record.job["external_id"]:
                 return "", ""
-        kind = "base" if stage == "image" else "personalize"
         with timer.phase("provider"):
             # An intent recorded by an earlier run that has no id: that run died (or timed out)
             # between asking the provider and recording the reply. Its job may exist: find it
@@ -183,8 +193,8 @@ def _job_step(page_id: str, stage: jobs_db.JobStage, attempt: Attempt, meter: us
         if not started:
             _orphaned(page_id, stage, jobs, external_id, sha, claim.token)
             raise ClaimLost(f"page {claim.page_number} {stage}: job {external_id} made after the claim was lost")
-    # Come back when the job has had time to run; the page keeps its claim meanwhile.
-    raise RetryLater(s.job_poll_interval, f"{label} job started", waiting=True)
+    # Come back when the job should be done (job_timing); the page keeps its claim meanwhile.
+    raise RetryLater(job_timing.next_look(jobs.name, kind, 0.0), f"{label} job started", waiting=True)
 
 
 def _orphaned(page_id: str, stage: jobs_db.JobStage, jobs: Any, external_id: str, sha: str, token: int) -> None:
@@ -217,10 +227,16 @@ def _follow_job(record: JobRecorder, timer: Timer, ctx: dict[str, Any]) -> StepR
     col, _ = page_columns(stage)
     job_id, external_id = str(job["id"]), str(job["external_id"])
     label = STAGE_LABEL[stage]
+    kind = "base" if stage == "image" else "personalize"
 
     def look() -> tuple[str, bytes | None, str | None]:
         with timer.phase("provider"):
             st = jobs.status(external_id)
+        if st.state != "running":
+            # The job no longer runs at the provider: its slot is handed on now, before the copy.
+            quotas().release(quota_of(jobs), f"{page_id}:{stage}")
+            if st.state == "succeeded":
+                job_timing.observe(jobs.name, kind, st.seconds or job["age"].total_seconds())
         if st.state == "succeeded":
             if not st.output_url:
                 return "expired", None, "the output was empty"
@@ -249,8 +265,9 @@ def _follow_job(record: JobRecorder, timer: Timer, ctx: dict[str, Any]) -> StepR
             return StepResult(Outcome.FAILED, msg, timer.timings, context=ctx)
         with autocommit() as c:
             jobs_db.job_polled(c, job_id, page_id, col)
-        quotas().acquire(jobs.name, f"{page_id}:{stage}", s.job_max_seconds + 60)  # renew the slot
-        raise RetryLater(s.job_poll_interval, f"{label} job {external_id} still running", waiting=True)
+        quotas().acquire(quota_of(jobs), f"{page_id}:{stage}", s.job_max_seconds + 60)  # renew the slot
+        raise RetryLater(job_timing.next_look(jobs.name, kind, job["age"].total_seconds()),
+                         f"{label} job {external_id} still running", waiting=True)
 
     if state != "succeeded":
         from pipeline.providers.base import JobStatus
@@ -284,7 +301,7 @@ def _follow_job(record: JobRecorder, timer: Timer, ctx: dict[str, Any]) -> StepR
         if now is not None and now["status"] == "completed":
             return StepResult(Outcome.ALREADY_DONE, "", timer.timings, context=ctx)
         raise ClaimLost(f"{label} job {external_id}: result not recorded")
-    quotas().release(jobs.name, f"{page_id}:{stage}")
+    quotas().release(quota_of(jobs), f"{page_id}:{stage}")
     return StepResult(Outcome.DONE, "", timer.timings, context=ctx)
 
 
@@ -317,7 +334,7 @@ def _replace_expired_job(record: JobRecorder, timer: Timer, ctx: dict[str, Any],
             # Another copy of this step ended the job first (or took the step over) and decides
             # (raised inside the transaction: nothing of this run's is committed).
             raise ClaimLost(f"{STAGE_LABEL[stage]} job {job['external_id']}: already ended")
-    quotas().release(jobs.name, f"{page_id}:{stage}")  # this job is over; the next one queues anew
+    quotas().release(quota_of(jobs), f"{page_id}:{stage}")  # this job is over; the next one queues anew
     log.warning("page %s %s: job %s output expired (%s); re-creating (%d of %d)", page_id, stage,
                 job["external_id"], why, made, s.job_output_recreations)
     raise RetryLater(min(s.job_poll_interval, 1.0), note, waiting=True)
