@@ -56,6 +56,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--window", type=float, default=None,
                     help="provider seconds of work per point at the bound (default 20): sets the stories")
     ap.add_argument("--modes", default="after,before", help="after (shipped), before (old behaviour)")
+    ap.add_argument("--no-story", action="store_true", help="skip the 12-page story")
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args(argv)
     args.slots = [int(x) for x in args.slots.split(",")]
@@ -84,6 +85,28 @@ def busy_fraction(jobs: list[dict[str, float]], slots: int) -> tuple[float, floa
     return sum(j["seconds"] for j in jobs) / (slots * (end - start)), end - start
 
 
+def steady_busy(jobs: list[dict[str, float]], slots: int) -> float | None:
+    """Busy fraction while the line was full: from the creation of the ``slots``-th job (every slot
+    taken once) to the creation of the last one (no job left waiting after), so the ramp and the
+    tail (fewer jobs left than slots) are left out; None when that window is empty."""
+    starts = sorted(j["created"] for j in jobs)
+    if len(starts) <= slots:
+        return None
+    lo, hi = starts[slots - 1], starts[-1]
+    if hi <= lo:
+        return None
+    ran = sum(max(0.0, min(hi, j["created"] + j["seconds"]) - max(lo, j["created"])) for j in jobs)
+    return ran / (slots * (hi - lo))
+
+
+def hand_on_gap(jobs: list[dict[str, float]]) -> float | None:
+    """With one slot: the median seconds from a job's end to the next job's creation (the time a
+    freed slot stays idle), else None."""
+    seq = sorted(jobs, key=lambda j: j["created"])
+    gaps = sorted(b["created"] - (a["created"] + a["seconds"]) for a, b in zip(seq, seq[1:], strict=False))
+    return gaps[len(gaps) // 2] if gaps else None
+
+
 def _point(mode: str, slots: int, job_s: float, n: int, pages: int, base: dict[str, str], engine: Any,
            storage: Path, logs: Path) -> dict[str, Any]:
     import redis
@@ -107,11 +130,15 @@ def _point(mode: str, slots: int, job_s: float, n: int, pages: int, base: dict[s
         t1 = wait_stories(engine, ids, 1800)
     finally:
         stop(proc)
-    busy, provider_wall = busy_fraction(job_records(r), slots)
+    records = job_records(r)
+    busy, provider_wall = busy_fraction(records, slots)
+    gap = hand_on_gap(records) if slots == 1 else None
+    steady = steady_busy(records, slots)
     bound = slots / (2 * pages * job_s)
     return {"mode": mode, "slots": slots, "job_s": job_s, "stories": n, "busy": busy,
             "provider_wall_s": provider_wall, "stories_per_s": n / (t1 - t0), "bound_stories_per_s": bound,
-            "throughput_vs_bound": n / (t1 - t0) / bound, "wall_s": t1 - t0}
+            "throughput_vs_bound": n / (t1 - t0) / bound, "wall_s": t1 - t0,
+            "hand_on_gap_ms": None if gap is None else gap * 1000, "steady_busy": steady}
 
 
 def _client(url: str) -> Any:
@@ -162,7 +189,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                     points.append(p)
                     print(_line(p), file=sys.stderr, flush=True)
         story_job = 2.0 if args.quick else 5.0
-        for mode in args.modes:
+        for mode in [] if args.no_story else args.modes:
             stories.append(_one_story(mode, story_job, base, engine, storage, logs))
             print(_story_line(stories[-1]), file=sys.stderr, flush=True)
     finally:
@@ -177,9 +204,16 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 def _line(p: dict[str, Any]) -> str:
     met = "met" if p["busy"] >= TARGET else "MISSED"
     return (f"{p['mode']:>6}: {p['slots']:>2} slots x {p['job_s']:>4}s jobs, {p['stories']:>3} stories: busy "
-            f"{p['busy']:.3f} ({met} >= {TARGET}), {p['stories_per_s']:.3f} stories/s = "
+            f"{p['busy']:.3f} ({met} >= {TARGET}; steady {_f(p.get('steady_busy'))}), "
+            f"{p['stories_per_s']:.3f} stories/s = "
             f"{p['throughput_vs_bound']:.3f}x the bound {p['bound_stories_per_s']:.3f} "
-            f"(provider {p['provider_wall_s']:.1f}s, wall {p['wall_s']:.1f}s, load {p.get('load_1min', 0):.1f})")
+            f"(provider {p['provider_wall_s']:.1f}s, wall {p['wall_s']:.1f}s, load {p.get('load_1min', 0):.1f}"
+            + (f", median hand-on gap {p['hand_on_gap_ms']:.0f} ms" if p.get("hand_on_gap_ms") is not None else "")
+            + ")")
+
+
+def _f(v: float | None) -> str:
+    return "-" if v is None else f"{v:.3f}"
 
 
 def _story_line(s: dict[str, Any]) -> str:

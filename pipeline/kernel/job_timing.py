@@ -79,8 +79,8 @@ def next_look(provider: str, kind: str, age: float) -> float:
     est = expected(provider, kind)
     if est is None:
         wait = _UNKNOWN
-    elif age < est * 1.02:
-        wait = est * 1.02 - age
+    elif age < est * 1.01:
+        wait = est * 1.01 + 0.005 - age
     else:
         wait = max(0.05 * est, 0.25 * (age - est))
     return round(min(hi, max(lo, wait)), 3)

@@ -19,6 +19,8 @@ import contextlib
 import hashlib
 import json
 import logging
+import threading
+import time
 from datetime import timedelta
 from typing import Any
 
@@ -80,10 +82,41 @@ def _job_input(stage: str, claim: PageClaim, timer: Timer) -> dict[str, Any]:
 
     with timer.phase("read"):
         base_ref = registry.image_ref(p.storage, claim.base_image_key, "image/png")
-        photo = registry.read_photo(claim.photo["storage_provider"], claim.photo["bucket"], claim.photo["object_key"])
-    # Only the child's face leaves us, cropped (not the whole family photo), and the swap
-    # model cannot pick a sibling's face.
-    return jobs.personalize_input(base_ref, face_photo_data_uri(photo, face), face, req)
+        where = (claim.photo["storage_provider"], claim.photo["bucket"], claim.photo["object_key"])
+        crop = _crops.get((*where, face.box))
+        if crop is None:
+            # Only the child's face leaves us, cropped (not the whole family photo), and the swap
+            # model cannot pick a sibling's face.
+            crop = face_photo_data_uri(registry.read_photo(*where), face)
+            _crops.put((*where, face.box), crop)
+    return jobs.personalize_input(base_ref, crop, face, req)
+
+
+class _CropCache:
+    """The face crops of the last few photos, for ``CROP_CACHE_SECONDS`` (every page of a story
+    sends the same crop; decoding the photo again is what a freed slot would wait for)."""
+
+    def __init__(self, size: int = 16) -> None:
+        self._size = size
+        self._items: dict[tuple[Any, ...], tuple[float, str]] = {}
+        self._lock = threading.Lock()
+
+    def get(self, key: tuple[Any, ...]) -> str | None:
+        with self._lock:
+            hit = self._items.get(key)
+            if hit is None or time.monotonic() - hit[0] > CROP_CACHE_SECONDS:
+                return None
+            return hit[1]
+
+    def put(self, key: tuple[Any, ...], crop: str) -> None:
+        with self._lock:
+            self._items[key] = (time.monotonic(), crop)
+            while len(self._items) > self._size:
+                self._items.pop(next(iter(self._items)))
+
+
+CROP_CACHE_SECONDS = 60.0
+_crops = _CropCache()
 
 
 def _input_sha(model_input: dict[str, Any], revision: int = 1) -> str:
@@ -148,6 +181,7 @@ def _job_step(page_id: str, stage: jobs_db.JobStage, attempt: Attempt, meter: us
     holder = record.holder
 
     kind = "base" if stage == "image" else "personalize"
+    made_at: list[float] = []  # when the job was created or found (monotonic)
 
     def start() -> tuple[str, str]:
         wait = quotas().acquire(quota_of(jobs), holder, s.job_max_seconds + 60)
@@ -179,6 +213,7 @@ def _job_step(page_id: str, stage: jobs_db.JobStage, attempt: Attempt, meter: us
                     earlier = jobs_db.job_external_ids(c, page_id, stage)
                 found = jobs.find(kind, model_input, record.job["created_at"] - timedelta(minutes=5), exclude=earlier)
             external_id = found or jobs.create(kind, model_input)
+        made_at.append(time.monotonic())
         return external_id, sha
 
     try:
@@ -194,7 +229,8 @@ def _job_step(page_id: str, stage: jobs_db.JobStage, attempt: Attempt, meter: us
             _orphaned(page_id, stage, jobs, external_id, sha, claim.token)
             raise ClaimLost(f"page {claim.page_number} {stage}: job {external_id} made after the claim was lost")
     # Come back when the job should be done (job_timing); the page keeps its claim meanwhile.
-    raise RetryLater(job_timing.next_look(jobs.name, kind, 0.0), f"{label} job started", waiting=True)
+    age = time.monotonic() - made_at[-1] if made_at else 0.0
+    raise RetryLater(job_timing.next_look(jobs.name, kind, age), f"{label} job started", waiting=True)
 
 
 def _orphaned(page_id: str, stage: jobs_db.JobStage, jobs: Any, external_id: str, sha: str, token: int) -> None:
