@@ -91,6 +91,7 @@ if held or redis.call('ZCARD', KEYS[1]) + ahead < limit then
   return 0
 end
 local first = redis.call('ZRANGE', KEYS[1], 0, 0, 'WITHSCORES')
+if #first == 0 then return 1000 end  -- free slots, but waiters ahead of this holder
 return math.max(1, tonumber(first[2]) - now)
 """
 
