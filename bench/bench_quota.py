@@ -107,6 +107,13 @@ def hand_on_gap(jobs: list[dict[str, float]]) -> float | None:
     return gaps[len(gaps) // 2] if gaps else None
 
 
+def notice_lag(jobs: list[dict[str, float]]) -> float | None:
+    """The median seconds from a job's end to the first look that saw it ended (its slot is freed
+    then), or None when no look was recorded."""
+    lags = sorted(j["seen"] - (j["created"] + j["seconds"]) for j in jobs if j.get("seen"))
+    return lags[len(lags) // 2] if lags else None
+
+
 def _point(mode: str, slots: int, job_s: float, n: int, pages: int, base: dict[str, str], engine: Any,
            storage: Path, logs: Path) -> dict[str, Any]:
     import redis
@@ -134,11 +141,13 @@ def _point(mode: str, slots: int, job_s: float, n: int, pages: int, base: dict[s
     busy, provider_wall = busy_fraction(records, slots)
     gap = hand_on_gap(records) if slots == 1 else None
     steady = steady_busy(records, slots)
+    lag = notice_lag(records)
     bound = slots / (2 * pages * job_s)
     return {"mode": mode, "slots": slots, "job_s": job_s, "stories": n, "busy": busy,
             "provider_wall_s": provider_wall, "stories_per_s": n / (t1 - t0), "bound_stories_per_s": bound,
             "throughput_vs_bound": n / (t1 - t0) / bound, "wall_s": t1 - t0,
-            "hand_on_gap_ms": None if gap is None else gap * 1000, "steady_busy": steady}
+            "hand_on_gap_ms": None if gap is None else gap * 1000, "steady_busy": steady,
+            "notice_lag_ms": None if lag is None else lag * 1000}
 
 
 def _client(url: str) -> Any:
@@ -208,6 +217,7 @@ def _line(p: dict[str, Any]) -> str:
             f"{p['stories_per_s']:.3f} stories/s = "
             f"{p['throughput_vs_bound']:.3f}x the bound {p['bound_stories_per_s']:.3f} "
             f"(provider {p['provider_wall_s']:.1f}s, wall {p['wall_s']:.1f}s, load {p.get('load_1min', 0):.1f}"
+            + (f", median end seen after {p['notice_lag_ms']:.0f} ms" if p.get("notice_lag_ms") is not None else "")
             + (f", median hand-on gap {p['hand_on_gap_ms']:.0f} ms" if p.get("hand_on_gap_ms") is not None else "")
             + ")")
 

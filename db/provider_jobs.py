@@ -167,6 +167,15 @@ def job_error(conn: Connection, job_id: str) -> int:
     return int(row[0]) if row else 0
 
 
+def job_by_external_id(conn: Connection, provider: str, external_id: str) -> RowMapping | None:
+    """The job ``provider`` knows as ``external_id`` (``page_id``, ``stage``, ``status``), or None."""
+    return conn.execute(
+        text("SELECT page_id::text AS page_id, stage, status FROM provider_jobs "
+             "WHERE provider = :provider AND external_id = :external_id ORDER BY created_at DESC LIMIT 1"),
+        {"provider": provider, "external_id": external_id},
+    ).mappings().first()
+
+
 def job_external_ids(conn: Connection, page_id: str, stage: JobStage) -> list[str]:
     """The provider's ids of every job this page step has had (never to be found again)."""
     return [str(r[0]) for r in conn.execute(

@@ -108,3 +108,51 @@ def test_status_polls_and_downloads_do_not_spend_the_create_limit() -> None:
     assert {quota.rate_bucket("replicate", op) for op in ("get", "list", "cancel")} == {"replicate_api"}
     assert quota.rate_bucket("replicate", "download") == "replicate_files"
     assert quota.rate_bucket("openai", "chat") == "openai"
+
+
+_WAKER = """
+import sys, time, redis
+from pipeline.providers.simulated_jobs import PREFIX
+from pipeline.stories.remote_jobs import wake_job
+r, woken, deadline = redis.Redis.from_url(sys.argv[1]), set(), time.time() + 30
+while len(woken) < int(sys.argv[2]) and time.time() < deadline:
+    now = time.time()
+    for raw in r.zrange(PREFIX + ":all", 0, -1):
+        jid = raw.decode()
+        created, seconds = r.hmget(PREFIX + ":" + jid, "created_ms", "seconds")
+        if jid not in woken and created and int(created) / 1000 + float(seconds) < now and wake_job("simulated", jid):
+            woken.add(jid)
+    time.sleep(0.02)
+print(len(woken))
+"""
+
+
+@pytest.mark.workers
+def test_a_completion_event_wakes_the_follow_at_once(clean_db: Db, tmp_path: Path,
+                                                      request: pytest.FixtureRequest) -> None:
+    import subprocess
+    import sys
+
+    from tests.support import ROOT
+
+    flush_redis(BROKER)
+    # given a worker that would look at a running job only every 4 s (no adaptive polling)
+    env = {"CELERY_BROKER_URL": BROKER, "REDIS_URL": BROKER, "IMAGE_PROVIDER": "simulated",
+           "SIMULATED_JOB_SECONDS": "0.2", "SIMULATED_JOB_IMAGES": "instant", "JOB_POLL_ADAPTIVE": "false",
+           "JOB_POLL_INTERVAL": "4", "STORY_PAGE_COUNT": "1"}
+    w = WorkerProcess(tmp_path / "w.log", env=env, concurrency=4)
+    request.addfinalizer(w.stop)
+    w.start()
+    story = clean_db.story(clean_db.photo(astronaut_png()))
+    # when something (a provider's webhook) calls wake_job as soon as each job has ended
+    waker = subprocess.Popen([sys.executable, "-c", _WAKER, BROKER, "2"], cwd=ROOT, env={**os.environ, **env},
+                             stdout=subprocess.PIPE, text=True)
+    t0 = time.monotonic()
+    external_send(BROKER, "stories.generate", {"story_id": story})
+    row = clean_db.wait_story(story, timeout=30)
+    took = time.monotonic() - t0
+    out, _ = waker.communicate(timeout=30)
+    # then the story is done long before two 4 s looks: each follow was sent at once
+    assert row["status"] == "completed", row["error_message"]
+    assert out.strip() == "2"
+    assert took < 6.0, took

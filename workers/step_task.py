@@ -164,6 +164,8 @@ def _run(task: Task, stage: str, ids: dict[str, Any], body: Body, ident: str | N
         countdown = r.countdown
         if r.line is not None:
             countdown, kwargs = _wait_in_line(task, r.line, kwargs, countdown)
+        elif r.park is not None:
+            countdown, kwargs = _park(task, r.park, kwargs, countdown)
         raise task.retry(countdown=countdown, kwargs=kwargs, max_retries=None, exc=None) from None
     except Exception as e:
         if not db_unavailable(e):
@@ -224,9 +226,23 @@ def _wait_in_line(task: Task, line: tuple[str, str], kwargs: dict[str, Any],
     return quota_line.backstop(), {**kwargs, "queued": ticket}
 
 
+def _park(task: Task, key: str, kwargs: dict[str, Any], countdown: float) -> tuple[float, dict[str, Any]]:
+    """A step waiting on an event (RetryLater.park = key): park this message under ``key``
+    (pipeline/kernel/parking.py) so the event can send it at once, and return (countdown, kwargs)
+    of the delayed retry, carrying the parking's ticket. A wake already came: at once."""
+    from pipeline.kernel import parking
+
+    ticket = uuid.uuid4().hex
+    message = json.dumps(dict(task.signature_from_request(task.request, task.request.args, kwargs)), default=str)
+    if not parking.park(key, ticket, message, countdown):
+        return 0.0, kwargs
+    return countdown, {**kwargs, "queued": ticket}
+
+
 def _woken_already(task: Task, ticket: str) -> bool:
-    """Is this message the backstop copy of a wait that a release has woken (another message is
-    carrying the step on)? Then it is acked and its chain dropped (the woken message carries it)."""
+    """Is this message the delayed copy of a wait that was woken (by a release of a quota slot, or
+    by an event: another message carries the step on)? Then it is acked and its chain dropped (the
+    woken message carries it)."""
     from pipeline.kernel.quota import quotas
 
     if not quotas().superseded(ticket):

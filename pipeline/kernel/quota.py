@@ -225,6 +225,11 @@ class Quotas:
         quota_line.wake(self._line, woken)
 
     @property
+    def line(self) -> quota_line.Line:
+        """The scripts of the waiting lines (and the woken marks) on this connection."""
+        return self._line
+
+    @property
     def client(self) -> redis.Redis:
         """The Redis connection the quotas live on (shared per process)."""
         return self._redis

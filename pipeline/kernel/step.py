@@ -115,7 +115,7 @@ class RetryLater(Exception):
     """The step released its claim after a transient error; run it again after ``countdown``."""
 
     def __init__(self, countdown: float, reason: str, *, waiting: bool = False,
-                 line: tuple[str, str] | None = None) -> None:
+                 line: tuple[str, str] | None = None, park: str | None = None) -> None:
         super().__init__(reason)
         self.countdown = countdown
         self.reason = reason
@@ -124,6 +124,9 @@ class RetryLater(Exception):
         # layer queues the step in the provider's line (pipeline/kernel/quota_line.py) and the
         # countdown is only the backstop.
         self.line = line
+        # A key under which the task layer parks this message: an event (a provider's completion
+        # webhook) can send it at once (pipeline/kernel/parking.py wake); the countdown still holds.
+        self.park = park
 
 
 class ClaimLost(Exception):

@@ -186,9 +186,10 @@ class SimulatedImageJobs:
                 return JobStatus("expired", error=f"the simulated provider no longer has job {job_id}")
             if rec[2] == b"canceled":
                 return JobStatus("canceled", error="The image job was canceled.")
-            seconds = float(rec[1])
-            if self._now_ms() < int(rec[0]) + seconds * 1000:
+            seconds, now = float(rec[1]), self._now_ms()
+            if now < int(rec[0]) + seconds * 1000:
                 return JobStatus("running")
+            self._redis.hsetnx(f"{PREFIX}:{job_id}", "seen_ms", now)  # when its end was first seen
             return JobStatus("succeeded", output_url=f"simulated://{job_id}", seconds=seconds)
 
         return self._do(look)  # type: ignore[no-any-return]
@@ -222,12 +223,14 @@ class SimulatedImageJobs:
 
 def job_records(client: redis.Redis) -> list[dict[str, float]]:
     """Every kept job as ``{"created": epoch seconds, "seconds": its duration, "kind": 0 base / 1
-    personalize}`` (benchmarks: the provider's busy time)."""
+    personalize, "seen": when a look first saw it ended (epoch seconds; 0: never)}`` (benchmarks:
+    the provider's busy time, and how late its end was noticed)."""
     out = []
     ids: Any = client.zrange(f"{PREFIX}:all", 0, -1)
     for raw in ids:
-        rec: Any = client.hmget(f"{PREFIX}:{raw.decode()}", "created_ms", "seconds", "kind")
+        rec: Any = client.hmget(f"{PREFIX}:{raw.decode()}", "created_ms", "seconds", "kind", "seen_ms")
         if rec[0] is not None:
             out.append({"created": int(rec[0]) / 1000, "seconds": float(rec[1]),
-                        "kind": 0.0 if rec[2] == b"base" else 1.0})
+                        "kind": 0.0 if rec[2] == b"base" else 1.0,
+                        "seen": int(rec[3]) / 1000 if rec[3] is not None else 0.0})
     return out

@@ -16,10 +16,7 @@ and frees the job's quota slot; while following a running job, a transient error
 from __future__ import annotations
 
 import contextlib
-import hashlib
-import json
 import logging
-import threading
 import time
 from datetime import timedelta
 from typing import Any
@@ -27,9 +24,8 @@ from typing import Any
 from db import pages as pages_db
 from db import provider_jobs as jobs_db
 from db.engine import autocommit, transaction
-from db.pages import PageClaim
 from pipeline.config import settings
-from pipeline.kernel import job_timing, usage
+from pipeline.kernel import job_timing, parking, usage
 from pipeline.kernel.errors import OutputGoneError
 from pipeline.kernel.quota import QuotaWait, quotas
 from pipeline.kernel.step import (
@@ -45,15 +41,14 @@ from pipeline.kernel.step import (
 )
 from pipeline.kernel.storage import page_image_key
 from pipeline.providers import registry
+from pipeline.stories.job_input import input_sha, job_input
 from pipeline.stories.page_step import (
     STAGE_LABEL,
     claim_or_state,
     not_claimed,
     page_columns,
-    page_request,
     poison_failure,
     store_if_held,
-    story_face,
 )
 from pipeline.stories.recorders import JobRecorder
 
@@ -67,64 +62,6 @@ def quota_of(jobs: Any) -> str:
     """The concurrency quota a job provider's jobs hold slots of: its ``quota`` attribute (the
     simulated provider stands in for another's), else its name ("replicate")."""
     return str(getattr(jobs, "quota", jobs.name))
-
-
-def _job_input(stage: str, claim: PageClaim, timer: Timer) -> dict[str, Any]:
-    p = registry.providers()
-    jobs = p.image_jobs
-    assert jobs is not None
-    req = page_request(claim)
-    if stage == "image":
-        return jobs.base_input(req)
-    assert claim.photo is not None and claim.base_image_key
-    face = story_face(claim)
-    from pipeline.providers.replicate_inputs import face_photo_data_uri
-
-    with timer.phase("read"):
-        base_ref = registry.image_ref(p.storage, claim.base_image_key, "image/png")
-        where = (claim.photo["storage_provider"], claim.photo["bucket"], claim.photo["object_key"])
-        crop = _crops.get((*where, face.box))
-        if crop is None:
-            # Only the child's face leaves us, cropped (not the whole family photo), and the swap
-            # model cannot pick a sibling's face.
-            crop = face_photo_data_uri(registry.read_photo(*where), face)
-            _crops.put((*where, face.box), crop)
-    return jobs.personalize_input(base_ref, crop, face, req)
-
-
-class _CropCache:
-    """The face crops of the last few photos, for ``CROP_CACHE_SECONDS`` (every page of a story
-    sends the same crop; decoding the photo again is what a freed slot would wait for)."""
-
-    def __init__(self, size: int = 16) -> None:
-        self._size = size
-        self._items: dict[tuple[Any, ...], tuple[float, str]] = {}
-        self._lock = threading.Lock()
-
-    def get(self, key: tuple[Any, ...]) -> str | None:
-        with self._lock:
-            hit = self._items.get(key)
-            if hit is None or time.monotonic() - hit[0] > CROP_CACHE_SECONDS:
-                return None
-            return hit[1]
-
-    def put(self, key: tuple[Any, ...], crop: str) -> None:
-        with self._lock:
-            self._items[key] = (time.monotonic(), crop)
-            while len(self._items) > self._size:
-                self._items.pop(next(iter(self._items)))
-
-
-CROP_CACHE_SECONDS = 60.0
-_crops = _CropCache()
-
-
-def _input_sha(model_input: dict[str, Any], revision: int = 1) -> str:
-    # A redone page's revision is part of what the job is for (provider_jobs.input_sha256): a new
-    # revision's job is never mistaken for the previous one's, even when the model input is the
-    # same (a personalization redone from its own stage has the same picture and face).
-    keyed = model_input if revision <= 1 else {**model_input, "_revision": revision}
-    return hashlib.sha256(json.dumps(keyed, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
 
 
 def job_step(page_id: str, stage: jobs_db.JobStage, attempt: Attempt) -> StepResult:
@@ -190,8 +127,8 @@ def _job_step(page_id: str, stage: jobs_db.JobStage, attempt: Attempt, meter: us
             raise QuotaWait(quota_of(jobs), f"{jobs.name} has its maximum of concurrent jobs running", min(wait, 10.0),
                             holder=holder)
         # Built once the slot is held: a step waiting for a slot decodes no photo.
-        model_input = _job_input(stage, claim, timer)
-        sha = _input_sha(model_input, claim.revision)
+        model_input = job_input(stage, claim, timer)
+        sha = input_sha(model_input, claim.revision)
         reserved_now = False
         if record.job is None:
             with autocommit() as c:
@@ -230,7 +167,30 @@ def _job_step(page_id: str, stage: jobs_db.JobStage, attempt: Attempt, meter: us
             raise ClaimLost(f"page {claim.page_number} {stage}: job {external_id} made after the claim was lost")
     # Come back when the job should be done (job_timing); the page keeps its claim meanwhile.
     age = time.monotonic() - made_at[-1] if made_at else 0.0
-    raise RetryLater(job_timing.next_look(jobs.name, kind, age), f"{label} job started", waiting=True)
+    raise RetryLater(job_timing.next_look(jobs.name, kind, age), f"{label} job started", waiting=True,
+                     park=_follow_key(page_id, stage))
+
+
+def _follow_key(page_id: str, stage: str) -> str:
+    return f"follow:{page_id}:{stage}"
+
+
+def wake_follow(page_id: str, stage: jobs_db.JobStage) -> bool:
+    """Look at the page step's running job now instead of at its next scheduled look (for a
+    provider's completion webhook): the step's parked message is sent at once (its delayed copy
+    then drops itself). True when one was parked; False when none was (the step is running now:
+    its next look is then made at once, within a minute). Never raises for Redis or the broker."""
+    return parking.wake(_follow_key(page_id, stage))
+
+
+def wake_job(provider: str, external_id: str) -> bool:
+    """:func:`wake_follow` for the page step whose job ``provider`` knows as ``external_id`` (e.g.
+    a Replicate prediction id from a webhook); False when no such job is recorded."""
+    with autocommit() as c:
+        row = jobs_db.job_by_external_id(c, provider, external_id)
+    if row is None:
+        return False
+    return wake_follow(str(row["page_id"]), row["stage"])
 
 
 def _orphaned(page_id: str, stage: jobs_db.JobStage, jobs: Any, external_id: str, sha: str, token: int) -> None:
@@ -303,7 +263,7 @@ def _follow_job(record: JobRecorder, timer: Timer, ctx: dict[str, Any]) -> StepR
             jobs_db.job_polled(c, job_id, page_id, col)
         quotas().acquire(quota_of(jobs), f"{page_id}:{stage}", s.job_max_seconds + 60)  # renew the slot
         raise RetryLater(job_timing.next_look(jobs.name, kind, job["age"].total_seconds()),
-                         f"{label} job {external_id} still running", waiting=True)
+                         f"{label} job {external_id} still running", waiting=True, park=_follow_key(page_id, stage))
 
     if state != "succeeded":
         from pipeline.providers.base import JobStatus
