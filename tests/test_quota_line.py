@@ -42,18 +42,42 @@ def test_freed_slot_goes_to_the_oldest_waiter_first(line: tuple[quota.Quotas, st
     assert q.waiting("lineprov") == ["B", "C", "D"]
     # when A gives its slot back
     woken = q._line.release("lineprov", 1, "A", True)
-    # then B's latest message is the one to send, and the slot is B's: a newcomer cannot take it,
-    # nor can C (behind B)
-    assert woken == ['tB2\n{"task": "B2"}']
+    # then B's latest message is sent (the slot is B's now), and C's too, early (pre-woken: its step
+    # gets ready and waits for the next slot); a newcomer cannot take B's slot, nor can C
+    assert woken == ['tB2\n{"task": "B2"}', 'tC\n{"task": "C"}']
     assert q.acquire("lineprov", "E", 60) > 0 and q.acquire("lineprov", "C", 60) > 0
     assert q.acquire("lineprov", "B", 60) == 0  # B's woken step renews its granted slot
-    # and each release hands on to the next in line, in order
-    assert q._line.release("lineprov", 1, "B", True) == ['tC\n{"task": "C"}']
-    assert q._line.release("lineprov", 1, "C", True) == ['tD\n{"task": "D"}']
+    # and each release hands on to the next in line, in order: C (its message already sent), with
+    # D pre-woken; then D
+    assert q._line.release("lineprov", 1, "B", True) == ['tD\n{"task": "D"}']
+    assert q.acquire("lineprov", "D", 60) > 0 and q.acquire("lineprov", "C", 60) == 0
+    assert q._line.release("lineprov", 1, "C", True) == []
+    assert q.acquire("lineprov", "D", 60) == 0
     assert q.waiting("lineprov") == []
     # a woken wait's backstop copy is recognised
     q._line.mark_woken("tD")
     assert q.superseded("tD") and not q.superseded("tX")
+
+
+def test_a_pre_woken_step_waits_in_its_thread_for_the_next_slot(line: tuple[quota.Quotas, str]) -> None:
+    import threading
+
+    q, _ = line
+    q.max_inline_wait = 5.0
+    # given A holding the one slot and B first in line
+    assert q.acquire("lineprov", "A", 60) == 0
+    assert q.wait_in_line("lineprov", "B", "tB", "{}")
+    got: list[bool] = []
+    t = threading.Thread(target=lambda: got.append(q.wait_turn("lineprov", "B", 60)))
+    # when B's step waits for its turn in its thread and A gives its slot back
+    t0 = time.monotonic()
+    t.start()
+    time.sleep(0.2)
+    assert q._line.release("lineprov", 1, "A", True) == []  # B is waiting inline: nothing to send
+    t.join(5)
+    # then B has the slot at once
+    assert got == [True] and time.monotonic() - t0 < 1.0
+    assert q.acquire("lineprov", "E", 60) > 0
 
 
 def test_waiter_ahead_keeps_a_freed_slot_from_a_newcomer(line: tuple[quota.Quotas, str]) -> None:

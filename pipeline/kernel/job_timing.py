@@ -3,7 +3,8 @@
 Every worker shares, per (provider, kind of job), an exponentially weighted moving average of
 the jobs' durations in Redis (:func:`observe`, weight ``ALPHA`` for the newest). A step that
 started or follows a job comes back (:func:`next_look`) when the average says the job should be
-done (plus 2 %), and once it is overdue, every 5 % of the average or a quarter of the time
+done (plus 2 ms: a look that comes too early costs another JOB_POLL_MIN later, a late one keeps
+the slot idle), and once it is overdue, every 5 % of the average or a quarter of the time
 overdue, whichever is longer; always within [JOB_POLL_MIN, JOB_POLL_INTERVAL]. A slot of the
 provider's cap is freed when a look sees the job ended, so looking late keeps a paid slot idle:
 at a fixed 3 s interval, 0.5 s jobs kept their slots busy 11 % of the time.
@@ -27,9 +28,9 @@ def adaptive() -> bool:
 
 
 def poll_min() -> float:
-    """JOB_POLL_MIN: the shortest wait between two looks at a job, seconds (default 0.05; 0.01-60).
+    """JOB_POLL_MIN: the shortest wait between two looks at a job, seconds (default 0.02; 0.01-60).
     SystemExit("configuration error: ...") outside that range."""
-    return env_float("JOB_POLL_MIN", 0.05, 0.01, 60.0)
+    return env_float("JOB_POLL_MIN", 0.02, 0.01, 60.0)
 
 
 def _key(provider: str, kind: str) -> str:
@@ -79,8 +80,8 @@ def next_look(provider: str, kind: str, age: float) -> float:
     est = expected(provider, kind)
     if est is None:
         wait = _UNKNOWN
-    elif age < est * 1.01:
-        wait = est * 1.01 + 0.005 - age
+    elif age < est:
+        wait = est - age + 0.002
     else:
         wait = max(0.05 * est, 0.25 * (age - est))
     return round(min(hi, max(lo, wait)), 3)

@@ -207,6 +207,21 @@ class Quotas:
             return False
         return bool(self._call(lambda: int(self._line.enqueue(provider, cap, holder, ticket, message))))
 
+    def wait_turn(self, provider: str, holder: str, lease: float) -> bool:
+        """A pre-woken step first in ``provider``'s line waits in its thread (at most
+        QUOTA_MAX_INLINE_WAIT seconds, one thread per holder, two per process) for the next
+        release to grant it a slot; then holds it for ``lease`` seconds. True when held, else False
+        (queue again: its place is kept). Never raises (False when Redis is unavailable)."""
+        cap = limits(provider).concurrent
+        if cap <= 0 or not self._fifo:
+            return False
+        try:
+            if not self._line.wait_turn(provider, holder, self.max_inline_wait):
+                return False
+        except redis.RedisError:
+            return False
+        return self.acquire(provider, holder, lease) == 0
+
     def superseded(self, ticket: str) -> bool:
         """Was the wait ``ticket`` woken already (its backstop copy is then not needed)?"""
         return self._line.superseded(ticket)

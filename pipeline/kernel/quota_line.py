@@ -9,6 +9,12 @@ frees a slot (``Quotas.release``) grants it to the oldest waiter at once (the sl
 waiter, for QUOTA_WAKE_GRANT seconds until its step renews it) and sends that message
 (:func:`wake`). A slot is therefore handed on the moment a job ends, in order.
 
+Pre-waking (QUOTA_PREWAKE, default true): each release also sends the message of the waiter next
+in line, which stays in line. That step claims its page and, finding itself first in line, waits
+in its thread (at most QUOTA_MAX_INLINE_WAIT seconds, two threads per process) on a Redis list the
+next release pushes to when it grants it the slot: the hand-on then costs no message, no claim.
+Its time up, it queues its message again (its place kept).
+
 Crash safety: the waiting step's message is also re-sent after QUOTA_WAKE_BACKSTOP seconds (a
 plain delayed retry carrying the wait's ticket). If the waiter was woken meanwhile, that copy
 finds the ticket's mark (:func:`superseded`) and drops itself; if the releaser died before
@@ -21,6 +27,7 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import threading
 import uuid
 from typing import Any
 
@@ -111,7 +118,10 @@ return 0
 """
 
 # Give a slot back and grant the freed slots to the oldest waiters. ARGV: holder, limit, grant ms,
-# fifo. Returns the woken waiters' messages (each its holder's slot now held for grant ms).
+# fifo, prewake, the grant lists' key prefix. Returns the messages to send: the woken waiters' (each
+# its holder's slot now held for grant ms) and, with prewake, the next waiter's (left in line).
+# A waiter's entry is its message, or INLINE (its step waits in a thread: pushed to its grant list),
+# or PREWOKEN (its message is on its way: granted, nothing to send).
 _RELEASE = _CLEAN + """
 redis.call('ZREM', KEYS[1], ARGV[1])
 local out = {}
@@ -126,11 +136,46 @@ while redis.call('ZCARD', KEYS[1]) < limit do
   redis.call('HDEL', KEYS[4], w[1])
   if msg then
     redis.call('ZADD', KEYS[1], now + grant, w[1])
-    table.insert(out, msg)
+    if msg == 'INLINE' then
+      redis.call('RPUSH', ARGV[6] .. w[1], 1)
+      redis.call('EXPIRE', ARGV[6] .. w[1], 60)
+    elseif msg ~= 'PREWOKEN' then
+      table.insert(out, msg)
+    end
+  end
+end
+if ARGV[5] == '1' then
+  local w = redis.call('ZRANGE', KEYS[2], 0, 0)
+  if #w > 0 then
+    local msg = redis.call('HGET', KEYS[4], w[1])
+    if msg and msg ~= 'INLINE' and msg ~= 'PREWOKEN' then
+      redis.call('HSET', KEYS[4], w[1], 'PREWOKEN')
+      table.insert(out, msg)
+    end
   end
 end
 return out
 """
+
+# A step first in line waits in its thread for its turn. ARGV: holder. 1: its entry now says
+# INLINE (a release pushes to its grant list); 0: it is not first in line.
+_INLINE = _CLEAN + """
+local w = redis.call('ZRANGE', KEYS[2], 0, 0)
+if #w == 0 or w[1] ~= ARGV[1] then return 0 end
+redis.call('HSET', KEYS[4], ARGV[1], 'INLINE')
+return 1
+"""
+
+
+def prewake() -> bool:
+    """QUOTA_PREWAKE (default true): each release also sends the next waiter's message, so that step
+    is ready (claimed, its input built) and waits in its thread for the next free slot."""
+    from pipeline.config import env_bool
+
+    return env_bool("QUOTA_PREWAKE", True)
+
+
+_parked = threading.BoundedSemaphore(2)  # threads of this process waiting in line inline, at most
 
 
 class Line:
@@ -142,6 +187,8 @@ class Line:
         self.acquire = client.register_script(ACQUIRE)
         self._enqueue = client.register_script(_ENQUEUE)
         self._release = client.register_script(_RELEASE)
+        self._inline = client.register_script(_INLINE)
+        self._prewake = prewake()
 
     def enqueue(self, provider: str, limit: int, holder: str, ticket: str, message: str) -> bool:
         """Queue ``holder`` for one of ``provider``'s ``limit`` slots with ``message`` (JSON, sent on
@@ -155,8 +202,26 @@ class Line:
         """Drop ``holder``'s slot and grant freed slots to the oldest waiters (``fifo``); returns
         their messages (``ticket\\nJSON``) for :func:`wake`. Raises redis.RedisError."""
         out = self._release(keys(self._prefix, provider),
-                            [holder, limit, int(grant_seconds() * 1000), "1" if fifo else "0"])
+                            [holder, limit, int(grant_seconds() * 1000), "1" if fifo else "0",
+                             "1" if fifo and self._prewake else "0", f"{self._prefix}:grant:"])
         return [m.decode() if isinstance(m, bytes) else str(m) for m in out or []]
+
+    def wait_turn(self, provider: str, holder: str, timeout: float) -> bool:
+        """If ``holder`` is first in ``provider``'s line (a pre-woken step), wait in this thread up to
+        ``timeout`` seconds for a release to grant it the next slot. True when it was granted (the
+        caller then renews it with ``acquire``); False when it is not first in line, this process
+        already has its limit of threads waiting, or the time ran out (its place is kept: the task
+        layer queues its message again). Raises redis.RedisError."""
+        if not self._prewake or timeout <= 0 or not _parked.acquire(blocking=False):
+            return False
+        try:
+            grants = f"{self._prefix}:grant:{holder}"
+            self._redis.delete(grants)
+            if not int(self._inline(keys(self._prefix, provider), [holder])):
+                return False
+            return self._redis.blpop([grants], timeout=timeout) is not None
+        finally:
+            _parked.release()
 
     def waiting(self, provider: str) -> list[str]:
         """The holders in ``provider``'s line, oldest first."""

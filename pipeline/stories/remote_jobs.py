@@ -122,6 +122,8 @@ def _job_step(page_id: str, stage: jobs_db.JobStage, attempt: Attempt, meter: us
 
     def start() -> tuple[str, str]:
         wait = quotas().acquire(quota_of(jobs), holder, s.job_max_seconds + 60)
+        if wait > 0 and quotas().wait_turn(quota_of(jobs), holder, s.job_max_seconds + 60):
+            wait = 0.0  # first in line (pre-woken): the next release granted this step its slot
         if wait > 0:
             # Queued in the provider's line (holder): woken when a slot is handed on to it.
             raise QuotaWait(quota_of(jobs), f"{jobs.name} has its maximum of concurrent jobs running", min(wait, 10.0),
