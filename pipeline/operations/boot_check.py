@@ -83,7 +83,7 @@ def check_worker_configuration() -> None:
     from db.engine import pool_size
     from pipeline.config import cost_settings, log_level, settings
     from pipeline.events.settings import event_settings
-    from pipeline.kernel import quota
+    from pipeline.kernel import job_timing, quota, quota_line
     from pipeline.kernel.cpu import processes
     from pipeline.kernel.metrics import metrics_port
     from pipeline.kernel.storage import presigned_url_seconds
@@ -92,6 +92,7 @@ def check_worker_configuration() -> None:
     from pipeline.orders import steps as orders
     from pipeline.orders.offline_print_shop import print_shop_stage_seconds
     from pipeline.privacy.settings import retention_settings
+    from pipeline.providers import simulated_jobs
     from pipeline.stories.redo import redo_limit
 
     settings()  # STEP_*, STORY_PAGE_COUNT, providers' names, leases, timeouts...
@@ -111,5 +112,8 @@ def check_worker_configuration() -> None:
     orders.order_settings()  # POD_PROVIDER, ORDER_*, STRIPE_MODE vs STRIPE_SECRET_KEY...
     orders.print_provider()  # LULU_* (timeouts) or LOCAL_PRINT_SHOP_STAGE_SECONDS
     print_files.check_products()  # PRINT_PRODUCTS
-    for provider in (*quota.DEFAULTS, "lulu"):
+    quota_line.enabled(), quota_line.backstop(), quota_line.grant_seconds(), quota_line.prewake()  # QUOTA_WAKE*
+    job_timing.adaptive(), job_timing.poll_min()  # JOB_POLL_ADAPTIVE, JOB_POLL_MIN
+    simulated = simulated_jobs.check_env()  # SIMULATED_JOB_*, the quotas simulated providers take
+    for provider in (*quota.DEFAULTS, "lulu", *simulated):
         quota.limits(provider)  # QUOTA_<PROVIDER>_RPS / _RPM / _CONCURRENT

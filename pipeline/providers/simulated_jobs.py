@@ -77,6 +77,18 @@ def _uri_bytes(uri: str) -> bytes:
     return base64.b64decode(payload)
 
 
+def check_env() -> list[str]:
+    """SIMULATED_JOB_SECONDS and SIMULATED_JOB_IMAGES read as the provider reads them (SystemExit
+    naming a bad one); returns the quota names simulated providers take (SIMULATED_IMAGE_QUOTA,
+    SIMULATED_VISION_QUOTA, SIMULATED_TEXT_QUOTA), for their QUOTA_<NAME>_* to be checked too."""
+    _env_float("SIMULATED_JOB_SECONDS", 1.0, 0.01, 3600.0)
+    images = os.environ.get("SIMULATED_JOB_IMAGES", "local").strip().lower() or "local"
+    if images not in ("local", "instant"):
+        raise SystemExit(f"configuration error: SIMULATED_JOB_IMAGES={images!r} must be local or instant")
+    names = [os.environ.get(f"SIMULATED_{role}_QUOTA", "").strip().lower() for role in ("IMAGE", "VISION", "TEXT")]
+    return [n for n in names if n and n != "none"]
+
+
 class SimulatedImageJobs:
     """ImageJobs whose jobs run on Redis's clock (see the module's docstring)."""
 
