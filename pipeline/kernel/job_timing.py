@@ -3,14 +3,15 @@
 Every worker shares, per (provider, kind of job), an exponentially weighted moving average of
 the jobs' durations in Redis (:func:`observe`, weight ``ALPHA`` for the newest). A step that
 started or follows a job comes back (:func:`next_look`) when the average says the job should be
-done (plus 2 ms: a look that comes too early costs another JOB_POLL_MIN later, a late one keeps
-the slot idle), and once it is overdue, every 5 % of the average or a quarter of the time
-overdue, whichever is longer; always within [JOB_POLL_MIN, JOB_POLL_INTERVAL]. A slot of the
+done (plus 2 ms), and once it is overdue, after a quarter of the time it is overdue (soon after
+a look that came a little early, less and less often for a job that runs long); always within
+[JOB_POLL_MIN, JOB_POLL_INTERVAL]. A slot of the
 provider's cap is freed when a look sees the job ended, so looking late keeps a paid slot idle:
 at a fixed 3 s interval, 0.5 s jobs kept their slots busy 11 % of the time.
 
-JOB_POLL_ADAPTIVE=false restores the fixed JOB_POLL_INTERVAL. Without Redis (or before any job
-ended) the next look is in 0.5 s (within the bounds).
+JOB_POLL_ADAPTIVE=false restores the fixed JOB_POLL_INTERVAL. Without an average (Redis
+unavailable, or no job of the kind ended yet) the next look is after a quarter of the job's age,
+at most 0.5 s (within the bounds).
 """
 from __future__ import annotations
 
@@ -19,7 +20,7 @@ import redis
 from pipeline.config import env_bool, env_float, settings
 
 ALPHA = 0.3  # weight of the newest duration in the average
-_UNKNOWN = 0.5  # seconds to the next look while no duration is known
+_UNKNOWN = 0.5  # seconds: the longest wait to the next look while no duration is known
 
 
 def adaptive() -> bool:
@@ -79,9 +80,11 @@ def next_look(provider: str, kind: str, age: float) -> float:
     lo = min(poll_min(), hi)
     est = expected(provider, kind)
     if est is None:
-        wait = _UNKNOWN
+        wait = min(_UNKNOWN, 0.25 * age)
     elif age < est:
         wait = est - age + 0.002
     else:
-        wait = max(0.05 * est, 0.25 * (age - est))
+        # Overdue (or our clock says so: the job's age counts from before it was created): look
+        # again soon, then less and less often, a quarter of the time overdue.
+        wait = 0.25 * (age - est)
     return round(min(hi, max(lo, wait)), 3)
