@@ -7,7 +7,7 @@ remote-job image provider (IMAGE_PROVIDER=simulated: pipeline/providers/simulate
   first job created to last job ended), and stories/s (first submit to last story completed) vs
   the quota's bound, slots / (jobs per story x job time). Target: busy >= 0.95 at each point.
 - one 12-page story with 16 slots vs its critical path with remote jobs (2 jobs in a row: every
-  page's illustration and personalization run at once under 16 slots... after its text).
+ page's illustration and personalization run at once under 16 slots, after its text).
 
 Each point runs in two modes, back to back on fresh workers: ``after`` (shipped defaults: the
 quota's FIFO line with hand-on at release, adaptive polling) and ``before`` (``QUOTA_WAKE=false
