@@ -187,6 +187,26 @@ except ImportError:  # a broken install: make_engine says so (DatabaseURLError)
     _DBAPI_UNAVAILABLE = _DBAPI_PROGRAMMING = ()
 
 
+LOCK_NOT_AVAILABLE = "55P03"  # PostgreSQL's SQLSTATE for a lock wait cut off by lock_timeout
+
+
+def lock_wait(conn: Connection, seconds: float) -> None:
+    """Bound how long the rest of ``conn``'s transaction waits for any one lock (advisory locks
+    included) to ``seconds`` (``SET LOCAL lock_timeout``, at least 1 ms; PostgreSQL docs, "Client
+    Connection Defaults"). A lock held by a stopped worker (SIGSTOP, a frozen VM) stays held until
+    idle_in_transaction_session_timeout ends its session (:func:`session_options`: the lease, at
+    least 10 s); without this bound every other worker thread that wants it waits that long. A wait
+    cut off raises the driver's LockNotAvailable (:func:`lock_not_available`), an OperationalError,
+    so to :func:`unavailable` a re-run later. ``conn`` must be in a transaction."""
+    conn.execute(text("SELECT set_config('lock_timeout', :v, true)"), {"v": f"{max(1, int(seconds * 1000))}ms"})
+
+
+def lock_not_available(exc: BaseException) -> bool:
+    """True when ``exc`` is a lock wait cut off by lock_timeout (SQLSTATE 55P03: :func:`lock_wait`)."""
+    orig = getattr(exc, "orig", None) or exc
+    return getattr(orig, "pgcode", None) == LOCK_NOT_AVAILABLE
+
+
 class ServiceUnavailable(Exception):
     """Another service every step needs besides the database could not be used at all, as the
     database unusable (:func:`unavailable` is true for it): the step is sent again later, with no

@@ -19,6 +19,9 @@ from __future__ import annotations
 from sqlalchemy import text
 from sqlalchemy.engine import Connection, RowMapping
 
+from db.engine import lock_wait
+from pipeline.config import settings
+
 __all__ = [
     "IN_FLIGHT", "NOT_UPLOADING", "accounts_with_free_slots", "account_waiting", "cap_clause", "in_flight",
     "lock_account", "story_account", "story_start_state", "turn_clause", "waiting_stories",
@@ -66,7 +69,10 @@ def lock_account(conn: Connection, user_id: str) -> None:
     its own statement: every claim that may take one of ``user_id``'s slots holds it while it
     counts and claims, so two workers never both take the account's last slot. ``conn`` must be in
     a transaction (db.engine.transaction), not autocommit: there the lock would end with this
-    statement."""
+    statement. Waits at most a quarter of the step lease (2 s at most; db.engine.lock_wait): a
+    worker stopped inside a start keeps the lock until PostgreSQL ends its session, and past the
+    wait the driver's LockNotAvailable goes up as the database unavailable (the start re-sent)."""
+    lock_wait(conn, min(2.0, settings().step_lease_seconds / 4))
     conn.execute(text("SELECT pg_advisory_xact_lock(hashtextextended('story-slots:' || CAST(:u AS text), 0))"),
                  {"u": user_id})
 

@@ -12,6 +12,8 @@ from typing import Any
 from sqlalchemy import text
 from sqlalchemy.engine import Connection
 
+from db.engine import lock_wait
+
 
 @dataclass(frozen=True)
 class UsageRow:
@@ -57,11 +59,17 @@ class Budget:
     held: int
 
 
-def lock_budget(c: Connection, story_id: str, default_cents: int, hold_key: str = "") -> Budget | None:
+def lock_budget(c: Connection, story_id: str, default_cents: int, hold_key: str = "",
+                wait: float | None = None) -> Budget | None:
     """Take the story's budget lock (a transaction-level advisory lock on the story id: holds of one
     story are decided one at a time, on every worker) and read its budget, spending and live holds,
     without call site ``hold_key``'s own (a re-run's hold replaces it: :func:`put_hold`). None
-    when the story does not exist. Must run inside a transaction."""
+    when the story does not exist. Must run inside a transaction. ``wait``: the most seconds to
+    wait for the lock (db.engine.lock_wait; a worker stopped inside its hold keeps the lock until
+    PostgreSQL ends its session); past it the driver's LockNotAvailable is raised
+    (db.engine.lock_not_available)."""
+    if wait is not None:
+        lock_wait(c, wait)
     c.execute(text("SELECT pg_advisory_xact_lock(hashtextextended('budget:' || :s, 0))"), {"s": story_id})
     row = c.execute(text("""
         SELECT s.budget_cents, s.budget_unlimited,

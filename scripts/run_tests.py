@@ -1,7 +1,7 @@
 """The README's test command.
 
 Without arguments, the whole suite as CI runs it (``.ci/run``): every test but the one module run
-alone (below) on ``TEST_WORKERS`` pytest-xdist processes (default 2; each has its own
+alone (below) on ``TEST_WORKERS`` pytest-xdist processes (default 3; each has its own
 PostgreSQL database and Redis databases; a test module stays on one process, and the modules that
 use RabbitMQ share one: tests/conftest.py),
 then ``tests/test_nemesis.py`` alone: it stops workers past a lease and times what takes over, which
@@ -50,7 +50,7 @@ def main() -> int:
     record = [RECORD] if args == [RECORD] else []
     if args and not record:
         return pytest(*args)
-    workers = int(os.environ.get("TEST_WORKERS", "2"))
+    workers = int(os.environ.get("TEST_WORKERS", "3"))
     # scheduled per module, the longest first (tests/conftest.py, tests/scheduling.py)
     parallel = ["-n", str(workers)] if workers > 1 else []
     first = pytest(*parallel, *record, *(arg for path in ALONE for arg in ("--ignore", path)))

@@ -37,15 +37,16 @@ from urllib.parse import urlsplit
 
 import pytest
 
-# pytest-xdist (./run test runs the non-chaos tiers on 2 workers): each worker process has its own
-# PostgreSQL database (the random name below) and its own Redis databases: a run uses
-# TEST_REDIS_DB .. TEST_REDIS_DB + 4, so gw0 11-15 and gw1 1-5 (0 is the demo's, 10 the benches').
+# pytest-xdist (./run test runs the non-chaos tiers on 3 workers): each worker process has its own
+# PostgreSQL database (the random name below) and its own 4 Redis databases, TEST_REDIS_DB ..
+# TEST_REDIS_DB + 3: gw0 11-14, gw1 1-4, gw2 5-8 (0 is the demo's, 10 the benches'; 9 and 15 spare).
+_XDIST_BASES = (11, 1, 5)
 _XDIST = os.environ.get("PYTEST_XDIST_WORKER", "")
 if _XDIST:
-    _base = int(os.environ.get("TEST_REDIS_DB", "11")) - 10 * int(_XDIST.removeprefix("gw"))
-    if _base < 0:
-        raise pytest.UsageError("at most 2 xdist workers: each needs 5 Redis databases of the 16")
-    os.environ["TEST_REDIS_DB"] = str(_base)
+    _n = int(_XDIST.removeprefix("gw"))
+    if _n >= len(_XDIST_BASES):
+        raise pytest.UsageError(f"at most {len(_XDIST_BASES)} xdist workers: each needs 4 Redis databases of the 16")
+    os.environ["TEST_REDIS_DB"] = str(_XDIST_BASES[_n] + int(os.environ.get("TEST_REDIS_DB", "11")) - 11)
 _RUN = uuid.uuid4().hex[:8]
 TEST_DB = f"storycreator_test_{_RUN}"
 PG = os.environ.get("TEST_PG_URL", "postgresql+psycopg2://postgres@127.0.0.1:5432")

@@ -22,7 +22,7 @@ from tests.fakes.replicate_server import FakeReplicate
 from tests.support import Db, WorkerProcess, astronaut_png, done_lines, external_send, flush_redis
 
 REDIS = os.environ.get("TEST_REDIS_URL", "redis://127.0.0.1:6379")
-REDIS_DB = int(os.environ.get("TEST_REDIS_DB", "11"))  # this run's Redis databases: REDIS_DB .. REDIS_DB + 4
+REDIS_DB = int(os.environ.get("TEST_REDIS_DB", "11"))  # this run's Redis databases: REDIS_DB .. REDIS_DB + 3
 PAGE = "11111111-1111-1111-1111-111111111111"
 STORY_ID = "22222222-2222-2222-2222-222222222222"
 

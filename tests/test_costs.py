@@ -16,9 +16,12 @@ from pathlib import Path
 import pytest
 from openai.types.chat import ChatCompletion
 from prometheus_client import REGISTRY
+from sqlalchemy import text
 
+from db.engine import get_engine
 from pipeline.config import cost_settings
 from pipeline.kernel import usage
+from pipeline.kernel.quota import QuotaWait
 from pipeline.operations.cli import main as cli
 from pipeline.providers import usage_calls
 from pipeline.providers.lulu_jobs import parse_job
@@ -26,7 +29,7 @@ from tests.fakes.openai_server import DEFAULT_KEY, FakeOpenAI
 from tests.support import Db, WorkerProcess, astronaut_png, external_send, flush_redis
 
 REDIS = os.environ["CELERY_BROKER_URL"].rsplit("/", 1)[0]
-BROKER = f"{REDIS}/{int(os.environ.get('TEST_REDIS_DB', '11')) + 4}"  # this module's worker only
+BROKER = f"{REDIS}/{int(os.environ.get('TEST_REDIS_DB', '11')) + 1}"  # this module's worker only
 
 # A chat.completion as the API returns it (https://platform.openai.com/docs/api-reference/chat/object)
 COMPLETION = {
@@ -180,6 +183,34 @@ def test_a_re_run_of_a_call_site_is_not_held_twice_against_the_budget(clean_db: 
     # while another page's call, on top of that live hold, still stops at the budget
     with usage.metered("text", "q:text:r1:a0", story_id=story, page_number=4), pytest.raises(usage.BudgetReached):
         usage.hold("openai", 600_000)
+
+
+def test_a_budget_lock_held_by_a_stopped_worker_gives_the_step_back_instead_of_parking_it(clean_db: Db) -> None:
+    """Found by tests/test_nemesis.py under load: a worker stopped inside its hold's transaction keeps
+    the story's budget lock until PostgreSQL ends its session (idle_in_transaction_session_timeout,
+    at least 10 s), and every other paid call of that story waited that long in its thread, past its
+    claim's lease (counted as crashes, the story failed). Now the wait is bounded and the step is
+    given back as a quota wait (no try used, nothing recorded)."""
+    story = _story(clean_db)
+    wait = usage.budget_lock_wait()
+    # Given another session inside its hold, the story's budget lock taken and not let go
+    with get_engine().connect() as other:
+        other.execute(text("SELECT pg_advisory_xact_lock(hashtextextended('budget:' || :s, 0))"), {"s": story})
+        t0 = time.monotonic()
+        # When a paid call of the same story holds its estimate
+        with usage.metered("text", "b:text:r1:a0", story_id=story, page_number=1), \
+                pytest.raises(QuotaWait) as e:
+            usage.hold("openai", 1_000)
+        took = time.monotonic() - t0
+        other.rollback()
+    # Then it waited the bound, not the lock holder's session, and nothing was held
+    assert e.value.provider == "budget" and "being decided by another run" in str(e.value)
+    assert wait * 0.9 <= took < wait + 1.5, took
+    assert clean_db.one("SELECT count(*) AS n FROM budget_holds WHERE story_id = :s", s=story)["n"] == 0
+    # and once the lock is free, the same call holds at once
+    with usage.metered("text", "b:text:r1:a1", story_id=story, page_number=1):
+        usage.hold("openai", 1_000)
+    assert clean_db.one("SELECT count(*) AS n FROM budget_holds WHERE story_id = :s", s=story)["n"] == 1
 
 
 def test_a_page_stopped_by_the_budget_fails_with_the_reason_on_the_page_and_the_story(clean_db: Db) -> None:

@@ -43,7 +43,7 @@ from tests.support import (
 )
 
 REDIS = os.environ.get("TEST_REDIS_URL", "redis://127.0.0.1:6379")
-BROKER = f"{REDIS}/{int(os.environ.get('TEST_REDIS_DB', '11')) + 4}"
+BROKER = f"{REDIS}/{int(os.environ.get('TEST_REDIS_DB', '11')) + 1}"
 PAGES = int(os.environ["STORY_PAGE_COUNT"])
 SECRET = "s3cret-Pw-9"
 

@@ -31,7 +31,7 @@ from tests.support import ROOT, Db, WorkerProcess, astronaut_png, external_send,
 
 REDIS = os.environ.get("TEST_REDIS_URL", "redis://127.0.0.1:6379")
 REDIS_DB = int(os.environ.get("TEST_REDIS_DB", "11"))
-BROKER = f"{REDIS}/{REDIS_DB + 4}"  # this module's own (the session's worker has no webhook endpoint)
+BROKER = f"{REDIS}/{REDIS_DB + 1}"  # this module's own (the session's worker has no webhook endpoint)
 SECRET = "whsec_" + base64.b64encode(b"events-test-secret-0123456789abc").decode()
 PAGES = 4  # conftest's STORY_PAGE_COUNT
 APP_QUEUE = "webapp_events"

@@ -28,7 +28,7 @@ from tests.privacy_scan import scan_database, scan_storage
 from tests.support import ROOT, Db, WorkerProcess, astronaut_png, external_send, flush_redis
 
 REDIS = os.environ.get("TEST_REDIS_URL", "redis://127.0.0.1:6379")
-BROKER = f"{REDIS}/{int(os.environ.get('TEST_REDIS_DB', '11')) + 4}"
+BROKER = f"{REDIS}/{int(os.environ.get('TEST_REDIS_DB', '11')) + 1}"
 HINT = "give her the red kite from grandpa Evander"
 ADDRESS = {"name": "Rosalind Parent", "street1": "42 Wistful Vista", "city": "Raleigh", "state_code": "NC",
            "postcode": "27601", "country_code": "US", "phone_number": "+1 919 555 0142"}

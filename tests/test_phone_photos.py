@@ -35,9 +35,9 @@ from tests.support import Db, WorkerProcess, external_send, flush_redis
 
 BROKER = os.environ["CELERY_BROKER_URL"]
 # The Rekognition worker's own broker, so the session's offline worker never takes its messages
-# (TEST_REDIS_DB + 4, shared with the other real-provider modules' own workers, one module at a time).
+# (TEST_REDIS_DB + 1, shared with the other real-provider modules' own workers, one module at a time).
 REK_BROKER = (f"{os.environ.get('TEST_REDIS_URL', 'redis://127.0.0.1:6379')}/"
-              f"{int(os.environ.get('TEST_REDIS_DB', '11')) + 4}")
+              f"{int(os.environ.get('TEST_REDIS_DB', '11')) + 1}")
 ROOT = Path(__file__).resolve().parent.parent
 AWS = {"AWS_ACCESS_KEY_ID": "AKIAPHONETESTKEY0000", "AWS_SECRET_ACCESS_KEY": "phone/secret/0000000000000000000000",
        "AWS_REGION": "us-east-1", "AWS_EC2_METADATA_DISABLED": "true", "AWS_TIMEOUT": "10"}

@@ -23,7 +23,7 @@ import redis
 from tests.support import ROOT, Db, astronaut_png, external_send
 
 REDIS = os.environ.get("TEST_REDIS_URL", "redis://127.0.0.1:6379")
-BROKER = f"{REDIS}/{int(os.environ.get('TEST_REDIS_DB', '11')) + 4}"
+BROKER = f"{REDIS}/{int(os.environ.get('TEST_REDIS_DB', '11')) + 1}"
 AUTH = "ops:pr0cfile-pass"
 
 

@@ -25,7 +25,7 @@ from tests.support import Db, WorkerProcess, astronaut_png, external_send, flush
 
 REDIS = os.environ.get("TEST_REDIS_URL", "redis://127.0.0.1:6379")
 # not the session worker's: it would take these stories with its local writer
-BROKER = f"{REDIS}/{int(os.environ.get('TEST_REDIS_DB', '11')) + 4}"
+BROKER = f"{REDIS}/{int(os.environ.get('TEST_REDIS_DB', '11')) + 1}"
 NAME = "Zephyrine-Quillon"  # distinctive: any occurrence in a log is this test's name
 EMOJI = "🦖🌟🚀✨🎉🧸🌈🦄"  # none drawn by any shipped font
 FAMILY = "👩\u200d👧"  # a ZWJ sequence

@@ -25,7 +25,7 @@ from tests.fakes.replicate_server import FakeReplicate
 from tests.support import ROOT, Db, WorkerProcess, astronaut_png, external_send, flush_redis, peak_in_window
 
 REDIS = os.environ.get("TEST_REDIS_URL", "redis://127.0.0.1:6379")
-BROKER = f"{REDIS}/{int(os.environ.get('TEST_REDIS_DB', '11')) + 4}"
+BROKER = f"{REDIS}/{int(os.environ.get('TEST_REDIS_DB', '11')) + 1}"
 REPLICATE_TOKEN = "r8_e2e_token_0123456789"
 AWS = {"AWS_ACCESS_KEY_ID": "AKIAE2ETESTKEY000000", "AWS_SECRET_ACCESS_KEY": "e2e/secret/never/shown/0000000000000000",
        "AWS_REGION": "us-east-1", "AWS_EC2_METADATA_DISABLED": "true", "AWS_TIMEOUT": "10"}

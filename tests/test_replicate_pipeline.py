@@ -20,7 +20,7 @@ from tests.fakes.replicate_server import FakeReplicate
 from tests.support import ROOT, Db, WorkerProcess, astronaut_png, external_send, flush_redis
 
 REDIS = os.environ.get("TEST_REDIS_URL", "redis://127.0.0.1:6379")
-BROKER = f"{REDIS}/{int(os.environ.get('TEST_REDIS_DB', '11')) + 4}"
+BROKER = f"{REDIS}/{int(os.environ.get('TEST_REDIS_DB', '11')) + 1}"
 TOKEN = "r8_test_token_0123456789"
 RUN_SECONDS = 0.4
 

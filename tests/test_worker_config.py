@@ -19,7 +19,7 @@ import redis
 from tests.support import ROOT, Db, boot_worker_until_exit, external_send, queued_messages
 
 REDIS = os.environ.get("TEST_REDIS_URL", "redis://127.0.0.1:6379")
-BROKER = f"{REDIS}/{int(os.environ.get('TEST_REDIS_DB', '11')) + 4}"
+BROKER = f"{REDIS}/{int(os.environ.get('TEST_REDIS_DB', '11')) + 1}"
 LULU_KEYS = {"POD_PROVIDER": "lulu", "LULU_CLIENT_KEY": "key", "LULU_CLIENT_SECRET": "secret"}
 SECRET = "sk_live_s3cretValue0123"
 

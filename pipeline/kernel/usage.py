@@ -26,10 +26,13 @@ from dataclasses import dataclass
 from decimal import Decimal, InvalidOperation
 from typing import Any
 
+from sqlalchemy.exc import OperationalError
+
 from db import usage as usage_db
-from db.engine import autocommit, transaction
+from db.engine import autocommit, lock_not_available, transaction
 from pipeline.config import CostSettings, cost_settings, settings
 from pipeline.kernel.errors import PermanentStepError
+from pipeline.kernel.quota import QuotaWait
 
 log = logging.getLogger("pipeline.kernel.usage")
 
@@ -157,15 +160,38 @@ def hold(provider: str, estimate: int, *, seconds: float | None = None) -> None:
     """Before a paid call of the running story step: hold ``estimate`` micro-cents under the story's
     budget lock for ``seconds`` (default: the step lease). Raises :class:`BudgetReached` (nothing
     held) when spent + live holds + estimate would pass the budget; an unlimited budget never stops.
-    Nothing outside a story step (photo analysis before a story, orders)."""
+    Raises QuotaWait (provider "budget": the step is given back and re-sent, no try used) when the
+    budget lock is not free within :func:`budget_lock_wait`. Nothing outside a story step (photo
+    analysis before a story, orders)."""
     m = _meter.get()
     if m is None or m.story_id is None or not m.budgeted:
         return
     s = settings()
     prices = cost_settings()
     key = _hold_key(m, provider)
+    try:
+        _hold(m, provider, estimate, key, seconds or s.step_lease_seconds, prices)
+    except OperationalError as e:
+        if not lock_not_available(e):
+            raise
+        # Another run holds the story's budget lock past the wait: a stopped worker inside its own
+        # hold (PostgreSQL ends its session after the lease). Give the step back now, without a
+        # try used or an error recorded, rather than park this thread (or its claim past its lease).
+        raise QuotaWait("budget", f"story {m.story_id}: its budget is being decided by another run",
+                        1.0) from None
+
+
+def budget_lock_wait() -> float:
+    """Seconds a paid call waits for its story's budget lock before its step is given back and
+    re-sent (:func:`hold`): a quarter of the step lease, at most 2 s. Holds take milliseconds; a
+    longer wait means a stopped holder."""
+    return min(2.0, settings().step_lease_seconds / 4)
+
+
+def _hold(m: Meter, provider: str, estimate: int, key: str, seconds: float, prices: CostSettings) -> None:
+    assert m.story_id is not None
     with transaction() as c:
-        budget = usage_db.lock_budget(c, m.story_id, prices.story_budget_cents, key)
+        budget = usage_db.lock_budget(c, m.story_id, prices.story_budget_cents, key, wait=budget_lock_wait())
         if budget is None:
             return
         if budget.limit_microcents is not None and budget.spent + budget.held + estimate > budget.limit_microcents:
@@ -175,7 +201,7 @@ def hold(provider: str, estimate: int, *, seconds: float | None = None) -> None:
             log.warning("story %s: budget reached at %s (spent %d, held %d, estimate %d, budget %d micro-cents)",
                         m.story_id, m.stage, budget.spent, budget.held, estimate, budget.limit_microcents)
             raise BudgetReached(budget_message(m.story_id, budget, estimate, prices.currency))
-        usage_db.put_hold(c, m.story_id, key, provider, estimate, seconds or s.step_lease_seconds)
+        usage_db.put_hold(c, m.story_id, key, provider, estimate, seconds)
 
 
 def release(provider: str) -> None:
