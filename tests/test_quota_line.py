@@ -16,7 +16,7 @@ from pipeline.kernel import quota
 from tests.support import Db, WorkerProcess, astronaut_png, external_send, flush_redis
 
 REDIS = os.environ.get("TEST_REDIS_URL", "redis://127.0.0.1:6379")
-BROKER = f"{REDIS}/{int(os.environ.get('TEST_REDIS_DB', '11')) + 4}"  # this module's worker only
+BROKER = f"{REDIS}/{int(os.environ.get('TEST_REDIS_DB', '11')) + 1}"  # this module's worker only
 
 
 @pytest.fixture()
