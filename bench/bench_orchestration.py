@@ -30,11 +30,11 @@ import time
 from pathlib import Path
 from typing import Any
 
+from bench.bench_fairness import procfile_concurrency
 from bench.bench_pipeline import QUEUES, ROOT, insert_stories, start_worker, stop
 
 # The shipped default (Procfile, ./run worker): WORKER_CONCURRENCY unset.
-DEFAULT_CONCURRENCY = int(next(w.split("-", 1)[1].split("}")[0] for w in (ROOT / "Procfile").read_text().split()
-                               if w.startswith("${WORKER_CONCURRENCY:-")))
+DEFAULT_CONCURRENCY = procfile_concurrency()
 
 
 def _tree(pid: int) -> list[int]:
@@ -179,15 +179,17 @@ class Bench:
 def orchestration(b: Bench) -> None:
     a = b.args
     n_tasks = a.stories * (2 + 3 * a.pages)
-    runs: dict[str, list[float]] = {"bare": [], "graph": [], "pipeline": [], "baseline": []}
+    bases = [x for x in (a.baseline or "").split(",") if x]
+    runs: dict[str, list[float]] = {k: [] for k in ("bare", "graph", "pipeline", *bases)}
     cpu: dict[str, list[float]] = {k: [] for k in runs}
     for i in range(a.repeats):
-        for k, run in (("bare", lambda: b.bare(n_tasks)), ("graph", lambda: b.graph(a.stories, a.pages)),
-                       ("pipeline", lambda: b.pipeline(a.stories)[0]),
-                       ("baseline", lambda: b.pipeline(a.stories, root=Path(a.baseline), name="baseline")[0])):
-            if k == "baseline" and not a.baseline:
-                continue
-            runs[k].append(run())
+        for k in runs:
+            if k in ("bare", "graph", "pipeline"):
+                rate = (b.bare(n_tasks) if k == "bare" else b.graph(a.stories, a.pages) if k == "graph"
+                        else b.pipeline(a.stories)[0])
+            else:
+                rate = b.pipeline(a.stories, root=Path(k), name=f"baseline-{Path(k).name}")[0]
+            runs[k].append(rate)
             cpu[k].append(b.cpu_ms)
         print(f"  round {i + 1}: " + ", ".join(f"{k} {v[-1]:.0f}/s ({cpu[k][-1]:.2f} CPU-ms/task)"
                                                for k, v in runs.items() if v), flush=True)
@@ -199,12 +201,10 @@ def orchestration(b: Bench) -> None:
           f"{med['graph']:.0f} tasks/s, pipeline {med['pipeline']:.0f} steps/s -> {med['pipeline'] / med['bare']:.2f}x "
           f"of bare no-op (target >= 0.5x), {med['pipeline'] / med['graph']:.2f}x of the no-op graph "
           "(target >= 0.8x)")
-    if a.baseline:
-        print(f"   baseline {a.baseline}: {med['baseline']:.0f} steps/s -> "
-              f"{med['baseline'] / med['bare']:.2f}x of bare, "
-              f"{med['baseline'] / med['graph']:.2f}x of the graph; this code / baseline "
-              f"{med['pipeline'] / med['baseline']:.2f}x in steps/s, {mcpu['pipeline'] / mcpu['baseline']:.2f}x in "
-              "CPU per step")
+    for k in bases:
+        print(f"   baseline {k}: {med[k]:.0f} steps/s -> {med[k] / med['bare']:.2f}x of bare, "
+              f"{med[k] / med['graph']:.2f}x of the graph; this code / baseline "
+              f"{med['pipeline'] / med[k]:.2f}x in steps/s, {mcpu['pipeline'] / mcpu[k]:.2f}x in CPU per step")
 
 
 def latency_under_load(b: Bench) -> None:
@@ -269,7 +269,8 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--quick", action="store_true", help="small sizes: a check, not the numbers to report")
     ap.add_argument("--only", default="1,2,3,4", help="which measures (1-4)")
-    ap.add_argument("--baseline", default=None, help="another checkout whose pipeline runs in the same rounds")
+    ap.add_argument("--baseline", default=None,
+                    help="other checkouts (comma-separated) whose pipeline runs in the same rounds")
     ap.add_argument("--stories", type=int, default=20)
     ap.add_argument("--pages", type=int, default=12)
     ap.add_argument("--repeats", type=int, default=3)
@@ -277,7 +278,7 @@ def main() -> int:
     ap.add_argument("--loads", default="10,50,200")
     ap.add_argument("--load-pages", type=int, default=4)
     ap.add_argument("--latency", type=float, default=0.2, help="simulated seconds per provider call (2.)")
-    ap.add_argument("--latency24", type=float, default=1.0, help="simulated seconds per provider call (3.)")
+    ap.add_argument("--latency24", type=float, default=2.0, help="simulated seconds per provider call (3.)")
     ap.add_argument("--concurrency24", default="", help="other concurrencies to try for 3. (comma-separated)")
     ap.add_argument("--books", type=int, default=10)
     ap.add_argument("--memory-stories", type=int, default=1000)
