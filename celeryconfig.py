@@ -8,6 +8,7 @@ from pipeline.config import settings
 from pipeline.events.delivery import DELIVER_TASK
 from pipeline.events.delivery import QUEUE as EVENTS_QUEUE
 from pipeline.events.settings import event_settings
+from pipeline.kernel import redis_transport
 from pipeline.orders.stages import LULU_WEBHOOK_TASK, ORDER_FLOW, SWEEP_TASK
 from pipeline.orders.stages import QUEUE as ORDER_QUEUE
 from pipeline.stories.stages import STORY
@@ -15,6 +16,10 @@ from pipeline.stories.stages import STORY
 _s = settings()
 
 broker_url = _s.broker_url
+# redis:// served by kombu's Redis transport minus its new client object per command (publish,
+# ack, unacked bookkeeping): pipeline/kernel/redis_transport.py. Every process that loads this
+# configuration (worker, beat, CLI, Flower, the bench's bare no-op app) uses it.
+redis_transport.install()
 broker_connection_retry_on_startup = True
 # Redis: an unacked message (its worker died) is delivered again after this long. It must exceed
 # the longest step including any countdown/ETA, or healthy tasks get delivered twice. Stuck-work

@@ -71,8 +71,23 @@ def _step_costs(pages: int) -> dict[str, Any]:
     def count(*_: Any) -> None:
         counts.setdefault(current[0], []).append(1)
 
+    import db.pages
+    import db.usage
+
+    # Statements sent on the psycopg2 cursor (db.engine.first_row: the page steps' and the usage
+    # rows') do not pass SQLAlchemy's events: counted where they are sent.
+    raw = {m: m.first_row for m in (db.pages, db.usage)}
+
+    def counted(fn: Any) -> Any:
+        def wrapper(*args: Any, **kwargs: Any) -> Any:
+            count()
+            return fn(*args, **kwargs)
+        return wrapper
+
     engine = get_engine()
     event.listen(engine, "before_cursor_execute", count)
+    for m, fn in raw.items():
+        m.first_row = counted(fn)  # type: ignore[attr-defined]
     try:
         from sqlalchemy import text
 
@@ -89,6 +104,8 @@ def _step_costs(pages: int) -> dict[str, Any]:
         steps.finish_story(story)
     finally:
         event.remove(engine, "before_cursor_execute", count)
+        for m, fn in raw.items():
+            m.first_row = fn  # type: ignore[attr-defined]
     per_step = {"stories.generate": len(counts.get("stories.generate", [])),
                 "stories.finish": len(counts.get("stories.finish", []))}
     for name in ("pages.write_text", "pages.draw_base", "pages.personalize"):

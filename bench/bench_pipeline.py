@@ -40,7 +40,10 @@ CELERY = str(Path(sys.executable).parent / "celery")
 QUEUES = None
 
 
-def start_worker(app: str, queues: str | None, concurrency: int, env: dict[str, str], log: Path) -> subprocess.Popen:  # type: ignore[type-arg]
+def start_worker(app: str, queues: str | None, concurrency: int, env: dict[str, str], log: Path,
+                 root: Path = ROOT) -> subprocess.Popen:  # type: ignore[type-arg]
+    """A worker for ``app`` started as the Procfile starts it (threads pool), run from ``root``: another
+    checkout's code (bench_orchestration --baseline) with this venv's packages."""
     from celery import Celery
 
     fh = open(log, "wb")
@@ -63,8 +66,8 @@ def start_worker(app: str, queues: str | None, concurrency: int, env: dict[str, 
             "--loglevel",
             "WARNING",
         ],
-        cwd=ROOT,
-        env=env,
+        cwd=root,
+        env=env if root == ROOT else {**env, "PYTHONPATH": str(root)},
         stdout=fh,
         stderr=subprocess.STDOUT,
         start_new_session=True,

@@ -20,3 +20,30 @@ _r = redis.Redis.from_url(os.environ.get("BENCH_COUNTER_URL", "redis://127.0.0.1
 @app.task(name="bench.noop", acks_late=True, ignore_result=True)
 def noop() -> None:
     _r.incr("bench:noop:done")
+
+
+# The same task graph as a story, made of no-op tasks (bench/bench_orchestration.py): a start task
+# that publishes one Celery chain of three no-op links per page (as pipeline/stories/start.py sends
+# a page's chain), each page's last link counting the story's finished pages in Redis (the
+# pipeline counts them in Postgres), and the one that completes the count sends the finish task.
+@app.task(name="bench.graph_start", acks_late=True, ignore_result=True)
+def graph_start(story: str, pages: int) -> None:
+    from celery import chain
+
+    for n in range(pages):
+        chain(
+            noop_link.si(story, n, pages, last=False),
+            noop_link.si(story, n, pages, last=False),
+            noop_link.si(story, n, pages, last=True),
+        ).apply_async()
+
+
+@app.task(name="bench.graph_link", acks_late=True, ignore_result=True)
+def noop_link(story: str, page: int, pages: int, last: bool) -> None:
+    if last and _r.incr(f"bench:graph:{story}") == pages:
+        graph_finish.apply_async((story,))
+
+
+@app.task(name="bench.graph_finish", acks_late=True, ignore_result=True)
+def graph_finish(story: str) -> None:
+    _r.incr("bench:graph:done")

@@ -1,16 +1,20 @@
 """Page step transitions (story_pages' three status columns, text -> image -> personalization):
 the claim that returns all a step needs, why a claim failed, completion, failure and release.
-Each one guarded statement (see db/claims.py).
+Each one guarded statement (see db/claims.py), sent on the pool's DBAPI connection with a plain
+psycopg2 cursor (db.engine.first_row: the page steps are 36 of a 12-page story's 38 steps).
 """
 from __future__ import annotations
 
+import functools
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
 from sqlalchemy import text
-from sqlalchemy.engine import Connection, RowMapping
+from sqlalchemy.engine import Connection
 
 from db.claims import Stage, claim_sets, claimable, held
+from db.engine import first_row
 from db.models import StoryPage
 from db.stories import REFUSALS, photo_refusal
 
@@ -70,15 +74,38 @@ def claim_page(conn: Connection, page_id: str, col: PageColumn, lease: float, *,
     None when not claimed.
     Raises ValueError for a column that is not a story_pages status column."""
     col, prereq = page_column(col), _prerequisite(prerequisite)
+    row = first_row(conn, _claim_sql(col, prereq, with_photo),
+                    {"id": page_id, "lease": lease, "held": held, **(REFUSALS if with_photo else {})})
+    if row is None:
+        return None
+    photo = (
+        {k: row[k] for k in ("storage_provider", "bucket", "object_key", "face_details")}
+        if with_photo
+        else None
+    )
+    return PageClaim(
+        page_id=str(row["id"]), story_id=str(row["story_id"]), page_number=row["page_number"],
+        child_name=row["child_name"], child_age=row["child_age"], story_theme=row["story_theme"],
+        title=row["title"], style=row["style"], beats=list(row["beats"]), text=row["text"],
+        base_image_key=row["base_image_key"], photo=photo,
+        protagonist_face=row["protagonist_face"] if with_photo else None,
+        token=int(row["claim_token"]), takeovers=int(row["takeovers"]),
+        revision=int(row["revision"]), hint=row["redo_hint"] or "",
+        character=_chosen_profile(row["character_profile"]),
+    )
+
+
+@functools.lru_cache(maxsize=64)
+def _claim_sql(col: str, prereq: str | None, with_photo: bool) -> str:
+    """The claim statement of :func:`claim_page` (``:name`` binds), built once per step kind."""
     prereq_sql = f"AND p.{prereq} = 'completed'" if prereq else ""
-    want_photo = with_photo
     # Only the story's own, live photo is ever handed to the step (its face is cropped and
     # sent on); a story whose photo is not (another user's, deleted, upload failed) is failed
     # by the same statement, and the page is not claimed.
     photo_join = (f"JOIN photos ph ON ph.id = s.protagonist_photo_id AND {photo_refusal()} IS NULL"
-                  if want_photo else "")
+                  if with_photo else "")
     photo_cols = (
-        ", ph.storage_provider, ph.bucket, ph.object_key, ph.face_details, o.protagonist_face" if want_photo else ""
+        ", ph.storage_provider, ph.bucket, ph.object_key, ph.face_details, o.protagonist_face" if with_photo else ""
     )
     refuse = f"""
             WITH refused AS (
@@ -90,7 +117,7 @@ def claim_page(conn: Connection, page_id: str, col: PageColumn, lease: float, *,
             ), refusal_logged AS (
                 INSERT INTO step_errors (story_id, page_id, stage, permanent, message)
                 SELECT id, CAST(:id AS uuid), 'personalization', true, error_message FROM refused
-            )""" if want_photo else ""
+            )""" if with_photo else ""
     claimable_sql = claimable(f"p.{col}", "p.updated_at", "p.claim_token")
     # The character profiles of the story's photo and which face the story uses (the start's
     # choice; a story started before choices were recorded: the photo's primary face), for every
@@ -100,9 +127,7 @@ def claim_page(conn: Connection, page_id: str, col: PageColumn, lease: float, *,
                                                   'chosen', o.protagonist_face -> 'index',
                                                   'primary', cp.face_details -> 'primary_face_index')
                           FROM photos cp WHERE cp.id = s.protagonist_photo_id AND cp.user_id = s.user_id)"""
-    row = conn.execute(
-        text(
-            f"""{refuse}
+    return (f"""{refuse}
             UPDATE story_pages p SET {claim_sets(col, "p")}
               FROM stories s JOIN story_outlines o ON o.story_id = s.id {photo_join}
              WHERE p.id = :id AND s.id = p.story_id AND s.status = 'processing'
@@ -111,27 +136,7 @@ def claim_page(conn: Connection, page_id: str, col: PageColumn, lease: float, *,
                       p.revision, p.redo_hint,
                       s.child_name, s.child_age, s.story_theme, o.title, o.style, o.beats{photo_cols},
                       {character_sql} AS character_profile
-            """
-        ),
-        {"id": page_id, "lease": lease, "held": held, **(REFUSALS if want_photo else {})},
-    ).mappings().first()
-    if row is None:
-        return None
-    photo = (
-        {k: row[k] for k in ("storage_provider", "bucket", "object_key", "face_details")}
-        if want_photo
-        else None
-    )
-    return PageClaim(
-        page_id=str(row["id"]), story_id=str(row["story_id"]), page_number=row["page_number"],
-        child_name=row["child_name"], child_age=row["child_age"], story_theme=row["story_theme"],
-        title=row["title"], style=row["style"], beats=list(row["beats"]), text=row["text"],
-        base_image_key=row["base_image_key"], photo=photo,
-        protagonist_face=row["protagonist_face"] if want_photo else None,
-        token=int(row["claim_token"]), takeovers=int(row["takeovers"]),
-        revision=int(row["revision"]), hint=row["redo_hint"] or "",
-        character=_chosen_profile(row["character_profile"]),
-    )
+            """)
 
 
 def _chosen_profile(found: Any) -> dict[str, Any] | None:
@@ -148,24 +153,23 @@ def _chosen_profile(found: Any) -> dict[str, Any] | None:
 
 
 def page_state(conn: Connection, page_id: str, col: PageColumn, *,
-               prerequisite: PageColumn | None) -> RowMapping | None:
+               prerequisite: PageColumn | None) -> Mapping[str, Any] | None:
     """Why a page step (status column ``col``, after column ``prerequisite`` or None) was not
     claimed: its status, its prerequisite's (``prereq_status``), the story's (``story_status``),
     ``story_id``, ``page_number``, ``revision`` and ``age`` (interval since the page row moved); None when there
     is no such page. Raises ValueError for a column that is not a story_pages status column."""
     col, prereq = page_column(col), _prerequisite(prerequisite)
-    return conn.execute(
-        text(
-            f"""
+    return first_row(
+        conn,
+        f"""
             SELECT p.story_id, p.page_number, COALESCE(p.{col}, 'pending') AS status,
                    {f"COALESCE(p.{prereq}, 'pending')" if prereq else "'completed'"} AS prereq_status,
                    s.status AS story_status, now() - p.updated_at AS age, p.revision
               FROM story_pages p JOIN stories s ON s.id = p.story_id
              WHERE p.id = :id
-            """
-        ),
+            """,
         {"id": page_id},
-    ).mappings().first()
+    )
 
 
 def complete_page(conn: Connection, page_id: str, col: PageColumn, values: dict[str, Any], token: int) -> bool:
@@ -177,15 +181,14 @@ def complete_page(conn: Connection, page_id: str, col: PageColumn, values: dict[
     allowed = {"text", "base_image_key", "personalized_image_key"}
     assert set(values) <= allowed, values
     sets = ", ".join(f"{k} = :{k}" for k in values)
-    return conn.execute(
-        text(
-            f"""
+    return first_row(
+        conn,
+        f"""
             UPDATE story_pages SET {sets}, {col} = 'completed', takeovers = 0
              WHERE id = :id AND {held(col)} RETURNING id
-            """
-        ),
+            """,
         {"id": page_id, "token": token, **values},
-    ).first() is not None
+    ) is not None
 
 
 def fail_page(
@@ -197,9 +200,9 @@ def fail_page(
     (a stale holder's failure must not fail a page another holder is finishing). Raises
     ValueError for a column that is not a story_pages status column."""
     col = page_column(col)
-    return conn.execute(
-        text(
-            f"""
+    return first_row(
+        conn,
+        f"""
             WITH p AS (
                 UPDATE story_pages SET {col} = 'failed'
                  WHERE id = :id AND {held(col)} RETURNING id, story_id, page_number
@@ -211,11 +214,10 @@ def fail_page(
             INSERT INTO step_errors (story_id, page_id, stage, permanent, message, attempt, task_id)
             SELECT story_id, id, :stage, true, :msg, :attempt, :task FROM p
             RETURNING page_id
-            """
-        ),
+            """,
         {"id": page_id, "msg": message, "story_msg": story_message, "stage": stage,
          "attempt": attempt, "task": task_id, "token": token},
-    ).first() is not None
+    ) is not None
 
 
 def release_page(
@@ -227,9 +229,9 @@ def release_page(
     claim ``token``; False when it no longer holds it (nothing written). Raises ValueError for a
     column that is not a story_pages status column."""
     col = page_column(col)
-    return conn.execute(
-        text(
-            f"""
+    return first_row(
+        conn,
+        f"""
             WITH p AS (
                 UPDATE story_pages SET {col} = 'pending'
                  WHERE id = :id AND {held(col)} RETURNING id, story_id
@@ -239,10 +241,9 @@ def release_page(
                  WHERE CAST(:msg AS text) IS NOT NULL
             )
             SELECT id FROM p
-            """
-        ),
+            """,
         {"id": page_id, "msg": message, "stage": stage, "attempt": attempt, "task": task_id, "token": token},
-    ).first() is not None
+    ) is not None
 
 
 
@@ -252,8 +253,8 @@ def holds(conn: Connection, page_id: str, col: PageColumn, token: int) -> bool:
     holder that paused past its lease and woke finds it has lost the step before overwriting the
     new holder's picture. ValueError for a column that is not a story_pages status column."""
     col = page_column(col)
-    return conn.execute(text(f"SELECT 1 FROM story_pages WHERE id = :id AND {held(col)}"),
-                        {"id": page_id, "token": token}).first() is not None
+    return first_row(conn, f"SELECT 1 AS held FROM story_pages WHERE id = :id AND {held(col)}",
+                     {"id": page_id, "token": token}) is not None
 
 
 def page_story(conn: Connection, page_id: str) -> str | None:

@@ -12,7 +12,7 @@ from typing import Any
 from sqlalchemy import text
 from sqlalchemy.engine import Connection
 
-from db.engine import lock_wait
+from db.engine import first_row, lock_wait
 
 
 @dataclass(frozen=True)
@@ -37,16 +37,18 @@ class UsageRow:
 def insert_usage(c: Connection, row: UsageRow) -> bool:
     """Insert the call's row unless its ``call_key`` is recorded already (a re-run of an
     at-least-once step). True when inserted (the caller counts it once, in metrics too). A story
-    or order deleted meanwhile is recorded without the link (the money stays)."""
+    or order deleted meanwhile is recorded without the link (the money stays). Sent on the
+    connection's psycopg2 cursor (db.engine.first_row): every offline provider call of the page
+    steps records one row."""
     values = {k: getattr(row, k) for k in UsageRow.__dataclass_fields__}
-    return c.execute(text("""
+    return first_row(c, """
         INSERT INTO provider_usage (call_key, stage, provider, operation, story_id, order_id, page_number,
                                     input_tokens, output_tokens, seconds, calls, cost_microcents, currency)
         SELECT :call_key, :stage, :provider, :operation,
                (SELECT id FROM stories WHERE id = CAST(:story_id AS uuid)),
                (SELECT id FROM orders WHERE id = CAST(:order_id AS uuid)), :page_number,
                :input_tokens, :output_tokens, round(CAST(:seconds AS numeric), 3), :calls, :cost_microcents, :currency
-        ON CONFLICT (call_key) DO NOTHING"""), values).rowcount == 1
+        ON CONFLICT (call_key) DO NOTHING RETURNING 1 AS inserted""", values) is not None
 
 
 @dataclass(frozen=True)

@@ -49,7 +49,7 @@ def test_bad_values_are_refused(bad: list[str]) -> None:
 
 
 def test_the_worker_concurrency_is_the_procfiles_default(tmp_path: Path) -> None:
-    assert bf.procfile_concurrency() == 16  # Procfile: --concurrency ${WORKER_CONCURRENCY:-16}
+    assert bf.procfile_concurrency() == 32  # Procfile: --concurrency ${WORKER_CONCURRENCY:-32}
     (tmp_path / "Procfile").write_text("beat: celery beat\nworker: celery -A x worker --concurrency 7 -E\n")
     assert bf.procfile_concurrency(tmp_path / "Procfile") == 7
     (tmp_path / "Procfile").write_text("worker: celery -A x worker\n")

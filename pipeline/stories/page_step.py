@@ -9,10 +9,10 @@ storage keys before the column completes, so a re-run overwrites rather than dup
 """
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
-from sqlalchemy.engine import Connection, RowMapping
+from sqlalchemy.engine import Connection
 
 from db import pages as pages_db
 from db.claims import Stage, poison_message
@@ -102,7 +102,7 @@ def page_columns(stage: Stage) -> tuple[str, str | None]:
 
 
 def claim_or_state(c: Connection, page_id: str, stage: Stage, lease: float,
-                   held: int | None = None) -> tuple[pages_db.PageClaim | None, RowMapping | None]:
+                   held: int | None = None) -> tuple[pages_db.PageClaim | None, Mapping[str, Any] | None]:
     """Claim page ``page_id``'s ``stage`` column (``lease`` seconds) and, when that fails, read why:
     ``(claim, None)``, ``(None, state)`` (db.pages.page_state) or ``(None, None)`` for no such page.
     The personalization's claim also reads the story's photo and face choice. ``held``: the
