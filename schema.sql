@@ -167,6 +167,13 @@ CREATE TABLE IF NOT EXISTS provider_jobs (
     polls          INTEGER NOT NULL DEFAULT 0,
     errors         INTEGER NOT NULL DEFAULT 0,
     recreation     INTEGER NOT NULL DEFAULT 0,
+    -- When the provider's completion webhook said the job ended (pipeline/stories/job_webhooks.py):
+    -- set once, by the first verified delivery that found the job running (later ones: no-ops).
+    woken_at       TIMESTAMP WITH TIME ZONE,
+    -- The Celery task id of the run that ended the job and completed its page step: only that
+    -- message's copies send the rest of the page's chain (a webhook's early follow and the pending
+    -- poll are two messages; the other one stops).
+    finished_by    VARCHAR,
     created_at     TIMESTAMP WITH TIME ZONE NOT NULL DEFAULT now(),
     updated_at     TIMESTAMP WITH TIME ZONE NOT NULL DEFAULT now(),
     CONSTRAINT ck_provider_jobs_stage CHECK (stage IN ('image', 'personalization')),
@@ -176,6 +183,9 @@ CREATE TABLE IF NOT EXISTS provider_jobs (
 );
 -- Databases made before 'expired' and `recreation` existed (idempotent; a no-op once done).
 ALTER TABLE provider_jobs ADD COLUMN IF NOT EXISTS recreation INTEGER NOT NULL DEFAULT 0;
+-- Databases made before completion webhooks (idempotent).
+ALTER TABLE provider_jobs ADD COLUMN IF NOT EXISTS woken_at TIMESTAMP WITH TIME ZONE;
+ALTER TABLE provider_jobs ADD COLUMN IF NOT EXISTS finished_by VARCHAR;
 DO $$
 BEGIN
     IF NOT EXISTS (SELECT 1 FROM pg_constraint WHERE conname = 'ck_provider_jobs_status'

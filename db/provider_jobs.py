@@ -177,19 +177,62 @@ def job_external_ids(conn: Connection, page_id: str, stage: JobStage) -> list[st
 
 
 def job_finished(conn: Connection, job_id: str, status: str, error: str | None = None, *,
-                 token: int | None = None) -> bool:
+                 token: int | None = None, by: str | None = None) -> bool:
     """A live job's end: succeeded, failed, canceled, or expired (succeeded, but its output was
     gone before it was copied: ``error`` says how that showed). With ``token``: only while the job
-    is still under that claim (a newer holder adopted it: this run decides nothing). False if it
-    had ended already or was adopted."""
+    is still under that claim (a newer holder adopted it: this run decides nothing). ``by``: the
+    Celery task id of the run that ends it (finished_by: only that message moves the chain on,
+    :func:`finished_by_other`). False if it had ended already or was adopted."""
     assert status in ("succeeded", "failed", "canceled", "expired"), status
     return conn.execute(
         text(
             """
-            UPDATE provider_jobs SET status = :status, error_message = :err
+            UPDATE provider_jobs SET status = :status, error_message = :err, finished_by = :by
              WHERE id = :id AND status IN ('creating', 'running')
                AND (CAST(:token AS bigint) IS NULL OR claim_token = :token) RETURNING id
             """
         ),
-        {"id": job_id, "status": status, "err": error, "token": token},
+        {"id": job_id, "status": status, "err": error, "token": token, "by": by},
     ).first() is not None
+
+
+def finished_by_other(conn: Connection, page_id: str, stage: str, task_id: str | None) -> str | None:
+    """The task id of another message that ended the page step's latest succeeded job (and so
+    completed the step and carries the rest of the page's chain), or None: this message did
+    (``task_id``), or nobody is recorded (a job ended before finished_by existed, a direct call)."""
+    row = conn.execute(
+        text(
+            """
+            SELECT finished_by FROM provider_jobs
+             WHERE page_id = :page AND stage = :stage AND status = 'succeeded'
+             ORDER BY created_at DESC LIMIT 1
+            """
+        ),
+        {"page": page_id, "stage": stage},
+    ).first()
+    other = row[0] if row is not None else None
+    return str(other) if other is not None and task_id is not None and other != task_id else None
+
+
+def wake_job(conn: Connection, provider: str, external_id: str) -> RowMapping | None:
+    """A provider's completion webhook for job ``external_id``: marks it woken (woken_at) once,
+    while it is running, and returns what the page step's early follow needs (``page_id``,
+    ``stage``, ``story_id``, ``status``, ``woken``: True only for the first delivery that found it
+    running). None: no such job recorded (not ours, or recorded under another provider)."""
+    return conn.execute(
+        text(
+            """
+            WITH j AS (
+                SELECT id, page_id, stage, status, woken_at FROM provider_jobs
+                 WHERE provider = :provider AND external_id = :ext
+            ), w AS (
+                UPDATE provider_jobs SET woken_at = now()
+                 WHERE id = (SELECT id FROM j) AND status = 'running' AND woken_at IS NULL
+                RETURNING id
+            )
+            SELECT j.page_id, j.stage, j.status, p.story_id, EXISTS (SELECT 1 FROM w) AS woken
+              FROM j JOIN story_pages p ON p.id = j.page_id
+            """
+        ),
+        {"provider": provider, "ext": external_id},
+    ).mappings().first()
