@@ -83,7 +83,7 @@ def handle_replicate_webhook(payload: str, headers: dict[str, object], attempt: 
         _count("unknown")
         log.warning("replicate webhook for prediction %s, which is none of our jobs; ignored", done.prediction_id)
         return StepResult(Outcome.STOPPED, "unknown prediction", timer.timings, context=ctx)
-    ctx.update(page=str(job["page_id"]), stage=str(job["stage"]))
+    ctx.update(page=str(job["page_id"]), job_stage=str(job["stage"]))  # "stage" is the log line's own
     if not job["woken"]:
         _count("duplicate" if job["status"] == "running" else "done")
         return StepResult(Outcome.ALREADY_DONE, f"job is {job['status']} (woken before, or ended)", timer.timings,
