@@ -13,6 +13,7 @@ from sqlalchemy.exc import IntegrityError
 
 from db.claims import held
 from db.pages import PageColumn, page_column
+from db.slots import in_flight
 
 JobStage = Literal["image", "personalization"]
 
@@ -218,10 +219,12 @@ def wake_job(conn: Connection, provider: str, external_id: str) -> RowMapping | 
     """A provider's completion webhook for job ``external_id``: marks it woken (woken_at) once,
     while it is running, and returns what the page step's early follow needs (``page_id``,
     ``stage``, ``story_id``, ``status``, ``woken``: True only for the first delivery that found it
-    running). None: no such job recorded (not ours, or recorded under another provider)."""
+    running; ``in_flight_before`` and ``backlog``: the account's other stories in flight and
+    pending now, for the follow's broker priority, as at a story's start). None: no such job
+    recorded (not ours, or recorded under another provider)."""
     return conn.execute(
         text(
-            """
+            f"""
             WITH j AS (
                 SELECT id, page_id, stage, status, woken_at FROM provider_jobs
                  WHERE provider = :provider AND external_id = :ext
@@ -230,8 +233,11 @@ def wake_job(conn: Connection, provider: str, external_id: str) -> RowMapping | 
                  WHERE id = (SELECT id FROM j) AND status = 'running' AND woken_at IS NULL
                 RETURNING id
             )
-            SELECT j.page_id, j.stage, j.status, p.story_id, EXISTS (SELECT 1 FROM w) AS woken
-              FROM j JOIN story_pages p ON p.id = j.page_id
+            SELECT j.page_id, j.stage, j.status, p.story_id, EXISTS (SELECT 1 FROM w) AS woken,
+                   {in_flight(excluding="s.id")} AS in_flight_before,
+                   (SELECT count(*) FROM stories b WHERE b.user_id = s.user_id AND b.status = 'pending'
+                       AND b.id <> s.id) AS backlog
+              FROM j JOIN story_pages p ON p.id = j.page_id JOIN stories s ON s.id = p.story_id
             """
         ),
         {"provider": provider, "ext": external_id},

@@ -22,7 +22,9 @@ import pytest
 from prometheus_client import REGISTRY
 from standardwebhooks import Webhook
 
+from pipeline.config import job_webhooks_configured
 from pipeline.kernel import step
+from pipeline.operations.boot_check import check_environment
 from pipeline.providers.replicate_images import ReplicateImageJobs
 from pipeline.providers.replicate_webhooks import WebhookConfig, WebhookRejected, verify, webhook_config
 from pipeline.stories.job_webhooks import handle_replicate_webhook
@@ -124,6 +126,11 @@ def test_a_webhook_url_without_its_secret_is_a_configuration_error() -> None:
         webhook_config({"REPLICATE_WEBHOOK_URL": "api.example.com/h", "REPLICATE_WEBHOOK_SIGNING_SECRET": SECRET})
     with pytest.raises(SystemExit, match="REPLICATE_WEBHOOK_SIGNING_SECRET"):
         ReplicateImageJobs.from_env({"REPLICATE_API_TOKEN": TOKEN, "REPLICATE_WEBHOOK_URL": "https://a.example/h"})
+    with pytest.raises(SystemExit, match="REPLICATE_WEBHOOK_SIGNING_SECRET"):  # at boot, whatever the provider
+        check_environment({"REPLICATE_WEBHOOK_URL": "https://a.example/h"})
+    # with webhooks, polling is the fallback: every 30 s unless JOB_POLL_INTERVAL says otherwise
+    hooks = {"IMAGE_PROVIDER": "replicate", "REPLICATE_WEBHOOK_URL": "https://a.example/h"}
+    assert job_webhooks_configured(hooks) and not job_webhooks_configured({"REPLICATE_WEBHOOK_URL": "https://a/h"})
 
 
 @pytest.mark.unit

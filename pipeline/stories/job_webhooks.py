@@ -14,7 +14,8 @@ external contract"). :func:`handle_replicate_webhook` then:
    running: a second delivery, or one for a job whose step ended, is a no-op);
 3. sends the page step's task again at once, as the rest of the page's chain from that step
    (``page_chain``: ``pages.draw_base`` then ``pages.personalize``, or ``pages.personalize``),
-   exactly what the pending poll (the step's ``RetryLater`` copy, due in JOB_POLL_INTERVAL) carries.
+   what the pending poll (the step's ``RetryLater`` copy, due in JOB_POLL_INTERVAL) carries, with
+   the priority the story's start would give it now (the start's own is not recorded).
    Its run is a follow: it sees the end, copies the output, completes the step and frees the slot.
 
 Two messages of one step now carry the same chain; the rest of the chain must run once. The run
@@ -34,6 +35,7 @@ from db.engine import autocommit
 from pipeline.kernel import metrics, publish
 from pipeline.kernel.step import Attempt, Outcome, RetryLater, StepResult, Timer
 from pipeline.providers.replicate_webhooks import ENDED, WebhookRejected, verify
+from pipeline.stories import slots
 from pipeline.stories.stages import page_chain
 
 log = logging.getLogger("pipeline.stories.job_webhooks")
@@ -88,11 +90,14 @@ def handle_replicate_webhook(payload: str, headers: dict[str, object], attempt: 
         _count("duplicate" if job["status"] == "running" else "done")
         return StepResult(Outcome.ALREADY_DONE, f"job is {job['status']} (woken before, or ended)", timer.timings,
                           context=ctx)
-    # The rest of the page's chain from this step, as the pending poll carries it (its priority
-    # aside: the default). Published after the mark committed; if publishing fails, the task layer
-    # sees the error and the poll still comes (the mark only spares duplicates).
+    # The rest of the page's chain from this step, as the pending poll carries it, with the broker
+    # priority the story's start would give it now (its account's stories in flight and pending:
+    # the start's own is not recorded). Published after the mark committed; if publishing fails,
+    # the task layer sees the error and the poll still comes (the mark only spares duplicates).
+    priority = slots.page_priority(int(job["in_flight_before"]), int(job["backlog"]))
     with timer.phase("send"):
-        publish.send_signature(page_chain(str(job["page_id"]), str(job["stage"]), str(job["story_id"])))
+        publish.send_signature(page_chain(str(job["page_id"]), str(job["stage"]), str(job["story_id"]),
+                                          priority=priority))
     _count("woken")
     return StepResult(Outcome.DONE, f"{job['stage']} step sent (prediction {done.status})", timer.timings,
                       context=ctx)
