@@ -27,7 +27,7 @@ from pipeline.kernel import step
 from pipeline.operations.boot_check import check_environment
 from pipeline.providers.replicate_images import ReplicateImageJobs
 from pipeline.providers.replicate_webhooks import WebhookConfig, WebhookRejected, verify, webhook_config
-from pipeline.stories.job_webhooks import handle_replicate_webhook
+from pipeline.stories.job_webhooks import handed_on, handle_replicate_webhook
 from tests.fakes.replicate_server import FakeReplicate
 from tests.fakes.replicate_webhooks import WRONG_SECRET, WebhookSender, sign
 from tests.support import ROOT, Db, WorkerProcess, astronaut_png, external_send, flush_redis
@@ -111,6 +111,55 @@ def test_rejections_are_counted_never_raised(monkeypatch: pytest.MonkeyPatch) ->
     assert handle_replicate_webhook(raw, headers, step.Attempt()).outcome is step.Outcome.ALREADY_DONE
     assert {o: count(o) - before[o] for o in before} == {"signature": 1, "expired": 1, "malformed": 1,
                                                         "not_ended": 1}
+
+
+# --- the job's row: woken once, and only the completer's message moves the chain on -----------------
+
+@pytest.mark.db
+def test_a_webhook_wakes_a_running_job_once_and_only_the_completer_moves_on(clean_db: Db) -> None:
+    from db import pages as pages_db
+    from db import provider_jobs as jobs_db
+    from db.engine import autocommit
+    from pipeline.stories import steps
+
+    story = clean_db.story(clean_db.photo(astronaut_png()))
+    page = steps.generate_story(story).fanout[0]
+    col = "image_generation_status"
+    clean_db.exec("UPDATE story_pages SET text_generation_status = 'completed' WHERE id = :p", p=page)
+    with autocommit() as c:
+        claim = pages_db.claim_page(c, page, col, 300.0, prerequisite="text_generation_status")
+        assert claim is not None
+        job = jobs_db.reserve_job(c, page, "image", col, "replicate", "a" * 64, claim.token)
+        assert job is not None and jobs_db.job_started(c, str(job["id"]), "pred-1", "a" * 64, claim.token)
+        # a prediction that is none of ours; then the first delivery wakes the job, the second does not
+        assert jobs_db.wake_job(c, "replicate", "pred-unknown") is None
+        first, second = jobs_db.wake_job(c, "replicate", "pred-1"), jobs_db.wake_job(c, "replicate", "pred-1")
+    assert first is not None and second is not None
+    assert first["woken"] and not second["woken"]
+    assert (str(first["story_id"]), first["stage"], first["status"]) == (story, "image", "running")
+    # the run that completes the step (the webhook's follow, message W) records itself
+    with autocommit() as c:
+        assert pages_db.complete_page(c, page, col, {"base_image_key": "k.png"}, claim.token)
+        assert jobs_db.job_finished(c, str(job["id"]), "succeeded", by="task-W")
+        ended = jobs_db.wake_job(c, "replicate", "pred-1")
+    assert ended is not None and not ended["woken"]  # a delivery after the end: a no-op
+    # a copy that finds the step done moves the chain on only if it is that message (a redelivery)
+    done = step.StepResult(step.Outcome.ALREADY_DONE, "already done")
+    assert handed_on(done, page, "image", step.Attempt(task_id="task-T")).outcome is step.Outcome.STOPPED
+    assert handed_on(done, page, "image", step.Attempt(task_id="task-W")).outcome is step.Outcome.ALREADY_DONE
+    assert handed_on(done, page, "image", step.Attempt()).outcome is step.Outcome.ALREADY_DONE  # no task id
+
+
+@pytest.mark.db
+def test_a_delivery_for_an_unrecorded_prediction_is_looked_at_again_twice_then_dropped(
+        clean_db: Db, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("REPLICATE_WEBHOOK_SIGNING_SECRET", SECRET)
+    raw, headers = _delivery({"id": "pred-not-ours", "status": "succeeded"})
+    for n in (0, 1):  # its create's reply may not be recorded yet
+        with pytest.raises(step.RetryLater):
+            handle_replicate_webhook(raw, headers, step.Attempt(number=n))
+    result = handle_replicate_webhook(raw, headers, step.Attempt(number=2))
+    assert (result.outcome, result.detail) == (step.Outcome.STOPPED, "unknown prediction")
 
 
 # --- configuration and the create request ----------------------------------------------------------
