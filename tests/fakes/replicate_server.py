@@ -182,7 +182,7 @@ class FakeReplicate(LocalHTTPFake):
     def _record(self, method: str, path: str, headers: dict[str, str], body: Any) -> None:
         with self._lock:
             self.requests.append({"method": method, "path": path, "headers": headers, "json": body,
-                                  "t": time.monotonic()})
+                                  "t": time.monotonic(), "wall": time.time()})
 
     def _next_step(self) -> tuple[Any, ...] | None:
         with self._lock:

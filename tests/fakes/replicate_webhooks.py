@@ -124,5 +124,5 @@ class WebhookSender:
                 time.sleep(0.2)
             with self._lock:
                 self.sent.append({"id": msg_id, "url": url, "status": prediction.get("status"), "forged": forged,
-                                  "stale": stale, "code": code, "t": time.monotonic(),
+                                  "stale": stale, "code": code, "t": time.monotonic(), "wall": time.time(),
                                   "prediction": prediction.get("id")})
