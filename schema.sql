@@ -167,12 +167,14 @@ CREATE TABLE IF NOT EXISTS provider_jobs (
     polls          INTEGER NOT NULL DEFAULT 0,
     errors         INTEGER NOT NULL DEFAULT 0,
     recreation     INTEGER NOT NULL DEFAULT 0,
-    -- When the provider's completion webhook said the job ended (pipeline/stories/job_webhooks.py):
-    -- set once, by the first verified delivery that found the job running (later ones: no-ops).
+    -- Celery task ids (pipeline/stories/job_webhooks.py): the message whose run created the job
+    -- (its poll), the follow a verified completion webhook sent (with woken_at: set once, by the
+    -- first delivery that found the job running; later ones are no-ops), and the run that ended
+    -- the job and completed its page step. When a webhook sent a follow, the poll and that follow
+    -- carry the same chain: only the completer's message moves it on, the other one stops.
+    started_by     VARCHAR,
     woken_at       TIMESTAMP WITH TIME ZONE,
-    -- The Celery task id of the run that ended the job and completed its page step: only that
-    -- message's copies send the rest of the page's chain (a webhook's early follow and the pending
-    -- poll are two messages; the other one stops).
+    woken_by       VARCHAR,
     finished_by    VARCHAR,
     created_at     TIMESTAMP WITH TIME ZONE NOT NULL DEFAULT now(),
     updated_at     TIMESTAMP WITH TIME ZONE NOT NULL DEFAULT now(),
@@ -184,7 +186,9 @@ CREATE TABLE IF NOT EXISTS provider_jobs (
 -- Databases made before 'expired' and `recreation` existed (idempotent; a no-op once done).
 ALTER TABLE provider_jobs ADD COLUMN IF NOT EXISTS recreation INTEGER NOT NULL DEFAULT 0;
 -- Databases made before completion webhooks (idempotent).
+ALTER TABLE provider_jobs ADD COLUMN IF NOT EXISTS started_by VARCHAR;
 ALTER TABLE provider_jobs ADD COLUMN IF NOT EXISTS woken_at TIMESTAMP WITH TIME ZONE;
+ALTER TABLE provider_jobs ADD COLUMN IF NOT EXISTS woken_by VARCHAR;
 ALTER TABLE provider_jobs ADD COLUMN IF NOT EXISTS finished_by VARCHAR;
 DO $$
 BEGIN

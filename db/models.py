@@ -262,9 +262,11 @@ class ProviderJob(Base):
     # 0 for a page step's first job; n for the n-th new job in a row made because the previous
     # one's output expired before it was copied (that one has status 'expired').
     recreation: Mapped[int] = mapped_column(Integer, nullable=False, server_default=text("0"))
-    # When a verified completion webhook found it running (set once); the task id of the run
-    # that ended it and completed the step (only that message moves the page's chain on).
+    # Celery task ids: the run that created it (its poll), the follow a verified completion webhook
+    # sent (with when: set once), the run that ended it and completed the step (schema.sql).
+    started_by: Mapped[str | None] = mapped_column(String)
     woken_at: Mapped[datetime | None] = mapped_column(TIMESTAMP(timezone=True))
+    woken_by: Mapped[str | None] = mapped_column(String)
     finished_by: Mapped[str | None] = mapped_column(String)
     created_at: Mapped[datetime] = _ts()
     updated_at: Mapped[datetime] = _ts()

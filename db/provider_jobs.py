@@ -83,8 +83,10 @@ def reserve_job(conn: Connection, page_id: str, stage: JobStage, col: PageColumn
     ).mappings().first()
 
 
-def job_started(conn: Connection, job_id: str, external_id: str, sha: str, token: int) -> bool:
-    """creating -> running with the provider's id, only under claim ``token`` (the job's); False when
+def job_started(conn: Connection, job_id: str, external_id: str, sha: str, token: int, *,
+                by: str | None = None) -> bool:
+    """creating -> running with the provider's id, only under claim ``token`` (the job's); ``by``: the
+    Celery task id of this run (started_by: its message polls the job). False when
     the job was no longer creating, was adopted by a newer claim, or that provider id is recorded
     already (another holder found and recorded the same job): then this run must not follow it, and
     the job it made is an orphan (:func:`record_orphan`)."""
@@ -92,14 +94,15 @@ def job_started(conn: Connection, job_id: str, external_id: str, sha: str, token
         return conn.execute(
             text(
                 """
-                UPDATE provider_jobs j SET external_id = :ext, status = 'running', input_sha256 = :sha
+                UPDATE provider_jobs j SET external_id = :ext, status = 'running', input_sha256 = :sha,
+                                          started_by = :by
                  WHERE j.id = :id AND j.status = 'creating' AND j.claim_token = :token
                    AND NOT EXISTS (SELECT 1 FROM provider_jobs o
                                     WHERE o.provider = j.provider AND o.external_id = :ext)
                 RETURNING j.id
                 """
             ),
-            {"id": job_id, "ext": external_id, "sha": sha, "token": token},
+            {"id": job_id, "ext": external_id, "sha": sha, "token": token, "by": by},
         ).first() is not None
     except IntegrityError:  # uq_provider_jobs_external_id: recorded by another holder meanwhile
         return False
@@ -182,8 +185,8 @@ def job_finished(conn: Connection, job_id: str, status: str, error: str | None =
     """A live job's end: succeeded, failed, canceled, or expired (succeeded, but its output was
     gone before it was copied: ``error`` says how that showed). With ``token``: only while the job
     is still under that claim (a newer holder adopted it: this run decides nothing). ``by``: the
-    Celery task id of the run that ends it (finished_by: only that message moves the chain on,
-    :func:`finished_by_other`). False if it had ended already or was adopted."""
+    Celery task id of the run that ends it (finished_by: see :func:`handed_to_other`). False if it
+    had ended already or was adopted."""
     assert status in ("succeeded", "failed", "canceled", "expired"), status
     return conn.execute(
         text(
@@ -197,27 +200,34 @@ def job_finished(conn: Connection, job_id: str, status: str, error: str | None =
     ).first() is not None
 
 
-def finished_by_other(conn: Connection, page_id: str, stage: str, task_id: str | None) -> str | None:
-    """The task id of another message that ended the page step's latest succeeded job (and so
-    completed the step and carries the rest of the page's chain), or None: this message did
-    (``task_id``), or nobody is recorded (a job ended before finished_by existed, a direct call)."""
+def handed_to_other(conn: Connection, page_id: str, stage: str, task_id: str | None) -> str | None:
+    """The task id of the message that completed the page step, when message ``task_id`` raced it
+    for the step's latest succeeded job and so must not move the page's chain on: a webhook sent a
+    follow (woken_by) besides the job's poll (started_by), ``task_id`` is one of those two, and the
+    other one ended the job (finished_by). None otherwise: this message completed it (a redelivery
+    of the completer moves on), no webhook's follow was sent, or ``task_id`` is a later chain that
+    merely passes the completed step (a retry, a backfill: it must move on, as before)."""
     row = conn.execute(
         text(
             """
-            SELECT finished_by FROM provider_jobs
+            SELECT finished_by, started_by, woken_by FROM provider_jobs
              WHERE page_id = :page AND stage = :stage AND status = 'succeeded'
              ORDER BY created_at DESC LIMIT 1
             """
         ),
         {"page": page_id, "stage": stage},
     ).first()
-    other = row[0] if row is not None else None
-    return str(other) if other is not None and task_id is not None and other != task_id else None
+    if row is None or task_id is None:
+        return None
+    finished, started, woken = row
+    racing = woken is not None and finished is not None and task_id != finished and task_id in (started, woken)
+    return str(finished) if racing else None
 
 
-def wake_job(conn: Connection, provider: str, external_id: str) -> RowMapping | None:
-    """A provider's completion webhook for job ``external_id``: marks it woken (woken_at) once,
-    while it is running, and returns what the page step's early follow needs (``page_id``,
+def wake_job(conn: Connection, provider: str, external_id: str, follow_id: str) -> RowMapping | None:
+    """A provider's completion webhook for job ``external_id``: marks it woken (woken_at, and
+    woken_by = ``follow_id``, the task id the caller will send its follow with) once, while it is
+    running, and returns what the page step's early follow needs (``page_id``,
     ``stage``, ``story_id``, ``status``, ``woken``: True only for the first delivery that found it
     running; ``in_flight_before`` and ``backlog``: the account's other stories in flight and
     pending now, for the follow's broker priority, as at a story's start). None: no such job
@@ -229,7 +239,7 @@ def wake_job(conn: Connection, provider: str, external_id: str) -> RowMapping | 
                 SELECT id, page_id, stage, status, woken_at FROM provider_jobs
                  WHERE provider = :provider AND external_id = :ext
             ), w AS (
-                UPDATE provider_jobs SET woken_at = now()
+                UPDATE provider_jobs SET woken_at = now(), woken_by = :follow
                  WHERE id = (SELECT id FROM j) AND status = 'running' AND woken_at IS NULL
                 RETURNING id
             )
@@ -240,5 +250,5 @@ def wake_job(conn: Connection, provider: str, external_id: str) -> RowMapping | 
               FROM j JOIN story_pages p ON p.id = j.page_id JOIN stories s ON s.id = p.story_id
             """
         ),
-        {"provider": provider, "ext": external_id},
+        {"provider": provider, "ext": external_id, "follow": follow_id},
     ).mappings().first()

@@ -130,10 +130,14 @@ def test_a_webhook_wakes_a_running_job_once_and_only_the_completer_moves_on(clea
         claim = pages_db.claim_page(c, page, col, 300.0, prerequisite="text_generation_status")
         assert claim is not None
         job = jobs_db.reserve_job(c, page, "image", col, "replicate", "a" * 64, claim.token)
-        assert job is not None and jobs_db.job_started(c, str(job["id"]), "pred-1", "a" * 64, claim.token)
-        # a prediction that is none of ours; then the first delivery wakes the job, the second does not
-        assert jobs_db.wake_job(c, "replicate", "pred-unknown") is None
-        first, second = jobs_db.wake_job(c, "replicate", "pred-1"), jobs_db.wake_job(c, "replicate", "pred-1")
+        # created by the run of message T (the step's poll)
+        assert job is not None and jobs_db.job_started(c, str(job["id"]), "pred-1", "a" * 64, claim.token,
+                                                       by="task-T")
+        # a prediction that is none of ours; then the first delivery wakes the job (its follow is
+        # message W), the second does not
+        assert jobs_db.wake_job(c, "replicate", "pred-unknown", "task-X") is None
+        first = jobs_db.wake_job(c, "replicate", "pred-1", "task-W")
+        second = jobs_db.wake_job(c, "replicate", "pred-1", "task-W2")
     assert first is not None and second is not None
     assert first["woken"] and not second["woken"]
     assert (str(first["story_id"]), first["stage"], first["status"]) == (story, "image", "running")
@@ -141,13 +145,16 @@ def test_a_webhook_wakes_a_running_job_once_and_only_the_completer_moves_on(clea
     with autocommit() as c:
         assert pages_db.complete_page(c, page, col, {"base_image_key": "k.png"}, claim.token)
         assert jobs_db.job_finished(c, str(job["id"]), "succeeded", by="task-W")
-        ended = jobs_db.wake_job(c, "replicate", "pred-1")
+        ended = jobs_db.wake_job(c, "replicate", "pred-1", "task-W3")
     assert ended is not None and not ended["woken"]  # a delivery after the end: a no-op
-    # a copy that finds the step done moves the chain on only if it is that message (a redelivery)
+    # the poll that raced it stops (W carries the rest of the chain); W's own redelivery moves on,
+    # and so does a later chain passing the completed step (retry --story sends pages from their text)
     done = step.StepResult(step.Outcome.ALREADY_DONE, "already done")
     assert handed_on(done, page, "image", step.Attempt(task_id="task-T")).outcome is step.Outcome.STOPPED
-    assert handed_on(done, page, "image", step.Attempt(task_id="task-W")).outcome is step.Outcome.ALREADY_DONE
-    assert handed_on(done, page, "image", step.Attempt()).outcome is step.Outcome.ALREADY_DONE  # no task id
+    for later in ("task-W", "task-retry", None):
+        assert handed_on(done, page, "image", step.Attempt(task_id=later)).outcome is step.Outcome.ALREADY_DONE
+    row = clean_db.one("SELECT started_by, woken_by, finished_by FROM provider_jobs WHERE id = :j", j=job["id"])
+    assert (row["started_by"], row["woken_by"], row["finished_by"]) == ("task-T", "task-W", "task-W")
 
 
 @pytest.mark.db
@@ -260,7 +267,7 @@ def test_story_completes_through_webhooks_long_before_the_next_poll(
                         "WHERE p.story_id = :s", s=story)
     assert len(jobs) == 2 * PAGES
     assert all(j["status"] == "succeeded" and j["polls"] == 0 and j["woken_at"] is not None
-               and j["finished_by"] for j in jobs), jobs
+               and j["finished_by"] == j["woken_by"] != j["started_by"] for j in jobs), jobs
     # each prediction's webhook was delivered twice; the second delivery was a no-op
     assert len(fake.webhooks.sent) == 2 * len(jobs) and {d["code"] for d in fake.webhooks.sent} == {200}
     hooks = [s for s in _steps(w.log) if s["stage"] == "job_webhook"]

@@ -18,17 +18,21 @@ external contract"). :func:`handle_replicate_webhook` then:
    the priority the story's start would give it now (the start's own is not recorded).
    Its run is a follow: it sees the end, copies the output, completes the step and frees the slot.
 
-Two messages of one step now carry the same chain; the rest of the chain must run once. The run
-that completes the step records its task id on the job (provider_jobs.finished_by, in the same
-transaction); a copy that later finds the step completed moves the chain on only if it is that
-same message (a redelivery of the completer, whose first run may have died before sending the next
-link), else it stops (:func:`handed_on`): whichever of the two comes second is a no-op. Polling
-stays as the fallback: a lost, rejected or late webhook only means the end is seen at the next poll.
+Two messages of one step now carry the same chain; the rest of the chain must run once. The job
+records both task ids (started_by: the run that created it, whose message polls it; woken_by: the
+follow, its id chosen before it is sent and recorded with the mark), and the run that completes
+the step records its own (finished_by, in the completion's transaction). A copy that later finds
+the step completed stops if it is the other of the two (:func:`handed_on`): whichever comes second
+is a no-op. The completer's own redelivery (its first run may have died before sending the next
+link) and any later chain that passes the completed step (a retry, a backfill) move on as before.
+Polling stays as the fallback: a lost, rejected or late webhook only means the end is seen at the
+next poll.
 """
 from __future__ import annotations
 
 import logging
 import os
+import uuid
 
 from db import provider_jobs as jobs_db
 from db.engine import autocommit
@@ -77,8 +81,9 @@ def handle_replicate_webhook(payload: str, headers: dict[str, object], attempt: 
     if done.status not in ENDED:  # only "completed" events are asked for; anything else is ignored
         _count("not_ended")
         return StepResult(Outcome.ALREADY_DONE, f"prediction is {done.status[:40]}", timer.timings, context=ctx)
+    follow_id = str(uuid.uuid4())  # recorded with the mark before the follow is sent with it
     with timer.phase("record"), autocommit() as c:
-        job = jobs_db.wake_job(c, PROVIDER, done.prediction_id)
+        job = jobs_db.wake_job(c, PROVIDER, done.prediction_id, follow_id)
     if job is None:
         if attempt.number < UNKNOWN_RETRIES:
             raise RetryLater(UNKNOWN_RETRY_SECONDS, f"prediction {done.prediction_id} is not recorded (yet)")
@@ -95,23 +100,24 @@ def handle_replicate_webhook(payload: str, headers: dict[str, object], attempt: 
     # the start's own is not recorded). Published after the mark committed; if publishing fails,
     # the task layer sees the error and the poll still comes (the mark only spares duplicates).
     priority = slots.page_priority(int(job["in_flight_before"]), int(job["backlog"]))
+    follow = page_chain(str(job["page_id"]), str(job["stage"]), str(job["story_id"]), priority=priority)
+    follow.tasks[0].set(task_id=follow_id)
     with timer.phase("send"):
-        publish.send_signature(page_chain(str(job["page_id"]), str(job["stage"]), str(job["story_id"]),
-                                          priority=priority))
+        publish.send_signature(follow)
     _count("woken")
     return StepResult(Outcome.DONE, f"{job['stage']} step sent (prediction {done.status})", timer.timings,
                       context=ctx)
 
 
 def handed_on(result: StepResult, page_id: str, stage: str, attempt: Attempt) -> StepResult:
-    """``result`` unless it is ALREADY_DONE and another message completed the step (the run that
-    ended the step's job recorded its task id, provider_jobs.finished_by): then STOPPED, because
-    that message carries the rest of the page's chain and this copy (the pending poll after a
-    webhook's follow, or the reverse) must not send it a second time."""
+    """``result`` unless it is ALREADY_DONE and this message raced another for the step's job
+    (the job's poll and a webhook's follow) and the other one completed the step
+    (db.provider_jobs.handed_to_other): then STOPPED, because that message carries the rest of the
+    page's chain and this copy must not send it a second time."""
     if result.outcome is not Outcome.ALREADY_DONE:
         return result
     with autocommit() as c:
-        other = jobs_db.finished_by_other(c, page_id, stage, attempt.task_id)
+        other = jobs_db.handed_to_other(c, page_id, stage, attempt.task_id)
     if other is None:
         return result
     return StepResult(Outcome.STOPPED, f"already done by message {other}, which carries the rest of the chain",

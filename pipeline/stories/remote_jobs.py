@@ -180,7 +180,7 @@ def _job_step(page_id: str, stage: jobs_db.JobStage, attempt: Attempt, meter: us
     assert job is not None
     if external_id:
         with autocommit() as c:
-            started = jobs_db.job_started(c, str(job["id"]), external_id, sha, claim.token)
+            started = jobs_db.job_started(c, str(job["id"]), external_id, sha, claim.token, by=attempt.task_id)
         if not started:
             _orphaned(page_id, stage, jobs, external_id, sha, claim.token)
             raise ClaimLost(f"page {claim.page_number} {stage}: job {external_id} made after the claim was lost")
