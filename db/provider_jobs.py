@@ -201,27 +201,32 @@ def job_finished(conn: Connection, job_id: str, status: str, error: str | None =
 
 
 def handed_to_other(conn: Connection, page_id: str, stage: str, task_id: str | None) -> str | None:
-    """The task id of the message that completed the page step, when message ``task_id`` raced it
-    for the step's latest succeeded job and so must not move the page's chain on: a webhook sent a
-    follow (woken_by) besides the job's poll (started_by), ``task_id`` is one of those two, and the
-    other one ended the job (finished_by). None otherwise: this message completed it (a redelivery
-    of the completer moves on), no webhook's follow was sent, or ``task_id`` is a later chain that
-    merely passes the completed step (a retry, a backfill: it must move on, as before)."""
+    """The task id of the message that completed the page step (finished_by of its latest succeeded
+    job), when message ``task_id`` is another one that raced it and so must not move the page's
+    chain on: a webhook sent a follow (woken_by) for one of the step's jobs besides that job's poll
+    (started_by), and ``task_id`` is one of those two (the job may since have been replaced by one
+    of them: a failed-but-retryable job, an expired output). None otherwise: this message completed
+    the step (a redelivery of the completer moves on), no webhook's follow was ever sent for the
+    step, or ``task_id`` is a later chain that merely passes the completed step (a retry, a
+    backfill: it moves on, as before)."""
+    if task_id is None:
+        return None
     row = conn.execute(
         text(
             """
-            SELECT finished_by, started_by, woken_by FROM provider_jobs
-             WHERE page_id = :page AND stage = :stage AND status = 'succeeded'
-             ORDER BY created_at DESC LIMIT 1
+            SELECT l.finished_by FROM (
+                SELECT finished_by FROM provider_jobs
+                 WHERE page_id = :page AND stage = :stage AND status = 'succeeded'
+                 ORDER BY created_at DESC LIMIT 1) AS l
+             WHERE l.finished_by IS NOT NULL AND l.finished_by <> :me
+               AND EXISTS (SELECT 1 FROM provider_jobs r
+                            WHERE r.page_id = :page AND r.stage = :stage AND r.woken_by IS NOT NULL
+                              AND :me IN (r.started_by, r.woken_by))
             """
         ),
-        {"page": page_id, "stage": stage},
+        {"page": page_id, "stage": stage, "me": task_id},
     ).first()
-    if row is None or task_id is None:
-        return None
-    finished, started, woken = row
-    racing = woken is not None and finished is not None and task_id != finished and task_id in (started, woken)
-    return str(finished) if racing else None
+    return str(row[0]) if row is not None else None
 
 
 def wake_job(conn: Connection, provider: str, external_id: str, follow_id: str) -> RowMapping | None:

@@ -158,6 +158,38 @@ def test_a_webhook_wakes_a_running_job_once_and_only_the_completer_moves_on(clea
 
 
 @pytest.mark.db
+def test_after_a_replaced_job_only_the_completer_of_the_new_one_moves_on(clean_db: Db) -> None:
+    from db import pages as pages_db
+    from db import provider_jobs as jobs_db
+    from db.engine import autocommit
+    from pipeline.stories import steps
+
+    story = clean_db.story(clean_db.photo(astronaut_png()))
+    page = steps.generate_story(story).fanout[0]
+    col = "image_generation_status"
+    clean_db.exec("UPDATE story_pages SET text_generation_status = 'completed' WHERE id = :p", p=page)
+    with autocommit() as c:
+        claim = pages_db.claim_page(c, page, col, 300.0, prerequisite="text_generation_status")
+        assert claim is not None
+        # job 1: created by T's run, woken (follow W), and it failed (interrupted: W makes job 2)
+        j1 = jobs_db.reserve_job(c, page, "image", col, "replicate", "a" * 64, claim.token)
+        assert j1 is not None and jobs_db.job_started(c, str(j1["id"]), "pred-1", "a" * 64, claim.token, by="T")
+        assert jobs_db.wake_job(c, "replicate", "pred-1", "W") is not None
+        assert jobs_db.job_finished(c, str(j1["id"]), "failed", "interrupted", token=claim.token)
+        # job 2: created by W's retry; T still polls as a follower; a webhook's follow W2 completes it
+        j2 = jobs_db.reserve_job(c, page, "image", col, "replicate", "b" * 64, claim.token)
+        assert j2 is not None and jobs_db.job_started(c, str(j2["id"]), "pred-2", "b" * 64, claim.token, by="W")
+        assert jobs_db.wake_job(c, "replicate", "pred-2", "W2") is not None
+        assert pages_db.complete_page(c, page, col, {"base_image_key": "k.png"}, claim.token)
+        assert jobs_db.job_finished(c, str(j2["id"]), "succeeded", by="W2")
+    done = step.StepResult(step.Outcome.ALREADY_DONE, "already done")
+    for racer in ("T", "W"):  # both raced for the step: they stop
+        assert handed_on(done, page, "image", step.Attempt(task_id=racer)).outcome is step.Outcome.STOPPED
+    for mover in ("W2", "a-later-retry"):
+        assert handed_on(done, page, "image", step.Attempt(task_id=mover)).outcome is step.Outcome.ALREADY_DONE
+
+
+@pytest.mark.db
 def test_a_delivery_for_an_unrecorded_prediction_is_looked_at_again_twice_then_dropped(
         clean_db: Db, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("REPLICATE_WEBHOOK_SIGNING_SECRET", SECRET)
