@@ -27,7 +27,7 @@ from pipeline.kernel import step
 from pipeline.operations.boot_check import check_environment
 from pipeline.providers.replicate_images import ReplicateImageJobs
 from pipeline.providers.replicate_webhooks import WebhookConfig, WebhookRejected, verify, webhook_config
-from pipeline.stories.job_webhooks import handed_on, handle_replicate_webhook
+from pipeline.stories.webhook_follows import handed_on, handle_replicate_webhook
 from tests.fakes.replicate_server import FakeReplicate
 from tests.fakes.replicate_webhooks import WRONG_SECRET, WebhookSender, sign
 from tests.support import ROOT, Db, WorkerProcess, astronaut_png, external_send, flush_redis

@@ -5,7 +5,7 @@ as it delivers Lulu's (workers/order_tasks.py ``orders.lulu_webhook``):
   prediction, ``payload`` = the raw body (str, exactly as received: the signature covers it) and
   ``headers`` = the request's headers (``webhook-id``, ``webhook-timestamp``, ``webhook-signature``
   verified with REPLICATE_WEBHOOK_SIGNING_SECRET). The page step that follows the prediction is
-  sent at once (pipeline/stories/job_webhooks.py). A forged, expired or malformed delivery, or one
+  sent at once (pipeline/stories/webhook_follows.py). A forged, expired or malformed delivery, or one
   for a prediction that is not ours, is logged, counted (storycreator_job_webhooks_total) and
   dropped; a duplicate is a no-op. Never a failure state, never retried except a few times for a
   prediction whose id was not recorded yet.
@@ -16,8 +16,8 @@ import logging
 from typing import Any
 
 from pipeline.kernel import step
-from pipeline.stories.job_webhooks import handle_replicate_webhook
 from pipeline.stories.stages import REPLICATE_WEBHOOK_TASK
+from pipeline.stories.webhook_follows import handle_replicate_webhook
 from workers.step_task import Body, step_task
 
 log = logging.getLogger("storycreator.step")

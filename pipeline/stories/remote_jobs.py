@@ -43,7 +43,6 @@ from pipeline.kernel.step import (
 )
 from pipeline.kernel.storage import page_image_key
 from pipeline.providers import registry
-from pipeline.stories.job_webhooks import handed_on
 from pipeline.stories.page_step import (
     STAGE_LABEL,
     claim_or_state,
@@ -55,6 +54,7 @@ from pipeline.stories.page_step import (
     story_face,
 )
 from pipeline.stories.recorders import JobRecorder
+from pipeline.stories.webhook_follows import handed_on
 
 log = logging.getLogger("pipeline.stories.remote_jobs")
 

@@ -42,7 +42,7 @@ from pipeline.providers.replicate_webhooks import ENDED, WebhookRejected, verify
 from pipeline.stories import slots
 from pipeline.stories.stages import page_chain
 
-log = logging.getLogger("pipeline.stories.job_webhooks")
+log = logging.getLogger("pipeline.stories.webhook_follows")
 
 PROVIDER = "replicate"
 # A delivery for a prediction we have not recorded yet (it ended before its create's reply was
