@@ -11,7 +11,7 @@ from pipeline.events.settings import event_settings
 from pipeline.kernel import redis_transport
 from pipeline.orders.stages import LULU_WEBHOOK_TASK, ORDER_FLOW, SWEEP_TASK
 from pipeline.orders.stages import QUEUE as ORDER_QUEUE
-from pipeline.stories.stages import STORY
+from pipeline.stories.stages import REPLICATE_WEBHOOK_TASK, STORY
 
 _s = settings()
 
@@ -47,6 +47,9 @@ task_routes.update({
     "ops.sweep": {"queue": STORY["outline"].queue},
     SWEEP_TASK: {"queue": ORDER_QUEUE},
     LULU_WEBHOOK_TASK: {"queue": ORDER_QUEUE},
+    # Replicate's completion webhooks (the external API publishes them to the default queue; our
+    # own re-sends of a delivery go with the illustrations).
+    REPLICATE_WEBHOOK_TASK: {"queue": STORY["image"].queue},
     # The events' delivery runs on a queue of their own: a slow endpoint never waits in a story's queue.
     DELIVER_TASK: {"queue": EVENTS_QUEUE},
     # Forgetting a family (contract task, README "Forgetting a family"): the default queue, where the web app publishes.

@@ -167,6 +167,15 @@ CREATE TABLE IF NOT EXISTS provider_jobs (
     polls          INTEGER NOT NULL DEFAULT 0,
     errors         INTEGER NOT NULL DEFAULT 0,
     recreation     INTEGER NOT NULL DEFAULT 0,
+    -- Celery task ids (pipeline/stories/job_webhooks.py): the message whose run created the job
+    -- (its poll), the follow a verified completion webhook sent (with woken_at: set once, by the
+    -- first delivery that found the job running; later ones are no-ops), and the run that ended
+    -- the job and completed its page step. When a webhook sent a follow, the poll and that follow
+    -- carry the same chain: only the completer's message moves it on, the other one stops.
+    started_by     VARCHAR,
+    woken_at       TIMESTAMP WITH TIME ZONE,
+    woken_by       VARCHAR,
+    finished_by    VARCHAR,
     created_at     TIMESTAMP WITH TIME ZONE NOT NULL DEFAULT now(),
     updated_at     TIMESTAMP WITH TIME ZONE NOT NULL DEFAULT now(),
     CONSTRAINT ck_provider_jobs_stage CHECK (stage IN ('image', 'personalization')),
@@ -176,6 +185,11 @@ CREATE TABLE IF NOT EXISTS provider_jobs (
 );
 -- Databases made before 'expired' and `recreation` existed (idempotent; a no-op once done).
 ALTER TABLE provider_jobs ADD COLUMN IF NOT EXISTS recreation INTEGER NOT NULL DEFAULT 0;
+-- Databases made before completion webhooks (idempotent).
+ALTER TABLE provider_jobs ADD COLUMN IF NOT EXISTS started_by VARCHAR;
+ALTER TABLE provider_jobs ADD COLUMN IF NOT EXISTS woken_at TIMESTAMP WITH TIME ZONE;
+ALTER TABLE provider_jobs ADD COLUMN IF NOT EXISTS woken_by VARCHAR;
+ALTER TABLE provider_jobs ADD COLUMN IF NOT EXISTS finished_by VARCHAR;
 DO $$
 BEGIN
     IF NOT EXISTS (SELECT 1 FROM pg_constraint WHERE conname = 'ck_provider_jobs_status'

@@ -262,6 +262,12 @@ class ProviderJob(Base):
     # 0 for a page step's first job; n for the n-th new job in a row made because the previous
     # one's output expired before it was copied (that one has status 'expired').
     recreation: Mapped[int] = mapped_column(Integer, nullable=False, server_default=text("0"))
+    # Celery task ids: the run that created it (its poll), the follow a verified completion webhook
+    # sent (with when: set once), the run that ended it and completed the step (schema.sql).
+    started_by: Mapped[str | None] = mapped_column(String)
+    woken_at: Mapped[datetime | None] = mapped_column(TIMESTAMP(timezone=True))
+    woken_by: Mapped[str | None] = mapped_column(String)
+    finished_by: Mapped[str | None] = mapped_column(String)
     created_at: Mapped[datetime] = _ts()
     updated_at: Mapped[datetime] = _ts()
     claim_token: Mapped[int] = _token()  # the page step's claim it was made under

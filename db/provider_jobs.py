@@ -13,6 +13,7 @@ from sqlalchemy.exc import IntegrityError
 
 from db.claims import held
 from db.pages import PageColumn, page_column
+from db.slots import in_flight
 
 JobStage = Literal["image", "personalization"]
 
@@ -82,8 +83,10 @@ def reserve_job(conn: Connection, page_id: str, stage: JobStage, col: PageColumn
     ).mappings().first()
 
 
-def job_started(conn: Connection, job_id: str, external_id: str, sha: str, token: int) -> bool:
-    """creating -> running with the provider's id, only under claim ``token`` (the job's); False when
+def job_started(conn: Connection, job_id: str, external_id: str, sha: str, token: int, *,
+                by: str | None = None) -> bool:
+    """creating -> running with the provider's id, only under claim ``token`` (the job's); ``by``: the
+    Celery task id of this run (started_by: its message polls the job). False when
     the job was no longer creating, was adopted by a newer claim, or that provider id is recorded
     already (another holder found and recorded the same job): then this run must not follow it, and
     the job it made is an orphan (:func:`record_orphan`)."""
@@ -91,14 +94,15 @@ def job_started(conn: Connection, job_id: str, external_id: str, sha: str, token
         return conn.execute(
             text(
                 """
-                UPDATE provider_jobs j SET external_id = :ext, status = 'running', input_sha256 = :sha
+                UPDATE provider_jobs j SET external_id = :ext, status = 'running', input_sha256 = :sha,
+                                          started_by = :by
                  WHERE j.id = :id AND j.status = 'creating' AND j.claim_token = :token
                    AND NOT EXISTS (SELECT 1 FROM provider_jobs o
                                     WHERE o.provider = j.provider AND o.external_id = :ext)
                 RETURNING j.id
                 """
             ),
-            {"id": job_id, "ext": external_id, "sha": sha, "token": token},
+            {"id": job_id, "ext": external_id, "sha": sha, "token": token, "by": by},
         ).first() is not None
     except IntegrityError:  # uq_provider_jobs_external_id: recorded by another holder meanwhile
         return False
@@ -186,19 +190,79 @@ def job_external_ids(conn: Connection, page_id: str, stage: JobStage) -> list[st
 
 
 def job_finished(conn: Connection, job_id: str, status: str, error: str | None = None, *,
-                 token: int | None = None) -> bool:
+                 token: int | None = None, by: str | None = None) -> bool:
     """A live job's end: succeeded, failed, canceled, or expired (succeeded, but its output was
     gone before it was copied: ``error`` says how that showed). With ``token``: only while the job
-    is still under that claim (a newer holder adopted it: this run decides nothing). False if it
+    is still under that claim (a newer holder adopted it: this run decides nothing). ``by``: the
+    Celery task id of the run that ends it (finished_by: see :func:`handed_to_other`). False if it
     had ended already or was adopted."""
     assert status in ("succeeded", "failed", "canceled", "expired"), status
     return conn.execute(
         text(
             """
-            UPDATE provider_jobs SET status = :status, error_message = :err
+            UPDATE provider_jobs SET status = :status, error_message = :err, finished_by = :by
              WHERE id = :id AND status IN ('creating', 'running')
                AND (CAST(:token AS bigint) IS NULL OR claim_token = :token) RETURNING id
             """
         ),
-        {"id": job_id, "status": status, "err": error, "token": token},
+        {"id": job_id, "status": status, "err": error, "token": token, "by": by},
     ).first() is not None
+
+
+def handed_to_other(conn: Connection, page_id: str, stage: str, task_id: str | None) -> str | None:
+    """The task id of the message that completed the page step (finished_by of its latest succeeded
+    job), when message ``task_id`` is another one that raced it and so must not move the page's
+    chain on: a webhook sent a follow (woken_by) for one of the step's jobs besides that job's poll
+    (started_by), and ``task_id`` is one of those two (the job may since have been replaced by one
+    of them: a failed-but-retryable job, an expired output). None otherwise: this message completed
+    the step (a redelivery of the completer moves on), no webhook's follow was ever sent for the
+    step, or ``task_id`` is a later chain that merely passes the completed step (a retry, a
+    backfill: it moves on, as before)."""
+    if task_id is None:
+        return None
+    row = conn.execute(
+        text(
+            """
+            SELECT l.finished_by FROM (
+                SELECT finished_by FROM provider_jobs
+                 WHERE page_id = :page AND stage = :stage AND status = 'succeeded'
+                 ORDER BY created_at DESC LIMIT 1) AS l
+             WHERE l.finished_by IS NOT NULL AND l.finished_by <> :me
+               AND EXISTS (SELECT 1 FROM provider_jobs r
+                            WHERE r.page_id = :page AND r.stage = :stage AND r.woken_by IS NOT NULL
+                              AND :me IN (r.started_by, r.woken_by))
+            """
+        ),
+        {"page": page_id, "stage": stage, "me": task_id},
+    ).first()
+    return str(row[0]) if row is not None else None
+
+
+def wake_job(conn: Connection, provider: str, external_id: str, follow_id: str) -> RowMapping | None:
+    """A provider's completion webhook for job ``external_id``: marks it woken (woken_at, and
+    woken_by = ``follow_id``, the task id the caller will send its follow with) once, while it is
+    running, and returns what the page step's early follow needs (``page_id``,
+    ``stage``, ``story_id``, ``status``, ``woken``: True only for the first delivery that found it
+    running; ``in_flight_before`` and ``backlog``: the account's other stories in flight and
+    pending now, for the follow's broker priority, as at a story's start). None: no such job
+    recorded (not ours, or recorded under another provider)."""
+    return conn.execute(
+        text(
+            f"""
+            WITH j AS (
+                SELECT id, page_id, stage, status, woken_at FROM provider_jobs
+                 WHERE provider = :provider AND external_id = :ext
+            ), w AS (
+                UPDATE provider_jobs SET woken_at = now(), woken_by = :follow
+                 WHERE id = (SELECT id FROM j) AND status = 'running' AND woken_at IS NULL
+                RETURNING id
+            )
+            SELECT j.page_id, j.stage, j.status, p.story_id, EXISTS (SELECT 1 FROM w) AS woken,
+                   {in_flight(excluding="s.id")} AS in_flight_before,
+                   (SELECT count(*) FROM stories b WHERE b.user_id = s.user_id AND b.status = 'pending'
+                       AND b.id <> s.id) AS backlog
+              FROM j JOIN story_pages p ON p.id = j.page_id JOIN stories s ON s.id = p.story_id
+            """
+        ),
+        {"provider": provider, "ext": external_id, "follow": follow_id},
+    ).mappings().first()

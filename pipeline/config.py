@@ -165,6 +165,14 @@ class Settings:
     fair_priority: bool
 
 
+def job_webhooks_configured(env: Mapping[str, str] | None = None) -> bool:
+    """Do remote jobs report their end by webhook (IMAGE_PROVIDER=replicate with REPLICATE_WEBHOOK_URL
+    set; pipeline/providers/replicate_webhooks.py checks the rest)? Then polling is the fallback."""
+    e = os.environ if env is None else env
+    return (e.get("IMAGE_PROVIDER", "").strip().lower() == "replicate"
+            and bool(e.get("REPLICATE_WEBHOOK_URL", "").strip()))
+
+
 @lru_cache(maxsize=1)
 def settings() -> Settings:
     broker = os.environ.get("CELERY_BROKER_URL", "redis://127.0.0.1:6379/0")
@@ -193,9 +201,11 @@ def settings() -> Settings:
         sweep_interval=_float("SWEEP_INTERVAL", 60.0, 1.0, 86400.0),
         retry_backoff_cap=_float("STEP_RETRY_BACKOFF_CAP", 120.0, 0.1, 3600.0),
         db_retry_backoff_max=_float("DB_RETRY_BACKOFF_MAX", 60.0, 0.1, 3600.0),
-        # Default: every 3 s, or more often under a short lease (tests use 3 s leases).
+        # Default: every 3 s (every 30 s when Replicate's completion webhooks say when a job ended:
+        # then polling is only the fallback), or more often under a short lease (tests use 3 s leases).
         job_poll_interval=_float("JOB_POLL_INTERVAL",
-                                 min(3.0, _float("STEP_LEASE_SECONDS", 300.0, 0.5, 86400.0) / 4), 0.05, 600.0),
+                                 min(30.0 if job_webhooks_configured() else 3.0,
+                                     _float("STEP_LEASE_SECONDS", 300.0, 0.5, 86400.0) / 4), 0.05, 600.0),
         job_max_seconds=_float("JOB_MAX_SECONDS", 900.0, 1.0, 86400.0),
         job_output_recreations=_int("JOB_OUTPUT_RECREATIONS", 2, 0, 10),
         min_child_age=0,

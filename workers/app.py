@@ -12,7 +12,7 @@ from celery import Celery, signals
 import workers.broker_survival  # noqa: F401  (a Redis restart must not stop the worker: see that module)
 
 app = Celery("storycreator", include=["workers.story_tasks", "workers.order_tasks", "workers.ops_tasks",
-                                        "workers.event_tasks"])
+                                        "workers.event_tasks", "workers.job_webhook_tasks"])
 app.config_from_object("celeryconfig")
 
 

@@ -48,7 +48,7 @@ log = logging.getLogger("storycreator.step")
 # Outcomes and stages that can have written an event (README "Events (webhooks)"): a text or
 # picture step never does; a failure, a page's personalization, the book, an order's move can.
 _MOVED = (step.Outcome.DONE, step.Outcome.FAILED)
-_NO_EVENTS = ("text", "image")
+_NO_EVENTS = ("text", "image", "job_webhook")
 
 Body = Callable[[step.Attempt], step.StepResult]
 Then = Callable[[str | None, step.StepResult], None]

@@ -74,3 +74,10 @@ def usage(provider: str, stage: str, microcents: int, *, calls: int, input_token
                     ("seconds", seconds)):
         if n or unit == "calls":
             PROVIDER_USAGE.labels(provider, unit).inc(n)
+
+
+# Completion webhooks of remote jobs (pipeline/stories/webhook_follows.py): each delivery once, by what
+# became of it (woken: the page step's follow sent at once; duplicate/done: a no-op; unknown: no
+# such job of ours; signature/expired/headers/malformed/unconfigured: rejected, nothing done).
+JOB_WEBHOOKS = Counter("storycreator_job_webhooks_total",
+                       "Completion webhooks of remote jobs received, by provider and outcome", ["provider", "outcome"])

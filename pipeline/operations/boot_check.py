@@ -68,6 +68,11 @@ def check_environment(env: Mapping[str, str] | None = None) -> None:
     if level and level not in LULU_SHIPPING_LEVELS:
         raise _fail(f"LULU_SHIPPING_LEVEL={level[:40]!r}; choose one of {', '.join(LULU_SHIPPING_LEVELS)}")
     env_number(e, "LULU_PRODUCTION_DELAY", 0, 0, 43200, whole=True)
+    # Replicate's completion webhooks: a URL without its signing secret, or a secret that is not
+    # whsec_<base64> (the images.replicate_webhook task verifies with it whatever IMAGE_PROVIDER is).
+    from pipeline.providers.replicate_webhooks import webhook_config
+
+    webhook_config(e)
     if e.get("POD_PROVIDER", "").strip().lower() == "lulu":
         missing = [n for n in ("LULU_CLIENT_KEY", "LULU_CLIENT_SECRET") if not e.get(n, "").strip()]
         if missing:

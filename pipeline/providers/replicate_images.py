@@ -2,7 +2,8 @@
 
 Both kinds run as Replicate predictions created without waiting (no ``Prefer: wait``): the
 pipeline records the id, polls by re-scheduling the step and copies the output at once,
-because Replicate deletes API outputs after about an hour.
+because Replicate deletes API outputs after about an hour. With REPLICATE_WEBHOOK_URL set, each is
+created with a completion webhook (replicate_webhooks.py) and polling is the fallback.
 
 An output can still be gone before it is copied (a backlog, an outage, a worker down for
 longer than the hour). Every way that shows is one outcome, ``expired`` (``status()``) or
@@ -70,6 +71,7 @@ from pipeline.providers.replicate_predictions import (
     prediction_status,
     target_from_env,
 )
+from pipeline.providers.replicate_webhooks import WebhookConfig, webhook_config
 
 log = logging.getLogger(__name__)
 
@@ -109,6 +111,7 @@ class ReplicateImageJobs:
         hooks: RequestHooks | None = None,
         max_download_bytes: int = MAX_DOWNLOAD_BYTES,
         max_list_pages: int = MAX_LIST_PAGES,
+        webhook: WebhookConfig | None = None,
     ) -> None:
         if not api_token:
             raise ValueError("api_token is required")
@@ -125,6 +128,8 @@ class ReplicateImageJobs:
         self._face_key = face_key
         self._max_download_bytes = max_download_bytes
         self._max_list_pages = max_list_pages
+        self.webhook = webhook  # completion webhooks (replicate_webhooks.py); None: polling only
+        self._create_params: dict[str, Any] = webhook.create_params() if webhook is not None else {}
         http_timeout = httpx.Timeout(timeout)
         # The SDK appends "/v1/..." to its base URL itself; we accept the API root with /v1 (as
         # Replicate documents it) or without (as the SDK's own REPLICATE_BASE_URL means it).
@@ -193,6 +198,7 @@ class ReplicateImageJobs:
             face_key=env.get("REPLICATE_PERSONALIZE_FACE_KEY", "").strip() or DEFAULT_FACE_KEY,
             timeout=timeout,
             hooks=hooks,
+            webhook=webhook_config(env),  # SystemExit: a URL without its signing secret
         )
 
     def close(self) -> None:
@@ -215,19 +221,20 @@ class ReplicateImageJobs:
 
     def create(self, kind: str, model_input: dict[str, Any]) -> str:
         """``POST /v1/models/{owner}/{name}/predictions`` (a model) or ``POST /v1/predictions``
-        (a pinned version), without waiting; returns the prediction id. One request, never retried
-        in the call (``find`` recognises a job whose reply was lost)."""
+        (a pinned version), without waiting (with ``webhook`` when configured); returns the
+        prediction id. One request, never retried in the call (``find`` recognises a job whose
+        reply was lost)."""
         target = self._target(kind)
         if target.version is not None:
             version = target.version
 
             def send() -> Any:
-                return self._sdk.predictions.create(version=version, input=model_input)
+                return self._sdk.predictions.create(version=version, input=model_input, **self._create_params)
         else:
             model = target.model or ""
 
             def send() -> Any:
-                return self._sdk.models.predictions.create(model=model, input=model_input)
+                return self._sdk.models.predictions.create(model=model, input=model_input, **self._create_params)
 
         usage_calls.replicate_hold()  # BudgetReached: nothing sent
         try:

@@ -51,6 +51,7 @@ from pipeline.stories.page_step import (
     store_if_held,
 )
 from pipeline.stories.recorders import JobRecorder
+from pipeline.stories.webhook_follows import handed_on
 
 log = logging.getLogger("pipeline.stories.remote_jobs")
 
@@ -107,7 +108,7 @@ def _job_step(page_id: str, stage: jobs_db.JobStage, attempt: Attempt, meter: us
         assert state is not None
         if state["status"] == "processing" and job is not None and job["external_id"]:
             return _follow_job(record.following(), timer, ctx)
-        return not_claimed(state, attempt, timer)
+        return handed_on(not_claimed(state, attempt, timer), page_id, stage, attempt)
 
     poisoned = poison_failure(record, claim.takeovers, timer, ctx)
     if poisoned is not None:
@@ -163,7 +164,7 @@ def _job_step(page_id: str, stage: jobs_db.JobStage, attempt: Attempt, meter: us
     assert job is not None
     if external_id:
         with autocommit() as c:
-            started = jobs_db.job_started(c, str(job["id"]), external_id, sha, claim.token)
+            started = jobs_db.job_started(c, str(job["id"]), external_id, sha, claim.token, by=attempt.task_id)
         if not started:
             _orphaned(page_id, stage, jobs, external_id, sha, claim.token)
             raise ClaimLost(f"page {claim.page_number} {stage}: job {external_id} made after the claim was lost")
@@ -292,12 +293,12 @@ def _follow_job(record: JobRecorder, timer: Timer, ctx: dict[str, Any]) -> StepR
     with timer.phase("record"), transaction() as c:
         done = pages_db.complete_page(c, page_id, col, {f"{variant}_image_key": key}, record.token)
         if done:
-            jobs_db.job_finished(c, job_id, "succeeded")
+            jobs_db.job_finished(c, job_id, "succeeded", by=attempt.task_id)  # this message moves the chain on
     if not done:  # another run of this step completed it first, or a takeover holds it now
         with autocommit() as c:
             now = pages_db.page_state(c, page_id, col, prerequisite=page_columns(stage)[1])
         if now is not None and now["status"] == "completed":
-            return StepResult(Outcome.ALREADY_DONE, "", timer.timings, context=ctx)
+            return handed_on(StepResult(Outcome.ALREADY_DONE, "", timer.timings, context=ctx), page_id, stage, attempt)
         raise ClaimLost(f"{label} job {external_id}: result not recorded")
     quotas().release(quota_of(jobs), f"{page_id}:{stage}")
     return StepResult(Outcome.DONE, "", timer.timings, context=ctx)

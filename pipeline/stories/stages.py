@@ -30,6 +30,10 @@ STORY = Flow("story", (
     Stage("finish", "stories.finish", "stories", "book assembly", "stories", "status", "story_id", "personalization"),
 ))
 
+# Replicate's completion webhooks, published by the external API (README "The external contract"):
+# not a step of the flow; it sends a page step's follow as soon as its remote job ended.
+REPLICATE_WEBHOOK_TASK = "images.replicate_webhook"
+
 # The steps one page runs, in order: the page's Celery chain.
 PAGE_STAGES: tuple[Stage, ...] = tuple(s for s in STORY if s.table == "story_pages")
 STAGE_LABEL: dict[str, str] = STORY.labels()

@@ -41,6 +41,8 @@ Fault injection, for the next requests in order, any path (``fake.script([...])`
 ``fake.next_outcome("failed", error=...)`` / ``("canceled")`` / ``("aborted")`` sets how the next
 created predictions end (``aborted``: its deadline passed before it started; never started).
 A ``/v1`` request without ``Authorization: Bearer <token>`` gets a 401 before any script.
+``fake.webhooks = WebhookSender(secret)`` (tests/fakes/replicate_webhooks.py): predictions created
+with ``webhook`` get Replicate's signed completion webhook when they end; None (default): none sent.
 ``known`` (model names and version hashes), when given, makes other models 404;
 ``versions`` maps version hashes to the ``owner/name`` a prediction reports.
 """
@@ -141,6 +143,7 @@ class FakeReplicate(LocalHTTPFake):
         self._lock = threading.Lock()
         self._render_lock = threading.Lock()
         self._seq = 0
+        self.webhooks: Any = None  # a tests.fakes.replicate_webhooks.WebhookSender, or None
 
     @property
     def base_url(self) -> str:
@@ -179,13 +182,13 @@ class FakeReplicate(LocalHTTPFake):
     def _record(self, method: str, path: str, headers: dict[str, str], body: Any) -> None:
         with self._lock:
             self.requests.append({"method": method, "path": path, "headers": headers, "json": body,
-                                  "t": time.monotonic()})
+                                  "t": time.monotonic(), "wall": time.time()})
 
     def _next_step(self) -> tuple[Any, ...] | None:
         with self._lock:
             return self._script.popleft() if self._script else None
 
-    def _create(self, model: str, version: str, model_input: Any) -> tuple[int, Any]:
+    def _create(self, model: str, version: str, model_input: Any, body: Any = None) -> tuple[int, Any]:
         if self.known is not None and model not in self.known and version not in self.known:
             return 404, problem(404, "Not found", "The requested model or version does not exist.")
         if not isinstance(model_input, dict):
@@ -207,7 +210,22 @@ class FakeReplicate(LocalHTTPFake):
             self._predictions[pid] = pred
             view = self._view(pred, pred.created)
             self.created.append(view)
+        self._schedule_webhook(pred, body)
         return 201, view
+
+    def _schedule_webhook(self, pred: _Prediction, body: Any) -> None:
+        """The completion webhook of a prediction created with ``webhook`` (and ``completed`` in its
+        ``webhook_events_filter``, or no filter), sent when it ends (tests/fakes/replicate_webhooks.py)."""
+        url = body.get("webhook") if isinstance(body, dict) else None
+        events = body.get("webhook_events_filter") if isinstance(body, dict) else None
+        if self.webhooks is None or not isinstance(url, str) or (events is not None and "completed" not in events):
+            return
+
+        def view() -> dict[str, Any] | None:
+            code, payload = self._get(pred.id)
+            return payload if code == 200 and payload.get("status") not in ("starting", "processing") else None
+
+        self.webhooks.schedule(pred.created + self.run_seconds + 0.01, url, view)
 
     def _ttl(self, p: _Prediction, what: str) -> float | None:
         own = getattr(p, what)
@@ -404,11 +422,11 @@ class FakeReplicate(LocalHTTPFake):
                 return 422, problem(422, "Invalid version", "- version: version is required")
             name, sep, vid = version.partition(":")
             model, version = (name, vid) if sep else (self.versions.get(version, "unknown/unknown"), version)
-            return self._create(model, version, body.get("input"))
+            return self._create(model, version, body.get("input"), body)
         if method == "POST" and len(segs) == 5 and segs[:2] == ["v1", "models"] and segs[4] == "predictions":
             model = f"{segs[2]}/{segs[3]}"
             version = hashlib.sha256(model.encode()).hexdigest()
-            return self._create(model, version, body.get("input") if isinstance(body, dict) else None)
+            return self._create(model, version, body.get("input") if isinstance(body, dict) else None, body)
         if method == "GET" and segs == ["v1", "predictions"]:
             return self._list(parse_qs(parts.query).get("cursor", [None])[0])
         if method == "GET" and len(segs) == 3 and segs[:2] == ["v1", "predictions"]:
