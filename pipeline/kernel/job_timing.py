@@ -9,7 +9,8 @@ a look that came a little early, less and less often for a job that runs long); 
 provider's cap is freed when a look sees the job ended, so looking late keeps a paid slot idle:
 at a fixed 3 s interval, 0.5 s jobs kept their slots busy 11 % of the time.
 
-JOB_POLL_ADAPTIVE=false restores the fixed JOB_POLL_INTERVAL. Without an average (Redis
+JOB_POLL_ADAPTIVE=false (the default with Replicate's completion webhooks) restores the fixed
+JOB_POLL_INTERVAL. Without an average (Redis
 unavailable, or no job of the kind ended yet) the next look is after a quarter of the job's age,
 at most 0.5 s (within the bounds).
 """
@@ -17,15 +18,17 @@ from __future__ import annotations
 
 import redis
 
-from pipeline.config import env_bool, env_float, settings
+from pipeline.config import env_bool, env_float, job_webhooks_configured, settings
 
 ALPHA = 0.3  # weight of the newest duration in the average
 _UNKNOWN = 0.5  # seconds: the longest wait to the next look while no duration is known
 
 
 def adaptive() -> bool:
-    """JOB_POLL_ADAPTIVE (default true): looks scheduled from observed durations."""
-    return env_bool("JOB_POLL_ADAPTIVE", True)
+    """JOB_POLL_ADAPTIVE: looks scheduled from observed durations. Default true, except with
+    Replicate's completion webhooks configured (pipeline.config.job_webhooks_configured): the
+    webhook says when a job ended, and looks are only the fallback, every JOB_POLL_INTERVAL."""
+    return env_bool("JOB_POLL_ADAPTIVE", not job_webhooks_configured())
 
 
 def poll_min() -> float:
