@@ -115,20 +115,31 @@ def test_rejections_are_counted_never_raised(monkeypatch: pytest.MonkeyPatch) ->
 
 # --- the job's row: woken once, and only the completer's message moves the chain on -----------------
 
+def _claimed_image_page(db: Db) -> tuple[str, str, str, Any]:
+    """A story's first page with its text done and its image step claimed: (story id, page id,
+    column, claim)."""
+    from db import pages as pages_db
+    from db.engine import autocommit
+    from pipeline.stories import steps
+
+    story = db.story(db.photo(astronaut_png()))
+    page = steps.generate_story(story).fanout[0]
+    col = "image_generation_status"
+    db.exec("UPDATE story_pages SET text_generation_status = 'completed' WHERE id = :p", p=page)
+    with autocommit() as c:
+        claim = pages_db.claim_page(c, page, col, 300.0, prerequisite="text_generation_status")
+    assert claim is not None
+    return story, page, col, claim
+
+
 @pytest.mark.db
 def test_a_webhook_wakes_a_running_job_once_and_only_the_completer_moves_on(clean_db: Db) -> None:
     from db import pages as pages_db
     from db import provider_jobs as jobs_db
     from db.engine import autocommit
-    from pipeline.stories import steps
 
-    story = clean_db.story(clean_db.photo(astronaut_png()))
-    page = steps.generate_story(story).fanout[0]
-    col = "image_generation_status"
-    clean_db.exec("UPDATE story_pages SET text_generation_status = 'completed' WHERE id = :p", p=page)
+    story, page, col, claim = _claimed_image_page(clean_db)
     with autocommit() as c:
-        claim = pages_db.claim_page(c, page, col, 300.0, prerequisite="text_generation_status")
-        assert claim is not None
         job = jobs_db.reserve_job(c, page, "image", col, "replicate", "a" * 64, claim.token)
         # created by the run of message T (the step's poll)
         assert job is not None and jobs_db.job_started(c, str(job["id"]), "pred-1", "a" * 64, claim.token,
@@ -162,15 +173,9 @@ def test_after_a_replaced_job_only_the_completer_of_the_new_one_moves_on(clean_d
     from db import pages as pages_db
     from db import provider_jobs as jobs_db
     from db.engine import autocommit
-    from pipeline.stories import steps
 
-    story = clean_db.story(clean_db.photo(astronaut_png()))
-    page = steps.generate_story(story).fanout[0]
-    col = "image_generation_status"
-    clean_db.exec("UPDATE story_pages SET text_generation_status = 'completed' WHERE id = :p", p=page)
+    story, page, col, claim = _claimed_image_page(clean_db)
     with autocommit() as c:
-        claim = pages_db.claim_page(c, page, col, 300.0, prerequisite="text_generation_status")
-        assert claim is not None
         # job 1: created by T's run, woken (follow W), and it failed (interrupted: W makes job 2)
         j1 = jobs_db.reserve_job(c, page, "image", col, "replicate", "a" * 64, claim.token)
         assert j1 is not None and jobs_db.job_started(c, str(j1["id"]), "pred-1", "a" * 64, claim.token, by="T")
