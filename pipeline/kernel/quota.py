@@ -32,7 +32,7 @@ from pipeline.kernel.errors import TransientStepError
 # Defaults sit below each provider's documented starting limits, so a fresh account is not
 # throttled by the provider itself (429s cost a round trip and a retry; waiting here is free).
 # The concurrent caps also keep a slow provider from taking every worker thread: with the
-# default 16 threads, at most 8 can wait on OpenAI and 4 on Rekognition; a step over the cap is
+# default 32 threads, at most 8 can wait on OpenAI and 4 on Rekognition; a step over the cap is
 # re-scheduled (QuotaWait), not parked in a thread, so the other stages keep their threads.
 DEFAULTS: dict[str, tuple[float, float, int]] = {  # provider -> (rps, rpm, concurrent)
     "rekognition": (5.0, 0.0, 4),  # DetectFaces/DetectLabels: 5 TPS in most regions
