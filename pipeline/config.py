@@ -212,7 +212,7 @@ def settings() -> Settings:
         max_child_age=14,
         photo_upload_wait_seconds=_float("PHOTO_UPLOAD_WAIT_SECONDS", 900.0, 0.0, 7 * 86400.0),
         photo_upload_poll_interval=_float("PHOTO_UPLOAD_POLL_INTERVAL", 15.0, 0.1, 600.0),
-        user_stories_in_flight=_int("USER_STORIES_IN_FLIGHT", 4, 0, 100_000),
+        user_stories_in_flight=_int("USER_STORIES_IN_FLIGHT", 8, 0, 100_000),
         fair_priority=env_bool("FAIR_PRIORITY", True),
     )
     if st.job_poll_interval * 2 >= st.step_lease_seconds:

@@ -6,7 +6,7 @@ pages' broker priority; what ``status`` says.
 
 Real worker processes for the cap and the SIGKILL (instant providers with a short simulated
 latency, so stories overlap); the rest in-process on the real database and Redis. This process's
-own settings: USER_STORIES_IN_FLIGHT 4 (the default), FAIR_PRIORITY on.
+own settings: USER_STORIES_IN_FLIGHT 8 (the default), FAIR_PRIORITY on.
 """
 from __future__ import annotations
 
@@ -46,7 +46,7 @@ REDIS = os.environ.get("TEST_REDIS_URL", "redis://127.0.0.1:6379")
 BROKER = f"{REDIS}/{int(os.environ.get('TEST_REDIS_DB', '11')) + 2}"
 FAST = {"CELERY_BROKER_URL": BROKER, "REDIS_URL": BROKER, "USER_STORIES_IN_FLIGHT": "2",
         "VISION_PROVIDER": "instant", "TEXT_PROVIDER": "instant", "IMAGE_PROVIDER": "instant"}
-CAP = 4  # this process's USER_STORIES_IN_FLIGHT (the default)
+CAP = 8  # this process's USER_STORIES_IN_FLIGHT (the default)
 
 # Every move of a story into 'processing' records how many of its account's stories are then in
 # flight (the trigger's query sees every committed row and its own transaction's).
