@@ -153,7 +153,7 @@ def test_the_boot_check_names_each_bad_setting(monkeypatch: pytest.MonkeyPatch, 
 
 
 def test_fair_turns_settings_read_as_documented(monkeypatch: pytest.MonkeyPatch) -> None:
-    """USER_STORIES_IN_FLIGHT (default 4, 0 = no cap) and FAIR_PRIORITY (default on; true/false,
+    """USER_STORIES_IN_FLIGHT (default 8, 0 = no cap) and FAIR_PRIORITY (default on; true/false,
     1/0, yes/no in any case, with one line naming the variable otherwise)."""
     from pipeline.config import parse_bool, settings
 
@@ -161,7 +161,7 @@ def test_fair_turns_settings_read_as_documented(monkeypatch: pytest.MonkeyPatch)
         monkeypatch.delenv(name, raising=False)
     _clear_caches()
     try:
-        assert (settings().user_stories_in_flight, settings().fair_priority) == (4, True)
+        assert (settings().user_stories_in_flight, settings().fair_priority) == (8, True)
         monkeypatch.setenv("USER_STORIES_IN_FLIGHT", "0")
         monkeypatch.setenv("FAIR_PRIORITY", " No ")
         _clear_caches()
