@@ -88,7 +88,7 @@ def check_worker_configuration() -> None:
     from db.engine import pool_size
     from pipeline.config import cost_settings, log_level, settings
     from pipeline.events.settings import event_settings
-    from pipeline.kernel import job_timing, quota, quota_line
+    from pipeline.kernel import job_timing, quota, quota_line, redis_transport
     from pipeline.kernel.cpu import processes
     from pipeline.kernel.metrics import metrics_port
     from pipeline.kernel.storage import presigned_url_seconds
@@ -119,6 +119,7 @@ def check_worker_configuration() -> None:
     print_files.check_products()  # PRINT_PRODUCTS
     quota_line.enabled(), quota_line.backstop(), quota_line.grant_seconds(), quota_line.prewake()  # QUOTA_WAKE*
     job_timing.adaptive(), job_timing.poll_min()  # JOB_POLL_ADAPTIVE, JOB_POLL_MIN
+    redis_transport.ack_batching()  # BROKER_ACK_BATCHING
     simulated = simulated_jobs.check_env()  # SIMULATED_JOB_*, the quotas simulated providers take
     for provider in (*quota.DEFAULTS, "lulu", *simulated):
         quota.limits(provider)  # QUOTA_<PROVIDER>_RPS / _RPM / _CONCURRENT

@@ -1,0 +1,162 @@
+"""Acks written off the event loop in batches (pipeline/kernel/redis_transport.py, issue 16) keep
+kombu's at-least-once contract: an acked message leaves the unacked index (soon, and surely by the
+time its channel closes), is never delivered again, frees its prefetch slot at once, and a message
+whose ack was not yet written when its process died comes back after the visibility timeout."""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import textwrap
+import time
+from collections.abc import Iterator
+
+import pytest
+import redis
+from kombu import Connection, Exchange, Queue
+
+import celeryconfig  # noqa: F401  (installs the transport for redis://)
+from pipeline.kernel.redis_transport import QoS
+
+BROKER = os.environ["CELERY_BROKER_URL"]
+
+
+@pytest.fixture()
+def r() -> Iterator[redis.Redis]:
+    client = redis.Redis.from_url(BROKER)
+    client.flushdb()
+    yield client
+    client.flushdb()
+
+
+def _queue(name: str) -> Queue:
+    return Queue(name, Exchange(name, type="direct"), routing_key=name)
+
+
+def _publish(conn: Connection, q: Queue, n: int) -> None:
+    with conn.Producer() as producer:
+        for i in range(n):
+            producer.publish({"n": i}, exchange=q.exchange, routing_key=q.routing_key, declare=[q])
+
+
+def _unacked(r: redis.Redis) -> tuple[int, int]:
+    return int(r.hlen("unacked")), int(r.zcard("unacked_index"))
+
+
+def _wait_unacked(r: redis.Redis, want: tuple[int, int], timeout: float = 5.0) -> tuple[int, int]:
+    deadline = time.monotonic() + timeout
+    while _unacked(r) != want and time.monotonic() < deadline:
+        time.sleep(0.01)
+    return _unacked(r)
+
+
+def test_acks_leave_the_unacked_index_soon_and_free_the_prefetch_slot_at_once(r: redis.Redis) -> None:
+    q = _queue("acks-batched")
+    with Connection(BROKER) as conn:
+        _publish(conn, q, 50)
+        ch = conn.channel()
+        try:
+            assert isinstance(ch.qos, QoS)
+            ch.basic_qos(prefetch_count=1)
+            got = []
+            for _ in range(50):
+                assert ch.qos.can_consume(), "an acked message's prefetch slot is free at once"
+                m = ch.basic_get(q.name, no_ack=False)
+                assert m is not None
+                got.append(m.payload["n"])
+                assert _unacked(r)[0] >= 1, "a delivered message is in the unacked index before it is acked"
+                m.ack()
+            assert sorted(got) == list(range(50))
+            assert _wait_unacked(r, (0, 0), 2.0) == (0, 0), "acks written within a moment, not at close"
+            assert ch.basic_get(q.name) is None
+        finally:
+            ch.close()
+
+
+def test_a_channel_closing_right_after_acks_writes_them_and_restores_nothing(r: redis.Redis) -> None:
+    q = _queue("acks-close")
+    with Connection(BROKER) as conn:
+        _publish(conn, q, 20)
+        ch = conn.channel()
+        for _ in range(20):
+            ch.basic_get(q.name, no_ack=False).ack()
+        ch.close()  # at once: the acks still queued are written before kombu restores the unacked
+    assert _unacked(r) == (0, 0)
+    assert r.llen(q.name) == 0, "an acked message was put back on the queue (a duplicate run)"
+
+
+def test_with_batching_off_each_ack_is_written_inline(r: redis.Redis, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("BROKER_ACK_BATCHING", "false")
+    q = _queue("acks-inline")
+    with Connection(BROKER) as conn:
+        _publish(conn, q, 3)
+        ch = conn.channel()
+        try:
+            for _ in range(3):
+                ch.basic_get(q.name, no_ack=False).ack()
+                assert _unacked(r) == (0, 0)  # no wait: written before ack() returned
+            assert ch.qos._flusher is None
+        finally:
+            ch.close()
+
+
+def test_an_ack_not_yet_written_when_the_process_dies_brings_the_message_back(r: redis.Redis) -> None:
+    """At-least-once: the process acks, but dies (os._exit) before the flusher writes it."""
+    q = _queue("acks-crash")
+    with Connection(BROKER) as conn:
+        _publish(conn, q, 1)
+    child = textwrap.dedent(f"""
+        import os, time
+        import celeryconfig
+        from kombu import Connection
+        from pipeline.kernel import redis_transport
+        redis_transport.QoS._write = lambda self, tags: time.sleep(60)  # the write never lands
+        with Connection({BROKER!r}) as conn:
+            ch = conn.channel()
+            m = ch.basic_get({q.name!r}, no_ack=False)
+            m.ack()
+            time.sleep(0.2)
+            os._exit(0)
+    """)
+    subprocess.run([sys.executable, "-c", child], check=True, timeout=60, env=os.environ.copy())
+    assert _unacked(r) == (1, 1), "the acked-but-unwritten message stays in the unacked index"
+    assert r.llen(q.name) == 0
+    # what kombu's visibility-timeout restore (any worker) does with it: back on its queue
+    with Connection(BROKER, transport_options={"visibility_timeout": 0}) as conn:
+        ch = conn.channel()
+        try:
+            ch.qos.restore_visible(num=10)
+            m = ch.basic_get(q.name, no_ack=False)
+            assert m is not None and m.payload == {"n": 0}
+            m.ack()
+        finally:
+            ch.close()
+    assert _unacked(r) == (0, 0)
+
+
+def test_a_broker_error_while_writing_is_retried(r: redis.Redis, monkeypatch: pytest.MonkeyPatch) -> None:
+    q = _queue("acks-retry")
+    calls = {"n": 0}
+    real = QoS._write
+
+    def flaky_pipeline_once(self: QoS, tags: list[object]) -> None:
+        calls["n"] += 1
+        if calls["n"] == 1:
+            orig = self.channel.conn_or_acquire
+
+            def broken(*a: object, **k: object) -> object:
+                self.channel.conn_or_acquire = orig  # the next try reaches Redis
+                raise redis.ConnectionError("connection lost")
+
+            self.channel.conn_or_acquire = broken
+        real(self, tags)
+
+    monkeypatch.setattr(QoS, "_write", flaky_pipeline_once)
+    with Connection(BROKER) as conn:
+        _publish(conn, q, 1)
+        ch = conn.channel()
+        try:
+            ch.basic_get(q.name, no_ack=False).ack()
+            assert _wait_unacked(r, (0, 0), 5.0) == (0, 0)
+        finally:
+            ch.close()
