@@ -89,7 +89,7 @@ class QoS(kombu_redis.QoS):  # type: ignore[misc]
             self._cond.notify_all()
         virtual.QoS.ack(self, delivery_tag)  # in-memory only: the tag is "dirty", its slot free
 
-    def flush_acks(self, timeout: float = 5.0) -> bool:
+    def flush_acks(self, timeout: float = 2.0) -> bool:
         """Wait up to ``timeout`` seconds until every queued ack is written; stop the flusher.
         Returns False if some were not written in time (they stay in the unacked index)."""
         deadline = time.monotonic() + timeout
