@@ -45,6 +45,8 @@ from __future__ import annotations
 import binascii
 import json
 import logging
+import threading
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -96,6 +98,8 @@ class Consumer(CeleryConsumer):  # type: ignore[misc]
     which reports a refused message in one line without its body."""
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
+        self._events_lock = threading.Lock()
+        self._events_wake = threading.Event()
         super().__init__(*args, **kwargs)
         log.addFilter(NO_BODIES)  # once: a filter already present is not added again
         # Raised by kombu's Redis transport for a queued item that is not an envelope (see above).
@@ -105,30 +109,45 @@ class Consumer(CeleryConsumer):  # type: ignore[misc]
     # Task events (Flower): Celery buffers them per worker and asks the event loop to publish the
     # buffer after every single event (``on_send_event_buffered``: a wake-up of the loop and one
     # Redis PUBLISH of one to three events each time, a quarter of the loop thread's time in the
-    # pipeline's profile; the loop thread also receives and acks every message, so it bounded the
-    # worker). Here the first event of a quiet spell arms one publish EVENTS_FLUSH_DELAY later,
-    # and every event sent until then goes with it (Celery publishes a full buffer, 24 events, at
-    # once from the sending thread). Flower sees each event at most that much later.
+    # pipeline's profile; the loop thread also receives every message, so it bounded the worker).
+    # Here the first event of a quiet spell arms one publish EVENTS_FLUSH_DELAY later, and every
+    # event sent until then goes with it; the publish runs on a thread of its own ("task-events"),
+    # not the loop (Celery's dispatcher takes its mutex for a flush and itself publishes a full
+    # buffer, 24 events, from whichever thread sent the last one). Flower sees each event at most
+    # that much later.
     EVENTS_FLUSH_DELAY = 0.1  # seconds
     _events_armed = False
+    _events_stopping = False
+    _events_thread: threading.Thread | None = None
 
     def on_send_event_buffered(self) -> None:
         if self.hub is not None and not self._events_armed:
             self._events_armed = True
-            # call_soon: safe from any thread and wakes the loop; the timer is set in the loop's thread,
-            # so the loop's next poll timeout already counts it.
-            self.hub.call_soon(self._arm_events_flush)
+            with self._events_lock:
+                if self._events_thread is None:
+                    self._events_thread = threading.Thread(target=self._events_publisher, name="task-events",
+                                                           daemon=True)
+                    self._events_thread.start()
+            self._events_wake.set()
 
-    def _arm_events_flush(self) -> None:
-        self.hub.call_later(self.EVENTS_FLUSH_DELAY, self._flush_armed_events)
-
-    def _flush_armed_events(self) -> None:
-        self._events_armed = False  # events sent from now on arm the next publish
-        self._flush_events()
+    def _events_publisher(self) -> None:
+        while True:
+            self._events_wake.wait()
+            if self._events_stopping:
+                return
+            time.sleep(self.EVENTS_FLUSH_DELAY)
+            self._events_wake.clear()
+            self._events_armed = False  # events sent from now on arm the next publish
+            try:
+                self._flush_events()
+            except Exception:  # noqa: BLE001 - events are for people watching: the next publish retries
+                log.warning("could not publish task events", exc_info=True)
 
     def shutdown(self) -> None:
         """Publish the task events still buffered (Celery's events step closes the dispatcher without
         publishing them), then Celery's shutdown."""
+        self._events_stopping = True
+        self._events_wake.set()
         try:
             self._flush_events()
         except Exception:  # noqa: BLE001 - events are for people watching: never block the shutdown
