@@ -15,18 +15,17 @@ channel was closed, or the connection was lost and re-established) the cached cl
 with it and a new one is made on the next command. The asynchronous client (BRPOP, the event
 loop's ``client``) and the pub/sub client are kombu's own, unchanged.
 
-Acks are written to Redis off the caller's thread (:class:`QoS`). kombu's Redis QoS emulates
-acks with an "unacked" hash and index: each ack is a ZREM+HDEL transaction, one blocking round trip,
-and Celery runs every ack on the worker's single event-loop thread (``hub.call_soon``), the same
-thread that receives every message. Under load that thread was busy about 90 % of the time, a
-quarter of it in acks (README "Benchmarks", issue 16). Here an ack updates kombu's in-memory state
-at once (the prefetch window frees as before) and hands the tag to one flusher thread per channel,
-which writes all tags waiting at that moment in one ZREM+HDEL transaction. Delivery stays
-at-least-once: a message whose ack was not yet written when the worker died stays in the unacked
-index and is restored after the visibility timeout, as a message whose task was still running
-would be (every task here is idempotent). A closing channel writes the acks still waiting
-before kombu restores the unacked ones. ``BROKER_ACK_BATCHING=false`` writes each ack inline, as
-kombu does.
+kombu's unacked bookkeeping is written off the caller's thread (:class:`QoS`). kombu's Redis
+QoS emulates acks with an "unacked" hash and index: each delivered message is written there
+(HSET+ZADD) and removed on ack (ZREM+HDEL), each a blocking round trip, and Celery runs both on the
+worker's single event-loop thread, the same thread that receives every message. Under load that
+thread was busy about 90 % of the time, half of it in that bookkeeping (README "Benchmarks",
+issue 16). Here a flusher thread per channel writes what is queued in order, in one
+transaction per batch; a message delivered and acked within one batch is not written at all.
+Delivery stays at-least-once: a message whose ack was not yet written when the worker died stays
+in the unacked index and is restored after the visibility timeout. A closing channel writes what
+is queued before kombu restores the unacked ones. ``BROKER_ACK_BATCHING=false`` writes each inline,
+as kombu does.
 
 Registered under the ``redis`` (and ``rediss``) scheme by :func:`install` (called from
 celeryconfig), so the worker, the CLI, the sweeper and the bench's bare no-op app all publish and
@@ -47,8 +46,8 @@ log = logging.getLogger(__name__)
 
 
 def ack_batching() -> bool:
-    """BROKER_ACK_BATCHING (default true): acks written by a flusher thread in batches (see the
-    module's docstring); false writes each one inline on the acking thread, as kombu does. Raises
+    """BROKER_ACK_BATCHING (default true): the unacked bookkeeping (deliveries and acks) written by a
+    flusher thread in batches (see :class:`QoS`); false writes each inline, as kombu does. Raises
     SystemExit("configuration error: …") for a value that is not a boolean."""
     from pipeline.config import env_bool
 
@@ -56,45 +55,73 @@ def ack_batching() -> bool:
 
 
 class QoS(kombu_redis.QoS):  # type: ignore[misc]
-    """kombu's Redis ack emulation with the acks' ZREM+HDEL written in batches by a flusher thread.
+    """kombu's Redis ack emulation with its bookkeeping written in batches by a flusher thread.
 
-    ``ack(tag)`` marks the tag acked in kombu's in-memory state (so ``can_consume`` frees its
-    prefetch slot) and queues it; the flusher writes every queued tag in one transaction
-    (``ZREM unacked_index t1 t2 …``, ``HDEL unacked t1 t2 …``). A failed write is retried for up
-    to :attr:`WRITE_RETRY_SECONDS` (a broker outage); after that the tags are left in the unacked
-    index, to be restored after the visibility timeout (at-least-once). :meth:`flush_acks` waits
-    for what is queued (a closing channel calls it)."""
+    kombu writes a delivered message into the unacked hash and index (``append``: HSET+ZADD) and
+    removes it on ack (ZREM+HDEL), each a blocking round trip on the calling thread, Celery's
+    event loop. Here both update kombu's in-memory state at once (an ack frees its prefetch slot)
+    and queue the write; one flusher thread per channel writes what is queued, in order, in one
+    transaction: the appends, then the removals, and neither for a message delivered and acked
+    within the same batch (it never needs restoring). Order is kept because one thread writes
+    them all, so an ack never reaches Redis before its message's append.
 
-    #: how long a failed ack write is retried before the tags are left to the visibility timeout
+    What is not yet written when the process dies: an ack leaves its message in the unacked
+    index, restored after the visibility timeout (at-least-once, as for a task still running); an
+    append leaves nothing to restore — the same loss window kombu has between BRPOP and its own
+    append, here a few milliseconds longer (the stuck-work sweep re-sends a step whose message
+    was lost: README "What it is"). A failed write is retried for up to :attr:`WRITE_RETRY_SECONDS`
+    (a broker outage). Before kombu restores or requeues from the unacked hash (a reject with
+    requeue, a closing channel) the queue is written first (:meth:`sync`)."""
+
+    #: how long a failed write is retried before its tags are left to the visibility timeout
     WRITE_RETRY_SECONDS = 30.0
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self._batching = ack_batching()
         self._cond = threading.Condition()
-        self._queued: list[Any] = []
-        self._writing = 0  # tags taken by the flusher and not yet written
+        self._queued: list[tuple[Any, Any]] = []  # (tag, the unacked hash's value) or (tag, None): an ack
+        self._writing = 0  # entries taken by the flusher and not yet written
         self._flusher: threading.Thread | None = None
         self._stopping = False
+
+    def append(self, message: Any, delivery_tag: Any) -> None:
+        if not self._batching:
+            super().append(message, delivery_tag)
+            return
+        d = message.delivery_info
+        self._enqueue(delivery_tag, kombu_redis.dumps([message._raw, d["exchange"], d["routing_key"]]))
+        virtual.QoS.append(self, message, delivery_tag)  # in-memory: kombu's delivered set
 
     def ack(self, delivery_tag: Any) -> None:
         if not self._batching:
             super().ack(delivery_tag)
             return
+        self._enqueue(delivery_tag, None)
+        virtual.QoS.ack(self, delivery_tag)  # in-memory only: the tag is "dirty", its slot free
+
+    def reject(self, delivery_tag: Any, requeue: bool = False) -> None:
+        self.sync()  # kombu's requeue reads the unacked hash: its append must be there
+        super().reject(delivery_tag, requeue=requeue)
+
+    def restore_unacked(self, client: Any = None) -> Any:
+        self.sync()
+        return super().restore_unacked(client)
+
+    def _enqueue(self, tag: Any, value: Any) -> None:
         with self._cond:
-            self._queued.append(delivery_tag)
+            self._queued.append((tag, value))
             if self._flusher is None:
                 self._flusher = threading.Thread(target=self._flush_loop, name="broker-acks", daemon=True)
                 self._flusher.start()
             self._cond.notify_all()
-        virtual.QoS.ack(self, delivery_tag)  # in-memory only: the tag is "dirty", its slot free
 
-    def flush_acks(self, timeout: float = 2.0) -> bool:
-        """Wait up to ``timeout`` seconds until every queued ack is written; stop the flusher.
-        Returns False if some were not written in time (they stay in the unacked index)."""
+    def sync(self, timeout: float = 2.0, stop: bool = False) -> bool:
+        """Wait up to ``timeout`` seconds until everything queued is written (``stop``: and let the
+        flusher end). Returns False if some was not written in time."""
         deadline = time.monotonic() + timeout
         with self._cond:
-            self._stopping = True
+            self._stopping = self._stopping or stop
             self._cond.notify_all()
             while self._queued or self._writing:
                 left = deadline - time.monotonic()
@@ -102,6 +129,10 @@ class QoS(kombu_redis.QoS):  # type: ignore[misc]
                     return not (self._queued or self._writing)
                 self._cond.wait(left)
         return True
+
+    def flush_acks(self, timeout: float = 2.0) -> bool:
+        """:meth:`sync` and stop the flusher: what a closing channel does first."""
+        return self.sync(timeout, stop=True)
 
     def _flush_loop(self) -> None:
         while True:
@@ -111,26 +142,43 @@ class QoS(kombu_redis.QoS):  # type: ignore[misc]
                 if not self._queued:
                     self._flusher = None
                     return
-                tags, self._queued = self._queued, []
-                self._writing = len(tags)
+                batch, self._queued = self._queued, []
+                self._writing = len(batch)
             try:
-                self._write(tags)
+                self._write(batch)
             finally:
                 with self._cond:
                     self._writing = 0
                     self._cond.notify_all()
 
-    def _write(self, tags: list[Any]) -> None:
+    def _write(self, batch: list[tuple[Any, Any]]) -> None:
+        appends: dict[Any, Any] = {}
+        acks: list[Any] = []
+        for tag, value in batch:
+            if value is not None:
+                appends[tag] = value
+            elif appends.pop(tag, None) is None:  # delivered and acked in this batch: neither is written
+                acks.append(tag)
+        if not appends and not acks:
+            return
         give_up = time.monotonic() + self.WRITE_RETRY_SECONDS
         while True:
             try:
                 with self.channel.conn_or_acquire() as client:
-                    client.pipeline().zrem(self.unacked_index_key, *tags).hdel(self.unacked_key, *tags).execute()
+                    pipe = client.pipeline()
+                    if appends:
+                        now = time.time()
+                        pipe.zadd(self.unacked_index_key, dict.fromkeys(appends, now))
+                        pipe.hset(self.unacked_key, mapping=appends)
+                    if acks:
+                        pipe.zrem(self.unacked_index_key, *acks).hdel(self.unacked_key, *acks)
+                    pipe.execute()
                 return
             except Exception as exc:  # noqa: BLE001 - a broker error: retry, then leave it to the timeout
                 if time.monotonic() >= give_up or self._stopping:
-                    log.warning("could not write %d acks to the broker (%s: %s); their messages will be "
-                                "restored after the visibility timeout", len(tags), type(exc).__name__, exc)
+                    log.warning("could not write %d deliveries and %d acks to the broker (%s: %s); acked "
+                                "messages will be restored after the visibility timeout",
+                                len(appends), len(acks), type(exc).__name__, exc)
                     return
                 time.sleep(0.5)
 
