@@ -1,7 +1,9 @@
-"""kombu's unacked bookkeeping (deliveries and acks) written off the event loop in batches (pipeline/kernel/redis_transport.py, issue 16) keep
-kombu's at-least-once contract: an acked message leaves the unacked index (soon, and surely by the
-time its channel closes), is never delivered again, frees its prefetch slot at once, and a message
-whose ack was not yet written when its process died comes back after the visibility timeout."""
+"""kombu's unacked bookkeeping (deliveries and acks) written off the event loop in batches
+(pipeline/kernel/redis_transport.py, issue 16) keeps kombu's at-least-once contract: an acked
+message leaves the unacked index (soon, and surely by the time its channel closes), is never
+delivered again, frees its prefetch slot at once; a held message is in the index and survives its
+process; a message whose ack was not yet written when its process died comes back after the
+visibility timeout."""
 from __future__ import annotations
 
 import os
