@@ -101,34 +101,24 @@ def test_with_batching_off_each_ack_is_written_inline(r: redis.Redis, monkeypatc
             ch.close()
 
 
-def test_an_ack_not_yet_written_when_the_process_dies_brings_the_message_back(r: redis.Redis) -> None:
-    """At-least-once: the process acks, but dies (os._exit) before the flusher writes it."""
-    q = _queue("acks-crash")
+def _die_holding(q: Queue, patch: str, then: str) -> None:
+    """A process takes the queue's one message, runs ``then`` (code using ``m``), and dies (os._exit)
+    without closing anything; ``patch`` runs first (code using ``redis_transport``)."""
     with Connection(BROKER) as conn:
         _publish(conn, q, 1)
-    child = textwrap.dedent(f"""
-        import os, time
-        import celeryconfig
-        from kombu import Connection
-        from pipeline.kernel import redis_transport
-        write = redis_transport.QoS._write
-        def acks_never_land(self, batch):
-            if any(value is None for _, value in batch):
-                time.sleep(60)  # an ack: the write never lands
-            write(self, batch)
-        redis_transport.QoS._write = acks_never_land
-        with Connection({BROKER!r}) as conn:
-            ch = conn.channel()
-            m = ch.basic_get({q.name!r}, no_ack=False)
-            time.sleep(0.3)  # its delivery written to the unacked index
-            m.ack()
-            time.sleep(0.2)
-            os._exit(0)
-    """)
+    child = "\n".join([
+        "import os, time", "import celeryconfig", "from kombu import Connection",
+        "from pipeline.kernel import redis_transport", textwrap.dedent(patch),
+        f"with Connection({BROKER!r}) as conn:", "    ch = conn.channel()",
+        f"    m = ch.basic_get({q.name!r}, no_ack=False)", "    assert m is not None",
+        textwrap.indent(textwrap.dedent(then), "    "), "    os._exit(0)"])
     subprocess.run([sys.executable, "-c", child], check=True, timeout=60, env=os.environ.copy())
-    assert _unacked(r) == (1, 1), "the acked-but-unwritten message stays in the unacked index"
-    assert r.llen(q.name) == 0
-    # what kombu's visibility-timeout restore (any worker) does with it: back on its queue
+
+
+def _comes_back_after_the_visibility_timeout(r: redis.Redis, q: Queue) -> None:
+    """The message is only in the unacked index; kombu's visibility-timeout restore (any worker's)
+    puts it back on its queue."""
+    assert _unacked(r) == (1, 1) and r.llen(q.name) == 0
     with Connection(BROKER, transport_options={"visibility_timeout": 0}) as conn:
         ch = conn.channel()
         try:
@@ -139,6 +129,24 @@ def test_an_ack_not_yet_written_when_the_process_dies_brings_the_message_back(r:
         finally:
             ch.close()
     assert _unacked(r) == (0, 0)
+
+
+def test_an_ack_not_yet_written_when_the_process_dies_brings_the_message_back(r: redis.Redis) -> None:
+    """At-least-once: the process acks, but dies before the flusher writes the ack."""
+    q = _queue("acks-crash")
+    _die_holding(q, """
+        write = redis_transport.QoS._write
+        def acks_never_land(self, batch):
+            if any(value is None for _, value in batch):
+                time.sleep(60)  # an ack: the write never lands
+            write(self, batch)
+        redis_transport.QoS._write = acks_never_land
+    """, """
+        time.sleep(0.3)  # its delivery written to the unacked index
+        m.ack()
+        time.sleep(0.2)
+    """)
+    _comes_back_after_the_visibility_timeout(r, q)
 
 
 def test_a_broker_error_while_writing_is_retried(r: redis.Redis, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -172,31 +180,8 @@ def test_a_broker_error_while_writing_is_retried(r: redis.Redis, monkeypatch: py
 def test_a_held_message_is_written_to_the_unacked_index_and_survives_its_process(r: redis.Redis) -> None:
     """A task still running (or waiting for its countdown) when its worker dies comes back."""
     q = _queue("acks-held")
-    with Connection(BROKER) as conn:
-        _publish(conn, q, 1)
-    child = textwrap.dedent(f"""
-        import os, time
-        import celeryconfig
-        from kombu import Connection
-        with Connection({BROKER!r}) as conn:
-            ch = conn.channel()
-            m = ch.basic_get({q.name!r}, no_ack=False)
-            assert m is not None
-            time.sleep(0.5)  # running, not acked
-            os._exit(0)
-    """)
-    subprocess.run([sys.executable, "-c", child], check=True, timeout=60, env=os.environ.copy())
-    assert _unacked(r) == (1, 1) and r.llen(q.name) == 0
-    with Connection(BROKER, transport_options={"visibility_timeout": 0}) as conn:
-        ch = conn.channel()
-        try:
-            ch.qos.restore_visible(num=10)
-            m = ch.basic_get(q.name, no_ack=False)
-            assert m is not None and m.payload == {"n": 0}
-            m.ack()
-        finally:
-            ch.close()
-    assert _unacked(r) == (0, 0)
+    _die_holding(q, "", "time.sleep(0.5)  # running, not acked")
+    _comes_back_after_the_visibility_timeout(r, q)
 
 
 def test_a_reject_with_requeue_right_after_delivery_puts_the_message_back_once(r: redis.Redis) -> None:
