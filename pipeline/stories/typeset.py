@@ -99,8 +99,8 @@ class Typesetter:
         self.shaping = any(ord(c) not in COMMON for c in text if c not in "\n\r")
         if fonts.regular is not None:
             try:
-                add_font(pdf, "body", fonts.regular, "", shaping=self.shaping)
-                add_font(pdf, "body", fonts.bold or fonts.regular, "B", shaping=self.shaping)
+                add_font(pdf, "body", fonts.regular, "", shaping=self.shaping, shared=True)
+                add_font(pdf, "body", fonts.bold or fonts.regular, "B", shaping=self.shaping, shared=True)
                 self.family = "body"
                 body = pdf.fonts["body"]
                 self.covered = set(body.cmap) if isinstance(body, TTFFont) else None
