@@ -8,12 +8,14 @@ the same work for every book with the same letters. Here, just before ``pdf.outp
 
 - a font added by pipeline.stories.font_files has a ``SourceFont`` as its ``ttfont``: its bytes,
   their sha256 (the font's identity) and the glyph names every book embeds from it (``shared``:
-  printable ASCII and the common quotes and dashes, for the body fonts);
+  printable ASCII and the common quotes and dashes, for the cut-down body fonts of a book without
+  text shaping; none for other fonts);
 - the subset embeds ``shared`` plus the glyphs the document drew, made with fpdf2's own options
   (the same tables, hinting, glyph closure); cached on (sha256, drawn glyphs not in ``shared``).
   English text with a Latin name has nothing outside ``shared`` except the name's accented
-  letters, so nearly every book reuses one subset per font; another script's book reuses the
-  subset of the same name (its book and its print files);
+  letters, so nearly every such book reuses one subset per font (88 % hits over 150 offline-writer
+  stories with 40 Latin names, the first of each included); a shaped book (another script) embeds
+  exactly what fpdf2 would and reuses it for the same name (its book and print files, a redo);
 - fpdf2 then finds an ``EmbeddedFont`` as ``ttfont``: no tables (its own Subsetter pass costs
   ~0.2 ms), the subset's glyph order, frozen (so ``getGlyphID`` gives the subset's glyph ids for
   the CIDToGIDMap), and ``save`` writing the subset's bytes. The widths and ToUnicode map come
