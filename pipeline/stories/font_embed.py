@@ -59,7 +59,6 @@ class SourceFont(TTFont):
 
     def __init__(self, data: bytes, digest: str, shared: frozenset[str] = frozenset()) -> None:
         super().__init__(io.BytesIO(data), recalcTimestamp=False, lazy=True)
-        self.data = data
         self.digest = digest
         self.shared = shared
 
@@ -107,21 +106,22 @@ def shared_glyphs(cmap: dict[int, str]) -> frozenset[str]:
 
 
 def _make(source: SourceFont, glyphs: Iterable[str], cff_cid: bool) -> _Subset:
-    """The subset fpdf2 2.8.9 would embed for ``glyphs`` (its options and dropped tables)."""
+    """The subset fpdf2 2.8.9 would embed for ``glyphs`` (its options and dropped tables).
+    Subsets ``source`` in place, as fpdf2 does (it is the document's own copy, and tables the
+    drawing already read, such as a shaped font's glyph names, are not read again)."""
     from fontTools import subset as ftsubset
 
-    with TTFont(io.BytesIO(source.data), recalcTimestamp=False, lazy=True) as ft:
-        options = ftsubset.Options(notdef_outline=True, recommended_glyphs=True)
-        options.drop_tables += list(FPDF2_DROPPED_TABLES)
-        subsetter = ftsubset.Subsetter(options)
-        subsetter.populate(glyphs=sorted(glyphs))
-        subsetter.subset(ft)
-        out = io.BytesIO()
-        ft.save(out)
-        payload = out.getvalue()
-        if cff_cid and "CFF " in ft:
-            payload = ft["CFF "].compile(ft)
-        return _Subset(tuple(ft.getGlyphOrder()), payload)
+    options = ftsubset.Options(notdef_outline=True, recommended_glyphs=True)
+    options.drop_tables += list(FPDF2_DROPPED_TABLES)
+    subsetter = ftsubset.Subsetter(options)
+    subsetter.populate(glyphs=sorted(glyphs))
+    subsetter.subset(source)
+    out = io.BytesIO()
+    source.save(out)
+    payload = out.getvalue()
+    if cff_cid and "CFF " in source:
+        payload = source["CFF "].compile(source)
+    return _Subset(tuple(source.getGlyphOrder()), payload)
 
 
 def _subset_for(source: SourceFont, drawn: frozenset[str], cff_cid: bool) -> _Subset:
