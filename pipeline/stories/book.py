@@ -20,6 +20,7 @@ from fpdf import FPDF
 from fpdf.enums import Align
 from PIL import Image, UnidentifiedImageError
 
+from pipeline.stories.font_embed import embed_cached
 from pipeline.stories.typeset import (
     FontSet,
     Rgb,
@@ -225,6 +226,7 @@ def render_pdf(book: Book, *, fonts: FontSet | None = None) -> bytes:
     for page, pic in pages:
         _story_page(pdf, font, page, pic)
         font.check_drawn(f"Page {page.number}'s text")
+    embed_cached(pdf)  # the fonts' subsets from this process's cache (pipeline.stories.font_embed)
     return bytes(pdf.output())
 
 __all__ = ["Book", "BookPage", "FontSet", "find_fonts", "render_pdf"]

@@ -44,9 +44,10 @@ log = logging.getLogger("pipeline.stories.finish")
 
 
 def warm_up_book() -> None:
-    """Render a one-page book once: imports, font discovery and the per-process font templates
-    (~0.5 s) are paid by each CPU process as it starts (pipeline.kernel.cpu.warm_with), not by the
-    first story's completion."""
+    """Render a one-page book once: imports, font discovery, the per-process font templates
+    (~0.5 s) and the body fonts' embedded subsets for ASCII text (pipeline.stories.font_embed)
+    are paid by each CPU process as it starts (pipeline.kernel.cpu.warm_with), not by the first
+    story's completion."""
     import io
 
     from PIL import Image

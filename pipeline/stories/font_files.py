@@ -28,6 +28,8 @@ from typing import cast
 from fpdf import FPDF
 from fpdf.fonts import TTFFont
 
+from pipeline.stories.font_embed import SourceFont, digest, shared_glyphs
+
 log = logging.getLogger(__name__)
 
 
@@ -81,7 +83,7 @@ def _template_from(data: bytes, style: str) -> TTFFont:
 
 
 @lru_cache(maxsize=32)
-def _font_template(path: Path, style: str, common_only: bool, face: int = 0) -> tuple[TTFFont, bytes]:
+def _font_template(path: Path, style: str, common_only: bool, face: int = 0) -> tuple[TTFFont, bytes, str]:
     """A font parsed once per process (cmap, widths: ~0.1 s for DejaVu), and its file bytes
     without the tables the embedded subset never keeps.
 
@@ -91,7 +93,8 @@ def _font_template(path: Path, style: str, common_only: bool, face: int = 0) -> 
     glyph ids and names match the bytes each book gets. Without ``common_only`` the glyph order
     is the original file's (only tables are removed), so HarfBuzz can shape from the original
     file (its layout tables) and fpdf2 embed the glyphs it names. (Cutting a font with its
-    layout tables kept costs seconds per font: fontTools' GSUB/GPOS closure.)"""
+    layout tables kept costs seconds per font: fontTools' GSUB/GPOS closure.) Also returns the
+    bytes' sha256 (pipeline.stories.font_embed caches the embedded subsets by it)."""
     from fontTools import subset as ftsubset
     from fontTools.ttLib import TTFont as FtFont
 
@@ -109,11 +112,11 @@ def _font_template(path: Path, style: str, common_only: bool, face: int = 0) -> 
         buf = io.BytesIO()
         ft.save(buf)
     data = buf.getvalue()
-    return _template_from(data, style), data
+    return _template_from(data, style), data, digest(data)
 
 
 @lru_cache(maxsize=8)
-def _cut_template(path: Path, style: str, face: int, chars: frozenset[int]) -> tuple[TTFFont, bytes]:
+def _cut_template(path: Path, style: str, face: int, chars: frozenset[int]) -> tuple[TTFFont, bytes, str]:
     """A big font (CJK: 20 MB, 65,000 glyphs) cut to ``chars`` for one book (instead of fpdf2
     parsing and subsetting the whole file per book). Cached: a story's book and its print files
     need the same cut."""
@@ -134,7 +137,7 @@ def _cut_template(path: Path, style: str, face: int, chars: frozenset[int]) -> t
         buf = io.BytesIO()
         ft.save(buf)
     data = buf.getvalue()
-    return _template_from(data, style), data
+    return _template_from(data, style), data, digest(data)
 
 
 @lru_cache(maxsize=32)
@@ -148,7 +151,7 @@ def _hb_face(path: Path | None, face: int, data: bytes | None = None) -> object:
 
 
 def add_font(pdf: FPDF, family: str, path: Path, style: str = "", *, shaping: bool = False,
-             face: int = 0, chars: frozenset[int] | None = None) -> None:
+             face: int = 0, chars: frozenset[int] | None = None, shared: bool = False) -> None:
     """pdf.add_font, without parsing the font file again for every book.
 
     fpdf2 parses the whole file per document, which dominated a book's render time. The parsed
@@ -156,22 +159,25 @@ def add_font(pdf: FPDF, family: str, path: Path, style: str = "", *, shaping: bo
     its own per-document state: a fresh lazily-loaded fontTools font (fpdf2 subsets it in place
     when writing the PDF), a fresh subset map, and for text shaping a HarfBuzz font on the same
     glyph order (``shaping``: the text has characters outside COMMON). ``chars``: cut the
-    font to exactly these code points instead (big CJK fonts).
+    font to exactly these code points instead (big CJK fonts). ``shared``: the PDF embeds this
+    font's glyphs of ASCII and common punctuation in every book, so most books embed the same
+    subset (the body fonts; pipeline.stories.font_embed caches the subsets per process).
     Tied to fpdf2 2.8's TTFFont attributes (pinned in pyproject.toml); anything unexpected falls
     back to a plain add_font.
     """
     try:
-        from fontTools.ttLib import TTFont as FtFont
         from fpdf.fonts import SubsetMap
 
         if chars is not None:
-            template, data = _cut_template(Path(path), style, face, chars)
+            template, data, sha = _cut_template(Path(path), style, face, chars)
         else:
-            template, data = _font_template(Path(path), style, not shaping, face)
+            template, data, sha = _font_template(Path(path), style, not shaping, face)
         font = copy.copy(template)
         font.i = len(pdf.fonts) + 1
         font.fontkey = f"{family.lower()}{style}"
-        font.ttfont = FtFont(io.BytesIO(data), recalcTimestamp=False, lazy=True)
+        # Read lazily from the same bytes; at output it is swapped for the cached subset
+        # (pipeline.stories.font_embed.embed_cached), else fpdf2 subsets it itself.
+        font.ttfont = SourceFont(data, sha, shared_glyphs(template.cmap) if shared else frozenset())
         font.ttffile = Path(path)
         font.collection_font_number = face
         font.missing_glyphs = []

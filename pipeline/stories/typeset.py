@@ -99,8 +99,12 @@ class Typesetter:
         self.shaping = any(ord(c) not in COMMON for c in text if c not in "\n\r")
         if fonts.regular is not None:
             try:
-                add_font(pdf, "body", fonts.regular, "", shaping=self.shaping)
-                add_font(pdf, "body", fonts.bold or fonts.regular, "B", shaping=self.shaping)
+                # A book without shaping embeds all of ASCII from its body fonts: most books then
+                # reuse one subset per font (pipeline.stories.font_embed). A shaped book's subsets
+                # differ by its name anyway: they embed only what it draws, as fpdf2 would.
+                shared = not self.shaping
+                add_font(pdf, "body", fonts.regular, "", shaping=self.shaping, shared=shared)
+                add_font(pdf, "body", fonts.bold or fonts.regular, "B", shaping=self.shaping, shared=shared)
                 self.family = "body"
                 body = pdf.fonts["body"]
                 self.covered = set(body.cmap) if isinstance(body, TTFFont) else None

@@ -16,6 +16,7 @@ from pipeline.kernel.errors import PermanentStepError
 from pipeline.orders.print_files.art import Art, at_dpi, crop
 from pipeline.orders.print_files.interior import PrintBook, fit, print_pdf
 from pipeline.orders.print_files.products import MM_PER_IN, PT_PER_IN, SAFETY_IN, PrintSpec
+from pipeline.stories.font_embed import embed_cached
 from pipeline.stories.typeset import draw_lines, line_height, mix
 
 
@@ -89,4 +90,5 @@ def render_cover(book: PrintBook, spec: PrintSpec, size_pt: tuple[float, float],
     draw_lines(pdf, [dedication], fx0 + 6, y + 2, fx1 - fx0 - 12, line_height(15), Align.C,
                 mix(front.shade, front.tint, 0.25))
     fonts.check_drawn("The cover's text")
+    embed_cached(pdf)  # the fonts' subsets from this process's cache
     return bytes(pdf.output()), min_dpi, spine

@@ -25,6 +25,7 @@ from pipeline.orders.print_files.products import (
     InteriorPlan,
     PrintSpec,
 )
+from pipeline.stories.font_embed import embed_cached
 from pipeline.stories.typeset import Rgb, Typesetter, draw_lines, find_fonts, line_height, mix
 
 
@@ -181,4 +182,5 @@ class Interior:
             self.pdf.add_page()  # blank, white: padding to the binding's minimum (module doc)
         assert self.pdf.page == self.plan.total, (self.pdf.page, self.plan)
         self.fonts.check_drawn()  # a missing glyph fails the files: never "?" in a printed book
+        embed_cached(self.pdf)  # the fonts' subsets from this process's cache
         return bytes(self.pdf.output())
