@@ -9,9 +9,9 @@ the first checkpoint (after 50 stories, once every thread and connection has war
 when it is at most 2 % of it either way, ``falls`` when it shrinks by more, ``levels off`` when it
 is at most a quarter of the first half's growth, else ``grows`` (MB per 1,000 stories over the
 last half). A process that only levels off later needs a longer run (``--memory-stories``). At
-the end the worker calls glibc's ``malloc_trim(0)`` and its RSS is read again: what that gives
-back was free memory the allocator kept (with 32 threads glibc makes up to 8 arenas per core), not
-live data.
+the end the worker and its CPU processes call glibc's ``malloc_trim(0)`` and their RSS is read
+again: what that gives back was free memory the allocator kept (with 32 threads glibc makes up to
+8 arenas per core), not live data.
 
 ``BENCH_TRACEMALLOC=<frames>`` (environment) runs the worker with tracemalloc on from its ready
 signal and prints the source lines whose allocations grew most (bench/mem_probe_app.py): slower,
@@ -122,13 +122,13 @@ def memory(b: Any) -> None:
                   " blocks", flush=True)
         # What the allocator keeps but could give back: RSS after glibc's malloc_trim(0).
         control.control.broadcast("bench_mem_probe", arguments={"trim": 1}, reply=True, limit=1, timeout=120)
-        trimmed = rss_mb(w.pid)
+        trimmed = [rss_mb(w.pid), sum(rss_mb(q) for q in processes(w.pid)["cpu"])]
     finally:
         stop(w)
     _report(a, points, rows, trimmed)
 
 
-def _report(a: Any, points: list[int], rows: list[dict[str, Any]], trimmed: float) -> None:
+def _report(a: Any, points: list[int], rows: list[dict[str, Any]], trimmed: list[float]) -> None:
     first, last = rows[0]["probe"], rows[-1]["probe"]
     grew = {t: c - first.get("types", {}).get(t, 0) for t, c in last.get("types", {}).items()}
     print("   gc objects by type, most at the end (growth since the first checkpoint): "
@@ -139,11 +139,14 @@ def _report(a: Any, points: list[int], rows: list[dict[str, Any]], trimmed: floa
     print(f"4. memory, {points[-1]} stories x 12 pages, instant providers, {a.concurrency} threads, {arena}"
           f"{', tracemalloc on' if last.get('growth') is not None else ''}:")
     print("   worker main process: " + verdict(points, [r["main"] for r in rows]), flush=True)
-    print(f"   main process after malloc_trim(0) at the end: {trimmed:.1f} MB ({trimmed - rows[-1]['main']:+.1f} MB:"
-          " free memory glibc's arenas had kept)", flush=True)
+    gave = trimmed[0] - rows[-1]["main"]
+    print(f"   main process after malloc_trim(0) at the end: {trimmed[0]:.1f} MB ({gave:+.1f} MB: free memory"
+          " glibc's arenas had kept)", flush=True)
     cpu = [sum(r["cpu"]) for r in rows]
     if all(cpu):
         print(f"   its {len(rows[-1]['cpu'])} CPU processes (sum): " + verdict(points, cpu), flush=True)
+        print(f"   CPU processes after malloc_trim(0) at the end: {trimmed[1]:.1f} MB ({trimmed[1] - cpu[-1]:+.1f} MB)",
+              flush=True)
     heap = [r["probe"].get("malloc", {}).get("in_use", 0) for r in rows]
     if all(heap):
         print("   main process heap in use (mallinfo2): " + verdict(points, heap), flush=True)

@@ -3,7 +3,7 @@ reports where the worker process's memory is (bench/bench_memory.py asks it at e
 
 - live objects the cyclic collector tracks, counted by type (``gc.get_objects()``: objects made
   since workers.app's ``gc.freeze()`` at boot, i.e. what the stories left behind);
-- glibc's malloc statistics (``mallinfo2``, glibc >= 2.33): bytes in use vs free bytes kept in
+- glibc's malloc statistics (bench/malloc_stats.py) (``mallinfo2``, glibc >= 2.33): bytes in use vs free bytes kept in
   the arenas, which separates memory Python holds from memory the allocator keeps;
 - with ``BENCH_TRACEMALLOC=<frames>`` set, a ``tracemalloc`` snapshot compared with the first
   probe's: the source lines whose allocations grew most. Tracing starts when the worker is ready
@@ -14,7 +14,6 @@ reports where the worker process's memory is (bench/bench_memory.py asks it at e
 from __future__ import annotations
 
 import collections
-import ctypes
 import gc
 import os
 import sys
@@ -24,6 +23,7 @@ from typing import Any
 from celery import signals
 from celery.worker.control import control_command
 
+from bench.malloc_stats import mallinfo, malloc_trim, trim_after
 from workers.app import app
 
 __all__ = ["app"]
@@ -38,33 +38,6 @@ def _start_tracing(**_: Any) -> None:
         tracemalloc.start(frames)
 
 
-class _Mallinfo2(ctypes.Structure):
-    _fields_ = [(n, ctypes.c_size_t) for n in ("arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks",
-                                                "fsmblks", "uordblks", "fordblks", "keepcost")]
-
-
-def mallinfo() -> dict[str, float]:
-    """glibc's heap totals over all arenas, MB: ``arena`` (bytes sbrk/mmap'ed as heap), ``in_use``
-    (uordblks), ``free`` (fordblks: kept by malloc, not returned), ``mmap`` (hblkhd: large blocks)."""
-    try:
-        f = ctypes.CDLL("libc.so.6").mallinfo2
-    except (OSError, AttributeError):
-        return {}
-    f.restype = _Mallinfo2
-    m = f()
-    mb = 1024 * 1024
-    return {"arena": m.arena / mb, "in_use": m.uordblks / mb, "free": m.fordblks / mb, "mmap": m.hblkhd / mb}
-
-
-def malloc_trim() -> bool:
-    """glibc's ``malloc_trim(0)``: free memory at the top of each arena and whole free pages inside
-    them go back to the kernel. True when some was released."""
-    try:
-        return bool(ctypes.CDLL("libc.so.6").malloc_trim(0))
-    except (OSError, AttributeError):
-        return False
-
-
 @control_command(args=[("top", int), ("trim", int)], signature="[top=15] [trim=0]")
 def bench_mem_probe(state: Any, top: int = 15, trim: int = 0) -> dict[str, Any]:
     """Counts by type of gc-tracked objects, Python's allocated blocks (``sys.getallocatedblocks``:
@@ -72,6 +45,13 @@ def bench_mem_probe(state: Any, top: int = 15, trim: int = 0) -> dict[str, Any]:
     tracemalloc growths since the first probe (size in KB, count). ``trim=1``: only
     :func:`malloc_trim`, then the malloc totals (what the allocator had kept but could give back)."""
     if trim:
+        # The CPU processes too: one call each (each sleeps first, so neither process takes both).
+        from pipeline.kernel import cpu
+
+        if cpu.processes() > 0:
+            pool = cpu._get_pool()
+            for f in [pool.submit(trim_after, 1.0) for _ in range(cpu.processes())]:
+                f.result(timeout=60)
         return {"pid": os.getpid(), "trimmed": malloc_trim(), "malloc": mallinfo()}
     counts = collections.Counter(type(o).__qualname__ for o in gc.get_objects())
     out: dict[str, Any] = {"pid": os.getpid(), "objects": sum(counts.values()), "types": dict(counts.most_common(top)),

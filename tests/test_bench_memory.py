@@ -1,11 +1,13 @@
 """The memory bench's pure parts (bench/bench_memory.py): its checkpoints, the verdict's rule, the
 worker's processes by role (a real spawned child, read from /proc) and the allocator probe
-(bench/mem_probe_app.py: glibc's mallinfo2 and malloc_trim in this process). The bench itself
+(bench/malloc_stats.py: glibc's mallinfo2 and malloc_trim in this process). The bench itself
 starts a worker and runs for many minutes: run it by hand (README, Benchmarks)."""
 from __future__ import annotations
 
 import multiprocessing
 import os
+import time
+from typing import Any
 
 import pytest
 
@@ -34,17 +36,18 @@ def test_verdict(mb: list[float], word: str) -> None:
     assert f"{mb[0]:.1f} MB at 50" in text and f"{mb[-1]:.1f} at 2000" in text
 
 
-def _sleep() -> None:
-    import time
-
+def _sleep(started: Any) -> None:
+    started.set()
     time.sleep(30)
 
 
 def test_processes_finds_a_spawned_child() -> None:
     ctx = multiprocessing.get_context("spawn")
-    child = ctx.Process(target=_sleep, daemon=True)
+    started = ctx.Event()
+    child = ctx.Process(target=_sleep, args=(started,), daemon=True)
     child.start()
     try:
+        assert started.wait(60)  # the interpreter is up: its RSS is more than a bare fork's
         roles = bm.processes(os.getpid())
         assert roles["main"] == [os.getpid()]
         assert child.pid in roles["cpu"]
@@ -56,7 +59,7 @@ def test_processes_finds_a_spawned_child() -> None:
 
 
 def test_malloc_probe_reads_this_process() -> None:
-    from bench import mem_probe_app
+    from bench import malloc_stats as mem_probe_app
 
     before = mem_probe_app.mallinfo()
     if not before:
