@@ -1,10 +1,8 @@
 """glibc's allocator statistics and trim for the memory bench (bench/bench_memory.py), imported by the
-worker's probe (bench/mem_probe_app.py) and run in its CPU processes: no project imports here, so a
-spawned CPU process can unpickle :func:`trim_after` cheaply."""
+worker's probe (bench/mem_probe_app.py)."""
 from __future__ import annotations
 
 import ctypes
-import time
 
 
 class _Mallinfo2(ctypes.Structure):
@@ -34,7 +32,6 @@ def malloc_trim() -> bool:
         return False
 
 
-def trim_after(seconds: float) -> bool:
-    """:func:`malloc_trim` after sleeping ``seconds`` (so each of a pool's processes takes one call)."""
-    time.sleep(seconds)
-    return malloc_trim()
+# malloc_trim(0) after a second's sleep, as source for the builtin exec (bench/mem_probe_app.py
+# sends it to each CPU process, which cannot import this package).
+TRIM_AFTER_1S = "import ctypes, time; time.sleep(1.0); ctypes.CDLL('libc.so.6').malloc_trim(0)"

@@ -23,7 +23,7 @@ from typing import Any
 from celery import signals
 from celery.worker.control import control_command
 
-from bench.malloc_stats import mallinfo, malloc_trim, trim_after
+from bench.malloc_stats import TRIM_AFTER_1S, mallinfo, malloc_trim
 from workers.app import app
 
 __all__ = ["app"]
@@ -46,11 +46,12 @@ def bench_mem_probe(state: Any, top: int = 15, trim: int = 0) -> dict[str, Any]:
     :func:`malloc_trim`, then the malloc totals (what the allocator had kept but could give back)."""
     if trim:
         # The CPU processes too: one call each (each sleeps first, so neither process takes both).
+        # Sent as source for the builtin exec: a spawned process cannot import the bench package.
         from pipeline.kernel import cpu
 
         if cpu.processes() > 0:
             pool = cpu._get_pool()
-            for f in [pool.submit(trim_after, 1.0) for _ in range(cpu.processes())]:
+            for f in [pool.submit(exec, TRIM_AFTER_1S) for _ in range(cpu.processes())]:
                 f.result(timeout=60)
         return {"pid": os.getpid(), "trimmed": malloc_trim(), "malloc": mallinfo()}
     counts = collections.Counter(type(o).__qualname__ for o in gc.get_objects())
