@@ -12,7 +12,8 @@
 3. one 24-page story (the most a story has) with simulated latency vs its critical path (5 calls
    in a row), on a worker started with the shipped default concurrency. Target <= 1.10x.
 4. cost per book: CPU-seconds and peak RSS of the worker (and its CPU processes) per 12-page
-   book with the offline providers (``local``), and RSS after 50 stories vs after 1,000.
+   book with the offline providers (``local``); then memory over ``--memory-stories`` stories: RSS of the
+   worker's main process and of its CPU processes at several checkpoints and a verdict (bench/bench_memory.py).
 
     .venv/bin/python -m bench.bench_orchestration [--quick] [--baseline DIR] [--only 1,2,3,4]
 
@@ -31,6 +32,7 @@ from pathlib import Path
 from typing import Any
 
 from bench.bench_fairness import procfile_concurrency
+from bench.bench_memory import memory
 from bench.bench_pipeline import QUEUES, ROOT, insert_stories, start_worker, stop
 
 # The shipped default (Procfile, ./run worker): WORKER_CONCURRENCY unset.
@@ -239,6 +241,13 @@ def big_story(b: Bench) -> None:
 
 
 def book_cost(b: Bench) -> None:
+    """Cost per book (skipped with ``--books 0``), then memory over many stories (bench/bench_memory.py)."""
+    if b.args.books:
+        _books(b)
+    memory(b)
+
+
+def _books(b: Bench) -> None:
     a = b.args
     env = {**b.env, "VISION_PROVIDER": "local", "TEXT_PROVIDER": "local", "IMAGE_PROVIDER": "local",
            "STORY_PAGE_COUNT": "12"}
@@ -255,20 +264,6 @@ def book_cost(b: Bench) -> None:
         stop(w)
     print(f"4. {a.books} 12-page books, offline providers: {cpu / a.books:.2f} CPU-s per book (worker and its CPU "
           f"processes), peak RSS {peak:.0f} MB (sum over those processes)", flush=True)
-    w = start_worker("workers.app", QUEUES, a.concurrency, b.env, b.logs / "memory.log")
-    try:
-        rss: list[float] = []
-        for n in (50, a.memory_stories - 50):
-            ids = insert_stories(b.engine, b.storage, n)
-            t0 = time.perf_counter()
-            for sid in ids:
-                b.client.send_task("stories.generate", kwargs={"story_id": sid})
-            _latencies(b.engine, ids, t0, 3600)
-            rss.append(_rss_mb(w.pid))
-    finally:
-        stop(w)
-    print(f"4. memory: worker RSS {rss[0]:.1f} MB after 50 stories, {rss[1]:.1f} MB after {a.memory_stories} "
-          f"-> {rss[1] / rss[0]:.3f}x (flat: ~1.0x)", flush=True)
 
 
 def main() -> int:
@@ -288,9 +283,11 @@ def main() -> int:
     ap.add_argument("--concurrency24", default="", help="other concurrencies to try for 3. (comma-separated)")
     ap.add_argument("--books", type=int, default=10)
     ap.add_argument("--memory-stories", type=int, default=1000)
+    ap.add_argument("--memory-checkpoints", default=None, help="story counts at which RSS is read (4.)")
+    ap.add_argument("--malloc-arena-max", type=int, default=0, help="MALLOC_ARENA_MAX for the worker of 4.")
     args = ap.parse_args()
     if args.quick:
-        args.stories, args.repeats, args.loads, args.books, args.memory_stories = 6, 1, "10,50", 3, 150
+        args.stories, args.repeats, args.loads, args.books, args.memory_stories = 6, 1, "10,50", 3, 200
         args.latency, args.latency24 = 0.1, 0.5
     args.loads = [int(x) for x in str(args.loads).split(",") if x]
     args.concurrency24 = [int(x) for x in str(args.concurrency24).split(",") if x]
