@@ -65,6 +65,17 @@ def test_the_wait_in_the_thread_is_bounded_and_gives_up_for_a_job_that_runs_long
     assert all(b - a >= 0.019 for a, b in zip(looks, looks[1:], strict=False)), looks
 
 
+def test_no_wait_in_the_thread_for_a_job_whose_end_is_far_or_unknown(kind: str) -> None:
+    looks: list[int] = []
+    # given no job of this kind ended yet: its end is unknown, the step re-schedules (no look)
+    assert job_timing.wait_end("waitprov", kind, 0.0, lambda: looks.append(1)) is None
+    # given jobs of this kind that take 3 s: one that ran 1 s is not waited for (2 s > JOB_INLINE_WAIT)
+    job_timing.observe("waitprov", kind, 3.0)
+    t0 = time.monotonic()
+    assert job_timing.wait_end("waitprov", kind, 1.0, lambda: looks.append(1)) is None
+    assert looks == [] and time.monotonic() - t0 < 0.05
+
+
 @pytest.mark.parametrize("env", [{"JOB_INLINE_WAIT": "0"}, {"JOB_POLL_ADAPTIVE": "false"}])
 def test_no_wait_in_the_thread_when_it_is_off(kind: str, env: dict[str, str], monkeypatch: pytest.MonkeyPatch) -> None:
     # given the wait in the thread off (or the looks not adaptive: every JOB_POLL_INTERVAL, as before)
@@ -177,6 +188,10 @@ def test_short_jobs_are_followed_in_the_creating_run(clean_db: Db, tmp_path: Pat
            "SIMULATED_JOB_SECONDS": "0.3", "SIMULATED_JOB_IMAGES": "instant", "QUOTA_REPLICATE_CONCURRENT": "0",
            "QUOTA_REPLICATE_RPS": "0", "STORY_PAGE_COUNT": "2", "LOG_LEVEL": "INFO",
            **({} if inline else {"JOB_INLINE_WAIT": "0"})}
+    # and the jobs' average duration known (jobs of both kinds ended before)
+    r = redis.Redis.from_url(BROKER)
+    for k in ("base", "personalize"):
+        r.set(job_timing._key("simulated", k), "0.3")
     w = WorkerProcess(tmp_path / "w.log", env=env, concurrency=8)
     request.addfinalizer(w.stop)
     w.start()

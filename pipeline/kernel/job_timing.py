@@ -35,7 +35,7 @@ from typing import TypeVar
 
 import redis
 
-from pipeline.config import env_bool, env_float, job_webhooks_configured, settings
+from pipeline.config import env_bool, env_float, env_int, job_webhooks_configured, settings
 
 T = TypeVar("T")
 
@@ -103,7 +103,7 @@ def inline_wait() -> float:
 def inline_threads() -> int:
     """JOB_INLINE_THREADS: threads of one worker process that may wait for a job's end at once
     (default 16, half of the Procfile's 32 threads; 1-1024)."""
-    return int(env_float("JOB_INLINE_THREADS", 16, 1, 1024))
+    return env_int("JOB_INLINE_THREADS", 16, 1, 1024)
 
 
 def look_lead() -> float:
@@ -145,13 +145,18 @@ def inline_turn() -> Iterator[bool]:
 def wait_end(provider: str, kind: str, age: float, look: Callable[[], T | None],
              sleep: Callable[[float], None] = time.sleep) -> T | None:
     """Wait in this thread for a job of ``provider``'s ``kind`` that has run ``age`` seconds to
-    end: sleep until each next look (:func:`next_look`, without the lead), call ``look`` (None:
+    end, when its expected end (the kind's average) is at most JOB_INLINE_WAIT seconds away (or
+    past): sleep until each next look (:func:`next_look`, without the lead), call ``look`` (None:
     still running), for at most JOB_INLINE_WAIT seconds in all and only while the next look is
     within what is left of it. Returns ``look``'s first answer that is not None, or None when the
-    job did not end in time (or the wait is off / every thread turn is taken): the caller then
-    re-schedules as before. ``look`` raises what it raises."""
+    job did not end in time, its end is further away or unknown (no job of the kind ended yet),
+    or the wait is off or every thread turn is taken: the caller then re-schedules as before.
+    ``look`` raises what it raises."""
     budget = inline_wait()
     if budget <= 0:
+        return None
+    est = expected(provider, kind)
+    if est is None or est - age > budget:
         return None
     t0 = time.monotonic()
     with inline_turn() as mine:

@@ -2,8 +2,10 @@
 the image provider has image jobs.
 
 A prediction can take minutes, so a step does not wait for it in a worker slot. It records the
-job *before* creating it (provider_jobs, one live job per page step), creates it, and returns;
-the same task comes back every JOB_POLL_INTERVAL to look at it (no claim needed: the live job
+job *before* creating it (provider_jobs, one live job per page step), creates it, and returns
+(a job expected to end within JOB_INLINE_WAIT is waited out in the thread instead:
+pipeline/kernel/job_timing.py ``wait_end``); the same task comes back when the job should be done
+(adaptive looks, else every JOB_POLL_INTERVAL) to look at it (no claim needed: the live job
 row is the guard, and each look renews the page's lease), and when the job has succeeded it
 copies the output into our storage at once (the provider deletes it within the hour) and
 completes the column. A run that dies anywhere finds the job again: by its id, or, if it died
