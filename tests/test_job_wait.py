@@ -215,3 +215,22 @@ def test_short_jobs_are_followed_in_the_creating_run(clean_db: Db, tmp_path: Pat
     else:
         # then (off) each job's end was seen by a re-scheduled look, as before
         assert len(waiting) >= 4, lines
+
+
+def test_a_pre_woken_step_that_cannot_get_ready_leaves_the_line(line: quota.Quotas) -> None:
+    q = line
+    # given A holding the one slot, B first in line and C behind it
+    assert q.acquire("lineprov", "A", 60) == 0
+    assert q.wait_in_line("lineprov", "B", "tB", "{}")
+    assert q.wait_in_line("lineprov", "C", "tC", '{"task": "C"}')
+
+    def broken() -> None:
+        raise OSError("the photo cannot be read")
+
+    # when B's input cannot be built while it waits for its turn
+    with pytest.raises(OSError):
+        q.wait_turn("lineprov", "B", 60, ready=broken)
+    # then B has left the line: A's release hands the slot to C, not to a step that is not waiting
+    assert q.waiting("lineprov") == ["C"]
+    assert q._line.release("lineprov", 1, "A", True) == ['tC\n{"task": "C"}']
+    assert q.acquire("lineprov", "B", 60) > 0 and q.acquire("lineprov", "C", 60) == 0

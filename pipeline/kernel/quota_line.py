@@ -169,6 +169,15 @@ return 1
 """
 
 
+# A waiter leaves the line. ARGV: holder.
+_LEAVE = """
+redis.call('ZREM', KEYS[2], ARGV[1])
+redis.call('ZREM', KEYS[3], ARGV[1])
+redis.call('HDEL', KEYS[4], ARGV[1])
+return 1
+"""
+
+
 def prewake() -> bool:
     """QUOTA_PREWAKE (default true): each release also sends the next waiter's message, so that step
     is ready (claimed, its input built) and waits in its thread for the next free slot."""
@@ -190,6 +199,7 @@ class Line:
         self._enqueue = client.register_script(_ENQUEUE)
         self._release = client.register_script(_RELEASE)
         self._inline = client.register_script(_INLINE)
+        self._leave = client.register_script(_LEAVE)
         self._prewake = prewake()
 
     def enqueue(self, provider: str, limit: int, holder: str, ticket: str, message: str) -> bool:
@@ -226,7 +236,15 @@ class Line:
                 return False
             t0 = time.monotonic()
             if ready is not None:
-                ready()
+                try:
+                    ready()
+                except BaseException:
+                    # It cannot start its job now (its run fails or retries): it leaves the line, so
+                    # no slot is granted to a step that is not waiting (a grant already made stays
+                    # its: its next run holds it, or its failure releases it).
+                    with contextlib.suppress(redis.RedisError):
+                        self._leave(keys(self._prefix, provider), [holder])
+                    raise
             left = timeout - (time.monotonic() - t0)
             if left <= 0:
                 return self._redis.lpop(grants) is not None
