@@ -21,7 +21,10 @@ above Replicate's 600/min; the bench measures the concurrency bound. Text and vi
 ``instant``; the worker is the Procfile's (threads pool, its default concurrency).
 
     .venv/bin/python -m bench.bench_quota [--quick] [--slots 1,4,16] [--job-times 0.5,5] [--pages 4]
-                                          [--window 20] [--modes after,before] [--json]
+                                          [--window 20] [--modes after,before] [--baseline DIR] [--json]
+
+``--baseline DIR`` adds mode ``baseline``: the same point with the worker run from another checkout
+(its code, this venv), shipped defaults, before this code's modes: side by side in one run.
 
 Uses its own database (storycreator_bench_quota, or ``BENCH_DATABASE_URL``) and the Redis database
 at ``BENCH_REDIS_URL`` (default redis://127.0.0.1:6379/10), flushed before each run; starts and
@@ -42,7 +45,7 @@ from pathlib import Path
 from typing import Any
 
 TARGET = 0.95
-MODES = {"after": {}, "before": {"QUOTA_WAKE": "false", "JOB_POLL_ADAPTIVE": "false"}}
+MODES = {"after": {}, "before": {"QUOTA_WAKE": "false", "JOB_POLL_ADAPTIVE": "false"}, "baseline": {}}
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
@@ -56,6 +59,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--window", type=float, default=None,
                     help="provider seconds of work per point at the bound (default 20): sets the stories")
     ap.add_argument("--modes", default="after,before", help="after (shipped), before (old behaviour)")
+    ap.add_argument("--baseline", default=None,
+                    help="another checkout (e.g. /work/main): mode 'baseline' runs its worker, shipped defaults")
     ap.add_argument("--no-story", action="store_true", help="skip the 12-page story")
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args(argv)
@@ -64,7 +69,11 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     args.pages = args.pages or (2 if args.quick else 4)
     args.window = args.window or (6.0 if args.quick else 20.0)
     args.modes = [m for m in args.modes.split(",") if m]
+    if args.baseline and "baseline" not in args.modes:
+        args.modes.insert(0, "baseline")
     for m in args.modes:
+        if m == "baseline" and not args.baseline:
+            ap.error("mode baseline needs --baseline DIR")
         if m not in MODES:
             ap.error(f"unknown mode {m!r}")
     return args
@@ -115,7 +124,7 @@ def notice_lag(jobs: list[dict[str, float]]) -> float | None:
 
 
 def _point(mode: str, slots: int, job_s: float, n: int, pages: int, base: dict[str, str], engine: Any,
-           storage: Path, logs: Path) -> dict[str, Any]:
+           storage: Path, logs: Path, baseline: str | None = None) -> dict[str, Any]:
     import redis
 
     from bench.bench_fairness import procfile_concurrency
@@ -126,8 +135,9 @@ def _point(mode: str, slots: int, job_s: float, n: int, pages: int, base: dict[s
     r.flushdb()
     env = {**base, **MODES[mode], "QUOTA_REPLICATE_CONCURRENT": str(slots), "SIMULATED_JOB_SECONDS": str(job_s),
            "STORY_PAGE_COUNT": str(pages)}
+    where = {"root": Path(baseline)} if mode == "baseline" and baseline else {}
     proc = start_worker("workers.app", QUEUES, procfile_concurrency(), env,
-                        logs / f"{mode}-{slots}-{job_s}-{uuid.uuid4().hex[:4]}.log")
+                        logs / f"{mode}-{slots}-{job_s}-{uuid.uuid4().hex[:4]}.log", **where)
     try:
         ids = insert_stories(engine, storage, n)
         client = _client(base["CELERY_BROKER_URL"])
@@ -135,6 +145,7 @@ def _point(mode: str, slots: int, job_s: float, n: int, pages: int, base: dict[s
         for sid in ids:
             client.send_task("stories.generate", kwargs={"story_id": sid})
         t1 = wait_stories(engine, ids, 1800)
+        cpu = worker_cpu_seconds(proc.pid)
     finally:
         stop(proc)
     records = job_records(r)
@@ -147,7 +158,21 @@ def _point(mode: str, slots: int, job_s: float, n: int, pages: int, base: dict[s
             "provider_wall_s": provider_wall, "stories_per_s": n / (t1 - t0), "bound_stories_per_s": bound,
             "throughput_vs_bound": n / (t1 - t0) / bound, "wall_s": t1 - t0,
             "hand_on_gap_ms": None if gap is None else gap * 1000, "steady_busy": steady,
-            "notice_lag_ms": None if lag is None else lag * 1000}
+            "notice_lag_ms": None if lag is None else lag * 1000, "worker_cpu_s": cpu,
+            "worker_cpu_ms_per_job": None if cpu is None else cpu * 1000 / max(1, len(records))}
+
+
+def worker_cpu_seconds(pid: int) -> float | None:
+    """CPU seconds (user + system) the worker process ``pid`` has used so far, from /proc (Linux;
+    None elsewhere): with its start-up, every step of the stories and its idle loop, so per job it
+    is an upper bound on what a job costs the process (one process runs at most one core of Python
+    at a time: its GIL)."""
+    try:
+        with open(f"/proc/{pid}/stat") as fh:
+            fields = fh.read().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    except (OSError, ValueError, IndexError):
+        return None
 
 
 def _client(url: str) -> Any:
@@ -192,8 +217,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             for slots in args.slots:
                 n = stories_for(args.window, slots, 2 * args.pages, job_s)
                 for mode in args.modes:
-                    k = n if mode == "after" else max(1, math.ceil(n / 4))
-                    p = _point(mode, slots, job_s, k, args.pages, base, engine, storage, logs)
+                    k = max(1, math.ceil(n / 4)) if mode == "before" else n
+                    p = _point(mode, slots, job_s, k, args.pages, base, engine, storage, logs, args.baseline)
                     p["load_1min"] = os.getloadavg()[0]
                     points.append(p)
                     print(_line(p), file=sys.stderr, flush=True)
@@ -219,6 +244,8 @@ def _line(p: dict[str, Any]) -> str:
             f"(provider {p['provider_wall_s']:.1f}s, wall {p['wall_s']:.1f}s, load {p.get('load_1min', 0):.1f}"
             + (f", median end seen after {p['notice_lag_ms']:.0f} ms" if p.get("notice_lag_ms") is not None else "")
             + (f", median hand-on gap {p['hand_on_gap_ms']:.0f} ms" if p.get("hand_on_gap_ms") is not None else "")
+            + (f", worker CPU {p['worker_cpu_s']:.1f}s = {p['worker_cpu_ms_per_job']:.0f} ms/job"
+               if p.get("worker_cpu_s") is not None else "")
             + ")")
 
 
@@ -239,11 +266,12 @@ def format_report(result: dict[str, Any]) -> str:
     lines += [_line(p) for p in result["points"]]
     by = {(p["mode"], p["slots"], p["job_s"]): p for p in result["points"]}
     for (mode, slots, job_s), p in by.items():
-        old = by.get(("before", slots, job_s))
-        if mode == "after" and old is not None:
-            lines.append(f"after/before {slots:>2} slots x {job_s}s: busy {p['busy']:.3f} vs {old['busy']:.3f} "
-                         f"({p['busy'] / old['busy']:.2f}x), throughput vs bound {p['throughput_vs_bound']:.3f} vs "
-                         f"{old['throughput_vs_bound']:.3f}")
+        for other in ("before", "baseline"):
+            old = by.get((other, slots, job_s))
+            if mode == "after" and old is not None:
+                lines.append(f"after/{other} {slots:>2} slots x {job_s}s: busy {p['busy']:.3f} vs {old['busy']:.3f} "
+                             f"({p['busy'] / old['busy']:.2f}x), throughput vs bound {p['throughput_vs_bound']:.3f} "
+                             f"vs {old['throughput_vs_bound']:.3f}")
     lines += [_story_line(x) for x in result["story"]]
     load = result["load"]
     lines.append(f"machine load (1 min, {result['cores']} cores): start {load['start'][0]:.2f}, end "

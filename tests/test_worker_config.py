@@ -88,6 +88,9 @@ MORE_CASES = [
     ({"USER_STORIES_IN_FLIGHT": "-1"}, "USER_STORIES_IN_FLIGHT"),  # fair turns (README): 0 = no cap
     ({"USER_STORIES_IN_FLIGHT": "four"}, "USER_STORIES_IN_FLIGHT"),
     ({"FAIR_PRIORITY": "maybe"}, "FAIR_PRIORITY"),
+    ({"JOB_INLINE_WAIT": "61"}, "JOB_INLINE_WAIT"),  # waiting out a job's end in the thread (job_timing)
+    ({"JOB_INLINE_THREADS": "0"}, "JOB_INLINE_THREADS"),
+    ({"JOB_LOOK_LEAD": "-1"}, "JOB_LOOK_LEAD"),
 ]
 
 

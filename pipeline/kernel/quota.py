@@ -20,6 +20,7 @@ import os
 import threading
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 from functools import cache
 
@@ -207,16 +208,18 @@ class Quotas:
             return False
         return bool(self._call(lambda: int(self._line.enqueue(provider, cap, holder, ticket, message))))
 
-    def wait_turn(self, provider: str, holder: str, lease: float) -> bool:
+    def wait_turn(self, provider: str, holder: str, lease: float, ready: Callable[[], None] | None = None) -> bool:
         """A pre-woken step first in ``provider``'s line waits in its thread (at most
         QUOTA_MAX_INLINE_WAIT seconds, one thread per holder, two per process) for the next
-        release to grant it a slot; then holds it for ``lease`` seconds. True when held, else False
-        (queue again: its place is kept). Never raises (False when Redis is unavailable)."""
+        release to grant it a slot, after ``ready()`` (called only when it is first in line: it
+        builds the job's input meanwhile); then holds it for ``lease`` seconds. True when held,
+        else False (queue again: its place is kept). Never raises for Redis (False when it is
+        unavailable); raises what ``ready`` raises."""
         cap = limits(provider).concurrent
         if cap <= 0 or not self._fifo:
             return False
         try:
-            if not self._line.wait_turn(provider, holder, self.max_inline_wait):
+            if not self._line.wait_turn(provider, holder, self.max_inline_wait, ready):
                 return False
         except redis.RedisError:
             return False

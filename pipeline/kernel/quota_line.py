@@ -28,7 +28,9 @@ import contextlib
 import json
 import logging
 import threading
+import time
 import uuid
+from collections.abc import Callable
 from typing import Any
 
 import redis
@@ -167,6 +169,15 @@ return 1
 """
 
 
+# A waiter leaves the line. ARGV: holder.
+_LEAVE = """
+redis.call('ZREM', KEYS[2], ARGV[1])
+redis.call('ZREM', KEYS[3], ARGV[1])
+redis.call('HDEL', KEYS[4], ARGV[1])
+return 1
+"""
+
+
 def prewake() -> bool:
     """QUOTA_PREWAKE (default true): each release also sends the next waiter's message, so that step
     is ready (claimed, its input built) and waits in its thread for the next free slot."""
@@ -188,6 +199,7 @@ class Line:
         self._enqueue = client.register_script(_ENQUEUE)
         self._release = client.register_script(_RELEASE)
         self._inline = client.register_script(_INLINE)
+        self._leave = client.register_script(_LEAVE)
         self._prewake = prewake()
 
     def enqueue(self, provider: str, limit: int, holder: str, ticket: str, message: str) -> bool:
@@ -206,12 +218,15 @@ class Line:
                              "1" if fifo and self._prewake else "0", f"{self._prefix}:grant:"])
         return [m.decode() if isinstance(m, bytes) else str(m) for m in out or []]
 
-    def wait_turn(self, provider: str, holder: str, timeout: float) -> bool:
+    def wait_turn(self, provider: str, holder: str, timeout: float,
+                  ready: Callable[[], None] | None = None) -> bool:
         """If ``holder`` is first in ``provider``'s line (a pre-woken step), wait in this thread up to
-        ``timeout`` seconds for a release to grant it the next slot. True when it was granted (the
-        caller then renews it with ``acquire``); False when it is not first in line, this process
-        already has its limit of threads waiting, or the time ran out (its place is kept: the task
-        layer queues its message again). Raises redis.RedisError."""
+        ``timeout`` seconds for a release to grant it the next slot, after calling ``ready`` (the
+        step gets ready to start its job while the running one ends: it is next). True when it was
+        granted (the caller then renews it with ``acquire``); False when it is not first in line,
+        this process already has its limit of threads waiting, or the time ran out (its place is
+        kept: the task layer queues its message again). Raises redis.RedisError, and what
+        ``ready`` raises (a grant that came meanwhile is then kept for the step's next run)."""
         if not self._prewake or timeout <= 0 or not _parked.acquire(blocking=False):
             return False
         try:
@@ -219,7 +234,21 @@ class Line:
             self._redis.delete(grants)
             if not int(self._inline(keys(self._prefix, provider), [holder])):
                 return False
-            return self._redis.blpop([grants], timeout=timeout) is not None
+            t0 = time.monotonic()
+            if ready is not None:
+                try:
+                    ready()
+                except BaseException:
+                    # It cannot start its job now (its run fails or retries): it leaves the line, so
+                    # no slot is granted to a step that is not waiting (a grant already made stays
+                    # its: its next run holds it, or its failure releases it).
+                    with contextlib.suppress(redis.RedisError):
+                        self._leave(keys(self._prefix, provider), [holder])
+                    raise
+            left = timeout - (time.monotonic() - t0)
+            if left <= 0:
+                return self._redis.lpop(grants) is not None
+            return self._redis.blpop([grants], timeout=left) is not None
         finally:
             _parked.release()
 

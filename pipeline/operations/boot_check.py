@@ -120,6 +120,7 @@ def check_worker_configuration() -> None:
     quota_line.enabled(), quota_line.backstop(), quota_line.grant_seconds(), quota_line.prewake()  # QUOTA_WAKE*
     job_timing.adaptive(), job_timing.poll_min()  # JOB_POLL_ADAPTIVE, JOB_POLL_MIN
     redis_transport.ack_batching()  # BROKER_ACK_BATCHING
+    job_timing.inline_wait(), job_timing.inline_threads(), job_timing.look_lead()  # JOB_INLINE_*, JOB_LOOK_LEAD
     simulated = simulated_jobs.check_env()  # SIMULATED_JOB_*, the quotas simulated providers take
     for provider in (*quota.DEFAULTS, "lulu", *simulated):
         quota.limits(provider)  # QUOTA_<PROVIDER>_RPS / _RPM / _CONCURRENT

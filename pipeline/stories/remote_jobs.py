@@ -2,8 +2,10 @@
 the image provider has image jobs.
 
 A prediction can take minutes, so a step does not wait for it in a worker slot. It records the
-job *before* creating it (provider_jobs, one live job per page step), creates it, and returns;
-the same task comes back every JOB_POLL_INTERVAL to look at it (no claim needed: the live job
+job *before* creating it (provider_jobs, one live job per page step), creates it, and returns
+(a job expected to end within JOB_INLINE_WAIT is waited out in the thread instead:
+pipeline/kernel/job_timing.py ``wait_end``); the same task comes back when the job should be done
+(adaptive looks, else every JOB_POLL_INTERVAL) to look at it (no claim needed: the live job
 row is the guard, and each look renews the page's lease), and when the job has succeeded it
 copies the output into our storage at once (the provider deletes it within the hour) and
 completes the column. A run that dies anywhere finds the job again: by its id, or, if it died
@@ -121,17 +123,26 @@ def _job_step(page_id: str, stage: jobs_db.JobStage, attempt: Attempt, meter: us
     kind = "base" if stage == "image" else "personalize"
     made_at: list[float] = []  # when the job was created or found (monotonic)
 
+    built: list[tuple[dict[str, Any], str]] = []  # the job's input and its digest, once built
+
+    def build() -> None:
+        if not built:
+            model_input = job_input(stage, claim, timer)
+            built.append((model_input, input_sha(model_input, claim.revision)))
+
     def start() -> tuple[str, str]:
         wait = quotas().acquire(quota_of(jobs), holder, s.job_max_seconds + 60)
-        if wait > 0 and quotas().wait_turn(quota_of(jobs), holder, s.job_max_seconds + 60):
-            wait = 0.0  # first in line (pre-woken): the next release granted this step its slot
+        # First in line (pre-woken): the input is built while the running job ends, and the next
+        # release grants this step its slot (pipeline/kernel/quota_line.py).
+        if wait > 0 and quotas().wait_turn(quota_of(jobs), holder, s.job_max_seconds + 60, ready=build):
+            wait = 0.0
         if wait > 0:
             # Queued in the provider's line (holder): woken when a slot is handed on to it.
             raise QuotaWait(quota_of(jobs), f"{jobs.name} has its maximum of concurrent jobs running", min(wait, 10.0),
                             holder=holder)
-        # Built once the slot is held: a step waiting for a slot decodes no photo.
-        model_input = job_input(stage, claim, timer)
-        sha = input_sha(model_input, claim.revision)
+        # Built once the slot is held (or is next): a step waiting further back decodes no photo.
+        build()
+        model_input, sha = built[0]
         reserved_now = False
         if record.job is None:
             with autocommit() as c:
@@ -168,8 +179,12 @@ def _job_step(page_id: str, stage: jobs_db.JobStage, attempt: Attempt, meter: us
         if not started:
             _orphaned(page_id, stage, jobs, external_id, sha, claim.token)
             raise ClaimLost(f"page {claim.page_number} {stage}: job {external_id} made after the claim was lost")
-    # Come back when the job should be done (job_timing); the page keeps its claim meanwhile.
+    # Come back when the job should be done (job_timing); the page keeps its claim meanwhile. A
+    # short job is waited out in this thread instead (job_timing.wait_end): the follow at once.
     age = time.monotonic() - made_at[-1] if made_at else 0.0
+    if external_id and job_timing.inline_wait() > 0:
+        record.job = {**dict(job), "external_id": external_id, "age": timedelta(seconds=age)}
+        return _follow_job(record.following(), timer, ctx, looked=True)
     raise RetryLater(job_timing.next_look(jobs.name, kind, age), f"{label} job started", waiting=True,
                      park=_follow_key(page_id, stage))
 
@@ -214,10 +229,12 @@ def _orphaned(page_id: str, stage: jobs_db.JobStage, jobs: Any, external_id: str
             jobs_db.orphan_cancel_failed(c, jobs.name, external_id, f"{type(e).__name__}: {e}"[:300])
 
 
-def _follow_job(record: JobRecorder, timer: Timer, ctx: dict[str, Any]) -> StepResult:
-    """Look at the page step's running job (``record.job``): still running -> come back later
-    (RetryLater, the page's lease renewed); succeeded -> store its output and complete the column;
-    expired -> :func:`_replace_expired_job`; failed -> retry with a new job or fail the page."""
+def _follow_job(record: JobRecorder, timer: Timer, ctx: dict[str, Any], looked: bool = False) -> StepResult:
+    """Look at the page step's running job (``record.job``; ``looked``: known running, just
+    created): still running -> wait for its end in this thread when it is near
+    (job_timing.wait_end), else come back later (RetryLater, the page's lease renewed); succeeded
+    -> store its output and complete the column; expired -> :func:`_replace_expired_job`; failed
+    -> retry with a new job or fail the page."""
     page_id, stage, job, attempt = record.page_id, record.stage, record.job, record.attempt
     s = settings()
     p = registry.providers()
@@ -246,8 +263,19 @@ def _follow_job(record: JobRecorder, timer: Timer, ctx: dict[str, Any]) -> StepR
                     return "expired", None, str(e)
         return st.state, None, st.error
 
+    def ended() -> tuple[str, bytes | None, str | None] | None:
+        got = guarded(look, attempt=attempt, record=record, what=label.capitalize())
+        return None if got[0] == "running" else got
+
     try:
-        state, image, error = guarded(look, attempt=attempt, record=record, what=label.capitalize())
+        got = None if looked else ended()
+        if got is None:
+            t0 = time.monotonic()
+            with timer.phase("wait"):
+                got = job_timing.wait_end(jobs.name, kind, job["age"].total_seconds(), ended)
+            if got is None:
+                job = record.job = {**dict(job), "age": job["age"] + timedelta(seconds=time.monotonic() - t0)}
+        state, image, error = got if got is not None else ("running", None, None)
     except StepFailed as e:
         return StepResult(Outcome.FAILED, str(e), timer.timings, context=ctx)
 
