@@ -184,6 +184,7 @@ def test_redis_queue_depth_counts_every_priority_list_and_the_unacked(clean_db: 
     with Connection(broker) as conn:
         ch = conn.channel()
         assert ch.basic_get("text", no_ack=False) is not None
+        ch.qos.sync()  # the delivery's unacked record, written by the channel's flusher thread
         assert value(c, "storycreator_queue_messages", queue="text") == 3
         assert value(c, "storycreator_queue_unacked_messages") == 1
         ch.close()
@@ -201,6 +202,7 @@ def test_redis_queue_depth_under_a_global_key_prefix(broker: str) -> None:
                              priority=priority)
         ch = conn.channel()
         assert ch.basic_get("images", no_ack=False) is not None
+        ch.qos.sync()  # the delivery's unacked record, written by the channel's flusher thread
         # (kombu's Redis takes priority 0 first: the priority-9 message waits in its own list)
         assert {b"storycreator:images\x06\x169", b"storycreator:unacked"} <= set(redis.Redis.from_url(broker).keys())
         depths = queue_depths(broker, ["images", "text"], options)

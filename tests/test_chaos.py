@@ -39,7 +39,7 @@ from tests.support import (
 )
 
 REDIS = os.environ.get("TEST_REDIS_URL", "redis://127.0.0.1:6379")
-BROKER = f"{REDIS}/12"
+BROKER = f"{REDIS}/{int(os.environ.get('TEST_REDIS_DB', '11')) + 2}"  # this xdist process's own
 TOKEN = "r8_chaos_token_0123456789"
 ROUNDS = int(os.environ.get("CHAOS_ROUNDS", "1"))
 

@@ -33,7 +33,7 @@ from tests.fakes.replicate_webhooks import WRONG_SECRET, WebhookSender, sign
 from tests.support import ROOT, Db, WorkerProcess, astronaut_png, external_send, flush_redis
 
 REDIS = os.environ.get("TEST_REDIS_URL", "redis://127.0.0.1:6379")
-BROKER = f"{REDIS}/{int(os.environ.get('TEST_REDIS_DB', '11')) + 4}"  # shared, flushed per test
+BROKER = f"{REDIS}/{int(os.environ.get('TEST_REDIS_DB', '11')) + 2}"  # own, flushed per test
 TOKEN = "r8_test_token_0123456789"
 SECRET = "whsec_" + base64.b64encode(b"replicate-account-signing-secret!").decode()
 PAGES = 2
