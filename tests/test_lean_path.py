@@ -62,6 +62,7 @@ def test_a_publish_and_an_ack_go_through_the_shared_client() -> None:
                 m = simple.get(timeout=5)
                 got.append(m.payload["n"])
                 m.ack()
+            simple.channel.qos.sync()  # the flusher's writes (pipeline/kernel/redis_transport.py QoS)
         finally:
             simple.close()
         assert sorted(got) == [0, 1, 2]
