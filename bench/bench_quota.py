@@ -60,7 +60,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
                     help="provider seconds of work per point at the bound (default 20): sets the stories")
     ap.add_argument("--modes", default="after,before", help="after (shipped), before (old behaviour)")
     ap.add_argument("--baseline", default=None,
-                    help="another checkout (e.g. /work/main): mode 'baseline' runs its worker, shipped defaults")
+                    help="another checkout (e.g. a git worktree of main at ../base): mode 'baseline' runs "
+                         "its worker, shipped defaults")
     ap.add_argument("--no-story", action="store_true", help="skip the 12-page story")
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args(argv)

@@ -21,7 +21,7 @@ from tests.support import Db, WorkerProcess, astronaut_png, external_send, flush
 REDIS = os.environ.get("TEST_REDIS_URL", "redis://127.0.0.1:6379")
 BROKER = f"{REDIS}/{int(os.environ.get('TEST_REDIS_DB', '11')) + 1}"  # this module's worker only
 
-pytestmark = pytest.mark.db  # the real Redis (the worker tests: the workers tier)
+DB = pytest.mark.db  # the real Redis; the test with real workers is in the workers tier
 
 
 @pytest.fixture()
@@ -32,6 +32,7 @@ def kind() -> Iterator[str]:
     job_timing._client().delete(job_timing._key("waitprov", k))
 
 
+@DB
 def test_a_short_job_is_waited_out_in_the_thread_looking_at_its_expected_end(kind: str) -> None:
     # given jobs of this kind that take 0.3 s (the average), and one that ends 0.3 s after it started
     job_timing.observe("waitprov", kind, 0.3)
@@ -49,6 +50,7 @@ def test_a_short_job_is_waited_out_in_the_thread_looking_at_its_expected_end(kin
     assert len(looks) == 1 and 0.3 <= looks[0] < 0.45, looks
 
 
+@DB
 def test_the_wait_in_the_thread_is_bounded_and_gives_up_for_a_job_that_runs_long(
         kind: str, monkeypatch: pytest.MonkeyPatch) -> None:
     # given JOB_INLINE_WAIT=0.3 and a job expected to take 0.1 s that keeps running
@@ -65,6 +67,7 @@ def test_the_wait_in_the_thread_is_bounded_and_gives_up_for_a_job_that_runs_long
     assert all(b - a >= 0.019 for a, b in zip(looks, looks[1:], strict=False)), looks
 
 
+@DB
 def test_no_wait_in_the_thread_for_a_job_whose_end_is_far_or_unknown(kind: str) -> None:
     looks: list[int] = []
     # given no job of this kind ended yet: its end is unknown, the step re-schedules (no look)
@@ -77,6 +80,7 @@ def test_no_wait_in_the_thread_for_a_job_whose_end_is_far_or_unknown(kind: str) 
 
 
 @pytest.mark.parametrize("env", [{"JOB_INLINE_WAIT": "0"}, {"JOB_POLL_ADAPTIVE": "false"}])
+@DB
 def test_no_wait_in_the_thread_when_it_is_off(kind: str, env: dict[str, str], monkeypatch: pytest.MonkeyPatch) -> None:
     # given the wait in the thread off (or the looks not adaptive: every JOB_POLL_INTERVAL, as before)
     for k, v in env.items():
@@ -90,6 +94,7 @@ def test_no_wait_in_the_thread_when_it_is_off(kind: str, env: dict[str, str], mo
     assert job_timing.look_lead() == 0.0
 
 
+@DB
 def test_the_threads_waiting_per_process_are_bounded(kind: str, monkeypatch: pytest.MonkeyPatch) -> None:
     # given at most one thread of this process waiting for a job's end, and one waiting already
     monkeypatch.setenv("JOB_INLINE_THREADS", "1")
@@ -113,6 +118,7 @@ def test_the_threads_waiting_per_process_are_bounded(kind: str, monkeypatch: pyt
     assert results == ["first"]
 
 
+@DB
 def test_a_re_scheduled_look_comes_a_lead_before_the_expected_end(kind: str, monkeypatch: pytest.MonkeyPatch) -> None:
     # given jobs of this kind that take 2 s
     job_timing.observe("waitprov", kind, 2.0)
@@ -144,6 +150,7 @@ def line(monkeypatch: pytest.MonkeyPatch) -> Iterator[quota.Quotas]:
     r.close()
 
 
+@DB
 def test_the_pre_woken_step_gets_ready_while_the_running_job_ends(line: quota.Quotas) -> None:
     q = line
     # given A holding the one slot, B first in line and C behind it
@@ -217,6 +224,7 @@ def test_short_jobs_are_followed_in_the_creating_run(clean_db: Db, tmp_path: Pat
         assert len(waiting) >= 4, lines
 
 
+@DB
 def test_a_pre_woken_step_that_cannot_get_ready_leaves_the_line(line: quota.Quotas) -> None:
     q = line
     # given A holding the one slot, B first in line and C behind it
