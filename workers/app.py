@@ -10,6 +10,9 @@ from typing import Any
 from celery import Celery, signals
 
 import workers.broker_survival  # noqa: F401  (a Redis restart must not stop the worker: see that module)
+from workers import lazy_einfo
+
+lazy_einfo.install()  # a retry's traceback copy without each function's instruction table: see that module
 
 app = Celery("storycreator", include=["workers.story_tasks", "workers.order_tasks", "workers.ops_tasks",
                                         "workers.event_tasks", "workers.job_webhook_tasks"])
