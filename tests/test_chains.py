@@ -110,7 +110,7 @@ def test_a_step_that_retries_inside_a_chain_still_runs_the_rest(
 
 @pytest.mark.timeout(240)
 def test_a_worker_killed_mid_chain_step_the_redelivered_message_runs_the_rest(
-        clean_db: Db, tmp_path: Path, request: pytest.FixtureRequest) -> None:
+        clean_db: Db, tmp_path: Path, request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> None:
     """(b) SIGKILL while pages' text steps run: their unacked messages come back (Redis visibility
     timeout, short here) to another worker, carrying the chain: illustration and personalization
     follow. No sweeper runs, and nothing but the chain sends those steps."""
@@ -148,6 +148,8 @@ def test_a_worker_killed_mid_chain_step_the_redelivered_message_runs_the_rest(
     # test's broker, so the story can complete; the killed pages above needed no help.
     via = Celery("resend", set_as_current=False)
     via.config_from_object("celeryconfig")
+    # (Celery lets CELERY_BROKER_URL win over broker_url: without it these went to the session's broker)
+    monkeypatch.setenv("CELERY_BROKER_URL", broker)
     via.conf.broker_url = broker
     for r in clean_db.all("SELECT id FROM story_pages WHERE story_id = :s AND text_generation_status = 'pending'",
                           s=story):
