@@ -61,16 +61,17 @@ task_routes.update({
 # Queue(name) gets Celery's default routing key "celery" on the default exchange: every queue
 # would receive every message.)
 #
-# Their order is the order a worker's fetch reads them in with BROKER_QUEUE_ORDER=priority (the
-# default; kombu's Redis transport option queue_order_strategy="priority": BRPOP over the queues in
-# this order returns from the first non-empty one): the default queue (new work and webhooks from
-# the external API: cheap, and a job's end that frees a paid slot), the orders and events (money
-# and trust, few), then a story's stages from the last to the first (the book and outline, the
-# personalization, the illustration, the text, the photo analysis), so work already started
-# finishes before new work starts and the providers' slots are fed during a burst (bench_quota,
-# 16 slots x 0.5 s jobs: busy 0.91 against 0.82-0.84 with kombu's round robin, side by side;
-# README "Queue order"). With a prefetch of one message per thread, the order decides what a
-# free thread takes next; it does not reorder what is already reserved.
+# Their order is the order a worker's fetch reads them in with BROKER_QUEUE_ORDER=priority (kombu's
+# Redis transport option queue_order_strategy="priority": BRPOP over the queues in this order
+# returns from the first non-empty one; the default, round_robin, takes them in turn): the default
+# queue (new work and webhooks from the external API: cheap, and a job's end frees a paid slot),
+# the orders and events (money and trust, few), then a story's stages from the last to the first
+# (the book and outline, the personalization, the illustration, the text, the photo analysis).
+# Measured side by side (README "Queue order"): during a burst on the providers' slots it keeps
+# them busier (16 slots x 0.5 s jobs: 0.90-0.91 against 0.82-0.84), and under a threads-bound
+# load it lengthens story latency (p95 at 200 stories 1.28-1.37x the bound against 1.16-1.22x), so
+# it is not the default. With a prefetch of one message per thread, the order decides what a free
+# thread takes next; it does not reorder what is already reserved.
 _PRIORITY = (task_default_queue, ORDER_QUEUE, EVENTS_QUEUE, STORY["finish"].queue, STORY["personalization"].queue,
              STORY["image"].queue, STORY["text"].queue, STORY["analysis"].queue)
 _ROUTED = {task_default_queue, *(r["queue"] for r in task_routes.values())}

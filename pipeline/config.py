@@ -140,10 +140,11 @@ class Settings:
     # otherwise take down one worker after another for ever. An operator's retry resets the count.
     max_takeovers: int
     visibility_timeout: int  # Redis broker: an unacked message comes back after this long
-    # Redis broker: which queue a worker's fetch reads first. "priority": the first non-empty one
-    # in celeryconfig.QUEUES' order (the later stages of a story first, its photo analysis last:
-    # work already started finishes before new work starts); "round_robin": kombu's default, each
-    # queue in turn (kombu's Redis transport option queue_order_strategy).
+    # Redis broker: which queue a worker's fetch reads first. "round_robin" (the default, kombu's):
+    # each queue in turn; "priority": the first non-empty one in celeryconfig.QUEUES' order (a
+    # story's later stages first: feeds the providers' slots during a burst, but lengthens story
+    # latency under a threads-bound load; README "Queue order"). kombu's Redis transport option
+    # queue_order_strategy.
     queue_order: str
     max_retries: int  # transient provider errors, per step
     sweep_interval: float  # seconds between stuck-work sweeps (celery beat)
@@ -202,7 +203,7 @@ def settings() -> Settings:
         step_lease_seconds=_float("STEP_LEASE_SECONDS", 300.0, 0.5, 86400.0),
         max_takeovers=_int("STEP_MAX_TAKEOVERS", 3, 1, 100),
         visibility_timeout=_int("BROKER_VISIBILITY_TIMEOUT", 900, 1, 86400),
-        queue_order=_choice("BROKER_QUEUE_ORDER", "priority", ("priority", "round_robin")),
+        queue_order=_choice("BROKER_QUEUE_ORDER", "round_robin", ("round_robin", "priority")),
         max_retries=_int("STEP_MAX_RETRIES", 5, 0, 50),
         sweep_interval=_float("SWEEP_INTERVAL", 60.0, 1.0, 86400.0),
         retry_backoff_cap=_float("STEP_RETRY_BACKOFF_CAP", 120.0, 0.1, 3600.0),

@@ -1,6 +1,6 @@
-"""BROKER_QUEUE_ORDER (celeryconfig, README "Queue order"): with the default ``priority`` a worker's
-fetch takes a story's later stages before its earlier ones, and new work from the external API
-first; ``round_robin`` is kombu's turn-taking. Checked on a real worker with one thread, whose
+"""BROKER_QUEUE_ORDER (celeryconfig, README "Queue order"): with ``priority`` a worker's fetch takes
+a story's later stages before its earlier ones, and new work from the external API first; the
+default ``round_robin`` is kombu's turn-taking. Checked on a real worker with one thread, whose
 "received" log lines are its fetches in order."""
 from __future__ import annotations
 
@@ -32,11 +32,12 @@ def _config(env: dict[str, str]) -> tuple[list[str], dict[str, object]]:
     return eval(queues), eval(options)  # noqa: S307 - our own print of a list and a dict
 
 
-def test_the_default_reads_the_external_apis_queue_then_a_storys_stages_last_first() -> None:
-    queues, options = _config({"BROKER_QUEUE_ORDER": ""})
+def test_priority_reads_the_external_apis_queue_then_a_storys_stages_last_first() -> None:
+    queues, options = _config({"BROKER_QUEUE_ORDER": "priority"})
     assert queues == ["celery", "orders", "events", "stories", "personalize", "images", "text", "photos"]
     assert options["queue_order_strategy"] == "priority"
-    queues_rr, options_rr = _config({"BROKER_QUEUE_ORDER": "round_robin"})
+    # the default is kombu's round robin over the same queues
+    queues_rr, options_rr = _config({"BROKER_QUEUE_ORDER": ""})
     assert queues_rr == queues and "queue_order_strategy" not in options_rr
 
 
@@ -44,7 +45,7 @@ def test_an_unknown_order_is_a_configuration_error() -> None:
     out = subprocess.run([sys.executable, "-c", "import celeryconfig"], cwd=ROOT, capture_output=True, text=True,
                          env={**os.environ, "BROKER_QUEUE_ORDER": "fifo"}, timeout=60)
     assert out.returncode != 0
-    assert "configuration error: BROKER_QUEUE_ORDER='fifo'; choose one of priority, round_robin" in out.stderr
+    assert "configuration error: BROKER_QUEUE_ORDER='fifo'; choose one of round_robin, priority" in out.stderr
 
 
 def _fetch_order(order: str, tmp_path: Path) -> list[str]:
@@ -65,7 +66,7 @@ def _fetch_order(order: str, tmp_path: Path) -> list[str]:
 
     r = redis.Redis.from_url(BROKER)
     assert {q: r.llen(q) for q in STAGES.values()} == dict.fromkeys(STAGES.values(), PER_QUEUE)
-    w = WorkerProcess(tmp_path / f"{order}.log", concurrency=1,
+    w = WorkerProcess(tmp_path / f"{order or 'default'}.log", concurrency=1,
                       env={"CELERY_BROKER_URL": BROKER, "REDIS_URL": BROKER, "BROKER_QUEUE_ORDER": order})
     w.start()
     try:
@@ -82,13 +83,13 @@ def _fetch_order(order: str, tmp_path: Path) -> list[str]:
 
 
 @pytest.mark.workers
-def test_a_worker_takes_the_later_stages_first_by_default_and_in_turn_with_round_robin(clean_db: Db,
+def test_a_worker_takes_the_later_stages_first_with_priority_and_in_turn_by_default(clean_db: Db,
                                                                                       tmp_path: Path) -> None:
     # given messages queued for every page stage and for photo analysis, when a worker with one
-    # thread starts, then with the default order it takes every personalization first, then the
-    # illustrations, the texts and the photo analyses
+    # thread starts, then with BROKER_QUEUE_ORDER=priority it takes every personalization first,
+    # then the illustrations, the texts and the photo analyses
     got = _fetch_order("priority", tmp_path)
     assert got == [q for q in ("personalize", "images", "text", "photos") for _ in range(PER_QUEUE)], got
-    # and with kombu's round robin it takes the queues in turn
-    got = _fetch_order("round_robin", tmp_path)
+    # and with the default (kombu's round robin) it takes the queues in turn
+    got = _fetch_order("", tmp_path)
     assert len(set(got[:len(STAGES)])) == len(STAGES), got
