@@ -68,8 +68,8 @@ def test_the_traceback_text_is_the_same_as_billiards() -> None:
 
 def test_a_retry_in_celerys_tracer_copies_no_positions() -> None:
     # the worker's own retry path: Celery's tracer turning Task.retry's Retry into an ExceptionInfo
-    # (its cost: 0.20 ms a retry against billiard's 0.66-0.74 ms, measured by the loop in the
-    # module docstring of workers/lazy_einfo.py; a speed is a bench's business, not a test's)
+    # (its cost, 0.20 ms a retry against billiard's 0.66-0.74 ms, is measured as the docstring of
+    # workers/lazy_einfo.py says; a speed is a bench's business, not a test's)
     from celery import Celery, signals
     from celery.app.trace import build_tracer
 

@@ -13,6 +13,7 @@ import uuid
 from pathlib import Path
 
 import pytest
+import redis
 
 from tests.support import ROOT, Db, WorkerProcess, flush_redis
 
@@ -62,8 +63,6 @@ def _fetch_order(order: str, tmp_path: Path) -> list[str]:
             key = "photo_id" if name == "photos.analyze" else "page_id"
             for _ in range(PER_QUEUE):
                 sender.send_task(name, kwargs={key: str(uuid.uuid4())}, connection=conn)
-    import redis
-
     r = redis.Redis.from_url(BROKER)
     assert {q: r.llen(q) for q in STAGES.values()} == dict.fromkeys(STAGES.values(), PER_QUEUE)
     w = WorkerProcess(tmp_path / f"{order or 'default'}.log", concurrency=1,

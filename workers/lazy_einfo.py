@@ -5,7 +5,7 @@ a lease) into a ``billiard.einfo.ExceptionInfo`` (celery/app/trace.py, ``TraceIn
 whose ``Traceback`` copies each frame's code object into a picklable ``_Code`` (billiard 4.3,
 billiard/einfo.py). On Python 3.11+ (this project's) that copy lists ``code.co_positions()``: one 4-tuple per
 bytecode instruction of each function on the traceback, 2,341 for Celery's own ``trace_task``
-(about 0.2 ms), ~0.4 ms a retry in all, done while holding the GIL. Profiled (py-spy ``--gil``) in
+(about 0.2 ms of copying for that frame alone), done while holding the GIL. Profiled (py-spy ``--gil``) in
 a worker following 16 slots of 0.5 s remote jobs (``bench/bench_quota.py``), ``_Code.__init__``
 was 19.7 % of the GIL's time. With the threads pool the copy is never pickled: Celery formats the
 real traceback for its log line and the task-retried event before (``ExceptionInfo.traceback``).
@@ -59,13 +59,10 @@ class LazyCode(einfo._Code):  # type: ignore[misc,name-defined]
         """The original's ``co_positions`` (a callable, as on a code object)."""
         return self._code.co_positions
 
-    def _state(self) -> dict[str, Any]:
+    def __reduce__(self) -> tuple[Any, ...]:
         state = {k: v for k, v in self.__dict__.items() if k != "_code"}
         state["_co_positions"] = list(self._code.co_positions())
-        return state
-
-    def __reduce__(self) -> tuple[Any, ...]:
-        return einfo._Code.__new__, (einfo._Code,), self._state()
+        return einfo._Code.__new__, (einfo._Code,), state
 
 
 def install() -> None:
